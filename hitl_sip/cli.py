@@ -1,0 +1,102 @@
+"""``hitl-sip`` command line (PROTOCOL.md §5).
+
+Exit codes: 0 clean stop, 2 bad configuration (the offending key named), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import secrets
+import signal
+import sys
+
+from aiohttp import web
+
+from hitl_sip.config import FLAG_KEYS, Config, load_config
+from hitl_sip.errors import ConfigError
+from hitl_sip.hub.app import create_app
+from hitl_sip.hub.registry import WorkerRegistry
+from hitl_sip.hub.supervisor import Supervisor
+from hitl_sip.log import setup_logging
+from hitl_sip.sip.profile import load_profile
+
+log = logging.getLogger("hitl_sip")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hitl-sip", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the hub and its media workers")
+    serve.add_argument("--config", help="TOML configuration file")
+    serve.add_argument("--sip-host", help="address the SIP transports bind (sip.host)")
+    serve.add_argument("--sip-port", help="SIP port; worker i uses port+i (sip.port)")
+    serve.add_argument("--http-host", help="address of the HTTP API (http.host)")
+    serve.add_argument("--http-port", help="port of the HTTP API (http.port)")
+    serve.add_argument("--workers", help="media-worker processes (worker.count)")
+    serve.add_argument("--max-calls", help="calls admitted per worker (worker.max_calls)")
+    serve.add_argument("--data-dir", help="data directory (data_dir)")
+    serve.add_argument("--profile", help="trunk profile name in sip_profiles/ or a file path")
+    serve.add_argument("--log-level", help="debug, info, warning or error (log.level)")
+    return parser
+
+
+async def serve(config: Config) -> int:
+    registry = WorkerRegistry()
+    token = secrets.token_urlsafe(32)
+    app = create_app(config, registry, token)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, config.http.host, config.http.port)
+    try:
+        await site.start()
+    except OSError as e:
+        log.error("cannot listen on http %s:%s: %s", config.http.host, config.http.port, e)
+        await runner.cleanup()
+        return 1
+    sockets = site._server.sockets if site._server is not None else []  # noqa: SLF001
+    host, port = sockets[0].getsockname()[:2] if sockets else (config.http.host, 0)
+    log.info("hub listening on http://%s:%s (healthz, metrics)", host, port)
+    worker_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    supervisor = Supervisor(config, registry, f"ws://{worker_host}:{port}/internal/worker", token)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await supervisor.start()
+    stop_wait = asyncio.create_task(stop.wait())
+    fail_wait = asyncio.create_task(supervisor.failed.wait())
+    await asyncio.wait({stop_wait, fail_wait}, return_when=asyncio.FIRST_COMPLETED)
+    code = 0
+    if supervisor.failed.is_set():
+        log.error("%s", supervisor.failure)
+        code = 1
+    else:
+        log.info("stopping: no new calls, live calls get up to %.0fs", config.worker.drain_grace)
+    for task in (stop_wait, fail_wait):
+        task.cancel()
+    registry.draining = True
+    await supervisor.stop(config.worker.drain_grace)
+    await runner.cleanup()
+    log.info("stopped")
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        overrides = {key: getattr(args, flag) for flag, key in FLAG_KEYS.items()}
+        try:
+            config = load_config(args.config, overrides=overrides)
+            load_profile(config.sip.profile, config.resolve_path(config.profiles_dir))
+        except ConfigError as e:
+            print(f"hitl-sip: configuration error: {e}", file=sys.stderr)
+            return 2
+        setup_logging(config.log.level, "hub")
+        return asyncio.run(serve(config))
+    return 1  # pragma: no cover - argparse enforces the sub-command
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,303 @@
+"""Server configuration: embedded defaults < TOML file < ``HITL_SIP_*`` environment < flags.
+
+Every key has a dotted name (``sip.port``, ``worker.max_calls``); the environment form is
+``HITL_SIP_`` plus the dotted name upper-cased with dots as underscores
+(``HITL_SIP_SIP_PORT``, ``HITL_SIP_WORKER_MAX_CALLS``). Validation happens once, at start,
+and a bad value raises :class:`~hitl_sip.errors.ConfigError` naming the key; the CLI turns
+that into exit code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from hitl_sip.errors import ConfigError
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+PROJECT_ROOT = PACKAGE_ROOT.parent
+
+# pjsua2-python 2.15.1 is compiled with PJSUA_MAX_CALLS=4 (see DESIGN.md §3). One pjsua call
+# slot is kept free so that a call beyond the worker limit can still be answered 503 by us
+# instead of 486 by pjsua, hence at most 3 admitted calls per worker process.
+PJSUA_COMPILED_MAX_CALLS = 4
+MAX_ADMITTED_CALLS_PER_WORKER = PJSUA_COMPILED_MAX_CALLS - 1
+
+TRANSPORTS = ("udp", "tcp")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+CLOCK_RATES = (8000, 16000)
+
+
+@dataclass(frozen=True)
+class SipConfig:
+    host: str = "0.0.0.0"
+    port: int = 5060
+    transports: tuple[str, ...] = ("udp", "tcp")
+    profile: str = "local"
+    user_agent: str = "hitl-sip"
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    count: int = 1
+    max_calls: int = MAX_ADMITTED_CALLS_PER_WORKER
+    retry_after: int = 30
+    answer_delay_ms: int = 0
+    drain_grace: float = 30.0
+    record_calls: bool = True
+    greeting: str = "rtp/prompts/greeting.wav"
+    clock_rate: int = 16000
+    buffer_frames: int = 50
+    restart_backoff: float = 1.0
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+    sip_trace: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    sip: SipConfig = field(default_factory=SipConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    data_dir: str = "data"
+    profiles_dir: str = str(PROJECT_ROOT / "sip_profiles")
+
+    def resolve_path(self, value: str) -> Path:
+        """Resolve a configured path: absolute as is, relative to the project root."""
+        path = Path(value)
+        return path if path.is_absolute() else PROJECT_ROOT / path
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "sip": SipConfig,
+    "http": HttpConfig,
+    "worker": WorkerConfig,
+    "log": LogConfig,
+}
+_TOP_LEVEL = ("data_dir", "profiles_dir")
+
+# CLI flag name -> dotted key (PROTOCOL.md §5).
+FLAG_KEYS: dict[str, str] = {
+    "sip_host": "sip.host",
+    "sip_port": "sip.port",
+    "http_host": "http.host",
+    "http_port": "http.port",
+    "workers": "worker.count",
+    "data_dir": "data_dir",
+    "profile": "sip.profile",
+    "max_calls": "worker.max_calls",
+    "log_level": "log.level",
+}
+
+
+def _field_types(cls: type[Any]) -> dict[str, Any]:
+    return {f.name: f.type for f in fields(cls)}
+
+
+def _coerce(key: str, value: Any, type_name: Any) -> Any:
+    """Coerce a TOML/env/flag value to the field's declared type, or raise ConfigError."""
+    type_name = str(type_name)
+    if type_name == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(key, f"expected a boolean, got {value!r}")
+    if type_name == "int":
+        if isinstance(value, bool):
+            raise ConfigError(key, f"expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        raise ConfigError(key, f"expected an integer, got {value!r}")
+    if type_name == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+        raise ConfigError(key, f"expected a number, got {value!r}")
+    if type_name == "str":
+        if isinstance(value, str):
+            return value
+        raise ConfigError(key, f"expected a string, got {value!r}")
+    if type_name.startswith("tuple[str"):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ConfigError(key, f"expected a list of strings, got {value!r}")
+    raise ConfigError(key, f"unsupported type {type_name}")  # pragma: no cover
+
+
+def _apply(values: dict[str, dict[str, Any]], top: dict[str, Any], key: str, raw: Any) -> None:
+    if key in _TOP_LEVEL:
+        top[key] = _coerce(key, raw, "str")
+        return
+    section, _, name = key.partition(".")
+    cls = _SECTIONS.get(section)
+    if cls is None or not name:
+        raise ConfigError(key, "unknown configuration key")
+    types = _field_types(cls)
+    if name not in types:
+        raise ConfigError(key, f"unknown key; known keys in [{section}]: {', '.join(types)}")
+    values.setdefault(section, {})[name] = _coerce(key, raw, types[name])
+
+
+def _flatten_toml(doc: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    items: list[tuple[str, Any]] = []
+    for k, v in doc.items():
+        if isinstance(v, Mapping):
+            for k2, v2 in v.items():
+                if isinstance(v2, Mapping):
+                    raise ConfigError(f"{k}.{k2}", "unexpected table")
+                items.append((f"{k}.{k2}", v2))
+        else:
+            items.append((k, v))
+    return items
+
+
+def env_key(dotted: str) -> str:
+    return "HITL_SIP_" + dotted.upper().replace(".", "_")
+
+
+def _all_keys() -> list[str]:
+    keys = list(_TOP_LEVEL)
+    for section, cls in _SECTIONS.items():
+        keys.extend(f"{section}.{f.name}" for f in fields(cls))
+    return keys
+
+
+def load_config(
+    file: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build a validated :class:`Config` from the layers (file < env < overrides)."""
+    values: dict[str, dict[str, Any]] = {}
+    top: dict[str, Any] = {}
+    if file is not None:
+        path = Path(file)
+        try:
+            doc = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as e:
+            raise ConfigError("config", f"file not found: {path}") from e
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError("config", f"{path}: invalid TOML: {e}") from e
+        for key, raw in _flatten_toml(doc):
+            _apply(values, top, key, raw)
+    env = os.environ if env is None else env
+    for key in _all_keys():
+        name = env_key(key)
+        if name in env:
+            _apply(values, top, key, env[name])
+    for key, raw in (overrides or {}).items():
+        if raw is not None:
+            _apply(values, top, key, raw)
+    config = Config(
+        sip=SipConfig(**values.get("sip", {})),
+        http=HttpConfig(**values.get("http", {})),
+        worker=WorkerConfig(**values.get("worker", {})),
+        log=LogConfig(**values.get("log", {})),
+        **top,
+    )
+    validate(config)
+    return config
+
+
+def _check_host(key: str, host: str) -> None:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError as e:
+        raise ConfigError(key, f"expected an IP address to bind, got {host!r}") from e
+
+
+def _check_port(key: str, port: int, *, allow_zero: bool = True) -> None:
+    low = 0 if allow_zero else 1
+    if not low <= port <= 65535:
+        raise ConfigError(key, f"expected a port in {low}..65535, got {port}")
+
+
+def validate(config: Config) -> None:
+    """Check cross-field and range constraints; raise ConfigError naming the key."""
+    _check_host("sip.host", config.sip.host)
+    _check_port("sip.port", config.sip.port)
+    if not config.sip.transports:
+        raise ConfigError("sip.transports", "at least one transport is required")
+    for t in config.sip.transports:
+        if t not in TRANSPORTS:
+            raise ConfigError("sip.transports", f"unknown transport {t!r}; allowed: udp, tcp")
+    if not config.sip.profile:
+        raise ConfigError("sip.profile", "a profile name or file path is required")
+    _check_host("http.host", config.http.host)
+    _check_port("http.port", config.http.port)
+    w = config.worker
+    if not 1 <= w.count <= 64:
+        raise ConfigError("worker.count", f"expected 1..64 workers, got {w.count}")
+    if w.count > 1 and config.sip.port == 0:
+        # Port 0 is fine: every worker then takes its own ephemeral port.
+        pass
+    if w.count > 1 and config.sip.port and config.sip.port + w.count - 1 > 65535:
+        raise ConfigError("worker.count", "sip.port + workers - 1 exceeds 65535")
+    if not 1 <= w.max_calls <= MAX_ADMITTED_CALLS_PER_WORKER:
+        raise ConfigError(
+            "worker.max_calls",
+            f"expected 1..{MAX_ADMITTED_CALLS_PER_WORKER}: the pjsua2 wheel is compiled with "
+            f"PJSUA_MAX_CALLS={PJSUA_COMPILED_MAX_CALLS} and one slot answers 503 beyond the "
+            f"limit; add workers for capacity (got {w.max_calls})",
+        )
+    if not 0 <= w.retry_after <= 3600:
+        raise ConfigError("worker.retry_after", f"expected 0..3600 seconds, got {w.retry_after}")
+    if not 0 <= w.answer_delay_ms <= 60000:
+        raise ConfigError("worker.answer_delay_ms", f"expected 0..60000, got {w.answer_delay_ms}")
+    if w.drain_grace < 0:
+        raise ConfigError("worker.drain_grace", "must not be negative")
+    if w.clock_rate not in CLOCK_RATES:
+        raise ConfigError("worker.clock_rate", f"expected one of {CLOCK_RATES}")
+    if not 5 <= w.buffer_frames <= 500:
+        raise ConfigError("worker.buffer_frames", f"expected 5..500, got {w.buffer_frames}")
+    if w.greeting and not config.resolve_path(w.greeting).is_file():
+        raise ConfigError("worker.greeting", f"file not found: {w.greeting}")
+    if config.log.level not in LOG_LEVELS:
+        raise ConfigError("log.level", f"expected one of {', '.join(LOG_LEVELS)}")
+    if not config.resolve_path(config.profiles_dir).is_dir():
+        raise ConfigError("profiles_dir", f"not a directory: {config.profiles_dir}")
+
+
+def config_from_dict(data: Mapping[str, Any]) -> Config:
+    """Rebuild a Config from :meth:`Config.to_dict` output (how the hub hands it to workers)."""
+    overrides: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            for name, inner in value.items():
+                overrides[f"{key}.{name}"] = list(inner) if isinstance(inner, tuple) else inner
+        else:
+            overrides[key] = value
+    return load_config(None, env={}, overrides=overrides)

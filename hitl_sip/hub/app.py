@@ -1,0 +1,101 @@
+"""The hub's aiohttp application: health, metrics and the worker link.
+
+``create_app`` is a factory (aiohttp style); typed state lives under ``web.AppKey``s.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+
+from aiohttp import WSMsgType, web
+
+from hitl_sip.config import Config
+from hitl_sip.hub.registry import WorkerRegistry
+from hitl_sip.metrics import render
+
+log = logging.getLogger(__name__)
+
+REGISTRY = web.AppKey("registry", WorkerRegistry)
+CONFIG = web.AppKey("config", Config)
+WORKER_TOKEN = web.AppKey("worker_token", str)
+
+MAX_WORKER_MESSAGE = 4 * 1024 * 1024
+
+
+async def healthz(request: web.Request) -> web.Response:
+    registry = request.app[REGISTRY]
+    config = request.app[CONFIG]
+    ready = registry.ready_workers()
+    if registry.draining:
+        status, code = "draining", 503
+    elif ready:
+        status, code = "ok", 200
+    else:
+        status, code = "starting", 503
+    body = {
+        "status": status,
+        "workers": [w.public() for w in registry.workers.values()],
+        "workersReady": len(ready),
+        "workersExpected": config.worker.count,
+        "activeCalls": sum(w.active_calls for w in registry.workers.values() if w.connected),
+    }
+    return web.json_response(body, status=code)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    registry = request.app[REGISTRY]
+    snapshots = [({}, registry.metrics.snapshot())]
+    for w in registry.workers.values():
+        if w.connected and w.metrics:
+            snapshots.append(({"worker": w.worker_id}, w.metrics))
+    return web.Response(text=render(snapshots), content_type="text/plain", charset="utf-8",
+                        headers={"X-Content-Type-Options": "nosniff"})
+
+
+async def worker_socket(request: web.Request) -> web.StreamResponse:
+    token = request.app[WORKER_TOKEN]
+    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    if not token or not hmac.compare_digest(given.encode(), token.encode()):
+        log.warning("worker link refused from %s: bad token", request.remote)
+        raise web.HTTPUnauthorized(text="unauthorized")
+    registry = request.app[REGISTRY]
+    ws = web.WebSocketResponse(heartbeat=10, max_msg_size=MAX_WORKER_MESSAGE)
+    await ws.prepare(request)
+    worker_id: str | None = None
+    try:
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                continue
+            try:
+                data = json.loads(msg.data)
+                if not isinstance(data, dict):
+                    raise ValueError("not an object")
+                if worker_id is None:
+                    if data.get("type") != "hello" or not data.get("workerId"):
+                        raise ValueError("first message must be a hello with a workerId")
+                    worker_id = str(data["workerId"])
+                    state = registry.connected(worker_id, data)
+                    log.info("worker %s connected (SIP %s)", worker_id, state.sip)
+                else:
+                    registry.handle(worker_id, data)
+            except (ValueError, KeyError, TypeError) as e:
+                registry.bad_worker_messages.inc()
+                log.warning("ignored a malformed worker message: %s", e)
+    finally:
+        if worker_id is not None:
+            registry.disconnected(worker_id)
+            log.info("worker %s disconnected", worker_id)
+    return ws
+
+
+def create_app(config: Config, registry: WorkerRegistry, worker_token: str) -> web.Application:
+    app = web.Application(client_max_size=1024 * 1024)
+    app[CONFIG] = config
+    app[REGISTRY] = registry
+    app[WORKER_TOKEN] = worker_token
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/internal/worker", worker_socket)
+    return app

@@ -1,0 +1,142 @@
+"""Bounded frame buffers crossing the one thread boundary of a media worker.
+
+pjmedia's clock thread calls our ``AudioMediaPort`` callbacks every 20 ms; the asyncio loop
+produces and consumes PCM. A :class:`FrameBuffer` is a single-producer/single-consumer FIFO
+whose thread side never blocks and never touches an asyncio object directly: it only wakes a
+waiting coroutine through ``loop.call_soon_threadsafe``, and only when one is waiting.
+
+Overruns (a full buffer: the consumer is late) drop the *oldest* frame so latency stays
+bounded; underruns (empty while a producer is attached) are counted by the caller of
+:meth:`FrameBuffer.pop_nowait`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+
+
+class BufferClosed(Exception):
+    """The buffer was closed: the call ended."""
+
+
+class FrameBuffer:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        capacity: int,
+        *,
+        on_overrun: Callable[[], None] | None = None,
+    ) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self._loop = loop
+        self._capacity = capacity
+        self._frames: deque[bytes] = deque()
+        self._on_overrun = on_overrun
+        self._waiter: asyncio.Future[None] | None = None
+        self._want_frames = False
+        self._want_space_at: int | None = None
+        self._closed = False
+        self.overruns = 0
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- either side, never blocks -------------------------------------------------------
+
+    def push_nowait(self, frame: bytes) -> None:
+        """Append a frame; when full, drop the oldest. Safe from any thread."""
+        if self._closed:
+            return
+        if len(self._frames) >= self._capacity:
+            try:
+                self._frames.popleft()
+            except IndexError:
+                pass
+            self.overruns += 1
+            if self._on_overrun is not None:
+                self._on_overrun()
+        self._frames.append(frame)
+        if self._want_frames:
+            self._want_frames = False
+            self._wake_threadsafe()
+
+    def pop_nowait(self) -> bytes | None:
+        """Take the oldest frame or None when empty. Safe from any thread."""
+        try:
+            frame = self._frames.popleft()
+        except IndexError:
+            return None
+        want = self._want_space_at
+        if want is not None and len(self._frames) <= want:
+            self._want_space_at = None
+            self._wake_threadsafe()
+        return frame
+
+    def clear(self) -> None:
+        self._frames.clear()
+
+    def close(self) -> None:
+        """Mark the buffer closed and wake any waiter (it raises BufferClosed)."""
+        self._closed = True
+        self._wake_threadsafe()
+
+    def _wake_threadsafe(self) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._wake)
+        except RuntimeError:  # loop closed during shutdown: nobody is waiting any more
+            pass
+
+    # -- loop side ------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _wait(self) -> None:
+        self._waiter = self._loop.create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    async def get(self) -> bytes:
+        """Wait for the next frame (loop side consumer)."""
+        while True:
+            self._want_frames = True
+            frame = self.pop_nowait()
+            if frame is not None:
+                self._want_frames = False
+                return frame
+            if self._closed:
+                raise BufferClosed
+            await self._wait()
+
+    async def wait_level(self, level: int) -> None:
+        """Wait until at most ``level`` frames are queued (loop side producer pacing)."""
+        while True:
+            self._want_space_at = level
+            if len(self._frames) <= level:
+                self._want_space_at = None
+                return
+            if self._closed:
+                raise BufferClosed
+            await self._wait()
+
+    async def put(self, frame: bytes, *, lead: int = 3) -> None:
+        """Queue a frame, keeping at most ``lead`` frames ahead of the consumer."""
+        await self.wait_level(max(0, lead - 1))
+        if self._closed:
+            raise BufferClosed
+        self.push_nowait(frame)

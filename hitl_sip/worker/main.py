@@ -1,0 +1,68 @@
+"""Entry point of a media-worker process.
+
+The hub starts it with the resolved configuration as JSON in ``HITL_SIP_WORKER_CONFIG`` and
+the hub-link secret in ``HITL_SIP_WORKER_TOKEN``. Exit codes: 0 after a clean drain, 2 for a
+bad configuration, 1 when the SIP stack cannot start (port in use, bad address).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+
+from hitl_sip.config import config_from_dict
+from hitl_sip.errors import ConfigError, SipError
+from hitl_sip.log import setup_logging
+from hitl_sip.worker.service import WorkerService
+
+log = logging.getLogger(__name__)
+
+
+async def run(service: WorkerService) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await service.start()
+    except SipError as e:
+        log.error("%s", e)
+        await service.drain_and_stop(0)
+        return 1
+    await stop.wait()
+    log.info("worker %s stopping: draining live calls", service.worker_id)
+    await service.drain_and_stop()
+    log.info("worker %s stopped", service.worker_id)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hitl-sip-worker")
+    parser.add_argument("--worker-id", required=True)
+    parser.add_argument("--index", type=int, default=0)
+    parser.add_argument("--hub-url", default=None)
+    args = parser.parse_args(argv)
+    raw = os.environ.get("HITL_SIP_WORKER_CONFIG", "{}")
+    try:
+        config = config_from_dict(json.loads(raw))
+    except (ConfigError, ValueError) as e:
+        setup_logging("info", args.worker_id)
+        log.error("bad worker configuration: %s", e)
+        return 2
+    setup_logging(config.log.level, args.worker_id)
+    try:
+        service = WorkerService(
+            config,
+            args.worker_id,
+            index=args.index,
+            hub_url=args.hub_url,
+            hub_token=os.environ.get("HITL_SIP_WORKER_TOKEN", ""),
+        )
+    except ConfigError as e:
+        log.error("configuration error: %s", e)
+        return 2
+    return asyncio.run(run(service))

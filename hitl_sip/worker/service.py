@@ -1,0 +1,380 @@
+"""The media worker's asyncio side: one :class:`CallRuntime` per admitted call.
+
+Until the bot leg exists, an answered call plays the configured greeting to the caller and
+records what the caller sends (WAV plus a JSON call record with DTMF and hold events) in
+``<data_dir>/recordings`` when ``worker.record_calls`` is on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import time
+import wave
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from hitl_sip.config import Config
+from hitl_sip.log import call_logger
+from hitl_sip.media.buffers import BufferClosed, FrameBuffer
+from hitl_sip.media.wav import frames, read_wav, resample
+from hitl_sip.sip.profile import TrunkProfile, load_profile
+from hitl_sip.worker.admission import Admission
+from hitl_sip.worker.events import (
+    CallDtmf,
+    CallEnded,
+    CallHold,
+    CallMediaReady,
+    CallOffered,
+    CallRejected,
+    RegistrationChanged,
+    WorkerEvent,
+)
+from hitl_sip.worker.hublink import HubLink
+from hitl_sip.worker.pjsip import PjStack, StackInfo, StackSettings, WorkerMetrics
+
+log = logging.getLogger(__name__)
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class CallRuntime:
+    call_id: str
+    source: str
+    transport: str
+    metadata: dict[str, Any]
+    received_at: str
+    codec: str = ""
+    events: list[dict[str, Any]] = field(default_factory=list)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    frames_received: int = 0
+    frames_sent: int = 0
+
+    def event(self, kind: str, **data: Any) -> None:
+        self.events.append({"type": kind, "at": now_iso(), **data})
+
+
+def stack_settings(config: Config, profile: TrunkProfile, index: int) -> StackSettings:
+    port = config.sip.port + index if config.sip.port else 0
+    register = None
+    if profile.register.enabled:
+        register = {
+            "registrar": profile.register.registrar or "",
+            "username": profile.register.username or "",
+            "password": profile.register.password or "",
+            "aor": profile.register.aor or "",
+            "expires": profile.register.expires,
+            "retry_interval": profile.register.retry_interval,
+        }
+    return StackSettings(
+        host=config.sip.host,
+        port=port,
+        transports=config.sip.transports,
+        public_address=profile.public_address or "",
+        user_agent=config.sip.user_agent,
+        clock_rate=config.worker.clock_rate,
+        codecs=tuple(str(c.value) for c in profile.codecs),
+        rtp_port_start=profile.rtp.start,
+        rtp_port_end=profile.rtp.end,
+        buffer_frames=config.worker.buffer_frames,
+        sip_trace=config.log.sip_trace,
+        register=register,
+    )
+
+
+class WorkerService:
+    def __init__(
+        self,
+        config: Config,
+        worker_id: str,
+        index: int = 0,
+        hub_url: str | None = None,
+        hub_token: str = "",
+    ) -> None:
+        self.config = config
+        self.worker_id = worker_id
+        self.index = index
+        self.profile = load_profile(config.sip.profile, config.resolve_path(config.profiles_dir))
+        self.metrics = WorkerMetrics()
+        self.calls: dict[str, CallRuntime] = {}
+        self.info: StackInfo | None = None
+        self.draining = False
+        self.recordings = config.resolve_path(config.data_dir) / "recordings"
+        self.greeting = self._load_greeting()
+        self.stack: PjStack | None = None
+        self.hub = (
+            HubLink(hub_url, hub_token, self._hello, self._on_hub_message) if hub_url else None
+        )
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def _load_greeting(self) -> bytes:
+        if not self.config.worker.greeting:
+            return b""
+        rate, pcm = read_wav(self.config.resolve_path(self.config.worker.greeting))
+        if rate != self.config.worker.clock_rate:
+            pcm = resample(pcm, rate, self.config.worker.clock_rate)
+        return pcm
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> StackInfo:
+        loop = asyncio.get_running_loop()
+        admission = Admission(
+            self.profile,
+            self.config.worker.max_calls,
+            self.config.worker.retry_after,
+            auth_secret=secrets.token_bytes(32),
+        )
+        self.stack = PjStack(
+            stack_settings(self.config, self.profile, self.index),
+            loop,
+            self._on_event,
+            admission,
+            self.metrics,
+        )
+        self.info = await self.stack.start()
+        if self.config.worker.record_calls:
+            self.recordings.mkdir(parents=True, exist_ok=True)
+        log.info(
+            "worker %s ready: SIP on %s, profile %s, up to %d calls",
+            self.worker_id,
+            ", ".join(f"{k}:{v}" for k, v in self.info.addresses.items()),
+            self.profile.name,
+            self.config.worker.max_calls,
+        )
+        if self.hub is not None:
+            self.hub.start()
+            self._spawn(self._report_metrics())
+        return self.info
+
+    async def drain_and_stop(self, grace: float | None = None) -> None:
+        """Refuse new calls (503), let live calls finish within ``grace``, then stop."""
+        grace = self.config.worker.drain_grace if grace is None else grace
+        self.draining = True
+        self.metrics.draining.set(1)
+        stack = self.stack
+        if stack is not None:
+            stack.draining = True
+            if self.calls:
+                log.info("draining: %d live calls, up to %.0fs", len(self.calls), grace)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._idle.wait(), grace)
+            for call_id in list(self.calls):
+                with contextlib.suppress(Exception):
+                    await stack.hangup(call_id)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), 3)
+            await stack.stop()
+        if self.hub is not None:
+            self.hub.send(self._status())
+            await self.hub.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- hub messages ---------------------------------------------------------------------
+
+    def _hello(self) -> dict[str, Any]:
+        return {
+            "type": "hello",
+            "workerId": self.worker_id,
+            "pid": os.getpid(),
+            "sip": self.info.addresses if self.info else {},
+            "profile": self.profile.name,
+            "maxCalls": self.config.worker.max_calls,
+            "activeCalls": len(self.calls),
+            "draining": self.draining,
+            "calls": [self._call_summary(c) for c in self.calls.values()],
+        }
+
+    def _status(self) -> dict[str, Any]:
+        return {
+            "type": "status",
+            "activeCalls": len(self.calls),
+            "draining": self.draining,
+            "metrics": self.metrics.registry.snapshot(),
+        }
+
+    def _call_summary(self, call: CallRuntime) -> dict[str, Any]:
+        md = call.metadata
+        return {
+            "callId": call.call_id,
+            "caller": {"number": md.get("caller_number"), "name": md.get("caller_name")},
+            "called": md.get("called_number"),
+            "trunk": md.get("trunk"),
+            "receivedAt": call.received_at,
+            "metadata": md.get("headers", {}),
+            "codec": call.codec,
+        }
+
+    def _on_hub_message(self, message: dict[str, Any]) -> None:
+        if message.get("type") == "hangup" and self.stack is not None:
+            call_id = str(message.get("callId", ""))
+            if call_id in self.calls:
+                self._spawn(self.stack.hangup(call_id))
+
+    async def _report_metrics(self) -> None:
+        while True:
+            if self.hub is not None:
+                self.hub.send(self._status())
+            await asyncio.sleep(1.0)
+
+    def _notify(self, message: dict[str, Any]) -> None:
+        if self.hub is not None:
+            self.hub.send(message)
+
+    # -- events from the pj thread --------------------------------------------------------
+
+    def _on_event(self, event: WorkerEvent) -> None:
+        if isinstance(event, CallOffered):
+            self._on_offered(event)
+        elif isinstance(event, CallMediaReady):
+            self._on_media(event)
+        elif isinstance(event, CallDtmf):
+            self._on_dtmf(event)
+        elif isinstance(event, CallHold):
+            self._on_hold(event)
+        elif isinstance(event, CallEnded):
+            self._spawn(self._on_ended(event))
+        elif isinstance(event, CallRejected):
+            self._notify({"type": "call_rejected", "status": event.status,
+                          "outcome": event.outcome})
+        elif isinstance(event, RegistrationChanged):
+            self._notify({"type": "registration", "account": event.account,
+                          "active": event.active, "status": event.status})
+
+    def _on_offered(self, ev: CallOffered) -> None:
+        call = CallRuntime(ev.call_id, ev.source, ev.transport, dict(ev.metadata), now_iso())
+        self.calls[ev.call_id] = call
+        self._idle.clear()
+        clog = call_logger(log, ev.call_id)
+        clog.info("incoming call over %s from %s", ev.transport, ev.source.rsplit(":", 1)[0],
+                  extra={"redact": {"caller": ev.metadata.get("caller_number")}})
+        call.event("offered")
+        self._notify({"type": "call_started", **self._call_summary(call)})
+        call.tasks.append(self._spawn(self._answer(call)))
+
+    async def _answer(self, call: CallRuntime) -> None:
+        assert self.stack is not None
+        delay = self.config.worker.answer_delay_ms / 1000
+        if delay:
+            await asyncio.sleep(delay)
+        if call.call_id in self.calls and await self.stack.answer(call.call_id, 200):
+            call.event("answered")
+
+    def _on_media(self, ev: CallMediaReady) -> None:
+        call = self.calls.get(ev.call_id)
+        if call is None:
+            return
+        call.codec = ev.codec
+        call.event("media", codec=ev.codec)
+        call_logger(log, ev.call_id).info("media up (%s)", ev.codec or "unknown codec")
+        call.tasks.append(self._spawn(self._record(call, ev.inbound)))
+        if self.greeting:
+            call.tasks.append(self._spawn(self._play(call, ev.outbound, self.greeting)))
+
+    def _on_dtmf(self, ev: CallDtmf) -> None:
+        call = self.calls.get(ev.call_id)
+        if call is None:
+            return
+        call.event("dtmf", digit=ev.digit, method=ev.method)
+        call_logger(log, ev.call_id).info("DTMF received (%s)", ev.method,
+                                          extra={"redact": {"digit": ev.digit}})
+        self._notify({"type": "dtmf", "callId": ev.call_id, "digits": ev.digit})
+
+    def _on_hold(self, ev: CallHold) -> None:
+        call = self.calls.get(ev.call_id)
+        if call is None:
+            return
+        call.event("hold" if ev.held else "unhold")
+        call_logger(log, ev.call_id).info("caller %s", "holds" if ev.held else "resumes")
+        self._notify({"type": "call_hold", "callId": ev.call_id, "held": ev.held})
+
+    async def _on_ended(self, ev: CallEnded) -> None:
+        call = self.calls.pop(ev.call_id, None)
+        if call is None:
+            return
+        for task in call.tasks:
+            task.cancel()
+        await asyncio.gather(*call.tasks, return_exceptions=True)
+        call.event("ended", outcome=ev.outcome, status=ev.status, by=ev.by)
+        call_logger(log, ev.call_id).info(
+            "call ended: %s by %s (%s %s) after %.1fs", ev.outcome, ev.by, ev.status, ev.reason,
+            ev.duration,
+        )
+        if self.config.worker.record_calls:
+            record = {
+                "callId": call.call_id,
+                "workerId": self.worker_id,
+                "receivedAt": call.received_at,
+                "source": call.source,
+                "transport": call.transport,
+                "codec": call.codec,
+                "metadata": call.metadata,
+                "outcome": ev.outcome,
+                "endedBy": ev.by,
+                "status": ev.status,
+                "framesReceived": call.frames_received,
+                "framesSent": call.frames_sent,
+                "events": call.events,
+            }
+            path = self.recordings / f"{call.call_id}.json"
+            path.write_text(json.dumps(record, indent=2), encoding="utf-8")
+        self._notify({"type": "call_ended", "callId": ev.call_id, "outcome": ev.outcome,
+                      "by": ev.by, "status": ev.status})
+        if not self.calls:
+            self._idle.set()
+
+    # -- media tasks ----------------------------------------------------------------------
+
+    async def _record(self, call: CallRuntime, inbound: FrameBuffer) -> None:
+        writer: wave.Wave_write | None = None
+        if self.config.worker.record_calls:
+            writer = wave.open(str(self.recordings / f"{call.call_id}.wav"), "wb")
+            writer.setnchannels(1)
+            writer.setsampwidth(2)
+            writer.setframerate(self.config.worker.clock_rate)
+        try:
+            while True:
+                frame = await inbound.get()
+                call.frames_received += 1
+                if writer is not None:
+                    writer.writeframesraw(frame)
+        except BufferClosed:
+            pass
+        finally:
+            if writer is not None:
+                writer.close()
+
+    async def _play(self, call: CallRuntime, outbound: FrameBuffer, pcm: bytes) -> None:
+        assert self.stack is not None
+        frame_bytes = self.stack.frame_bytes
+        self.stack.set_source_active(call.call_id, True)
+        started = time.monotonic()
+        try:
+            for frame in frames(pcm, frame_bytes):
+                await outbound.put(frame)
+                call.frames_sent += 1
+            await outbound.wait_level(0)
+            call.event("greeting_played", seconds=round(time.monotonic() - started, 2))
+        except BufferClosed:
+            pass
+        finally:
+            self.stack.set_source_active(call.call_id, False)

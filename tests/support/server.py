@@ -1,0 +1,156 @@
+"""Runs ``hitl-sip serve`` as a real subprocess on free loopback ports for a test."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.support.net import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    http_url: str
+    data_dir: Path
+    log_path: Path
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        try:
+            with urllib.request.urlopen(self.http_url + "/healthz", timeout=2) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"{}")
+
+    def sip_port(self, worker: int = 0, transport: str = "udp") -> int:
+        _, body = self.health()
+        return int(body["workers"][worker]["sip"][transport].rsplit(":", 1)[1])
+
+    def worker_pid(self, worker: int = 0) -> int:
+        _, body = self.health()
+        return int(body["workers"][worker]["pid"])
+
+    def metrics_text(self) -> str:
+        with urllib.request.urlopen(self.http_url + "/metrics", timeout=2) as r:
+            return str(r.read().decode())
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of the samples of ``name`` whose labels include ``labels``."""
+        total = 0.0
+        for line in self.metrics_text().splitlines():
+            if line.startswith("#") or not line.startswith(name):
+                continue
+            key, _, value = line.rpartition(" ")
+            metric_name, _, label_text = key.partition("{")
+            if metric_name != name:
+                continue
+            pairs = dict(
+                p.split("=", 1) for p in label_text.rstrip("}").split(",") if "=" in p
+            )
+            if all(pairs.get(k) == f'"{v}"' for k, v in labels.items()):
+                total += float(value)
+        return total
+
+    def wait_for(self, predicate: Any, timeout: float = 10.0, what: str = "condition") -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}\n--- server log ---\n{self.log()}")
+
+    def call_records(self) -> list[dict[str, Any]]:
+        rec = self.data_dir / "recordings"
+        return [json.loads(p.read_text()) for p in sorted(rec.glob("*.json"))]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-8000:]
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return int(self.process.returncode)
+
+
+def write_config(path: Path, sections: dict[str, dict[str, Any]], top: dict[str, Any]) -> None:
+    def fmt(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return str(v)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(fmt(x) for x in v) + "]"
+        return json.dumps(str(v))
+
+    lines = [f"{k} = {fmt(v)}" for k, v in top.items()]
+    for name, values in sections.items():
+        lines.append(f"[{name}]")
+        lines.extend(f"{k} = {fmt(v)}" for k, v in values.items())
+    path.write_text("\n".join(lines) + "\n")
+
+
+@contextmanager
+def running_server(
+    tmp: Path,
+    *,
+    worker: dict[str, Any] | None = None,
+    sip: dict[str, Any] | None = None,
+    profile: str = "local",
+    workers: int = 1,
+    env: dict[str, str] | None = None,
+    ready_timeout: float = 20.0,
+) -> Iterator[Server]:
+    http_port = free_port()
+    data_dir = tmp / "data"
+    sections = {
+        "sip": {"host": "127.0.0.1", "port": 0, "transports": ["udp", "tcp"],
+                "profile": profile, **(sip or {})},
+        "http": {"host": "127.0.0.1", "port": http_port},
+        "worker": {"count": workers, "drain_grace": 5, **(worker or {})},
+        "log": {"level": "info"},
+    }
+    config = tmp / "hitl-sip.toml"
+    write_config(config, sections, {"data_dir": str(data_dir)})
+    log_path = tmp / "server.log"
+    full_env = {**os.environ, **(env or {})}
+    with open(log_path, "wb") as logf:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hitl_sip.cli", "serve", "--config", str(config)],
+            cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT, env=full_env,
+        )
+    server = Server(proc, f"http://127.0.0.1:{http_port}", data_dir, log_path)
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"server exited with {proc.returncode}\n{server.log()}")
+            try:
+                status, body = server.health()
+                if status == 200 and body.get("workersReady") == workers:
+                    break
+            except (urllib.error.URLError, ConnectionError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"server not healthy in {ready_timeout}s\n{server.log()}")
+            time.sleep(0.05)
+        yield server
+    finally:
+        server.stop()
