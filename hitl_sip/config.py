@@ -55,6 +55,7 @@ class WorkerConfig:
     max_calls: int = MAX_ADMITTED_CALLS_PER_WORKER
     retry_after: int = 30
     answer_delay_ms: int = 0
+    max_call_seconds: float = 14400.0
     drain_grace: float = 30.0
     record_calls: bool = True
     greeting: str = "rtp/prompts/greeting.wav"
@@ -277,6 +278,8 @@ def validate(config: Config) -> None:
         raise ConfigError("worker.retry_after", f"expected 0..3600 seconds, got {w.retry_after}")
     if not 0 <= w.answer_delay_ms <= 60000:
         raise ConfigError("worker.answer_delay_ms", f"expected 0..60000, got {w.answer_delay_ms}")
+    if not 1 <= w.max_call_seconds <= 86400:
+        raise ConfigError("worker.max_call_seconds", "expected 1..86400 seconds")
     if w.drain_grace < 0:
         raise ConfigError("worker.drain_grace", "must not be negative")
     if w.clock_rate not in CLOCK_RATES:

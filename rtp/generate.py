@@ -30,6 +30,7 @@ if str(ROOT) not in sys.path:
 
 from hitl_sip.media.g711 import alaw_encode, ulaw_encode  # noqa: E402
 from hitl_sip.media.pcap import dtmf_event_packets, rtp_stream_packets, write_udp_pcap  # noqa: E402
+from hitl_sip.media.rtp import DTMF_EVENTS  # noqa: E402
 from hitl_sip.media.wav import frames, read_wav, resample, write_wav  # noqa: E402
 
 CORPUS = ROOT / "rtp"
@@ -239,12 +240,16 @@ def dtmf_pcaps(writer: Writer) -> None:
     variants = [(digit, 101, True) for digit in DTMF_DIGITS]
     variants += [(digit, 96, False) for digit in NOMARKER_DIGITS]
     for digit, payload_type, marker in variants:
+        # Each digit gets its own sequence/timestamp window (in DTMF_EVENTS order) so that a
+        # call playing several digit pcaps in ascending order presents advancing RTP like a
+        # real phone; identical numbers would be discarded by the receiver as duplicates.
+        index = DTMF_EVENTS.index(digit)
         packets = dtmf_event_packets(
             digit,
             payload_type,
             marker=marker,
-            start_seq=DTMF_START_SEQ,
-            timestamp=DTMF_TIMESTAMP,
+            start_seq=DTMF_START_SEQ + 50 * index,
+            timestamp=DTMF_TIMESTAMP + 16000 * index,
             ssrc=CALLER_SSRC,
             duration_ms=160,
             start_time=PCAP_EPOCH,

@@ -209,12 +209,13 @@ class DigestAuthenticator:
         """Check an ``Authorization`` header value for a request with ``method``."""
         if authorization is None or not authorization.strip():
             return AuthResult(AuthStatus.MISSING)
+        scheme = authorization.split(None, 1)[0].split(",", 1)[0]
+        if scheme.lower() != "digest":  # e.g. Basic, whose token68 is no auth-param list
+            return AuthResult(AuthStatus.MALFORMED, detail=f"unsupported scheme {scheme[:20]!r}")
         try:
-            scheme, params = parse_auth_header(authorization)
+            _, params = parse_auth_header(authorization)
         except ValueError as e:
             return AuthResult(AuthStatus.MALFORMED, detail=str(e))
-        if scheme.lower() != "digest":
-            return AuthResult(AuthStatus.MALFORMED, detail=f"unsupported scheme {scheme[:20]!r}")
         problem = _check_params(params)
         if problem:
             return AuthResult(AuthStatus.MALFORMED, detail=problem)

@@ -146,6 +146,8 @@ class SipMessage:
     def serialize(self) -> str:
         """The message as wire text with CRLF line ends (Content-Length left as stored)."""
         if self.method is not None:
+            if not self.request_uri:
+                raise ValueError("request has no Request-URI")
             start = f"{self.method} {self.request_uri} {SIP_VERSION}"
         elif self.status_code is not None:
             start = f"{SIP_VERSION} {self.status_code} {self.reason or ''}".rstrip()

@@ -1,5 +1,7 @@
 """SIP/tel URIs and name-addr header values (From, To, Contact, Diversion…), RFC 3261 §19/§20.
 
+Error messages never echo user parts or numbers (they may end up in logs).
+
 ``NameAddr.parse('"Alice" <sip:+14155550100@host;user=phone>;tag=abc')`` gives the display
 name, the URI (scheme, user, host, port, URI params) and the header params (``tag``…).
 """
@@ -44,7 +46,7 @@ class SipUri:
             raise ValueError("empty URI")
         colon = text.find(":")
         if colon <= 0:
-            raise ValueError(f"URI without scheme: {text[:60]!r}")
+            raise ValueError("URI without scheme (expected sip:, sips: or tel:)")
         scheme = text[:colon].lower()
         if scheme not in SCHEMES:
             raise ValueError(f"unsupported URI scheme {scheme[:20]!r}: expected sip, sips or tel")
@@ -129,7 +131,7 @@ class NameAddr:
                 raise ValueError("an addr-spec with spaces, ',' or '?' must be in '<…>'")
         after = after.strip()
         if after and not after.startswith(";"):
-            raise ValueError(f"unexpected text after the URI: {after[:40]!r}")
+            raise ValueError("unexpected text after the URI: expected ';param'")
         params = _parse_params(after[1:], allow_quoted=True) if after else {}
         return cls(display_name=display or None, uri=SipUri.parse(uri_text), params=params)
 
@@ -253,7 +255,7 @@ def _parse_sip(scheme: str, rest: str) -> SipUri:
         for item in header_text.split("&"):
             hname, eq, hvalue = item.partition("=")
             if not hname or not eq:
-                raise ValueError(f"bad URI header {item[:40]!r}: expected name=value")
+                raise ValueError("bad URI header: expected name=value")
             headers[unquote(hname)] = unquote(hvalue)
     hostport, semi, param_text = rest.partition(";")
     host, port = _parse_host(hostport)
@@ -266,6 +268,6 @@ def _parse_tel(rest: str) -> SipUri:
     if not number:
         raise ValueError("empty tel: number")
     if not _TEL_NUMBER_RE.fullmatch(number) or "+" in number[1:]:
-        raise ValueError(f"bad tel: number {number[:40]!r}")
+        raise ValueError("bad tel: number: expected [+]digits with - . ( ) separators")
     params = _parse_params(param_text, allow_quoted=False) if semi else {}
     return SipUri("tel", number, "", None, None, params, {})

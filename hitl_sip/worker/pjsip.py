@@ -239,6 +239,8 @@ class StackInfo:
 
 
 _TX_RESPONSE = re.compile(r"^TX \d+ bytes Response msg (\d{3})/")
+_TOP_VIA = re.compile(r"^(?:Via|v)[ \t]*:[ \t]*SIP[ \t]*/[ \t]*2\.0[ \t]*/[ \t]*([A-Za-z]+)",
+                      re.IGNORECASE | re.MULTILINE)
 _RX_REQUEST = re.compile(r"^RX \d+ bytes Request msg ([A-Z]+)/")
 
 
@@ -537,7 +539,8 @@ class PjStack:
         rdata = prm.rdata
         raw: str = rdata.wholeMsg
         source: str = rdata.srcAddress
-        transport = "tcp" if "TCP" in str(rdata.info).upper() else "udp"
+        via = _TOP_VIA.search(raw)
+        transport = via.group(1).lower() if via else "udp"
         call_id = uuid.uuid4().hex[:16]
         call = _Call(self, account, prm.callId, call_id)
         admitted = sum(1 for c in self._calls.values() if c.admitted)

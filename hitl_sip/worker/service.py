@@ -278,6 +278,12 @@ class WorkerService:
             await asyncio.sleep(delay)
         if call.call_id in self.calls and await self.stack.answer(call.call_id, 200):
             call.event("answered")
+            await asyncio.sleep(self.config.worker.max_call_seconds)
+            call_logger(log, call.call_id).warning(
+                "hanging up: the call reached worker.max_call_seconds (%.0fs)",
+                self.config.worker.max_call_seconds,
+            )
+            await self.stack.hangup(call.call_id)
 
     def _on_media(self, ev: CallMediaReady) -> None:
         call = self.calls.get(ev.call_id)

@@ -74,7 +74,8 @@ class Server:
 
     def call_records(self) -> list[dict[str, Any]]:
         rec = self.data_dir / "recordings"
-        return [json.loads(p.read_text()) for p in sorted(rec.glob("*.json"))]
+        records = [json.loads(p.read_text()) for p in rec.glob("*.json")]
+        return sorted(records, key=lambda r: str(r["receivedAt"]))
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-8000:]
