@@ -55,8 +55,10 @@ async def serve(config: Config) -> int:
         log.error("cannot listen on http %s:%s: %s", config.http.host, config.http.port, e)
         await runner.cleanup()
         return 1
-    sockets = site._server.sockets if site._server is not None else []  # noqa: SLF001
-    host, port = sockets[0].getsockname()[:2] if sockets else (config.http.host, 0)
+    host, port = config.http.host, config.http.port
+    server = site._server  # aiohttp exposes the bound port nowhere else
+    if isinstance(server, asyncio.Server) and server.sockets:
+        host, port = server.sockets[0].getsockname()[:2]
     log.info("hub listening on http://%s:%s (healthz, metrics)", host, port)
     worker_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     supervisor = Supervisor(config, registry, f"ws://{worker_host}:{port}/internal/worker", token)

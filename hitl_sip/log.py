@@ -7,6 +7,7 @@ Personal data (numbers, digits, transcripts) never goes into a message text: pas
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import sys
 from collections.abc import MutableMapping
 from typing import Any
@@ -27,8 +28,6 @@ class _RedactFilter(logging.Filter):
 
 
 def setup_logging(level: str, process_name: str | None = None) -> None:
-    import multiprocessing
-
     if process_name:
         multiprocessing.current_process().name = process_name
     handler = logging.StreamHandler(sys.stderr)

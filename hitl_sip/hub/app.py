@@ -8,6 +8,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+from typing import Any
 
 from aiohttp import WSMsgType, web
 
@@ -46,7 +47,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
-    snapshots = [({}, registry.metrics.snapshot())]
+    snapshots: list[tuple[dict[str, str], list[dict[str, Any]]]] = [
+        ({}, registry.metrics.snapshot())
+    ]
     for w in registry.workers.values():
         if w.connected and w.metrics:
             snapshots.append(({"worker": w.worker_id}, w.metrics))

@@ -59,7 +59,7 @@ class FrameBuffer:
         if self._closed:
             return
         if len(self._frames) >= self._capacity:
-            try:
+            try:  # noqa: SIM105 - media hot path: no context manager per frame
                 self._frames.popleft()
             except IndexError:
                 pass
@@ -92,7 +92,7 @@ class FrameBuffer:
         self._wake_threadsafe()
 
     def _wake_threadsafe(self) -> None:
-        try:
+        try:  # noqa: SIM105 - media hot path: no context manager per frame
             self._loop.call_soon_threadsafe(self._wake)
         except RuntimeError:  # loop closed during shutdown: nobody is waiting any more
             pass

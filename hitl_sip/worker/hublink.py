@@ -37,9 +37,11 @@ class HubLink:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
+        self._drained = asyncio.Event()
         self.dropped = 0
 
     def send(self, message: dict[str, Any]) -> None:
+        self._drained.clear()
         if len(self._backlog) == self._backlog.maxlen:
             self.dropped += 1
         self._backlog.append(message)
@@ -51,10 +53,9 @@ class HubLink:
     async def close(self, flush_timeout: float = 2.0) -> None:
         if self._task is None:
             return
-        if self.connected.is_set():
-            deadline = asyncio.get_running_loop().time() + flush_timeout
-            while self._backlog and asyncio.get_running_loop().time() < deadline:
-                await asyncio.sleep(0.02)
+        if self.connected.is_set() and self._backlog:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), flush_timeout)
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
@@ -90,6 +91,7 @@ class HubLink:
             while self._backlog:
                 await ws.send_json(self._backlog[0])
                 self._backlog.popleft()
+            self._drained.set()
             self._wake.clear()
             wake = asyncio.create_task(self._wake.wait())
             done, _ = await asyncio.wait({wake, reader}, return_when=asyncio.FIRST_COMPLETED)

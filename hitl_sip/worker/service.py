@@ -17,7 +17,6 @@ import time
 import wave
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from hitl_sip.config import Config
@@ -351,23 +350,20 @@ class WorkerService:
     # -- media tasks ----------------------------------------------------------------------
 
     async def _record(self, call: CallRuntime, inbound: FrameBuffer) -> None:
-        writer: wave.Wave_write | None = None
-        if self.config.worker.record_calls:
-            writer = wave.open(str(self.recordings / f"{call.call_id}.wav"), "wb")
-            writer.setnchannels(1)
-            writer.setsampwidth(2)
-            writer.setframerate(self.config.worker.clock_rate)
-        try:
-            while True:
-                frame = await inbound.get()
-                call.frames_received += 1
-                if writer is not None:
-                    writer.writeframesraw(frame)
-        except BufferClosed:
-            pass
-        finally:
-            if writer is not None:
-                writer.close()
+        with contextlib.ExitStack() as stack:
+            writer: wave.Wave_write | None = None
+            if self.config.worker.record_calls:
+                path = str(self.recordings / f"{call.call_id}.wav")
+                writer = stack.enter_context(wave.open(path, "wb"))
+                writer.setnchannels(1)
+                writer.setsampwidth(2)
+                writer.setframerate(self.config.worker.clock_rate)
+            with contextlib.suppress(BufferClosed):
+                while True:
+                    frame = await inbound.get()
+                    call.frames_received += 1
+                    if writer is not None:
+                        writer.writeframesraw(frame)
 
     async def _play(self, call: CallRuntime, outbound: FrameBuffer, pcm: bytes) -> None:
         assert self.stack is not None

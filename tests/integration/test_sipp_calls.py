@@ -135,11 +135,7 @@ def test_cancel_before_answer_ends_the_call_as_cancelled(tmp_path: Path) -> None
 
 def test_source_outside_the_allow_list_gets_403(tmp_path: Path) -> None:
     profile = tmp_path / "only-127-0-0-1.toml"
-    profile.write_text(
-        (ROOT / "sip_profiles/local.toml").read_text().replace(
-            'cidrs = ["127.0.0.0/8", "::1/128"]', 'cidrs = ["127.0.0.1/32"]'
-        ).replace('name = "local"', 'name = "only-127-0-0-1"')
-    )
+    profile.write_text('name = "only-127-0-0-1"\n[allow]\ncidrs = ["127.0.0.1/32"]\n')
     with running_server(tmp_path, profile=str(profile)) as srv:
         denied = sipp("expect_403", srv, tmp_path, local_ip="127.0.0.2")
         assert denied.ok, denied.explain()

@@ -26,7 +26,10 @@ class SippResult:
         return self.returncode == 0
 
     def explain(self) -> str:
-        return f"sipp exit {self.returncode}\n{self.stdout[-3000:]}\n--- errors ---\n{self.errors[-3000:]}"
+        return (
+            f"sipp exit {self.returncode}\n{self.stdout[-3000:]}\n"
+            f"--- errors ---\n{self.errors[-3000:]}"
+        )
 
 
 def run_sipp(
@@ -70,7 +73,9 @@ def run_sipp(
     return SippResult(proc.returncode, out, errors, media_port)
 
 
-def finish(proc: subprocess.Popen[str], tmp: Path, media_port: int = 0, timeout: float = 60) -> SippResult:
+def finish(
+    proc: subprocess.Popen[str], tmp: Path, media_port: int = 0, timeout: float = 60
+) -> SippResult:
     out, _ = proc.communicate(timeout=timeout)
     errs = "".join(p.read_text(errors="replace") for p in tmp.glob("sipp-*-errors.log"))
     return SippResult(proc.returncode, out, errs, media_port)

@@ -47,12 +47,15 @@ def test_every_shipped_profile_documents_each_section_in_its_header(path: Path) 
         assert f"[{section}]" in header, section
 
 
-def test_local_profile() -> None:
+def test_local_profile_admits_loopback_and_private_lan_only() -> None:
     p = load_profile("local", PROFILES, env={})
 
     assert p.allow_list.allows("127.0.0.1")
     assert p.allow_list.allows("::1")
-    assert not p.allow_list.allows("192.168.1.10")
+    assert p.allow_list.allows("192.168.1.10")
+    assert p.allow_list.allows("10.20.30.40")
+    assert not p.allow_list.allows("8.8.8.8")
+    assert not p.allow_list.allows("54.172.60.1")
     assert p.codecs == (Codec.PCMU, Codec.PCMA, Codec.G722)
     assert (p.rtp.start, p.rtp.end) == (20000, 20999)
     assert p.rtp.slots == 250
