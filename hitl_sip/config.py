@@ -284,6 +284,8 @@ def validate(config: Config) -> None:
         raise ConfigError("worker.drain_grace", "must not be negative")
     if w.clock_rate not in CLOCK_RATES:
         raise ConfigError("worker.clock_rate", f"expected one of {CLOCK_RATES}")
+    if not 0 < w.restart_backoff <= 60:
+        raise ConfigError("worker.restart_backoff", "expected more than 0, at most 60 seconds")
     if not 5 <= w.buffer_frames <= 500:
         raise ConfigError("worker.buffer_frames", f"expected 5..500, got {w.buffer_frames}")
     if w.greeting and not config.resolve_path(w.greeting).is_file():

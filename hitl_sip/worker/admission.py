@@ -10,6 +10,7 @@ fails over).
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import asdict
 
 from hitl_sip.sip.acl import parse_source
@@ -22,6 +23,51 @@ from hitl_sip.worker.pjsip import Decision
 log = logging.getLogger(__name__)
 
 FORBIDDEN = Decision(403, "Forbidden", "rejected_forbidden")
+
+# The wheel's pjsip is compiled with PJSIP_MAX_PKT_LEN = 4000: over TCP it drops a longer
+# message, over UDP it silently truncates the datagram and parses the rest. A message this
+# long may have been cut, so it is refused; a real trunk INVITE (with a STIR/SHAKEN Identity
+# header) is 1.5-3 KiB.
+PJSIP_MAX_PKT_LEN = 4000
+VIA_TRANSPORTS = frozenset({"udp", "tcp", "tls", "sctp", "ws", "wss"})
+
+_VIA = re.compile(
+    r"^(?:Via|v)[ \t]*:[ \t]*SIP[ \t]*/[ \t]*2\.0[ \t]*/[ \t]*([^ \t\r\n]+)",
+    re.IGNORECASE | re.MULTILINE,
+)
+_CONTENT_LENGTH = re.compile(r"^(?:Content-Length|l)[ \t]*:[ \t]*(\S*)[ \t]*\r?$",
+                             re.IGNORECASE | re.MULTILINE)
+
+
+def bad_request(detail: str) -> Decision:
+    return Decision(400, f"Bad Request ({detail})", "rejected_malformed")
+
+
+def check_framing(raw: str) -> Decision | None:
+    """Checks pjsip skips on UDP (RFC 3261 §18.3): size, Content-Length, Via transport."""
+    data = raw.encode("utf-8", "surrogateescape")
+    if len(data) >= PJSIP_MAX_PKT_LEN:
+        return Decision(513, "Message Too Large", "rejected_malformed")
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        head, sep, body = data.partition(b"\n\n")
+    if not sep:
+        return bad_request("no end of headers")
+    text = head.decode("utf-8", "replace")
+    lengths = _CONTENT_LENGTH.findall(text)
+    if len(lengths) > 1:
+        return bad_request("repeated Content-Length")
+    if lengths:
+        if not lengths[0].isdigit():
+            return bad_request("invalid Content-Length")
+        if int(lengths[0]) != len(body):
+            return bad_request("Content-Length does not match the body")
+    via = _VIA.search(text)
+    if via is None:
+        return bad_request("no Via")
+    if via.group(1).lower() not in VIA_TRANSPORTS:
+        return bad_request("unknown Via transport")
+    return None
 
 
 class Admission:
@@ -51,14 +97,17 @@ class Admission:
             log.warning("INVITE from %s refused: source not in the %s allow-list", ip,
                         self.profile.name)
             return FORBIDDEN
+        framing = check_framing(raw)
+        if framing is not None:
+            log.warning("INVITE from %s refused: %s %s", ip, framing.status, framing.reason)
+            return framing
         try:
             msg = SipMessage.parse(raw)
         except ValueError as e:
-            # pjsip accepted it, so it is a valid SIP message; our stricter parser did not.
-            log.warning("INVITE from %s not understood by the metadata parser: %s", ip, e)
-            msg = None
+            log.warning("INVITE from %s refused: not parsable: %s", ip, e)
+            return bad_request("unparsable message")
         if self.authenticator is not None:
-            authorization = msg.get("Authorization") if msg is not None else None
+            authorization = msg.get("Authorization")
             result = self.authenticator.verify("INVITE", authorization)
             if result.status is not AuthStatus.OK:
                 stale = result.status is AuthStatus.STALE_NONCE
@@ -83,14 +132,13 @@ class Admission:
                 (("Retry-After", str(self.retry_after)),),
             )
         metadata: dict[str, object] = {}
-        if msg is not None:
-            try:
-                meta = extract_call_metadata(
-                    msg, self.profile.header_mapping, self.profile.default_country_code
-                )
-                metadata = asdict(meta)
-            except ValueError as e:
-                log.warning("call metadata incomplete: %s", e)
+        try:
+            meta = extract_call_metadata(
+                msg, self.profile.header_mapping, self.profile.default_country_code
+            )
+            metadata = asdict(meta)
+        except ValueError as e:
+            log.warning("call metadata incomplete: %s", e)
         metadata["trunk"] = self.profile.name
         metadata["caller_name"] = metadata.pop("caller_display_name", None)
         return Decision(metadata=metadata)

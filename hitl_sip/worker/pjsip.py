@@ -144,46 +144,74 @@ class PcmPort(pj.AudioMediaPort):  # type: ignore[misc]
 
     Nothing here blocks or touches asyncio: a deque append/pop and, at most, one
     ``call_soon_threadsafe`` wake-up inside :class:`FrameBuffer`.
+
+    Ports are pooled, created once and re-bound call after call, never destroyed while
+    the media clock runs: destroying a SWIG director object races with the clock thread
+    calling into it (its attributes vanish mid-callback), and every ``createPort`` takes
+    a conference slot and a pool. :meth:`bind` and :meth:`unbind` swap one tuple, which
+    the clock thread reads atomically.
     """
 
-    def __init__(  # noqa: PLR0917 - constructed in one place, on the pj thread
+    def __init__(
         self,
-        inbound: FrameBuffer,
-        outbound: FrameBuffer,
         frame_bytes: int,
         read_vector: Callable[[Any], bytes],
         metrics: WorkerMetrics,
         timings: PortTimings | None,
     ) -> None:
         super().__init__()
-        self.inbound = inbound
-        self.outbound = outbound
         self.frame_bytes = frame_bytes
         self.silence = bytes(frame_bytes)
         self.read_vector = read_vector
         self.metrics = metrics
         self.timings = timings
+        self.buffers: tuple[FrameBuffer, FrameBuffer] | None = None
         self.source_active = False  # set by the loop while it feeds audio to the caller
 
-    def onFrameReceived(self, frame: Any) -> None:
+    def bind(self, inbound: FrameBuffer, outbound: FrameBuffer) -> None:
+        self.source_active = False
+        self.buffers = (inbound, outbound)
+
+    def unbind(self) -> None:
+        buffers = self.buffers
+        self.buffers = None
+        self.source_active = False
+        if buffers is not None:
+            buffers[0].close()
+            buffers[1].close()
+
+    @property
+    def inbound(self) -> FrameBuffer | None:
+        return self.buffers[0] if self.buffers else None
+
+    @property
+    def outbound(self) -> FrameBuffer | None:
+        return self.buffers[1] if self.buffers else None
+
+    def onFrameReceived(self, frame: Any) -> None:  # noqa: N802 (pjsua2 API)
         t0 = time.perf_counter_ns()
         try:
+            buffers = self.buffers
+            if buffers is None:
+                return
+            inbound = buffers[0]
             data = self.read_vector(frame.buf) if frame.size else self.silence
             if len(data) != self.frame_bytes:
                 data = (data + self.silence)[: self.frame_bytes]
-            before = self.inbound.overruns
-            self.inbound.push_nowait(data)
-            if self.inbound.overruns != before:
+            before = inbound.overruns
+            inbound.push_nowait(data)
+            if inbound.overruns != before:
                 self.metrics.overruns.inc(direction="from_caller")
         except Exception:  # never let an exception unwind into pjmedia's clock thread
             self.metrics.callback_errors.inc()
         if self.timings is not None:
             self.timings.received.append(time.perf_counter_ns() - t0)
 
-    def onFrameRequested(self, frame: Any) -> None:
+    def onFrameRequested(self, frame: Any) -> None:  # noqa: N802 (pjsua2 API)
         t0 = time.perf_counter_ns()
         try:
-            data = self.outbound.pop_nowait()
+            buffers = self.buffers
+            data = buffers[1].pop_nowait() if buffers is not None else None
             if data is None:
                 data = self.silence
                 if self.source_active:
@@ -269,6 +297,9 @@ class _LogWriter(pj.LogWriter):  # type: ignore[misc]
                     pjlog.debug("%s", msg.rstrip())
                 return
             text = msg.rstrip()
+            if not self.sip_trace:
+                # pjsip appends the offending packet (numbers and all) to parse errors
+                text = text.split("\n", 1)[0]
             if level <= 1:
                 pjlog.error("%s", text)
             elif level == 2:
@@ -351,6 +382,9 @@ class PjStack:
         self._thread = threading.Thread(target=self._run, name="pjsua", daemon=True)
         self._calls: dict[str, _Call] = {}
         self._graveyard: list[Any] = []
+        self._free_ports: list[PcmPort] = []
+        self._after_callbacks: list[Callable[[], None]] = []
+        self._all_ports: list[PcmPort] = []
         self._accounts: list[_Account] = []
         self._ep: Any = None
         self._log_writer: _LogWriter | None = None
@@ -440,6 +474,7 @@ class PjStack:
         ep = self._ep
         while self._running.is_set():
             ep.libHandleEvents(10)
+            self._run_after_callbacks()
             self._run_commands()
             self._graveyard.clear()
         self._shutdown()
@@ -558,13 +593,25 @@ class PjStack:
                 h.hName = name
                 h.hValue = value
                 op.txOption.headers.append(h)
-            call.answer(op)
+            # Never a final response inside onIncomingCall: when it ends the call at once
+            # (e.g. a datagram pjsip truncated), pjsua resets the call slot and pjsua2 then
+            # frees the cloned INVITE a second time and aborts. Answer right after the
+            # callback returns instead (same pj thread, < 10 ms later).
+            self._after_callbacks.append(lambda: self._reject(call, op))
             return
         call.admitted = True
         self.metrics.active_calls.set(admitted + 1)
         op.statusCode = 180
         call.answer(op)
         self._emit(CallOffered(call_id, source, transport, decision.metadata))
+
+    def _reject(self, call: _Call, op: Any) -> None:
+        if not call.ended:
+            call.answer(op)
+
+    def _run_after_callbacks(self) -> None:
+        while self._after_callbacks:
+            self._guard(self._after_callbacks.pop(0))
 
     def _on_call_disconnected(self, call: _Call, status: int, reason: str) -> None:
         self._calls.pop(call.call_id, None)
@@ -591,19 +638,31 @@ class PjStack:
         duration = time.monotonic() - (call.answered_at or call.created_at)
         self._emit(CallEnded(call.call_id, outcome, status, reason, by, answered, duration))
 
-    def _release_media(self, call: _Call) -> None:
+    def _release_media(self, call: _Call, *, disconnect: bool = False) -> None:
+        """Return the call's port to the pool. After DISCONNECTED pjsua has already removed
+        the call's conference slot (and with it every connection), so only a call still
+        alive needs an explicit disconnect."""
         port = call.port
         if port is None:
             return
-        port.inbound.close()
-        port.outbound.close()
-        if call.connected_media is not None:
+        if disconnect and call.connected_media is not None:
             with contextlib.suppress(pj.Error):
                 call.connected_media.stopTransmit(port)
                 port.stopTransmit(call.connected_media)
+        port.unbind()
         call.connected_media = None
         call.port = None
-        self._graveyard.append(port)
+        self._free_ports.append(port)
+
+    def _acquire_port(self) -> PcmPort:
+        if self._free_ports:
+            return self._free_ports.pop()
+        port = PcmPort(self.frame_bytes, self._read_vector, self.metrics, self.timings)
+        fmt = pj.MediaFormatAudio()
+        fmt.init(pj.PJMEDIA_FORMAT_PCM, self.settings.clock_rate, 1, FRAME_MS * 1000, 16)
+        port.createPort(f"pcm-{len(self._all_ports)}", fmt)
+        self._all_ports.append(port)
+        return port
 
     def _on_media_state(self, call: _Call) -> None:
         ci = call.getInfo()
@@ -624,17 +683,13 @@ class PjStack:
             return
         media = call.getAudioMedia(audio_index)
         first = call.port is None
+        inbound = outbound = None
         if first:
-            loop = self.loop
             cap = self.settings.buffer_frames
-            inbound = FrameBuffer(loop, cap)
-            outbound = FrameBuffer(loop, cap)
-            port = PcmPort(
-                inbound, outbound, self.frame_bytes, self._read_vector, self.metrics, self.timings
-            )
-            fmt = pj.MediaFormatAudio()
-            fmt.init(pj.PJMEDIA_FORMAT_PCM, self.settings.clock_rate, 1, FRAME_MS * 1000, 16)
-            port.createPort(f"call-{call.call_id}", fmt)
+            inbound = FrameBuffer(self.loop, cap)
+            outbound = FrameBuffer(self.loop, cap)
+            port = self._acquire_port()
+            port.bind(inbound, outbound)
             call.port = port
         else:
             assert call.port is not None
@@ -650,11 +705,11 @@ class PjStack:
             media.startTransmit(port)
             port.startTransmit(media)
             call.connected_media = media
-        if first:
+        if inbound is not None and outbound is not None:
             codec = ""
             with contextlib.suppress(pj.Error):
                 codec = call.getStreamInfo(audio_index).codecName
-            self._emit(CallMediaReady(call.call_id, codec, port.inbound, port.outbound))
+            self._emit(CallMediaReady(call.call_id, codec, inbound, outbound))
 
     def _on_dtmf(self, call: _Call, digit: str, method: str) -> None:
         self.metrics.dtmf.inc()
@@ -684,9 +739,14 @@ class PjStack:
                     ep.libHandleEvents(10)
             self._run_commands()
             for call in list(self._calls.values()):
-                self._release_media(call)
+                self._release_media(call, disconnect=True)
             self._calls.clear()
             self._graveyard.clear()
+            # Stop the media clock before the ports go: no callback may reach a port
+            # whose Python half is being torn down.
+            ep.audDevManager().setNoDev()
+            self._free_ports.clear()
+            self._all_ports.clear()
             for acc in self._accounts:
                 acc.shutdown()
             self._accounts.clear()

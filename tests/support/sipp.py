@@ -47,6 +47,7 @@ def run_sipp(
     transport: str = "u1",
     timeout: float = 60,
     background: bool = False,
+    duration_ms: int = 300,
 ) -> SippResult | subprocess.Popen[str]:
     """Run one SIPp client (UAC) scenario; calls/limit/rate map to -m/-l/-r."""
     media_port = media_port or free_port_pair()
@@ -56,7 +57,7 @@ def run_sipp(
         "-sf", str(SCENARIOS / f"{scenario}.xml"),
         "-i", local_ip, "-p", str(free_port(host=local_ip)), "-mi", local_ip,
         "-mp", str(media_port), "-t", transport,
-        "-s", service, "-m", str(calls), "-l", str(limit), "-r", str(rate),
+        "-s", service, "-d", str(duration_ms), "-m", str(calls), "-l", str(limit), "-r", str(rate),
         "-timeout", f"{int(timeout)}s", "-timeout_error",
         "-trace_err", "-error_file", str(err), "-nostdin", "-nd",
         "-default_behaviors", "all,-bye",

@@ -1,0 +1,84 @@
+"""FrameBuffer: bounded, never blocks the clock thread, wakes the loop only when waited on."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from hitl_sip.media.buffers import BufferClosed, FrameBuffer
+
+
+async def test_frames_pushed_from_another_thread_reach_a_waiting_consumer() -> None:
+    buf = FrameBuffer(asyncio.get_running_loop(), capacity=100)
+    frames = [bytes([i]) * 4 for i in range(50)]
+
+    def producer() -> None:
+        for f in frames:
+            buf.push_nowait(f)
+
+    getter = asyncio.create_task(asyncio.wait_for(_collect(buf, len(frames)), 5))
+    await asyncio.sleep(0)
+    thread = threading.Thread(target=producer)
+    thread.start()
+    got = await getter
+    thread.join()
+    assert got == frames
+
+
+async def _collect(buf: FrameBuffer, n: int) -> list[bytes]:
+    return [await buf.get() for _ in range(n)]
+
+
+async def test_overrun_drops_the_oldest_frame_and_counts_it() -> None:
+    overruns: list[int] = []
+    buf = FrameBuffer(asyncio.get_running_loop(), capacity=3, on_overrun=lambda: overruns.append(1))
+    for i in range(5):
+        buf.push_nowait(bytes([i]))
+    assert len(buf) == 3
+    assert buf.overruns == 2
+    assert len(overruns) == 2
+    assert [buf.pop_nowait() for _ in range(3)] == [b"\x02", b"\x03", b"\x04"]
+    assert buf.pop_nowait() is None
+
+
+async def test_put_waits_for_the_consumer_to_drain_below_the_lead() -> None:
+    buf = FrameBuffer(asyncio.get_running_loop(), capacity=50)
+    for i in range(3):
+        await buf.put(bytes([i]), lead=3)
+    blocked = asyncio.create_task(buf.put(b"x", lead=3))
+    await asyncio.sleep(0.01)
+    assert not blocked.done(), "put() must wait while the consumer is 3 frames behind"
+    threading.Thread(target=buf.pop_nowait).start()
+    await asyncio.wait_for(blocked, 2)
+    assert len(buf) == 3
+
+
+async def test_close_wakes_waiters_with_buffer_closed() -> None:
+    buf = FrameBuffer(asyncio.get_running_loop(), capacity=5)
+    waiter = asyncio.create_task(buf.get())
+    await asyncio.sleep(0)
+    threading.Thread(target=buf.close).start()
+    with pytest.raises(BufferClosed):
+        await asyncio.wait_for(waiter, 2)
+    buf.push_nowait(b"late")
+    assert len(buf) == 0, "a closed buffer accepts nothing"
+
+
+async def test_frames_queued_before_close_are_still_delivered() -> None:
+    buf = FrameBuffer(asyncio.get_running_loop(), capacity=5)
+    buf.push_nowait(b"a")
+    buf.close()
+    assert await buf.get() == b"a"
+    with pytest.raises(BufferClosed):
+        await buf.get()
+
+
+def test_capacity_must_be_positive() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        with pytest.raises(ValueError, match="capacity"):
+            FrameBuffer(loop, capacity=0)
+    finally:
+        loop.close()

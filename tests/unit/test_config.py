@@ -1,0 +1,111 @@
+"""Configuration layering and validation: every bad value names its key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hitl_sip.config import (
+    MAX_ADMITTED_CALLS_PER_WORKER,
+    Config,
+    config_from_dict,
+    env_key,
+    load_config,
+)
+from hitl_sip.errors import ConfigError
+
+
+def test_embedded_defaults_are_valid_without_any_file_or_env() -> None:
+    config = load_config(None, env={})
+    assert config.sip.port == 5060
+    assert config.sip.profile == "local"
+    assert config.worker.max_calls == MAX_ADMITTED_CALLS_PER_WORKER
+
+
+def test_layers_apply_in_order_file_then_env_then_flags(tmp_path: Path) -> None:
+    file = tmp_path / "c.toml"
+    file.write_text('[sip]\nport = 5070\nhost = "127.0.0.1"\n[http]\nport = 9000\n')
+    config = load_config(
+        file,
+        env={"HITL_SIP_SIP_PORT": "5080", "HITL_SIP_HTTP_PORT": "9001"},
+        overrides={"http.port": "9002"},
+    )
+    assert config.sip.host == "127.0.0.1"
+    assert config.sip.port == 5080
+    assert config.http.port == 9002
+
+
+def test_env_key_is_the_dotted_name_upper_cased() -> None:
+    assert env_key("worker.max_calls") == "HITL_SIP_WORKER_MAX_CALLS"
+    assert env_key("data_dir") == "HITL_SIP_DATA_DIR"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"sip.port": "70000"}, "sip.port"),
+        ({"sip.port": "five"}, "sip.port"),
+        ({"sip.host": "example.com"}, "sip.host"),
+        ({"sip.transports": "udp,sctp"}, "sip.transports"),
+        ({"http.port": "-1"}, "http.port"),
+        ({"worker.count": "0"}, "worker.count"),
+        ({"worker.max_calls": "4"}, "worker.max_calls"),
+        ({"worker.clock_rate": "44100"}, "worker.clock_rate"),
+        ({"worker.greeting": "no/such.wav"}, "worker.greeting"),
+        ({"worker.record_calls": "maybe"}, "worker.record_calls"),
+        ({"log.level": "loud"}, "log.level"),
+        ({"profiles_dir": "/no/such/dir"}, "profiles_dir"),
+    ],
+)
+def test_invalid_values_raise_config_error_naming_the_key(
+    overrides: dict[str, str], key: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env={}, overrides=overrides)
+    assert info.value.key == key
+
+
+def test_max_calls_error_explains_the_compiled_pjsua_limit() -> None:
+    with pytest.raises(ConfigError, match="PJSUA_MAX_CALLS=4"):
+        load_config(None, env={}, overrides={"worker.max_calls": 10})
+
+
+def test_unknown_keys_in_the_file_are_rejected(tmp_path: Path) -> None:
+    file = tmp_path / "c.toml"
+    file.write_text("[sip]\nprot = 5070\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(file, env={})
+    assert info.value.key == "sip.prot"
+
+
+def test_unknown_section_is_rejected(tmp_path: Path) -> None:
+    file = tmp_path / "c.toml"
+    file.write_text("[sipp]\nport = 5070\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(file, env={})
+    assert info.value.key == "sipp.port"
+
+
+def test_invalid_toml_and_missing_file_are_config_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[sip\nport=1")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_config(bad, env={})
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "missing.toml", env={})
+
+
+def test_bad_env_value_names_the_key() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env={"HITL_SIP_WORKER_RETRY_AFTER": "soon"})
+    assert info.value.key == "worker.retry_after"
+
+
+def test_config_round_trips_through_the_worker_hand_off() -> None:
+    config = load_config(
+        None, env={}, overrides={"sip.transports": "udp", "worker.max_calls": 2, "sip.port": 0}
+    )
+    again = config_from_dict(config.to_dict())
+    assert again == config
+    assert isinstance(again, Config)

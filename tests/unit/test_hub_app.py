@@ -1,0 +1,88 @@
+"""The hub's HTTP surface: /healthz follows the workers, /metrics merges them, the worker
+link refuses bad tokens and survives garbage."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from hitl_sip.config import load_config
+from hitl_sip.hub.app import create_app
+from hitl_sip.hub.registry import WorkerRegistry
+from hitl_sip.metrics import Registry
+
+TOKEN = "secret-token"
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[TestClient[aiohttp.web.Request, aiohttp.web.Application]]:
+    config = load_config(None, env={})
+    app = create_app(config, WorkerRegistry(), TOKEN)
+    async with TestClient(TestServer(app)) as c:
+        yield c
+
+
+HELLO = {
+    "type": "hello", "workerId": "w1", "pid": 123, "sip": {"udp": "127.0.0.1:5060"},
+    "profile": "local", "maxCalls": 3, "activeCalls": 0, "draining": False, "calls": [],
+}
+
+
+def worker_metrics() -> list[dict[str, object]]:
+    r = Registry()
+    r.counter("hitl_sip_calls_total", "Calls", ["outcome"]).inc(outcome="completed")
+    return r.snapshot()
+
+
+async def test_healthz_is_503_until_a_worker_registers_then_200(client: TestClient) -> None:  # type: ignore[type-arg]
+    r = await client.get("/healthz")
+    assert r.status == 503
+    assert (await r.json())["status"] == "starting"
+    ws = await client.ws_connect("/internal/worker", headers={"Authorization": f"Bearer {TOKEN}"})
+    await ws.send_json(HELLO)
+    await ws.send_json({"type": "status", "activeCalls": 1, "draining": False,
+                        "metrics": worker_metrics()})
+    for _ in range(100):
+        r = await client.get("/healthz")
+        body = await r.json()
+        if r.status == 200 and body["activeCalls"] == 1:
+            break
+    assert r.status == 200
+    assert body["workers"][0]["sip"] == {"udp": "127.0.0.1:5060"}
+    metrics = await (await client.get("/metrics")).text()
+    assert 'hitl_sip_calls_total{worker="w1",outcome="completed"} 1' in metrics
+    assert "hitl_sip_hub_workers_connected 1" in metrics
+    await ws.close()
+    for _ in range(100):
+        r = await client.get("/healthz")
+        if r.status == 503:
+            break
+    assert r.status == 503
+
+
+async def test_worker_link_refuses_a_missing_or_forged_token(client: TestClient) -> None:  # type: ignore[type-arg]
+    for headers in ({}, {"Authorization": "Bearer forged"}):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+            await client.ws_connect("/internal/worker", headers=headers)
+        assert info.value.status == 401
+
+
+async def test_garbage_from_a_worker_is_counted_and_ignored(client: TestClient) -> None:  # type: ignore[type-arg]
+    ws = await client.ws_connect("/internal/worker", headers={"Authorization": f"Bearer {TOKEN}"})
+    await ws.send_str("not json")
+    await ws.send_json({"type": "status"})  # before hello
+    await ws.send_json(HELLO)
+    await ws.send_json({"type": "no_such_type"})
+    await ws.send_json({"type": "call_started"})  # missing callId
+    await ws.send_json([1, 2, 3])
+    await ws.send_json({"type": "call_started", "callId": "c1", "caller": {"number": None}})
+    for _ in range(100):
+        text = await (await client.get("/metrics")).text()
+        if "hitl_sip_hub_bad_worker_messages_total 5" in text:
+            break
+    assert "hitl_sip_hub_bad_worker_messages_total 5" in text
+    assert (await client.get("/healthz")).status == 200
+    await ws.close()
