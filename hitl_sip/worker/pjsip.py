@@ -188,7 +188,7 @@ class PcmPort(pj.AudioMediaPort):  # type: ignore[misc]
     def outbound(self) -> FrameBuffer | None:
         return self.buffers[1] if self.buffers else None
 
-    def onFrameReceived(self, frame: Any) -> None:  # noqa: N802 (pjsua2 API)
+    def onFrameReceived(self, frame: Any) -> None:
         t0 = time.perf_counter_ns()
         try:
             buffers = self.buffers
@@ -207,7 +207,7 @@ class PcmPort(pj.AudioMediaPort):  # type: ignore[misc]
         if self.timings is not None:
             self.timings.received.append(time.perf_counter_ns() - t0)
 
-    def onFrameRequested(self, frame: Any) -> None:  # noqa: N802 (pjsua2 API)
+    def onFrameRequested(self, frame: Any) -> None:
         t0 = time.perf_counter_ns()
         try:
             buffers = self.buffers

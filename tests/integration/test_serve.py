@@ -23,7 +23,7 @@ def serve(*args: str, timeout: float = 30, env: dict[str, str] | None = None) ->
 ):
     return subprocess.run(
         [sys.executable, "-m", "hitl_sip.cli", "serve", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False,
         env={**os.environ, **(env or {})},
     )
 

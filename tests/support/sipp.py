@@ -48,6 +48,7 @@ def run_sipp(
     timeout: float = 60,
     background: bool = False,
     duration_ms: int = 300,
+    extra: list[str] | None = None,
 ) -> SippResult | subprocess.Popen[str]:
     """Run one SIPp client (UAC) scenario; calls/limit/rate map to -m/-l/-r."""
     media_port = media_port or free_port_pair()
@@ -62,6 +63,7 @@ def run_sipp(
         "-trace_err", "-error_file", str(err), "-nostdin", "-nd",
         "-default_behaviors", "all,-bye",
     ]
+    args += extra or []
     for key, value in (keys or {}).items():
         args += ["-key", key, value]
     proc = subprocess.Popen(
