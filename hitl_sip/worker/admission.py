@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from hitl_sip.sip.acl import parse_source
 from hitl_sip.sip.digest import AuthStatus, DigestAuthenticator
@@ -88,6 +88,15 @@ class Admission:
         return self.decide(source, raw, active, draining)
 
     def decide(self, source: str, raw: str, active: int, draining: bool) -> Decision:
+        framing = check_framing(raw)
+        decision = self._decide(source, raw, active, draining, framing)
+        if decision.status and framing is None:
+            return replace(decision, immediate=True)
+        return decision
+
+    def _decide(
+        self, source: str, raw: str, active: int, draining: bool, framing: Decision | None
+    ) -> Decision:
         try:
             ip, _port = parse_source(source)
         except ValueError:
@@ -97,7 +106,6 @@ class Admission:
             log.warning("INVITE from %s refused: source not in the %s allow-list", ip,
                         self.profile.name)
             return FORBIDDEN
-        framing = check_framing(raw)
         if framing is not None:
             log.warning("INVITE from %s refused: %s %s", ip, framing.status, framing.reason)
             return framing

@@ -237,6 +237,10 @@ class Decision:
     outcome: str = ""
     headers: tuple[tuple[str, str], ...] = ()
     metadata: dict[str, Any] = field(default_factory=dict)
+    # A rejection of a well-framed INVITE is answered inside onIncomingCall, which frees
+    # its call slot before the next INVITE of the same poll; anything else waits until the
+    # callback has returned (see _on_incoming).
+    immediate: bool = False
 
 
 Admit = Callable[[str, str, int, bool], Decision]
@@ -593,11 +597,13 @@ class PjStack:
                 h.hName = name
                 h.hValue = value
                 op.txOption.headers.append(h)
-            # Never a final response inside onIncomingCall: when it ends the call at once
-            # (e.g. a datagram pjsip truncated), pjsua resets the call slot and pjsua2 then
-            # frees the cloned INVITE a second time and aborts. Answer right after the
-            # callback returns instead (same pj thread, < 10 ms later).
-            self._after_callbacks.append(lambda: self._reject(call, op))
+            if decision.immediate:
+                call.answer(op)
+            else:
+                # A final response inside onIncomingCall that ends the call at once (e.g. for
+                # a datagram pjsip truncated) makes pjsua reset the call slot and pjsua2 free
+                # the cloned INVITE a second time: abort. Answer right after the callback.
+                self._after_callbacks.append(lambda: self._reject(call, op))
             return
         call.admitted = True
         self.metrics.active_calls.set(admitted + 1)
