@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
+import ctypes.util
 import json
 import logging
 import os
@@ -40,6 +42,18 @@ async def run(service: WorkerService) -> int:
     return 0
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def drain_when_the_hub_dies() -> None:
+    """Ask Linux for a SIGTERM when the hub process dies, so no orphan holds the SIP port."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        log.warning("cannot watch the hub process; stop workers by hand if the hub dies")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hitl-sip-worker")
     parser.add_argument("--worker-id", required=True)
@@ -54,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         log.error("bad worker configuration: %s", e)
         return 2
     setup_logging(config.log.level, args.worker_id)
+    if args.hub_url:
+        drain_when_the_hub_dies()
     try:
         service = WorkerService(
             config,

@@ -122,3 +122,12 @@ def test_one_hundred_sequential_calls_leave_rss_and_open_fds_stable(tmp_path: Pa
         print(f"worker fds {fds_before} -> {fds_after}, rss growth {growth_mib:.2f} MiB")
         assert fds_after <= fds_before, f"fd leak: {fds_before} -> {fds_after}"
         assert growth_mib < 1.0, f"RSS grew {growth_mib:.2f} MiB over 100 calls"
+
+
+def test_workers_stop_when_the_hub_is_killed(tmp_path: Path) -> None:
+    with running_server(tmp_path) as srv:
+        worker = psutil.Process(srv.worker_pid())
+        srv.process.kill()
+        srv.process.wait(10)
+        worker.wait(15)  # raises psutil.TimeoutExpired if the worker outlives its hub
+        assert not worker.is_running()
