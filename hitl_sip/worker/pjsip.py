@@ -109,14 +109,21 @@ class WorkerMetrics:
         )
         self.underruns = r.counter(
             "hitl_sip_pcm_underruns_total",
-            "PCM frames missing when the media clock asked for one",
+            "20 ms frames with no audio: to_caller = nothing queued while a source was "
+            "playing; from_caller = the call's stream gave no audio (jitter buffer empty, hold)",
             ["direction"],
         )
         self.overruns = r.counter(
             "hitl_sip_pcm_overruns_total",
-            "PCM frames dropped because a buffer was full",
+            "20 ms frames dropped because a buffer was full (its consumer fell behind)",
             ["direction"],
         )
+        for direction in ("to_caller", "from_caller"):
+            self.underruns.inc(0, direction=direction)
+            self.overruns.inc(0, direction=direction)
+        for outcome in ("completed", "cancelled", "failed", "rejected_capacity",
+                        "rejected_forbidden"):
+            self.calls.inc(0, outcome=outcome)
         self.dtmf = r.counter("hitl_sip_dtmf_events_total", "DTMF digits received")
         self.callback_errors = r.counter(
             "hitl_sip_media_callback_errors_total", "Exceptions caught in media callbacks"
@@ -195,7 +202,11 @@ class PcmPort(pj.AudioMediaPort):  # type: ignore[misc]
             if buffers is None:
                 return
             inbound = buffers[0]
-            data = self.read_vector(frame.buf) if frame.size else self.silence
+            if frame.size:
+                data = self.read_vector(frame.buf)
+            else:
+                data = self.silence
+                self.metrics.underruns.inc(direction="from_caller")
             if len(data) != self.frame_bytes:
                 data = (data + self.silence)[: self.frame_bytes]
             before = inbound.overruns
@@ -693,7 +704,10 @@ class PjStack:
         if first:
             cap = self.settings.buffer_frames
             inbound = FrameBuffer(self.loop, cap)
-            outbound = FrameBuffer(self.loop, cap)
+            outbound = FrameBuffer(
+                self.loop, cap,
+                on_overrun=lambda: self.metrics.overruns.inc(direction="to_caller"),
+            )
             port = self._acquire_port()
             port.bind(inbound, outbound)
             call.port = port

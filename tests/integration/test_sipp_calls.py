@@ -177,3 +177,23 @@ def test_server_ends_a_call_that_reaches_max_duration(tmp_path: Path) -> None:
         record = srv.call_records()[-1]
         assert record["endedBy"] == "system"
         assert record["outcome"] == "completed"
+
+
+def test_metrics_expose_calls_responses_and_pcm_buffer_health(
+    server: Server, tmp_path: Path
+) -> None:
+    result = sipp("short_call", server, tmp_path)
+    assert result.ok, result.explain()
+    server.wait_for(lambda: server.metric("hitl_sip_calls_total", outcome="completed") >= 1,
+                    what="a completed call in /metrics")
+    text = server.metrics_text()
+    for family in ("hitl_sip_active_calls", "hitl_sip_calls_total",
+                   "hitl_sip_sip_responses_sent_total", "hitl_sip_pcm_underruns_total",
+                   "hitl_sip_pcm_overruns_total"):
+        assert f"# TYPE {family} " in text, family
+    assert server.metric("hitl_sip_sip_responses_sent_total", **{"class": "2xx"}) >= 1
+    assert server.metric("hitl_sip_sip_responses_sent_total", **{"class": "1xx"}) >= 1
+    for direction in ("to_caller", "from_caller"):
+        assert f'hitl_sip_pcm_underruns_total{{worker="w1",direction="{direction}"}}' in text
+        assert f'hitl_sip_pcm_overruns_total{{worker="w1",direction="{direction}"}}' in text
+    assert server.metric("hitl_sip_pcm_overruns_total") == 0
