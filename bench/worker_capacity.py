@@ -196,8 +196,10 @@ class BenchCall:
 class FrameCounters(NamedTuple):
     received: int
     sent: int
-    underruns: float
-    overruns: float
+    underruns_from: float  # the caller's stream gave no audio
+    overruns_from: float
+    underruns_to: float  # nothing queued while the greeting played
+    overruns_to: float
 
 
 class BenchWorker:
@@ -302,8 +304,10 @@ class BenchWorker:
         return FrameCounters(
             sum(c.frames_received for c in self.calls.values()),
             sum(c.frames_sent for c in self.calls.values()),
-            metrics.underruns.get(direction="to_caller"),
+            metrics.underruns.get(direction="from_caller"),
             metrics.overruns.get(direction="from_caller"),
+            metrics.underruns.get(direction="to_caller"),
+            metrics.overruns.get(direction="to_caller"),
         )
 
     async def hang_up_all(self) -> None:
@@ -505,10 +509,14 @@ class Results:
     idle: CpuUsage
     loaded: CpuUsage
     per_call_percent: float
+    rss_mib_idle: float
+    rss_mib_loaded: float
     frames_from_callers: int
     frames_to_callers: int
-    underruns_to_callers: float
+    underruns_from_callers: float
     overruns_from_callers: float
+    underruns_to_callers: float
+    overruns_to_callers: float
     received: Distribution
     requested: Distribution
     vectors: dict[str, Distribution]
@@ -534,6 +542,10 @@ def pj_version() -> str:
         return version("pjsua2-python")
     except PackageNotFoundError:
         return "unknown"
+
+
+def rss_mib() -> float:
+    return psutil.Process().memory_info().rss / 2**20
 
 
 def drain(source: deque[int], into: list[int]) -> None:
@@ -583,6 +595,7 @@ async def run(args: argparse.Namespace, sipp_path: str, workdir: Path) -> Result
         log.info("worker SIP on udp:%s; idle baseline for %.0f s", target, args.seconds)
         await asyncio.sleep(SETTLE_SECONDS)  # a measurement margin, not a synchronisation
         idle = cpu_usage(*await measure_window(args.seconds))
+        rss_idle = rss_mib()
 
         log.info("SIPp places %d streaming call(s)", args.calls)
         sipp = await start_sipp(
@@ -620,6 +633,7 @@ async def run(args: argparse.Namespace, sipp_path: str, workdir: Path) -> Result
         if len(worker.held) != args.calls or worker.failures:
             raise BenchError(f"calls dropped during the window: {worker.failures or worker.held}")
         loaded = cpu_usage(*window)
+        rss_loaded = rss_mib()
         after = worker.frame_counters()
 
         fourth: int | None = None
@@ -671,10 +685,14 @@ async def run(args: argparse.Namespace, sipp_path: str, workdir: Path) -> Result
         idle=idle,
         loaded=loaded,
         per_call_percent=(loaded.percent - idle.percent) / args.calls,
+        rss_mib_idle=rss_idle,
+        rss_mib_loaded=rss_loaded,
         frames_from_callers=after.received - before.received,
         frames_to_callers=after.sent - before.sent,
-        underruns_to_callers=after.underruns - before.underruns,
-        overruns_from_callers=after.overruns - before.overruns,
+        underruns_from_callers=after.underruns_from - before.underruns_from,
+        overruns_from_callers=after.overruns_from - before.overruns_from,
+        underruns_to_callers=after.underruns_to - before.underruns_to,
+        overruns_to_callers=after.overruns_to - before.overruns_to,
         received=Distribution.of_ns(received),
         requested=Distribution.of_ns(requested),
         vectors=vectors,
@@ -713,9 +731,9 @@ def report(r: Results) -> str:
         f"limit {MAX_CALLS} per worker, PJSUA_MAX_CALLS = 4)",
         f"  4th call                 {fourth}",
         f"  frames from callers      {r.frames_from_callers} (expected ~{expected}), "
-        f"overruns {r.overruns_from_callers:.0f}",
+        f"underruns {r.underruns_from_callers:.0f}, overruns {r.overruns_from_callers:.0f}",
         f"  frames to callers        {r.frames_to_callers} (expected ~{expected}), "
-        f"underruns {r.underruns_to_callers:.0f}",
+        f"underruns {r.underruns_to_callers:.0f}, overruns {r.overruns_to_callers:.0f}",
         "",
         "CPU (process, all threads; % of one core)",
         f"  idle, 0 calls            {r.idle.percent:6.2f} %",
@@ -729,6 +747,8 @@ def report(r: Results) -> str:
             f"loaded {r.loaded.threads_percent[group]:6.2f} %"
         )
     lines += [
+        f"  resident memory          {r.rss_mib_idle:.0f} MiB idle, {r.rss_mib_loaded:.0f} MiB "
+        f"with {calls(r.calls)}",
         "",
         "PCM callbacks, per 20 ms frame (Python body, timed inside the callback)",
         f"  onFrameReceived  caller→us   {dist(r.received)}",

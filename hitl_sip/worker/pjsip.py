@@ -509,6 +509,10 @@ class PjStack:
 
     def _init_endpoint(self) -> StackInfo:
         s = self.settings
+        # libCreate logs pjlib's start-up to stdout before our writer is installed; the
+        # level is a pjlib global, settable through the extension's own symbol.
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(pj._pjsua2.__file__).pj_log_set_level(1)
         ep = pj.Endpoint()
         self._ep = ep
         ep.libCreate()
