@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from hitl_sip.media.analysis import best_correlation
 from hitl_sip.media.g711 import ulaw_decode
 from hitl_sip.media.rtp import RtpPacket
 from hitl_sip.media.wav import read_wav, resample
+from tests.support.audio import assert_contains
 from tests.support.net import UdpSniffer, free_port_pair
 from tests.support.server import ROOT, Server, running_server
 from tests.support.sipp import SippResult, finish, run_sipp
@@ -61,8 +61,8 @@ def test_basic_call_carries_audio_both_ways(server: Server, tmp_path: Path) -> N
     # caller -> server: the worker's recording contains what SIPp played
     rate, recording = read_wav(server.data_dir / "recordings" / f"{record['callId']}.wav")
     ref_rate, utterance = read_wav(ROOT / "rtp/caller/agent_bill_8k.wav")
-    score, _ = best_correlation(recording, resample(utterance, ref_rate, rate), rate)
-    assert score > 0.6, f"caller audio not found in the recording (corr {score:.2f})"
+    assert_contains(recording, resample(utterance, ref_rate, rate), rate,
+                    starts_within=(0.0, 1.0), what="caller audio in the worker's recording")
 
     # server -> caller: the RTP the server sent to SIPp's media port is the greeting
     packets = [RtpPacket.parse(p) for p in sniffer.packets]
@@ -70,8 +70,8 @@ def test_basic_call_carries_audio_both_ways(server: Server, tmp_path: Path) -> N
     assert len(pcmu) > 300, f"only {len(pcmu)} RTP packets reached the caller"
     heard = ulaw_decode(b"".join(p.payload for p in sorted(pcmu, key=lambda p: p.sequence_number)))
     g_rate, greeting = read_wav(ROOT / "rtp/prompts/greeting.wav")
-    score, _ = best_correlation(heard, resample(greeting, g_rate, 8000), 8000)
-    assert score > 0.5, f"greeting not heard by the caller (corr {score:.2f})"
+    assert_contains(heard, resample(greeting, g_rate, 8000), 8000, starts_within=(0.0, 1.0),
+                    what="greeting heard by the caller")
 
 
 def test_rfc4733_dtmf_with_payload_type_101_is_delivered(server: Server, tmp_path: Path) -> None:

@@ -13,9 +13,10 @@ baresip is configured from a throwaway directory (``-f``), never from ``~/.bares
   runs the ``-e "/dial …"`` command given on the command line.
 
 The call lasts exactly as long as the microphone file: when ``aufile`` reaches the end of
-the file the ``menu`` module hangs up (BYE). ``start_softphone`` therefore pads the
-microphone audio with silence (before it: ``speak_at``; after it: up to ``call_seconds``). ``-t`` makes baresip quit on its own
-later still, as a backstop if a test forgets to stop it.
+the file the ``menu`` module hangs up (BYE). ``start_softphone`` therefore surrounds the
+microphone audio with silence: ``speak_at`` seconds before it, and after it up to
+``call_seconds``. ``-t`` makes baresip quit on its own later still, as a backstop if a
+test forgets to stop it.
 """
 
 from __future__ import annotations
