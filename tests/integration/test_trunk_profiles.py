@@ -57,10 +57,12 @@ def test_digest_auth_refuses_a_wrong_password(tmp_path: Path) -> None:
         assert srv.metric("hitl_sip_calls_total", outcome="completed") == 0
 
 
-def _registrar(tmp_path: Path, port: int) -> subprocess.Popen[str]:
+def _registrar(
+    tmp_path: Path, port: int, scenario: str = "registrar", expires: int = 120
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [SIPP, "-sf", str(SCENARIOS / "registrar.xml"), "-i", "127.0.0.1", "-p", str(port),
-         "-m", "1", "-key", "expires", "120", "-nostdin", "-nd", "-timeout", "30s",
+        [SIPP, "-sf", str(SCENARIOS / f"{scenario}.xml"), "-i", "127.0.0.1", "-p", str(port),
+         "-m", "1", "-key", "expires", str(expires), "-nostdin", "-nd", "-timeout", "30s",
          "-trace_err", "-error_file", str(tmp_path / "registrar-errors.log")],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
@@ -86,6 +88,21 @@ def test_outbound_register_authenticates_and_is_reported_active(tmp_path: Path) 
                          timeout=15, what="registration active")
         out, _ = registrar.communicate(timeout=30)
         assert registrar.returncode == 0, out
+    finally:
+        registrar.kill()
+
+
+def test_registration_is_refreshed_before_the_granted_expiry(tmp_path: Path) -> None:
+    # The registrar grants 8 s although we ask for 120; pjsua refreshes ~5 s before expiry.
+    port = free_port()
+    registrar = _registrar(tmp_path, port, "registrar_refresh", expires=8)
+    try:
+        profile = _register_profile(tmp_path / "reg.toml", port, "trunkpass")
+        with running_server(tmp_path, profile=str(profile)) as srv:
+            out, _ = registrar.communicate(timeout=30)
+            assert registrar.returncode == 0, out
+            assert srv.metric("hitl_sip_registration_active", account="trunk") == 1
+            assert srv.log().count("registration trunk active") >= 2, srv.log()
     finally:
         registrar.kill()
 
