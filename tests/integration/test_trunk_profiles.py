@@ -120,3 +120,14 @@ def test_refused_register_is_logged_and_reported_inactive(tmp_path: Path) -> Non
             assert srv.health()[0] == 200, "a failed registration must not take the server down"
     finally:
         registrar.kill()
+
+
+def test_profile_codecs_limit_what_is_negotiated(tmp_path: Path) -> None:
+    profile = tmp_path / "alaw.toml"
+    profile.write_text('name = "alaw"\n[allow]\ncidrs = ["127.0.0.0/8"]\n[codecs]\norder = ["PCMA"]\n')
+    with running_server(tmp_path, profile=str(profile)) as srv:
+        result = run_sipp("short_call", srv.sip_port(), tmp_path)  # offers PCMU, PCMA
+        assert isinstance(result, SippResult)
+        assert result.ok, result.explain()
+        srv.wait_for(lambda: len(srv.call_records()) == 1, what="call record")
+        assert srv.call_records()[0]["codec"] == "PCMA"
