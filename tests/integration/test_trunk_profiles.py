@@ -124,7 +124,9 @@ def test_refused_register_is_logged_and_reported_inactive(tmp_path: Path) -> Non
 
 def test_profile_codecs_limit_what_is_negotiated(tmp_path: Path) -> None:
     profile = tmp_path / "alaw.toml"
-    profile.write_text('name = "alaw"\n[allow]\ncidrs = ["127.0.0.0/8"]\n[codecs]\norder = ["PCMA"]\n')
+    profile.write_text(
+        'name = "alaw"\n[allow]\ncidrs = ["127.0.0.0/8"]\n[codecs]\norder = ["PCMA"]\n'
+    )
     with running_server(tmp_path, profile=str(profile)) as srv:
         result = run_sipp("short_call", srv.sip_port(), tmp_path)  # offers PCMU, PCMA
         assert isinstance(result, SippResult)
