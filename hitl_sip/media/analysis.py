@@ -57,7 +57,9 @@ def best_correlation(
     starts in the haystack. ``band`` (Hz) limits both signals first (default: the G.711
     telephone band, which makes 16 kHz references comparable with 8 kHz-sourced audio);
     ``None`` compares the full band with the needle's mean removed. A haystack shorter
-    than the needle is padded with silence, which lowers the score proportionally.
+    than the needle is padded with silence at its end, so the needle is only tried at
+    offset 0: the score drops in proportion to what is missing only when the haystack
+    starts where the needle starts.
     """
     if rate < 1:
         raise ValueError(f"sample rate must be positive, got {rate}")
