@@ -14,13 +14,17 @@ import sys
 
 from aiohttp import web
 
+from hitl_sip.bot.flow import FlowError
 from hitl_sip.config import FLAG_KEYS, Config, load_config
 from hitl_sip.errors import ConfigError
 from hitl_sip.hub.app import create_app
+from hitl_sip.hub.core import Hub
 from hitl_sip.hub.registry import WorkerRegistry
 from hitl_sip.hub.supervisor import Supervisor
+from hitl_sip.hub.threads import ThreadStore
 from hitl_sip.log import setup_logging
 from hitl_sip.sip.profile import load_profile
+from hitl_sip.worker.engines import build_flow
 
 log = logging.getLogger("hitl_sip")
 
@@ -39,13 +43,18 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", help="data directory (data_dir)")
     serve.add_argument("--profile", help="trunk profile name in sip_profiles/ or a file path")
     serve.add_argument("--log-level", help="debug, info, warning or error (log.level)")
+    serve.add_argument("--flow", help='bot flow file, or "external" for the /bot namespace')
+    serve.add_argument("--stt", help="speech-to-text engine: pocketsphinx or azure")
+    serve.add_argument("--tts", help="text-to-speech engine: espeak or azure")
     return parser
 
 
 async def serve(config: Config) -> int:
     registry = WorkerRegistry()
     token = secrets.token_urlsafe(32)
-    app = create_app(config, registry, token)
+    store = ThreadStore(config.resolve_path(config.data_dir) / "threads.sqlite")
+    hub = Hub(config, registry, store)
+    app = create_app(config, registry, token, hub)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, config.http.host, config.http.port)
@@ -80,7 +89,9 @@ async def serve(config: Config) -> int:
         task.cancel()
     registry.draining = True
     await supervisor.stop(config.worker.drain_grace)
+    await hub.close()
     await runner.cleanup()
+    store.close()
     log.info("stopped")
     return code
 
@@ -92,8 +103,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             config = load_config(args.config, overrides=overrides)
             load_profile(config.sip.profile, config.resolve_path(config.profiles_dir))
+            build_flow(config)
         except ConfigError as e:
             print(f"hitl-sip: configuration error: {e}", file=sys.stderr)
+            return 2
+        except FlowError as e:
+            print(f"hitl-sip: configuration error: bot.flow: {e}", file=sys.stderr)
             return 2
         setup_logging(config.log.level, "hub")
         return asyncio.run(serve(config))

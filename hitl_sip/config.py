@@ -32,6 +32,8 @@ MAX_ADMITTED_CALLS_PER_WORKER = PJSUA_COMPILED_MAX_CALLS - 1
 TRANSPORTS = ("udp", "tcp")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 CLOCK_RATES = (8000, 16000)
+STT_ENGINES = ("pocketsphinx", "azure")
+TTS_ENGINES = ("espeak", "azure")
 
 
 @dataclass(frozen=True)
@@ -58,10 +60,39 @@ class WorkerConfig:
     max_call_seconds: float = 14400.0
     drain_grace: float = 30.0
     record_calls: bool = True
-    greeting: str = "rtp/prompts/greeting.wav"
     clock_rate: int = 16000
     buffer_frames: int = 50
     restart_backoff: float = 1.0
+
+
+@dataclass(frozen=True)
+class BotConfig:
+    flow: str = "flows/demo.yaml"  # a flow file, or "external" for the /bot namespace
+    hold_audio: str = "rtp/music/hold.wav"
+    barge_in_dbfs: float = -35.0
+    external_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class SpeechConfig:
+    stt: str = "pocketsphinx"
+    tts: str = "espeak"
+    language: str = "en-US"
+    voice: str = ""
+    azure_key: str = ""
+    azure_region: str = ""
+    azure_endpoint: str = ""
+    tts_cache_dir: str = ""
+
+
+@dataclass(frozen=True)
+class RoutingConfig:
+    queue_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -76,6 +107,10 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    bot: BotConfig = field(default_factory=BotConfig)
+    speech: SpeechConfig = field(default_factory=SpeechConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
     data_dir: str = "data"
     profiles_dir: str = str(PROJECT_ROOT / "sip_profiles")
 
@@ -93,6 +128,10 @@ _SECTIONS: dict[str, type[Any]] = {
     "http": HttpConfig,
     "worker": WorkerConfig,
     "log": LogConfig,
+    "bot": BotConfig,
+    "speech": SpeechConfig,
+    "routing": RoutingConfig,
+    "api": ApiConfig,
 }
 _TOP_LEVEL = ("data_dir", "profiles_dir")
 
@@ -107,6 +146,9 @@ FLAG_KEYS: dict[str, str] = {
     "profile": "sip.profile",
     "max_calls": "worker.max_calls",
     "log_level": "log.level",
+    "flow": "bot.flow",
+    "stt": "speech.stt",
+    "tts": "speech.tts",
 }
 
 
@@ -219,6 +261,10 @@ def load_config(
         name = env_key(key)
         if name in env:
             _apply(values, top, key, env[name])
+    for alias, key in (("AZURE_SPEECH_KEY", "speech.azure_key"),
+                       ("AZURE_SPEECH_REGION", "speech.azure_region")):
+        if alias in env and env_key(key) not in env:
+            _apply(values, top, key, env[alias])
     for key, raw in (overrides or {}).items():
         if raw is not None:
             _apply(values, top, key, raw)
@@ -227,6 +273,10 @@ def load_config(
         http=HttpConfig(**values.get("http", {})),
         worker=WorkerConfig(**values.get("worker", {})),
         log=LogConfig(**values.get("log", {})),
+        bot=BotConfig(**values.get("bot", {})),
+        speech=SpeechConfig(**values.get("speech", {})),
+        routing=RoutingConfig(**values.get("routing", {})),
+        api=ApiConfig(**values.get("api", {})),
         **top,
     )
     validate(config)
@@ -288,8 +338,30 @@ def validate(config: Config) -> None:
         raise ConfigError("worker.restart_backoff", "expected more than 0, at most 60 seconds")
     if not 5 <= w.buffer_frames <= 500:
         raise ConfigError("worker.buffer_frames", f"expected 5..500, got {w.buffer_frames}")
-    if w.greeting and not config.resolve_path(w.greeting).is_file():
-        raise ConfigError("worker.greeting", f"file not found: {w.greeting}")
+    if config.bot.flow != "external" and not config.resolve_path(config.bot.flow).is_file():
+        raise ConfigError("bot.flow", f"flow file not found: {config.bot.flow}")
+    if config.bot.hold_audio and not config.resolve_path(config.bot.hold_audio).is_file():
+        raise ConfigError("bot.hold_audio", f"file not found: {config.bot.hold_audio}")
+    if not -60 <= config.bot.barge_in_dbfs <= 0:
+        raise ConfigError("bot.barge_in_dbfs", "expected -60..0 dBFS")
+    if config.speech.stt not in STT_ENGINES:
+        raise ConfigError("speech.stt", f"expected one of {', '.join(STT_ENGINES)}")
+    if config.speech.tts not in TTS_ENGINES:
+        raise ConfigError("speech.tts", f"expected one of {', '.join(TTS_ENGINES)}")
+    for kind in ("stt", "tts"):
+        if getattr(config.speech, kind) == "azure" and not (
+            config.speech.azure_key and (config.speech.azure_region or config.speech.azure_endpoint)
+        ):
+            raise ConfigError(
+                "speech.azure_key",
+                f"speech.{kind} = azure needs speech.azure_key and speech.azure_region or "
+                "speech.azure_endpoint (or AZURE_SPEECH_KEY / AZURE_SPEECH_REGION)",
+            )
+    if not 1 <= config.routing.queue_timeout <= 3600:
+        raise ConfigError("routing.queue_timeout", "expected 1..3600 seconds")
+    for key in config.api.keys:
+        if len(key) < 16:
+            raise ConfigError("api.keys", "API keys must be at least 16 characters")
     if config.log.level not in LOG_LEVELS:
         raise ConfigError("log.level", f"expected one of {', '.join(LOG_LEVELS)}")
     if not config.resolve_path(config.profiles_dir).is_dir():

@@ -10,9 +10,13 @@ import json
 import logging
 from typing import Any
 
+import socketio
 from aiohttp import WSMsgType, web
 
 from hitl_sip.config import Config
+from hitl_sip.hub.api import HUB, setup_api
+from hitl_sip.hub.botns import BotNamespace
+from hitl_sip.hub.core import Hub
 from hitl_sip.hub.registry import WorkerRegistry
 from hitl_sip.metrics import render
 
@@ -80,7 +84,10 @@ async def worker_socket(request: web.Request) -> web.StreamResponse:
                         raise ValueError("first message must be a hello with a workerId")
                     worker_id = str(data["workerId"])
                     state = registry.connected(worker_id, data)
+                    state.send_json = ws.send_json
                     log.info("worker %s connected (SIP %s)", worker_id, state.sip)
+                elif HUB in request.app:
+                    await request.app[HUB].on_worker_message(worker_id, data)
                 else:
                     registry.handle(worker_id, data)
             except (ValueError, KeyError, TypeError) as e:
@@ -93,7 +100,9 @@ async def worker_socket(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-def create_app(config: Config, registry: WorkerRegistry, worker_token: str) -> web.Application:
+def create_app(
+    config: Config, registry: WorkerRegistry, worker_token: str, hub: Hub | None = None
+) -> web.Application:
     app = web.Application(client_max_size=1024 * 1024)
     app[CONFIG] = config
     app[REGISTRY] = registry
@@ -101,4 +110,10 @@ def create_app(config: Config, registry: WorkerRegistry, worker_token: str) -> w
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/internal/worker", worker_socket)
+    if hub is not None:
+        setup_api(app, hub)
+        sio = socketio.AsyncServer(async_mode="aiohttp", cors_allowed_origins=[],
+                                   logger=False, engineio_logger=False)
+        sio.register_namespace(BotNamespace(hub))
+        sio.attach(app)
     return app

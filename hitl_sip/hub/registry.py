@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,9 @@ class WorkerState:
     connected: bool = False
     last_seen: float = 0.0
     metrics: list[dict[str, Any]] = field(default_factory=list)
+    send_json: Callable[[dict[str, Any]], Awaitable[None]] | None = field(
+        default=None, repr=False
+    )
 
     def public(self) -> dict[str, Any]:
         return {
@@ -75,10 +79,22 @@ class WorkerRegistry:
         self._refresh()
         return state
 
+    async def send(self, worker_id: str, message: dict[str, Any]) -> bool:
+        """Send a command to a connected worker; False when it is not connected."""
+        state = self.workers.get(worker_id)
+        if state is None or not state.connected or state.send_json is None:
+            return False
+        try:
+            await state.send_json(message)
+        except (ConnectionError, RuntimeError):
+            return False
+        return True
+
     def disconnected(self, worker_id: str) -> None:
         state = self.workers.get(worker_id)
         if state is not None:
             state.connected = False
+            state.send_json = None
             state.metrics = []
         for call_id in [c for c, v in self.calls.items() if v.get("workerId") == worker_id]:
             del self.calls[call_id]

@@ -84,7 +84,11 @@ class FrameBuffer:
         return frame
 
     def clear(self) -> None:
+        """Drop every queued frame (barge-in) and wake a producer waiting for space."""
         self._frames.clear()
+        if self._want_space_at is not None:
+            self._want_space_at = None
+            self._wake_threadsafe()
 
     def close(self) -> None:
         """Mark the buffer closed and wake any waiter (it raises BufferClosed)."""

@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 
+from hitl_sip.bot.flow import FlowError
 from hitl_sip.config import config_from_dict
 from hitl_sip.errors import ConfigError, SipError
 from hitl_sip.log import setup_logging
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             hub_url=args.hub_url,
             hub_token=os.environ.get("HITL_SIP_WORKER_TOKEN", ""),
         )
-    except ConfigError as e:
+    except (ConfigError, FlowError) as e:
         log.error("configuration error: %s", e)
         return 2
     return asyncio.run(run(service))

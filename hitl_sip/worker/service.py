@@ -1,8 +1,8 @@
 """The media worker's asyncio side: one :class:`CallRuntime` per admitted call.
 
-Until the bot leg exists, an answered call plays the configured greeting to the caller and
-records what the caller sends (WAV plus a JSON call record with DTMF and hold events) in
-``<data_dir>/recordings`` when ``worker.record_calls`` is on.
+An answered call gets a :class:`~hitl_sip.worker.session.CallSession` (the bot leg: flow,
+STT, TTS, handoff). With ``worker.record_calls`` on, what the caller sends is also recorded
+(WAV plus a JSON call record with DTMF, hold and state events) in ``<data_dir>/recordings``.
 """
 
 from __future__ import annotations
@@ -13,18 +13,20 @@ import json
 import logging
 import os
 import secrets
-import time
+import uuid
 import wave
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from hitl_sip.config import Config
+from hitl_sip.bot.runner import FlowRunner
+from hitl_sip.config import PROJECT_ROOT, Config
 from hitl_sip.log import call_logger
 from hitl_sip.media.buffers import BufferClosed, FrameBuffer
-from hitl_sip.media.wav import frames, read_wav, resample
+from hitl_sip.media.wav import read_wav, resample
 from hitl_sip.sip.profile import TrunkProfile, load_profile
 from hitl_sip.worker.admission import Admission
+from hitl_sip.worker.engines import build_flow, build_stt, build_tts
 from hitl_sip.worker.events import (
     CallDtmf,
     CallEnded,
@@ -37,6 +39,7 @@ from hitl_sip.worker.events import (
 )
 from hitl_sip.worker.hublink import HubLink
 from hitl_sip.worker.pjsip import PjStack, StackInfo, StackSettings, WorkerMetrics
+from hitl_sip.worker.session import CallSession, SessionSettings
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +55,9 @@ class CallRuntime:
     transport: str
     metadata: dict[str, Any]
     received_at: str
+    thread_id: str = ""
     codec: str = ""
+    session: CallSession | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     frames_received: int = 0
@@ -108,7 +113,10 @@ class WorkerService:
         self.info: StackInfo | None = None
         self.draining = False
         self.recordings = config.resolve_path(config.data_dir) / "recordings"
-        self.greeting = self._load_greeting()
+        self.flow = build_flow(config)
+        self.tts = build_tts(config)
+        self.stt = build_stt(config)
+        self.hold_pcm = self._load_audio(config.bot.hold_audio)
         self.stack: PjStack | None = None
         self.hub = (
             HubLink(hub_url, hub_token, self._hello, self._on_hub_message) if hub_url else None
@@ -117,10 +125,10 @@ class WorkerService:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def _load_greeting(self) -> bytes:
-        if not self.config.worker.greeting:
+    def _load_audio(self, path: str) -> bytes:
+        if not path:
             return b""
-        rate, pcm = read_wav(self.config.resolve_path(self.config.worker.greeting))
+        rate, pcm = read_wav(self.config.resolve_path(path))
         if rate != self.config.worker.clock_rate:
             pcm = resample(pcm, rate, self.config.worker.clock_rate)
         return pcm
@@ -215,6 +223,7 @@ class WorkerService:
         md = call.metadata
         return {
             "callId": call.call_id,
+            "threadId": call.thread_id,
             "caller": {"number": md.get("caller_number"), "name": md.get("caller_name")},
             "called": md.get("called_number"),
             "trunk": md.get("trunk"),
@@ -224,10 +233,13 @@ class WorkerService:
         }
 
     def _on_hub_message(self, message: dict[str, Any]) -> None:
-        if message.get("type") == "hangup" and self.stack is not None:
-            call_id = str(message.get("callId", ""))
-            if call_id in self.calls:
-                self._spawn(self.stack.hangup(call_id))
+        call = self.calls.get(str(message.get("callId", "")))
+        if call is None:
+            return
+        if call.session is not None:
+            self._spawn(call.session.on_command(message))
+        elif message.get("type") == "hangup" and self.stack is not None:
+            self._spawn(self.stack.hangup(call.call_id))
 
     async def _report_metrics(self) -> None:
         while True:
@@ -261,6 +273,8 @@ class WorkerService:
 
     def _on_offered(self, ev: CallOffered) -> None:
         call = CallRuntime(ev.call_id, ev.source, ev.transport, dict(ev.metadata), now_iso())
+        headers = call.metadata.get("headers") or {}
+        call.thread_id = str(headers.get("thread_id") or uuid.uuid4())
         self.calls[ev.call_id] = call
         self._idle.clear()
         clog = call_logger(log, ev.call_id)
@@ -291,9 +305,11 @@ class WorkerService:
         call.codec = ev.codec
         call.event("media", codec=ev.codec)
         call_logger(log, ev.call_id).info("media up (%s)", ev.codec or "unknown codec")
-        call.tasks.append(self._spawn(self._record(call, ev.inbound)))
-        if self.greeting:
-            call.tasks.append(self._spawn(self._play(call, ev.outbound, self.greeting)))
+        inbound = ev.inbound
+        if self.config.worker.record_calls:
+            inbound = self._tee(call, ev.inbound)
+        call.session = self._new_session(call, inbound, ev.outbound)
+        call.tasks.append(self._spawn(call.session.start()))
 
     def _on_dtmf(self, ev: CallDtmf) -> None:
         call = self.calls.get(ev.call_id)
@@ -302,7 +318,8 @@ class WorkerService:
         call.event("dtmf", digit=ev.digit, method=ev.method)
         call_logger(log, ev.call_id).info("DTMF received (%s)", ev.method,
                                           extra={"redact": {"digit": ev.digit}})
-        self._notify({"type": "dtmf", "callId": ev.call_id, "digits": ev.digit})
+        if call.session is not None:
+            self._spawn(call.session.on_dtmf(ev.digit))
 
     def _on_hold(self, ev: CallHold) -> None:
         call = self.calls.get(ev.call_id)
@@ -316,6 +333,11 @@ class WorkerService:
         call = self.calls.pop(ev.call_id, None)
         if call is None:
             return
+        if call.session is not None:
+            try:
+                await call.session.close()
+            except Exception:
+                call_logger(log, ev.call_id).exception("closing the call session failed")
         for task in call.tasks:
             task.cancel()
         await asyncio.gather(*call.tasks, return_exceptions=True)
@@ -338,6 +360,8 @@ class WorkerService:
                 "status": ev.status,
                 "framesReceived": call.frames_received,
                 "framesSent": call.frames_sent,
+                "threadId": call.thread_id,
+                "responseLatencies": call.session.response_latencies if call.session else [],
                 "events": call.events,
             }
             path = self.recordings / f"{call.call_id}.json"
@@ -349,34 +373,72 @@ class WorkerService:
 
     # -- media tasks ----------------------------------------------------------------------
 
-    async def _record(self, call: CallRuntime, inbound: FrameBuffer) -> None:
-        with contextlib.ExitStack() as stack:
-            writer: wave.Wave_write | None = None
-            if self.config.worker.record_calls:
-                path = str(self.recordings / f"{call.call_id}.wav")
-                writer = stack.enter_context(wave.open(path, "wb"))
+    def _tee(self, call: CallRuntime, inbound: FrameBuffer) -> FrameBuffer:
+        """Record every caller frame and pass it on to the session's own buffer."""
+        assert self.stack is not None
+        out = FrameBuffer(asyncio.get_running_loop(), inbound.capacity)
+        call.tasks.append(self._spawn(self._record(call, inbound, out)))
+        return out
+
+    async def _record(self, call: CallRuntime, inbound: FrameBuffer, out: FrameBuffer) -> None:
+        path = str(self.recordings / f"{call.call_id}.wav")
+        try:
+            with wave.open(path, "wb") as writer:
                 writer.setnchannels(1)
                 writer.setsampwidth(2)
                 writer.setframerate(self.config.worker.clock_rate)
-            with contextlib.suppress(BufferClosed):
-                while True:
-                    frame = await inbound.get()
-                    call.frames_received += 1
-                    if writer is not None:
+                with contextlib.suppress(BufferClosed):
+                    while True:
+                        frame = await inbound.get()
+                        call.frames_received += 1
                         writer.writeframesraw(frame)
-
-    async def _play(self, call: CallRuntime, outbound: FrameBuffer, pcm: bytes) -> None:
-        assert self.stack is not None
-        frame_bytes = self.stack.frame_bytes
-        self.stack.set_source_active(call.call_id, True)
-        started = time.monotonic()
-        try:
-            for frame in frames(pcm, frame_bytes):
-                await outbound.put(frame)
-                call.frames_sent += 1
-            await outbound.wait_level(0)
-            call.event("greeting_played", seconds=round(time.monotonic() - started, 2))
-        except BufferClosed:
-            pass
+                        out.push_nowait(frame)
         finally:
-            self.stack.set_source_active(call.call_id, False)
+            out.close()
+
+    def _new_session(
+        self, call: CallRuntime, inbound: FrameBuffer, outbound: FrameBuffer
+    ) -> CallSession:
+        assert self.stack is not None
+        stack = self.stack
+        md = call.metadata
+        runner = None
+        if self.flow is not None:
+            variables = {
+                "caller_number": str(md.get("caller_number") or ""),
+                "caller_name": str(md.get("caller_name") or ""),
+                "called_number": str(md.get("called_number") or ""),
+                "trunk": str(md.get("trunk") or ""),
+            }
+            for key, value in (md.get("headers") or {}).items():
+                variables[f"headers.{key}"] = str(value)
+            runner = FlowRunner(self.flow, variables, log=call_logger(log, call.call_id))
+
+        def notify(message: dict[str, Any]) -> None:
+            if message.get("type") == "session_state":
+                call.event("state", state=message["state"])
+            self._notify(message)
+
+        def source_active(active: bool) -> None:
+            stack.set_source_active(call.call_id, active)
+
+        return CallSession(
+            call_id=call.call_id,
+            thread_id=call.thread_id,
+            metadata=md,
+            inbound=inbound,
+            outbound=outbound,
+            tts=self.tts,
+            stt=self.stt,
+            runner=runner,
+            notify=notify,
+            hangup=lambda: stack.hangup(call.call_id),
+            settings=SessionSettings(
+                clock_rate=self.config.worker.clock_rate,
+                frame_bytes=stack.frame_bytes,
+                barge_in_dbfs=self.config.bot.barge_in_dbfs,
+                hold_pcm=self.hold_pcm,
+                project_root=PROJECT_ROOT,
+            ),
+            on_source_active=source_active,
+        )

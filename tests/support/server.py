@@ -118,6 +118,7 @@ def running_server(
     workers: int = 1,
     env: dict[str, str] | None = None,
     ready_timeout: float = 20.0,
+    extra: dict[str, dict[str, Any]] | None = None,
 ) -> Iterator[Server]:
     http_port = free_port()
     data_dir = tmp / "data"
@@ -127,6 +128,7 @@ def running_server(
         "http": {"host": "127.0.0.1", "port": http_port},
         "worker": {"count": workers, "drain_grace": 5, **(worker or {})},
         "log": {"level": "info"},
+        **(extra or {}),
     }
     config = tmp / "hitl-sip.toml"
     write_config(config, sections, {"data_dir": str(data_dir)})

@@ -1,0 +1,156 @@
+"""The hub's call-level logic: turns into the thread store, call states, the handoff queue.
+
+Workers report what happens on their calls (``turn``, ``session_state``,
+``handoff_requested``, ``caller_said``, ``dtmf``); the hub keeps the calls table behind
+``GET /api/calls``, stores turns, holds handed-off calls in the queue and, when nobody takes
+one within ``routing.queue_timeout``, tells the worker (``queue_timeout``) so the flow runs
+its fallback branch. Listeners (the ``/bot`` namespace, later agent routing) get every call
+event through :meth:`Hub.subscribe`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from hitl_sip.config import Config
+from hitl_sip.hub.registry import WorkerRegistry
+from hitl_sip.hub.threads import ThreadStore, Turn
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+CALL_STATES = ("bot", "queued", "human", "ended")
+
+
+class Hub:
+    def __init__(self, config: Config, registry: WorkerRegistry, store: ThreadStore) -> None:
+        self.config = config
+        self.registry = registry
+        self.store = store
+        self._listeners: list[Listener] = []
+        self._queue_timers: dict[str, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        m = registry.metrics
+        self.turns_stored = m.counter("hitl_sip_hub_turns_stored_total", "Turns stored", ["role"])
+        self.handoffs = m.counter("hitl_sip_hub_handoffs_total", "Handoffs requested")
+        self.queue_timeouts = m.counter(
+            "hitl_sip_hub_queue_timeouts_total", "Queued calls sent back to the bot"
+        )
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    async def _publish(self, event: str, data: dict[str, Any]) -> None:
+        for listener in list(self._listeners):
+            try:
+                await listener(event, data)
+            except Exception:
+                log.exception("call event listener failed on %s", event)
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        for timer in self._queue_timers.values():
+            timer.cancel()
+        self._queue_timers.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- commands to workers --------------------------------------------------------------
+
+    async def command(self, call_id: str, message: dict[str, Any]) -> bool:
+        """Send a command about ``call_id`` to the worker that owns it."""
+        call = self.registry.calls.get(call_id)
+        if call is None:
+            return False
+        return await self.registry.send(str(call["workerId"]), {**message, "callId": call_id})
+
+    # -- worker messages ------------------------------------------------------------------
+
+    async def on_worker_message(self, worker_id: str, message: dict[str, Any]) -> None:
+        """Apply one message from a worker; ValueError/KeyError/TypeError for malformed ones."""
+        kind = message.get("type")
+        if kind == "turn":
+            await self._on_turn(message)
+        elif kind == "session_state":
+            await self._on_state(message)
+        elif kind == "handoff_requested":
+            await self._on_handoff(message)
+        elif kind in ("caller_said", "dtmf"):
+            await self._publish(str(kind), message)
+        elif kind == "call_started":
+            self.registry.handle(worker_id, message)
+            await self._publish("call_started", message)
+        elif kind == "call_ended":
+            self._cancel_queue_timer(str(message["callId"]))
+            self.registry.handle(worker_id, message)
+            await self._publish("call_ended", message)
+        else:
+            self.registry.handle(worker_id, message)
+
+    async def _on_turn(self, m: dict[str, Any]) -> None:
+        turn = Turn(
+            thread_id=str(m["threadId"]),
+            call_id=str(m["callId"]),
+            key=f"{m['callId']}:{int(m['seq'])}",
+            role=str(m["role"]),
+            text=str(m["text"]),
+            at=str(m["at"]),
+        )
+        if await self.store.add(turn):
+            self.turns_stored.inc(role=turn.role)
+            await self._publish("turn", m)
+
+    async def _on_state(self, m: dict[str, Any]) -> None:
+        call_id = str(m["callId"])
+        state = str(m["state"])
+        if state not in CALL_STATES:
+            raise ValueError(f"unknown call state {state!r}")
+        call = self.registry.calls.get(call_id)
+        if call is not None:
+            call["state"] = state
+        if state != "queued":
+            self._cancel_queue_timer(call_id)
+        await self._publish("session_state", m)
+
+    async def _on_handoff(self, m: dict[str, Any]) -> None:
+        call_id = str(m["callId"])
+        call = self.registry.calls.get(call_id)
+        if call is None:
+            raise ValueError(f"handoff for an unknown call {call_id}")
+        call["state"] = "queued"
+        call["handoff"] = {k: m.get(k) for k in ("queue", "skill", "reason")}
+        call["botTranscript"] = m.get("transcript", [])
+        self.handoffs.inc()
+        timeout = self.config.routing.queue_timeout
+        log.info("[call %s] queued for an agent (timeout %.0fs)", call_id, timeout)
+        self._cancel_queue_timer(call_id)
+        loop = asyncio.get_running_loop()
+        self._queue_timers[call_id] = loop.call_later(
+            timeout, lambda: self._spawn(self._queue_timed_out(call_id))
+        )
+        await self._publish("handoff_requested", m)
+
+    def _cancel_queue_timer(self, call_id: str) -> None:
+        timer = self._queue_timers.pop(call_id, None)
+        if timer is not None:
+            timer.cancel()
+
+    async def _queue_timed_out(self, call_id: str) -> None:
+        self._queue_timers.pop(call_id, None)
+        call = self.registry.calls.get(call_id)
+        if call is None or call.get("state") != "queued":
+            return
+        log.info("[call %s] no agent took the call: back to the bot", call_id)
+        self.queue_timeouts.inc()
+        with contextlib.suppress(ConnectionError):
+            await self.command(call_id, {"type": "queue_timeout"})

@@ -1,0 +1,46 @@
+"""Builds the speech engines and the flow a worker's calls use, from the configuration."""
+
+from __future__ import annotations
+
+from hitl_sip.bot.flow import Flow, load_flow
+from hitl_sip.config import Config
+from hitl_sip.speech.base import SttEngine, TtsEngine
+from hitl_sip.speech.stt.azure_engine import AzureStt
+from hitl_sip.speech.stt.pocketsphinx_engine import PocketsphinxStt
+from hitl_sip.speech.stt.resilient import ResilientStt
+from hitl_sip.speech.tts.azure_engine import AzureTts
+from hitl_sip.speech.tts.cache import CachedTts
+from hitl_sip.speech.tts.espeak_engine import EspeakTts
+
+
+def build_tts(config: Config) -> TtsEngine:
+    s = config.speech
+    engine: TtsEngine
+    if s.tts == "azure":
+        engine = AzureTts(key=s.azure_key, region=s.azure_region or None,
+                          endpoint=s.azure_endpoint or None,
+                          voice=s.voice or "en-US-JennyNeural")
+    else:
+        engine = EspeakTts(voice=s.voice or "en-us")
+    directory = config.resolve_path(s.tts_cache_dir) if s.tts_cache_dir else None
+    return CachedTts(engine, directory=directory)
+
+
+def build_stt(config: Config) -> SttEngine:
+    """The configured engine, restarted with backoff when a stream fails (retryable)."""
+    return ResilientStt(_base_stt(config))
+
+
+def _base_stt(config: Config) -> SttEngine:
+    s = config.speech
+    if s.stt == "azure":
+        region = "" if s.azure_endpoint else s.azure_region
+        return AzureStt(key=s.azure_key, region=region, endpoint=s.azure_endpoint)
+    return PocketsphinxStt()
+
+
+def build_flow(config: Config) -> Flow | None:
+    """The flow file's Flow, or None when an external engine drives calls."""
+    if config.bot.flow == "external":
+        return None
+    return load_flow(config.resolve_path(config.bot.flow))

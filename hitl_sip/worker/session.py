@@ -1,0 +1,479 @@
+"""CallSession: the per-call state machine and the bot leg (DESIGN.md §1).
+
+``BOT → QUEUED → HUMAN → ENDED``, with ``QUEUED → BOT`` (no agent in time) and
+``HUMAN → BOT`` (return_to_bot, or the agent is gone); every state may end. Each transition
+is reported to the hub; an illegal one raises :class:`IllegalTransition`.
+
+In BOT the session listens (streaming STT on every caller frame, DTMF), asks the flow runner
+(or, with ``bot.flow = "external"``, the ``/bot`` engine through the hub) what to do, and
+speaks (TTS, paced by the media clock through the outbound FrameBuffer). Caller speech (an
+energy VAD on the inbound frames) or a DTMF digit stops a prompt that allows barge-in at the
+next 20 ms frame: the queued frames are dropped and the port sends silence. On the agent
+node it reports ``handoff_requested``, says the node's message and loops hold audio while
+STT keeps transcribing. Every bot utterance and every caller final becomes a turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from hitl_sip.bot.actions import Handoff, Hangup, Listen, Say
+from hitl_sip.errors import HitlSipError, SpeechError
+from hitl_sip.log import call_logger
+from hitl_sip.media.buffers import BufferClosed, FrameBuffer
+from hitl_sip.media.wav import frames, read_wav, resample
+from hitl_sip.speech.base import SpeechEventType, SttEngine, SttStream, TtsEngine
+
+log = logging.getLogger(__name__)
+
+Action = Say | Listen | Handoff | Hangup
+Notify = Callable[[dict[str, Any]], None]
+
+
+class SessionState(StrEnum):
+    BOT = "bot"
+    QUEUED = "queued"
+    HUMAN = "human"
+    ENDED = "ended"
+
+
+ALLOWED: dict[SessionState, frozenset[SessionState]] = {
+    SessionState.BOT: frozenset({SessionState.QUEUED, SessionState.ENDED}),
+    SessionState.QUEUED: frozenset({SessionState.BOT, SessionState.HUMAN, SessionState.ENDED}),
+    SessionState.HUMAN: frozenset({SessionState.BOT, SessionState.ENDED}),
+    SessionState.ENDED: frozenset(),
+}
+
+
+class IllegalTransition(HitlSipError):
+    def __init__(self, old: SessionState, new: SessionState) -> None:
+        super().__init__(f"illegal call state transition {old.value} -> {new.value}")
+        self.old = old
+        self.new = new
+
+
+class Runner(Protocol):
+    """What the session needs of hitl_sip.bot.runner.FlowRunner."""
+
+    def start(self) -> list[Action]: ...
+    def speech(self, text: str) -> list[Action]: ...
+    def dtmf(self, digit: str) -> list[Action]: ...
+    def no_input(self) -> list[Action]: ...
+    def queue_timeout(self) -> list[Action]: ...
+    def resume(self) -> list[Action]: ...
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def frame_dbfs(frame: bytes) -> float:
+    samples = np.frombuffer(frame, dtype="<i2").astype(np.float64)
+    if not len(samples):
+        return -120.0
+    rms = math.sqrt(float(np.mean(samples * samples)))
+    return 20 * math.log10(rms / 32768.0) if rms > 0 else -120.0
+
+
+@dataclass
+class _Prompt:
+    pcm: bytes
+    barge_in: bool
+    loop: bool = False
+    done: asyncio.Future[bool] = field(default_factory=lambda: asyncio.get_running_loop()
+                                       .create_future())
+
+
+@dataclass
+class SessionSettings:
+    clock_rate: int = 16000
+    frame_bytes: int = 640
+    barge_in_dbfs: float = -35.0
+    barge_in_frames: int = 3  # 60 ms of speech energy before a prompt is interrupted
+    hold_pcm: bytes = b""
+    lead_frames: int = 2  # frames queued ahead of the media clock (barge-in latency bound)
+    flush_timeout: float = 1.5
+    project_root: Path = Path(".")
+
+
+class CallSession:
+    def __init__(
+        self,
+        *,
+        call_id: str,
+        thread_id: str,
+        metadata: dict[str, Any],
+        inbound: FrameBuffer,
+        outbound: FrameBuffer,
+        tts: TtsEngine,
+        stt: SttEngine | None,
+        runner: Runner | None,
+        notify: Notify,
+        hangup: Callable[[], Awaitable[Any]],
+        settings: SessionSettings,
+        on_source_active: Callable[[bool], None] = lambda active: None,
+    ) -> None:
+        self.call_id = call_id
+        self.thread_id = thread_id
+        self.metadata = metadata
+        self.inbound = inbound
+        self.outbound = outbound
+        self.tts = tts
+        self.stt = stt
+        self.runner = runner
+        self.notify = notify
+        self.hangup_call = hangup
+        self.settings = settings
+        self.on_source_active = on_source_active
+        self.state = SessionState.BOT
+        self.transcript: list[dict[str, Any]] = []
+        self.log = call_logger(log, call_id)
+        self._seq = 0
+        self._prompts: asyncio.Queue[_Prompt] = asyncio.Queue()
+        self._current: _Prompt | None = None
+        self._pending: list[_Prompt] = []
+        self._listen_timer: asyncio.TimerHandle | None = None
+        self._listen_task: asyncio.Task[None] | None = None
+        self._voiced_frames = 0
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._actions = asyncio.Lock()
+        self._stt_stream: SttStream | None = None
+        self._stt_task: asyncio.Task[None] | None = None
+        self._ended = asyncio.Event()
+        # for the latency benchmark: loop time of the last caller input and of the first
+        # bot frame queued after it
+        self.last_input_at: float | None = None
+        self.response_latencies: list[float] = []
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.stt is not None:
+            self._stt_stream = self.stt.stream(self.settings.clock_rate)
+            self._stt_task = loop.create_task(self._read_stt(), name=f"stt-{self.call_id}")
+        self._tasks.append(loop.create_task(self._feed(), name=f"feed-{self.call_id}"))
+        self._tasks.append(loop.create_task(self._play(), name=f"play-{self.call_id}"))
+        self._notify_state()
+        if self.runner is not None:
+            await self._run(self.runner.start())
+
+    async def close(self) -> None:
+        """The call is over: keep the last words (flush STT), stop every task."""
+        if self.state is not SessionState.ENDED:
+            self._set_state(SessionState.ENDED)
+        self._cancel_listen()
+        stream = self._stt_stream
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if stream is not None and self._stt_task is not None:
+            # the caller's last words: end the input and wait for the final transcript
+            with contextlib.suppress(Exception):
+                stream.end_input()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError, SpeechError):
+                await asyncio.wait_for(asyncio.shield(self._stt_task),
+                                       self.settings.flush_timeout)
+            self._stt_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, SpeechError):
+                await self._stt_task
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                await stream.aclose()
+        for prompt in self._all_prompts():
+            if not prompt.done.done():
+                prompt.done.set_result(False)
+
+    # -- state ----------------------------------------------------------------------------
+
+    @property
+    def ended(self) -> bool:
+        return self.state is SessionState.ENDED
+
+    def _set_state(self, new: SessionState) -> None:
+        if new not in ALLOWED[self.state]:
+            raise IllegalTransition(self.state, new)
+        self.log.info("state %s -> %s", self.state.value, new.value)
+        self.state = new
+        self._notify_state()
+
+    def _notify_state(self) -> None:
+        self.notify({"type": "session_state", "callId": self.call_id, "state": self.state.value,
+                     "threadId": self.thread_id, "at": now_iso()})
+
+    def _turn(self, role: str, text: str) -> None:
+        self._seq += 1
+        at = now_iso()
+        self.transcript.append({"role": role, "text": text, "at": at})
+        self.notify({"type": "turn", "callId": self.call_id, "threadId": self.thread_id,
+                     "role": role, "text": text, "at": at, "seq": self._seq})
+
+    # -- inputs ---------------------------------------------------------------------------
+
+    async def _feed(self) -> None:
+        """Every caller frame goes to STT; in BOT an energy VAD drives barge-in."""
+        stream = self._stt_stream
+        try:
+            while True:
+                frame = await self.inbound.get()
+                if stream is not None:
+                    stream.push_frame(frame)
+                if frame_dbfs(frame) >= self.settings.barge_in_dbfs:
+                    self._voiced_frames += 1
+                    if self._voiced_frames == self.settings.barge_in_frames:
+                        self._barge_in("speech")
+                else:
+                    self._voiced_frames = 0
+        except BufferClosed:
+            return
+
+    async def _read_stt(self) -> None:
+        stream = self._stt_stream
+        assert stream is not None
+        try:
+            async for event in stream:
+                if event.type is SpeechEventType.START_OF_SPEECH:
+                    self._barge_in("speech")
+                elif event.type is SpeechEventType.END_OF_SPEECH:
+                    self.last_input_at = asyncio.get_running_loop().time()
+                elif event.type is SpeechEventType.FINAL and event.text.strip():
+                    await self.on_caller_final(event.text.strip())
+        except SpeechError as e:
+            self.log.error("speech recognition stopped: %s (the call goes on, DTMF only)", e)
+
+    async def on_caller_final(self, text: str) -> None:
+        self._turn("caller", text)
+        if self.last_input_at is None:
+            self.last_input_at = asyncio.get_running_loop().time()
+        if self.state is not SessionState.BOT:
+            return
+        if self.runner is None:
+            self.notify({"type": "caller_said", "callId": self.call_id, "text": text,
+                         "final": True, "at": now_iso()})
+            return
+        if self._input_ignored():
+            return
+        await self._run(self.runner.speech(text))
+
+    async def on_dtmf(self, digit: str) -> None:
+        if self.state is not SessionState.BOT:
+            return
+        self.last_input_at = asyncio.get_running_loop().time()
+        self._turn("caller", f"[pressed {digit}]")
+        if self.runner is None:
+            self._barge_in("dtmf")
+            self.notify({"type": "dtmf", "callId": self.call_id, "digits": digit})
+            return
+        if self._input_ignored():
+            return
+        self._barge_in("dtmf")
+        await self._run(self.runner.dtmf(digit))
+
+    async def on_command(self, message: dict[str, Any]) -> None:
+        """A command from the hub (queue timeout, external engine, REST handoff)."""
+        kind = message.get("type")
+        if kind == "queue_timeout" and self.state is SessionState.QUEUED:
+            self._stop_hold()
+            self._set_state(SessionState.BOT)
+            if self.runner is not None:
+                await self._run(self.runner.queue_timeout())
+        elif kind == "say" and self.state is SessionState.BOT:
+            await self._run([Say(text=str(message.get("text", "")), audio=None, barge_in=True,
+                                 node_id="external")])
+        elif kind == "handoff" and self.state is SessionState.BOT:
+            await self._run([Handoff(queue=None, skill=None,
+                                     reason=str(message.get("reason", "api")),
+                                     node_id="external")])
+        elif kind == "hangup":
+            await self._run([Hangup(node_id="external")])
+        elif kind == "resume" and self.state is SessionState.HUMAN:
+            self._set_state(SessionState.BOT)
+            if self.runner is not None:
+                await self._run(self.runner.resume())
+
+    # -- actions --------------------------------------------------------------------------
+
+    async def _run(self, actions: list[Action]) -> None:
+        """Carry out one batch from the runner (hitl_sip.bot.actions): a non-empty batch
+        replaces whatever was still pending; a handoff is reported before its message is
+        synthesised, so the hub sees QUEUED at once."""
+        if not actions:
+            return
+        async with self._actions:
+            if self.state is SessionState.ENDED:
+                return
+            self._replace_pending()
+            handoff = next((a for a in actions if isinstance(a, Handoff)), None)
+            if handoff is not None:
+                self._begin_handoff(handoff)
+            for action in actions:
+                if self.ended:
+                    return
+                if isinstance(action, Say):
+                    await self._say(action)
+                elif isinstance(action, Listen):
+                    self._listen(action)
+                elif isinstance(action, Handoff):
+                    if self.settings.hold_pcm:
+                        self._queue(_Prompt(self.settings.hold_pcm, barge_in=False, loop=True))
+                elif isinstance(action, Hangup):
+                    self._spawn_after_prompts(self._hangup)
+
+    def _replace_pending(self) -> None:
+        self._cancel_listen()
+        playing = False
+        for prompt in self._all_prompts():
+            if not prompt.done.done():
+                prompt.done.set_result(False)
+                playing = True
+        if playing:
+            self.outbound.clear()
+
+    def _input_ignored(self) -> bool:
+        """While a prompt that does not allow barge-in plays, input is not for the flow."""
+        current = self._current
+        return current is not None and not current.barge_in and not current.done.done()
+
+    async def _say(self, say: Say) -> None:
+        pcm = b""
+        if say.audio is not None:
+            path = say.audio if say.audio.is_absolute() else self.settings.project_root / say.audio
+            rate, pcm = read_wav(path)
+            if rate != self.settings.clock_rate:
+                pcm = resample(pcm, rate, self.settings.clock_rate)
+        elif say.text:
+            try:
+                pcm = await self.tts.synthesize(say.text, self.settings.clock_rate)
+            except SpeechError as e:
+                self.log.error("speech synthesis failed: %s (prompt skipped)", e)
+        if say.text:
+            self._turn("bot", say.text)
+        if pcm:
+            self._queue(_Prompt(pcm, say.barge_in))
+
+    def _queue(self, prompt: _Prompt) -> None:
+        self._pending.append(prompt)
+        self._prompts.put_nowait(prompt)
+
+    def _all_prompts(self) -> list[_Prompt]:
+        return list(self._pending) + ([self._current] if self._current else [])
+
+    async def _prompts_done(self) -> None:
+        waiting = [p.done for p in self._all_prompts() if not p.loop]
+        if waiting:
+            await asyncio.gather(*waiting, return_exceptions=True)
+
+    def _spawn_after_prompts(self, action: Callable[[], Awaitable[Any]]) -> None:
+        async def later() -> None:
+            await self._prompts_done()
+            await action()
+
+        self._tasks.append(asyncio.get_running_loop().create_task(later()))
+
+    def _listen(self, listen: Listen) -> None:
+        self._cancel_listen()
+
+        async def arm() -> None:
+            await self._prompts_done()
+            if self.state is SessionState.BOT:
+                self._listen_timer = asyncio.get_running_loop().call_later(
+                    listen.timeout, self._on_no_input
+                )
+
+        self._listen_task = asyncio.get_running_loop().create_task(arm())
+
+    def _cancel_listen(self) -> None:
+        if self._listen_task is not None:
+            self._listen_task.cancel()
+            self._listen_task = None
+        if self._listen_timer is not None:
+            self._listen_timer.cancel()
+            self._listen_timer = None
+
+    def _on_no_input(self) -> None:
+        self._listen_timer = None
+        if self.runner is not None and self.state is SessionState.BOT:
+            self._tasks.append(
+                asyncio.get_running_loop().create_task(self._run(self.runner.no_input()))
+            )
+
+    def _begin_handoff(self, handoff: Handoff) -> None:
+        self._set_state(SessionState.QUEUED)
+        md = self.metadata
+        self.notify({
+            "type": "handoff_requested", "callId": self.call_id, "threadId": self.thread_id,
+            "caller": {"number": md.get("caller_number"), "name": md.get("caller_name")},
+            "transcript": [t for t in self.transcript if t["role"] in ("caller", "bot")],
+            "queue": handoff.queue, "skill": handoff.skill, "reason": handoff.reason,
+            "at": now_iso(),
+        })
+
+    def _stop_hold(self) -> None:
+        for prompt in self._all_prompts():
+            if prompt.loop and not prompt.done.done():
+                prompt.done.set_result(False)
+        if self._current is not None and self._current.loop:
+            self.outbound.clear()
+
+    async def _hangup(self) -> None:
+        self.log.info("the flow hangs up")
+        with contextlib.suppress(Exception):
+            await self.hangup_call()
+
+    def _barge_in(self, why: str) -> None:
+        current = self._current
+        if current is None or not current.barge_in or self.state is not SessionState.BOT:
+            return
+        self.log.info("barge-in (%s): prompt stopped", why)
+        for prompt in self._all_prompts():
+            if prompt.barge_in and not prompt.done.done():
+                prompt.done.set_result(False)
+        self.outbound.clear()
+
+    # -- the player -----------------------------------------------------------------------
+
+    async def _play(self) -> None:
+        fb = self.settings.frame_bytes
+        lead = self.settings.lead_frames
+        try:
+            while True:
+                prompt = await self._prompts.get()
+                if prompt in self._pending:
+                    self._pending.remove(prompt)
+                if prompt.done.done():
+                    continue
+                self._current = prompt
+                self.on_source_active(True)
+                try:
+                    while not prompt.done.done():
+                        for frame in frames(prompt.pcm, fb):
+                            if prompt.done.done():
+                                break
+                            await self.outbound.put(frame, lead=lead)
+                            self._note_first_frame()
+                        if not prompt.loop:
+                            break
+                    if not prompt.done.done():
+                        await self.outbound.wait_level(0)
+                        prompt.done.set_result(True)
+                finally:
+                    self._current = None
+                    self.on_source_active(False)
+        except BufferClosed:
+            return
+
+    def _note_first_frame(self) -> None:
+        if self.last_input_at is not None:
+            self.response_latencies.append(asyncio.get_running_loop().time() - self.last_input_at)
+            self.last_input_at = None

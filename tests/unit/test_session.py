@@ -1,0 +1,210 @@
+"""CallSession: the state machine, prompts, barge-in, timers and the handoff, with fake
+engines and a fake media clock; flow timers are scaled down to tenths of a second."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from hitl_sip.bot.flow import parse_flow
+from hitl_sip.bot.runner import FlowRunner
+from hitl_sip.media.buffers import BufferClosed, FrameBuffer
+from hitl_sip.speech.tts.fake import FakeTts
+from hitl_sip.worker.session import (
+    CallSession,
+    IllegalTransition,
+    SessionSettings,
+    SessionState,
+)
+
+FLOW = """
+name: t
+start: greet
+nodes:
+  greet: {type: say, text: "Welcome.", barge_in: false, next: menu}
+  menu:
+    type: ask
+    prompt: "Press zero for a person."
+    timeout: 0.3
+    retries: 1
+    no_input: "Still there?"
+    branches:
+      - {dtmf: "0", next: agent}
+      - {keywords: [agent], next: agent}
+      - {dtmf: "9", next: bye}
+    fail: bye
+  agent: {type: agent, message: "Please hold.", fallback: busy}
+  busy: {type: say, text: "Everyone is busy.", barge_in: false, next: bye}
+  bye: {type: hangup}
+"""
+
+FRAME = 320  # 8 kHz, 20 ms
+LOUD = (b"\x00\x40" * (FRAME // 2))  # speech-level energy for the VAD
+
+
+class Rig:
+    """A session wired to fake engines, a fake media clock and a recording hub."""
+
+    def __init__(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.inbound = FrameBuffer(loop, 50)
+        self.outbound = FrameBuffer(loop, 50)
+        self.messages: list[dict[str, Any]] = []
+        self.hung_up = asyncio.Event()
+        self.tts = FakeTts(ms_per_char=3)
+        self.sent_frames = 0
+        flow = parse_flow(FLOW)
+        self.session: CallSession = CallSession(
+            call_id="c1", thread_id="t1",
+            metadata={"caller_number": "+14155550100", "caller_name": "Ann"},
+            inbound=self.inbound, outbound=self.outbound, tts=self.tts, stt=None,
+            runner=FlowRunner(flow, {}), notify=self.messages.append, hangup=self._hangup,
+            settings=SessionSettings(clock_rate=8000, frame_bytes=FRAME,
+                                     hold_pcm=b"\x01\x00" * 800),
+        )
+
+    async def _hangup(self) -> None:
+        self.hung_up.set()
+
+    async def clock(self) -> None:
+        """pjmedia's clock: pull one frame every 20 ms."""
+        while True:
+            await asyncio.sleep(0.02)
+            if self.outbound.pop_nowait() is not None:
+                self.sent_frames += 1
+
+    def kinds(self, kind: str) -> list[dict[str, Any]]:
+        return [m for m in self.messages if m["type"] == kind]
+
+    def states(self) -> list[str]:
+        return [m["state"] for m in self.kinds("session_state")]
+
+    def bot_said(self) -> list[str]:
+        return [m["text"] for m in self.kinds("turn") if m["role"] == "bot"]
+
+
+@pytest.fixture
+async def rig() -> AsyncIterator[Rig]:
+    r = Rig()
+    clock = asyncio.create_task(r.clock())
+    await r.session.start()
+    yield r
+    await r.session.close()
+    clock.cancel()
+    r.inbound.close()
+    r.outbound.close()
+    with pytest.raises((asyncio.CancelledError, BufferClosed)):
+        await clock
+
+
+async def until(predicate: Any, limit: float = 5.0) -> None:
+    """Poll a condition on session internals that no event exposes (tests only)."""
+    async with asyncio.timeout(limit):
+        while not predicate():  # noqa: ASYNC110 - the session has no event for these states
+            await asyncio.sleep(0.01)
+
+
+async def test_greeting_then_menu_prompt_are_spoken_as_bot_turns(rig: Rig) -> None:
+    await until(lambda: len(rig.bot_said()) == 2)
+    assert rig.bot_said() == ["Welcome.", "Press zero for a person."]
+    assert rig.states() == ["bot"]
+    await until(lambda: rig.sent_frames > 0)
+
+
+async def test_dtmf_reaches_the_agent_node_queued_at_once_with_the_transcript(rig: Rig) -> None:
+    await until(lambda: len(rig.bot_said()) == 2)
+    await until(lambda: rig.session._listen_timer is not None)  # prompts done, listening
+    await rig.session.on_dtmf("0")
+    assert rig.session.state is SessionState.QUEUED
+    handoff = rig.kinds("handoff_requested")[0]
+    assert handoff["caller"] == {"number": "+14155550100", "name": "Ann"}
+    roles = [t["role"] for t in handoff["transcript"]]
+    assert roles == ["bot", "bot", "caller"]
+    assert handoff["transcript"][-1]["text"] == "[pressed 0]"
+    assert rig.states() == ["bot", "queued"]
+    assert "Please hold." in rig.bot_said()
+
+
+async def test_queue_timeout_returns_to_the_bot_and_runs_the_fallback(rig: Rig) -> None:
+    await until(lambda: rig.session._listen_timer is not None)
+    await rig.session.on_dtmf("0")
+    await asyncio.sleep(0.5)  # hold audio loops meanwhile
+    assert rig.session.state is SessionState.QUEUED
+    await rig.session.on_command({"type": "queue_timeout", "callId": "c1"})
+    assert rig.session.state is SessionState.BOT
+    await until(rig.hung_up.is_set)
+    assert rig.bot_said()[-1] == "Everyone is busy."
+    assert rig.states() == ["bot", "queued", "bot"]
+
+
+async def test_no_input_reprompts_then_takes_the_fail_edge(rig: Rig) -> None:
+    await until(rig.hung_up.is_set)
+    said = rig.bot_said()
+    assert said[:2] == ["Welcome.", "Press zero for a person."]
+    assert "Still there?" in said
+
+
+async def test_input_during_a_prompt_without_barge_in_is_ignored(rig: Rig) -> None:
+    await until(lambda: rig.session._current is not None)  # "Welcome." (no barge-in)
+    assert not rig.session._current.barge_in
+    await rig.session.on_dtmf("0")
+    assert rig.session.state is SessionState.BOT
+    assert not rig.kinds("handoff_requested")
+
+
+async def test_caller_speech_stops_a_barge_in_prompt_within_a_frame(rig: Rig) -> None:
+    rig.tts.ms_per_char = 200  # a long menu prompt (set before it is synthesised)
+    await until(lambda: rig.session._current is not None and rig.session._current.barge_in)
+    for _ in range(3):  # 60 ms of speech energy
+        rig.inbound.push_nowait(LOUD)
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert len(rig.outbound) == 0, "queued prompt frames must be dropped at once"
+    await asyncio.sleep(0.02)
+    assert rig.session._current is None or not rig.session._current.barge_in
+
+
+async def test_speech_keyword_branch_and_caller_turn(rig: Rig) -> None:
+    await until(lambda: rig.session._listen_timer is not None)
+    await rig.session.on_caller_final("I want an agent please")
+    assert rig.session.state is SessionState.QUEUED
+    callers = [m["text"] for m in rig.kinds("turn") if m["role"] == "caller"]
+    assert callers == ["I want an agent please"]
+
+
+async def test_turns_have_increasing_sequence_numbers(rig: Rig) -> None:
+    await until(lambda: rig.session._listen_timer is not None)
+    await rig.session.on_dtmf("0")
+    seqs = [m["seq"] for m in rig.kinds("turn")]
+    assert seqs == sorted(seqs) == list(range(1, len(seqs) + 1))
+
+
+async def test_illegal_transitions_raise(rig: Rig) -> None:
+    with pytest.raises(IllegalTransition, match="bot -> human"):
+        rig.session._set_state(SessionState.HUMAN)
+    await rig.session.close()
+    assert rig.session.state is SessionState.ENDED
+    with pytest.raises(IllegalTransition):
+        rig.session._set_state(SessionState.BOT)
+
+
+async def test_external_engine_mode_forwards_input_and_obeys_commands() -> None:
+    r = Rig()
+    r.session.runner = None
+    clock = asyncio.create_task(r.clock())
+    await r.session.start()
+    await r.session.on_caller_final("hello there")
+    await r.session.on_dtmf("5")
+    assert [m["text"] for m in r.kinds("caller_said")] == ["hello there"]
+    assert [m["digits"] for m in r.kinds("dtmf")] == ["5"]
+    await r.session.on_command({"type": "say", "text": "Hi from the engine."})
+    assert r.bot_said() == ["Hi from the engine."]
+    await r.session.on_command({"type": "handoff", "reason": "engine"})
+    assert r.session.state is SessionState.QUEUED
+    await r.session.on_command({"type": "hangup"})
+    await until(r.hung_up.is_set)
+    await r.session.close()
+    clock.cancel()
