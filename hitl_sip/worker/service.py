@@ -361,7 +361,10 @@ class WorkerService:
                 "framesReceived": call.frames_received,
                 "framesSent": call.frames_sent,
                 "threadId": call.thread_id,
-                "responseLatencies": call.session.response_latencies if call.session else [],
+                "responseLatencies": [
+                    {"input": kind, "seconds": seconds}
+                    for kind, seconds in (call.session.response_latencies if call.session else [])
+                ],
                 "events": call.events,
             }
             path = self.recordings / f"{call.call_id}.json"

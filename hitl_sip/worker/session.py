@@ -154,7 +154,9 @@ class CallSession:
         # for the latency benchmark: loop time of the last caller input and of the first
         # bot frame queued after it
         self.last_input_at: float | None = None
-        self.response_latencies: list[float] = []
+        self.last_input_kind = ""
+        self._fed_seconds = 0.0  # caller audio pushed into STT, on the audio clock
+        self.response_latencies: list[tuple[str, float]] = []
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -227,6 +229,7 @@ class CallSession:
         try:
             while True:
                 frame = await self.inbound.get()
+                self._fed_seconds += len(frame) / 2 / self.settings.clock_rate
                 if stream is not None:
                     stream.push_frame(frame)
                 if frame_dbfs(frame) >= self.settings.barge_in_dbfs:
@@ -246,7 +249,11 @@ class CallSession:
                 if event.type is SpeechEventType.START_OF_SPEECH:
                     self._barge_in("speech")
                 elif event.type is SpeechEventType.END_OF_SPEECH:
-                    self.last_input_at = asyncio.get_running_loop().time()
+                    # when the caller actually stopped: the endpointer reports it only after
+                    # its trailing silence, which the audio clock lets us subtract
+                    lag = max(0.0, self._fed_seconds - event.audio_time) if event.audio_time else 0
+                    self.last_input_at = asyncio.get_running_loop().time() - lag
+                    self.last_input_kind = "speech"
                 elif event.type is SpeechEventType.FINAL and event.text.strip():
                     await self.on_caller_final(event.text.strip())
         except SpeechError as e:
@@ -256,6 +263,7 @@ class CallSession:
         self._turn("caller", text)
         if self.last_input_at is None:
             self.last_input_at = asyncio.get_running_loop().time()
+            self.last_input_kind = "speech"
         if self.state is not SessionState.BOT:
             return
         if self.runner is None:
@@ -270,6 +278,7 @@ class CallSession:
         if self.state is not SessionState.BOT:
             return
         self.last_input_at = asyncio.get_running_loop().time()
+        self.last_input_kind = "dtmf"
         self._turn("caller", f"[pressed {digit}]")
         if self.runner is None:
             self._barge_in("dtmf")
@@ -458,9 +467,10 @@ class CallSession:
                 try:
                     while not prompt.done.done():
                         for frame in frames(prompt.pcm, fb):
-                            if prompt.done.done():
+                            await self.outbound.wait_level(lead - 1)
+                            if prompt.done.done():  # cut while waiting: not one more frame
                                 break
-                            await self.outbound.put(frame, lead=lead)
+                            self.outbound.push_nowait(frame)
                             self._note_first_frame()
                         if not prompt.loop:
                             break
@@ -475,5 +485,6 @@ class CallSession:
 
     def _note_first_frame(self) -> None:
         if self.last_input_at is not None:
-            self.response_latencies.append(asyncio.get_running_loop().time() - self.last_input_at)
+            latency = asyncio.get_running_loop().time() - self.last_input_at
+            self.response_latencies.append((self.last_input_kind, round(latency, 4)))
             self.last_input_at = None

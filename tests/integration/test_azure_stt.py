@@ -86,7 +86,7 @@ class FakeRecognitionService:
     with the first words of the phrase's scripted text; after 0.3 s of quiet a
     speech.phrase (Success with the text, or NoMatch when the script gives None) and
     speech.endDetected. The end of the audio closes an open phrase the same way, then
-    turn.end. Offsets are in 100 ns ticks of received audio, as the service counts them.
+    sends speech.phrase EndOfDictation and turn.end. Offsets are in 100 ns ticks of received audio, as the service counts them.
     """
 
     def __init__(self, script: list[str | None]) -> None:
@@ -120,6 +120,9 @@ class FakeRecognitionService:
             if not body:  # the end of the audio
                 if state.in_phrase:
                     await self._end_phrase(ws, request_id, state)
+                # without EndOfDictation the SDK opens a new turn instead of ending
+                end = {"RecognitionStatus": "EndOfDictation", "Offset": state.ticks, "Duration": 0}
+                await self._send(ws, request_id, "speech.phrase", end)
                 await self._send(ws, request_id, "turn.end", {})
                 continue
             state.pending += body

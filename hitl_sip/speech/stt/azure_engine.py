@@ -6,7 +6,8 @@ stream's rate (a copy of ~1 µs per frame: push_frame never blocks). The SDK cal
 its own threads; each callback only hands its data to the loop with
 ``call_soon_threadsafe``, and everything else happens on the loop:
 
-* ``speech_start_detected`` / ``speech_end_detected`` → START_OF_SPEECH / END_OF_SPEECH,
+* ``speech_start_detected`` / ``speech_end_detected`` → START_OF_SPEECH / END_OF_SPEECH
+  (strictly alternating: an end without a start, as at the end of the audio, is dropped),
   ``recognizing`` → INTERIM, ``recognized`` → FINAL (NoMatch results are skipped);
 * ``canceled`` with an error → :class:`~hitl_sip.errors.SpeechError`, retryable for
   connection, timeout, throttling and service errors, not for authentication, permission
@@ -127,6 +128,7 @@ class AzureStream:
         self._written = 0.0  # seconds written to the SDK, flush silence included
         self._injected: list[tuple[float, float]] = []  # (SDK time, seconds of silence)
         self._phrase_open = False  # INTERIM seen, FINAL/NoMatch not yet
+        self._in_speech = False  # START sent, END not yet: they alternate strictly
         self._flush_waiters: list[asyncio.Future[None]] = []
         self._input_ended = False
         self._terminated = False  # an error or the end was posted
@@ -268,11 +270,17 @@ class AzureStream:
         logger.debug("stt azure: session %s started", evt.session_id)
 
     def _on_speech_start(self, evt: Any) -> None:
+        if self._in_speech:
+            return
+        self._in_speech = True
         self._post(
             SpeechEvent(SpeechEventType.START_OF_SPEECH, audio_time=self._caller_time(evt.offset))
         )
 
     def _on_speech_end(self, evt: Any) -> None:
+        if not self._in_speech:  # e.g. at the end of the audio, after the phrase ended
+            return
+        self._in_speech = False
         self._post(
             SpeechEvent(SpeechEventType.END_OF_SPEECH, audio_time=self._caller_time(evt.offset))
         )
