@@ -134,7 +134,7 @@ async def test_queue_timeout_returns_to_the_bot_and_runs_the_fallback(rig: Rig) 
     await asyncio.sleep(0.5)  # hold audio loops meanwhile
     assert rig.session.state is SessionState.QUEUED
     await rig.session.on_command({"type": "queue_timeout", "callId": "c1"})
-    assert rig.session.state is SessionState.BOT
+    assert rig.session.state.value == "bot"
     await until(rig.hung_up.is_set)
     assert rig.bot_said()[-1] == "Everyone is busy."
     assert rig.states() == ["bot", "queued", "bot"]
@@ -149,7 +149,8 @@ async def test_no_input_reprompts_then_takes_the_fail_edge(rig: Rig) -> None:
 
 async def test_input_during_a_prompt_without_barge_in_is_ignored(rig: Rig) -> None:
     await until(lambda: rig.session._current is not None)  # "Welcome." (no barge-in)
-    assert not rig.session._current.barge_in
+    current = rig.session._current
+    assert current is not None and not current.barge_in
     await rig.session.on_dtmf("0")
     assert rig.session.state is SessionState.BOT
     assert not rig.kinds("handoff_requested")
