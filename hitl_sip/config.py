@@ -60,7 +60,9 @@ class WorkerConfig:
     max_call_seconds: float = 14400.0
     drain_grace: float = 30.0
     record_calls: bool = True
-    clock_rate: int = 16000
+    # 8 kHz: trunk audio is G.711 narrowband, and the embedded recogniser reads true 8 kHz
+    # far better than 8 kHz upsampled by the bridge (see DESIGN.md §3); 16000 for G.722.
+    clock_rate: int = 8000
     buffer_frames: int = 50
     restart_backoff: float = 1.0
 

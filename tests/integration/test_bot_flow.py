@@ -12,13 +12,15 @@ from typing import Any
 
 import pytest
 
-from hitl_sip.media.g711 import ulaw_decode
+from hitl_sip.media.g711 import ulaw_decode, ulaw_encode
+from hitl_sip.media.pcap import rtp_stream_packets, write_udp_pcap
 from hitl_sip.media.rtp import RtpPacket
+from hitl_sip.media.wav import frames, resample
 from hitl_sip.speech.tts.espeak_engine import EspeakTts
 from tests.support.audio import assert_contains
 from tests.support.net import UdpSniffer, free_port_pair
 from tests.support.server import Server, running_server
-from tests.support.sipp import SippResult, run_sipp
+from tests.support.sipp import SCENARIOS, SippResult, run_sipp
 
 pytestmark = pytest.mark.sipp
 
@@ -75,3 +77,58 @@ def test_dtmf_reaches_the_agent_node_and_the_queue_timeout_runs_the_fallback(
     fallback = asyncio.run(EspeakTts().synthesize(FALLBACK, 8000))
     assert_contains(heard, fallback, 8000, starts_within=(9.0, 20.0),
                     what="fallback prompt heard by the caller")
+
+
+HUMAN_SPEECH = Path("/usr/share/pocketsphinx/test/data/goforward.raw")  # pocketsphinx-testdata
+KEYWORD_FLOW = """
+name: keyword
+start: menu
+nodes:
+  menu:
+    type: ask
+    prompt: "Where to?"
+    timeout: 8
+    retries: 0
+    branches:
+      - {keywords: [forward], next: agent}
+    fail: bye
+  agent: {type: agent, message: "Please hold.", fallback: bye}
+  bye: {type: hangup, text: "Goodbye."}
+"""
+
+
+def human_speech_pcap(path: Path) -> None:
+    """A human saying "go forward ten meters" (16 kHz raw) as PCMU RTP for SIPp."""
+    pcm16 = HUMAN_SPEECH.read_bytes()
+    pcm8 = resample(pcm16, 16000, 8000)
+    payloads = [ulaw_encode(f) for f in frames(pcm8 + bytes(16000), 320)]
+    write_udp_pcap(path, rtp_stream_packets(payloads, 0, 160, ssrc=0x5EED0042,
+                                            start_seq=5000, start_ts=400000))
+
+
+def test_a_spoken_keyword_takes_its_branch(tmp_path: Path) -> None:
+    """Real SIP, real RTP, real pocketsphinx: a human voice (pocketsphinx-testdata; the
+    embedded recogniser cannot read espeak voices) says the branch's keyword."""
+    flow = tmp_path / "keyword.yaml"
+    flow.write_text(KEYWORD_FLOW)
+    pcap = tmp_path / "goforward.pcap"
+    human_speech_pcap(pcap)
+    scenario = tmp_path / "speech.xml"
+    scenario.write_text((SCENARIOS / "bot_speech_agent.xml").read_text().replace(
+        "rtp/pcap/representative_pcmu.pcap", str(pcap)))
+    with running_server(
+        tmp_path, extra={"routing": {"queue_timeout": 2}, "api": {"keys": [API_KEY]},
+                         "bot": {"flow": str(flow)}}
+    ) as srv:
+        result = run_sipp(str(scenario), srv.sip_port(), tmp_path, duration_ms=1500,
+                          timeout=60)
+        assert isinstance(result, SippResult)
+        assert result.ok, result.explain() + srv.log()
+        srv.wait_for(lambda: len(srv.call_records()) == 1, what="call record")
+        record = srv.call_records()[0]
+        states = [e["state"] for e in record["events"] if e["type"] == "state"]
+        assert states == ["bot", "queued", "bot", "ended"]
+        thread = get_json(srv, f"/api/threads/{record['threadId']}")
+        callers = [t["text"] for t in thread["turns"] if t["role"] == "caller"]
+        assert len(callers) == 1
+        assert "forward" in callers[0].lower(), callers

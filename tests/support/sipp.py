@@ -52,10 +52,10 @@ def run_sipp(
 ) -> SippResult | subprocess.Popen[str]:
     """Run one SIPp client (UAC) scenario; calls/limit/rate map to -m/-l/-r."""
     media_port = media_port or free_port_pair()
-    err = tmp / f"sipp-{scenario}-{media_port}-errors.log"
+    err = tmp / f"sipp-{Path(scenario).stem}-{media_port}-errors.log"
     args = [
         SIPP, f"127.0.0.1:{target_port}",
-        "-sf", str(SCENARIOS / f"{scenario}.xml"),
+        "-sf", scenario if scenario.endswith(".xml") else str(SCENARIOS / f"{scenario}.xml"),
         "-i", local_ip, "-p", str(free_port(host=local_ip)), "-mi", local_ip,
         "-mp", str(media_port), "-t", transport,
         "-s", service, "-d", str(duration_ms), "-m", str(calls), "-l", str(limit), "-r", str(rate),
