@@ -93,11 +93,20 @@ class FakeRecognitionService:
         self.script = list(script)
         self.connections = 0
         self.url = ""
+        self.sockets: set[web.WebSocketResponse] = set()
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(protocols=("USP",))
         await ws.prepare(request)
         self.connections += 1
+        self.sockets.add(ws)
+        try:
+            await self._serve(ws)
+        finally:
+            self.sockets.discard(ws)
+        return ws
+
+    async def _serve(self, ws: web.WebSocketResponse) -> None:
         state = _PhraseState()
         async for message in ws:
             if message.type != WSMsgType.BINARY:
@@ -130,7 +139,6 @@ class FakeRecognitionService:
             while len(state.pending) >= frame:
                 chunk, state.pending = state.pending[:frame], state.pending[frame:]
                 await self._frame(ws, request_id, state, chunk)
-        return ws
 
     async def _frame(
         self, ws: web.WebSocketResponse, request_id: str, state: _PhraseState, chunk: bytes
@@ -215,6 +223,8 @@ async def _recognition_service(script: list[str | None]) -> AsyncIterator[FakeRe
     try:
         yield service
     finally:
+        for ws in list(service.sockets):  # the SDK keeps its connection open
+            await ws.close()
         await runner.cleanup()
 
 

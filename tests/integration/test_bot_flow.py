@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.error
 import urllib.request
 from datetime import datetime
 from pathlib import Path
@@ -20,7 +21,7 @@ from hitl_sip.speech.tts.espeak_engine import EspeakTts
 from tests.support.audio import assert_contains
 from tests.support.net import UdpSniffer, free_port_pair
 from tests.support.server import Server, running_server
-from tests.support.sipp import SCENARIOS, SippResult, run_sipp
+from tests.support.sipp import SCENARIOS, SippResult, finish, run_sipp
 
 pytestmark = pytest.mark.sipp
 
@@ -132,3 +133,37 @@ def test_a_spoken_keyword_takes_its_branch(tmp_path: Path) -> None:
         callers = [t["text"] for t in thread["turns"] if t["role"] == "caller"]
         assert len(callers) == 1
         assert "forward" in callers[0].lower(), callers
+
+
+def api(server: Server, method: str, path: str, key: str | None = API_KEY) -> tuple[int, Any]:
+    headers = {"X-Api-Key": key} if key else {}
+    req = urllib.request.Request(server.http_url + path, method=method, headers=headers,
+                                 data=b"{}" if method == "POST" else None)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_rest_handoff_triggers_the_agent_node_of_a_live_call(tmp_path: Path) -> None:
+    with running_server(tmp_path, extra={"api": {"keys": [API_KEY]}}) as srv:
+        call = run_sipp("short_call", srv.sip_port(), tmp_path, duration_ms=6000,
+                        background=True)
+        assert not isinstance(call, SippResult)
+        srv.wait_for(lambda: len(api(srv, "GET", "/api/calls")[1]["calls"]) == 1,
+                     what="the call in /api/calls")
+        listed = api(srv, "GET", "/api/calls")[1]["calls"][0]
+        assert listed["state"] == "bot"
+        assert listed["caller"]["number"] == "+14155550100"
+        assert listed["metadata"]["X-Twilio-CallSid"] == "CA0123456789abcdef0123456789abcdef"
+        call_id = listed["callId"]
+        assert api(srv, "POST", f"/api/calls/{call_id}/handoff", key=None)[0] == 401
+        assert api(srv, "POST", "/api/calls/nope/handoff")[0] == 404
+        status, body = api(srv, "POST", f"/api/calls/{call_id}/handoff")
+        assert (status, body) == (200, {"ok": True})
+        srv.wait_for(lambda: api(srv, "GET", "/api/calls")[1]["calls"][0]["state"] == "queued",
+                     what="the call queued")
+        status, body = api(srv, "POST", f"/api/calls/{call_id}/handoff")
+        assert status == 409 and body["error"]["code"] == "invalid_state"
+        assert finish(call, tmp_path).ok
