@@ -29,6 +29,7 @@ typecheck: setup
 
 bench: setup
 	$(PY) bench/worker_capacity.py
+	$(PY) bench/bot_latency.py
 
 corpus: setup
 	$(PY) rtp/generate.py

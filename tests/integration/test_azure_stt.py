@@ -81,12 +81,13 @@ class FakeRecognitionService:
     """Speaks the Speech SDK's websocket protocol (USP) just enough for recognition.
 
     It reads the audio messages (a WAV header, then PCM) and finds "speech" the way
-    FakeStt does: 20 ms frames whose peak reaches 1000 are voice. At the first voiced frame
-    of a phrase it sends speech.startDetected; every 0.4 s of voice a speech.hypothesis
-    with the first words of the phrase's scripted text; after 0.3 s of quiet a
-    speech.phrase (Success with the text, or NoMatch when the script gives None) and
-    speech.endDetected. The end of the audio closes an open phrase the same way, then
-    sends speech.phrase EndOfDictation and turn.end. Offsets are in 100 ns ticks of received audio, as the service counts them.
+    FakeStt does: 20 ms frames whose peak reaches 1000 are voice. Like the service in
+    continuous recognition it sends speech.startDetected once, at the first voice; every
+    0.4 s of voice a speech.hypothesis with the first words of the phrase's scripted text;
+    after 0.3 s of quiet a speech.phrase (Success with the text, or NoMatch when the script
+    gives None). At the end of the audio it closes an open phrase, then sends
+    speech.endDetected, speech.phrase EndOfDictation and turn.end (a speech.endDetected
+    earlier would end the SDK's turn). Offsets are 100 ns ticks of received audio.
     """
 
     def __init__(self, script: list[str | None]) -> None:
@@ -129,6 +130,8 @@ class FakeRecognitionService:
             if not body:  # the end of the audio
                 if state.in_phrase:
                     await self._end_phrase(ws, request_id, state)
+                if state.speech_started:
+                    await self._send(ws, request_id, "speech.endDetected", {"Offset": state.ticks})
                 # without EndOfDictation the SDK opens a new turn instead of ending
                 end = {"RecognitionStatus": "EndOfDictation", "Offset": state.ticks, "Duration": 0}
                 await self._send(ws, request_id, "speech.phrase", end)
@@ -151,7 +154,9 @@ class FakeRecognitionService:
             state.voice_end = state.ticks
             if not state.in_phrase:
                 state.in_phrase, state.voice_start, state.next_hypothesis = True, start, start
-                await self._send(ws, request_id, "speech.startDetected", {"Offset": start})
+                if not state.speech_started:
+                    state.speech_started = True
+                    await self._send(ws, request_id, "speech.startDetected", {"Offset": start})
             if state.ticks >= state.next_hypothesis + 4_000_000:
                 state.next_hypothesis = state.ticks
                 state.words += 1
@@ -184,7 +189,6 @@ class FakeRecognitionService:
         else:
             phrase = {"RecognitionStatus": "Success", "DisplayText": text, **timing}
             await self._send(ws, request_id, "speech.phrase", phrase)
-        await self._send(ws, request_id, "speech.endDetected", {"Offset": state.voice_end})
         state.in_phrase, state.quiet, state.words = False, 0, 0
 
     @staticmethod
@@ -202,6 +206,7 @@ class _PhraseState:
         self.pending = b""
         self.ticks = 0
         self.in_phrase = False
+        self.speech_started = False
         self.voice_start = 0
         self.voice_end = 0
         self.next_hypothesis = 0
@@ -307,7 +312,7 @@ async def test_flush_closes_the_open_phrase_and_audio_time_leaves_its_silence_ou
 async def _first_error(stream: SttStream) -> SpeechError:
     stream.push_frame(SILENCE_8K)
     with pytest.raises(SpeechError) as raised:
-        await asyncio.wait_for(anext(stream), ERROR_TIMEOUT)
+        await asyncio.wait_for(anext(aiter(stream)), ERROR_TIMEOUT)
     return raised.value
 
 
@@ -375,15 +380,20 @@ _REFERENCE = (
 )
 
 
+def _telephone_clip() -> bytes:
+    """The clip as an 8 kHz caller sends it (µ-law round trip), then 1 s of silence."""
+    if not _CLIP.is_file():
+        pytest.fail(f"{_CLIP} is missing: install the Debian package pocketsphinx-testdata")
+    rate, pcm = read_wav(_CLIP)
+    return ulaw_decode(ulaw_encode(resample(pcm, rate, 8000))) + bytes(8000 * 2)
+
+
 @pytest.mark.skipif(
     not (_KEY and _REGION),
     reason="cloud credential: set AZURE_SPEECH_KEY and AZURE_SPEECH_REGION to run against Azure",
 )
 async def test_real_service_transcribes_a_telephone_quality_recording() -> None:
-    if not _CLIP.is_file():
-        pytest.fail(f"{_CLIP} is missing: install the Debian package pocketsphinx-testdata")
-    rate, pcm = read_wav(_CLIP)
-    call = ulaw_decode(ulaw_encode(resample(pcm, rate, 8000))) + bytes(8000 * 2)
+    call = _telephone_clip()
     stream = AzureStt(key=_KEY, region=_REGION).stream(8000)
     try:
         for at in range(0, len(call), 320):

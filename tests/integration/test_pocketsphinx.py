@@ -15,6 +15,7 @@ clips): WER 0.30 at 16 kHz and 0.40 through G.711 µ-law at 8 kHz, decoding at ~
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 import time
 from dataclasses import dataclass
@@ -112,7 +113,7 @@ def _push_all(stream: SttStream, pcm: bytes, rate: int) -> None:
 
 
 async def _next(stream: SttStream) -> SpeechEvent:
-    return await asyncio.wait_for(anext(stream), EVENT_TIMEOUT)
+    return await asyncio.wait_for(anext(aiter(stream)), EVENT_TIMEOUT)
 
 
 async def _until_end_of_speech(stream: SttStream) -> list[SpeechEvent]:
@@ -172,14 +173,16 @@ async def _transcribe_call(clips: list[Clip], rate: int) -> CallResult:
 
 
 def _report(clips: list[Clip], result: CallResult) -> str:
-    lines = [f"{c.name}: {c.reference!r} -> {h!r}" for c, h in zip(clips, result.hypotheses)]
+    lines = [
+        f"{c.name}: {c.reference!r} -> {h!r}" for c, h in zip(clips, result.hypotheses, strict=True)
+    ]
     return "\n".join([*lines, f"{result.realtime_factor:.2f}x real time"])
 
 
 async def test_human_speech_at_16khz_is_transcribed_within_the_wer_bound() -> None:
     clips = _corpus()
     result = await _transcribe_call(clips, 16000)
-    wer = corpus_word_error_rate(zip([c.reference for c in clips], result.hypotheses))
+    wer = corpus_word_error_rate(zip([c.reference for c in clips], result.hypotheses, strict=True))
     report = f"WER {wer:.3f}\n{_report(clips, result)}"
     assert wer <= WER_BOUND_16K, report
     assert all(result.hypotheses), f"a clip got no FINAL\n{report}"
@@ -187,13 +190,13 @@ async def test_human_speech_at_16khz_is_transcribed_within_the_wer_bound() -> No
     # one well-formed START ... FINAL ... END group per utterance, never nested
     shape = _shape(result.events)
     assert shape[0] is START and shape[-1] is END, report
-    assert all(a is not b for a, b in zip(shape, shape[1:]) if {a, b} <= {START, END}), shape
+    assert all(a is not b for a, b in itertools.pairwise(shape) if {a, b} <= {START, END}), shape
 
 
 async def test_human_speech_after_a_g711_round_trip_is_transcribed_within_the_wer_bound() -> None:
     clips = _corpus()
     result = await _transcribe_call(clips, 8000)
-    wer = corpus_word_error_rate(zip([c.reference for c in clips], result.hypotheses))
+    wer = corpus_word_error_rate(zip([c.reference for c in clips], result.hypotheses, strict=True))
     report = f"WER {wer:.3f}\n{_report(clips, result)}"
     assert wer <= WER_BOUND_G711, report
     assert result.realtime_factor < 1.0, f"slower than real time\n{report}"

@@ -6,9 +6,11 @@ stream's rate (a copy of ~1 µs per frame: push_frame never blocks). The SDK cal
 its own threads; each callback only hands its data to the loop with
 ``call_soon_threadsafe``, and everything else happens on the loop:
 
-* ``speech_start_detected`` / ``speech_end_detected`` → START_OF_SPEECH / END_OF_SPEECH
-  (strictly alternating: an end without a start, as at the end of the audio, is dropped),
-  ``recognizing`` → INTERIM, ``recognized`` → FINAL (NoMatch results are skipped);
+* ``recognizing`` → INTERIM, ``recognized`` → FINAL (NoMatch results are skipped);
+* START_OF_SPEECH / END_OF_SPEECH bracket each phrase, as pocketsphinx's do: in continuous
+  recognition the service reports speech start and end once per session, so a phrase's
+  first ``recognizing`` (or ``speech_start_detected``) starts speech and its
+  ``recognized`` ends it; the two strictly alternate;
 * ``canceled`` with an error → :class:`~hitl_sip.errors.SpeechError`, retryable for
   connection, timeout, throttling and service errors, not for authentication, permission
   or bad-request errors (:data:`RETRYABLE_CODES`);
@@ -269,36 +271,42 @@ class AzureStream:
     def _on_session_started(self, evt: Any) -> None:
         logger.debug("stt azure: session %s started", evt.session_id)
 
-    def _on_speech_start(self, evt: Any) -> None:
+    def _start_of_speech(self, ticks: int) -> None:
+        if not self._in_speech:
+            self._in_speech = True
+            start = self._caller_time(ticks)
+            self._post(SpeechEvent(SpeechEventType.START_OF_SPEECH, audio_time=start))
+
+    def _end_of_speech(self, ticks: int) -> None:
         if self._in_speech:
-            return
-        self._in_speech = True
-        self._post(
-            SpeechEvent(SpeechEventType.START_OF_SPEECH, audio_time=self._caller_time(evt.offset))
-        )
+            self._in_speech = False
+            end = self._caller_time(ticks)
+            self._post(SpeechEvent(SpeechEventType.END_OF_SPEECH, audio_time=end))
+
+    def _on_speech_start(self, evt: Any) -> None:
+        self._start_of_speech(evt.offset)
 
     def _on_speech_end(self, evt: Any) -> None:
-        if not self._in_speech:  # e.g. at the end of the audio, after the phrase ended
-            return
-        self._in_speech = False
-        self._post(
-            SpeechEvent(SpeechEventType.END_OF_SPEECH, audio_time=self._caller_time(evt.offset))
-        )
+        self._end_of_speech(evt.offset)
 
     def _on_recognizing(self, evt: Any) -> None:
         result = evt.result
         if result.text:
             self._phrase_open = True
+            self._start_of_speech(result.offset)
             end = self._caller_time(result.offset + result.duration)
             self._post(SpeechEvent(SpeechEventType.INTERIM, result.text, audio_time=end))
 
     def _on_recognized(self, evt: Any) -> None:
         result = evt.result
         self._phrase_open = False
+        end_ticks = result.offset + result.duration
         if result.reason == self._sdk.ResultReason.RecognizedSpeech and result.text:
-            end = self._caller_time(result.offset + result.duration)
+            self._start_of_speech(result.offset)
+            end = self._caller_time(end_ticks)
             logger.debug("stt azure: final at %.2f s", end, extra={"redact": result.text})
             self._post(SpeechEvent(SpeechEventType.FINAL, result.text, audio_time=end))
+        self._end_of_speech(end_ticks)
         self._wake_flushers()
 
     def _on_canceled(self, evt: Any) -> None:
