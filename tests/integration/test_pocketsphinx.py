@@ -204,44 +204,42 @@ async def test_human_speech_after_a_g711_round_trip_is_transcribed_within_the_we
 
 async def test_two_utterances_separated_by_silence_give_two_finals_from_the_endpointer() -> None:
     first, second = _go_forward(), _transcribed("cards")[4]
-    engine = PocketsphinxStt()
-    stream = engine.stream(16000)
-    lead = 0.5
+    stream = PocketsphinxStt(max_buffered=30.0).stream(16000)  # all pushed at once
+    lead, gap = 0.5, 0.8  # goforward.raw ends 0.44 s after its last word: 1.24 s of quiet
     _push_all(stream, _line_noise(lead, 16000, seed=1) + first.pcm, 16000)
-    # goforward.raw ends 0.44 s after its last word; 0.8 s more is past the 0.6 s endpoint
-    _push_all(stream, _line_noise(0.8, 16000, seed=2), 16000)
-    pushed = lead + first.seconds + 0.8
-    # flush() after the endpoint changes nothing: the FINAL is already on its way, stamped
-    # with the end of the speech rather than with the end of the audio
-    await stream.flush()
-    one = await _until_end_of_speech(stream)
-
+    _push_all(stream, _line_noise(gap, 16000, seed=2), 16000)
     _push_all(stream, second.pcm + _line_noise(1.0, 16000, seed=3), 16000)
+    second_start = lead + first.seconds + gap
+
+    # no flush, no end of input: only the endpointer can end these utterances
+    one = await _until_end_of_speech(stream)
     two = await _until_end_of_speech(stream)
     stream.end_input()
-    rest = await _rest(stream)
+    assert await _rest(stream) == []
 
     assert _shape(one) == [START, FINAL, END]
     assert _shape(two) == [START, FINAL, END]
-    assert rest == []
     final_one = next(e for e in one if e.type is FINAL)
     final_two = next(e for e in two if e.type is FINAL)
     # accuracy is the corpus tests' business; here each FINAL must be its own utterance
     assert word_error_rate(first.reference, final_one.text) <= 0.5, final_one.text
     assert word_error_rate(second.reference, final_two.text) <= 0.5, final_two.text
-    # the endpoint is on the audio clock: speech ends ~0.44 s before the clip does
+    # times are on the audio clock: speech, not the clip, ends ~0.44 s before its end
     speech_end = lead + first.seconds - 0.44
-    assert speech_end - 0.2 <= final_one.audio_time <= speech_end + 0.2
-    assert final_one.audio_time < pushed - 0.5
-    assert one[0].audio_time == pytest.approx(lead + 0.3, abs=0.4)  # first words at ~0.3 s
-    assert two[0].audio_time > pushed
+    assert final_one.audio_time == pytest.approx(speech_end, abs=0.2)
+    assert one[-1].audio_time == final_one.audio_time
+    assert one[0].audio_time == pytest.approx(lead + 0.5, abs=0.3)  # "go" at ~0.5 s
+    assert second_start - 0.05 <= two[0].audio_time < second_start + 0.5
+    assert final_two.audio_time < second_start + second.seconds
 
 
 async def test_flush_forces_the_pending_utterance_out_as_a_final() -> None:
     clip = _go_forward()
     stream = PocketsphinxStt().stream(16000)
-    # only 0.44 s of quiet after the last word: short of the endpoint, so no FINAL yet
-    _push_all(stream, _line_noise(0.5, 16000, seed=4) + clip.pcm, 16000)
+    lead = 0.5
+    # 0.44 s of quiet after the last word is short of the 0.6 s endpoint: without the
+    # flush these events would never come (the wait below would time out)
+    _push_all(stream, _line_noise(lead, 16000, seed=4) + clip.pcm, 16000)
     await stream.flush()
     events = await _until_end_of_speech(stream)
     stream.end_input()
@@ -250,7 +248,7 @@ async def test_flush_forces_the_pending_utterance_out_as_a_final() -> None:
     assert _shape(events) == [START, FINAL, END]
     final = next(e for e in events if e.type is FINAL)
     assert word_error_rate(clip.reference, final.text) <= 0.5, final.text
-    assert final.audio_time == pytest.approx(0.5 + clip.seconds, abs=0.03)
+    assert final.audio_time == pytest.approx(lead + clip.seconds - 0.44, abs=0.2)
 
 
 async def test_end_input_emits_the_pending_utterance_then_ends() -> None:
