@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(sip-tester baresip-core espeak-ng sox)
+APT_PACKAGES=(sip-tester baresip-core espeak-ng sox pocketsphinx-testdata)
 PYTHON=${PYTHON:-python3}
 
 missing=()
