@@ -31,12 +31,20 @@ def build_stt(config: Config) -> SttEngine:
     return ResilientStt(_base_stt(config))
 
 
+def preload_stt(config: Config, engine: SttEngine) -> None:
+    """Load the embedded recogniser's decoders before calls arrive (blocking, ~0.25 s each:
+    loading holds the GIL, which would stall the media of a live call)."""
+    inner = getattr(engine, "engine", engine)
+    if isinstance(inner, PocketsphinxStt):
+        inner.preload(config.worker.clock_rate, count=config.worker.max_calls)
+
+
 def _base_stt(config: Config) -> SttEngine:
     s = config.speech
     if s.stt == "azure":
         region = "" if s.azure_endpoint else s.azure_region
         return AzureStt(key=s.azure_key, region=region, endpoint=s.azure_endpoint)
-    return PocketsphinxStt()
+    return PocketsphinxStt(pool_size=config.worker.max_calls)
 
 
 def build_flow(config: Config) -> Flow | None:

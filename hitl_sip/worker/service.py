@@ -26,7 +26,7 @@ from hitl_sip.media.buffers import BufferClosed, FrameBuffer
 from hitl_sip.media.wav import read_wav, resample
 from hitl_sip.sip.profile import TrunkProfile, load_profile
 from hitl_sip.worker.admission import Admission
-from hitl_sip.worker.engines import build_flow, build_stt, build_tts
+from hitl_sip.worker.engines import build_flow, build_stt, build_tts, preload_stt
 from hitl_sip.worker.events import (
     CallDtmf,
     CallEnded,
@@ -137,6 +137,7 @@ class WorkerService:
 
     async def start(self) -> StackInfo:
         loop = asyncio.get_running_loop()
+        await asyncio.to_thread(preload_stt, self.config, self.stt)
         admission = Admission(
             self.profile,
             self.config.worker.max_calls,

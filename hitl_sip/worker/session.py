@@ -102,7 +102,10 @@ class SessionSettings:
     barge_in_dbfs: float = -35.0
     barge_in_frames: int = 3  # 60 ms of speech energy before a prompt is interrupted
     hold_pcm: bytes = b""
-    lead_frames: int = 2  # frames queued ahead of the media clock (barge-in latency bound)
+    # Frames queued ahead of the media clock. Barge-in clears the queue, so a deep lead
+    # costs no barge-in latency; it absorbs loop stalls and the clock thread's catch-up
+    # burst after a GIL-holding C call (a pocketsphinx decoder loading takes ~0.25 s).
+    lead_frames: int = 10
     flush_timeout: float = 1.5
     project_root: Path = Path(".")
 

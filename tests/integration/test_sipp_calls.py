@@ -72,6 +72,10 @@ def test_basic_call_carries_audio_both_ways(server: Server, tmp_path: Path) -> N
     g_rate, greeting = read_wav(ROOT / "rtp/prompts/greeting.wav")
     assert_contains(heard, resample(greeting, g_rate, 8000), 8000, starts_within=(0.0, 1.0),
                     what="greeting heard by the caller")
+    server.wait_for(lambda: server.metric("hitl_sip_calls_total", outcome="completed") >= 1,
+                    what="metrics after the call")
+    # the bot's prompt reached the wire without gaps (a frame missing when the clock asked)
+    assert server.metric("hitl_sip_pcm_underruns_total", direction="to_caller") < 5
 
 
 def test_rfc4733_dtmf_with_payload_type_101_is_delivered(server: Server, tmp_path: Path) -> None:
