@@ -90,11 +90,15 @@ class SpeechConfig:
 @dataclass(frozen=True)
 class RoutingConfig:
     queue_timeout: float = 60.0
+    ring_timeout: float = 20.0
+    reconnect_grace: float = 5.0
 
 
 @dataclass(frozen=True)
 class ApiConfig:
     keys: tuple[str, ...] = ()
+    agent_origins: tuple[str, ...] = ()  # allowed Origin headers for /agent (empty: any)
+    token_ttl: float = 43200.0
 
 
 @dataclass(frozen=True)
@@ -361,6 +365,12 @@ def validate(config: Config) -> None:
             )
     if not 1 <= config.routing.queue_timeout <= 3600:
         raise ConfigError("routing.queue_timeout", "expected 1..3600 seconds")
+    if not 1 <= config.routing.ring_timeout <= 600:
+        raise ConfigError("routing.ring_timeout", "expected 1..600 seconds")
+    if not 0 <= config.routing.reconnect_grace <= 300:
+        raise ConfigError("routing.reconnect_grace", "expected 0..300 seconds")
+    if not 60 <= config.api.token_ttl <= 7 * 86400:
+        raise ConfigError("api.token_ttl", "expected 60 seconds .. 7 days")
     for key in config.api.keys:
         if len(key) < 16:
             raise ConfigError("api.keys", "API keys must be at least 16 characters")

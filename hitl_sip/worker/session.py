@@ -1,7 +1,8 @@
 """CallSession: the per-call state machine and the bot leg (DESIGN.md §1).
 
-``BOT → QUEUED → HUMAN → ENDED``, with ``QUEUED → BOT`` (no agent in time) and
-``HUMAN → BOT`` (return_to_bot, or the agent is gone); every state may end. Each transition
+``BOT → QUEUED → HUMAN → ENDED``, with ``QUEUED → BOT`` (no agent in time), ``HUMAN → BOT``
+(return_to_bot) and ``HUMAN → QUEUED`` (the agent is gone: the call is offered again);
+every state may end. Each transition
 is reported to the hub; an illegal one raises :class:`IllegalTransition`.
 
 In BOT the session listens (streaming STT on every caller frame, DTMF), asks the flow runner
@@ -51,7 +52,7 @@ class SessionState(StrEnum):
 ALLOWED: dict[SessionState, frozenset[SessionState]] = {
     SessionState.BOT: frozenset({SessionState.QUEUED, SessionState.ENDED}),
     SessionState.QUEUED: frozenset({SessionState.BOT, SessionState.HUMAN, SessionState.ENDED}),
-    SessionState.HUMAN: frozenset({SessionState.BOT, SessionState.ENDED}),
+    SessionState.HUMAN: frozenset({SessionState.BOT, SessionState.QUEUED, SessionState.ENDED}),
     SessionState.ENDED: frozenset(),
 }
 
@@ -309,6 +310,13 @@ class CallSession:
                                      node_id="external")])
         elif kind == "hangup":
             await self._run([Hangup(node_id="external")])
+        elif kind == "agent_joined" and self.state is SessionState.QUEUED:
+            self._stop_hold()
+            self._set_state(SessionState.HUMAN)
+        elif kind == "agent_left" and self.state is SessionState.HUMAN:
+            self._set_state(SessionState.QUEUED)
+            if self.settings.hold_pcm:
+                self._queue(_Prompt(self.settings.hold_pcm, barge_in=False, loop=True))
         elif kind == "resume" and self.state is SessionState.HUMAN:
             self._set_state(SessionState.BOT)
             if self.runner is not None:

@@ -1,0 +1,294 @@
+"""Agent presence and call routing (ring-all): who is offered a queued call, who wins it.
+
+The router is the single owner of offers. A call reaching the agent node is offered to
+every available agent (``incoming_call``); the first ``accept_call`` wins atomically (the
+loop runs one handler at a time and the winner is recorded before anything is awaited),
+the others get ``call_cancelled answered_elsewhere``. A ring timeout or a decline stops
+ringing that agent; agents who become available later are offered calls still waiting.
+When the winning agent vanishes, the call is re-queued after a short grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hitl_sip.hub.core import Hub
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[str, dict[str, Any], str], Awaitable[None]]  # event, payload, sid
+
+
+@dataclass
+class AgentPresence:
+    agent_id: str
+    name: str
+    sids: set[str] = field(default_factory=set)
+    status: str = "available"
+    active_call: str | None = None
+    idle_since: float = field(default_factory=time.monotonic)
+
+    def state(self) -> dict[str, Any]:
+        status = "busy" if self.active_call else self.status
+        return {"agentId": self.agent_id, "name": self.name, "status": status,
+                "activeCallId": self.active_call}
+
+    @property
+    def can_ring(self) -> bool:
+        return bool(self.sids) and self.status == "available" and self.active_call is None
+
+
+@dataclass
+class Offer:
+    call_id: str
+    ringing: set[str] = field(default_factory=set)  # agent ids
+    offered: set[str] = field(default_factory=set)  # every agent ever offered this call
+    accepted_by: str | None = None
+    timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
+
+
+class Router:
+    def __init__(self, hub: Hub, emit: Emit, ring_timeout: float, reconnect_grace: float) -> None:
+        self.hub = hub
+        self.emit = emit
+        self.ring_timeout = ring_timeout
+        self.reconnect_grace = reconnect_grace
+        self.agents: dict[str, AgentPresence] = {}
+        self.offers: dict[str, Offer] = {}
+        self._grace: dict[str, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        hub.subscribe(self._on_call_event)
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _to_agent(self, agent: AgentPresence, event: str, payload: dict[str, Any]) -> None:
+        for sid in list(agent.sids):
+            await self.emit(event, payload, sid)
+
+    async def _push_state(self, agent: AgentPresence) -> None:
+        await self._to_agent(agent, "agent_state", agent.state())
+
+    # -- presence -------------------------------------------------------------------------
+
+    async def connected(self, sid: str, agent_id: str, name: str) -> AgentPresence:
+        agent = self.agents.get(agent_id)
+        if agent is None:
+            agent = self.agents[agent_id] = AgentPresence(agent_id, name)
+        agent.sids.add(sid)
+        grace = self._grace.pop(agent_id, None)
+        if grace is not None:
+            grace.cancel()
+            log.info("agent %s reconnected within the grace period", agent_id)
+        await self._push_state(agent)
+        await self._offer_waiting(agent)
+        return agent
+
+    async def disconnected(self, sid: str, agent_id: str) -> None:
+        agent = self.agents.get(agent_id)
+        if agent is None:
+            return
+        agent.sids.discard(sid)
+        if agent.sids:
+            return
+        for offer in self.offers.values():
+            if agent_id in offer.ringing:
+                self._stop_ringing(offer, agent_id)
+        if agent.active_call is not None:
+            call_id = agent.active_call
+            log.info("[call %s] the agent's dashboard is gone: %.0fs grace", call_id,
+                     self.reconnect_grace)
+            self._grace[agent_id] = asyncio.get_running_loop().call_later(
+                self.reconnect_grace, lambda: self._spawn(self._agent_lost(agent_id, call_id))
+            )
+        else:
+            self.agents.pop(agent_id, None)
+
+    async def set_status(self, agent_id: str, status: str) -> None:
+        agent = self.agents[agent_id]
+        agent.status = status
+        if status == "available":
+            agent.idle_since = time.monotonic()
+        else:
+            for offer in self.offers.values():
+                if agent_id in offer.ringing:
+                    self._stop_ringing(offer, agent_id)
+                    await self._to_agent(agent, "call_cancelled",
+                                         {"callId": offer.call_id, "reason": "declined"})
+        await self._push_state(agent)
+        if status == "available":
+            await self._offer_waiting(agent)
+
+    # -- offers ---------------------------------------------------------------------------
+
+    def _incoming(self, call_id: str) -> dict[str, Any] | None:
+        call = self.hub.registry.calls.get(call_id)
+        if call is None:
+            return None
+        return {
+            "callId": call_id,
+            "threadId": call.get("threadId"),
+            "caller": call.get("caller") or {"number": None, "name": None},
+            "called": call.get("called"),
+            "trunk": call.get("trunk"),
+            "receivedAt": call.get("receivedAt"),
+            "ringTimeoutSec": self.ring_timeout,
+            "botTranscript": [
+                {"role": t.get("role"), "text": t.get("text"), "at": t.get("at")}
+                for t in call.get("botTranscript", [])
+            ],
+            "metadata": call.get("metadata") or {},
+        }
+
+    async def _ring(self, offer: Offer, agent: AgentPresence) -> None:
+        payload = self._incoming(offer.call_id)
+        if payload is None:
+            return
+        offer.ringing.add(agent.agent_id)
+        offer.offered.add(agent.agent_id)
+        offer.timers[agent.agent_id] = asyncio.get_running_loop().call_later(
+            self.ring_timeout,
+            lambda: self._spawn(self._ring_timed_out(offer.call_id, agent.agent_id)),
+        )
+        await self._to_agent(agent, "incoming_call", payload)
+
+    async def offer(self, call_id: str) -> None:
+        offer = self.offers.setdefault(call_id, Offer(call_id))
+        offer.accepted_by = None
+        for agent in sorted(self.agents.values(), key=lambda a: a.idle_since):
+            if agent.can_ring and agent.agent_id not in offer.ringing:
+                await self._ring(offer, agent)
+
+    async def _offer_waiting(self, agent: AgentPresence) -> None:
+        for offer in list(self.offers.values()):
+            if offer.accepted_by is None and agent.can_ring and agent.agent_id not in offer.ringing:
+                await self._ring(offer, agent)
+
+    def _stop_ringing(self, offer: Offer, agent_id: str) -> None:
+        offer.ringing.discard(agent_id)
+        timer = offer.timers.pop(agent_id, None)
+        if timer is not None:
+            timer.cancel()
+
+    async def _ring_timed_out(self, call_id: str, agent_id: str) -> None:
+        offer = self.offers.get(call_id)
+        agent = self.agents.get(agent_id)
+        if offer is None or agent_id not in offer.ringing:
+            return
+        self._stop_ringing(offer, agent_id)
+        if agent is not None:
+            await self._to_agent(agent, "call_cancelled",
+                                 {"callId": call_id, "reason": "ring_timeout"})
+
+    def may_act(self, agent_id: str, call_id: str) -> bool:
+        """An agent may act only on calls offered to it or accepted by it."""
+        offer = self.offers.get(call_id)
+        if offer is None:
+            return False
+        return agent_id in offer.ringing or offer.accepted_by == agent_id
+
+    async def accept(self, agent_id: str, call_id: str) -> dict[str, Any]:
+        offer = self.offers.get(call_id)
+        if offer is None or self.hub.registry.calls.get(call_id) is None:
+            return _err("not_found", f"no call {call_id}")
+        if offer.accepted_by is not None:
+            return _err("already_answered", "another agent took the call")
+        if agent_id not in offer.ringing:
+            return _err("forbidden", "the call was not offered to you")
+        agent = self.agents[agent_id]
+        offer.accepted_by = agent_id  # the atomic step: nothing awaited before it
+        agent.active_call = call_id
+        for other_id in list(offer.ringing):
+            self._stop_ringing(offer, other_id)
+            other = self.agents.get(other_id)
+            if other_id != agent_id and other is not None:
+                await self._to_agent(other, "call_cancelled",
+                                     {"callId": call_id, "reason": "answered_elsewhere"})
+        call = self.hub.registry.calls[call_id]
+        call["agentId"] = agent_id
+        await self.hub.command(call_id, {"type": "agent_joined", "agentId": agent_id})
+        await self._push_state(agent)
+        return {"ok": True}
+
+    async def decline(self, agent_id: str, call_id: str) -> dict[str, Any]:
+        offer = self.offers.get(call_id)
+        if offer is None or agent_id not in offer.ringing:
+            return _err("forbidden", "the call is not ringing for you")
+        self._stop_ringing(offer, agent_id)
+        agent = self.agents[agent_id]
+        await self._to_agent(agent, "call_cancelled", {"callId": call_id, "reason": "declined"})
+        return {"ok": True}
+
+    async def release(self, agent_id: str, call_id: str) -> None:
+        """The agent is done with the call (hang-up, return to bot, call ended)."""
+        agent = self.agents.get(agent_id)
+        offer = self.offers.pop(call_id, None)
+        if offer is not None:
+            for aid in list(offer.ringing):
+                self._stop_ringing(offer, aid)
+        if agent is not None and agent.active_call == call_id:
+            agent.active_call = None
+            agent.idle_since = time.monotonic()
+            await self._push_state(agent)
+            await self._offer_waiting(agent)
+
+    async def _agent_lost(self, agent_id: str, call_id: str) -> None:
+        self._grace.pop(agent_id, None)
+        agent = self.agents.get(agent_id)
+        if agent is not None and agent.sids:
+            return
+        self.agents.pop(agent_id, None)
+        offer = self.offers.get(call_id)
+        if offer is None or offer.accepted_by != agent_id:
+            return
+        log.info("[call %s] the agent did not come back: the call is queued again", call_id)
+        offer.accepted_by = None
+        call = self.hub.registry.calls.get(call_id)
+        if call is not None:
+            call["agentId"] = None
+        await self.hub.command(call_id, {"type": "agent_left", "agentId": agent_id})
+        await self.offer(call_id)
+
+    # -- hub events -----------------------------------------------------------------------
+
+    async def _on_call_event(self, event: str, data: dict[str, Any]) -> None:
+        call_id = str(data.get("callId", ""))
+        if event == "handoff_requested":
+            await self.offer(call_id)
+        elif event == "session_state" and data.get("state") == "bot":
+            await self._withdraw(call_id, "ring_timeout")
+        elif event == "call_ended":
+            await self._withdraw(call_id, "caller_hangup", ended=data)
+
+    async def _withdraw(self, call_id: str, reason: str,
+                        ended: dict[str, Any] | None = None) -> None:
+        offer = self.offers.pop(call_id, None)
+        if offer is None:
+            return
+        for agent_id in list(offer.ringing):
+            self._stop_ringing(offer, agent_id)
+            agent = self.agents.get(agent_id)
+            if agent is not None:
+                await self._to_agent(agent, "call_cancelled", {"callId": call_id,
+                                                               "reason": reason})
+        winner = self.agents.get(offer.accepted_by or "")
+        if winner is not None and winner.active_call == call_id:
+            winner.active_call = None
+            winner.idle_since = time.monotonic()
+            if ended is not None:
+                await self._to_agent(winner, "call_ended", {
+                    "callId": call_id, "reason": ended.get("outcome", "ended"),
+                    "by": ended.get("by", "caller")})
+            await self._push_state(winner)
+            await self._offer_waiting(winner)
+
+
+def _err(code: str, message: str) -> dict[str, Any]:
+    return {"ok": False, "error": {"code": code, "message": message}}
