@@ -14,14 +14,17 @@ import sys
 
 from aiohttp import web
 
+from hitl_sip.agents_cli import agents_command
 from hitl_sip.bot.flow import FlowError
 from hitl_sip.config import FLAG_KEYS, Config, load_config
 from hitl_sip.errors import ConfigError
-from hitl_sip.hub.app import create_app
+from hitl_sip.hub.agents import AgentStore
+from hitl_sip.hub.app import AgentAuth, create_app
 from hitl_sip.hub.core import Hub
 from hitl_sip.hub.registry import WorkerRegistry
 from hitl_sip.hub.supervisor import Supervisor
 from hitl_sip.hub.threads import ThreadStore
+from hitl_sip.hub.tokens import TokenSigner, load_or_create_secret
 from hitl_sip.log import setup_logging
 from hitl_sip.sip.profile import load_profile
 from hitl_sip.worker.engines import build_flow
@@ -46,15 +49,24 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--flow", help='bot flow file, or "external" for the /bot namespace')
     serve.add_argument("--stt", help="speech-to-text engine: pocketsphinx or azure")
     serve.add_argument("--tts", help="text-to-speech engine: espeak or azure")
+    agents = sub.add_parser("agents", help="manage agent accounts: add NAME | list | remove NAME")
+    agents.add_argument("--config", help="TOML configuration file (for data_dir)")
+    agents.add_argument("--data-dir", help="data directory (data_dir)")
+    agents.add_argument("rest", nargs="*", help="add NAME | list | remove NAME")
     return parser
 
 
-async def serve(config: Config) -> int:
+async def serve(config: Config, token_secret: bytes) -> int:
     registry = WorkerRegistry()
     token = secrets.token_urlsafe(32)
-    store = ThreadStore(config.resolve_path(config.data_dir) / "threads.sqlite")
+    data_dir = config.resolve_path(config.data_dir)
+    store = ThreadStore(data_dir / "threads.sqlite")
     hub = Hub(config, registry, store)
-    app = create_app(config, registry, token, hub)
+    agent_auth = AgentAuth(
+        AgentStore(data_dir / "agents.sqlite"),
+        TokenSigner(token_secret, ttl=config.api.token_ttl),
+    )
+    app = create_app(config, registry, token, hub, agent_auth)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, config.http.host, config.http.port)
@@ -104,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
             config = load_config(args.config, overrides=overrides)
             load_profile(config.sip.profile, config.resolve_path(config.profiles_dir))
             build_flow(config)
+            data_dir = config.resolve_path(config.data_dir)
+            data_dir.mkdir(parents=True, exist_ok=True)
+            token_secret = load_or_create_secret(data_dir / "token.key")
         except ConfigError as e:
             print(f"hitl-sip: configuration error: {e}", file=sys.stderr)
             return 2
@@ -111,7 +126,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"hitl-sip: configuration error: bot.flow: {e}", file=sys.stderr)
             return 2
         setup_logging(config.log.level, "hub")
-        return asyncio.run(serve(config))
+        return asyncio.run(serve(config, token_secret))
+    if args.command == "agents":
+        try:
+            config = load_config(args.config, overrides={"data_dir": args.data_dir})
+        except ConfigError as e:
+            print(f"hitl-sip: configuration error: {e}", file=sys.stderr)
+            return 2
+        return agents_command(args.rest, config.resolve_path(config.data_dir), sys.stdin,
+                              sys.stdout, sys.stderr)
     return 1  # pragma: no cover - argparse enforces the sub-command
 
 

@@ -10,7 +10,7 @@ token is refused at connect with ``unauthorized``, and so is an Origin outside
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import socketio
@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 # token -> (agent_id, name); raises ValueError (or a subclass) when it is not valid
 Verify = Callable[[str], tuple[str, str]]
+# agent_id -> does the account still exist (a removed agent's token must stop working)
+Exists = Callable[[str], Awaitable[bool]]
 
 
 def _err(code: str, message: str) -> dict[str, Any]:
@@ -41,11 +43,12 @@ def _call_id(data: Any) -> str | None:
 
 
 class AgentNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
-    def __init__(self, hub: Hub, verify: Verify, origins: tuple[str, ...],
+    def __init__(self, hub: Hub, verify: Verify, exists: Exists, *, origins: tuple[str, ...],
                  ring_timeout: float, reconnect_grace: float) -> None:
         super().__init__("/agent")
         self.hub = hub
         self.verify = verify
+        self.exists = exists
         self.origins = origins
         self.router = Router(hub, self._emit_to, ring_timeout, reconnect_grace)
         self.sessions: dict[str, tuple[str, str]] = {}  # sid -> (agent_id, name)
@@ -68,6 +71,9 @@ class AgentNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         except ValueError as e:
             log.warning("/agent connection refused: %s", e)
             raise socketio.exceptions.ConnectionRefusedError("unauthorized") from e
+        if not await self.exists(agent_id):
+            log.warning("/agent connection refused: the agent account no longer exists")
+            raise socketio.exceptions.ConnectionRefusedError("unauthorized")
         self.sessions[sid] = (agent_id, name)
         log.info("agent %s connected", agent_id)
         await self.router.connected(sid, agent_id, name)
@@ -126,7 +132,7 @@ class AgentNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         owned = await self._owned(sid, data)
         if isinstance(owned, dict):
             return owned
-        agent_id, call_id = owned
+        _, call_id = owned
         if not await self.hub.command(call_id, {"type": "hangup", "by": "agent"}):
             return _err("unavailable", "the call's worker is not reachable")
         return {"ok": True}

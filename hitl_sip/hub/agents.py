@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import builtins
 import hashlib
 import hmac
 import os
@@ -73,9 +74,7 @@ def validate_name(name: str) -> None:
     if len(name) > NAME_MAX:
         raise ValueError(f"agent name is {len(name)} characters; at most {NAME_MAX} allowed")
     if not _NAME_RE.fullmatch(name):
-        raise ValueError(
-            "agent name may contain only letters, digits and the characters . _ @ -"
-        )
+        raise ValueError("agent name may contain only letters, digits and the characters . _ @ -")
 
 
 def validate_password(password: str) -> None:
@@ -87,19 +86,19 @@ def validate_password(password: str) -> None:
             f"password is {len(password)} characters; at least {PASSWORD_MIN} required"
         )
     if len(password) > PASSWORD_MAX:
-        raise ValueError(
-            f"password is {len(password)} characters; at most {PASSWORD_MAX} allowed"
-        )
+        raise ValueError(f"password is {len(password)} characters; at most {PASSWORD_MAX} allowed")
 
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
+def _scrypt(password: str, salt: bytes, n: int, r: int, p: int, *, dklen: int = KEY_BYTES) -> bytes:
+    # OpenSSL needs about 128·r·(n + p) bytes; its default ceiling (32 MiB) is too tight
+    # for some of the parameters check_password accepts.
+    maxmem = 128 * r * (n + p + 2) + 1024 * 1024
     return hashlib.scrypt(
-        password.encode("utf-8"), salt=salt, n=n, r=r, p=p, dklen=KEY_BYTES,
-        maxmem=129 * r * n * p + 1024 * 1024,
+        password.encode("utf-8"), salt=salt, n=n, r=r, p=p, dklen=dklen, maxmem=maxmem
     )
 
 
@@ -122,11 +121,10 @@ def check_password(password: str, stored: str) -> bool:
         return False
     if scheme != "scrypt" or not (1 < n <= _MAX_N and 0 < r <= _MAX_R and 0 < p <= _MAX_P):
         return False
-    if n & (n - 1) or not expected:
+    if n & (n - 1) or not 16 <= len(expected) <= 64:
         return False
     try:
-        key = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p,
-                             dklen=len(expected), maxmem=129 * r * n * p + 1024 * 1024)
+        key = _scrypt(password, salt, n, r, p, dklen=len(expected))
     except ValueError:
         return False
     return hmac.compare_digest(key, expected)
@@ -179,7 +177,7 @@ class AgentStore:
                 raise ValueError(f"an agent named {name!r} exists already") from e
         return agent
 
-    def list(self) -> list[Agent]:
+    def list(self) -> builtins.list[Agent]:
         with self._lock:
             rows = self._db.execute(
                 "SELECT agent_id, name, created_at, disabled FROM agents"

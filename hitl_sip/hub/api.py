@@ -9,6 +9,7 @@ not replace.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -16,6 +17,7 @@ from aiohttp import web
 from hitl_sip.hub.core import Hub
 
 HUB = web.AppKey("hub", Hub)
+AGENT_VERIFY = web.AppKey("agent_verify", object)
 
 CALL_FIELDS = ("callId", "threadId", "state", "caller", "called", "workerId", "agentId",
                "metadata", "trunk", "receivedAt")
@@ -42,16 +44,31 @@ def _public_call(call: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def agent_or_key_ok(request: web.Request) -> bool:
+    """PROTOCOL.md §3 read endpoints: an agent token, or (extension) an API key."""
+    if api_key_ok(request):
+        return True
+    verify = request.app.get(AGENT_VERIFY)
+    token = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    if not callable(verify) or not token:
+        return False
+    try:
+        verify(token)
+    except ValueError:
+        return False
+    return True
+
+
 async def list_calls(request: web.Request) -> web.Response:
-    if not api_key_ok(request):
-        return error("unauthorized", "a valid API key is required", 401)
+    if not agent_or_key_ok(request):
+        return error("unauthorized", "an agent token or an API key is required", 401)
     calls = request.app[HUB].registry.calls.values()
     return web.json_response({"calls": [_public_call(c) for c in calls]})
 
 
 async def get_thread(request: web.Request) -> web.Response:
-    if not api_key_ok(request):
-        return error("unauthorized", "a valid API key is required", 401)
+    if not agent_or_key_ok(request):
+        return error("unauthorized", "an agent token or an API key is required", 401)
     thread_id = request.match_info["thread_id"]
     turns = await request.app[HUB].store.get(thread_id)
     if not turns:
@@ -86,8 +103,12 @@ async def handoff(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
-def setup_api(app: web.Application, hub: Hub) -> None:
+def setup_api(
+    app: web.Application, hub: Hub, verify: Callable[[str], object] | None = None
+) -> None:
     app[HUB] = hub
+    if verify is not None:
+        app[AGENT_VERIFY] = verify
     app.router.add_get("/api/calls", list_calls)
     app.router.add_get("/api/threads/{thread_id}", get_thread)
     app.router.add_post("/api/calls/{call_id}/handoff", handoff)

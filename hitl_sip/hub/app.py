@@ -8,16 +8,21 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import socketio
 from aiohttp import WSMsgType, web
 
 from hitl_sip.config import Config
+from hitl_sip.hub.agentns import AgentNamespace
+from hitl_sip.hub.agents import AgentStore
 from hitl_sip.hub.api import HUB, setup_api
 from hitl_sip.hub.botns import BotNamespace
 from hitl_sip.hub.core import Hub
+from hitl_sip.hub.login import setup_login
 from hitl_sip.hub.registry import WorkerRegistry
+from hitl_sip.hub.tokens import TokenError, TokenSigner
 from hitl_sip.metrics import render
 
 log = logging.getLogger(__name__)
@@ -100,8 +105,28 @@ async def worker_socket(request: web.Request) -> web.StreamResponse:
     return ws
 
 
+@dataclass
+class AgentAuth:
+    store: AgentStore
+    signer: TokenSigner
+
+    def verify(self, token: str) -> tuple[str, str]:
+        try:
+            claims = self.signer.verify(token)
+        except TokenError as e:
+            raise ValueError(f"token refused: {e.reason}") from e
+        return claims.agent_id, claims.name
+
+    async def exists(self, agent_id: str) -> bool:
+        return await self.store.aget(agent_id) is not None
+
+
 def create_app(
-    config: Config, registry: WorkerRegistry, worker_token: str, hub: Hub | None = None
+    config: Config,
+    registry: WorkerRegistry,
+    worker_token: str,
+    hub: Hub | None = None,
+    agent_auth: AgentAuth | None = None,
 ) -> web.Application:
     app = web.Application(client_max_size=1024 * 1024)
     app[CONFIG] = config
@@ -111,9 +136,17 @@ def create_app(
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/internal/worker", worker_socket)
     if hub is not None:
-        setup_api(app, hub)
-        sio = socketio.AsyncServer(async_mode="aiohttp", cors_allowed_origins=[],
+        setup_api(app, hub, agent_auth.verify if agent_auth else None)
+        origins: list[str] | str = list(config.api.agent_origins) or "*"
+        sio = socketio.AsyncServer(async_mode="aiohttp", cors_allowed_origins=origins,
                                    logger=False, engineio_logger=False)
         sio.register_namespace(BotNamespace(hub))
+        if agent_auth is not None:
+            setup_login(app, agent_auth.store, agent_auth.signer)
+            sio.register_namespace(AgentNamespace(
+                hub, agent_auth.verify, agent_auth.exists, origins=config.api.agent_origins,
+                ring_timeout=config.routing.ring_timeout,
+                reconnect_grace=config.routing.reconnect_grace,
+            ))
         sio.attach(app)
     return app

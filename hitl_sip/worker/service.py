@@ -58,6 +58,7 @@ class CallRuntime:
     thread_id: str = ""
     codec: str = ""
     session: CallSession | None = None
+    hangup_by: str = ""
     events: list[dict[str, Any]] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     frames_received: int = 0
@@ -237,6 +238,8 @@ class WorkerService:
         call = self.calls.get(str(message.get("callId", "")))
         if call is None:
             return
+        if message.get("type") == "hangup" and message.get("by") in ("agent", "system"):
+            call.hangup_by = str(message["by"])
         if call.session is not None:
             self._spawn(call.session.on_command(message))
         elif message.get("type") == "hangup" and self.stack is not None:
@@ -342,7 +345,8 @@ class WorkerService:
         for task in call.tasks:
             task.cancel()
         await asyncio.gather(*call.tasks, return_exceptions=True)
-        call.event("ended", outcome=ev.outcome, status=ev.status, by=ev.by)
+        by = call.hangup_by if ev.by == "system" and call.hangup_by else ev.by
+        call.event("ended", outcome=ev.outcome, status=ev.status, by=by)
         call_logger(log, ev.call_id).info(
             "call ended: %s by %s (%s %s) after %.1fs", ev.outcome, ev.by, ev.status, ev.reason,
             ev.duration,
@@ -357,7 +361,7 @@ class WorkerService:
                 "codec": call.codec,
                 "metadata": call.metadata,
                 "outcome": ev.outcome,
-                "endedBy": ev.by,
+                "endedBy": by,
                 "status": ev.status,
                 "framesReceived": call.frames_received,
                 "framesSent": call.frames_sent,
@@ -371,7 +375,7 @@ class WorkerService:
             path = self.recordings / f"{call.call_id}.json"
             path.write_text(json.dumps(record, indent=2), encoding="utf-8")
         self._notify({"type": "call_ended", "callId": ev.call_id, "outcome": ev.outcome,
-                      "by": ev.by, "status": ev.status})
+                      "by": by, "status": ev.status})
         if not self.calls:
             self._idle.set()
 

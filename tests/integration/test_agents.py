@@ -1,0 +1,170 @@
+"""Agents on the ``/agent`` namespace (PROTOCOL.md §1) against a real hub, worker and SIPp
+caller: login, presence, ring-all fan-out, first accept wins, agent hang-up, refusals."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import socketio
+
+from tests.support.server import ROOT, Server, running_server
+from tests.support.sipp import SippResult, run_sipp
+
+pytestmark = pytest.mark.sipp
+
+PASSWORD = "correct horse battery"
+
+
+def add_agent(data_dir: Path, name: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "hitl_sip.cli", "agents", "add", name, "--data-dir",
+         str(data_dir)],
+        input=PASSWORD + "\n", capture_output=True, text=True, cwd=ROOT, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def login(server: Server, name: str, password: str = PASSWORD) -> tuple[int, Any]:
+    body = json.dumps({"username": name, "password": password}).encode()
+    req = urllib.request.Request(server.http_url + "/api/login", data=body, method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+class Agent:
+    """A dashboard stand-in: a python-socketio client recording what the hub sends."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.sio = socketio.AsyncClient(reconnection=False)
+        self.events: dict[str, list[dict[str, Any]]] = {}
+        self.arrived = asyncio.Event()
+        for event in ("agent_state", "incoming_call", "call_cancelled", "call_ended",
+                      "connect_error"):
+            self.sio.on(event, self._recorder(event), namespace="/agent")
+
+    def _recorder(self, event: str) -> Any:
+        async def record(data: Any) -> None:
+            self.events.setdefault(event, []).append(data)
+            self.arrived.set()
+        return record
+
+    async def connect(self, server: Server, token: str | None,
+                      headers: dict[str, str] | None = None) -> None:
+        auth = {"token": token} if token is not None else {}
+        await self.sio.connect(server.http_url, namespaces=["/agent"], auth=auth,
+                               transports=["websocket"], headers=headers or {})
+
+    async def call(self, event: str, data: Any) -> Any:
+        return await self.sio.call(event, data, namespace="/agent", timeout=5)
+
+    async def wait(self, event: str, count: int = 1, limit: float = 30) -> dict[str, Any]:
+        async with asyncio.timeout(limit):
+            while len(self.events.get(event, [])) < count:
+                self.arrived.clear()
+                await self.arrived.wait()
+        return self.events[event][count - 1]
+
+
+def test_login_refuses_a_wrong_password_and_an_unknown_agent_alike(tmp_path: Path) -> None:
+    with running_server(tmp_path) as srv:
+        add_agent(srv.data_dir, "alice")
+        ok_status, ok = login(srv, "alice")
+        assert ok_status == 200 and ok["token"] and ok["expiresAt"]
+        wrong = login(srv, "alice", "wrong password")
+        unknown = login(srv, "mallory", "wrong password")
+        assert wrong[0] == unknown[0] == 401
+        assert wrong[1] == unknown[1]
+
+
+def test_connect_is_refused_without_a_valid_token(tmp_path: Path) -> None:
+    async def attempt(server: Server, token: str | None) -> str:
+        agent = Agent("x")
+        try:
+            await agent.connect(server, token)
+        except socketio.exceptions.ConnectionError:
+            return str(agent.events.get("connect_error"))
+        await agent.sio.disconnect()
+        return "connected"
+
+    with running_server(tmp_path) as srv:
+        add_agent(srv.data_dir, "alice")
+        token = login(srv, "alice")[1]["token"]
+        head, _, sig = token.rpartition(".")
+        forged = head + "." + ("A" if sig[0] != "A" else "B") + sig[1:]
+        for bad in (None, "", "garbage", forged):
+            assert "unauthorized" in asyncio.run(attempt(srv, bad)), bad
+        assert asyncio.run(attempt(srv, token)) == "connected"
+
+
+async def ring_two_agents(server: Server, tmp_path: Path) -> dict[str, Any]:
+    alice, bob = Agent("alice"), Agent("bob")
+    out: dict[str, Any] = {}
+    for agent in (alice, bob):
+        await agent.connect(server, login(server, agent.name)[1]["token"])
+        state = await agent.wait("agent_state")
+        assert state["status"] == "available" and state["activeCallId"] is None
+    out["bad_status"] = await alice.call("set_status", {"status": "dancing"})
+    sipp = asyncio.create_task(asyncio.to_thread(
+        run_sipp, "bot_dtmf_agent", server.sip_port(), tmp_path, duration_ms=9800, timeout=60))
+    offer_a = await alice.wait("incoming_call")
+    offer_b = await bob.wait("incoming_call")
+    out["offers"] = (offer_a, offer_b)
+    call_id = offer_a["callId"]
+    out["malformed"] = await bob.call("accept_call", {"callId": 42})
+    accepts = await asyncio.gather(alice.call("accept_call", {"callId": call_id}),
+                                   bob.call("accept_call", {"callId": call_id}))
+    out["accepts"] = accepts
+    winner, loser = (alice, bob) if accepts[0].get("ok") else (bob, alice)
+    out["cancelled"] = await loser.wait("call_cancelled")
+    out["loser_hangup"] = await loser.call("hangup", {"callId": call_id})
+    out["busy_state"] = await winner.wait("agent_state", 2)
+    out["hangup"] = await winner.call("hangup", {"callId": call_id})
+    out["ended"] = await winner.wait("call_ended")
+    result = await sipp
+    assert isinstance(result, SippResult)
+    out["sipp_ok"] = result.ok or result.explain()
+    for agent in (alice, bob):
+        await agent.sio.disconnect()
+    return out
+
+
+def test_queued_call_rings_every_agent_and_exactly_one_accept_wins(tmp_path: Path) -> None:
+    extra = {"routing": {"queue_timeout": 30, "ring_timeout": 20}}
+    with running_server(tmp_path, extra=extra) as srv:
+        add_agent(srv.data_dir, "alice")
+        add_agent(srv.data_dir, "bob")
+        out = asyncio.run(ring_two_agents(srv, tmp_path))
+        assert out["sipp_ok"] is True, out["sipp_ok"]
+        assert out["bad_status"]["error"]["code"] == "bad_request"
+        a, b = out["offers"]
+        assert a["callId"] == b["callId"] and a["threadId"] == b["threadId"]
+        assert a["caller"]["number"] == "+14155550100"
+        roles = [t["role"] for t in a["botTranscript"]]
+        assert roles[:3] == ["bot", "bot", "caller"]
+        assert a["botTranscript"][2]["text"] == "[pressed 0]"
+        assert out["malformed"]["error"]["code"] == "bad_request"
+        oks = [r.get("ok") for r in out["accepts"]]
+        assert sorted(map(bool, oks)) == [False, True], out["accepts"]
+        lost = next(r for r in out["accepts"] if not r.get("ok"))
+        assert lost["error"]["code"] in ("already_answered", "forbidden")
+        assert out["cancelled"]["reason"] == "answered_elsewhere"
+        assert out["loser_hangup"]["error"]["code"] == "forbidden"
+        assert out["busy_state"]["status"] == "busy"
+        assert out["hangup"] == {"ok": True}
+        assert out["ended"]["callId"] == a["callId"]
+        srv.wait_for(lambda: len(srv.call_records()) == 1, what="call record")
+        states = [e["state"] for e in srv.call_records()[0]["events"] if e["type"] == "state"]
+        assert states == ["bot", "queued", "human", "ended"]
