@@ -91,6 +91,7 @@ class SpeechConfig:
 class RoutingConfig:
     queue_timeout: float = 60.0
     ring_timeout: float = 20.0
+    strategy: str = "ring_all"  # ring_all | round_robin | longest_idle
     reconnect_grace: float = 5.0
 
 
@@ -365,6 +366,8 @@ def validate(config: Config) -> None:
             )
     if not 1 <= config.routing.queue_timeout <= 3600:
         raise ConfigError("routing.queue_timeout", "expected 1..3600 seconds")
+    if config.routing.strategy not in ("ring_all", "round_robin", "longest_idle"):
+        raise ConfigError("routing.strategy", "expected ring_all, round_robin or longest_idle")
     if not 1 <= config.routing.ring_timeout <= 600:
         raise ConfigError("routing.ring_timeout", "expected 1..600 seconds")
     if not 0 <= config.routing.reconnect_grace <= 300:

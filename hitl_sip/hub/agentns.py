@@ -44,13 +44,13 @@ def _call_id(data: Any) -> str | None:
 
 class AgentNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
     def __init__(self, hub: Hub, verify: Verify, exists: Exists, *, origins: tuple[str, ...],
-                 ring_timeout: float, reconnect_grace: float) -> None:
+                 ring_timeout: float, reconnect_grace: float, strategy: str = "ring_all") -> None:
         super().__init__("/agent")
         self.hub = hub
         self.verify = verify
         self.exists = exists
         self.origins = origins
-        self.router = Router(hub, self._emit_to, ring_timeout, reconnect_grace)
+        self.router = Router(hub, self._emit_to, ring_timeout, reconnect_grace, strategy)
         self.sessions: dict[str, tuple[str, str]] = {}  # sid -> (agent_id, name)
 
     async def _emit_to(self, event: str, payload: dict[str, Any], sid: str) -> None:

@@ -147,6 +147,7 @@ def create_app(
                 hub, agent_auth.verify, agent_auth.exists, origins=config.api.agent_origins,
                 ring_timeout=config.routing.ring_timeout,
                 reconnect_grace=config.routing.reconnect_grace,
+                strategy=config.routing.strategy,
             ))
         sio.attach(app)
     return app

@@ -1,7 +1,9 @@
-"""Agent presence and call routing (ring-all): who is offered a queued call, who wins it.
+"""Agent presence and call routing: who is offered a queued call, who wins it.
 
-The router is the single owner of offers. A call reaching the agent node is offered to
-every available agent (``incoming_call``); the first ``accept_call`` wins atomically (the
+The router is the single owner of offers. Strategies (``routing.strategy``): ``ring_all``
+offers a call to every available agent at once; ``round_robin`` and ``longest_idle`` ring
+one agent at a time (rotating, or the agent idle longest) and move to the next on a
+decline or a ring timeout. The first ``accept_call`` wins atomically (the
 loop runs one handler at a time and the winner is recorded before anything is awaited),
 the others get ``call_cancelled answered_elsewhere``. A ring timeout or a decline stops
 ringing that agent; agents who become available later are offered calls still waiting.
@@ -15,11 +17,14 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hitl_sip.hub.core import Hub
+if TYPE_CHECKING:
+    from hitl_sip.hub.core import Hub as HubLike
 
 log = logging.getLogger(__name__)
+
+STRATEGIES = ("ring_all", "round_robin", "longest_idle")
 
 Emit = Callable[[str, dict[str, Any], str], Awaitable[None]]  # event, payload, sid
 
@@ -53,9 +58,14 @@ class Offer:
 
 
 class Router:
-    def __init__(self, hub: Hub, emit: Emit, ring_timeout: float, reconnect_grace: float) -> None:
+    def __init__(self, hub: HubLike, emit: Emit, ring_timeout: float, reconnect_grace: float,
+                 strategy: str = "ring_all") -> None:
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown routing strategy {strategy!r}")
         self.hub = hub
         self.emit = emit
+        self.strategy = strategy
+        self._rr_next = 0
         self.ring_timeout = ring_timeout
         self.reconnect_grace = reconnect_grace
         self.agents: dict[str, AgentPresence] = {}
@@ -159,17 +169,43 @@ class Router:
         )
         await self._to_agent(agent, "incoming_call", payload)
 
+    def _candidates(self, offer: Offer) -> list[AgentPresence]:
+        """Agents who may ring for this offer now, in the strategy's order."""
+        # an agent who declined or let it ring out is not rung again for this offer
+        ready = [a for a in self.agents.values()
+                 if a.can_ring and a.agent_id not in offer.offered]
+        if self.strategy == "round_robin":
+            ready.sort(key=lambda a: a.agent_id)
+            if not ready:
+                return []
+            start = self._rr_next % len(ready)
+            return ready[start:] + ready[:start]
+        ready.sort(key=lambda a: a.idle_since)
+        return ready
+
+    async def _advance(self, offer: Offer) -> None:
+        """Ring whoever the strategy says should ring next (nobody may be left)."""
+        if offer.accepted_by is not None:
+            return
+        candidates = self._candidates(offer)
+        if self.strategy == "ring_all":
+            for agent in candidates:
+                await self._ring(offer, agent)
+        elif not offer.ringing and candidates:
+            if self.strategy == "round_robin":
+                self._rr_next += 1
+            await self._ring(offer, candidates[0])
+
     async def offer(self, call_id: str) -> None:
         offer = self.offers.setdefault(call_id, Offer(call_id))
         offer.accepted_by = None
-        for agent in sorted(self.agents.values(), key=lambda a: a.idle_since):
-            if agent.can_ring and agent.agent_id not in offer.ringing:
-                await self._ring(offer, agent)
+        offer.offered = set(offer.ringing)  # a re-queued call may ring everyone again
+        await self._advance(offer)
 
     async def _offer_waiting(self, agent: AgentPresence) -> None:
         for offer in list(self.offers.values()):
-            if offer.accepted_by is None and agent.can_ring and agent.agent_id not in offer.ringing:
-                await self._ring(offer, agent)
+            if agent.can_ring:
+                await self._advance(offer)
 
     def _stop_ringing(self, offer: Offer, agent_id: str) -> None:
         offer.ringing.discard(agent_id)
@@ -186,6 +222,7 @@ class Router:
         if agent is not None:
             await self._to_agent(agent, "call_cancelled",
                                  {"callId": call_id, "reason": "ring_timeout"})
+        await self._advance(offer)
 
     def may_act(self, agent_id: str, call_id: str) -> bool:
         """An agent may act only on calls offered to it or accepted by it."""
@@ -224,6 +261,7 @@ class Router:
         self._stop_ringing(offer, agent_id)
         agent = self.agents[agent_id]
         await self._to_agent(agent, "call_cancelled", {"callId": call_id, "reason": "declined"})
+        await self._advance(offer)
         return {"ok": True}
 
     async def release(self, agent_id: str, call_id: str) -> None:
@@ -262,6 +300,14 @@ class Router:
         call_id = str(data.get("callId", ""))
         if event == "handoff_requested":
             await self.offer(call_id)
+        elif event == "turn":
+            offer = self.offers.get(call_id)
+            agent = self.agents.get(offer.accepted_by or "") if offer else None
+            if agent is not None:
+                await self._to_agent(agent, "transcript", {
+                    "callId": call_id, "threadId": data.get("threadId"),
+                    "role": data.get("role"), "text": data.get("text"), "final": True,
+                    "at": data.get("at"), "seq": data.get("seq")})
         elif event == "session_state" and data.get("state") == "bot":
             await self._withdraw(call_id, "ring_timeout")
         elif event == "call_ended":
