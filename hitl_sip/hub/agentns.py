@@ -89,7 +89,7 @@ class AgentNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
 
     # -- events ---------------------------------------------------------------------------
 
-    async def on_set_status(self, sid: str, data: Any) -> dict[str, Any]:
+    async def on_set_status(self, sid: str, data: Any = None) -> dict[str, Any]:
         agent_id = self._agent(sid)
         if agent_id is None:
             return _err("unauthorized", "not logged in")
@@ -99,7 +99,7 @@ class AgentNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         await self.router.set_status(agent_id, status)
         return {"ok": True}
 
-    async def on_accept_call(self, sid: str, data: Any) -> dict[str, Any]:
+    async def on_accept_call(self, sid: str, data: Any = None) -> dict[str, Any]:
         agent_id, call_id = self._agent(sid), _call_id(data)
         if agent_id is None:
             return _err("unauthorized", "not logged in")
@@ -107,7 +107,7 @@ class AgentNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             return BAD_PAYLOAD
         return await self.router.accept(agent_id, call_id)
 
-    async def on_decline_call(self, sid: str, data: Any) -> dict[str, Any]:
+    async def on_decline_call(self, sid: str, data: Any = None) -> dict[str, Any]:
         agent_id, call_id = self._agent(sid), _call_id(data)
         if agent_id is None:
             return _err("unauthorized", "not logged in")
@@ -128,7 +128,7 @@ class AgentNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             return _err("forbidden", "the call is not yours")
         return agent_id, call_id
 
-    async def on_hangup(self, sid: str, data: Any) -> dict[str, Any]:
+    async def on_hangup(self, sid: str, data: Any = None) -> dict[str, Any]:
         owned = await self._owned(sid, data)
         if isinstance(owned, dict):
             return owned
@@ -137,7 +137,7 @@ class AgentNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             return _err("unavailable", "the call's worker is not reachable")
         return {"ok": True}
 
-    async def on_return_to_bot(self, sid: str, data: Any) -> dict[str, Any]:
+    async def on_return_to_bot(self, sid: str, data: Any = None) -> dict[str, Any]:
         owned = await self._owned(sid, data)
         if isinstance(owned, dict):
             return owned
@@ -147,7 +147,7 @@ class AgentNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         await self.router.release(agent_id, call_id)
         return {"ok": True}
 
-    async def on_mute(self, sid: str, data: Any) -> dict[str, Any]:
+    async def on_mute(self, sid: str, data: Any = None) -> dict[str, Any]:
         owned = await self._owned(sid, data)
         if isinstance(owned, dict):
             return owned
@@ -157,7 +157,7 @@ class AgentNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         await self.hub.command(owned[1], {"type": "mute", "muted": muted})
         return {"ok": True}
 
-    async def on_webrtc_offer(self, sid: str, data: Any) -> dict[str, Any]:
+    async def on_webrtc_offer(self, sid: str, data: Any = None) -> dict[str, Any]:
         owned = await self._owned(sid, data)
         if isinstance(owned, dict):
             return owned
@@ -166,7 +166,7 @@ class AgentNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             return _err("bad_request", "sdp must be an SDP offer (v=0 …, at most 64 KiB)")
         return _err("unavailable", "the media bridge is not available yet")
 
-    async def on_webrtc_candidate(self, sid: str, data: Any) -> dict[str, Any]:
+    async def on_webrtc_candidate(self, sid: str, data: Any = None) -> dict[str, Any]:
         owned = await self._owned(sid, data)
         if isinstance(owned, dict):
             return owned

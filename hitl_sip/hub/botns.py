@@ -50,7 +50,7 @@ class BotNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             return None, ack_error("not_found", f"no call {call_id}")
         return call_id, None
 
-    async def on_say(self, sid: str, data: Any) -> dict[str, Any]:
+    async def on_say(self, sid: str, data: Any = None) -> dict[str, Any]:
         call_id, err = self._call(data)
         if err is not None or call_id is None:
             return err or ack_error("bad_request", "bad payload")
@@ -61,7 +61,7 @@ class BotNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             return ack_error("invalid_state", "the call is not with the bot")
         return await self._send(call_id, {"type": "say", "text": text})
 
-    async def on_handoff(self, sid: str, data: Any) -> dict[str, Any]:
+    async def on_handoff(self, sid: str, data: Any = None) -> dict[str, Any]:
         call_id, err = self._call(data)
         if err is not None or call_id is None:
             return err or ack_error("bad_request", "bad payload")
@@ -72,7 +72,7 @@ class BotNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             return ack_error("bad_request", "reason must be a string")
         return await self._send(call_id, {"type": "handoff", "reason": reason[:200]})
 
-    async def on_hangup(self, sid: str, data: Any) -> dict[str, Any]:
+    async def on_hangup(self, sid: str, data: Any = None) -> dict[str, Any]:
         call_id, err = self._call(data)
         if err is not None or call_id is None:
             return err or ack_error("bad_request", "bad payload")

@@ -1,0 +1,112 @@
+"""The /agent namespace refuses what it must and survives garbage (PROTOCOL.md §1)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import socketio
+
+from hitl_sip.hub.tokens import TokenSigner, load_or_create_secret
+from tests.integration.test_agents import Agent, add_agent, login
+from tests.support.server import Server, running_server
+
+ORIGIN = "https://agents.example.com"
+ENGINEIO_PURGE = 35.0
+EVENTS = ("set_status", "accept_call", "decline_call", "webrtc_offer", "webrtc_candidate",
+          "mute", "hangup", "return_to_bot")
+GARBAGE: tuple[Any, ...] = (None, "text", 42, [], {}, {"callId": ""}, {"callId": 7},
+                            {"callId": "x" * 500}, {"status": "sleeping"})
+
+
+async def attempt(server: Server, token: str | None, origin: str | None = None) -> str:
+    agent = Agent("x")
+    try:
+        await agent.connect(server, token, headers={"Origin": origin} if origin else None)
+    except socketio.exceptions.ConnectionError:
+        return str(agent.events.get("connect_error"))
+    await agent.sio.disconnect()
+    return "connected"
+
+
+def test_expired_token_and_foreign_origin_are_refused(tmp_path: Path) -> None:
+    extra = {"api": {"agent_origins": [ORIGIN]}}
+    with running_server(tmp_path, extra=extra) as srv:
+        add_agent(srv.data_dir, "alice")
+        status, body = login(srv, "alice")
+        assert status == 200
+        secret = load_or_create_secret(srv.data_dir / "token.key", env={})
+        past = TokenSigner(secret, ttl=60, clock=lambda: time.time() - 3600)
+        expired, _ = past.issue(body["agentId"], "alice")
+        assert "unauthorized" in asyncio.run(attempt(srv, expired, ORIGIN))
+        # engine.io refuses a foreign Origin before the namespace sees it
+        assert asyncio.run(attempt(srv, body["token"], "https://evil.test")) != "connected"
+        assert asyncio.run(attempt(srv, body["token"], ORIGIN)) == "connected"
+
+
+def test_a_removed_agent_s_token_stops_working(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.support.server import ROOT
+
+    with running_server(tmp_path) as srv:
+        add_agent(srv.data_dir, "bob")
+        token = login(srv, "bob")[1]["token"]
+        assert asyncio.run(attempt(srv, token)) == "connected"
+        subprocess.run([sys.executable, "-m", "hitl_sip.cli", "agents", "remove", "bob",
+                        "--data-dir", str(srv.data_dir)], cwd=ROOT, check=True)
+        assert "unauthorized" in asyncio.run(attempt(srv, token))
+
+
+async def send_garbage(server: Server, token: str) -> list[tuple[str, Any, Any]]:
+    agent = Agent("alice")
+    await agent.connect(server, token)
+    answers = []
+    for event in EVENTS:
+        for payload in GARBAGE:
+            answers.append((event, payload, await agent.call(event, payload)))
+    await agent.sio.disconnect()
+    return answers
+
+
+def test_malformed_payloads_of_every_event_get_an_error_and_change_nothing(
+    tmp_path: Path,
+) -> None:
+    with running_server(tmp_path) as srv:
+        add_agent(srv.data_dir, "alice")
+        token = login(srv, "alice")[1]["token"]
+        for event, payload, ack in asyncio.run(send_garbage(srv, token)):
+            assert isinstance(ack, dict) and ack.get("ok") is False, (event, payload, ack)
+            assert ack["error"]["code"] in ("bad_request", "forbidden", "not_found"), (
+                event, payload, ack)
+            if payload is None or not isinstance(payload, dict):
+                assert ack["error"]["code"] == "bad_request", (event, payload, ack)
+        assert srv.health()[0] == 200
+        assert "Traceback" not in srv.log()
+
+
+def test_a_thousand_connects_and_disconnects_leave_the_hub_clean(tmp_path: Path) -> None:
+    async def churn(server: Server, token: str) -> None:
+        for _ in range(1000):
+            sio = socketio.AsyncClient(reconnection=False)
+            await sio.connect(server.http_url, namespaces=["/agent"], auth={"token": token},
+                              transports=["websocket"])
+            await sio.disconnect()
+
+    with running_server(tmp_path) as srv:
+        add_agent(srv.data_dir, "alice")
+        token = login(srv, "alice")[1]["token"]
+        hub = psutil.Process(srv.process.pid)
+        samples = []
+        for _ in range(2):
+            asyncio.run(churn(srv, token))
+            # engine.io purges closed sockets on its own service cycle (within ~30 s)
+            time.sleep(ENGINEIO_PURGE)
+            samples.append(hub.memory_info().rss / 2**20)
+        print("hub RSS after each 1000 connect/disconnects (MiB):", samples)
+        assert samples[1] - samples[0] < 2, f"hub RSS keeps growing: {samples}"
+        assert srv.health()[0] == 200
