@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ import socketio
 
 from hitl_sip.hub.tokens import TokenSigner, load_or_create_secret
 from tests.integration.test_agents import Agent, add_agent, login
-from tests.support.server import Server, running_server
+from tests.support.server import ROOT, Server, running_server
 
 ORIGIN = "https://agents.example.com"
 ENGINEIO_PURGE = 35.0
@@ -48,11 +50,6 @@ def test_expired_token_and_foreign_origin_are_refused(tmp_path: Path) -> None:
 
 
 def test_a_removed_agent_s_token_stops_working(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
-    from tests.support.server import ROOT
-
     with running_server(tmp_path) as srv:
         add_agent(srv.data_dir, "bob")
         token = login(srv, "bob")[1]["token"]
