@@ -164,7 +164,14 @@ class AgentNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         sdp = data.get("sdp")
         if not isinstance(sdp, str) or not sdp.startswith("v=0") or len(sdp) > 64 * 1024:
             return _err("bad_request", "sdp must be an SDP offer (v=0 …, at most 64 KiB)")
-        return _err("unavailable", "the media bridge is not available yet")
+        reply = await self.hub.request(owned[1], {"type": "webrtc_offer", "sdp": sdp})
+        if reply is None:
+            return _err("unavailable", "the call's worker did not answer the offer")
+        if not reply.get("ok"):
+            error = reply.get("error") or {}
+            return _err(str(error.get("code", "bad_request")),
+                        str(error.get("message", "the offer was refused")))
+        return {"ok": True, "sdp": reply.get("sdp")}
 
     async def on_webrtc_candidate(self, sid: str, data: Any = None) -> dict[str, Any]:
         owned = await self._owned(sid, data)
@@ -173,4 +180,11 @@ class AgentNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         candidate = data.get("candidate")
         if candidate is not None and not isinstance(candidate, str):
             return _err("bad_request", "candidate must be a string or null")
-        return _err("unavailable", "the media bridge is not available yet")
+        mid, index = data.get("sdpMid"), data.get("sdpMLineIndex")
+        if (mid is not None and not isinstance(mid, str)) or (
+            index is not None and not isinstance(index, int)
+        ):
+            return _err("bad_request", "sdpMid must be a string, sdpMLineIndex an integer")
+        await self.hub.command(owned[1], {"type": "webrtc_candidate", "candidate": candidate,
+                                          "sdpMid": mid, "sdpMLineIndex": index})
+        return {"ok": True}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -34,6 +35,8 @@ class Hub:
         self.store = store
         self._listeners: list[Listener] = []
         self._queue_timers: dict[str, asyncio.TimerHandle] = {}
+        self._replies: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._request_ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
         m = registry.metrics
         self.turns_stored = m.counter("hitl_sip_hub_turns_stored_total", "Turns stored", ["role"])
@@ -74,12 +77,35 @@ class Hub:
             return False
         return await self.registry.send(str(call["workerId"]), {**message, "callId": call_id})
 
+    async def request(
+        self, call_id: str, message: dict[str, Any], wait: float = 10.0
+    ) -> dict[str, Any] | None:
+        """A command whose worker answers with a ``reply``; None when it cannot be reached
+        or does not answer in time."""
+        request_id = f"r{next(self._request_ids)}"
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._replies[request_id] = future
+        try:
+            if not await self.command(call_id, {**message, "requestId": request_id}):
+                return None
+            return await asyncio.wait_for(future, wait)
+        except TimeoutError:
+            log.warning("[call %s] the worker did not answer %s in %.0fs", call_id,
+                        message.get("type"), wait)
+            return None
+        finally:
+            self._replies.pop(request_id, None)
+
     # -- worker messages ------------------------------------------------------------------
 
     async def on_worker_message(self, worker_id: str, message: dict[str, Any]) -> None:
         """Apply one message from a worker; ValueError/KeyError/TypeError for malformed ones."""
         kind = message.get("type")
-        if kind == "turn":
+        if kind == "reply":
+            future = self._replies.get(str(message.get("requestId")))
+            if future is not None and not future.done():
+                future.set_result(message)
+        elif kind == "turn":
             await self._on_turn(message)
         elif kind == "session_state":
             await self._on_state(message)

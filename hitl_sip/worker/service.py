@@ -38,6 +38,7 @@ from hitl_sip.worker.events import (
     WorkerEvent,
 )
 from hitl_sip.worker.hublink import HubLink
+from hitl_sip.worker.peer import AgentPeer
 from hitl_sip.worker.pjsip import PjStack, StackInfo, StackSettings, WorkerMetrics
 from hitl_sip.worker.session import CallSession, SessionSettings
 
@@ -59,6 +60,7 @@ class CallRuntime:
     codec: str = ""
     session: CallSession | None = None
     hangup_by: str = ""
+    peer: AgentPeer | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     frames_received: int = 0
@@ -238,6 +240,12 @@ class WorkerService:
         call = self.calls.get(str(message.get("callId", "")))
         if call is None:
             return
+        if message.get("type") in ("webrtc_offer", "webrtc_candidate"):
+            self._spawn(self._webrtc(call, message))
+            return
+        if message.get("type") in ("agent_left", "resume") and call.peer is not None:
+            peer, call.peer = call.peer, None
+            self._spawn(peer.close())
         if message.get("type") == "hangup" and message.get("by") in ("agent", "system"):
             call.hangup_by = str(message["by"])
         if call.session is not None:
@@ -288,6 +296,29 @@ class WorkerService:
         self._notify({"type": "call_started", **self._call_summary(call)})
         call.tasks.append(self._spawn(self._answer(call)))
 
+    async def _webrtc(self, call: CallRuntime, message: dict[str, Any]) -> None:
+        clog = call_logger(log, call.call_id)
+        reply: dict[str, Any] = {"type": "reply", "requestId": message.get("requestId"),
+                                 "callId": call.call_id}
+        try:
+            if message["type"] == "webrtc_offer":
+                if call.peer is not None:
+                    await call.peer.close()
+                call.peer = AgentPeer(call.call_id)
+                reply.update(ok=True, sdp=await call.peer.answer(str(message["sdp"])))
+                clog.info("agent WebRTC offer answered")
+            elif call.peer is not None:
+                await call.peer.add_candidate(message.get("candidate"), message.get("sdpMid"),
+                                              message.get("sdpMLineIndex"))
+                return
+            else:
+                return
+        except (ValueError, KeyError, TypeError) as e:
+            clog.warning("agent WebRTC offer refused: %s", e)
+            reply.update(ok=False, error={"code": "bad_request", "message": str(e)[:200]})
+        if message.get("requestId") is not None:
+            self._notify(reply)
+
     async def _answer(self, call: CallRuntime) -> None:
         assert self.stack is not None
         delay = self.config.worker.answer_delay_ms / 1000
@@ -337,6 +368,10 @@ class WorkerService:
         call = self.calls.pop(ev.call_id, None)
         if call is None:
             return
+        if call.peer is not None:
+            with contextlib.suppress(Exception):
+                await call.peer.close()
+            call.peer = None
         if call.session is not None:
             try:
                 await call.session.close()

@@ -168,3 +168,59 @@ def test_queued_call_rings_every_agent_and_exactly_one_accept_wins(tmp_path: Pat
         srv.wait_for(lambda: len(srv.call_records()) == 1, what="call record")
         states = [e["state"] for e in srv.call_records()[0]["events"] if e["type"] == "state"]
         assert states == ["bot", "queued", "human", "ended"]
+
+
+async def accept_and_negotiate(server: Server, tmp_path: Path) -> dict[str, Any]:
+    from aiortc import RTCPeerConnection, RTCSessionDescription  # noqa: PLC0415
+
+    alice = Agent("alice")
+    await alice.connect(server, login(server, "alice")[1]["token"])
+    sipp = asyncio.create_task(asyncio.to_thread(
+        run_sipp, "bot_dtmf_agent", server.sip_port(), tmp_path, duration_ms=9800, timeout=60))
+    offer = await alice.wait("incoming_call")
+    call_id = offer["callId"]
+    out: dict[str, Any] = {"early": await alice.call(
+        "webrtc_offer", {"callId": call_id, "sdp": "v=0\r\n"})}
+    assert (await alice.call("accept_call", {"callId": call_id})) == {"ok": True}
+    browser = RTCPeerConnection()
+    browser.addTransceiver("audio", direction="sendrecv")
+    connected = asyncio.Event()
+
+    @browser.on("connectionstatechange")  # type: ignore[untyped-decorator]
+    def on_state() -> None:
+        if browser.connectionState == "connected":
+            connected.set()
+
+    await browser.setLocalDescription(await browser.createOffer())
+    out["bad_sdp"] = await alice.call("webrtc_offer", {"callId": call_id, "sdp": "nonsense"})
+    ack = await alice.call("webrtc_offer", {"callId": call_id,
+                                            "sdp": browser.localDescription.sdp})
+    out["answer_ack"] = ack
+    await browser.setRemoteDescription(RTCSessionDescription(sdp=ack["sdp"], type="answer"))
+    out["candidate_ack"] = await alice.call("webrtc_candidate", {
+        "callId": call_id, "candidate": None, "sdpMid": "0", "sdpMLineIndex": 0})
+    await asyncio.wait_for(connected.wait(), 15)
+    out["connected"] = True
+    await alice.call("hangup", {"callId": call_id})
+    await browser.close()
+    result = await sipp
+    assert isinstance(result, SippResult)
+    out["sipp_ok"] = result.ok or result.explain()
+    await alice.sio.disconnect()
+    return out
+
+
+def test_the_accepting_agent_s_webrtc_offer_reaches_the_worker_and_connects(
+    tmp_path: Path,
+) -> None:
+    with running_server(tmp_path, extra={"routing": {"queue_timeout": 30}}) as srv:
+        add_agent(srv.data_dir, "alice")
+        out = asyncio.run(accept_and_negotiate(srv, tmp_path))
+        assert out["early"]["error"]["code"] == "invalid_state", "offer before accepting"
+        assert out["bad_sdp"]["error"]["code"] == "bad_request"
+        assert out["answer_ack"]["ok"] is True
+        assert out["answer_ack"]["sdp"].startswith("v=0")
+        assert "a=candidate" in out["answer_ack"]["sdp"]
+        assert out["candidate_ack"] == {"ok": True}
+        assert out["connected"] is True
+        assert out["sipp_ok"] is True, out["sipp_ok"]
