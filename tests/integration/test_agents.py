@@ -224,3 +224,44 @@ def test_the_accepting_agent_s_webrtc_offer_reaches_the_worker_and_connects(
         assert out["candidate_ack"] == {"ok": True}
         assert out["connected"] is True
         assert out["sipp_ok"] is True, out["sipp_ok"]
+
+
+async def decline_accept_vanish_hangup(server: Server, tmp_path: Path) -> dict[str, Any]:
+    alice, bob = Agent("alice"), Agent("bob")
+    for agent in (alice, bob):
+        await agent.connect(server, login(server, agent.name)[1]["token"])
+    sipp = asyncio.create_task(asyncio.to_thread(
+        run_sipp, "bot_agent_then_bye", server.sip_port(), tmp_path, duration_ms=9800,
+        timeout=60))
+    call_id = (await alice.wait("incoming_call"))["callId"]
+    await bob.wait("incoming_call")
+    out: dict[str, Any] = {"decline": await alice.call("decline_call", {"callId": call_id})}
+    out["declined"] = await alice.wait("call_cancelled")
+    out["accept"] = await bob.call("accept_call", {"callId": call_id})
+    await bob.sio.disconnect()  # bob's dashboard vanishes mid-call
+    out["reoffer"] = await alice.wait("incoming_call", 2)  # offered again after the grace
+    out["hangup_cancel"] = await alice.wait("call_cancelled", 2)  # the caller hangs up
+    result = await sipp
+    assert isinstance(result, SippResult)
+    out["sipp_ok"] = result.ok or result.explain()
+    await alice.sio.disconnect()
+    return out
+
+
+def test_decline_then_the_winner_vanishing_requeues_and_caller_hangup_cancels(
+    tmp_path: Path,
+) -> None:
+    extra = {"routing": {"queue_timeout": 60, "ring_timeout": 30, "reconnect_grace": 1}}
+    with running_server(tmp_path, extra=extra) as srv:
+        add_agent(srv.data_dir, "alice")
+        add_agent(srv.data_dir, "bob")
+        out = asyncio.run(decline_accept_vanish_hangup(srv, tmp_path))
+        assert out["decline"] == {"ok": True}
+        assert out["declined"]["reason"] == "declined"
+        assert out["accept"] == {"ok": True}
+        assert out["reoffer"]["callId"] == out["declined"]["callId"]
+        assert out["hangup_cancel"]["reason"] == "caller_hangup"
+        assert out["sipp_ok"] is True, out["sipp_ok"]
+        srv.wait_for(lambda: len(srv.call_records()) == 1, what="call record")
+        states = [e["state"] for e in srv.call_records()[0]["events"] if e["type"] == "state"]
+        assert states == ["bot", "queued", "human", "queued", "ended"]
