@@ -300,6 +300,12 @@ class Router:
         call_id = str(data.get("callId", ""))
         if event == "handoff_requested":
             await self.offer(call_id)
+        elif event == "call_connected":
+            offer = self.offers.get(call_id)
+            agent = self.agents.get(offer.accepted_by or "") if offer else None
+            if agent is not None:
+                await self._to_agent(agent, "call_connected",
+                                     {"callId": call_id, "at": data.get("at")})
         elif event == "turn":
             offer = self.offers.get(call_id)
             agent = self.agents.get(offer.accepted_by or "") if offer else None

@@ -13,6 +13,7 @@ import contextlib
 import fractions
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
@@ -54,8 +55,9 @@ class SilenceTrack(MediaStreamTrack):  # type: ignore[misc]
 
 
 class AgentPeer:
-    def __init__(self, call_id: str) -> None:
+    def __init__(self, call_id: str, on_connected: Callable[[], None] | None = None) -> None:
         self.call_id = call_id
+        self.on_connected = on_connected
         self.pc = RTCPeerConnection()
         self._drains: list[asyncio.Task[None]] = []
         self.pc.on("track", self._on_track)
@@ -63,6 +65,8 @@ class AgentPeer:
 
     def _on_state(self) -> None:
         log.info("[call %s] agent peer %s", self.call_id, self.pc.connectionState)
+        if self.pc.connectionState == "connected" and self.on_connected is not None:
+            self.on_connected()
 
     def _on_track(self, track: Any) -> None:
         async def drain() -> None:

@@ -304,7 +304,8 @@ class WorkerService:
             if message["type"] == "webrtc_offer":
                 if call.peer is not None:
                     await call.peer.close()
-                call.peer = AgentPeer(call.call_id)
+                call.peer = AgentPeer(call.call_id, on_connected=lambda: self._notify(
+                    {"type": "call_connected", "callId": call.call_id, "at": now_iso()}))
                 reply.update(ok=True, sdp=await call.peer.answer(str(message["sdp"])))
                 clog.info("agent WebRTC offer answered")
             elif call.peer is not None:

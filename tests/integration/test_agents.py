@@ -52,7 +52,7 @@ class Agent:
         self.events: dict[str, list[dict[str, Any]]] = {}
         self.arrived = asyncio.Event()
         for event in ("agent_state", "incoming_call", "call_cancelled", "call_ended",
-                      "connect_error"):
+                      "call_connected", "transcript", "connect_error"):
             self.sio.on(event, self._recorder(event), namespace="/agent")
 
     def _recorder(self, event: str) -> Any:
@@ -179,7 +179,7 @@ async def accept_and_negotiate(server: Server, tmp_path: Path) -> dict[str, Any]
         run_sipp, "bot_dtmf_agent", server.sip_port(), tmp_path, duration_ms=9800, timeout=60))
     offer = await alice.wait("incoming_call")
     call_id = offer["callId"]
-    out: dict[str, Any] = {"early": await alice.call(
+    out: dict[str, Any] = {"call_id": call_id, "early": await alice.call(
         "webrtc_offer", {"callId": call_id, "sdp": "v=0\r\n"})}
     assert (await alice.call("accept_call", {"callId": call_id})) == {"ok": True}
     browser = RTCPeerConnection()
@@ -201,6 +201,7 @@ async def accept_and_negotiate(server: Server, tmp_path: Path) -> dict[str, Any]
         "callId": call_id, "candidate": None, "sdpMid": "0", "sdpMLineIndex": 0})
     await asyncio.wait_for(connected.wait(), 15)
     out["connected"] = True
+    out["call_connected"] = await alice.wait("call_connected")
     await alice.call("hangup", {"callId": call_id})
     await browser.close()
     result = await sipp
@@ -223,6 +224,8 @@ def test_the_accepting_agent_s_webrtc_offer_reaches_the_worker_and_connects(
         assert "a=candidate" in out["answer_ack"]["sdp"]
         assert out["candidate_ack"] == {"ok": True}
         assert out["connected"] is True
+        assert out["call_connected"]["callId"] == out["call_id"]
+        assert out["call_connected"]["at"]
         assert out["sipp_ok"] is True, out["sipp_ok"]
 
 
