@@ -30,6 +30,7 @@ typecheck: setup
 bench: setup
 	$(PY) bench/worker_capacity.py
 	$(PY) bench/bot_latency.py
+	$(PY) bench/handoff_fanout.py
 
 corpus: setup
 	$(PY) rtp/generate.py
