@@ -164,6 +164,7 @@ class AgentNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         sdp = data.get("sdp")
         if not isinstance(sdp, str) or not sdp.startswith("v=0") or len(sdp) > 64 * 1024:
             return _err("bad_request", "sdp must be an SDP offer (v=0 …, at most 64 KiB)")
+        self.router.renegotiated(owned[0])
         reply = await self.hub.request(owned[1], {"type": "webrtc_offer", "sdp": sdp})
         if reply is None:
             return _err("unavailable", "the call's worker did not answer the offer")

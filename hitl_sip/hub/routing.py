@@ -277,6 +277,49 @@ class Router:
             await self._push_state(agent)
             await self._offer_waiting(agent)
 
+    def _start_peer_grace(self, agent_id: str, call_id: str) -> None:
+        """The agent's media is gone but its socket may live: a new offer within the grace
+        keeps the call; otherwise it is queued again."""
+        if agent_id in self._grace:
+            return
+        log.info("[call %s] the agent's media is gone: %.0fs to renegotiate", call_id,
+                 self.reconnect_grace)
+        self._grace[agent_id] = asyncio.get_running_loop().call_later(
+            self.reconnect_grace, lambda: self._spawn(self._media_lost(agent_id, call_id))
+        )
+
+    def renegotiated(self, agent_id: str) -> None:
+        """A new WebRTC offer from the agent: its media is coming back."""
+        agent = self.agents.get(agent_id)
+        if agent is not None and agent.sids:
+            timer = self._grace.pop(agent_id, None)
+            if timer is not None:
+                timer.cancel()
+
+    async def _media_lost(self, agent_id: str, call_id: str) -> None:
+        self._grace.pop(agent_id, None)
+        agent = self.agents.get(agent_id)
+        if agent is None or not agent.sids:
+            await self._agent_lost(agent_id, call_id)
+            return
+        offer = self.offers.get(call_id)
+        if offer is None or offer.accepted_by != agent_id:
+            return
+        log.info("[call %s] the agent's media did not come back: the call is queued again",
+                 call_id)
+        offer.accepted_by = None
+        agent.active_call = None
+        agent.idle_since = time.monotonic()
+        call = self.hub.registry.calls.get(call_id)
+        if call is not None:
+            call["agentId"] = None
+        await self._to_agent(agent, "call_ended",
+                             {"callId": call_id, "reason": "media_lost", "by": "system"})
+        await self.hub.command(call_id, {"type": "agent_left", "agentId": agent_id})
+        await self._push_state(agent)
+        offer.offered = {agent_id}  # ring the others first
+        await self._advance(offer)
+
     async def _agent_lost(self, agent_id: str, call_id: str) -> None:
         self._grace.pop(agent_id, None)
         agent = self.agents.get(agent_id)
@@ -300,6 +343,10 @@ class Router:
         call_id = str(data.get("callId", ""))
         if event == "handoff_requested":
             await self.offer(call_id)
+        elif event == "peer_lost":
+            offer = self.offers.get(call_id)
+            if offer is not None and offer.accepted_by is not None:
+                self._start_peer_grace(offer.accepted_by, call_id)
         elif event == "call_connected":
             offer = self.offers.get(call_id)
             agent = self.agents.get(offer.accepted_by or "") if offer else None

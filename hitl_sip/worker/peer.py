@@ -55,9 +55,16 @@ class SilenceTrack(MediaStreamTrack):  # type: ignore[misc]
 
 
 class AgentPeer:
-    def __init__(self, call_id: str, on_connected: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        call_id: str,
+        on_connected: Callable[[], None] | None = None,
+        on_lost: Callable[[], None] | None = None,
+    ) -> None:
         self.call_id = call_id
         self.on_connected = on_connected
+        self.on_lost = on_lost
+        self._closing = False
         self.pc = RTCPeerConnection()
         self._drains: list[asyncio.Task[None]] = []
         self.pc.on("track", self._on_track)
@@ -65,8 +72,11 @@ class AgentPeer:
 
     def _on_state(self) -> None:
         log.info("[call %s] agent peer %s", self.call_id, self.pc.connectionState)
-        if self.pc.connectionState == "connected" and self.on_connected is not None:
+        state = self.pc.connectionState
+        if state == "connected" and self.on_connected is not None:
             self.on_connected()
+        elif state in ("failed", "closed") and not self._closing and self.on_lost is not None:
+            self.on_lost()  # the browser's side of the media is gone
 
     def _on_track(self, track: Any) -> None:
         async def drain() -> None:
@@ -95,6 +105,7 @@ class AgentPeer:
         await self.pc.addIceCandidate(parsed)
 
     async def close(self) -> None:
+        self._closing = True
         for task in self._drains:
             task.cancel()
         await asyncio.gather(*self._drains, return_exceptions=True)

@@ -304,8 +304,12 @@ class WorkerService:
             if message["type"] == "webrtc_offer":
                 if call.peer is not None:
                     await call.peer.close()
-                call.peer = AgentPeer(call.call_id, on_connected=lambda: self._notify(
-                    {"type": "call_connected", "callId": call.call_id, "at": now_iso()}))
+                call.peer = AgentPeer(
+                    call.call_id,
+                    on_connected=lambda: self._notify(
+                        {"type": "call_connected", "callId": call.call_id, "at": now_iso()}),
+                    on_lost=lambda: self._notify({"type": "peer_lost", "callId": call.call_id}),
+                )
                 reply.update(ok=True, sdp=await call.peer.answer(str(message["sdp"])))
                 clog.info("agent WebRTC offer answered")
             elif call.peer is not None:

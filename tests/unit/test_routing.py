@@ -198,3 +198,29 @@ async def test_a_thousand_connects_and_disconnects_leave_no_state() -> None:
         await rig.router.disconnected(f"s{i}", f"a{i % 7}")
     assert rig.router.agents == {}
     assert rig.router.offers == {}
+
+
+async def test_lost_media_requeues_the_call_unless_the_agent_renegotiates() -> None:
+    rig = Rig(grace=0.05)
+    await rig.agents("alice", "bob")
+    await rig.queue()
+    await rig.router.accept("alice", "c1")
+    await rig.hub.publish("peer_lost", {"callId": "c1"})
+    await asyncio.sleep(0.1)
+    assert rig.got("sid-alice", "call_ended") == [
+        {"callId": "c1", "reason": "media_lost", "by": "system"}]
+    assert ("c1", {"type": "agent_left", "agentId": "alice"}) in rig.hub.commands
+    assert len(rig.got("sid-bob", "incoming_call")) == 2, "bob is rung again"
+    assert rig.router.agents["alice"].state()["status"] == "available"
+
+
+async def test_a_new_offer_within_the_grace_keeps_the_call_with_the_agent() -> None:
+    rig = Rig(grace=0.1)
+    await rig.agents("alice")
+    await rig.queue()
+    await rig.router.accept("alice", "c1")
+    await rig.hub.publish("peer_lost", {"callId": "c1"})
+    rig.router.renegotiated("alice")
+    await asyncio.sleep(0.2)
+    assert rig.got("sid-alice", "call_ended") == []
+    assert rig.router.offers["c1"].accepted_by == "alice"
