@@ -268,3 +268,47 @@ def test_decline_then_the_winner_vanishing_requeues_and_caller_hangup_cancels(
         srv.wait_for(lambda: len(srv.call_records()) == 1, what="call record")
         states = [e["state"] for e in srv.call_records()[0]["events"] if e["type"] == "state"]
         assert states == ["bot", "queued", "human", "queued", "ended"]
+
+
+async def ring_out_then_next(server: Server, tmp_path: Path) -> dict[str, Any]:
+    alice, bob = Agent("alice"), Agent("bob")
+    for agent in (alice, bob):
+        await agent.connect(server, login(server, agent.name)[1]["token"])
+        await agent.wait("agent_state")
+    sipp = asyncio.create_task(asyncio.to_thread(
+        run_sipp, "bot_agent_then_bye", server.sip_port(), tmp_path, duration_ms=9800,
+        timeout=60))
+    first, second = await asyncio.wait_for(_first_ringing(alice, bob), 30)
+    out: dict[str, Any] = {"first_cancel": await first.wait("call_cancelled")}
+    out["second_offer"] = await second.wait("incoming_call")
+    out["first_offers"] = len(first.events.get("incoming_call", []))
+    out["second_decline"] = await second.call("decline_call",
+                                              {"callId": out["second_offer"]["callId"]})
+    result = await sipp
+    assert isinstance(result, SippResult)
+    out["sipp_ok"] = result.ok or result.explain()
+    for agent in (alice, bob):
+        await agent.sio.disconnect()
+    return out
+
+
+async def _first_ringing(a: Agent, b: Agent) -> tuple[Agent, Agent]:
+    while True:
+        await asyncio.sleep(0.05)
+        if a.events.get("incoming_call"):
+            return a, b
+        if b.events.get("incoming_call"):
+            return b, a
+
+
+def test_round_robin_moves_to_the_next_agent_after_a_ring_timeout(tmp_path: Path) -> None:
+    extra = {"routing": {"strategy": "round_robin", "ring_timeout": 2, "queue_timeout": 60}}
+    with running_server(tmp_path, extra=extra) as srv:
+        add_agent(srv.data_dir, "alice")
+        add_agent(srv.data_dir, "bob")
+        out = asyncio.run(ring_out_then_next(srv, tmp_path))
+        assert out["first_cancel"]["reason"] == "ring_timeout"
+        assert out["second_offer"]["callId"] == out["first_cancel"]["callId"]
+        assert out["first_offers"] == 1, "one agent at a time"
+        assert out["second_decline"] == {"ok": True}
+        assert out["sipp_ok"] is True, out["sipp_ok"]
