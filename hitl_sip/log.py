@@ -10,6 +10,7 @@ import logging
 import multiprocessing
 import sys
 from collections.abc import MutableMapping
+from datetime import UTC, datetime
 from typing import Any
 
 _FORMAT = "%(asctime)s %(levelname)-7s %(processName)s %(name)s: %(message)s"
@@ -49,3 +50,8 @@ class CallLogger(logging.LoggerAdapter[logging.Logger]):
 
 def call_logger(logger: logging.Logger, call_id: str) -> CallLogger:
     return CallLogger(logger, {"call_id": call_id})
+
+
+def now_iso() -> str:
+    """Now as an ISO-8601 UTC string with milliseconds (the wire format of every event)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -23,8 +23,9 @@ import sqlite3
 import threading
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
+
+from hitl_sip.log import now_iso
 
 SCRYPT_N = 2**14
 SCRYPT_R = 8
@@ -61,10 +62,6 @@ class Agent:
     name: str
     created_at: str
     disabled: bool = False
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def validate_name(name: str) -> None:

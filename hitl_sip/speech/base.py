@@ -15,10 +15,13 @@ engines cache by (text, voice, rate). Errors raise SpeechError with ``retryable`
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol, runtime_checkable
+from typing import Protocol, Self, runtime_checkable
+
+from hitl_sip.errors import SpeechError
 
 
 class SpeechEventType(StrEnum):
@@ -64,3 +67,33 @@ class TtsEngine(Protocol):
     name: str
 
     async def synthesize(self, text: str, sample_rate: int, voice: str | None = None) -> bytes: ...
+
+
+class QueuedEvents:
+    """``async for`` over an engine's event queue, shared by the STT streams.
+
+    The stream puts :class:`SpeechEvent` items on ``_events``; ``None`` ends the iteration
+    and a :class:`SpeechError` is raised to the consumer (both once: afterwards iteration
+    is over). ``_stream_closed`` tells whether ``aclose()`` was called.
+    """
+
+    _events: asyncio.Queue[SpeechEvent | SpeechError | None]
+    _exhausted: bool = False
+
+    def _stream_closed(self) -> bool:
+        raise NotImplementedError
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> SpeechEvent:
+        if self._stream_closed() or self._exhausted:
+            raise StopAsyncIteration
+        item = await self._events.get()
+        if item is None or self._stream_closed():
+            self._exhausted = True
+            raise StopAsyncIteration
+        if isinstance(item, SpeechError):
+            self._exhausted = True
+            raise item
+        return item

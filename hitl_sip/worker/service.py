@@ -16,12 +16,11 @@ import secrets
 import uuid
 import wave
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from hitl_sip.bot.runner import FlowRunner
 from hitl_sip.config import PROJECT_ROOT, Config
-from hitl_sip.log import call_logger
+from hitl_sip.log import call_logger, now_iso
 from hitl_sip.media.buffers import BufferClosed, FrameBuffer
 from hitl_sip.media.wav import read_wav, resample
 from hitl_sip.sip.profile import TrunkProfile, load_profile
@@ -43,10 +42,6 @@ from hitl_sip.worker.pjsip import PjStack, StackInfo, StackSettings, WorkerMetri
 from hitl_sip.worker.session import CallSession, SessionSettings
 
 log = logging.getLogger(__name__)
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass

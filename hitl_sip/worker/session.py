@@ -22,23 +22,21 @@ import logging
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from hitl_sip.bot.actions import Handoff, Hangup, Listen, Say
+from hitl_sip.bot.actions import Action, BotDialog, Handoff, Hangup, Listen, Say
 from hitl_sip.errors import HitlSipError, SpeechError
-from hitl_sip.log import call_logger
+from hitl_sip.log import call_logger, now_iso
 from hitl_sip.media.buffers import BufferClosed, FrameBuffer
 from hitl_sip.media.wav import frames, read_wav, resample
 from hitl_sip.speech.base import SpeechEventType, SttEngine, SttStream, TtsEngine
 
 log = logging.getLogger(__name__)
 
-Action = Say | Listen | Handoff | Hangup
 Notify = Callable[[dict[str, Any]], None]
 
 
@@ -62,21 +60,6 @@ class IllegalTransition(HitlSipError):
         super().__init__(f"illegal call state transition {old.value} -> {new.value}")
         self.old = old
         self.new = new
-
-
-class Runner(Protocol):
-    """What the session needs of hitl_sip.bot.runner.FlowRunner."""
-
-    def start(self) -> list[Action]: ...
-    def speech(self, text: str) -> list[Action]: ...
-    def dtmf(self, digit: str) -> list[Action]: ...
-    def no_input(self) -> list[Action]: ...
-    def queue_timeout(self) -> list[Action]: ...
-    def resume(self) -> list[Action]: ...
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def frame_dbfs(frame: bytes) -> float:
@@ -122,7 +105,7 @@ class CallSession:
         outbound: FrameBuffer,
         tts: TtsEngine,
         stt: SttEngine | None,
-        runner: Runner | None,
+        runner: BotDialog | None,
         notify: Notify,
         hangup: Callable[[], Awaitable[Any]],
         settings: SessionSettings,

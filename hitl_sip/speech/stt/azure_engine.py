@@ -35,25 +35,13 @@ from collections.abc import Callable
 from typing import Any
 
 from hitl_sip.errors import ConfigError, SpeechError
-from hitl_sip.speech.base import SpeechEvent, SpeechEventType
+from hitl_sip.speech.azure_codes import RETRYABLE_CODES
+from hitl_sip.speech.base import QueuedEvents, SpeechEvent, SpeechEventType
 
 __all__ = ["RETRYABLE_CODES", "AzureStream", "AzureStt"]
 
 logger = logging.getLogger(__name__)
 
-#: CancellationErrorCode names worth a new stream; the others (AuthenticationFailure,
-#: Forbidden, BadRequest, ServiceRedirectPermanent, EmbeddedModelError) are not.
-RETRYABLE_CODES = frozenset(
-    {
-        "ConnectionFailure",
-        "ServiceTimeout",
-        "ServiceError",
-        "ServiceUnavailable",
-        "TooManyRequests",
-        "RuntimeError",
-        "ServiceRedirectTemporary",
-    }
-)
 _TICKS_PER_SECOND = 10_000_000
 
 _Posted = SpeechEvent | SpeechError | None
@@ -109,7 +97,7 @@ class AzureStt:
         return config
 
 
-class AzureStream:
+class AzureStream(QueuedEvents):
     """One continuous-recognition session; see the module docstring."""
 
     def __init__(
@@ -135,7 +123,6 @@ class AzureStream:
         self._input_ended = False
         self._terminated = False  # an error or the end was posted
         self._closed = False
-        self._exhausted = False
         try:
             audio_format = speechsdk.audio.AudioStreamFormat(
                 samples_per_second=sample_rate, bits_per_sample=16, channels=1
@@ -192,20 +179,8 @@ class AzureStream:
         await asyncio.to_thread(lambda: recognizer.stop_continuous_recognition_async().get())
         self._events.put_nowait(None)
 
-    def __aiter__(self) -> AzureStream:
-        return self
-
-    async def __anext__(self) -> SpeechEvent:
-        if self._closed or self._exhausted:
-            raise StopAsyncIteration
-        item = await self._events.get()
-        if item is None or self._closed:
-            self._exhausted = True
-            raise StopAsyncIteration
-        if isinstance(item, SpeechError):
-            self._exhausted = True
-            raise item
-        return item
+    def _stream_closed(self) -> bool:
+        return self._closed
 
     # -- audio clock ----------------------------------------------------------------------
     def _write(self, pcm: bytes) -> None:

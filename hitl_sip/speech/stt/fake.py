@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hitl_sip.errors import SpeechError
-from hitl_sip.speech.base import SpeechEvent, SpeechEventType
+from hitl_sip.speech.base import QueuedEvents, SpeechEvent, SpeechEventType
 
 __all__ = ["FakeStt", "FakeSttStream", "silence_frame", "speech_frame"]
 
@@ -94,7 +94,7 @@ class FakeStt:
         return self.utterances.popleft() if self.utterances else None
 
 
-class FakeSttStream:
+class FakeSttStream(QueuedEvents):
     def __init__(
         self, engine: FakeStt, sample_rate: int, language: str, failure: SpeechError | None
     ) -> None:
@@ -109,7 +109,6 @@ class FakeSttStream:
         self.failed = False
         self._failure = failure
         self._events: asyncio.Queue[_Posted] = asyncio.Queue()
-        self._exhausted = False
         self._audio_time = 0.0
         self._in_speech = False
         self._silent_frames = 0
@@ -171,20 +170,8 @@ class FakeSttStream:
         self.closed = True
         self._events.put_nowait(None)
 
-    def __aiter__(self) -> FakeSttStream:
-        return self
-
-    async def __anext__(self) -> SpeechEvent:
-        if self.closed or self._exhausted:
-            raise StopAsyncIteration
-        item = await self._events.get()
-        if item is None or self.closed:
-            self._exhausted = True
-            raise StopAsyncIteration
-        if isinstance(item, SpeechError):
-            self._exhausted = True
-            raise item
-        return item
+    def _stream_closed(self) -> bool:
+        return self.closed
 
     # -- internals --------------------------------------------------------------------------
     @property

@@ -46,7 +46,7 @@ from typing import Any
 
 from hitl_sip.errors import SpeechError
 from hitl_sip.media.wav import resample
-from hitl_sip.speech.base import SpeechEvent, SpeechEventType
+from hitl_sip.speech.base import QueuedEvents, SpeechEvent, SpeechEventType
 
 __all__ = ["PocketsphinxStream", "PocketsphinxStt"]
 
@@ -392,7 +392,7 @@ class _Recognizer:
             self.decoder.end_utt()
 
 
-class PocketsphinxStream:
+class PocketsphinxStream(QueuedEvents):
     """One recognition stream; see the module docstring for the endpointing rules."""
 
     def __init__(
@@ -413,7 +413,6 @@ class PocketsphinxStream:
         self._stopping = False  # aclose asked the worker to stop
         self._finished = False  # the worker left its loop (set under the lock)
         self._closed = False
-        self._exhausted = False
         self._events: asyncio.Queue[_Posted] = asyncio.Queue()
         self._done: asyncio.Future[None] = loop.create_future()
         self._thread = threading.Thread(
@@ -461,20 +460,8 @@ class PocketsphinxStream:
             self._cond.notify()
         await asyncio.shield(self._done)
 
-    def __aiter__(self) -> PocketsphinxStream:
-        return self
-
-    async def __anext__(self) -> SpeechEvent:
-        if self._closed or self._exhausted:
-            raise StopAsyncIteration
-        item = await self._events.get()
-        if item is None or self._closed:
-            self._exhausted = True
-            raise StopAsyncIteration
-        if isinstance(item, SpeechError):
-            self._exhausted = True
-            raise item
-        return item
+    def _stream_closed(self) -> bool:
+        return self._closed
 
     # -- the worker thread ----------------------------------------------------------------
     def _drop_oldest_audio(self) -> None:

@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 
 from hitl_sip.errors import SpeechError
-from hitl_sip.speech.base import SpeechEvent, SpeechEventType, SttEngine, SttStream
+from hitl_sip.speech.base import QueuedEvents, SpeechEvent, SpeechEventType, SttEngine, SttStream
 
 __all__ = ["ResilientStream", "ResilientStt"]
 
@@ -77,7 +77,7 @@ class ResilientStt:
         )
 
 
-class ResilientStream:
+class ResilientStream(QueuedEvents):
     """See the module docstring. Create it from a coroutine: it starts a task."""
 
     def __init__(
@@ -122,7 +122,6 @@ class ResilientStream:
         self._in_speech = False
         self._input_ended = False
         self._closed = False
-        self._exhausted = False
         self._restart_times: deque[float] = deque()
         self._events: asyncio.Queue[_Posted] = asyncio.Queue()
         loop = asyncio.get_running_loop()
@@ -165,20 +164,8 @@ class ResilientStream:
             await inner.aclose()
         self._events.put_nowait(None)
 
-    def __aiter__(self) -> ResilientStream:
-        return self
-
-    async def __anext__(self) -> SpeechEvent:
-        if self._closed or self._exhausted:
-            raise StopAsyncIteration
-        item = await self._events.get()
-        if item is None or self._closed:
-            self._exhausted = True
-            raise StopAsyncIteration
-        if isinstance(item, SpeechError):
-            self._exhausted = True
-            raise item
-        return item
+    def _stream_closed(self) -> bool:
+        return self._closed
 
     # -- supervision ----------------------------------------------------------------------
     async def _run(self, first: SttStream | SpeechError) -> None:

@@ -32,6 +32,7 @@ from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 from hitl_sip.errors import SpeechError
+from hitl_sip.speech.azure_codes import RETRYABLE_CODES
 
 __all__ = ["AzureTts"]
 
@@ -43,18 +44,7 @@ _FORMATS = {
     24000: "Raw24Khz16BitMonoPcm",
     48000: "Raw48Khz16BitMonoPcm",
 }
-# CancellationErrorCode names after which the same request may succeed later.
-_RETRYABLE_ERRORS = frozenset(
-    {
-        "ConnectionFailure",
-        "ServiceTimeout",
-        "ServiceError",
-        "ServiceUnavailable",
-        "TooManyRequests",
-        "RuntimeError",
-        "ServiceRedirectTemporary",
-    }
-)
+_RETRYABLE_ERRORS = RETRYABLE_CODES
 _DETAILS_LIMIT = 400
 # Characters XML 1.0 forbids (and other controls): the service would reject the SSML.
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\ufffe\uffff]")
