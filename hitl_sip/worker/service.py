@@ -15,13 +15,14 @@ import os
 import secrets
 import uuid
 import wave
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from hitl_sip.bot.runner import FlowRunner
 from hitl_sip.config import PROJECT_ROOT, Config
 from hitl_sip.log import call_logger, now_iso
-from hitl_sip.media.buffers import BufferClosed, FrameBuffer
+from hitl_sip.media.buffers import FrameBuffer
 from hitl_sip.media.wav import read_wav, resample
 from hitl_sip.sip.profile import TrunkProfile, load_profile
 from hitl_sip.worker.admission import Admission
@@ -59,6 +60,7 @@ class CallRuntime:
     events: list[dict[str, Any]] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     frames_received: int = 0
+    recording: wave.Wave_write | None = None
     frames_sent: int = 0
 
     def event(self, kind: str, **data: Any) -> None:
@@ -340,10 +342,10 @@ class WorkerService:
         call.codec = ev.codec
         call.event("media", codec=ev.codec)
         call_logger(log, ev.call_id).info("media up (%s)", ev.codec or "unknown codec")
-        inbound = ev.inbound
+        record = None
         if self.config.worker.record_calls:
-            inbound = self._tee(call, ev.inbound)
-        call.session = self._new_session(call, inbound, ev.outbound)
+            record = self._open_recording(call)
+        call.session = self._new_session(call, ev.inbound, ev.outbound, record)
         call.tasks.append(self._spawn(call.session.start()))
 
     def _on_dtmf(self, ev: CallDtmf) -> None:
@@ -380,6 +382,9 @@ class WorkerService:
         for task in call.tasks:
             task.cancel()
         await asyncio.gather(*call.tasks, return_exceptions=True)
+        if call.recording is not None:
+            call.recording.close()
+            call.recording = None
         by = call.hangup_by if ev.by == "system" and call.hangup_by else ev.by
         call.event("ended", outcome=ev.outcome, status=ev.status, by=by)
         call_logger(log, ev.call_id).info(
@@ -416,31 +421,27 @@ class WorkerService:
 
     # -- media tasks ----------------------------------------------------------------------
 
-    def _tee(self, call: CallRuntime, inbound: FrameBuffer) -> FrameBuffer:
-        """Record every caller frame and pass it on to the session's own buffer."""
-        assert self.stack is not None
-        out = FrameBuffer(asyncio.get_running_loop(), inbound.capacity)
-        call.tasks.append(self._spawn(self._record(call, inbound, out)))
-        return out
+    def _open_recording(self, call: CallRuntime) -> Callable[[bytes], None]:
+        """Open the call's WAV; the returned function records one caller frame (it runs in
+        the session's frame loop, so the 20 ms path has no extra hop)."""
+        writer = wave.open(str(self.recordings / f"{call.call_id}.wav"), "wb")  # noqa: SIM115 - closed in _on_ended
+        writer.setnchannels(1)
+        writer.setsampwidth(2)
+        writer.setframerate(self.config.worker.clock_rate)
+        call.recording = writer
 
-    async def _record(self, call: CallRuntime, inbound: FrameBuffer, out: FrameBuffer) -> None:
-        path = str(self.recordings / f"{call.call_id}.wav")
-        try:
-            with wave.open(path, "wb") as writer:
-                writer.setnchannels(1)
-                writer.setsampwidth(2)
-                writer.setframerate(self.config.worker.clock_rate)
-                with contextlib.suppress(BufferClosed):
-                    while True:
-                        frame = await inbound.get()
-                        call.frames_received += 1
-                        writer.writeframesraw(frame)
-                        out.push_nowait(frame)
-        finally:
-            out.close()
+        def record(frame: bytes) -> None:
+            call.frames_received += 1
+            writer.writeframesraw(frame)
+
+        return record
 
     def _new_session(
-        self, call: CallRuntime, inbound: FrameBuffer, outbound: FrameBuffer
+        self,
+        call: CallRuntime,
+        inbound: FrameBuffer,
+        outbound: FrameBuffer,
+        record: Callable[[bytes], None] | None,
     ) -> CallSession:
         assert self.stack is not None
         stack = self.stack
@@ -484,4 +485,5 @@ class WorkerService:
                 project_root=PROJECT_ROOT,
             ),
             on_source_active=source_active,
+            on_caller_frame=record,
         )

@@ -110,6 +110,7 @@ class CallSession:
         hangup: Callable[[], Awaitable[Any]],
         settings: SessionSettings,
         on_source_active: Callable[[bool], None] = lambda active: None,
+        on_caller_frame: Callable[[bytes], None] | None = None,
     ) -> None:
         self.call_id = call_id
         self.thread_id = thread_id
@@ -123,6 +124,7 @@ class CallSession:
         self.hangup_call = hangup
         self.settings = settings
         self.on_source_active = on_source_active
+        self.on_caller_frame = on_caller_frame  # the recorder, when calls are recorded
         self.state = SessionState.BOT
         self.transcript: list[dict[str, Any]] = []
         self.log = call_logger(log, call_id)
@@ -216,6 +218,8 @@ class CallSession:
         try:
             while True:
                 frame = await self.inbound.get()
+                if self.on_caller_frame is not None:
+                    self.on_caller_frame(frame)
                 self._fed_seconds += len(frame) / 2 / self.settings.clock_rate
                 if stream is not None:
                     stream.push_frame(frame)
