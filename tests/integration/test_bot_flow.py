@@ -148,9 +148,14 @@ def api(server: Server, method: str, path: str, key: str | None = API_KEY) -> tu
 
 def test_rest_handoff_triggers_the_agent_node_of_a_live_call(tmp_path: Path) -> None:
     with running_server(tmp_path, extra={"api": {"keys": [API_KEY]}}) as srv:
-        call = run_sipp("short_call", srv.sip_port(), tmp_path, duration_ms=6000,
+        # a long call: on a loaded CI machine the steps below must finish before the BYE
+        call = run_sipp("short_call", srv.sip_port(), tmp_path, duration_ms=15000,
                         background=True)
         assert not isinstance(call, SippResult)
+
+        def states() -> list[str]:
+            return [c["state"] for c in api(srv, "GET", "/api/calls")[1]["calls"]]
+
         srv.wait_for(lambda: len(api(srv, "GET", "/api/calls")[1]["calls"]) == 1,
                      what="the call in /api/calls")
         listed = api(srv, "GET", "/api/calls")[1]["calls"][0]
@@ -162,8 +167,7 @@ def test_rest_handoff_triggers_the_agent_node_of_a_live_call(tmp_path: Path) -> 
         assert api(srv, "POST", "/api/calls/nope/handoff")[0] == 404
         status, body = api(srv, "POST", f"/api/calls/{call_id}/handoff")
         assert (status, body) == (200, {"ok": True})
-        srv.wait_for(lambda: api(srv, "GET", "/api/calls")[1]["calls"][0]["state"] == "queued",
-                     what="the call queued")
+        srv.wait_for(lambda: states() == ["queued"], what="the call queued")
         status, body = api(srv, "POST", f"/api/calls/{call_id}/handoff")
         assert status == 409 and body["error"]["code"] == "invalid_state"
         assert finish(call, tmp_path).ok
