@@ -102,6 +102,35 @@ class ApiConfig:
     token_ttl: float = 43200.0
 
 
+WEBRTC_CODECS = ("pcmu", "pcma", "opus")
+
+
+@dataclass(frozen=True)
+class WebRtcConfig:
+    """The agent's WebRTC leg (the worker's aiortc peer)."""
+
+    # Codec preference for the browser leg, first wins when the browser offers it. PCMU:
+    # the trunk leg is G.711 anyway, so no transcoding and the least CPU (bench/README.md).
+    codecs: tuple[str, ...] = ("pcmu", "opus")
+    stun_servers: tuple[str, ...] = ()  # "stun:host:port"; aiortc uses the first
+    turn_servers: tuple[str, ...] = ()  # "turn:host:port?transport=udp"; the first is used
+    turn_username: str = ""
+    turn_password: str = ""
+    # Addresses (IPs or CIDRs) the peer gathers host candidates on. Empty: every interface
+    # except loopback, link-local and container/bridge interfaces (docker0, br-*, veth*...).
+    host_addresses: tuple[str, ...] = ()
+    # 1:1 NAT: advertise this address in place of the host candidates' own (containers).
+    public_address: str = ""
+    # Agent audio queued ahead of the trunk's media clock, at most (older frames are dropped).
+    max_lead_frames: int = 3
+    # false: aiortc's stock receive path (a 4-packet prefetch jitter buffer), for comparison.
+    low_latency: bool = True
+    # No audio from a connected agent for this long means its media is gone (a killed
+    # browser sends no DTLS close, and ICE consent takes ~30 s to fail); the hub then gives
+    # it routing.reconnect_grace to renegotiate before the call is queued again.
+    media_timeout: float = 3.0
+
+
 @dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
@@ -118,6 +147,7 @@ class Config:
     speech: SpeechConfig = field(default_factory=SpeechConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    webrtc: WebRtcConfig = field(default_factory=WebRtcConfig)
     data_dir: str = "data"
     profiles_dir: str = str(PROJECT_ROOT / "sip_profiles")
 
@@ -139,6 +169,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "speech": SpeechConfig,
     "routing": RoutingConfig,
     "api": ApiConfig,
+    "webrtc": WebRtcConfig,
 }
 _TOP_LEVEL = ("data_dir", "profiles_dir")
 
@@ -284,6 +315,7 @@ def load_config(
         speech=SpeechConfig(**values.get("speech", {})),
         routing=RoutingConfig(**values.get("routing", {})),
         api=ApiConfig(**values.get("api", {})),
+        webrtc=WebRtcConfig(**values.get("webrtc", {})),
         **top,
     )
     validate(config)
@@ -377,10 +409,45 @@ def validate(config: Config) -> None:
     for key in config.api.keys:
         if len(key) < 16:
             raise ConfigError("api.keys", "API keys must be at least 16 characters")
+    _validate_webrtc(config.webrtc)
     if config.log.level not in LOG_LEVELS:
         raise ConfigError("log.level", f"expected one of {', '.join(LOG_LEVELS)}")
     if not config.resolve_path(config.profiles_dir).is_dir():
         raise ConfigError("profiles_dir", f"not a directory: {config.profiles_dir}")
+
+
+def _validate_webrtc(w: WebRtcConfig) -> None:
+    if not w.codecs:
+        raise ConfigError("webrtc.codecs", f"at least one of {', '.join(WEBRTC_CODECS)}")
+    for codec in w.codecs:
+        if codec not in WEBRTC_CODECS:
+            raise ConfigError("webrtc.codecs",
+                              f"unknown codec {codec!r}; allowed: {', '.join(WEBRTC_CODECS)}")
+    for url in w.stun_servers:
+        if not url.startswith("stun:"):
+            raise ConfigError("webrtc.stun_servers", f"expected stun:host[:port], got {url!r}")
+    for url in w.turn_servers:
+        if not url.startswith(("turn:", "turns:")):
+            raise ConfigError("webrtc.turn_servers", f"expected turn:host[:port], got {url!r}")
+    if w.turn_servers and not (w.turn_username and w.turn_password):
+        raise ConfigError("webrtc.turn_username",
+                          "webrtc.turn_servers needs webrtc.turn_username and turn_password")
+    for address in w.host_addresses:
+        try:
+            ipaddress.ip_network(address, strict=False)
+        except ValueError as e:
+            raise ConfigError("webrtc.host_addresses",
+                              f"expected an IP address or CIDR, got {address!r}") from e
+    if w.public_address:
+        try:
+            ipaddress.ip_address(w.public_address)
+        except ValueError as e:
+            raise ConfigError("webrtc.public_address",
+                              f"expected an IP address, got {w.public_address!r}") from e
+    if not 1 <= w.max_lead_frames <= 25:
+        raise ConfigError("webrtc.max_lead_frames", f"expected 1..25, got {w.max_lead_frames}")
+    if not 0.5 <= w.media_timeout <= 60:
+        raise ConfigError("webrtc.media_timeout", "expected 0.5..60 seconds")
 
 
 def config_from_dict(data: Mapping[str, Any]) -> Config:

@@ -1,99 +1,133 @@
-"""The agent's WebRTC peer on the worker (aiortc): answers the browser's offer.
+"""The agent's WebRTC peer on the worker (aiortc): one RTCPeerConnection per accepted call.
 
-This is the signaling end of the bridge: one RTCPeerConnection per accepted call, created
-on the agent's ``webrtc_offer`` (relayed by the hub), answering with a send-receive audio
-transceiver, taking the browser's trickled candidates. The audio it sends is silence and
-what it receives is drained; the caller ⇄ agent bridge itself comes with the media bridge.
+Created on the agent's ``webrtc_offer`` (relayed by the hub), it answers with a send-receive
+audio transceiver whose outgoing track is the caller's audio (:class:`CallerTrack`) and whose
+incoming track feeds the agent's audio to the call (:class:`AgentAudio`), in the codec order
+of ``webrtc.codecs``. It reports, through callbacks the worker wires to the session and the
+hub, when the agent's audio starts and stops flowing: the first decoded frame, and silence
+on the wire for ``webrtc.media_timeout`` (a killed browser sends no DTLS close) or an ICE
+failure/close.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fractions
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from aiortc import RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamTrack
-from aiortc.sdp import candidate_from_sdp
-from av import AudioFrame
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc.exceptions import OperationError
+from aiortc.sdp import SessionDescription, candidate_from_sdp
+
+from hitl_sip.media.ice import advertise_public
+from hitl_sip.worker.bridge import AgentAudio, BridgeStats, CallerTrack, use_immediate_jitter_buffer
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 48000
-SAMPLES = 960  # 20 ms
+
+@dataclass(frozen=True)
+class PeerSettings:
+    rate: int = 8000
+    codecs: tuple[str, ...] = ("pcmu", "opus")
+    rtc: RTCConfiguration = field(default_factory=lambda: RTCConfiguration(iceServers=[]))
+    public_address: str = ""
+    low_latency: bool = True
+    media_timeout: float = 3.0
 
 
-class SilenceTrack(MediaStreamTrack):  # type: ignore[misc]
-    """20 ms frames of silence paced on a monotonic anchor."""
-
-    kind = "audio"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._start: float | None = None
-        self._pts = 0
-
-    async def recv(self) -> AudioFrame:
-        if self._start is None:
-            self._start = time.monotonic()
-        else:
-            self._pts += SAMPLES
-            wait = self._start + self._pts / SAMPLE_RATE - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
-        frame = AudioFrame(format="s16", layout="mono", samples=SAMPLES)
-        for plane in frame.planes:
-            plane.update(bytes(plane.buffer_size))
-        frame.sample_rate = SAMPLE_RATE
-        frame.pts = self._pts
-        frame.time_base = fractions.Fraction(1, SAMPLE_RATE)
-        return frame
+def codec_preferences(names: tuple[str, ...]) -> list[Any]:
+    """aiortc's audio codec capabilities in ``names`` order (opus, pcmu, pcma)."""
+    caps = RTCRtpSender.getCapabilities("audio").codecs
+    wanted = {"opus": "audio/opus", "pcmu": "audio/pcmu", "pcma": "audio/pcma"}
+    return [c for name in names for c in caps if c.mimeType.lower() == wanted[name]]
 
 
 class AgentPeer:
     def __init__(
         self,
         call_id: str,
-        on_connected: Callable[[], None] | None = None,
-        on_lost: Callable[[], None] | None = None,
+        settings: PeerSettings,
+        *,
+        on_agent_frame: Callable[[bytes], None],
+        on_media: Callable[[bool], None] = lambda flowing: None,
     ) -> None:
         self.call_id = call_id
-        self.on_connected = on_connected
-        self.on_lost = on_lost
+        self.settings = settings
+        self.on_media = on_media
+        self.stats = BridgeStats()
+        self.caller_track = CallerTrack(settings.rate, self.stats)
+        self.agent_audio = AgentAudio(settings.rate, on_agent_frame, self.stats)
+        self.codec = ""
+        self.flowing = False
         self._closing = False
-        self.pc = RTCPeerConnection()
-        self._drains: list[asyncio.Task[None]] = []
+        self.pc = RTCPeerConnection(settings.rtc)
+        self._tasks: list[asyncio.Task[None]] = []
         self.pc.on("track", self._on_track)
         self.pc.on("connectionstatechange", self._on_state)
 
+    # -- state ----------------------------------------------------------------------------
+
+    def _set_flowing(self, flowing: bool) -> None:
+        if flowing != self.flowing and not self._closing:
+            self.flowing = flowing
+            self.on_media(flowing)
+
     def _on_state(self) -> None:
-        log.info("[call %s] agent peer %s", self.call_id, self.pc.connectionState)
         state = self.pc.connectionState
-        if state == "connected" and self.on_connected is not None:
-            self.on_connected()
-        elif state in ("failed", "closed") and not self._closing and self.on_lost is not None:
-            self.on_lost()  # the browser's side of the media is gone
+        log.info("[call %s] agent peer %s", self.call_id, state)
+        if state in ("failed", "closed"):
+            self._set_flowing(False)
 
     def _on_track(self, track: Any) -> None:
-        async def drain() -> None:
-            with contextlib.suppress(Exception):
-                while True:
-                    await track.recv()
+        if track.kind != "audio":
+            return
+        self._tasks.append(asyncio.create_task(self.agent_audio.run(track)))
+        self._tasks.append(asyncio.create_task(self._watch()))
 
-        self._drains.append(asyncio.create_task(drain()))
+    async def _watch(self) -> None:
+        """Agent audio flowing or not: the first frame, then silence on the wire."""
+        timeout = self.settings.media_timeout
+        while True:
+            await asyncio.sleep(0.05 if not self.flowing else min(0.25, timeout / 4))
+            last = self.agent_audio.last_frame_at
+            if last is None:
+                continue
+            if time.monotonic() - last < timeout:
+                self._set_flowing(True)
+            elif self.flowing:
+                log.warning("[call %s] no audio from the agent for %.1fs", self.call_id,
+                            timeout)
+                self._set_flowing(False)
+
+    # -- signaling ------------------------------------------------------------------------
 
     async def answer(self, offer_sdp: str) -> str:
         """Apply the browser's offer; return our answer (ICE candidates included)."""
-        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
-        for transceiver in self.pc.getTransceivers():
-            if transceiver.kind == "audio":
-                transceiver.sender.replaceTrack(SilenceTrack())
+        # our transceiver first, so the offer's audio section binds to it with our codec
+        # order and our jitter buffer
+        transceiver = self.pc.addTransceiver(self.caller_track, direction="sendrecv")
+        transceiver.setCodecPreferences(codec_preferences(self.settings.codecs))
+        if self.settings.low_latency:
+            use_immediate_jitter_buffer(transceiver.receiver)
+        try:
+            await self.pc.setRemoteDescription(
+                RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        except OperationError as e:
+            offered = sorted({c.mimeType.split("/")[-1].lower() for m in _media(offer_sdp)
+                              for c in m})
+            raise ValueError(f"no common audio codec: the offer has {offered or 'none'}, "
+                             f"webrtc.codecs allows {list(self.settings.codecs)}") from e
+        if transceiver.mid is None:
+            raise ValueError("the offer has no audio section")
         await self.pc.setLocalDescription(await self.pc.createAnswer())
-        return str(self.pc.localDescription.sdp)
+        sdp = str(self.pc.localDescription.sdp)
+        self.codec = _first_codec(sdp)
+        log.info("[call %s] agent peer answers with %s", self.call_id, self.codec or "?")
+        return advertise_public(sdp, self.settings.public_address)
 
     async def add_candidate(self, candidate: str | None, sdp_mid: str | None,
                             sdp_mline_index: int | None) -> None:
@@ -106,7 +140,27 @@ class AgentPeer:
 
     async def close(self) -> None:
         self._closing = True
-        for task in self._drains:
+        for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._drains, return_exceptions=True)
-        await self.pc.close()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.caller_track.stop()
+        with contextlib.suppress(Exception):
+            await self.pc.close()
+
+
+def _media(sdp: str) -> list[list[Any]]:
+    try:
+        return [m.rtp.codecs for m in SessionDescription.parse(sdp).media if m.kind == "audio"]
+    except (ValueError, IndexError):
+        return []
+
+
+def _first_codec(sdp: str) -> str:
+    """The codec of the first payload type on the answer's audio m= line."""
+    pts: list[str] = []
+    for line in sdp.split("\r\n"):
+        if line.startswith("m=audio"):
+            pts = line.split()[3:]
+        elif pts and line.startswith(f"a=rtpmap:{pts[0]} "):
+            return line.split(" ", 1)[1].split("/")[0].lower()
+    return ""

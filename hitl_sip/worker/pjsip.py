@@ -133,6 +133,13 @@ class WorkerMetrics:
             ["account"],
         )
         self.draining = r.gauge("hitl_sip_worker_draining", "1 while the worker drains")
+        self.bridge_frames = r.counter(
+            "hitl_sip_bridge_frames_total",
+            "Agent bridge frames by kind (counted when a peer closes): to_agent_frames / "
+            "to_agent_silence (a pull found no caller frame) / to_agent_trimmed, "
+            "from_agent_frames / from_agent_dropped (too far ahead of the trunk clock)",
+            ["kind"],
+        )
 
 
 # --- the PCM port ----------------------------------------------------------------------------

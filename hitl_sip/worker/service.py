@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ from hitl_sip.bot.runner import FlowRunner
 from hitl_sip.config import PROJECT_ROOT, Config
 from hitl_sip.log import call_logger, now_iso
 from hitl_sip.media.buffers import FrameBuffer
+from hitl_sip.media.ice import install_host_filter, rtc_configuration
 from hitl_sip.media.wav import read_wav, resample
 from hitl_sip.sip.profile import TrunkProfile, load_profile
 from hitl_sip.worker.admission import Admission
@@ -38,7 +40,7 @@ from hitl_sip.worker.events import (
     WorkerEvent,
 )
 from hitl_sip.worker.hublink import HubLink
-from hitl_sip.worker.peer import AgentPeer
+from hitl_sip.worker.peer import AgentPeer, PeerSettings
 from hitl_sip.worker.pjsip import PjStack, StackInfo, StackSettings, WorkerMetrics
 from hitl_sip.worker.session import CallSession, SessionSettings
 
@@ -62,6 +64,7 @@ class CallRuntime:
     frames_received: int = 0
     recording: wave.Wave_write | None = None
     frames_sent: int = 0
+    bridge: list[dict[str, Any]] = field(default_factory=list)  # stats per agent peer
 
     def event(self, kind: str, **data: Any) -> None:
         self.events.append({"type": kind, "at": now_iso(), **data})
@@ -117,6 +120,16 @@ class WorkerService:
         self.tts = build_tts(config)
         self.stt = build_stt(config)
         self.hold_pcm = self._load_audio(config.bot.hold_audio)
+        w = config.webrtc
+        self.peer_settings = PeerSettings(
+            rate=config.worker.clock_rate,
+            codecs=w.codecs,
+            rtc=rtc_configuration(w.stun_servers, w.turn_servers, w.turn_username,
+                                  w.turn_password),
+            public_address=w.public_address,
+            low_latency=w.low_latency,
+            media_timeout=w.media_timeout,
+        )
         self.stack: PjStack | None = None
         self.hub = (
             HubLink(hub_url, hub_token, self._hello, self._on_hub_message) if hub_url else None
@@ -137,6 +150,7 @@ class WorkerService:
 
     async def start(self) -> StackInfo:
         loop = asyncio.get_running_loop()
+        install_host_filter(self.config.webrtc.host_addresses)
         await asyncio.to_thread(preload_stt, self.config, self.stt)
         admission = Admission(
             self.profile,
@@ -241,8 +255,7 @@ class WorkerService:
             self._spawn(self._webrtc(call, message))
             return
         if message.get("type") in ("agent_left", "resume") and call.peer is not None:
-            peer, call.peer = call.peer, None
-            self._spawn(peer.close())
+            self._spawn(self._close_peer(call))
         if message.get("type") == "hangup" and message.get("by") in ("agent", "system"):
             call.hangup_by = str(message["by"])
         if call.session is not None:
@@ -299,16 +312,23 @@ class WorkerService:
                                  "callId": call.call_id}
         try:
             if message["type"] == "webrtc_offer":
-                if call.peer is not None:
-                    await call.peer.close()
-                call.peer = AgentPeer(
-                    call.call_id,
-                    on_connected=lambda: self._notify(
-                        {"type": "call_connected", "callId": call.call_id, "at": now_iso()}),
-                    on_lost=lambda: self._notify({"type": "peer_lost", "callId": call.call_id}),
-                )
-                reply.update(ok=True, sdp=await call.peer.answer(str(message["sdp"])))
-                clog.info("agent WebRTC offer answered")
+                session = call.session
+                if session is None:
+                    raise ValueError("the call has no media yet")
+                await self._close_peer(call)
+                peer = AgentPeer(call.call_id, self.peer_settings,
+                                 on_agent_frame=session.on_agent_frame,
+                                 on_media=lambda flowing: self._on_agent_media(call, flowing))
+                call.peer = peer
+                session.attach_agent(peer.caller_track.push)
+                try:
+                    sdp = await peer.answer(str(message["sdp"]))
+                except Exception:
+                    await self._close_peer(call)
+                    raise
+                reply.update(ok=True, sdp=sdp)
+                call.event("webrtc", codec=peer.codec)
+                clog.info("agent WebRTC offer answered (%s)", peer.codec)
             elif call.peer is not None:
                 await call.peer.add_candidate(message.get("candidate"), message.get("sdpMid"),
                                               message.get("sdpMLineIndex"))
@@ -320,6 +340,35 @@ class WorkerService:
             reply.update(ok=False, error={"code": "bad_request", "message": str(e)[:200]})
         if message.get("requestId") is not None:
             self._notify(reply)
+
+    def _on_agent_media(self, call: CallRuntime, flowing: bool) -> None:
+        """The agent's audio started or stopped: the session switches what the caller
+        hears, the hub learns it (call_connected / peer_lost)."""
+        if call.session is not None:
+            call.session.agent_media(flowing)
+        call.event("agent_media", flowing=flowing)
+        if flowing:
+            self._notify({"type": "call_connected", "callId": call.call_id, "at": now_iso()})
+        else:
+            self._notify({"type": "peer_lost", "callId": call.call_id})
+
+    async def _close_peer(self, call: CallRuntime) -> None:
+        peer, call.peer = call.peer, None
+        if peer is None:
+            return
+        if call.session is not None:
+            call.session.detach_agent()
+        with contextlib.suppress(Exception):
+            await peer.close()
+        stats = dataclasses.asdict(peer.stats)
+        stats["codec"] = peer.codec
+        if call.session is not None:
+            stats["from_agent_dropped"] += call.session.agent_frames_dropped
+            call.session.agent_frames_dropped = 0
+        call.bridge.append(stats)
+        for key in ("to_agent_frames", "to_agent_silence", "to_agent_trimmed",
+                    "from_agent_frames", "from_agent_dropped"):
+            self.metrics.bridge_frames.inc(stats[key], kind=key)
 
     async def _answer(self, call: CallRuntime) -> None:
         assert self.stack is not None
@@ -370,10 +419,7 @@ class WorkerService:
         call = self.calls.pop(ev.call_id, None)
         if call is None:
             return
-        if call.peer is not None:
-            with contextlib.suppress(Exception):
-                await call.peer.close()
-            call.peer = None
+        await self._close_peer(call)
         if call.session is not None:
             try:
                 await call.session.close()
@@ -406,6 +452,7 @@ class WorkerService:
                 "framesReceived": call.frames_received,
                 "framesSent": call.frames_sent,
                 "threadId": call.thread_id,
+                "bridge": call.bridge,
                 "responseLatencies": [
                     {"input": kind, "seconds": seconds}
                     for kind, seconds in (call.session.response_latencies if call.session else [])
@@ -483,6 +530,7 @@ class WorkerService:
                 barge_in_dbfs=self.config.bot.barge_in_dbfs,
                 hold_pcm=self.hold_pcm,
                 project_root=PROJECT_ROOT,
+                agent_lead_frames=self.config.webrtc.max_lead_frames,
             ),
             on_source_active=source_active,
             on_caller_frame=record,

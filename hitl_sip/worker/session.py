@@ -92,6 +92,8 @@ class SessionSettings:
     lead_frames: int = 10
     flush_timeout: float = 1.5
     project_root: Path = Path(".")
+    # agent audio queued ahead of the trunk's media clock, at most (webrtc.max_lead_frames)
+    agent_lead_frames: int = 3
 
 
 class CallSession:
@@ -146,6 +148,14 @@ class CallSession:
         self.last_input_kind = ""
         self._fed_seconds = 0.0  # caller audio pushed into STT, on the audio clock
         self.response_latencies: list[tuple[str, float]] = []
+        # the human phase: the bridge's caller-audio input, whether the agent's audio is
+        # flowing, mute, and the agent's own recogniser
+        self._to_agent: Callable[[bytes], None] | None = None
+        self._agent_media = False
+        self.agent_muted = False
+        self.agent_frames_dropped = 0
+        self._agent_stt: SttStream | None = None
+        self._agent_stt_task: asyncio.Task[None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -182,6 +192,7 @@ class CallSession:
         if stream is not None:
             with contextlib.suppress(Exception):
                 await stream.aclose()
+        await self._stop_agent_stt()
         for prompt in self._all_prompts():
             if not prompt.done.done():
                 prompt.done.set_result(False)
@@ -223,6 +234,8 @@ class CallSession:
                 self._fed_seconds += len(frame) / 2 / self.settings.clock_rate
                 if stream is not None:
                     stream.push_frame(frame)
+                if self._to_agent is not None and self.state is SessionState.HUMAN:
+                    self._to_agent(frame)
                 if frame_dbfs(frame) >= self.settings.barge_in_dbfs:
                     self._voiced_frames += 1
                     if self._voiced_frames == self.settings.barge_in_frames:
@@ -298,16 +311,107 @@ class CallSession:
         elif kind == "hangup":
             await self._run([Hangup(node_id="external")])
         elif kind == "agent_joined" and self.state is SessionState.QUEUED:
-            self._stop_hold()
             self._set_state(SessionState.HUMAN)
+            self._start_agent_stt()
+            if self._agent_media:  # the agent's audio already flows: it replaces the hold
+                self._stop_hold()
         elif kind == "agent_left" and self.state is SessionState.HUMAN:
+            self.detach_agent()
             self._set_state(SessionState.QUEUED)
-            if self.settings.hold_pcm:
-                self._queue(_Prompt(self.settings.hold_pcm, barge_in=False, loop=True))
+            await self._stop_agent_stt()
+            self._ensure_hold()
         elif kind == "resume" and self.state is SessionState.HUMAN:
+            self.detach_agent()
+            self._stop_hold()
             self._set_state(SessionState.BOT)
+            await self._stop_agent_stt()
             if self.runner is not None:
                 await self._run(self.runner.resume())
+        elif kind == "mute":
+            self.agent_muted = bool(message.get("muted"))
+            self.log.info("agent %s", "muted" if self.agent_muted else "unmuted")
+            if self.agent_muted and self.state is SessionState.HUMAN and self._agent_media:
+                self.outbound.clear()  # not one more frame of the agent
+                self.on_source_active(False)
+
+    # -- the human phase ------------------------------------------------------------------
+
+    def attach_agent(self, to_agent: Callable[[bytes], None]) -> None:
+        """A (new) agent peer: caller frames go to ``to_agent`` while the call is HUMAN."""
+        self._to_agent = to_agent
+        self._agent_media = False
+
+    def detach_agent(self) -> None:
+        self._to_agent = None
+        self._agent_media = False
+        self.on_source_active(False)
+
+    def agent_media(self, flowing: bool) -> None:
+        """The agent's audio started (the peer's first frame) or stopped (peer lost)."""
+        if flowing == self._agent_media:
+            return
+        self._agent_media = flowing
+        if self.state is not SessionState.HUMAN:
+            return
+        if flowing:
+            self.log.info("agent audio flowing: it replaces the hold audio")
+            self._stop_hold()
+        else:
+            self.log.info("agent audio stopped: the caller hears hold audio")
+            self.on_source_active(False)
+            self._ensure_hold()
+
+    def on_agent_frame(self, frame: bytes) -> None:
+        """One 20 ms frame of the agent's voice at the call's rate (from the peer)."""
+        if self.state is not SessionState.HUMAN or not self._agent_media or self.agent_muted:
+            return
+        outbound = self.outbound
+        while len(outbound) >= self.settings.agent_lead_frames:
+            outbound.pop_nowait()  # the trunk clock is behind: keep the newest audio
+            self.agent_frames_dropped += 1
+        outbound.push_nowait(frame)
+        self.on_source_active(True)
+        if self._agent_stt is not None:
+            self._agent_stt.push_frame(frame)
+
+    def _ensure_hold(self) -> None:
+        if not self.settings.hold_pcm:
+            return
+        if any(p.loop and not p.done.done() for p in self._all_prompts()):
+            return
+        self._queue(_Prompt(self.settings.hold_pcm, barge_in=False, loop=True))
+
+    def _start_agent_stt(self) -> None:
+        if self.stt is None or self._agent_stt is not None:
+            return
+        stream = self.stt.stream(self.settings.clock_rate)
+        self._agent_stt = stream
+        self._agent_stt_task = asyncio.get_running_loop().create_task(
+            self._read_agent_stt(stream), name=f"agent-stt-{self.call_id}")
+
+    async def _read_agent_stt(self, stream: SttStream) -> None:
+        try:
+            async for event in stream:
+                if event.type is SpeechEventType.FINAL and event.text.strip():
+                    self._turn("agent", event.text.strip())
+        except SpeechError as e:
+            self.log.error("agent speech recognition stopped: %s (the call goes on)", e)
+
+    async def _stop_agent_stt(self) -> None:
+        """End the agent's recogniser, keeping its last words (flush, then close)."""
+        stream, task = self._agent_stt, self._agent_stt_task
+        self._agent_stt = self._agent_stt_task = None
+        if stream is None or task is None:
+            return
+        with contextlib.suppress(Exception):
+            stream.end_input()
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError, SpeechError):
+            await asyncio.wait_for(asyncio.shield(task), self.settings.flush_timeout)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, SpeechError):
+            await task
+        with contextlib.suppress(Exception):
+            await stream.aclose()
 
     # -- actions --------------------------------------------------------------------------
 

@@ -173,6 +173,8 @@ def test_queued_call_rings_every_agent_and_exactly_one_accept_wins(tmp_path: Pat
 async def accept_and_negotiate(server: Server, tmp_path: Path) -> dict[str, Any]:
     from aiortc import RTCPeerConnection, RTCSessionDescription  # noqa: PLC0415
 
+    from hitl_sip.testagent import MicrophoneTrack, silence  # noqa: PLC0415
+
     alice = Agent("alice")
     await alice.connect(server, login(server, "alice")[1]["token"])
     sipp = asyncio.create_task(asyncio.to_thread(
@@ -183,7 +185,7 @@ async def accept_and_negotiate(server: Server, tmp_path: Path) -> dict[str, Any]
         "webrtc_offer", {"callId": call_id, "sdp": "v=0\r\n"})}
     assert (await alice.call("accept_call", {"callId": call_id})) == {"ok": True}
     browser = RTCPeerConnection()
-    browser.addTransceiver("audio", direction="sendrecv")
+    browser.addTransceiver(MicrophoneTrack(silence), direction="sendrecv")  # as a browser does
     connected = asyncio.Event()
 
     @browser.on("connectionstatechange")  # type: ignore[untyped-decorator]
