@@ -103,8 +103,10 @@ class MicrophoneTrack(MediaStreamTrack):  # type: ignore[misc]
             wait = self._start + self._index * 0.02 - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
-        samples = self.source(self._index).reshape(1, -1)
-        frame = AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+        # stereo (L = R) like a browser's mono microphone in Opus: aiortc's own mono→stereo
+        # upmix would lower the level by 3 dB
+        samples = np.repeat(self.source(self._index), 2).reshape(1, -1)
+        frame = AudioFrame.from_ndarray(samples, format="s16", layout="stereo")
         frame.sample_rate = RATE
         frame.pts = self._index * SAMPLES
         frame.time_base = fractions.Fraction(1, RATE)
@@ -172,16 +174,22 @@ class TestAgent:
                 await self._arrived.wait()
         return self.events[event][count - 1]
 
-    async def answer_next_call(self, limit: float = 30) -> dict[str, Any]:
-        """Wait for a call, accept it and bring the media up; returns the incoming_call."""
+    async def answer_next_call(self, limit: float = 30, delay: float = 0.0) -> dict[str, Any]:
+        """Wait for a call, (after ``delay`` seconds of ringing) accept it and bring the
+        media up; returns the incoming_call."""
         offer = await self.wait("incoming_call", len(self.events.get("incoming_call", [])) + 1
                                 if self.call_id else 1, limit=limit)
-        self.call_id = str(offer["callId"])
-        ack = await self.call("accept_call", {"callId": self.call_id})
+        if delay:
+            await asyncio.sleep(delay)
+        await self.accept(str(offer["callId"]))
+        return offer
+
+    async def accept(self, call_id: str) -> None:
+        self.call_id = call_id
+        ack = await self.call("accept_call", {"callId": call_id})
         if not ack.get("ok"):
             raise RuntimeError(f"accept_call refused: {ack}")
         await self.start_media()
-        return offer
 
     async def start_media(self) -> None:
         pc = RTCPeerConnection()

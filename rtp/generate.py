@@ -236,6 +236,25 @@ def caller_pcaps(writer: Writer, name: str, text: str, pcm_8k: bytes) -> None:
         )
 
 
+TONE_SECONDS = 40.0
+TONE_START_SEQ = 40000  # after the DTMF pcaps' sequence numbers: a call may play both
+TONE_START_TS = 6_400_000
+
+
+def tone_pcaps(writer: Writer) -> None:
+    """A steady 440 Hz caller tone at -12 dBFS (the media bridge's loopback tests)."""
+    n = int(TONE_SECONDS * TELEPHONE_RATE)
+    t = np.arange(n) / TELEPHONE_RATE
+    pcm = _to_pcm(np.sin(2 * np.pi * 440.0 * t) * (10 ** (-12 / 20)) * 32767)
+    payloads = [ulaw_encode(frame) for frame in frames(pcm, 2 * SAMPLES_PER_FRAME)]
+    packets = rtp_stream_packets(
+        payloads, 0, SAMPLES_PER_FRAME, ssrc=CALLER_SSRC, start_seq=TONE_START_SEQ,
+        start_ts=TONE_START_TS, start_time=PCAP_EPOCH,
+    )
+    writer.pcap(CORPUS / "pcap" / "tone_440_pcmu.pcap", packets,
+                f"PCMU (PT 0) RTP of a steady 440 Hz tone, -12 dBFS, {TONE_SECONDS:.0f} s")
+
+
 def dtmf_pcaps(writer: Writer) -> None:
     variants = [(digit, 101, True) for digit in DTMF_DIGITS]
     variants += [(digit, 96, False) for digit in NOMARKER_DIGITS]
@@ -367,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
             "hold music: Cmaj7, Am7, Fmaj7, G6 chords, loopable",
         )
         dtmf_pcaps(writer)
+        tone_pcaps(writer)
         entries = list(writer.entries)
         writer.text(CORPUS / "README.md", readme(entries))
     finally:

@@ -351,6 +351,9 @@ class Router:
             offer = self.offers.get(call_id)
             agent = self.agents.get(offer.accepted_by or "") if offer else None
             if agent is not None:
+                timer = self._grace.pop(agent.agent_id, None)
+                if timer is not None:  # the agent's media came back within the grace
+                    timer.cancel()
                 await self._to_agent(agent, "call_connected",
                                      {"callId": call_id, "at": data.get("at")})
         elif event == "turn":

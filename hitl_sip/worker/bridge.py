@@ -6,7 +6,8 @@ aiortc pulls: ``recv`` is paced on a monotonic anchor laid just after the arriva
 frame, so a frame waits only for the next pull (a few ms), never for a fixed clock of its
 own. An empty queue at a pull yields silence (counted); a queue that stays longer than one
 frame is trimmed so latency cannot creep up. The frame goes out at the call's rate: aiortc's
-PCMU encoder needs no resampling at 8 kHz, its Opus encoder resamples to 48 kHz.
+PCMU encoder needs no resampling at 8 kHz, its Opus encoder resamples to 48 kHz (stereo
+frames from us: its own mono upmix would cost 3 dB).
 
 Agent → caller: :class:`AgentAudio` reads the browser's decoded track (Opus: 48 kHz stereo;
 PCMU/PCMA: 8 kHz mono), resamples to the call's mono rate only when the rates differ, cuts
@@ -73,6 +74,9 @@ class CallerTrack(MediaStreamTrack):  # type: ignore[misc]
         self._index = 0
         self._long = 0  # consecutive pulls that left more than one frame queued
         self._silence = bytes(self.samples * 2)
+        # Opus is encoded as stereo by aiortc, and libswresample's mono→stereo upmix costs
+        # 3 dB: hand it both channels ourselves (set once the codec is negotiated)
+        self.stereo = False
 
     def push(self, frame: bytes) -> None:
         """A caller frame (loop side, from the session's frame loop)."""
@@ -117,8 +121,13 @@ class CallerTrack(MediaStreamTrack):  # type: ignore[misc]
         return queue.popleft()
 
     def _frame(self, pcm: bytes) -> AudioFrame:
-        samples = np.frombuffer(pcm, dtype="<i2").reshape(1, -1)
-        frame = AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+        samples = np.frombuffer(pcm, dtype="<i2")
+        if self.stereo:
+            frame = AudioFrame.from_ndarray(np.repeat(samples, 2).reshape(1, -1),
+                                            format="s16", layout="stereo")
+        else:
+            frame = AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16",
+                                            layout="mono")
         frame.sample_rate = self.rate
         frame.pts = self._index * self.samples
         frame.time_base = fractions.Fraction(1, self.rate)

@@ -126,6 +126,7 @@ class AgentPeer:
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         sdp = str(self.pc.localDescription.sdp)
         self.codec = _first_codec(sdp)
+        self.caller_track.stereo = self.codec == "opus"
         log.info("[call %s] agent peer answers with %s", self.call_id, self.codec or "?")
         return advertise_public(sdp, self.settings.public_address)
 

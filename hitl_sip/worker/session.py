@@ -313,8 +313,8 @@ class CallSession:
         elif kind == "agent_joined" and self.state is SessionState.QUEUED:
             self._set_state(SessionState.HUMAN)
             self._start_agent_stt()
-            if self._agent_media:  # the agent's audio already flows: it replaces the hold
-                self._stop_hold()
+            if self._agent_media:  # the agent's audio already flows: it replaces the bot
+                self._silence_bot()
         elif kind == "agent_left" and self.state is SessionState.HUMAN:
             self.detach_agent()
             self._set_state(SessionState.QUEUED)
@@ -354,8 +354,8 @@ class CallSession:
         if self.state is not SessionState.HUMAN:
             return
         if flowing:
-            self.log.info("agent audio flowing: it replaces the hold audio")
-            self._stop_hold()
+            self.log.info("agent audio flowing: it replaces the bot's audio")
+            self._silence_bot()
         else:
             self.log.info("agent audio stopped: the caller hears hold audio")
             self.on_source_active(False)
@@ -373,6 +373,17 @@ class CallSession:
         self.on_source_active(True)
         if self._agent_stt is not None:
             self._agent_stt.push_frame(frame)
+
+    def _silence_bot(self) -> None:
+        """Stop every prompt (hold loop or the agent node's message) at a frame boundary:
+        the frames already queued are dropped, the agent's frames follow."""
+        stopped = False
+        for prompt in self._all_prompts():
+            if not prompt.done.done():
+                prompt.done.set_result(False)
+                stopped = True
+        if stopped:
+            self.outbound.clear()
 
     def _ensure_hold(self) -> None:
         if not self.settings.hold_pcm:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
-from hitl_sip.media.analysis import dominant_frequency
+from hitl_sip.media.analysis import dominant_frequency, rms_dbfs
 from hitl_sip.media.ice import install_host_filter
 from hitl_sip.testagent import MicrophoneTrack, tone
 from hitl_sip.worker.bridge import use_immediate_jitter_buffer
@@ -63,7 +63,8 @@ async def bridge_once(codec: str, seconds: float = 1.5) -> dict[str, Any]:
     stats = peer.stats
     await peer.close()
     await browser.close()
-    ours = np.concatenate(heard[10:]).astype("<i2").tobytes() if heard else b""
+    # 1 s in the middle: after the start, before the caller frames stop
+    ours = np.concatenate(heard[10:60]).astype("<i2").tobytes() if heard else b""
     return {"codec": peer.codec, "to_caller": to_caller, "media": media, "stats": stats,
             "heard": ours, "rate": rates[-1] if rates else 0, "sent": index}
 
@@ -80,11 +81,13 @@ def test_both_directions_carry_their_tone(codec: str) -> None:
     # caller -> agent: the browser hears 440 Hz
     assert out["heard"], "the browser heard nothing"
     assert abs(dominant_frequency(out["heard"], out["rate"]) - 440) < 15
+    assert rms_dbfs(out["heard"]) > -15.0  # sent at -13.5 dBFS: no level lost on the way
     # agent -> caller: 20 ms frames at the call's rate carrying 1 kHz
     frames = out["to_caller"]
     assert len(frames) > 40
     assert all(len(f) == 320 for f in frames)
     assert abs(dominant_frequency(b"".join(frames[5:]), 8000) - 1000) < 15
+    assert rms_dbfs(b"".join(frames[5:])) > -15.0
     # the agent's audio was reported flowing, then stopped once the browser went quiet
     assert out["media"] == [True, False]
     # every caller frame was pulled: at most a few at the edges became silence
