@@ -11,6 +11,9 @@ and reads until the server closes its side.
 
 Whatever an INVITE was answered, :meth:`SipWire.settle` ends the transaction properly (ACK for
 a final non-2xx, ACK + BYE for a 2xx, CANCEL when only provisionals came) so no call leaks.
+
+:class:`SipRequest` parses a request the server sends us and builds its answer; a longer-lived
+user agent (``tests/support/rtpcaller.py``) answers in-dialog BYEs and re-INVITEs with it.
 """
 
 from __future__ import annotations
@@ -58,6 +61,33 @@ def _tag_of(name_addr: str) -> str | None:
     return None
 
 
+def _parse_message(data: bytes) -> tuple[str, tuple[tuple[str, str], ...], bytes]:
+    """Splits a SIP message into its start line, its headers (folded lines joined) and body."""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        raise ValueError("no blank line after the headers")
+    lines = head.decode("utf-8", errors="replace").split(CRLF)
+    headers: list[tuple[str, str]] = []
+    for line in lines[1:]:
+        if line[:1] in (" ", "\t") and headers:  # folded continuation line
+            name, value = headers[-1]
+            headers[-1] = (name, value + " " + line.strip())
+            continue
+        name, colon, value = line.partition(":")
+        if not colon:
+            raise ValueError(f"header line without a colon: {line!r}")
+        headers.append((name.strip(), value.strip()))
+    return lines[0], tuple(headers), body
+
+
+def _first_header(headers: Iterable[tuple[str, str]], name: str) -> str | None:
+    wanted = _canonical(name)
+    for key, value in headers:
+        if _canonical(key) == wanted:
+            return value
+    return None
+
+
 @dataclass(frozen=True)
 class SipResponse:
     """A response, parsed just enough to match it to a request and to describe it."""
@@ -69,33 +99,16 @@ class SipResponse:
 
     @classmethod
     def parse(cls, data: bytes) -> SipResponse:
-        head, sep, body = data.partition(b"\r\n\r\n")
-        if not sep:
-            raise ValueError("no blank line after the headers")
-        lines = head.decode("utf-8", errors="replace").split(CRLF)
-        version, _, rest = lines[0].partition(" ")
+        first, headers, body = _parse_message(data)
+        version, _, rest = first.partition(" ")
         code, _, reason = rest.partition(" ")
         if version != "SIP/2.0" or len(code) != 3 or not code.isdigit():
-            raise ValueError(f"not a SIP response status line: {lines[0]!r}")
-        headers: list[tuple[str, str]] = []
-        for line in lines[1:]:
-            if line[:1] in (" ", "\t") and headers:  # folded continuation line
-                name, value = headers[-1]
-                headers[-1] = (name, value + " " + line.strip())
-                continue
-            name, colon, value = line.partition(":")
-            if not colon:
-                raise ValueError(f"header line without a colon: {line!r}")
-            headers.append((name.strip(), value.strip()))
-        return cls(int(code), reason, tuple(headers), body)
+            raise ValueError(f"not a SIP response status line: {first!r}")
+        return cls(int(code), reason, headers, body)
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (compact forms understood), or ``None``."""
-        wanted = _canonical(name)
-        for key, value in self.headers:
-            if _canonical(key) == wanted:
-                return value
-        return None
+        return _first_header(self.headers, name)
 
     @property
     def call_id(self) -> str | None:
@@ -117,6 +130,65 @@ class SipResponse:
 
     def __str__(self) -> str:
         return f"{self.status} {self.reason}"
+
+
+@dataclass(frozen=True)
+class SipRequest:
+    """A request the server sent us (an in-dialog BYE, a re-INVITE...), parsed enough to
+    answer it with :meth:`response`."""
+
+    method: str
+    uri: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+    @classmethod
+    def parse(cls, data: bytes) -> SipRequest:
+        first, headers, body = _parse_message(data)
+        parts = first.split(" ")
+        if len(parts) != 3 or parts[2] != "SIP/2.0" or not parts[0].isalpha():
+            raise ValueError(f"not a SIP request line: {first!r}")
+        return cls(parts[0].upper(), parts[1], headers, body)
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (compact forms understood), or ``None``."""
+        return _first_header(self.headers, name)
+
+    @property
+    def call_id(self) -> str | None:
+        return self.header("Call-ID")
+
+    @property
+    def cseq(self) -> tuple[int, str]:
+        number, _, method = (self.header("CSeq") or "0 ?").partition(" ")
+        return int(number), method.strip()
+
+    def response(
+        self,
+        status: int,
+        reason: str,
+        *,
+        headers: Iterable[tuple[str, str]] = (),
+        body: bytes = b"",
+        content_type: str | None = None,
+        to_tag: str | None = None,
+    ) -> bytes:
+        """The answer to this request: every Via, From, To, Call-ID and CSeq copied (RFC 3261
+        §8.2.6.2), then ``headers``, the body and its Content-Length. ``to_tag`` is added to a
+        To without a tag (a UAS answering a dialog-creating request)."""
+        copied = {"via", "from", "to", "call-id", "cseq"}
+        fields = [(n, v) for n, v in self.headers if _canonical(n) in copied]
+        if to_tag:
+            fields = [
+                (n, f"{v};tag={to_tag}" if _canonical(n) == "to" and _tag_of(v) is None else v)
+                for n, v in fields
+            ]
+        fields += list(headers)
+        if content_type:
+            fields.append(("Content-Type", content_type))
+        fields.append(("Content-Length", str(len(body))))
+        lines = [f"SIP/2.0 {status} {reason}"] + [f"{n}: {v}" for n, v in fields]
+        return (CRLF.join(lines) + CRLF + CRLF).encode() + body
 
 
 def split_stream(buffer: bytes) -> tuple[list[bytes], bytes, int]:
@@ -150,18 +222,31 @@ def split_stream(buffer: bytes) -> tuple[list[bytes], bytes, int]:
         buffer = buffer[total:]
 
 
-def sdp_offer(host: str, media_port: int) -> bytes:
-    """A plain PCMU/PCMA audio offer, like SIPp's."""
+RTPMAPS = {0: "PCMU/8000", 8: "PCMA/8000", 101: "telephone-event/8000"}
+
+
+def sdp_offer(
+    host: str,
+    media_port: int,
+    *,
+    payload_types: Iterable[int] = (0, 8, 101),
+    attributes: Iterable[str] = (),
+) -> bytes:
+    """A plain PCMU/PCMA audio offer, like SIPp's.
+
+    ``payload_types`` are offered in that order (the answerer prefers the first);
+    ``attributes`` are extra media-level lines such as ``"a=ptime:20"``.
+    """
+    offered = list(payload_types)
     lines = [
         "v=0",
         f"o=sipwire 1 1 IN IP4 {host}",
         "s=-",
         f"c=IN IP4 {host}",
         "t=0 0",
-        f"m=audio {media_port} RTP/AVP 0 8 101",
-        "a=rtpmap:0 PCMU/8000",
-        "a=rtpmap:8 PCMA/8000",
-        "a=rtpmap:101 telephone-event/8000",
+        f"m=audio {media_port} RTP/AVP {' '.join(str(pt) for pt in offered)}",
+        *(f"a=rtpmap:{pt} {RTPMAPS[pt]}" for pt in offered if pt in RTPMAPS),
+        *attributes,
         "a=sendrecv",
     ]
     return (CRLF.join(lines) + CRLF).encode()
@@ -220,10 +305,20 @@ class Exchange:
 class SipWire:
     """One local UDP socket, or one TCP connection, to the server at ``host:port``."""
 
-    def __init__(self, port: int, transport: str = "udp", host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        port: int,
+        transport: str = "udp",
+        host: str = "127.0.0.1",
+        *,
+        caller: str = CALLER_NUMBER,
+        service: str = SERVICE_NUMBER,
+    ) -> None:
         if transport not in ("udp", "tcp"):
             raise ValueError(f"unknown transport {transport!r}")
         self.transport = transport
+        self.caller = caller  # the From user of every request
+        self.service = service  # the To user and the Request-URI's user
         self.remote = (host, port)
         kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
         self.sock = socket.socket(socket.AF_INET, kind)
@@ -252,9 +347,9 @@ class SipWire:
     def via_transport(self) -> str:
         return self.transport.upper()
 
-    def target_uri(self, user: str = SERVICE_NUMBER) -> str:
+    def target_uri(self, user: str | None = None) -> str:
         host, port = self.remote
-        return f"sip:{user}@{host}:{port}"
+        return f"sip:{user or self.service}@{host}:{port}"
 
     def request(
         self,
@@ -290,7 +385,7 @@ class SipWire:
                 f";branch={branch}" + (";rport" if rport else ""),
             ),
             ("Max-Forwards", "70"),
-            ("From", f'"sipwire" <sip:{CALLER_NUMBER}@{host}:{port}>;tag={from_tag}'),
+            ("From", f'"sipwire" <sip:{self.caller}@{host}:{port}>;tag={from_tag}'),
             ("To", to),
             ("Call-ID", call_id),
             ("CSeq", f"{cseq} {cseq_method or method}"),
@@ -516,8 +611,13 @@ class SipWire:
 
     @staticmethod
     def _contact_uri(response: SipResponse) -> str | None:
-        contact = response.header("Contact")
-        if not contact:
-            return None
-        start, end = contact.find("<"), contact.find(">")
-        return contact[start + 1 : end] if 0 <= start < end else contact.split(";")[0].strip()
+        return contact_uri(response)
+
+
+def contact_uri(message: SipResponse | SipRequest) -> str | None:
+    """The URI in ``message``'s Contact header (where in-dialog requests go), or ``None``."""
+    contact = message.header("Contact")
+    if not contact:
+        return None
+    start, end = contact.find("<"), contact.find(">")
+    return contact[start + 1 : end] if 0 <= start < end else contact.split(";")[0].strip()
