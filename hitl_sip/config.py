@@ -123,7 +123,8 @@ class WebRtcConfig:
     public_address: str = ""
     # Agent audio queued ahead of the trunk's media clock, at most (older frames are dropped).
     max_lead_frames: int = 3
-    # false: aiortc's stock receive path (a 4-packet prefetch jitter buffer), for comparison.
+    # false: aiortc's stock ways, for comparison (bench/bridge_latency.py): its audio jitter
+    # buffer (a frame leaves after 4 more arrived) and a caller track on its own 20 ms clock.
     low_latency: bool = True
     # No audio from a connected agent for this long means its media is gone (a killed
     # browser sends no DTLS close, and ICE consent takes ~30 s to fail); the hub then gives

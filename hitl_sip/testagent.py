@@ -36,6 +36,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame, AudioResampler
 
+from hitl_sip.media.fir import FirResampler
 from hitl_sip.media.ice import install_host_filter
 from hitl_sip.worker.bridge import use_immediate_jitter_buffer
 from hitl_sip.worker.peer import codec_preferences
@@ -92,8 +93,14 @@ class MicrophoneTrack(MediaStreamTrack):  # type: ignore[misc]
         super().__init__()
         self.source = source
         self.sent: list[tuple[int, float]] = []  # (frame index, time handed out)
+        # like a browser, encode at the codec's own rate (set_codec): aiortc's encoder
+        # would otherwise resample with a frame of delay and upmix with a 3 dB loss
+        self._down: FirResampler | None = None
         self._start: float | None = None
         self._index = -1
+
+    def set_codec(self, codec: str) -> None:
+        self._down = FirResampler(RATE, 8000) if codec in ("pcmu", "pcma") else None
 
     async def recv(self) -> AudioFrame:
         self._index += 1
@@ -103,13 +110,18 @@ class MicrophoneTrack(MediaStreamTrack):  # type: ignore[misc]
             wait = self._start + self._index * 0.02 - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
-        # stereo (L = R) like a browser's mono microphone in Opus: aiortc's own mono→stereo
-        # upmix would lower the level by 3 dB
-        samples = np.repeat(self.source(self._index), 2).reshape(1, -1)
-        frame = AudioFrame.from_ndarray(samples, format="s16", layout="stereo")
-        frame.sample_rate = RATE
-        frame.pts = self._index * SAMPLES
-        frame.time_base = fractions.Fraction(1, RATE)
+        samples = self.source(self._index)
+        if self._down is not None:
+            narrow = self._down.process(samples)
+            frame = AudioFrame.from_ndarray(narrow.reshape(1, -1), format="s16", layout="mono")
+            rate = 8000
+        else:
+            frame = AudioFrame.from_ndarray(np.repeat(samples, 2).reshape(1, -1), format="s16",
+                                            layout="stereo")
+            rate = RATE
+        frame.sample_rate = rate
+        frame.pts = self._index * (rate // 50)
+        frame.time_base = fractions.Fraction(1, rate)
         self.sent.append((self._index, time.monotonic()))
         return frame
 
@@ -214,10 +226,11 @@ class TestAgent:
                                                "sdp": pc.localDescription.sdp})
         if not ack.get("ok"):
             raise RuntimeError(f"webrtc_offer refused: {ack}")
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=ack["sdp"], type="answer"))
         self.codec = next((line.split(" ", 1)[1].split("/")[0].lower()
                            for line in ack["sdp"].split("\r\n")
                            if line.startswith("a=rtpmap:")), "")
+        self.mic.set_codec(self.codec)
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=ack["sdp"], type="answer"))
         await self.call("webrtc_candidate", {"callId": self.call_id, "candidate": None,
                                              "sdpMid": "0", "sdpMLineIndex": 0})
 

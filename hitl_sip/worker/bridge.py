@@ -2,12 +2,13 @@
 
 Caller → agent: :class:`CallerTrack` is the track the peer sends. The session pushes each
 caller frame into it (20 ms of s16le at the call's rate, straight from the pjsua2 port) and
-aiortc pulls: ``recv`` is paced on a monotonic anchor laid just after the arrival of the first
-frame, so a frame waits only for the next pull (a few ms), never for a fixed clock of its
+aiortc pulls: ``recv`` is paced on a monotonic anchor whose phase follows the frames'
+arrivals, so a frame waits only a few ms for its pull, never up to 20 ms on a clock of its
 own. An empty queue at a pull yields silence (counted); a queue that stays longer than one
 frame is trimmed so latency cannot creep up. The frame goes out at the call's rate: aiortc's
-PCMU encoder needs no resampling at 8 kHz, its Opus encoder resamples to 48 kHz (stereo
-frames from us: its own mono upmix would cost 3 dB).
+Frames go out in the codec's own format (8 kHz mono for G.711, 48 kHz stereo for
+Opus, converted by :mod:`hitl_sip.media.fir`): aiortc's encoders would resample with a
+frame of delay and upmix with a 3 dB loss.
 
 Agent → caller: :class:`AgentAudio` reads the browser's decoded track (Opus: 48 kHz stereo;
 PCMU/PCMA: 8 kHz mono), resamples to the call's mono rate only when the rates differ, cuts
@@ -32,11 +33,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import RtpPacket
 from aiortc.utils import uint16_add
-from av import AudioFrame, AudioResampler
+from av import AudioFrame
+
+from hitl_sip.media.fir import FirResampler
 
 log = logging.getLogger(__name__)
 
@@ -55,59 +59,86 @@ class BridgeStats:
 
 
 class CallerTrack(MediaStreamTrack):  # type: ignore[misc]
-    """The caller's audio as an aiortc track, pulled by the peer's RTP sender."""
+    """The caller's audio as an aiortc track, pulled by the peer's RTP sender.
+
+    Pulls are paced on a monotonic anchor (pts advance 20 ms per pull whatever happens, so
+    RTP timestamps stay continuous). With ``align`` the anchor's phase follows the trunk's
+    clock: a pull is due ``margin`` after a caller frame arrives; when frames wait longer
+    than that for a whole window, the anchor moves earlier, and a pull that finds nothing
+    moves it later. Without ``align`` it is a plain clock from the first pull.
+    """
 
     kind = "audio"
+    WINDOW = 25  # pulls (500 ms) between phase corrections
 
     def __init__(self, rate: int, stats: BridgeStats | None = None, *,
-                 margin: float = 0.003, first_frame_wait: float = 0.1) -> None:
+                 margin: float = 0.003, first_frame_wait: float = 0.1,
+                 align: bool = True) -> None:
         super().__init__()
         self.rate = rate
         self.samples = int(rate * FRAME_SECONDS)
         self.stats = stats or BridgeStats()
-        self._queue: deque[bytes] = deque(maxlen=8)
+        self._queue: deque[tuple[bytes, float]] = deque(maxlen=8)
         self._arrived = asyncio.Event()
-        self._margin = margin  # after the frame's expected arrival: absorbs loop jitter
+        self._margin = margin  # after the frame's arrival: absorbs loop jitter
         self._first_wait = first_frame_wait
+        self._align = align
         self._anchor: float | None = None
-        self._first_arrival: float | None = None
         self._index = 0
         self._long = 0  # consecutive pulls that left more than one frame queued
+        self._waits: list[float] = []  # how long popped frames waited, this window
         self._silence = bytes(self.samples * 2)
-        # Opus is encoded as stereo by aiortc, and libswresample's mono→stereo upmix costs
-        # 3 dB: hand it both channels ourselves (set once the codec is negotiated)
-        self.stereo = False
+        self._out_rate = rate
+        self._stereo = False
+        self._resampler: FirResampler | None = None
+
+    def set_codec(self, codec: str) -> None:
+        """Hand aiortc frames in the codec's own format, so its encoder neither resamples
+        (libswresample holds back a frame: 20 ms) nor upmixes (mono→stereo costs 3 dB)."""
+        self._stereo = codec == "opus"
+        self._out_rate = 48000 if codec == "opus" else 8000
+        self._resampler = (FirResampler(self.rate, self._out_rate)
+                           if self._out_rate != self.rate else None)
 
     def push(self, frame: bytes) -> None:
         """A caller frame (loop side, from the session's frame loop)."""
-        if self._first_arrival is None:
-            self._first_arrival = time.monotonic()
-        self._queue.append(frame)
+        self._queue.append((frame, time.monotonic()))
         self._arrived.set()
 
     async def recv(self) -> AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
         if self._anchor is None:
-            if self._first_arrival is None:
-                self._arrived.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._arrived.wait(), self._first_wait)
-            self._anchor = (self._first_arrival or time.monotonic()) + self._margin
+            await self._first_pull()
         else:
             self._index += 1
             due = self._anchor + self._index * FRAME_SECONDS
             now = time.monotonic()
             if due > now:
                 await asyncio.sleep(due - now)
-            elif now - due > 0.2:  # the loop stalled: re-anchor instead of bursting
+            elif now - due > 0.2:  # the loop stalled: start a new anchor, do not burst
                 self._anchor = now - self._index * FRAME_SECONDS
         return self._frame(self._take())
+
+    async def _first_pull(self) -> None:
+        if self._align and not self._queue:
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), self._first_wait)
+        now = time.monotonic()
+        if self._align and self._queue:
+            while len(self._queue) > 1:  # queued before the peer was up: stale
+                self._queue.popleft()
+            self._anchor = max(self._queue[-1][1] + self._margin, now - FRAME_SECONDS / 2)
+        else:
+            self._anchor = now
 
     def _take(self) -> bytes:
         queue = self._queue
         if not queue:
             self.stats.to_agent_silence += 1
+            if self._align and self._anchor is not None:
+                self._anchor += 0.002  # the trunk's frames come later than we pull
             return self._silence
         if len(queue) > 1:
             self._long += 1
@@ -117,20 +148,30 @@ class CallerTrack(MediaStreamTrack):  # type: ignore[misc]
                 self._long = 0
         else:
             self._long = 0
+        frame, arrived = queue.popleft()
         self.stats.to_agent_frames += 1
-        return queue.popleft()
+        if self._align and self._anchor is not None:
+            self._waits.append(time.monotonic() - arrived)
+            if len(self._waits) >= self.WINDOW:
+                early = min(self._waits) - self._margin
+                if early > 0.002:  # every frame of the window waited: pull earlier
+                    self._anchor -= early
+                self._waits.clear()
+        return frame
 
     def _frame(self, pcm: bytes) -> AudioFrame:
         samples = np.frombuffer(pcm, dtype="<i2")
-        if self.stereo:
+        if self._resampler is not None:
+            samples = self._resampler.process(samples)
+        if self._stereo:
             frame = AudioFrame.from_ndarray(np.repeat(samples, 2).reshape(1, -1),
                                             format="s16", layout="stereo")
         else:
             frame = AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16",
                                             layout="mono")
-        frame.sample_rate = self.rate
-        frame.pts = self._index * self.samples
-        frame.time_base = fractions.Fraction(1, self.rate)
+        frame.sample_rate = self._out_rate
+        frame.pts = self._index * len(samples)
+        frame.time_base = fractions.Fraction(1, self._out_rate)
         return frame
 
 
@@ -146,21 +187,25 @@ class AgentAudio:
         self.stats = stats or BridgeStats()
         self.on_first_frame = on_first_frame
         self.last_frame_at: float | None = None
-        self._resampler: AudioResampler | None = None
-        self._source: tuple[int, str] | None = None
+        self._resampler: FirResampler | None = None
+        self._source_rate = 0
         self._pending = bytearray()
+        self._bad_frames = 0
 
     def _to_call_rate(self, frame: AudioFrame) -> bytes:
-        source = (frame.sample_rate, frame.layout.name)
-        if source == (self.rate, "mono") and frame.format.name == "s16":
-            return bytes(frame.planes[0])[: frame.samples * 2]
-        if self._resampler is None or source != self._source:
-            self._resampler = AudioResampler(format="s16", layout="mono", rate=self.rate)
-            self._source = source
-        out = b""
-        for piece in self._resampler.resample(frame):
-            out += bytes(piece.planes[0])[: piece.samples * 2]
-        return out
+        samples = frame.to_ndarray()
+        channels = len(frame.layout.channels)
+        if frame.format.name != "s16" or samples.ndim != 2 or samples.shape[0] != 1:
+            raise ValueError(f"unexpected decoded audio: {frame.format.name} {samples.shape}")
+        both = samples.reshape(-1, channels)
+        mono: npt.NDArray[np.int16] = (both[:, 0] if channels == 1
+                                       else both.mean(axis=1)).astype(np.int16)
+        if frame.sample_rate != self.rate:
+            if self._resampler is None or frame.sample_rate != self._source_rate:
+                self._resampler = FirResampler(frame.sample_rate, self.rate)
+                self._source_rate = frame.sample_rate
+            mono = self._resampler.process(mono)
+        return mono.astype("<i2").tobytes()
 
     def feed(self, frame: AudioFrame) -> None:
         """One decoded frame from the browser (any rate/layout)."""
@@ -190,7 +235,12 @@ class AgentAudio:
                 if stale is None:
                     return
                 self.stats.from_agent_dropped += 1
-            self.feed(frame)
+            try:
+                self.feed(frame)
+            except ValueError as e:  # one odd frame must not end the agent's audio
+                self._bad_frames += 1
+                if self._bad_frames == 1:
+                    log.warning("agent audio frame skipped: %s", e)
 
 
 class ImmediateJitterBuffer(JitterBuffer):  # type: ignore[misc]

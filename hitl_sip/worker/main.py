@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import signal
+import sys
 
 from hitl_sip.bot.flow import FlowError
 from hitl_sip.config import config_from_dict
@@ -69,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         log.error("bad worker configuration: %s", e)
         return 2
     setup_logging(config.log.level, args.worker_id)
+    # The media clock's callbacks, the event loop and the recognisers' threads share the
+    # GIL: hand it over after 1 ms instead of 5 so a 20 ms frame never waits long for it.
+    sys.setswitchinterval(0.001)
     if args.hub_url:
         drain_when_the_hub_dies()
     try:

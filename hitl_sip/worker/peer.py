@@ -59,7 +59,7 @@ class AgentPeer:
         self.settings = settings
         self.on_media = on_media
         self.stats = BridgeStats()
-        self.caller_track = CallerTrack(settings.rate, self.stats)
+        self.caller_track = CallerTrack(settings.rate, self.stats, align=settings.low_latency)
         self.agent_audio = AgentAudio(settings.rate, on_agent_frame, self.stats)
         self.codec = ""
         self.flowing = False
@@ -126,7 +126,7 @@ class AgentPeer:
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         sdp = str(self.pc.localDescription.sdp)
         self.codec = _first_codec(sdp)
-        self.caller_track.stereo = self.codec == "opus"
+        self.caller_track.set_codec(self.codec)
         log.info("[call %s] agent peer answers with %s", self.call_id, self.codec or "?")
         return advertise_public(sdp, self.settings.public_address)
 

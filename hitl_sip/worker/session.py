@@ -154,6 +154,7 @@ class CallSession:
         self._agent_media = False
         self.agent_muted = False
         self.agent_frames_dropped = 0
+        self._agent_standing = 0  # consecutive agent frames that found one still queued
         self._agent_stt: SttStream | None = None
         self._agent_stt_task: asyncio.Task[None] | None = None
 
@@ -366,9 +367,18 @@ class CallSession:
         if self.state is not SessionState.HUMAN or not self._agent_media or self.agent_muted:
             return
         outbound = self.outbound
-        while len(outbound) >= self.settings.agent_lead_frames:
+        waiting = len(outbound)
+        while waiting >= self.settings.agent_lead_frames:
             outbound.pop_nowait()  # the trunk clock is behind: keep the newest audio
             self.agent_frames_dropped += 1
+            waiting -= 1
+        # A frame still waiting when the next arrives is 20 ms of latency; if that stays
+        # so for 500 ms (no jitter used the cushion), drop one frame to win it back.
+        self._agent_standing = self._agent_standing + 1 if waiting else 0
+        if self._agent_standing >= 25:
+            outbound.pop_nowait()
+            self.agent_frames_dropped += 1
+            self._agent_standing = 0
         outbound.push_nowait(frame)
         self.on_source_active(True)
         if self._agent_stt is not None:

@@ -54,6 +54,7 @@ logger = logging.getLogger(__name__)
 
 MODEL_RATE = 16000
 SUPPORTED_RATES = (8000, 16000)
+FEED_BYTES = 2 * MODEL_RATE * 40 // 1000  # 40 ms of audio per decoder call (see _feed)
 _FRAME_SECONDS = 0.02
 _FRAME_BYTES = MODEL_RATE * 2 * 20 // 1000
 # Streaming upsampler: each call filters [context | chunk] and keeps the samples whose
@@ -328,8 +329,12 @@ class _Recognizer:
                 self.emit(SpeechEvent(SpeechEventType.INTERIM, text, audio_time=end))
 
     def _feed(self, pcm: bytes) -> None:
-        if pcm:  # pocketsphinx rejects an empty buffer
-            self.decoder.process_raw(pcm, False, False)
+        # pocketsphinx holds the GIL while it decodes; held-back audio (the pause before
+        # speech resumes, the pre-roll) can be half a second, which would stall the media
+        # clock's callbacks and the event loop for tens of ms. Piece by piece, another
+        # thread gets the GIL between pieces.
+        for start in range(0, len(pcm), FEED_BYTES):  # an empty buffer is never fed
+            self.decoder.process_raw(pcm[start:start + FEED_BYTES], False, False)
 
     def _start(self, first_speech: float, now: float) -> None:
         self.in_utterance = True

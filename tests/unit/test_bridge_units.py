@@ -1,0 +1,227 @@
+"""Units of the media bridge: the caller track's pacing and bounds, the immediate audio
+jitter buffer, the agent audio's conversion to the call's frames, the ICE address rules."""
+
+from __future__ import annotations
+
+import fractions
+import math
+
+import numpy as np
+import pytest
+from aiortc.rtp import RtpPacket
+from av import AudioFrame
+
+from hitl_sip.config import load_config
+from hitl_sip.errors import ConfigError
+from hitl_sip.media.analysis import dominant_frequency, rms_dbfs
+from hitl_sip.media.ice import advertise_public, host_addresses
+from hitl_sip.worker.bridge import AgentAudio, CallerTrack, ImmediateJitterBuffer
+
+
+def pcm(value: int, samples: int = 160) -> bytes:
+    return np.full(samples, value, dtype="<i2").tobytes()
+
+
+def samples_of(frame: AudioFrame) -> np.ndarray:
+    return frame.to_ndarray().reshape(-1)
+
+
+async def test_underrun_is_silence_and_timestamps_stay_continuous() -> None:
+    track = CallerTrack(8000, first_frame_wait=0.01)
+    track.push(pcm(100))
+    first = await track.recv()
+    second = await track.recv()  # nothing pushed: silence, counted
+    track.push(pcm(300))
+    third = await track.recv()
+    assert samples_of(first)[0] == 100 and not samples_of(second).any()
+    assert samples_of(third)[0] == 300
+    assert [first.pts, second.pts, third.pts] == [0, 160, 320]
+    assert first.time_base == fractions.Fraction(1, 8000) and first.sample_rate == 8000
+    assert track.stats.to_agent_silence == 1 and track.stats.to_agent_frames == 2
+
+
+async def test_frames_queued_before_the_first_pull_are_stale_and_dropped() -> None:
+    track = CallerTrack(8000)
+    for value in (1, 2, 3, 4):
+        track.push(pcm(value))
+    frame = await track.recv()
+    assert samples_of(frame)[0] == 4  # the newest: the agent does not hear 60 ms late
+
+
+async def test_a_standing_queue_is_trimmed_so_latency_cannot_creep() -> None:
+    track = CallerTrack(8000)
+    track.push(pcm(0))
+    await track.recv()
+    track.push(pcm(1))
+    track.push(pcm(2))  # a burst after a stall: one frame more than the pull rate
+    for i in range(3, 15):  # then one frame per pull: the extra frame would stay forever
+        track.push(pcm(i))
+        await track.recv()
+    assert track.stats.to_agent_trimmed == 1
+    assert len(track._queue) == 1 and track.stats.to_agent_silence == 0
+
+
+async def test_the_opus_track_hands_out_48khz_stereo_at_full_level() -> None:
+    track = CallerTrack(8000)
+    track.set_codec("opus")
+    for _ in range(3):
+        track.push(pcm(3000))
+        frame = await track.recv()
+    # 48 kHz stereo, L = R, one output frame per input frame (no frame held back)
+    assert (frame.layout.name, frame.sample_rate, frame.samples) == ("stereo", 48000, 960)
+    pairs = samples_of(frame).reshape(-1, 2)
+    assert (pairs[:, 0] == pairs[:, 1]).all()
+    assert abs(int(pairs[-100:, 0].mean()) - 3000) <= 3  # a DC level passes at full level
+
+
+async def test_the_g711_track_at_8khz_is_passed_through() -> None:
+    track = CallerTrack(8000)
+    track.set_codec("pcmu")
+    track.push(pcm(77))
+    frame = await track.recv()
+    assert (frame.layout.name, frame.sample_rate, frame.samples) == ("mono", 8000, 160)
+    assert set(samples_of(frame).tolist()) == {77}
+
+
+async def test_a_closed_track_raises_for_the_sender() -> None:
+    from aiortc.mediastreams import MediaStreamError  # noqa: PLC0415
+
+    track = CallerTrack(8000)
+    track.stop()
+    with pytest.raises(MediaStreamError):
+        await track.recv()
+
+
+def rtp(seq: int, ts: int, payload: bytes = b"x") -> RtpPacket:
+    packet = RtpPacket(payload_type=0, sequence_number=seq, timestamp=ts)
+    packet._data = payload  # type: ignore[attr-defined]  # set by aiortc's depayloader
+    return packet
+
+
+def test_immediate_jitter_buffer_releases_in_order_packets_and_drops_late_ones() -> None:
+    jb = ImmediateJitterBuffer()
+    out = [jb.add(rtp(s, s * 160, bytes([s % 256])))[1] for s in (65534, 65535, 0, 2)]
+    assert [f.timestamp if f else None for f in out] == [65534 * 160, 65535 * 160, 0, 320]
+    assert jb.add(rtp(1, 160))[1] is None  # older than what was released
+    assert jb.add(rtp(2, 320))[1] is None  # duplicate
+    assert jb.add(rtp(3, 480))[1] is not None
+
+
+def opus_like(index: int, freq: float = 1000.0) -> AudioFrame:
+    t = (np.arange(960) + index * 960) / 48000
+    mono = (np.sin(2 * math.pi * freq * t) * 0.3 * 32767).astype(np.int16)
+    frame = AudioFrame.from_ndarray(np.repeat(mono, 2).reshape(1, -1), format="s16",
+                                    layout="stereo")
+    frame.sample_rate = 48000
+    frame.pts = index * 960
+    frame.time_base = fractions.Fraction(1, 48000)
+    return frame
+
+
+def test_agent_audio_becomes_20ms_frames_at_the_call_rate_without_level_loss() -> None:
+    out: list[bytes] = []
+    audio = AgentAudio(8000, out.append)
+    for i in range(50):
+        audio.feed(opus_like(i))
+    assert len(out) >= 48 and all(len(f) == 320 for f in out)
+    joined = b"".join(out[2:])
+    assert abs(dominant_frequency(joined, 8000) - 1000) < 5
+    assert abs(rms_dbfs(joined) - rms_dbfs(samples_of(opus_like(0))[::2].tobytes())) < 0.5
+    assert audio.stats.from_agent_frames == len(out)
+
+
+def test_agent_audio_at_the_call_rate_passes_through_untouched() -> None:
+    out: list[bytes] = []
+    audio = AgentAudio(8000, out.append)
+    frame = AudioFrame.from_ndarray(np.arange(160, dtype=np.int16).reshape(1, -1),
+                                    format="s16", layout="mono")
+    frame.sample_rate = 8000
+    audio.feed(frame)
+    assert out == [np.arange(160, dtype="<i2").tobytes()]
+
+
+ADAPTERS = [("lo", "127.0.0.1"), ("eth0", "192.0.2.2"), ("eth0", "fd00::2"),
+            ("docker0", "172.17.0.1"), ("br-1a2b", "172.18.0.1"), ("veth9", "10.9.0.1"),
+            ("wlan0", "169.254.3.4")]
+
+
+def test_host_addresses_skip_loopback_link_local_and_container_bridges_by_default() -> None:
+    assert host_addresses([], adapters=lambda: ADAPTERS) == ["192.0.2.2", "fd00::2"]
+    assert host_addresses([], use_ipv6=False, adapters=lambda: ADAPTERS) == ["192.0.2.2"]
+
+
+def test_host_addresses_listed_explicitly_are_the_only_ones_even_loopback() -> None:
+    assert host_addresses(["127.0.0.1"], adapters=lambda: ADAPTERS) == ["127.0.0.1"]
+    assert host_addresses(["172.16.0.0/12"], adapters=lambda: ADAPTERS) == [
+        "172.17.0.1", "172.18.0.1"]
+
+
+def test_a_public_address_replaces_host_candidates_and_the_connection_line() -> None:
+    sdp = "\r\n".join([
+        "v=0", "c=IN IP4 172.17.0.2",
+        "a=candidate:1 1 udp 2130706431 172.17.0.2 40000 typ host",
+        "a=candidate:2 1 udp 1694498815 198.51.100.7 40000 typ srflx raddr 172.17.0.2 "
+        "rport 40000", ""])
+    out = advertise_public(sdp, "203.0.113.5").split("\r\n")
+    assert out[1] == "c=IN IP4 203.0.113.5"
+    assert out[2] == "a=candidate:1 1 udp 2130706431 203.0.113.5 40000 typ host"
+    assert out[3].split()[4] == "198.51.100.7"  # a server-reflexive candidate is true already
+    assert advertise_public(sdp, "") == sdp
+
+
+@pytest.mark.parametrize(("key", "value", "needle"), [
+    ("webrtc.codecs", "g729", "unknown codec"),
+    ("webrtc.codecs", "", "at least one"),
+    ("webrtc.stun_servers", "stun.example.com", "stun:"),
+    ("webrtc.turn_servers", "turn:turn.example.com:3478", "turn_username"),
+    ("webrtc.host_addresses", "eth0", "IP address or CIDR"),
+    ("webrtc.public_address", "example.com", "IP address"),
+    ("webrtc.max_lead_frames", "0", "1..25"),
+    ("webrtc.media_timeout", "0.1", "0.5..60"),
+])
+def test_webrtc_settings_are_validated_naming_the_key(key: str, value: str,
+                                                       needle: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(None, env={}, overrides={key: value})
+    assert needle in str(e.value)
+
+
+def test_webrtc_defaults_prefer_pcmu_then_opus() -> None:
+    config = load_config(None, env={})
+    assert config.webrtc.codecs == ("pcmu", "opus")
+    assert config.webrtc.low_latency is True
+
+
+
+
+@pytest.mark.parametrize(("rate_in", "rate_out", "freq"), [
+    (8000, 48000, 440.0), (48000, 8000, 1000.0), (16000, 48000, 440.0), (8000, 16000, 440.0),
+    (16000, 8000, 1000.0)])
+def test_fir_resampler_keeps_tone_and_level_one_frame_out_per_frame_in(
+    rate_in: int, rate_out: int, freq: float
+) -> None:
+    from hitl_sip.media.fir import FirResampler  # noqa: PLC0415
+
+    r = FirResampler(rate_in, rate_out)
+    n = rate_in // 50
+    out = []
+    for i in range(40):
+        t = (np.arange(n) + i * n) / rate_in
+        frame = r.process((np.sin(2 * math.pi * freq * t) * 0.3 * 32767).astype(np.int16))
+        assert len(frame) == rate_out // 50  # nothing held back
+        out.append(frame)
+    joined = np.concatenate(out[2:]).astype("<i2").tobytes()
+    assert abs(dominant_frequency(joined, rate_out) - freq) < 2
+    assert abs(rms_dbfs(joined) - (20 * math.log10(0.3 / math.sqrt(2)))) < 0.3
+
+
+def test_fir_resampler_removes_what_the_lower_rate_cannot_carry() -> None:
+    from hitl_sip.media.fir import FirResampler  # noqa: PLC0415
+
+    r = FirResampler(48000, 8000)
+    t = np.arange(960 * 20) / 48000
+    x = (np.sin(2 * math.pi * 6000 * t) * 0.3 * 32767).astype(np.int16)
+    y = np.concatenate([r.process(x[i:i + 960]) for i in range(0, len(x), 960)])
+    assert rms_dbfs(y[320:].astype("<i2").tobytes()) < -50  # 6 kHz would alias to 2 kHz
+    with pytest.raises(ValueError, match="integer ratio"):
+        FirResampler(44100, 8000)
