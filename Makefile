@@ -31,6 +31,8 @@ bench: setup
 	$(PY) bench/worker_capacity.py
 	$(PY) bench/bot_latency.py
 	$(PY) bench/handoff_fanout.py
+	$(PY) bench/bridge_latency.py
+	$(PY) bench/bridge_capacity.py
 
 corpus: setup
 	$(PY) rtp/generate.py
