@@ -75,6 +75,17 @@ def cpu_seconds(proc: psutil.Process) -> float:
     return float(t.user + t.system)
 
 
+def children_cpu(proc: psutil.Process) -> float:
+    """The worker's children: the speech process (pocketsphinx for every stream)."""
+    total = 0.0
+    for child in proc.children(recursive=True):
+        try:
+            total += cpu_seconds(child)
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
 def caller_view(caller: RtpCaller, start: float, end: float) -> dict[str, int]:
     pkts = sorted((p for p in caller.received if start <= p.arrival <= end),
                   key=lambda p: p.arrival)
@@ -97,22 +108,31 @@ async def measure(srv: Server, codec: str, seconds: float) -> dict[str, Any]:
     await asyncio.sleep(5.0)
     idle = (cpu_seconds(worker) - c0) / (time.monotonic() - t0) * 100
     callers: list[RtpCaller] = []
+    taken: set[str] = set()
     try:
         for i, agent in enumerate(agents):
             caller = RtpCaller(srv.sip_port())
             callers.append(caller)
             await asyncio.to_thread(caller.call)
             caller.start_media(caller_source())
-            await agent.answer_next_call(limit=20)
+            # ring-all offers each new call to every free agent: this one takes it
+            offer = await agent.wait("incoming_call", len(agent.events.get("incoming_call",
+                                                                            [])) or 1)
+            while str(offer["callId"]) in taken:
+                offer = await agent.wait("incoming_call",
+                                         len(agent.events["incoming_call"]) + 1)
+            taken.add(str(offer["callId"]))
+            await agent.accept(str(offer["callId"]))
             await agent.wait("call_connected", limit=15)
             print(f"  call {i + 1} bridged ({agent.codec})", file=sys.stderr)
         await asyncio.sleep(3.0)  # settle: recognisers loaded, queues at their level
         before = {
             "underruns": srv.metric("hitl_sip_pcm_underruns_total", direction="to_caller"),
         }
-        c1, t1 = cpu_seconds(worker), time.monotonic()
+        c1, s1, t1 = cpu_seconds(worker), children_cpu(worker), time.monotonic()
         await asyncio.sleep(seconds)
-        c2, t2, rss1 = cpu_seconds(worker), time.monotonic(), worker.memory_info().rss
+        c2, s2, t2 = cpu_seconds(worker), children_cpu(worker), time.monotonic()
+        rss1 = worker.memory_info().rss
         await asyncio.sleep(1.5)  # the worker reports metrics every second
         underruns = srv.metric("hitl_sip_pcm_underruns_total",
                                direction="to_caller") - before["underruns"]
@@ -136,6 +156,7 @@ async def measure(srv: Server, codec: str, seconds: float) -> dict[str, Any]:
         "cpu_idle_pct": round(idle, 2),
         "cpu_busy_pct": round(busy, 1),
         "cpu_per_call_pct": round((busy - idle) / CALLS, 1),
+        "speech_process_cpu_pct": round((s2 - s1) / (t2 - t1) * 100, 1),
         "rss_per_call_mib": round((rss1 - rss0) / CALLS / 2**20, 1),
         "to_agent_late_or_lost": total["to_agent_silence"] + total["to_agent_trimmed"],
         "to_agent_frames": total["to_agent_frames"],
@@ -182,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         pulls = r["to_agent_frames"] + r["to_agent_late_or_lost"]
         print(f"{r['codec']:5} CPU worker {r['cpu_busy_pct']}% of a core (idle "
               f"{r['cpu_idle_pct']}%), {r['cpu_per_call_pct']}% per call; "
-              f"RSS +{r['rss_per_call_mib']} MiB per call")
+              f"RSS +{r['rss_per_call_mib']} MiB per call; speech process "
+              f"{r['speech_process_cpu_pct']}% of a core (6 streams)")
         print(f"      caller->agent late/lost {r['to_agent_late_or_lost']}/{pulls} pulls "
               f"({100 * r['to_agent_late_or_lost'] / max(1, pulls):.2f} %, whole calls); "
               f"agent->caller underruns {r['to_caller_underruns_in_window']}/"

@@ -7,6 +7,7 @@ from hitl_sip.config import Config
 from hitl_sip.speech.base import SttEngine, TtsEngine
 from hitl_sip.speech.stt.azure_engine import AzureStt
 from hitl_sip.speech.stt.pocketsphinx_engine import PocketsphinxStt
+from hitl_sip.speech.stt.process import ProcessStt
 from hitl_sip.speech.stt.resilient import ResilientStt
 from hitl_sip.speech.tts.azure_engine import AzureTts
 from hitl_sip.speech.tts.cache import CachedTts
@@ -35,7 +36,9 @@ def preload_stt(config: Config, engine: SttEngine) -> None:
     """Load the embedded recogniser's decoders before calls arrive (blocking, ~0.25 s each:
     loading holds the GIL, which would stall the media of a live call)."""
     inner = getattr(engine, "engine", engine)
-    if isinstance(inner, PocketsphinxStt):
+    if isinstance(inner, PocketsphinxStt | ProcessStt):
+        # one per call for the bot phase; the agents' streams (a bridged call has two)
+        # load on demand, in the speech process where loading stalls no media
         inner.preload(config.worker.clock_rate, count=config.worker.max_calls)
 
 
@@ -44,7 +47,8 @@ def _base_stt(config: Config) -> SttEngine:
     if s.stt == "azure":
         region = "" if s.azure_endpoint else s.azure_region
         return AzureStt(key=s.azure_key, region=region, endpoint=s.azure_endpoint)
-    return PocketsphinxStt(pool_size=config.worker.max_calls)
+    # in a child process: pocketsphinx holds the GIL while it decodes (see process.py)
+    return ProcessStt(pool_size=2 * config.worker.max_calls)
 
 
 def build_flow(config: Config) -> Flow | None:

@@ -204,6 +204,9 @@ class WorkerService:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        close = getattr(getattr(self.stt, "engine", self.stt), "close", None)
+        if callable(close):
+            await asyncio.to_thread(close)  # the speech process, when there is one
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)

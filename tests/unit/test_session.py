@@ -209,3 +209,132 @@ async def test_external_engine_mode_forwards_input_and_obeys_commands() -> None:
     await until(r.hung_up.is_set)
     await r.session.close()
     clock.cancel()
+
+
+# -- the human phase (the media bridge) ---------------------------------------------------------
+
+
+class HumanRig(Rig):
+    """A rig whose session has a recogniser, taken to HUMAN with an agent attached."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from hitl_sip.speech.stt.fake import FakeStt  # noqa: PLC0415
+
+        self.stt = FakeStt()
+        self.session.stt = self.stt
+        self.to_agent: list[bytes] = []
+        self.source_active: list[bool] = []
+        self.session.on_source_active = self.source_active.append
+
+    async def to_human(self) -> None:
+        await until(lambda: self.session._listen_timer is not None)
+        await self.session.on_dtmf("0")
+        await self.session.on_command({"type": "agent_joined", "agentId": "a1"})
+        self.session.attach_agent(self.to_agent.append)
+        assert self.session.state is SessionState.HUMAN
+
+    def agent_stream(self) -> Any:
+        return self.stt.streams[-1]
+
+
+@pytest.fixture
+async def human() -> AsyncIterator[HumanRig]:
+    r = HumanRig()
+    clock = asyncio.create_task(r.clock())
+    await r.session.start()
+    await r.to_human()
+    yield r
+    await r.session.close()
+    clock.cancel()
+    r.inbound.close()
+    r.outbound.close()
+    with pytest.raises((asyncio.CancelledError, BufferClosed)):
+        await clock
+
+
+AGENT = b"\x11\x22" * (FRAME // 2)
+
+
+async def test_hold_plays_until_the_agent_s_audio_flows_then_only_the_agent_is_heard(
+    human: HumanRig,
+) -> None:
+    await until(lambda: len(human.outbound) > 0)  # hold audio while the peer connects
+    human.session.on_agent_frame(AGENT)  # before the media is flowing: ignored
+    assert AGENT not in list(human.outbound._frames)
+    human.session.agent_media(True)
+    assert len(human.outbound) == 0  # the hold stopped at a frame boundary
+    for _ in range(5):
+        human.session.on_agent_frame(AGENT)
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.1)
+    assert all(f == AGENT for f in human.outbound._frames)
+    assert human.session._current is None  # no prompt playing
+    assert human.source_active[-1] is True
+
+
+async def test_caller_frames_reach_the_agent_only_in_the_human_phase(human: HumanRig) -> None:
+    human.inbound.push_nowait(LOUD)
+    await until(lambda: len(human.to_agent) == 1)
+    await human.session.on_command({"type": "agent_left", "agentId": "a1"})
+    human.inbound.push_nowait(LOUD)
+    await asyncio.sleep(0.05)
+    assert len(human.to_agent) == 1
+
+
+async def test_mute_gives_the_caller_silence_and_pauses_the_agent_s_recogniser(
+    human: HumanRig,
+) -> None:
+    human.session.agent_media(True)
+    stream = human.agent_stream()
+    human.session.on_agent_frame(AGENT)
+    await human.session.on_command({"type": "mute", "muted": True})
+    assert len(human.outbound) == 0 and human.source_active[-1] is False
+    pushed = len(stream.frames)
+    for _ in range(3):
+        human.session.on_agent_frame(AGENT)
+    assert len(human.outbound) == 0 and len(stream.frames) == pushed
+    await human.session.on_command({"type": "mute", "muted": False})
+    human.session.on_agent_frame(AGENT)
+    assert len(human.outbound) == 1 and len(stream.frames) == pushed + 1
+
+
+async def test_agent_audio_queued_ahead_of_the_trunk_clock_is_bounded(human: HumanRig) -> None:
+    human.session.agent_media(True)
+    for i in range(10):  # a burst faster than the 20 ms clock can take
+        human.session.on_agent_frame(bytes([i]) * FRAME)
+    assert len(human.outbound) <= human.session.settings.agent_lead_frames
+    assert human.outbound._frames[-1] == bytes([9]) * FRAME  # the newest kept
+    assert human.session.agent_frames_dropped >= 10 - human.session.settings.agent_lead_frames
+
+
+async def test_agent_finals_become_agent_turns_and_the_last_words_are_kept(
+    human: HumanRig,
+) -> None:
+    human.session.agent_media(True)
+    stream = human.agent_stream()
+    stream.say("let me check that for you")
+    await until(lambda: any(m.get("role") == "agent" for m in human.kinds("turn")))
+    human.session.on_agent_frame(LOUD)  # the agent is mid-word when the call goes back
+    await human.session.on_command({"type": "resume"})
+    agent_turns = [m["text"] for m in human.kinds("turn") if m["role"] == "agent"]
+    assert agent_turns[0] == "let me check that for you"
+    assert stream.input_ended and stream.closed  # ended (its pending words out), closed
+
+
+async def test_lost_agent_media_brings_the_hold_audio_back(human: HumanRig) -> None:
+    human.session.agent_media(True)
+    assert not any(p.loop and not p.done.done() for p in human.session._all_prompts())
+    human.session.agent_media(False)
+    assert any(p.loop and not p.done.done() for p in human.session._all_prompts())
+    human.session.agent_media(True)  # the agent came back: the hold stops again
+    assert not any(p.loop and not p.done.done() for p in human.session._all_prompts())
+
+
+async def test_return_to_bot_detaches_the_agent_and_resumes_the_flow(human: HumanRig) -> None:
+    human.session.agent_media(True)
+    await human.session.on_command({"type": "resume"})
+    assert human.session.state is SessionState.BOT
+    human.session.on_agent_frame(AGENT)
+    assert AGENT not in list(human.outbound._frames)
+    assert human.states()[-2:] == ["human", "bot"]
