@@ -16,7 +16,9 @@ accepts. Both then send marked audio: 100 ms bursts of a tone every 500 ms, the 
 Everything between is the server: pjmedia's jitter buffer and clock, the bridge, aiortc's
 encoder/decoder, jitter buffer and SRTP; the network is loopback and no client jitter
 buffer is on the path. Same host, one monotonic clock. Onset = the first 20 ms frame
-above -35 dBFS after one below -45 dBFS. The first 2 s after connect are not counted.
+above -35 dBFS after at least 150 ms without one; a frame below -45 dBFS inside a burst is
+counted as a dropout (audio too late for its slot, or lost). The first 2 s after connect
+are not counted.
 
 Each codec runs twice: ``tuned`` (``webrtc.low_latency = true``: immediate audio jitter
 buffer, caller track phase-aligned to the trunk's frames) and ``stock`` (aiortc's audio
@@ -72,18 +74,25 @@ def agent_source(n: int) -> np.ndarray:
     return (np.sin(2 * math.pi * 1000 * t) * 0.25 * 32767).astype(np.int16)
 
 
-def onsets(frames: list[tuple[float, bytes]]) -> list[float]:
-    """Arrival times of the frames where a burst starts."""
+def onsets(frames: list[tuple[float, bytes]]) -> tuple[list[float], int]:
+    """Arrival times of the frames where a burst starts (loud after at least 150 ms of
+    quiet), and how many dropouts (a quiet frame inside a burst) there were."""
     out: list[float] = []
-    quiet = False
+    dropouts = 0
+    last_loud: float | None = None
+    quiet_in_burst = False
     for arrival, pcm in frames:
         level = rms_dbfs(pcm)
-        if level < OFF_DBFS:
-            quiet = True
-        elif level > ON_DBFS and quiet:
-            out.append(arrival)
-            quiet = False
-    return out
+        if level > ON_DBFS:
+            if last_loud is None or arrival - last_loud > 0.15:
+                out.append(arrival)
+            elif quiet_in_burst:
+                dropouts += 1
+            quiet_in_burst = False
+            last_loud = arrival
+        elif level < OFF_DBFS and last_loud is not None and arrival - last_loud < 0.06:
+            quiet_in_burst = True
+    return out, dropouts
 
 
 def match(arrivals: list[float], starts: list[float], after: float) -> list[float]:
@@ -120,15 +129,16 @@ async def measure(http_url: str, sip_port: int, codec: str, seconds: float) -> d
         await asyncio.to_thread(caller.close)
     after = min(t for _, t in caller.sent) + WARMUP if caller.sent else 0.0
     caller_starts = [t for n, t in caller.sent if n % CYCLE == 0]
-    at_agent = onsets([(arrival, pcm) for _, arrival, pcm in
-                       sorted(agent.heard_frames, key=lambda f: f[0])])
+    at_agent, agent_dropouts = onsets([(arrival, pcm) for _, arrival, pcm in
+                                       sorted(agent.heard_frames, key=lambda f: f[0])])
     agent_starts = [t for n, t in agent.mic.sent if n % CYCLE == AGENT_OFFSET]
-    at_caller = onsets([(p.arrival, p.pcm) for p in sorted(caller.received,
-                                                            key=lambda p: p.arrival)])
+    at_caller, caller_dropouts = onsets([(p.arrival, p.pcm) for p in
+                                         sorted(caller.received, key=lambda p: p.arrival)])
     return {
         "codec": agent.codec,
         "to_agent": match(at_agent, caller_starts, after),
         "to_caller": match(at_caller, agent_starts, after),
+        "dropouts": {"to_agent": agent_dropouts, "to_caller": caller_dropouts},
         "bursts": int(seconds * 2),
     }
 
@@ -158,8 +168,10 @@ def run(codec: str, low_latency: bool, seconds: float) -> dict[str, Any]:
             out = asyncio.run(measure(srv.http_url, srv.sip_port(), codec, seconds))
     return {
         "codec": codec, "mode": "tuned" if low_latency else "stock",
-        "to_agent": summary(out["to_agent"], out["bursts"]),
-        "to_caller": summary(out["to_caller"], out["bursts"]),
+        "to_agent": {**summary(out["to_agent"], out["bursts"]),
+                     "dropouts": out["dropouts"]["to_agent"]},
+        "to_caller": {**summary(out["to_caller"], out["bursts"]),
+                      "dropouts": out["dropouts"]["to_caller"]},
     }
 
 
@@ -180,14 +192,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bridge latency, server-internal, ms ({args.seconds:.0f} s per run, "
           "a burst every 500 ms)")
     print(f"{'codec':6} {'mode':6} {'direction':16} {'n':>7} {'median':>7} {'p95':>7} "
-          f"{'p99':>7} {'max':>7}")
+          f"{'p99':>7} {'max':>7} {'dropouts':>8}")
     for r in results:
         for direction, label in (("to_agent", "caller -> agent"), ("to_caller",
                                                                    "agent -> caller")):
             s = r[direction]
             print(f"{r['codec']:6} {r['mode']:6} {label:16} {s['n']:>3}/{s['expected']:<3} "
                   f"{s.get('median', '-'):>7} {s.get('p95', '-'):>7} {s.get('p99', '-'):>7} "
-                  f"{s.get('max', '-'):>7}")
+                  f"{s.get('max', '-'):>7} {s['dropouts']:>8}")
     return 0
 
 

@@ -2,4 +2,5 @@
 
 from hitl_sip.worker.main import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # not when multiprocessing's spawn imports it in the speech process
+    raise SystemExit(main())
