@@ -1,0 +1,138 @@
+"""The alive5 connector: one python-socketio client per chat thread (PROTOCOL.md §4).
+
+Work in progress (issue 6): :class:`ThreadLink` speaks the ``alive5_voice_agent`` profile
+for one thread — handshake query, ``init_voice_agent`` → ack gating, ``post_message`` →
+``post_message_ack`` one at a time (so each ack belongs to the message in flight),
+``save_crm_data``, ``end_voice_chat``. Every name is a field of :class:`Alive5Profile`.
+The durable outbox that drives it (order, retries, restart) comes next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+import socketio
+
+log = logging.getLogger(__name__)
+
+
+class Alive5Error(Exception):
+    """alive5 unreachable, refusing, or not acknowledging in time (always retryable)."""
+
+
+@dataclass(frozen=True)
+class Alive5Profile:
+    url: str = ""
+    path: str = "socket.io"
+    api_key: str = ""
+    channel_id: str = ""
+    message_type: str = "voice_agent_post_message"
+    ack_timeout: float = 10.0
+    # handshake query field names
+    query_type: str = "type"
+    query_type_value: str = "voice_agent"
+    query_api_key: str = "x-a5-apikey"
+    query_thread: str = "thread_id"
+    query_crm: str = "crm_id"
+    query_channel: str = "channel_id"
+    # events
+    event_init: str = "init_voice_agent"
+    event_init_ack: str = "init_voice_agent_ack"
+    event_post: str = "post_message"
+    event_post_ack: str = "post_message_ack"
+    event_crm: str = "save_crm_data"
+    event_crm_ack: str = "save_crm_data_ack"
+    event_end: str = "end_voice_chat"
+    # payload fields
+    field_content: str = "message_content"
+    field_type: str = "message_type"
+    field_voice_agent: str = "voiceAgentId"
+    field_key: str = "message_key"
+
+
+class ThreadLink:
+    """One thread's connection to alive5."""
+
+    def __init__(self, profile: Alive5Profile, thread_id: str, crm_id: str) -> None:
+        self.profile = profile
+        self.thread_id = thread_id
+        self.crm_id = crm_id
+        self.voice_agent_id = ""
+        self.sio = socketio.AsyncClient(reconnection=False)
+        self._acks: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        p = profile
+        for event in (p.event_init_ack, p.event_post_ack, p.event_crm_ack):
+            self.sio.on(event, self._ack_handler(event))
+
+    def _ack_handler(self, event: str) -> Any:
+        async def on_ack(data: Any = None) -> None:
+            self._acks.put_nowait((event, data if isinstance(data, dict) else {}))
+        return on_ack
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.sio.connected) and bool(self.voice_agent_id)
+
+    async def _await_ack(self, event: str) -> dict[str, Any]:
+        try:
+            async with asyncio.timeout(self.profile.ack_timeout):
+                while True:
+                    kind, data = await self._acks.get()
+                    if kind == event:
+                        return data
+        except TimeoutError as e:
+            raise Alive5Error(f"no {event} within {self.profile.ack_timeout:.0f}s") from e
+
+    async def open(self) -> None:
+        """Connect and initialise; posts may follow once this returns."""
+        p = self.profile
+        query = {p.query_type: p.query_type_value, p.query_api_key: p.api_key,
+                 p.query_thread: self.thread_id, p.query_crm: self.crm_id}
+        if p.channel_id:
+            query[p.query_channel] = p.channel_id
+        try:
+            await self.sio.connect(f"{p.url}?{urlencode(query)}", socketio_path=p.path,
+                                   transports=["websocket"], wait_timeout=p.ack_timeout)
+        except (socketio.exceptions.ConnectionError, OSError) as e:
+            await self.close()
+            raise Alive5Error(f"cannot connect to {p.url}: {e}") from e
+        await self.sio.emit(p.event_init, {"thread_id": self.thread_id, "crm_id": self.crm_id,
+                                           "channel_id": p.channel_id})
+        ack = await self._await_ack(p.event_init_ack)
+        self.voice_agent_id = str(ack.get("voice_agent_id") or "")
+        if not self.voice_agent_id:
+            raise Alive5Error(f"{p.event_init_ack} without a voice_agent_id: {ack}")
+
+    async def post(self, role: str, text: str, key: str) -> str:
+        """Post one turn and wait for its acknowledgement; returns alive5's message id."""
+        p = self.profile
+        payload: dict[str, Any] = {"thread_id": self.thread_id, "crm_id": self.crm_id,
+                                   p.field_content: text, p.field_type: p.message_type,
+                                   p.field_key: key}
+        if role != "caller":  # the bot's and the human agent's turns carry the voice agent
+            payload[p.field_voice_agent] = self.voice_agent_id
+        try:
+            await self.sio.emit(p.event_post, payload)
+        except socketio.exceptions.SocketIOError as e:
+            raise Alive5Error(f"post failed: {e}") from e
+        ack = await self._await_ack(p.event_post_ack)
+        return str(ack.get("message_id") or "")
+
+    async def save_crm(self, key: str, value: Any) -> None:
+        p = self.profile
+        await self.sio.emit(p.event_crm, {"crm_id": self.crm_id, "key": key, "value": value})
+        await self._await_ack(p.event_crm_ack)
+
+    async def end(self, end_by: str, text: str = "") -> None:
+        await self.sio.emit(self.profile.event_end, {
+            "thread_id": self.thread_id, "voice_agent_id": self.voice_agent_id,
+            "end_by": end_by, self.profile.field_content: text})
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.sio.disconnect()
