@@ -136,3 +136,90 @@ class ThreadLink:
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await self.sio.disconnect()
+
+
+class Outbox:
+    """Delivers stored turns to alive5: per thread, in order, until acknowledged.
+
+    Turns are in the thread store (``delivery = 'pending'``) before anything is sent, so a
+    hub restart resumes them (:meth:`resume`); each is posted with its stable key
+    (``<callId>:<seq>``) and marked delivered on its ack, so a resend after a lost ack is
+    recognisable. A thread's worker retries with backoff (0.5 s doubling to
+    ``max_backoff``) and never touches the call path: the hub only stores and wakes it.
+    """
+
+    def __init__(self, store: Any, profile: Alive5Profile, *, max_backoff: float = 30.0,
+                 idle_close: float = 60.0, crm_id: Any = None) -> None:
+        self.store = store
+        self.profile = profile
+        self.max_backoff = max_backoff
+        self.idle_close = idle_close
+        self.crm_id = crm_id or (lambda thread_id: "")
+        self._workers: dict[str, asyncio.Task[None]] = {}
+        self._wake: dict[str, asyncio.Event] = {}
+        self.failures = 0
+
+    def notify(self, thread_id: str) -> None:
+        """Something new to deliver for ``thread_id`` (a turn or the end was stored)."""
+        self._wake.setdefault(thread_id, asyncio.Event()).set()
+        task = self._workers.get(thread_id)
+        if task is None or task.done():
+            self._workers[thread_id] = asyncio.get_running_loop().create_task(
+                self._run(thread_id), name=f"alive5-{thread_id}")
+
+    async def resume(self) -> int:
+        """After a restart: start a worker for every thread with undelivered items."""
+        threads = await self.store.pending_threads()
+        for thread_id in threads:
+            self.notify(thread_id)
+        return len(threads)
+
+    async def close(self) -> None:
+        for task in self._workers.values():
+            task.cancel()
+        await asyncio.gather(*self._workers.values(), return_exceptions=True)
+
+    async def _run(self, thread_id: str) -> None:
+        wake = self._wake.setdefault(thread_id, asyncio.Event())
+        link: ThreadLink | None = None
+        backoff = 0.5
+        try:
+            while True:
+                wake.clear()
+                turns = await self.store.pending(thread_id)
+                end = await self.store.pending_end(thread_id)
+                if not turns and end is None:
+                    try:
+                        async with asyncio.timeout(self.idle_close):
+                            await wake.wait()
+                    except TimeoutError:
+                        return
+                    continue
+                try:
+                    if link is None or not link.connected:
+                        if link is not None:
+                            await link.close()
+                        link = ThreadLink(self.profile, thread_id, self.crm_id(thread_id))
+                        await link.open()
+                    for turn in turns:
+                        message_id = await link.post(turn.role, turn.text, turn.key)
+                        await self.store.mark_delivered(turn.key, message_id)
+                    if end is not None and not turns:
+                        await link.end(end[0], end[1])
+                        await self.store.mark_end_delivered(thread_id)
+                        return
+                    backoff = 0.5
+                except Alive5Error as e:
+                    self.failures += 1
+                    log.warning("alive5 delivery for thread %s failed (%s): retrying in "
+                                "%.1fs", thread_id, e, backoff)
+                    if turns:
+                        await self.store.mark_failed_attempt(turns[0].key, str(e))
+                    if link is not None:
+                        await link.close()
+                        link = None
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, self.max_backoff)
+        finally:
+            if link is not None:
+                await link.close()

@@ -28,7 +28,20 @@ CREATE TABLE IF NOT EXISTS turns (
     delivery TEXT NOT NULL DEFAULT 'local'
 );
 CREATE INDEX IF NOT EXISTS turns_by_thread ON turns (thread_id, id);
+CREATE TABLE IF NOT EXISTS thread_ends (
+    thread_id TEXT PRIMARY KEY,
+    end_by TEXT NOT NULL,
+    text TEXT NOT NULL DEFAULT '',
+    delivered INTEGER NOT NULL DEFAULT 0
+);
 """
+
+# Columns added after the first release: (name, declaration).
+_COLUMNS = (
+    ("message_id", "TEXT NOT NULL DEFAULT ''"),
+    ("attempts", "INTEGER NOT NULL DEFAULT 0"),
+    ("last_error", "TEXT NOT NULL DEFAULT ''"),
+)
 
 
 @dataclass(frozen=True)
@@ -52,6 +65,10 @@ class ThreadStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(turns)")}
+        for name, declaration in _COLUMNS:
+            if name not in have:
+                self._db.execute(f"ALTER TABLE turns ADD COLUMN {name} {declaration}")
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -85,3 +102,56 @@ class ThreadStore:
 
     async def get(self, thread_id: str) -> list[Turn]:
         return await asyncio.to_thread(self._get, thread_id)
+
+    # -- the outbox (alive5 delivery) ------------------------------------------------------
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    async def pending(self, thread_id: str) -> list[Turn]:
+        """The thread's turns not yet acknowledged by alive5, in order."""
+        rows = await asyncio.to_thread(
+            self._query,
+            "SELECT thread_id, call_id, key, role, text, at, delivery FROM turns"
+            " WHERE thread_id = ? AND delivery = 'pending' ORDER BY id", (thread_id,))
+        return [Turn(*row) for row in rows]
+
+    async def pending_threads(self) -> list[str]:
+        """Threads with undelivered turns or an undelivered end (resumed after a restart)."""
+        rows = await asyncio.to_thread(
+            self._query,
+            "SELECT DISTINCT thread_id FROM turns WHERE delivery = 'pending' UNION"
+            " SELECT thread_id FROM thread_ends WHERE delivered = 0")
+        return [str(r[0]) for r in rows]
+
+    async def mark_delivered(self, key: str, message_id: str) -> None:
+        await asyncio.to_thread(
+            self._query, "UPDATE turns SET delivery = 'delivered', message_id = ?,"
+            " attempts = attempts + 1, last_error = '' WHERE key = ?", (message_id, key))
+
+    async def mark_failed_attempt(self, key: str, error: str) -> None:
+        await asyncio.to_thread(
+            self._query, "UPDATE turns SET attempts = attempts + 1, last_error = ?"
+            " WHERE key = ?", (error[:300], key))
+
+    async def backlog(self) -> int:
+        rows = await asyncio.to_thread(
+            self._query, "SELECT COUNT(*) FROM turns WHERE delivery = 'pending'")
+        return int(rows[0][0])
+
+    async def add_end(self, thread_id: str, end_by: str, text: str = "") -> None:
+        await asyncio.to_thread(
+            self._query, "INSERT OR IGNORE INTO thread_ends (thread_id, end_by, text)"
+            " VALUES (?, ?, ?)", (thread_id, end_by, text))
+
+    async def pending_end(self, thread_id: str) -> tuple[str, str] | None:
+        rows = await asyncio.to_thread(
+            self._query, "SELECT end_by, text FROM thread_ends WHERE thread_id = ?"
+            " AND delivered = 0", (thread_id,))
+        return (str(rows[0][0]), str(rows[0][1])) if rows else None
+
+    async def mark_end_delivered(self, thread_id: str) -> None:
+        await asyncio.to_thread(
+            self._query, "UPDATE thread_ends SET delivered = 1 WHERE thread_id = ?",
+            (thread_id,))

@@ -51,6 +51,8 @@ class Alive5StandIn:
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
         self._started = threading.Event()
+        self._sio: socketio.AsyncServer | None = None
+        self._sessions: dict[str, str] = {}
 
     @property
     def url(self) -> str:
@@ -71,6 +73,10 @@ class Alive5StandIn:
         if loop is None or runner is None:
             return
         async def shutdown() -> None:
+            sio = self._sio
+            if sio is not None:  # close the websockets first: cleanup waits for them
+                for sid in list(self._sessions):
+                    await sio.disconnect(sid)
             await runner.cleanup()
             others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             for task in others:
@@ -94,6 +100,8 @@ class Alive5StandIn:
         self._loop = loop
         asyncio.set_event_loop(loop)
         sio = socketio.AsyncServer(async_mode="aiohttp")
+        self._sio = sio
+        self._sessions = {}
         app = web.Application()
         sio.attach(app)
         self._handlers(sio)
@@ -122,7 +130,7 @@ class Alive5StandIn:
         raise AssertionError(f"alive5 stand-in: timed out waiting for {what}: {self.threads}")
 
     def _handlers(self, sio: socketio.AsyncServer) -> None:
-        sessions: dict[str, str] = {}
+        sessions = self._sessions
 
         @sio.event  # type: ignore[untyped-decorator]
         async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> bool:
