@@ -88,6 +88,7 @@ async def serve(config: Config, token_secret: bytes) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await supervisor.start()
+    await hub.start()
     stop_wait = asyncio.create_task(stop.wait())
     fail_wait = asyncio.create_task(supervisor.failed.wait())
     await asyncio.wait({stop_wait, fail_wait}, return_when=asyncio.FIRST_COMPLETED)

@@ -133,6 +133,36 @@ class WebRtcConfig:
 
 
 @dataclass(frozen=True)
+class Alive5Config:
+    """The alive5 connector (PROTOCOL.md §4); every name of the voice-agent profile."""
+
+    url: str = ""  # empty: the local thread store is the only sink
+    path: str = "socket.io"
+    api_key: str = ""
+    channel_id: str = ""
+    message_type: str = "voice_agent_post_message"
+    ack_timeout: float = 10.0
+    max_backoff: float = 30.0
+    query_type: str = "type"
+    query_type_value: str = "voice_agent"
+    query_api_key: str = "x-a5-apikey"
+    query_thread: str = "thread_id"
+    query_crm: str = "crm_id"
+    query_channel: str = "channel_id"
+    event_init: str = "init_voice_agent"
+    event_init_ack: str = "init_voice_agent_ack"
+    event_post: str = "post_message"
+    event_post_ack: str = "post_message_ack"
+    event_crm: str = "save_crm_data"
+    event_crm_ack: str = "save_crm_data_ack"
+    event_end: str = "end_voice_chat"
+    field_content: str = "message_content"
+    field_type: str = "message_type"
+    field_voice_agent: str = "voiceAgentId"
+    field_key: str = "message_key"
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
     sip_trace: bool = False
@@ -149,6 +179,7 @@ class Config:
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     webrtc: WebRtcConfig = field(default_factory=WebRtcConfig)
+    alive5: Alive5Config = field(default_factory=Alive5Config)
     data_dir: str = "data"
     profiles_dir: str = str(PROJECT_ROOT / "sip_profiles")
 
@@ -171,6 +202,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "routing": RoutingConfig,
     "api": ApiConfig,
     "webrtc": WebRtcConfig,
+    "alive5": Alive5Config,
 }
 _TOP_LEVEL = ("data_dir", "profiles_dir")
 
@@ -317,6 +349,7 @@ def load_config(
         routing=RoutingConfig(**values.get("routing", {})),
         api=ApiConfig(**values.get("api", {})),
         webrtc=WebRtcConfig(**values.get("webrtc", {})),
+        alive5=Alive5Config(**values.get("alive5", {})),
         **top,
     )
     validate(config)
@@ -411,6 +444,15 @@ def validate(config: Config) -> None:
         if len(key) < 16:
             raise ConfigError("api.keys", "API keys must be at least 16 characters")
     _validate_webrtc(config.webrtc)
+    a5 = config.alive5
+    if a5.url and not a5.url.startswith(("http://", "https://", "ws://", "wss://")):
+        raise ConfigError("alive5.url", f"expected an http(s) or ws(s) URL, got {a5.url!r}")
+    if a5.url and not a5.api_key:
+        raise ConfigError("alive5.api_key", "alive5.url needs alive5.api_key")
+    if not 0.5 <= a5.ack_timeout <= 120:
+        raise ConfigError("alive5.ack_timeout", "expected 0.5..120 seconds")
+    if not 0.5 <= a5.max_backoff <= 600:
+        raise ConfigError("alive5.max_backoff", "expected 0.5..600 seconds")
     if config.log.level not in LOG_LEVELS:
         raise ConfigError("log.level", f"expected one of {', '.join(LOG_LEVELS)}")
     if not config.resolve_path(config.profiles_dir).is_dir():

@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
 import socketio
+
+from hitl_sip.config import Alive5Config
 
 log = logging.getLogger(__name__)
 
@@ -25,34 +26,8 @@ class Alive5Error(Exception):
     """alive5 unreachable, refusing, or not acknowledging in time (always retryable)."""
 
 
-@dataclass(frozen=True)
-class Alive5Profile:
-    url: str = ""
-    path: str = "socket.io"
-    api_key: str = ""
-    channel_id: str = ""
-    message_type: str = "voice_agent_post_message"
-    ack_timeout: float = 10.0
-    # handshake query field names
-    query_type: str = "type"
-    query_type_value: str = "voice_agent"
-    query_api_key: str = "x-a5-apikey"
-    query_thread: str = "thread_id"
-    query_crm: str = "crm_id"
-    query_channel: str = "channel_id"
-    # events
-    event_init: str = "init_voice_agent"
-    event_init_ack: str = "init_voice_agent_ack"
-    event_post: str = "post_message"
-    event_post_ack: str = "post_message_ack"
-    event_crm: str = "save_crm_data"
-    event_crm_ack: str = "save_crm_data_ack"
-    event_end: str = "end_voice_chat"
-    # payload fields
-    field_content: str = "message_content"
-    field_type: str = "message_type"
-    field_voice_agent: str = "voiceAgentId"
-    field_key: str = "message_key"
+# The profile is the configuration section: every name is a key of [alive5].
+Alive5Profile = Alive5Config
 
 
 class ThreadLink:
@@ -148,11 +123,11 @@ class Outbox:
     ``max_backoff``) and never touches the call path: the hub only stores and wakes it.
     """
 
-    def __init__(self, store: Any, profile: Alive5Profile, *, max_backoff: float = 30.0,
+    def __init__(self, store: Any, profile: Alive5Profile, *, max_backoff: float | None = None,
                  idle_close: float = 60.0, crm_id: Any = None) -> None:
         self.store = store
         self.profile = profile
-        self.max_backoff = max_backoff
+        self.max_backoff = profile.max_backoff if max_backoff is None else max_backoff
         self.idle_close = idle_close
         self.crm_id = crm_id or (lambda thread_id: "")
         self._workers: dict[str, asyncio.Task[None]] = {}

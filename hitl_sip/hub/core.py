@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from hitl_sip.config import Config
+from hitl_sip.hub.alive5 import Outbox
 from hitl_sip.hub.registry import WorkerRegistry
 from hitl_sip.hub.threads import ThreadStore, Turn
 
@@ -44,6 +45,24 @@ class Hub:
         self.queue_timeouts = m.counter(
             "hitl_sip_hub_queue_timeouts_total", "Queued calls sent back to the bot"
         )
+        self.backlog = m.gauge("hitl_sip_alive5_backlog",
+                               "Turns stored but not yet acknowledged by alive5")
+        self._crm: dict[str, str] = {}
+        self.outbox = (Outbox(store, config.alive5, crm_id=lambda t: self._crm.get(t, ""))
+                       if config.alive5.url else None)
+
+    async def start(self) -> None:
+        """Resume alive5 delivery of what a previous run left in the outbox."""
+        if self.outbox is not None:
+            resumed = await self.outbox.resume()
+            if resumed:
+                log.info("alive5: resuming delivery for %d threads", resumed)
+            self._spawn(self._watch_backlog())
+
+    async def _watch_backlog(self) -> None:
+        while True:
+            self.backlog.set(await self.store.backlog())
+            await asyncio.sleep(1.0)
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -61,6 +80,8 @@ class Hub:
         task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
+        if self.outbox is not None:
+            await self.outbox.close()
         for timer in self._queue_timers.values():
             timer.cancel()
         self._queue_timers.clear()
@@ -114,10 +135,16 @@ class Hub:
         elif kind in ("caller_said", "dtmf", "call_connected", "peer_lost"):
             await self._publish(str(kind), message)
         elif kind == "call_started":
+            headers = message.get("metadata") or {}
+            caller = message.get("caller") or {}
+            self._crm[str(message.get("threadId"))] = str(
+                headers.get("crm_id") or headers.get("X-Alive5-Crm-Id")
+                or caller.get("number") or "")
             self.registry.handle(worker_id, message)
             await self._publish("call_started", message)
         elif kind == "call_ended":
             self._cancel_queue_timer(str(message["callId"]))
+            await self._end_thread(message)
             self.registry.handle(worker_id, message)
             await self._publish("call_ended", message)
         else:
@@ -131,10 +158,25 @@ class Hub:
             role=str(m["role"]),
             text=str(m["text"]),
             at=str(m["at"]),
+            delivery="pending" if self.outbox is not None else "local",
         )
         if await self.store.add(turn):
             self.turns_stored.inc(role=turn.role)
+            if self.outbox is not None:
+                self.outbox.notify(turn.thread_id)
             await self._publish("turn", m)
+
+    async def _end_thread(self, m: dict[str, Any]) -> None:
+        """The call is over: alive5 gets ``end_voice_chat`` after the thread's last turn."""
+        call = self.registry.calls.get(str(m["callId"]))
+        if self.outbox is None or call is None or not call.get("threadId"):
+            return
+        thread_id = str(call["threadId"])
+        by = str(m.get("by") or "")
+        end_by = {"caller": "person", "agent": "human_agent"}.get(by, "voice_agent")
+        await self.store.add_end(thread_id, end_by, f"call ended ({m.get('outcome', '')})")
+        self.outbox.notify(thread_id)
+        self._crm.pop(thread_id, None)
 
     async def _on_state(self, m: dict[str, Any]) -> None:
         call_id = str(m["callId"])
