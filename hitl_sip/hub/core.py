@@ -132,7 +132,7 @@ class Hub:
             await self._on_state(message)
         elif kind == "handoff_requested":
             await self._on_handoff(message)
-        elif kind in ("caller_said", "dtmf", "call_connected", "peer_lost"):
+        elif kind in ("caller_said", "dtmf", "call_connected", "peer_lost", "interim"):
             await self._publish(str(kind), message)
         elif kind == "call_started":
             headers = message.get("metadata") or {}

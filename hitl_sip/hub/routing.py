@@ -356,14 +356,14 @@ class Router:
                     timer.cancel()
                 await self._to_agent(agent, "call_connected",
                                      {"callId": call_id, "at": data.get("at")})
-        elif event == "turn":
+        elif event in ("turn", "interim"):
             offer = self.offers.get(call_id)
             agent = self.agents.get(offer.accepted_by or "") if offer else None
             if agent is not None:
                 await self._to_agent(agent, "transcript", {
                     "callId": call_id, "threadId": data.get("threadId"),
-                    "role": data.get("role"), "text": data.get("text"), "final": True,
-                    "at": data.get("at"), "seq": data.get("seq")})
+                    "role": data.get("role"), "text": data.get("text"),
+                    "final": event == "turn", "at": data.get("at"), "seq": data.get("seq")})
         elif event == "session_state" and data.get("state") == "bot":
             await self._withdraw(call_id, "ring_timeout")
         elif event == "call_ended":

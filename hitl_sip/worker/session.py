@@ -222,6 +222,20 @@ class CallSession:
         self.notify({"type": "turn", "callId": self.call_id, "threadId": self.thread_id,
                      "role": role, "text": text, "at": at, "seq": self._seq})
 
+    def _interim(self, role: str, text: str) -> None:
+        """A partial result: live captions for the agent on the call (not a thread turn)."""
+        if self.state is SessionState.HUMAN:
+            self.notify({"type": "interim", "callId": self.call_id, "threadId": self.thread_id,
+                         "role": role, "text": text, "at": now_iso(),
+                         "seq": self._seq + 1})  # the seq its final will have
+
+    def _flush_caller_stt(self) -> None:
+        """A phase change: the caller's pending words become a final now, in this phase."""
+        stream = self._stt_stream
+        if stream is not None:
+            task = asyncio.get_running_loop().create_task(stream.flush())
+            self._tasks.append(task)
+
     # -- inputs ---------------------------------------------------------------------------
 
     async def _feed(self) -> None:
@@ -261,6 +275,8 @@ class CallSession:
                     self.last_input_kind = "speech"
                 elif event.type is SpeechEventType.FINAL and event.text.strip():
                     await self.on_caller_final(event.text.strip())
+                elif event.type is SpeechEventType.INTERIM and event.text.strip():
+                    self._interim("caller", event.text.strip())
         except SpeechError as e:
             self.log.error("speech recognition stopped: %s (the call goes on, DTMF only)", e)
 
@@ -317,11 +333,13 @@ class CallSession:
             if self._agent_media:  # the agent's audio already flows: it replaces the bot
                 self._silence_bot()
         elif kind == "agent_left" and self.state is SessionState.HUMAN:
+            self._flush_caller_stt()
             self.detach_agent()
             self._set_state(SessionState.QUEUED)
             await self._stop_agent_stt()
             self._ensure_hold()
         elif kind == "resume" and self.state is SessionState.HUMAN:
+            self._flush_caller_stt()
             self.detach_agent()
             self._stop_hold()
             self._set_state(SessionState.BOT)
@@ -415,6 +433,8 @@ class CallSession:
             async for event in stream:
                 if event.type is SpeechEventType.FINAL and event.text.strip():
                     self._turn("agent", event.text.strip())
+                elif event.type is SpeechEventType.INTERIM and event.text.strip():
+                    self._interim("agent", event.text.strip())
         except SpeechError as e:
             self.log.error("agent speech recognition stopped: %s (the call goes on)", e)
 
@@ -541,6 +561,7 @@ class CallSession:
             )
 
     def _begin_handoff(self, handoff: Handoff) -> None:
+        self._flush_caller_stt()
         self._set_state(SessionState.QUEUED)
         md = self.metadata
         self.notify({

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import wave
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,9 +41,10 @@ def test_a_whole_call_reaches_the_alive5_thread_in_order(tmp_path: Path) -> None
         w.writeframes(bytes(16000) + _go_forward().pcm + bytes(64000))
     install_host_filter(["127.0.0.1"])
     with Alive5StandIn() as a5:
-        extra = {"bot": {"flow": str(flow)}, "routing": {"queue_timeout": 60},
-                 "webrtc": {"host_addresses": ["127.0.0.1"]},
-                 "alive5": {"url": a5.url, "api_key": API_KEY, "ack_timeout": 3}}
+        extra: dict[str, dict[str, Any]] = {
+            "bot": {"flow": str(flow)}, "routing": {"queue_timeout": 60},
+            "webrtc": {"host_addresses": ["127.0.0.1"]},
+            "alive5": {"url": a5.url, "api_key": API_KEY, "ack_timeout": 3}}
         with running_server(tmp_path, extra=extra) as srv:
             add_agent(srv.data_dir, "alice")
 

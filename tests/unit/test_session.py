@@ -338,3 +338,23 @@ async def test_return_to_bot_detaches_the_agent_and_resumes_the_flow(human: Huma
     human.session.on_agent_frame(AGENT)
     assert AGENT not in list(human.outbound._frames)
     assert human.states()[-2:] == ["human", "bot"]
+
+
+async def test_interim_results_are_live_captions_in_the_human_phase_only(
+    human: HumanRig,
+) -> None:
+    human.session.agent_media(True)
+    human.agent_stream().say("let me", interim="let")
+    await until(lambda: any(m["type"] == "interim" for m in human.messages))
+    interim = human.kinds("interim")[0]
+    assert (interim["role"], interim["text"]) == ("agent", "let")
+    assert interim["seq"] == human.kinds("turn")[-1]["seq"]  # the final took that seq
+
+
+async def test_the_caller_s_pending_words_are_flushed_at_the_handoff(
+    human: HumanRig,
+) -> None:
+    stream = human.stt.streams[0]  # the caller's: opened at the start of the call
+    await until(lambda: stream.flushes == 1)  # when the call was handed off
+    await human.session.on_command({"type": "resume"})
+    await until(lambda: stream.flushes == 2)  # and when the agent handed it back
