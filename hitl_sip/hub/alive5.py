@@ -132,7 +132,12 @@ class Outbox:
         self.crm_id = crm_id or (lambda thread_id: "")
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._wake: dict[str, asyncio.Event] = {}
+        self._crm: dict[str, list[tuple[str, Any]]] = {}
         self.failures = 0
+
+    def set_crm(self, thread_id: str, items: list[tuple[str, Any]]) -> None:
+        """Caller details for the thread, saved (``save_crm_data``) after each init."""
+        self._crm[thread_id] = [(k, v) for k, v in items if v]
 
     def notify(self, thread_id: str) -> None:
         """Something new to deliver for ``thread_id`` (a turn or the end was stored)."""
@@ -176,12 +181,15 @@ class Outbox:
                             await link.close()
                         link = ThreadLink(self.profile, thread_id, self.crm_id(thread_id))
                         await link.open()
+                        for key, value in self._crm.get(thread_id, []):
+                            await link.save_crm(key, value)
                     for turn in turns:
                         message_id = await link.post(turn.role, turn.text, turn.key)
                         await self.store.mark_delivered(turn.key, message_id)
                     if end is not None and not turns:
                         await link.end(end[0], end[1])
                         await self.store.mark_end_delivered(thread_id)
+                        self._crm.pop(thread_id, None)
                         return
                     backoff = 0.5
                 except Alive5Error as e:

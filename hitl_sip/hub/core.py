@@ -137,9 +137,12 @@ class Hub:
         elif kind == "call_started":
             headers = message.get("metadata") or {}
             caller = message.get("caller") or {}
-            self._crm[str(message.get("threadId"))] = str(
-                headers.get("crm_id") or headers.get("X-Alive5-Crm-Id")
-                or caller.get("number") or "")
+            thread_id = str(message.get("threadId"))
+            self._crm[thread_id] = str(headers.get("crm_id") or headers.get("X-Alive5-Crm-Id")
+                                       or caller.get("number") or "")
+            if self.outbox is not None:
+                self.outbox.set_crm(thread_id, [("phone", caller.get("number")),
+                                                ("name", caller.get("name"))])
             self.registry.handle(worker_id, message)
             await self._publish("call_started", message)
         elif kind == "call_ended":

@@ -1,9 +1,18 @@
-"""A whole call into the alive5 stand-in: the bot's turns, the handoff, the agent's spoken
-words transcribed from its WebRTC audio, the end event — in order, with the right roles."""
+"""A whole call into the alive5 stand-in: the bot's turns, the caller's words in the bot
+phase (an ask node), the handoff, then the human agent's and the caller's words (each leg
+transcribed on its own), the caller's details and the end event — in order, with the right
+roles.
+
+Speech is human (Debian's pocketsphinx-testdata): the caller says "go forward ten meters"
+to the bot and a Sense and Sensibility sentence to the agent; the agent, through its
+WebRTC microphone, says two others. The agent's words must come out within a word error
+rate of 0.5 (the G.711 corpus figure is 0.40, tests/integration/test_pocketsphinx.py).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import wave
 from pathlib import Path
 from typing import Any
@@ -11,9 +20,11 @@ from typing import Any
 import pytest
 
 from hitl_sip.media.ice import install_host_filter
+from hitl_sip.media.wav import resample
+from hitl_sip.speech.wer import word_error_rate
 from hitl_sip.testagent import TestAgent, wav_source
 from tests.integration.test_agents import PASSWORD, add_agent
-from tests.integration.test_pocketsphinx import _go_forward
+from tests.integration.test_pocketsphinx import _go_forward, _librivox
 from tests.support.alive5 import API_KEY, Alive5StandIn
 from tests.support.rtpcaller import RtpCaller
 from tests.support.server import running_server
@@ -24,21 +35,51 @@ FLOW = """
 name: a5
 start: hello
 nodes:
-  hello: {type: say, text: "Hello, this is the assistant.", barge_in: false, next: agent}
+  hello:
+    type: ask
+    prompt: "Hello, this is the assistant."
+    timeout: 15
+    retries: 0
+    branches:
+      - {any: true, next: agent}
+    fail: agent
   agent: {type: agent, message: "Connecting you now.", fallback: bye}
   bye: {type: hangup}
 """
+AGENT_WER_BOUND = 0.5
+
+
+class Talker:
+    """The caller's microphone: silence, or what the test queued (8 kHz s16le)."""
+
+    def __init__(self) -> None:
+        self._pcm = bytearray()
+        self._lock = threading.Lock()
+
+    def say(self, pcm16k: bytes) -> None:
+        with self._lock:
+            self._pcm += resample(pcm16k, 16000, 8000)
+
+    def __call__(self, n: int) -> bytes:
+        with self._lock:
+            chunk = bytes(self._pcm[:320])
+            del self._pcm[:320]
+        return chunk.ljust(320, b"\0")
 
 
 def test_a_whole_call_reaches_the_alive5_thread_in_order(tmp_path: Path) -> None:
     flow = tmp_path / "a5.yaml"
     flow.write_text(FLOW)
+    clips = {c.name.rsplit("-", 1)[1]: c for c in _librivox()}
+    agent_clips = [clips["0880"], clips["0930"]]
+    caller_clip = clips["0890"]
     speech = tmp_path / "agent.wav"
-    with wave.open(str(speech), "wb") as w:  # the agent says "go forward ten meters"
+    with wave.open(str(speech), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(16000)
-        w.writeframes(bytes(16000) + _go_forward().pcm + bytes(64000))
+        w.writeframes(bytes(16000) + agent_clips[0].pcm + bytes(48000) + agent_clips[1].pcm
+                      + bytes(64000))
     install_host_filter(["127.0.0.1"])
     with Alive5StandIn() as a5:
         extra: dict[str, dict[str, Any]] = {
@@ -48,33 +89,49 @@ def test_a_whole_call_reaches_the_alive5_thread_in_order(tmp_path: Path) -> None
         with running_server(tmp_path, extra=extra) as srv:
             add_agent(srv.data_dir, "alice")
 
-            async def call() -> str:
+            async def call() -> tuple[str, list[dict[str, Any]]]:
                 agent = TestAgent(srv.http_url, "alice", PASSWORD,
                                   source=wav_source(speech, loop=False), codecs=("pcmu",))
                 await agent.connect()
+                talker = Talker()
                 caller = RtpCaller(srv.sip_port())
                 try:
                     await asyncio.to_thread(caller.call)
-                    caller.start_media()
+                    talker.say(bytes(64000) + _go_forward().pcm)  # after the prompt
+                    caller.start_media(talker)
                     offer = await agent.answer_next_call(limit=30)
                     await agent.wait("call_connected", limit=15)
-                    await asyncio.sleep(6.0)  # the agent speaks, the recogniser finishes
+                    await asyncio.sleep(9.0)  # the agent's two sentences
+                    talker.say(caller_clip.pcm + bytes(32000))
+                    await asyncio.sleep(caller_clip.seconds + 2.5)
                     await asyncio.to_thread(caller.hangup)
                     await agent.wait("call_ended", limit=15)
                 finally:
                     await agent.close()
                     await asyncio.to_thread(caller.close)
-                return str(offer["threadId"])
+                return str(offer["threadId"]), agent.events.get("transcript", [])
 
-            thread_id = asyncio.run(call())
+            thread_id, captions = asyncio.run(call())
             a5.wait_for(lambda: thread_id in a5.threads and a5.threads[thread_id].ended,
                         20, what="the end of the thread")
     thread = a5.threads[thread_id]
-    roles = ["agent" if "voiceAgentId" in m else "caller" for m in thread.messages]
-    said = [m["message_content"] for m in thread.messages]
-    assert said[:2] == ["Hello, this is the assistant.", "Connecting you now."], said
-    assert any("forward" in s for s in said[2:]), said  # the human agent's words
-    assert "caller" not in roles[:2]
+    said = [(("bot/agent" if "voiceAgentId" in m else "caller"), m["message_content"])
+            for m in thread.messages]
+    texts = [t for _, t in said]
+    hello, handoff = texts.index("Hello, this is the assistant."), texts.index(
+        "Connecting you now.")
+    assert hello < handoff
+    bot_phase_caller = [t for r, t in said[:handoff] if r == "caller"]
+    assert any("forward" in t for t in bot_phase_caller), said
+    after = said[handoff + 1:]
+    agent_words = " ".join(t for r, t in after if r == "bot/agent")
+    caller_words = " ".join(t for r, t in after if r == "caller")
+    reference = " ".join(c.reference for c in agent_clips)
+    assert word_error_rate(reference, agent_words) <= AGENT_WER_BOUND, (reference, said)
+    assert word_error_rate(caller_clip.reference, caller_words) <= AGENT_WER_BOUND, said
     assert thread.duplicates == 0
     assert [e["end_by"] for e in thread.ended] == ["person"]
-    assert thread.crm_id == "+14155550100"
+    assert thread.crm_id == "+14155550100" and thread.crm["phone"] == "+14155550100"
+    # the accepting agent saw live captions of both legs: interim and final
+    assert {c["role"] for c in captions if c["final"]} >= {"agent", "caller"}
+    assert any(not c["final"] for c in captions)
