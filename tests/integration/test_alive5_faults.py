@@ -1,0 +1,123 @@
+"""Faults on the way to alive5, end to end: the hub killed with turns still in its outbox
+and started again; the speech process killed mid-call. Each time the thread in the
+stand-in ends up with every turn exactly once, in order."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from tests.integration.test_alive5_call import Talker
+from tests.integration.test_pocketsphinx import _librivox
+from tests.support.alive5 import API_KEY, Alive5StandIn
+from tests.support.rtpcaller import RtpCaller
+from tests.support.server import running_server
+
+pytestmark = pytest.mark.sipp
+
+REST_KEY = "test-api-key-0123456789"
+
+
+def extra(flow: Path, a5: Alive5StandIn) -> dict[str, dict[str, Any]]:
+    return {"bot": {"flow": str(flow)}, "api": {"keys": [REST_KEY]},
+            "alive5": {"url": a5.url, "api_key": API_KEY, "ack_timeout": 2,
+                       "max_backoff": 1}}
+
+
+def test_a_hub_killed_with_turns_in_its_outbox_delivers_them_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    flow = tmp_path / "f.yaml"
+    flow.write_text('name: f\nstart: hello\nnodes:\n'
+                    '  hello: {type: say, text: "Hello there.", barge_in: false, next: bye}\n'
+                    '  bye: {type: hangup, text: "Goodbye now."}\n')
+    a5 = Alive5StandIn()  # down for the whole first run
+    try:
+        with running_server(tmp_path, extra=extra(flow, a5)) as srv:
+            with RtpCaller(srv.sip_port()) as caller:
+                caller.call()
+                caller.start_media()
+                assert caller.wait_ended(20), "the flow should hang up"
+            srv.wait_for(lambda: srv.metric("hitl_sip_alive5_backlog") == 2, 10,
+                         what="two turns waiting in the outbox")
+            os.kill(srv.process.pid, signal.SIGKILL)  # the hub dies with them
+            srv.process.wait(10)
+        a5.start()
+        with running_server(tmp_path, extra=extra(flow, a5)) as srv:
+            a5.wait_for(lambda: any(t.ended for t in a5.threads.values()), 20,
+                        what="the thread delivered after the restart")
+            srv.wait_for(lambda: srv.metric("hitl_sip_alive5_backlog") == 0, 10,
+                         what="an empty outbox")
+        (thread,) = a5.threads.values()
+        assert [m["message_content"] for m in thread.messages] == ["Hello there.",
+                                                                   "Goodbye now."]
+        assert thread.duplicates == 0
+        assert [e["end_by"] for e in thread.ended] == ["voice_agent"]
+    finally:
+        a5.stop()
+
+
+FLOW_TWICE = """
+name: twice
+start: ask1
+nodes:
+  ask1:
+    type: ask
+    prompt: "Say something."
+    timeout: 30
+    retries: 0
+    branches: [{any: true, next: ok}]
+    fail: bye
+  ok: {type: say, text: "Thanks.", barge_in: false, next: ask2}
+  ask2:
+    type: ask
+    prompt: "And again."
+    timeout: 30
+    retries: 0
+    branches: [{any: true, next: bye}]
+    fail: bye
+  bye: {type: hangup, text: "Goodbye."}
+"""
+
+
+def test_the_speech_process_killed_mid_call_the_call_and_the_thread_go_on(
+    tmp_path: Path,
+) -> None:
+    flow = tmp_path / "twice.yaml"
+    flow.write_text(FLOW_TWICE)
+    clips = {c.name.rsplit("-", 1)[1]: c for c in _librivox()}
+    with Alive5StandIn() as a5, running_server(tmp_path, extra=extra(flow, a5)) as srv:
+        talker = Talker()
+        with RtpCaller(srv.sip_port()) as caller:
+            caller.call()
+            caller.start_media(talker)
+            talker.say(bytes(32000) + clips["0880"].pcm + bytes(32000))
+            a5.wait_for(lambda: any(m["message_content"] == "Thanks."
+                                    for t in a5.threads.values() for m in t.messages),
+                        25, what="the bot's answer to the first sentence")
+            worker = psutil.Process(srv.worker_pid())
+            speech = [p for p in worker.children() if "spawn_main" in " ".join(p.cmdline())
+                      and "resource_tracker" not in " ".join(p.cmdline())]
+            assert len(speech) == 1, [p.cmdline() for p in worker.children()]
+            speech[0].kill()  # the recogniser dies mid-call
+            time.sleep(2.0)
+            talker.say(clips["0930"].pcm + bytes(32000))
+            assert caller.wait_ended(30), "the flow should go on to its goodbye"
+        a5.wait_for(lambda: any(t.ended for t in a5.threads.values()), 20,
+                    what="the end of the thread")
+        records = srv.call_records()
+    (thread,) = a5.threads.values()
+    roles = ["caller" if "voiceAgentId" not in m else "bot" for m in thread.messages]
+    texts = [m["message_content"] for m in thread.messages]
+    assert roles == ["bot", "caller", "bot", "bot", "caller", "bot"], texts
+    assert texts[0] == "Say something." and texts[2:4] == ["Thanks.", "And again."]
+    assert texts[5] == "Goodbye."
+    assert "made" in texts[4] or "amiable" in texts[4] or "himself" in texts[4], texts
+    assert thread.duplicates == 0
+    assert records[0]["outcome"] == "completed"
