@@ -33,6 +33,7 @@ bench: setup
 	$(PY) bench/handoff_fanout.py
 	$(PY) bench/bridge_latency.py
 	$(PY) bench/bridge_capacity.py
+	$(PY) bench/transcript_lag.py
 
 corpus: setup
 	$(PY) rtp/generate.py

@@ -165,8 +165,8 @@ class Alive5StandIn:
             with self._lock:
                 if key and any(m.get("message_key") == key for m in thread.messages):
                     thread.duplicates += 1
-                else:
-                    thread.messages.append(dict(data))
+                else:  # when it arrived, for the transcript-lag benchmark
+                    thread.messages.append({**data, "_received": time.monotonic()})
                 message_id = f"m-{next(self._ids)}"
             await sio.emit("post_message_ack", {"timestamp": time.time(),
                                                 "message_id": message_id,
