@@ -2,11 +2,12 @@
 
 A real ``hitl-sip serve`` (embedded engines: pocketsphinx in the speech process) delivers
 to the alive5 stand-in (``tests/support/alive5.py``, a python-socketio server). The caller
-(``tests/support/rtpcaller.py``) reads the human recordings of Debian's pocketsphinx-testdata
+(``tests/support/rtpcaller.py``) reads the human recordings of Debian's
+pocketsphinx-testdata
 (librivox sentences, card names, "go forward"), each followed by 2 s of silence, into a
-flow that keeps listening (``ask`` → "OK." → ``ask``). For each sentence: from the moment the caller sent the last
-frame of it to the moment the stand-in received the caller turn that carries it (its
-acknowledgement is emitted right after). That includes the endpointer's trailing
+flow that keeps listening (``ask`` → "OK." → ``ask``). For each sentence: from the moment
+the caller sent its last frame to the moment the stand-in received the caller turn that
+carries it (its acknowledgement is emitted right after). That includes the endpointer's trailing
 silence (0.6 s: the recogniser cannot know the caller stopped sooner), decoding, the
 worker → hub hop, the outbox and the Socket.IO round trip.
 

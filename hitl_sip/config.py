@@ -160,6 +160,11 @@ class Alive5Config:
     field_type: str = "message_type"
     field_voice_agent: str = "voiceAgentId"
     field_key: str = "message_key"
+    # who spoke, on every post (empty field name: not sent)
+    field_sender: str = "sender"
+    sender_caller: str = "person"
+    sender_bot: str = "voice_agent"
+    sender_agent: str = "human_agent"
 
 
 @dataclass(frozen=True)

@@ -91,6 +91,9 @@ class ThreadLink:
                                    p.field_key: key}
         if role != "caller":  # the bot's and the human agent's turns carry the voice agent
             payload[p.field_voice_agent] = self.voice_agent_id
+        if p.field_sender:
+            payload[p.field_sender] = {"caller": p.sender_caller, "bot": p.sender_bot,
+                                       "agent": p.sender_agent}.get(role, role)
         try:
             await self.sio.emit(p.event_post, payload)
         except socketio.exceptions.SocketIOError as e:

@@ -115,17 +115,18 @@ def test_a_whole_call_reaches_the_alive5_thread_in_order(tmp_path: Path) -> None
             a5.wait_for(lambda: thread_id in a5.threads and a5.threads[thread_id].ended,
                         20, what="the end of the thread")
     thread = a5.threads[thread_id]
-    said = [(("bot/agent" if "voiceAgentId" in m else "caller"), m["message_content"])
-            for m in thread.messages]
+    said = [(m["sender"], m["message_content"]) for m in thread.messages]
     texts = [t for _, t in said]
     hello, handoff = texts.index("Hello, this is the assistant."), texts.index(
         "Connecting you now.")
     assert hello < handoff
-    bot_phase_caller = [t for r, t in said[:handoff] if r == "caller"]
+    assert {r for r, _ in said[:handoff + 1]} == {"voice_agent", "person"}
+    bot_phase_caller = [t for r, t in said[:handoff] if r == "person"]
     assert any("forward" in t for t in bot_phase_caller), said
     after = said[handoff + 1:]
-    agent_words = " ".join(t for r, t in after if r == "bot/agent")
-    caller_words = " ".join(t for r, t in after if r == "caller")
+    assert {r for r, _ in after} == {"human_agent", "person"}  # no bot after the handoff
+    agent_words = " ".join(t for r, t in after if r == "human_agent")
+    caller_words = " ".join(t for r, t in after if r == "person")
     reference = " ".join(c.reference for c in agent_clips)
     assert word_error_rate(reference, agent_words) <= AGENT_WER_BOUND, (reference, said)
     assert word_error_rate(caller_clip.reference, caller_words) <= AGENT_WER_BOUND, said

@@ -121,3 +121,61 @@ def test_the_speech_process_killed_mid_call_the_call_and_the_thread_go_on(
     assert "made" in texts[4] or "amiable" in texts[4] or "himself" in texts[4], texts
     assert thread.duplicates == 0
     assert records[0]["outcome"] == "completed"
+
+
+def test_alive5_down_when_the_call_starts_back_mid_call_then_restarting(
+    tmp_path: Path,
+) -> None:
+    flow = tmp_path / "twice.yaml"
+    flow.write_text(FLOW_TWICE)
+    clips = {c.name.rsplit("-", 1)[1]: c for c in _librivox()}
+    a5 = Alive5StandIn()  # down when the call starts
+    try:
+        with running_server(tmp_path, extra=extra(flow, a5)) as srv:
+            talker = Talker()
+            with RtpCaller(srv.sip_port()) as caller:
+                caller.call()
+                caller.start_media(talker)
+                talker.say(bytes(32000) + clips["0880"].pcm + bytes(32000))
+                srv.wait_for(lambda: srv.metric("hitl_sip_alive5_backlog") >= 3, 25,
+                             what="the first turns waiting for alive5")
+                (call,) = api_calls(srv)
+                turns = api_thread(srv, call["threadId"])
+                assert {t["delivery"] for t in turns} == {"pending"}  # visible as such
+                a5.start()  # back mid-call
+                a5.wait_for(lambda: any(len(t.messages) >= 3 for t in a5.threads.values()),
+                            20, what="the backlog delivered")
+                a5.stop()  # and restarting
+                talker.say(clips["0930"].pcm + bytes(32000))
+                time.sleep(2.0)
+                a5.start()
+                assert caller.wait_ended(30), "the call goes on to the flow's goodbye"
+            a5.wait_for(lambda: any(t.ended for t in a5.threads.values()), 20,
+                        what="the end of the thread")
+            records = srv.call_records()
+    finally:
+        a5.stop()
+    (thread,) = a5.threads.values()
+    texts = [m["message_content"] for m in thread.messages]
+    assert [m["sender"] for m in thread.messages] == [
+        "voice_agent", "person", "voice_agent", "voice_agent", "person", "voice_agent"], texts
+    assert texts[2:4] == ["Thanks.", "And again."] and texts[5] == "Goodbye."
+    assert thread.duplicates == 0
+    assert records[0]["outcome"] == "completed"
+
+
+def api_calls(srv: Any) -> list[dict[str, Any]]:
+    return list(_get(srv, "/api/calls")["calls"])
+
+
+def api_thread(srv: Any, thread_id: str) -> list[dict[str, Any]]:
+    return list(_get(srv, f"/api/threads/{thread_id}")["turns"])
+
+
+def _get(srv: Any, path: str) -> Any:
+    import json  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+
+    req = urllib.request.Request(srv.http_url + path, headers={"X-Api-Key": REST_KEY})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return json.loads(r.read())

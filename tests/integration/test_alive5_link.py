@@ -33,6 +33,7 @@ def test_a_thread_is_initialised_then_turns_post_in_order_with_the_voice_agent_o
     assert [m["message_content"] for m in thread.messages] == [
         "Hello, how can I help?", "my bill please", "let me check"]
     assert [("voiceAgentId" in m) for m in thread.messages] == [True, False, True]
+    assert [m["sender"] for m in thread.messages] == ["voice_agent", "person", "human_agent"]
     assert all(m["message_type"] == "voice_agent_post_message" for m in thread.messages)
     assert thread.crm == {"phone": "+14155550100"}
     assert thread.ended[0]["end_by"] == "person"
