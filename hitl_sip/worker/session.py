@@ -154,6 +154,7 @@ class CallSession:
         self._agent_media = False
         self.agent_muted = False
         self.agent_frames_dropped = 0
+        self._bot_since = 0.0  # caller audio time (s) when the bot last took the call back
         self._agent_standing = 0  # consecutive agent frames that found one still queued
         self._agent_stt: SttStream | None = None
         self._agent_stt_task: asyncio.Task[None] | None = None
@@ -274,18 +275,21 @@ class CallSession:
                     self.last_input_at = asyncio.get_running_loop().time() - lag
                     self.last_input_kind = "speech"
                 elif event.type is SpeechEventType.FINAL and event.text.strip():
-                    await self.on_caller_final(event.text.strip())
+                    # words the caller said before the bot took the call back (flushed at
+                    # the phase change) were for the agent: a turn, not an answer
+                    for_bot = not event.audio_time or event.audio_time > self._bot_since
+                    await self.on_caller_final(event.text.strip(), for_bot=for_bot)
                 elif event.type is SpeechEventType.INTERIM and event.text.strip():
                     self._interim("caller", event.text.strip())
         except SpeechError as e:
             self.log.error("speech recognition stopped: %s (the call goes on, DTMF only)", e)
 
-    async def on_caller_final(self, text: str) -> None:
+    async def on_caller_final(self, text: str, for_bot: bool = True) -> None:
         self._turn("caller", text)
         if self.last_input_at is None:
             self.last_input_at = asyncio.get_running_loop().time()
             self.last_input_kind = "speech"
-        if self.state is not SessionState.BOT:
+        if self.state is not SessionState.BOT or not for_bot:
             return
         if self.runner is None:
             self.notify({"type": "caller_said", "callId": self.call_id, "text": text,
@@ -315,6 +319,7 @@ class CallSession:
         kind = message.get("type")
         if kind == "queue_timeout" and self.state is SessionState.QUEUED:
             self._stop_hold()
+            self._bot_since = self._fed_seconds
             self._set_state(SessionState.BOT)
             if self.runner is not None:
                 await self._run(self.runner.queue_timeout())
@@ -340,6 +345,7 @@ class CallSession:
             self._ensure_hold()
         elif kind == "resume" and self.state is SessionState.HUMAN:
             self._flush_caller_stt()
+            self._bot_since = self._fed_seconds
             self.detach_agent()
             self._stop_hold()
             self._set_state(SessionState.BOT)

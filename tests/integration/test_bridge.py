@@ -47,6 +47,7 @@ nodes:
   back:
     type: say
     text: "Welcome back to the virtual assistant. I will stay on the line with you now."
+    barge_in: false  # the caller's steady tone would count as talking over it
     next: wait
   wait:
     type: ask
