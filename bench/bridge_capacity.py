@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import itertools
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,11 +45,11 @@ sys.path.insert(0, str(ROOT))
 from hitl_sip.media.ice import install_host_filter  # noqa: E402
 from hitl_sip.media.wav import read_wav, resample  # noqa: E402
 from hitl_sip.testagent import TestAgent, wav_source  # noqa: E402
+from tests.integration.test_agents import PASSWORD, add_agent  # noqa: E402
 from tests.support.rtpcaller import RtpCaller  # noqa: E402
 from tests.support.server import Server, running_server  # noqa: E402
 
 CALLS = 3
-PASSWORD = "bench password 0123"
 CALLER_WAV = ROOT / "rtp/caller/agent_bill_8k.wav"
 AGENT_WAV = ROOT / "rtp/caller/hello_hear_me_16k.wav"
 
@@ -61,13 +60,6 @@ def caller_source() -> Any:
         pcm = resample(pcm, rate, 8000)
     frames = [pcm[i:i + 320].ljust(320, b"\0") for i in range(0, len(pcm), 320)]
     return lambda n: frames[n % len(frames)]
-
-
-def add_agents(data_dir: Path) -> None:
-    for i in range(CALLS):
-        subprocess.run([sys.executable, "-m", "hitl_sip.cli", "agents", "add", f"agent{i}",
-                        "--data-dir", str(data_dir)], input=PASSWORD + "\n", text=True,
-                       check=True, capture_output=True, cwd=ROOT)
 
 
 def cpu_seconds(proc: psutil.Process) -> float:
@@ -178,7 +170,8 @@ def run(codec: str, seconds: float) -> dict[str, Any]:
             "webrtc": {"codecs": [codec], "host_addresses": ["127.0.0.1"]},
         }
         with running_server(Path(tmp), extra=extra) as srv:
-            add_agents(srv.data_dir)
+            for i in range(CALLS):
+                add_agent(srv.data_dir, f"agent{i}")
             return asyncio.run(measure(srv, codec, seconds))
 
 

@@ -35,7 +35,6 @@ import asyncio
 import json
 import math
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -49,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 from hitl_sip.media.analysis import rms_dbfs  # noqa: E402
 from hitl_sip.media.ice import install_host_filter  # noqa: E402
 from hitl_sip.testagent import SAMPLES, TestAgent  # noqa: E402
+from tests.integration.test_agents import PASSWORD, add_agent  # noqa: E402
 from tests.support.rtpcaller import RtpCaller  # noqa: E402
 from tests.support.server import running_server  # noqa: E402
 
@@ -56,7 +56,6 @@ CYCLE = 25  # frames: one burst every 500 ms
 BURST = 5  # frames: 100 ms
 AGENT_OFFSET = 12
 WARMUP = 2.0
-PASSWORD = "bench password 0123"
 ON_DBFS, OFF_DBFS = -35.0, -45.0
 
 
@@ -106,12 +105,6 @@ def match(arrivals: list[float], starts: list[float], after: float) -> list[floa
         if before and arrival - before[-1] < 0.25:
             latencies.append(arrival - before[-1])
     return latencies
-
-
-def add_agent(data_dir: Path) -> None:
-    subprocess.run([sys.executable, "-m", "hitl_sip.cli", "agents", "add", "bench",
-                    "--data-dir", str(data_dir)], input=PASSWORD + "\n", text=True,
-                   check=True, capture_output=True, cwd=ROOT)
 
 
 async def measure(http_url: str, sip_port: int, codec: str, seconds: float) -> dict[str, Any]:
@@ -164,7 +157,7 @@ def run(codec: str, low_latency: bool, seconds: float) -> dict[str, Any]:
                        "host_addresses": ["127.0.0.1"]},
         }
         with running_server(Path(tmp), extra=extra) as srv:
-            add_agent(srv.data_dir)
+            add_agent(srv.data_dir, "bench")
             out = asyncio.run(measure(srv.http_url, srv.sip_port(), codec, seconds))
     return {
         "codec": codec, "mode": "tuned" if low_latency else "stock",

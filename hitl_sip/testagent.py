@@ -39,7 +39,7 @@ from av import AudioFrame, AudioResampler
 from hitl_sip.media.fir import FirResampler
 from hitl_sip.media.ice import install_host_filter
 from hitl_sip.worker.bridge import use_immediate_jitter_buffer
-from hitl_sip.worker.peer import codec_preferences
+from hitl_sip.worker.peer import answer_codec, codec_preferences
 
 log = logging.getLogger(__name__)
 
@@ -226,9 +226,7 @@ class TestAgent:
                                                "sdp": pc.localDescription.sdp})
         if not ack.get("ok"):
             raise RuntimeError(f"webrtc_offer refused: {ack}")
-        self.codec = next((line.split(" ", 1)[1].split("/")[0].lower()
-                           for line in ack["sdp"].split("\r\n")
-                           if line.startswith("a=rtpmap:")), "")
+        self.codec = answer_codec(ack["sdp"])
         self.mic.set_codec(self.codec)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=ack["sdp"], type="answer"))
         await self.call("webrtc_candidate", {"callId": self.call_id, "candidate": None,

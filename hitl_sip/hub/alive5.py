@@ -207,5 +207,10 @@ class Outbox:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, self.max_backoff)
         finally:
+            # forget the thread first (a long-lived hub keeps nothing per past call), so a
+            # turn stored while the link closes starts a new worker instead of being missed
+            if self._workers.get(thread_id) is asyncio.current_task():
+                del self._workers[thread_id]
+                self._wake.pop(thread_id, None)
             if link is not None:
                 await link.close()

@@ -125,7 +125,7 @@ class AgentPeer:
             raise ValueError("the offer has no audio section")
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         sdp = str(self.pc.localDescription.sdp)
-        self.codec = _first_codec(sdp)
+        self.codec = answer_codec(sdp)
         self.caller_track.set_codec(self.codec)
         log.info("[call %s] agent peer answers with %s", self.call_id, self.codec or "?")
         return advertise_public(sdp, self.settings.public_address)
@@ -156,7 +156,7 @@ def _media(sdp: str) -> list[list[Any]]:
         return []
 
 
-def _first_codec(sdp: str) -> str:
+def answer_codec(sdp: str) -> str:
     """The codec of the first payload type on the answer's audio m= line."""
     pts: list[str] = []
     for line in sdp.split("\r\n"):

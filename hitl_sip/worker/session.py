@@ -181,19 +181,7 @@ class CallSession:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if stream is not None and self._stt_task is not None:
-            # the caller's last words: end the input and wait for the final transcript
-            with contextlib.suppress(Exception):
-                stream.end_input()
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError, SpeechError):
-                await asyncio.wait_for(asyncio.shield(self._stt_task),
-                                       self.settings.flush_timeout)
-            self._stt_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, SpeechError):
-                await self._stt_task
-        if stream is not None:
-            with contextlib.suppress(Exception):
-                await stream.aclose()
+        await self._end_stream(stream, self._stt_task)  # the caller's last words
         await self._stop_agent_stt()
         for prompt in self._all_prompts():
             if not prompt.done.done():
@@ -445,18 +433,25 @@ class CallSession:
             self.log.error("agent speech recognition stopped: %s (the call goes on)", e)
 
     async def _stop_agent_stt(self) -> None:
-        """End the agent's recogniser, keeping its last words (flush, then close)."""
+        """End the agent's recogniser, keeping its last words."""
         stream, task = self._agent_stt, self._agent_stt_task
         self._agent_stt = self._agent_stt_task = None
-        if stream is None or task is None:
+        await self._end_stream(stream, task)
+
+    async def _end_stream(self, stream: SttStream | None,
+                          reader: asyncio.Task[None] | None) -> None:
+        """End a recogniser's input, give its reader ``flush_timeout`` to take the final
+        transcript of the last words, then stop the reader and close the stream."""
+        if stream is None:
             return
-        with contextlib.suppress(Exception):
-            stream.end_input()
-        with contextlib.suppress(asyncio.CancelledError, TimeoutError, SpeechError):
-            await asyncio.wait_for(asyncio.shield(task), self.settings.flush_timeout)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, SpeechError):
-            await task
+        if reader is not None:
+            with contextlib.suppress(Exception):
+                stream.end_input()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError, SpeechError):
+                await asyncio.wait_for(asyncio.shield(reader), self.settings.flush_timeout)
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, SpeechError):
+                await reader
         with contextlib.suppress(Exception):
             await stream.aclose()
 

@@ -14,6 +14,8 @@ import psutil
 import pytest
 
 from tests.integration.test_alive5_call import Talker
+from tests.integration.test_bot_flow import API_KEY as API_KEY_REST
+from tests.integration.test_bot_flow import get_json
 from tests.integration.test_pocketsphinx import _librivox
 from tests.support.alive5 import API_KEY, Alive5StandIn
 from tests.support.rtpcaller import RtpCaller
@@ -21,11 +23,8 @@ from tests.support.server import running_server
 
 pytestmark = pytest.mark.sipp
 
-REST_KEY = "test-api-key-0123456789"
-
-
 def extra(flow: Path, a5: Alive5StandIn) -> dict[str, dict[str, Any]]:
-    return {"bot": {"flow": str(flow)}, "api": {"keys": [REST_KEY]},
+    return {"bot": {"flow": str(flow)}, "api": {"keys": [API_KEY_REST]},
             "alive5": {"url": a5.url, "api_key": API_KEY, "ack_timeout": 2,
                        "max_backoff": 1}}
 
@@ -139,8 +138,8 @@ def test_alive5_down_when_the_call_starts_back_mid_call_then_restarting(
                 talker.say(bytes(32000) + clips["0880"].pcm + bytes(32000))
                 srv.wait_for(lambda: srv.metric("hitl_sip_alive5_backlog") >= 3, 25,
                              what="the first turns waiting for alive5")
-                (call,) = api_calls(srv)
-                turns = api_thread(srv, call["threadId"])
+                (call,) = get_json(srv, "/api/calls")["calls"]
+                turns = get_json(srv, f"/api/threads/{call['threadId']}")["turns"]
                 assert {t["delivery"] for t in turns} == {"pending"}  # visible as such
                 a5.start()  # back mid-call
                 a5.wait_for(lambda: any(len(t.messages) >= 3 for t in a5.threads.values()),
@@ -163,19 +162,3 @@ def test_alive5_down_when_the_call_starts_back_mid_call_then_restarting(
     assert thread.duplicates == 0
     assert records[0]["outcome"] == "completed"
 
-
-def api_calls(srv: Any) -> list[dict[str, Any]]:
-    return list(_get(srv, "/api/calls")["calls"])
-
-
-def api_thread(srv: Any, thread_id: str) -> list[dict[str, Any]]:
-    return list(_get(srv, f"/api/threads/{thread_id}")["turns"])
-
-
-def _get(srv: Any, path: str) -> Any:
-    import json  # noqa: PLC0415
-    import urllib.request  # noqa: PLC0415
-
-    req = urllib.request.Request(srv.http_url + path, headers={"X-Api-Key": REST_KEY})
-    with urllib.request.urlopen(req, timeout=5) as r:
-        return json.loads(r.read())
