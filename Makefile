@@ -1,24 +1,31 @@
 # The two commands a new user needs: `make run` and `make test`.
 # Each installs what is missing first (scripts/bootstrap.sh).
-.PHONY: setup run test unit lint typecheck bench corpus clean
+.PHONY: setup setup-test run test unit lint typecheck bench corpus clean
 
 VENV := .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
 setup:
-	@bash scripts/bootstrap.sh
+	@bash scripts/bootstrap.sh run
+
+setup-test:
+	@bash scripts/bootstrap.sh test
 
 run: setup
 	$(VENV)/bin/hitl-sip serve $(ARGS)
 
-test: setup
+# the dashboard's unit tests (Vitest + jsdom, Angular's toolchain), then Python's suite,
+# which includes the browser end-to-end tests (tests/e2e, Debian Chromium via playwright-core)
+test: setup-test
 	$(PY) -m ruff check hitl_sip tests bench rtp
 	$(PY) -m mypy
+	cd agent-app && npx ng test --watch=false --progress=false
 	$(PY) -m pytest -q $(ARGS)
 
 unit: setup
 	$(PY) -m pytest -q tests/unit
+	cd agent-app && npx ng test --watch=false --progress=false
 
 lint: setup
 	$(PY) -m ruff check hitl_sip tests bench rtp

@@ -49,6 +49,8 @@ class SipConfig:
 class HttpConfig:
     host: str = "127.0.0.1"
     port: int = 8080
+    # the agent dashboard's build, served at /; "" serves none
+    dashboard_dir: str = "agent-app/dist/agent-app/browser"
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # Installs what hitl-sip needs on a fresh Debian machine, idempotently:
 #  - Debian packages (only when running as root and something is missing),
-#  - the Python virtual environment in .venv with the package and its dev extras.
-# Used by `make run` and `make test`; safe to run again (it skips what is done).
+#  - the Python virtual environment in .venv with the package and its dev extras,
+#  - the agent dashboard's npm packages (npm ci) and its build (agent-app/dist).
+# Used by `make run` (bootstrap.sh run) and `make test` (bootstrap.sh test: adds Chromium for
+# the browser tests); safe to run again (it skips what is done).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+MODE=${1:-run}
 APT_PACKAGES=(sip-tester baresip-core espeak-ng sox pocketsphinx-testdata)
+if [[ $MODE == test ]]; then
+  APT_PACKAGES+=(chromium fonts-dejavu-core)
+fi
 PYTHON=${PYTHON:-python3}
 
 missing=()
@@ -36,4 +42,23 @@ if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
   .venv/bin/python -m pip install -q -e '.[dev,azure]' 2>&1 | grep -v "^WARNING: Location" || true
   .venv/bin/python -c "import pjsua2, aiohttp, aiortc, socketio, numpy" 
   touch "$stamp"
+fi
+
+# The dashboard: Angular 21 needs Node >= 20.19 (Debian's own nodejs is too old).
+if ! command -v node >/dev/null || ! node -e '
+  const [a, b] = process.versions.node.split(".").map(Number);
+  process.exit(a > 20 || (a === 20 && b >= 19) ? 0 : 1)'; then
+  echo "bootstrap: the agent dashboard needs Node.js >= 20.19 with npm (found: $(node --version 2>/dev/null || echo none))" >&2
+  exit 1
+fi
+app=agent-app
+if [[ ! -f $app/node_modules/.package-lock.json || $app/package-lock.json -nt $app/node_modules/.package-lock.json ]]; then
+  echo "bootstrap: installing the dashboard's npm packages (npm ci)"
+  (cd $app && npm ci --no-audit --no-fund --loglevel=error)
+fi
+index=$app/dist/agent-app/browser/index.html
+if [[ ! -f $index ]] || [[ -n $(find $app/src $app/public $app/angular.json $app/package-lock.json \
+    $app/tsconfig.json $app/tsconfig.app.json -newer "$index" -print -quit) ]]; then
+  echo "bootstrap: building the agent dashboard (ng build)"
+  (cd $app && npx ng build --progress=false >/dev/null)
 fi

@@ -20,6 +20,7 @@ from hitl_sip.hub.agents import AgentStore
 from hitl_sip.hub.api import HUB, setup_api
 from hitl_sip.hub.botns import BotNamespace
 from hitl_sip.hub.core import Hub
+from hitl_sip.hub.dashboard import setup_dashboard
 from hitl_sip.hub.login import setup_login
 from hitl_sip.hub.registry import WorkerRegistry
 from hitl_sip.hub.tokens import TokenError, TokenSigner
@@ -150,4 +151,6 @@ def create_app(
                 strategy=config.routing.strategy,
             ))
         sio.attach(app)
+    if config.http.dashboard_dir:
+        setup_dashboard(app, config.resolve_path(config.http.dashboard_dir))
     return app

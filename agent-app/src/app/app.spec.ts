@@ -1,23 +1,74 @@
 import { TestBed } from '@angular/core/testing';
 import { App } from './app';
+import { AuthService } from './core/auth.service';
+import { DeskService } from './core/desk.service';
+import { MediaService } from './core/media.service';
+import { RingerService } from './core/ringer.service';
+import { SOCKET_FACTORY } from './core/socket';
+import { FakeMedia, FakeRinger, FakeSocket, INCOMING } from './testing/fakes';
 
 describe('App', () => {
-  beforeEach(async () => {
-    await TestBed.configureTestingModule({
-      imports: [App],
-    }).compileComponents();
+  let socket: FakeSocket;
+
+  beforeEach(() => {
+    sessionStorage.clear();
+    socket = new FakeSocket();
+    TestBed.configureTestingModule({
+      providers: [
+        { provide: SOCKET_FACTORY, useValue: () => socket },
+        { provide: MediaService, useValue: new FakeMedia() },
+        { provide: RingerService, useValue: new FakeRinger() },
+      ],
+    });
   });
 
-  it('should create the app', () => {
-    const fixture = TestBed.createComponent(App);
-    const app = fixture.componentInstance;
-    expect(app).toBeTruthy();
+  afterEach(() => {
+    TestBed.inject(DeskService).stop();
+    vi.unstubAllGlobals();
   });
 
-  it('should render title', async () => {
+  const q = (el: HTMLElement, id: string) => el.querySelector(`[data-testid="${id}"]`) as HTMLElement | null;
+
+  it('asks for a login first and shows a wrong password in words', async () => {
+    vi.stubGlobal('fetch', vi.fn(async () => new Response('{}', { status: 401 })));
     const fixture = TestBed.createComponent(App);
     await fixture.whenStable();
-    const compiled = fixture.nativeElement as HTMLElement;
-    expect(compiled.querySelector('h1')?.textContent).toContain('Hello, agent-app');
+    const el: HTMLElement = fixture.nativeElement;
+    expect(q(el, 'login-submit')).not.toBeNull();
+    const user = q(el, 'login-username') as HTMLInputElement;
+    const pass = q(el, 'login-password') as HTMLInputElement;
+    user.value = 'alice';
+    user.dispatchEvent(new Event('input'));
+    pass.value = 'nope';
+    pass.dispatchEvent(new Event('input'));
+    await fixture.whenStable();
+    q(el, 'login-submit')!.click();
+    await new Promise((r) => setTimeout(r, 0));
+    await fixture.whenStable();
+    expect(q(el, 'login-error')?.textContent).toContain('Wrong username or password');
+  });
+
+  it('after login: the desk connects, rings, and shows the socket state', async () => {
+    vi.stubGlobal('fetch', vi.fn(async () =>
+      new Response(JSON.stringify({ token: 'tok', expiresAt: new Date(Date.now() + 3600e3).toISOString() }), { status: 200 })));
+    await TestBed.inject(AuthService).login('alice', 'pw');
+    const fixture = TestBed.createComponent(App);
+    await fixture.whenStable();
+    socket.open();
+    socket.serverEmit('agent_state', { agentId: 'a1', name: 'Alice', status: 'available', activeCallId: null });
+    socket.serverEmit('incoming_call', INCOMING);
+    await fixture.whenStable();
+    const el: HTMLElement = fixture.nativeElement;
+    expect(q(el, 'agent-name')?.textContent).toContain('Alice');
+    expect(q(el, 'status-toggle')?.getAttribute('aria-pressed')).toBe('true');
+    expect(q(el, 'connection-state')?.dataset['state']).toBe('connected');
+    expect(q(el, 'incoming-call')?.dataset['callId']).toBe('c1');
+    socket.serverEmit('call_cancelled', { callId: 'c1', reason: 'answered_elsewhere' });
+    socket.drop();
+    await fixture.whenStable();
+    expect(q(el, 'incoming-call')).toBeNull();
+    expect(q(el, 'call-notice')?.textContent).toContain('Answered elsewhere');
+    expect(q(el, 'connection-state')?.dataset['state']).toBe('reconnecting');
+    expect(q(el, 'error-banner')?.dataset['code']).toBe('socket_lost');
   });
 });

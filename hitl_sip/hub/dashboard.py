@@ -1,0 +1,54 @@
+"""The agent dashboard's static files (the Angular build of ``agent-app/``), served at ``/``.
+
+``http.dashboard_dir`` names the build output; ``make run`` / ``make test`` build it. Files
+with a content hash in their name are cached for a year; ``index.html`` never is, so a new
+build reaches agents on their next load. A missing build answers ``/`` with 503 and says how
+to build it rather than a bare 404.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+DASHBOARD_DIR = web.AppKey("dashboard_dir", Path)
+
+NOT_BUILT = (
+    "The agent dashboard is not built. Run `make run` (it builds agent-app/), or "
+    "`cd agent-app && npm ci && npx ng build`, or point http.dashboard_dir at a build.\n"
+)
+IMMUTABLE = "public, max-age=31536000, immutable"
+
+
+async def dashboard(request: web.Request) -> web.StreamResponse:
+    root = request.app[DASHBOARD_DIR]
+    name = request.match_info.get("path", "") or "index.html"
+    index = root / "index.html"
+    if not index.is_file():
+        return web.Response(status=503, text=NOT_BUILT)
+    try:
+        path = (root / name).resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise web.HTTPNotFound(text="not found") from None
+    if not path.is_relative_to(root) or not path.is_file():
+        raise web.HTTPNotFound(text="not found")
+    headers = {"X-Content-Type-Options": "nosniff"}
+    # Angular's build names every asset but index.html with a content hash (main-HASH.js)
+    headers["Cache-Control"] = "no-cache" if path == index.resolve() else IMMUTABLE
+    if path.name == "favicon.ico":
+        headers["Cache-Control"] = "public, max-age=86400"
+    return web.FileResponse(path, headers=headers)
+
+
+def setup_dashboard(app: web.Application, directory: Path) -> None:
+    """Register the catch-all route: call it after every other route (aiohttp matches in
+    registration order, so ``/api``, ``/healthz`` and ``/socket.io`` keep precedence)."""
+    app[DASHBOARD_DIR] = directory.resolve()
+    if not (directory / "index.html").is_file():
+        log.warning("no agent dashboard build at %s: / answers 503 until it is built", directory)
+    app.router.add_get("/", dashboard)
+    app.router.add_get("/{path:[^{}]+}", dashboard)
