@@ -72,3 +72,26 @@ describe('App', () => {
     expect(q(el, 'error-banner')?.dataset['code']).toBe('socket_lost');
   });
 });
+
+describe('App keyboard', () => {
+  it('Alt+D declines the ringing call without a mouse', async () => {
+    sessionStorage.setItem('hitl-sip.token', JSON.stringify({ token: 't', expiresAt: new Date(Date.now() + 3600e3).toISOString() }));
+    const socket = new FakeSocket();
+    TestBed.configureTestingModule({
+      providers: [
+        { provide: SOCKET_FACTORY, useValue: () => socket },
+        { provide: MediaService, useValue: new FakeMedia() },
+        { provide: RingerService, useValue: new FakeRinger() },
+      ],
+    });
+    const fixture = TestBed.createComponent(App);
+    await fixture.whenStable();
+    socket.open();
+    socket.serverEmit('incoming_call', INCOMING);
+    document.dispatchEvent(new KeyboardEvent('keydown', { key: 'd', altKey: true }));
+    await new Promise((r) => setTimeout(r, 0));
+    expect(socket.events('decline_call')).toEqual([{ callId: 'c1' }]);
+    TestBed.inject(DeskService).stop();
+    sessionStorage.clear();
+  });
+});

@@ -1,4 +1,4 @@
-import { ChangeDetectionStrategy, Component, computed, effect, inject } from '@angular/core';
+import { ChangeDetectionStrategy, Component, HostListener, computed, effect, inject } from '@angular/core';
 import { AuthService } from './core/auth.service';
 import { DeskService, NOTICE_TEXT } from './core/desk.service';
 import { History } from './ui/history';
@@ -96,6 +96,20 @@ export class App {
         this.desk.stop();
       }
     });
+  }
+
+  /** Alt+A accepts the oldest ringing call, Alt+D declines it, Alt+M mutes, Alt+H hangs up. */
+  @HostListener('document:keydown', ['$event'])
+  shortcut(ev: KeyboardEvent): void {
+    if (!ev.altKey || ev.ctrlKey || ev.metaKey || !this.auth.token()) return;
+    const offer = this.desk.offers()[0];
+    const key = ev.key.toLowerCase();
+    if (key === 'a' && offer) void this.desk.accept(offer.callId);
+    else if (key === 'd' && offer) void this.desk.decline(offer.callId);
+    else if (key === 'm' && this.desk.inCall()) void this.desk.toggleMute();
+    else if (key === 'h' && this.desk.inCall()) void this.desk.hangup();
+    else return;
+    ev.preventDefault();
   }
 
   logout(): void {

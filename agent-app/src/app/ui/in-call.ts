@@ -53,11 +53,11 @@ const PEER_TEXT: Record<string, string> = {
             <app-level-meter label="Caller" testid="remote-level" [dbfs]="desk.media.remoteDbfs()" />
           </div>
           <div class="actions">
-            <button type="button" data-testid="mute-button" [attr.aria-pressed]="call.muted"
+            <button type="button" data-testid="mute-button" aria-keyshortcuts="Alt+M" [attr.aria-pressed]="call.muted"
                     (click)="desk.toggleMute()">{{ call.muted ? 'Unmute' : 'Mute' }}</button>
             <button type="button" data-testid="return-to-bot-button" (click)="desk.returnToBot()">
               Return to bot</button>
-            <button type="button" class="danger" data-testid="hangup-button" (click)="desk.hangup()">
+            <button type="button" class="danger" data-testid="hangup-button" aria-keyshortcuts="Alt+H" (click)="desk.hangup()">
               Hang up</button>
           </div>
         } @else if (call.ended; as ended) {

@@ -36,9 +36,9 @@ import { roleLabel } from './format';
         </ol>
       </section>
       <div class="actions">
-        <button class="primary accept" type="button" data-testid="accept-button"
-                [disabled]="disabled()" (click)="accept.emit(offer().callId)">Accept</button>
-        <button type="button" data-testid="decline-button" (click)="decline.emit(offer().callId)">Decline</button>
+        <button class="primary accept" type="button" data-testid="accept-button" aria-keyshortcuts="Alt+A"
+                [disabled]="disabled()" (click)="accept.emit(offer().callId)">Accept <kbd>Alt+A</kbd></button>
+        <button type="button" data-testid="decline-button" aria-keyshortcuts="Alt+D" (click)="decline.emit(offer().callId)">Decline</button>
       </div>
       <div class="ring-bar" aria-hidden="true"><div [style.width.%]="percent()"></div></div>
     </article>
