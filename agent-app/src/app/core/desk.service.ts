@@ -48,6 +48,7 @@ export interface ActiveCall {
   botTranscript: BotTurn[];
   acceptedAt: number;
   connectedAt: number | null;
+  endedAt: number | null;
   sinceAt: string;
   state: 'connecting' | 'connected' | 'ended';
   muted: boolean;
@@ -273,6 +274,7 @@ export class DeskService implements OnDestroy {
           .map((t): BotTurn => ({ role: t.role === 'bot' ? 'bot' : 'caller', text: t.text, at: t.at })),
         acceptedAt: now,
         connectedAt: null,
+        endedAt: null,
         sinceAt: new Date(now).toISOString(),
         state: 'connecting',
         muted: false,
@@ -365,6 +367,7 @@ export class DeskService implements OnDestroy {
       botTranscript: offer.botTranscript,
       acceptedAt: now,
       connectedAt: null,
+      endedAt: null,
       sinceAt: new Date(now).toISOString(),
       state: 'connecting',
       muted: false,
@@ -477,7 +480,7 @@ export class DeskService implements OnDestroy {
     if (!call || call.callId !== callId || call.state === 'ended') return;
     this.media.close();
     const end = Date.now();
-    this.call.set({ ...call, state: 'ended', interim: {}, ended: { reason, by } });
+    this.call.set({ ...call, state: 'ended', endedAt: end, interim: {}, ended: { reason, by } });
     this.history.update((h) => [
       {
         callId,

@@ -47,11 +47,19 @@ describe('InCall', () => {
     q('hangup-button').click();
     await new Promise((r) => setTimeout(r, 0));
     expect(socket.events('hangup')).toEqual([{ callId: 'c1' }]);
+    vi.useFakeTimers({ toFake: ['Date'] });
+    vi.setSystemTime(Date.now() + 65_000);
     socket.serverEmit('call_ended', { callId: 'c1', reason: 'hangup', by: 'agent' });
     await fixture.whenStable();
     expect(q('in-call').dataset['state']).toBe('ended');
     expect(q('call-ended').dataset['by']).toBe('agent');
     expect(q('call-ended').textContent).toContain('Call ended by you');
+    expect(q('call-timer').textContent?.trim()).toBe('01:05'); // the call's duration stays shown
+    vi.setSystemTime(Date.now() + 60_000);
+    desk.now.set(Date.now());
+    await fixture.whenStable();
+    expect(q('call-timer').textContent?.trim()).toBe('01:05');
+    vi.useRealTimers();
     desk.stop();
   });
 });

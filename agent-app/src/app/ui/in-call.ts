@@ -98,7 +98,8 @@ export class InCall {
     const call = this.desk.call();
     if (!call) return 0;
     const start = call.connectedAt ?? call.acceptedAt;
-    return call.state === 'ended' ? 0 : Math.max(0, Math.floor((this.desk.now() - start) / 1000));
+    const end = call.endedAt ?? this.desk.now();
+    return Math.max(0, Math.floor((end - start) / 1000));
   });
   protected readonly clockText = computed(() => clock(this.seconds()));
   protected readonly peerText = computed(() => PEER_TEXT[this.desk.media.peerState()] ?? this.desk.media.peerState());
