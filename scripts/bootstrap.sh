@@ -2,7 +2,7 @@
 # Installs what hitl-sip needs on a fresh Debian machine, idempotently:
 #  - Debian packages (only when running as root and something is missing),
 #  - the Python virtual environment in .venv with the package and its dev extras,
-#  - the agent dashboard's npm packages (npm ci) and its build (agent-app/dist).
+#  - the agent dashboard's npm packages (as locked) and its build (agent-app/dist).
 # Used by `make run` (bootstrap.sh run) and `make test` (bootstrap.sh test: adds Chromium for
 # the browser tests); safe to run again (it skips what is done).
 set -euo pipefail
@@ -53,8 +53,11 @@ if ! command -v node >/dev/null || ! node -e '
 fi
 app=agent-app
 if [[ ! -f $app/node_modules/.package-lock.json || $app/package-lock.json -nt $app/node_modules/.package-lock.json ]]; then
-  echo "bootstrap: installing the dashboard's npm packages (npm ci)"
-  (cd $app && npm ci --no-audit --no-fund --loglevel=error)
+  # The locked tree, exactly, writing nothing: `npm ci` refuses this lockfile because the
+  # registry here lacks some other platforms' optional builds of rollup and msgpackr-extract
+  # (so npm cannot record them), while `npm install --no-save` installs what is locked.
+  echo "bootstrap: installing the dashboard's npm packages (locked versions)"
+  (cd $app && npm install --no-save --no-audit --no-fund --loglevel=error)
 fi
 index=$app/dist/agent-app/browser/index.html
 if [[ ! -f $index ]] || [[ -n $(find $app/src $app/public $app/angular.json $app/package-lock.json \
