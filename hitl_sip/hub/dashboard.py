@@ -19,7 +19,8 @@ DASHBOARD_DIR = web.AppKey("dashboard_dir", Path)
 
 NOT_BUILT = (
     "The agent dashboard is not built. Run `make run` (it builds agent-app/), or "
-    "`cd agent-app && npm install --no-save && npx ng build`, or point http.dashboard_dir at a build.\n"
+    "`cd agent-app && npm install --no-save && npx ng build`, "
+    "or point http.dashboard_dir at a build.\n"
 )
 IMMUTABLE = "public, max-age=31536000, immutable"
 
