@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import secrets
 import signal
@@ -16,8 +17,9 @@ from aiohttp import web
 
 from hitl_sip.agents_cli import agents_command
 from hitl_sip.bot.flow import FlowError
-from hitl_sip.config import FLAG_KEYS, Config, load_config
+from hitl_sip.config import FLAG_KEYS, Config, load_config, uses_front
 from hitl_sip.errors import ConfigError
+from hitl_sip.front.kamailio import KamailioFront, trusted_sources, worker_ports, write_files
 from hitl_sip.hub.agents import AgentStore
 from hitl_sip.hub.app import AgentAuth, create_app
 from hitl_sip.hub.core import Hub
@@ -82,12 +84,33 @@ async def serve(config: Config, token_secret: bytes) -> int:
         host, port = server.sockets[0].getsockname()[:2]
     log.info("hub listening on http://%s:%s (healthz, metrics)", host, port)
     worker_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    supervisor = Supervisor(config, registry, f"ws://{worker_host}:{port}/internal/worker", token)
+    front: KamailioFront | None = None
+    worker_config, sip_ports = config, None
+    if uses_front(config):
+        sip_ports = worker_ports(config)
+        worker_config = dataclasses.replace(config, front=dataclasses.replace(
+            config.front, trusted=trusted_sources(config)))
+        profile = load_profile(config.sip.profile, config.resolve_path(config.profiles_dir))
+        files = write_files(config, data_dir / "front", profile.allow_list,
+                            profile.public_address, sip_ports)
+        front = KamailioFront(config, files, data_dir / "front" / "run")
+        problem = await front.check()
+        if problem:
+            log.error("the generated Kamailio configuration (%s) does not load: %s",
+                      files.cfg, problem)
+            await runner.cleanup()
+            return 1
+    supervisor = Supervisor(worker_config, registry,
+                            f"ws://{worker_host}:{port}/internal/worker", token,
+                            sip_ports=sip_ports, on_exit=hub.worker_lost)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await supervisor.start()
+    if front is not None:
+        await front.start()
+        registry.front = front.public
     await hub.start()
     stop_wait = asyncio.create_task(stop.wait())
     fail_wait = asyncio.create_task(supervisor.failed.wait())
@@ -102,6 +125,8 @@ async def serve(config: Config, token_secret: bytes) -> int:
         task.cancel()
     registry.draining = True
     await supervisor.stop(config.worker.drain_grace)
+    if front is not None:
+        await front.stop()
     await hub.close()
     await runner.cleanup()
     store.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import shutil
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -170,6 +171,25 @@ class Alive5Config:
 
 
 @dataclass(frozen=True)
+class FrontConfig:
+    """The public SIP front (Kamailio) before the media workers (DESIGN.md §3)."""
+
+    # "auto": Kamailio when worker.count > 1; "kamailio": always; "none": workers listen
+    # on sip.host:sip.port + index themselves
+    mode: str = "auto"
+    kamailio: str = "kamailio"  # the binary
+    modules_dir: str = ""  # "" = Debian's /usr/lib/<arch>/kamailio/modules
+    worker_host: str = "127.0.0.1"  # where workers listen for the front
+    worker_base_port: int = 0  # worker i listens on base + i; 0: free ports chosen at start
+    probe_interval: int = 5  # OPTIONS to every worker, seconds
+    pike_window: int = 2  # seconds
+    pike_density: int = 30  # initial requests per window from one address before blocking
+    children: int = 4
+    # addresses workers accept the front's requests from; filled in by `serve`
+    trusted: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
     sip_trace: bool = False
@@ -187,6 +207,7 @@ class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
     webrtc: WebRtcConfig = field(default_factory=WebRtcConfig)
     alive5: Alive5Config = field(default_factory=Alive5Config)
+    front: FrontConfig = field(default_factory=FrontConfig)
     data_dir: str = "data"
     profiles_dir: str = str(PROJECT_ROOT / "sip_profiles")
 
@@ -210,6 +231,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "api": ApiConfig,
     "webrtc": WebRtcConfig,
     "alive5": Alive5Config,
+    "front": FrontConfig,
 }
 _TOP_LEVEL = ("data_dir", "profiles_dir")
 
@@ -392,9 +414,6 @@ def validate(config: Config) -> None:
     w = config.worker
     if not 1 <= w.count <= 64:
         raise ConfigError("worker.count", f"expected 1..64 workers, got {w.count}")
-    if w.count > 1 and config.sip.port == 0:
-        # Port 0 is fine: every worker then takes its own ephemeral port.
-        pass
     if w.count > 1 and config.sip.port and config.sip.port + w.count - 1 > 65535:
         raise ConfigError("worker.count", "sip.port + workers - 1 exceeds 65535")
     if not 1 <= w.max_calls <= MAX_ADMITTED_CALLS_PER_WORKER:
@@ -460,10 +479,42 @@ def validate(config: Config) -> None:
         raise ConfigError("alive5.ack_timeout", "expected 0.5..120 seconds")
     if not 0.5 <= a5.max_backoff <= 600:
         raise ConfigError("alive5.max_backoff", "expected 0.5..600 seconds")
+    _validate_front(config)
     if config.log.level not in LOG_LEVELS:
         raise ConfigError("log.level", f"expected one of {', '.join(LOG_LEVELS)}")
     if not config.resolve_path(config.profiles_dir).is_dir():
         raise ConfigError("profiles_dir", f"not a directory: {config.profiles_dir}")
+
+
+def _validate_front(config: Config) -> None:
+    f = config.front
+    if f.mode not in ("auto", "kamailio", "none"):
+        raise ConfigError("front.mode", f"expected auto, kamailio or none, got {f.mode!r}")
+    if uses_front(config) and not shutil.which(f.kamailio):
+        raise ConfigError(
+            "front.mode",
+            f"{config.worker.count} workers need the Kamailio front, and {f.kamailio!r} is not "
+            "installed (Debian: apt-get install kamailio); or set front.mode = none",
+        )
+    if uses_front(config) and config.sip.port == 0:
+        raise ConfigError("sip.port", "the SIP front (Kamailio) needs a fixed port, not 0")
+    _check_host("front.worker_host", f.worker_host)
+    if f.worker_base_port and not 1024 <= f.worker_base_port <= 65535 - config.worker.count:
+        raise ConfigError("front.worker_base_port", "expected 0 or a port 1024..65535")
+    if not 1 <= f.probe_interval <= 300:
+        raise ConfigError("front.probe_interval", "expected 1..300 seconds")
+    if not 1 <= f.pike_window <= 60:
+        raise ConfigError("front.pike_window", "expected 1..60 seconds")
+    if not 2 <= f.pike_density <= 100000:
+        raise ConfigError("front.pike_density", "expected 2..100000 requests per window")
+    if not 1 <= f.children <= 64:
+        raise ConfigError("front.children", "expected 1..64")
+
+
+def uses_front(config: Config) -> bool:
+    """Whether ``serve`` puts Kamailio before the workers."""
+    mode = config.front.mode
+    return mode == "kamailio" or (mode == "auto" and config.worker.count > 1)
 
 
 def _validate_webrtc(w: WebRtcConfig) -> None:

@@ -52,6 +52,8 @@ async def healthz(request: web.Request) -> web.Response:
         "workersExpected": config.worker.count,
         "activeCalls": sum(w.active_calls for w in registry.workers.values() if w.connected),
     }
+    if registry.front is not None:
+        body["front"] = registry.front()
     return web.json_response(body, status=code)
 
 

@@ -42,6 +42,8 @@ class Hub:
         m = registry.metrics
         self.turns_stored = m.counter("hitl_sip_hub_turns_stored_total", "Turns stored", ["role"])
         self.handoffs = m.counter("hitl_sip_hub_handoffs_total", "Handoffs requested")
+        self.calls_lost = m.counter("hitl_sip_hub_calls_lost_total",
+                                    "Calls ended because their worker process died")
         self.queue_timeouts = m.counter(
             "hitl_sip_hub_queue_timeouts_total", "Queued calls sent back to the bot"
         )
@@ -152,6 +154,20 @@ class Hub:
             await self._publish("call_ended", message)
         else:
             self.registry.handle(worker_id, message)
+
+    async def worker_lost(self, worker_id: str) -> None:
+        """The worker's process died: its calls are over. Each ends as if the worker had said
+        so (``by: system``, outcome ``worker_lost``): agents get ``call_ended``, the threads
+        keep every turn that reached the hub and are ended (alive5 gets ``end_voice_chat``)."""
+        calls = self.registry.take_calls(worker_id)
+        for call_id, call in calls.items():
+            log.warning("[call %s] lost with its worker %s", call_id, worker_id)
+            self.registry.calls[call_id] = call
+            await self.on_worker_message(worker_id, {
+                "type": "call_ended", "callId": call_id, "outcome": "worker_lost",
+                "by": "system"})
+        if calls:
+            self.calls_lost.inc(len(calls))
 
     async def _on_turn(self, m: dict[str, Any]) -> None:
         turn = Turn(

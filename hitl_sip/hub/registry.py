@@ -43,7 +43,11 @@ class WorkerRegistry:
     def __init__(self) -> None:
         self.workers: dict[str, WorkerState] = {}
         self.calls: dict[str, dict[str, Any]] = {}
+        # calls of a worker whose link dropped: back on its hello, ended if its process died
+        self.orphans: dict[str, dict[str, dict[str, Any]]] = {}
         self.draining = False
+        # what /healthz says of the SIP front (Kamailio), when there is one
+        self.front: Callable[[], dict[str, Any]] | None = None
         self.metrics = Registry()
         self.workers_connected = self.metrics.gauge(
             "hitl_sip_hub_workers_connected", "Media workers connected to the hub"
@@ -73,9 +77,12 @@ class WorkerRegistry:
         state.connected = True
         state.last_seen = time.monotonic()
         self.workers[worker_id] = state
+        orphans = self.orphans.pop(worker_id, {})
         for call in hello.get("calls", []):
             if isinstance(call, dict) and "callId" in call:
-                self.calls[str(call["callId"])] = {**call, "workerId": worker_id, "state": "bot"}
+                call_id = str(call["callId"])
+                known = orphans.get(call_id, {"state": "bot"})
+                self.calls[call_id] = {**known, **call, "workerId": worker_id}
         self._refresh()
         return state
 
@@ -96,9 +103,17 @@ class WorkerRegistry:
             state.connected = False
             state.send_json = None
             state.metrics = []
+        orphans = self.orphans.setdefault(worker_id, {})
         for call_id in [c for c, v in self.calls.items() if v.get("workerId") == worker_id]:
-            del self.calls[call_id]
+            orphans[call_id] = self.calls.pop(call_id)
         self._refresh()
+
+    def take_calls(self, worker_id: str) -> dict[str, dict[str, Any]]:
+        """Every call the hub knows on ``worker_id`` (live or orphaned), removed."""
+        calls = self.orphans.pop(worker_id, {})
+        for call_id in [c for c, v in self.calls.items() if v.get("workerId") == worker_id]:
+            calls[call_id] = self.calls.pop(call_id)
+        return calls
 
     def handle(self, worker_id: str, message: dict[str, Any]) -> None:
         """Apply one message from a worker; raise ValueError for a malformed one."""

@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from hitl_sip.config import Config
@@ -35,8 +36,16 @@ class _Slot:
 
 class Supervisor:
     def __init__(
-        self, config: Config, registry: WorkerRegistry, hub_url: str, token: str
+        self, config: Config, registry: WorkerRegistry, hub_url: str, token: str,
+        *,
+        sip_ports: list[int] | None = None,
+        on_exit: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
+        """``sip_ports``: behind the SIP front, worker i listens on ``sip_ports[i]``.
+        ``on_exit(worker_id)`` runs when a worker's process dies unexpectedly, before its
+        restart (the hub ends its calls)."""
+        self.sip_ports = sip_ports
+        self.on_exit = on_exit
         self.config = config
         self.registry = registry
         self.hub_url = hub_url
@@ -55,9 +64,11 @@ class Supervisor:
         env = dict(os.environ)
         env["HITL_SIP_WORKER_CONFIG"] = json.dumps(self.config.to_dict())
         env["HITL_SIP_WORKER_TOKEN"] = self.token
+        port = ["--sip-port", str(self.sip_ports[slot.index])] if self.sip_ports else []
         return await asyncio.create_subprocess_exec(
             sys.executable, "-m", "hitl_sip.worker",
             "--worker-id", slot.worker_id, "--index", str(slot.index), "--hub-url", self.hub_url,
+            *port,
             env=env,
             start_new_session=True,  # a terminal's Ctrl-C reaches the hub only; it drains them
         )
@@ -75,6 +86,11 @@ class Supervisor:
             ever_ready = worker is not None and worker.pid == proc.pid and bool(worker.sip)
             slot.failures = 0 if ever_ready else slot.failures + 1
             log.error("worker %s exited unexpectedly with code %s", slot.worker_id, code)
+            if self.on_exit is not None:
+                try:
+                    await self.on_exit(slot.worker_id)
+                except Exception:  # the restart must happen whatever went wrong here
+                    log.exception("ending the calls of worker %s failed", slot.worker_id)
             if code == 2 or slot.failures >= MAX_START_FAILURES:
                 self.failure = (
                     f"worker {slot.worker_id} cannot start (exit code {code}, "

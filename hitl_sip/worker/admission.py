@@ -35,6 +35,8 @@ _VIA = re.compile(
     r"^(?:Via|v)[ \t]*:[ \t]*SIP[ \t]*/[ \t]*2\.0[ \t]*/[ \t]*([^ \t\r\n]+)",
     re.IGNORECASE | re.MULTILINE,
 )
+SOURCE_HEADER = "X-Hitl-Source"  # the trunk's address, set by the SIP front
+_FORWARDED = re.compile(r"^X-Hitl-Source[ \t]*:[ \t]*([^\r\n]*)$", re.IGNORECASE | re.MULTILINE)
 _CONTENT_LENGTH = re.compile(r"^(?:Content-Length|l)[ \t]*:[ \t]*(\S*)[ \t]*\r?$",
                              re.IGNORECASE | re.MULTILINE)
 
@@ -77,7 +79,11 @@ class Admission:
         max_calls: int,
         retry_after: int,
         auth_secret: bytes,
+        front: frozenset[str] | None = None,
     ) -> None:
+        """``front``: the worker sits behind the SIP front, which alone may send to it; the
+        trunk's own address comes in ``X-Hitl-Source`` and is checked like a direct one."""
+        self.front = front
         self.profile = profile
         self.max_calls = max_calls
         self.retry_after = retry_after
@@ -102,6 +108,20 @@ class Admission:
         except ValueError:
             log.warning("INVITE from an unparsable source address refused")
             return FORBIDDEN
+        if self.front is not None:
+            if ip not in self.front:
+                log.warning("INVITE from %s refused: only the SIP front may send to this worker",
+                            ip)
+                return FORBIDDEN
+            forwarded = _FORWARDED.findall(raw)
+            try:
+                if len(forwarded) != 1:
+                    raise ValueError(f"{len(forwarded)} {SOURCE_HEADER} headers")
+                source = forwarded[0].strip()
+                ip, _port = parse_source(source)
+            except ValueError as e:
+                log.warning("INVITE via the front refused: bad %s: %s", SOURCE_HEADER, e)
+                return FORBIDDEN
         if not self.allow_list.allows(ip):
             log.warning("INVITE from %s refused: source not in the %s allow-list", ip,
                         self.profile.name)
@@ -148,5 +168,7 @@ class Admission:
         except ValueError as e:
             log.warning("call metadata incomplete: %s", e)
         metadata["trunk"] = self.profile.name
+        if self.front is not None:
+            metadata["source"] = source
         metadata["caller_name"] = metadata.pop("caller_display_name", None)
         return Decision(metadata=metadata)

@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker-id", required=True)
     parser.add_argument("--index", type=int, default=0)
     parser.add_argument("--hub-url", default=None)
+    parser.add_argument("--sip-port", type=int, default=None,
+                        help="behind the SIP front: listen on front.worker_host:PORT")
     args = parser.parse_args(argv)
     raw = os.environ.get("HITL_SIP_WORKER_CONFIG", "{}")
     try:
@@ -82,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             index=args.index,
             hub_url=args.hub_url,
             hub_token=os.environ.get("HITL_SIP_WORKER_TOKEN", ""),
+            sip_port=args.sip_port,
         )
     except (ConfigError, FlowError) as e:
         log.error("configuration error: %s", e)

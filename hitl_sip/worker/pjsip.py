@@ -272,6 +272,9 @@ class StackSettings:
     host: str = "127.0.0.1"
     port: int = 0
     transports: tuple[str, ...] = ("udp",)
+    # behind the SIP front: the SIP transports bind here, with no public address (the front
+    # advertises it); media stays on ``host`` / ``public_address``
+    sip_bind: str = ""
     public_address: str = ""
     user_agent: str = "hitl-sip"
     clock_rate: int = 16000
@@ -549,8 +552,8 @@ class PjStack:
         for name in s.transports:
             tc = pj.TransportConfig()
             tc.port = s.port
-            tc.boundAddress = s.host
-            if s.public_address:
+            tc.boundAddress = s.sip_bind or s.host
+            if s.public_address and not s.sip_bind:
                 tc.publicAddress = s.public_address
             tid = ep.transportCreate(kinds[name], tc)
             ti = ep.transportGetInfo(tid)
@@ -572,7 +575,7 @@ class PjStack:
         s = self.settings
         acc = _Account(self, name)
         ac = pj.AccountConfig()
-        host = s.public_address or s.host
+        host = s.sip_bind or s.public_address or s.host
         ac.idUri = f"sip:hitl-sip@{host}"
         mt = ac.mediaConfig.transportConfig
         mt.port = s.rtp_port_start

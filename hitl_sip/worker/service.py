@@ -70,7 +70,10 @@ class CallRuntime:
         self.events.append({"type": kind, "at": now_iso(), **data})
 
 
-def stack_settings(config: Config, profile: TrunkProfile, index: int) -> StackSettings:
+def stack_settings(config: Config, profile: TrunkProfile, index: int,
+                   sip_port: int | None = None) -> StackSettings:
+    """``sip_port`` set: the worker sits behind the SIP front and listens on
+    ``front.worker_host:sip_port`` for it (see hitl_sip/front/kamailio.py)."""
     port = config.sip.port + index if config.sip.port else 0
     register = None
     if profile.register.enabled:
@@ -84,7 +87,8 @@ def stack_settings(config: Config, profile: TrunkProfile, index: int) -> StackSe
         }
     return StackSettings(
         host=config.sip.host,
-        port=port,
+        port=port if sip_port is None else sip_port,
+        sip_bind="" if sip_port is None else config.front.worker_host,
         transports=config.sip.transports,
         public_address=profile.public_address or "",
         user_agent=config.sip.user_agent,
@@ -106,10 +110,13 @@ class WorkerService:
         index: int = 0,
         hub_url: str | None = None,
         hub_token: str = "",
+        *,
+        sip_port: int | None = None,
     ) -> None:
         self.config = config
         self.worker_id = worker_id
         self.index = index
+        self.sip_port = sip_port
         self.profile = load_profile(config.sip.profile, config.resolve_path(config.profiles_dir))
         self.metrics = WorkerMetrics()
         self.calls: dict[str, CallRuntime] = {}
@@ -157,9 +164,10 @@ class WorkerService:
             self.config.worker.max_calls,
             self.config.worker.retry_after,
             auth_secret=secrets.token_bytes(32),
+            front=frozenset(self.config.front.trusted) if self.sip_port is not None else None,
         )
         self.stack = PjStack(
-            stack_settings(self.config, self.profile, self.index),
+            stack_settings(self.config, self.profile, self.index, self.sip_port),
             loop,
             self._on_event,
             admission,
@@ -297,13 +305,15 @@ class WorkerService:
                           "active": event.active, "status": event.status})
 
     def _on_offered(self, ev: CallOffered) -> None:
-        call = CallRuntime(ev.call_id, ev.source, ev.transport, dict(ev.metadata), now_iso())
+        metadata = dict(ev.metadata)
+        source = str(metadata.pop("source", None) or ev.source)  # the trunk's, behind a front
+        call = CallRuntime(ev.call_id, source, ev.transport, metadata, now_iso())
         headers = call.metadata.get("headers") or {}
         call.thread_id = str(headers.get("thread_id") or uuid.uuid4())
         self.calls[ev.call_id] = call
         self._idle.clear()
         clog = call_logger(log, ev.call_id)
-        clog.info("incoming call over %s from %s", ev.transport, ev.source.rsplit(":", 1)[0],
+        clog.info("incoming call over %s from %s", ev.transport, source.rsplit(":", 1)[0],
                   extra={"redact": {"caller": ev.metadata.get("caller_number")}})
         call.event("offered")
         self._notify({"type": "call_started", **self._call_summary(call)})
