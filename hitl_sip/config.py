@@ -379,6 +379,7 @@ def load_config(
         api=ApiConfig(**values.get("api", {})),
         webrtc=WebRtcConfig(**values.get("webrtc", {})),
         alive5=Alive5Config(**values.get("alive5", {})),
+        front=FrontConfig(**values.get("front", {})),
         **top,
     )
     validate(config)

@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MODE=${1:-run}
-APT_PACKAGES=(sip-tester baresip-core espeak-ng sox pocketsphinx-testdata)
+APT_PACKAGES=(sip-tester baresip-core espeak-ng sox pocketsphinx-testdata kamailio)
 if [[ $MODE == test ]]; then
   APT_PACKAGES+=(chromium fonts-dejavu-core)
 fi

@@ -217,10 +217,12 @@ request_route {{
         xlog("L_ALERT", "front: flood from $si: $rm dropped\\n");
         exit;
     }}
-    if (is_method("OPTIONS") && uri == myself && $rU == $null) {{
+{allow_check}
+    if (is_method("OPTIONS")) {{
+        # a trunk's keepalive: the front answers for the workers
         sl_send_reply("200", "OK");
         exit;
-    }}{allow_check}
+    }}
     if (!is_method("INVITE")) {{
         sl_send_reply("405", "Method Not Allowed");
         exit;

@@ -36,7 +36,8 @@ _VIA = re.compile(
     re.IGNORECASE | re.MULTILINE,
 )
 SOURCE_HEADER = "X-Hitl-Source"  # the trunk's address, set by the SIP front
-_FORWARDED = re.compile(r"^X-Hitl-Source[ \t]*:[ \t]*([^\r\n]*)$", re.IGNORECASE | re.MULTILINE)
+_FORWARDED = re.compile(r"^X-Hitl-Source[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r?$",
+                        re.IGNORECASE | re.MULTILINE)
 _CONTENT_LENGTH = re.compile(r"^(?:Content-Length|l)[ \t]*:[ \t]*(\S*)[ \t]*\r?$",
                              re.IGNORECASE | re.MULTILINE)
 

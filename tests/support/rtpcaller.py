@@ -216,6 +216,7 @@ class RtpCaller:
         self._ack: Request | None = None
         self._remote_tag: str | None = None
         self._target: str | None = None  # Request-URI of in-dialog requests
+        self._routes: list[tuple[str, str]] = []  # Route headers of in-dialog requests
         self._cseq = 1
 
         self._stop = threading.Event()  # every thread
@@ -279,9 +280,14 @@ class RtpCaller:
         self.answer, self.answered_at = final, at
         self._remote_tag = final.to_tag
         self._target = contact_uri(final) or invite.uri
+        # RFC 3261 §12.1.2: the route set is the 2xx's Record-Route, reversed (a SIP front
+        # such as Kamailio record-routes; in-dialog requests must pass it again)
+        record_route = [v.strip() for n, v in final.headers if n.lower() == "record-route"
+                        for v in v.split(",")]
+        self._routes = [("Route", r) for r in reversed(record_route)]
         ack = self._wire.request(
             "ACK", uri=self._target, call_id=invite.call_id, cseq=invite.cseq,
-            from_tag=invite.from_tag, to_tag=self._remote_tag,
+            from_tag=invite.from_tag, to_tag=self._remote_tag, headers=self._routes,
         )
         with self._cond:
             self._ack = ack
@@ -309,7 +315,7 @@ class RtpCaller:
         self._cseq += 1
         bye = self._wire.request(
             "BYE", uri=self._target, call_id=self._invite.call_id, cseq=self._cseq,
-            from_tag=self._invite.from_tag, to_tag=self._remote_tag,
+            from_tag=self._invite.from_tag, to_tag=self._remote_tag, headers=self._routes,
         )
         answered = self._transact(bye, timeout)
         if self.ended_by_server:  # the server's BYE crossed ours

@@ -1,0 +1,115 @@
+"""The Kamailio front's generated configuration, and a worker behind it: it takes INVITEs
+only from the front and judges the trunk's own address (X-Hitl-Source) like a direct one."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from hitl_sip.config import Config, load_config
+from hitl_sip.errors import ConfigError
+from hitl_sip.front.kamailio import (
+    KamailioFront,
+    render_addresses,
+    render_config,
+    render_dispatcher,
+    write_files,
+)
+from hitl_sip.sip.acl import AllowList
+from hitl_sip.sip.profile import parse_profile
+from hitl_sip.worker.admission import Admission
+from tests.unit.test_admission import TWILIO_INVITE, TWILIO_LIKE, TWILIO_SOURCE
+
+FRONT = "10.9.0.2"
+
+
+def config(**overrides: str) -> Config:
+    return load_config(None, env={}, overrides={"worker.count": "3", "sip.port": "5070",
+                                                "sip.host": "127.0.0.1", **overrides})
+
+
+def behind_front() -> Admission:
+    return Admission(parse_profile(TWILIO_LIKE, env={}), 3, 30, b"k" * 32,
+                     front=frozenset({FRONT}))
+
+
+def via_front(invite: str, *sources: str) -> str:
+    head, sep, body = invite.partition("\r\n\r\n")
+    extra = "".join(f"\r\nX-Hitl-Source: {s}" for s in sources)
+    return head + extra + sep + body
+
+
+def test_dispatcher_caps_each_worker_at_its_call_limit() -> None:
+    text = render_dispatcher(config(**{"worker.max_calls": "2"}), [6001, 6002, 6003])
+    rows = [r.split() for r in text.splitlines() if not r.startswith("#")]
+    assert [r[1] for r in rows] == [f"sip:127.0.0.1:{p};transport=udp" for p in (6001, 6002, 6003)]
+    assert [r[4] for r in rows] == [f"duid=w{i};maxload=2" for i in (1, 2, 3)]
+
+
+def test_the_allow_list_becomes_permissions_address_rows() -> None:
+    allow = AllowList.from_cidrs(["54.172.60.0/30", "2001:db8::/32"])
+    rows = [r for r in render_addresses(allow).splitlines() if not r.startswith("#")]
+    assert rows == ["1 54.172.60.0 30 0", "1 2001:db8:: 32 0"]
+
+
+def test_script_has_flood_limits_allow_list_and_a_503_with_retry_after() -> None:
+    c = config(**{"front.pike_density": "12", "front.pike_window": "3"})
+    text = render_config(c, AllowList.from_cidrs(["10.0.0.0/8"]), None, Path("/d"), Path("/a"))
+    assert 'modparam("pike", "reqs_density_per_unit", 12)' in text
+    assert 'modparam("pike", "sampling_time_unit", 3)' in text
+    assert 'allow_source_address("1")' in text
+    assert 'ds_select_dst("1", "10")' in text
+    assert f"Retry-After: {c.worker.retry_after}" in text
+    assert "listen=udp:127.0.0.1:5070" in text
+    anyone = render_config(c, AllowList(allow_any=True), "203.0.113.7", Path("/d"), Path("/a"))
+    assert "allow_source_address" not in anyone
+    assert "advertise 203.0.113.7:5070" in anyone
+
+
+def test_kamailio_itself_accepts_the_generated_configuration(tmp_path: Path) -> None:
+    c = config()
+    files = write_files(c, tmp_path, AllowList.from_cidrs(["127.0.0.0/8"]), None,
+                        [6001, 6002, 6003])
+    assert asyncio.run(KamailioFront(c, files, tmp_path / "run").check()) is None
+    files.cfg.write_text(files.cfg.read_text().replace("request_route {", "request_route {{"))
+    assert asyncio.run(KamailioFront(c, files, tmp_path / "run").check())
+
+
+def test_front_mode_needs_a_fixed_port_and_a_known_mode() -> None:
+    with pytest.raises(ConfigError) as e:
+        config(**{"sip.port": "0"})
+    assert e.value.key == "sip.port"
+    with pytest.raises(ConfigError) as e:
+        config(**{"front.mode": "haproxy"})
+    assert e.value.key == "front.mode"
+    assert config(**{"front.mode": "none", "sip.port": "0"}).worker.count == 3
+
+
+def test_behind_the_front_only_the_front_may_send() -> None:
+    d = behind_front().decide(TWILIO_SOURCE, via_front(TWILIO_INVITE, TWILIO_SOURCE), 0, False)
+    assert d.status == 403  # straight from the trunk, not through the front
+
+
+def test_the_trunk_address_from_the_front_is_checked_and_recorded() -> None:
+    ok = behind_front().decide(f"{FRONT}:5060", via_front(TWILIO_INVITE, TWILIO_SOURCE), 0, False)
+    assert ok.status == 0
+    assert ok.metadata["source"] == TWILIO_SOURCE
+    stranger = behind_front().decide(f"{FRONT}:5060", via_front(TWILIO_INVITE, "6.6.6.6:5060"),
+                                     0, False)
+    assert stranger.status == 403
+
+
+@pytest.mark.parametrize("sources", [(), ("54.172.60.1:5060", "6.6.6.6:5060"), ("garbage",)])
+def test_a_missing_doubled_or_garbled_source_header_is_refused(sources: tuple[str, ...]) -> None:
+    d = behind_front().decide(f"{FRONT}:5060", via_front(TWILIO_INVITE, *sources), 0, False)
+    assert d.status == 403
+
+
+def test_without_a_front_the_header_is_ignored() -> None:
+    plain = Admission(parse_profile(TWILIO_LIKE, env={}), 3, 30, b"k" * 32)
+    forged = via_front(TWILIO_INVITE, "6.6.6.6:5060")
+    d = plain.decide(TWILIO_SOURCE, forged, 0, False)
+    assert d.status == 0
+    assert "source" not in d.metadata
