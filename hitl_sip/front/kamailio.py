@@ -27,6 +27,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import logging
+import os
 import platform
 import signal
 import socket
@@ -370,6 +371,9 @@ class KamailioFront:
             code = await self.process.wait()
             if self._stopping:
                 return
+            # Kamailio's children outlive a killed main process and keep the SIP sockets:
+            # end the whole group (its own session) before starting again
+            self._kill_group(self.process.pid, signal.SIGKILL)
             log.error("the SIP front (kamailio) exited with code %s: restarting in %.0fs",
                       code, backoff)
             await asyncio.sleep(backoff)
@@ -377,17 +381,24 @@ class KamailioFront:
             self.restarts += 1
             self.process = await self._spawn()
 
+    @staticmethod
+    def _kill_group(pid: int, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
+
     async def stop(self) -> None:
         self._stopping = True
         proc = self.process
-        if proc is not None and proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 5)
-            except TimeoutError:
+        if proc is not None:
+            if proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
+                    proc.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(proc.wait(), 5)
+                except TimeoutError:
+                    log.error("the SIP front did not stop in 5 s: killing it")
+            self._kill_group(proc.pid, signal.SIGKILL)
+            if proc.returncode is None:
                 await proc.wait()
         if self._task is not None:
             self._task.cancel()

@@ -95,8 +95,6 @@ def test_calls_fill_every_worker_then_503_and_a_killed_worker_costs_only_its_cal
         _, health = srv.health()
         victim = health["workers"][1]
         call_ids = {c.call_id for c in callers}
-        records = srv.call_records()
-        assert not records or all(r.get("callId") for r in records)
         os.kill(int(victim["pid"]), signal.SIGKILL)
         killed_at = time.monotonic()
         srv.wait_for(lambda: srv.metric("hitl_sip_hub_calls_lost_total") == LIMIT, 10,
@@ -106,7 +104,7 @@ def test_calls_fill_every_worker_then_503_and_a_killed_worker_costs_only_its_cal
         assert len(survivors) == (WORKERS - 1) * LIMIT, [
             (c.call_id, packets_since(c, killed_at)) for c in callers]
         assert len(call_ids) == WORKERS * LIMIT
-        assert "lost with its worker w2" in srv.log()
+        assert f"lost with its worker {victim['workerId']}" in srv.log()
         # the survivors hang up through the front (Record-Route) as usual
         for caller in survivors:
             caller.hangup()
