@@ -41,6 +41,7 @@ bench: setup
 	$(PY) bench/bridge_latency.py
 	$(PY) bench/bridge_capacity.py
 	$(PY) bench/transcript_lag.py
+	$(PY) bench/system_capacity.py
 
 corpus: setup
 	$(PY) rtp/generate.py

@@ -101,8 +101,8 @@ def measure(srv: Server, port: int, workers: int, seconds: float) -> dict[str, A
             callers.append(caller)
             caller.call(timeout=10)
             caller.start_media(speech_source(offset=37 * i))
-        answered = {w["workerId"]: w["activeCalls"] for w in srv.health()[1]["workers"]}
         time.sleep(4.0)  # settle: greetings done, recognisers loaded
+        answered = {w["workerId"]: w["activeCalls"] for w in srv.health()[1]["workers"]}
         procs = tree(psutil.Process(srv.process.pid))
         underruns0 = srv.metric("hitl_sip_pcm_underruns_total", direction="to_caller")
         c2, _ = cpu_and_rss(procs)
