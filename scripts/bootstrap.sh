@@ -25,6 +25,12 @@ if ((${#missing[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # hitl-sip runs Kamailio itself (the SIP front); a system service would hold port 5060
+    if [[ " ${missing[*]} " == *" kamailio "* ]] && command -v systemctl >/dev/null \
+        && systemctl is-active --quiet kamailio 2>/dev/null; then
+      echo "bootstrap: stopping and disabling the kamailio system service (hitl-sip starts its own)"
+      systemctl disable --now kamailio >/dev/null 2>&1 || true
+    fi
   else
     echo "bootstrap: missing Debian packages (run as root or install them): ${missing[*]}" >&2
     exit 1
