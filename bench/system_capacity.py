@@ -15,15 +15,24 @@ Measured in a steady window of ``--seconds``, after an idle baseline:
   the window; and the server's own count of 20 ms ticks with nothing to send while a
   prompt was playing (``hitl_sip_pcm_underruns_total{direction="to_caller"}``).
 
-The callers share the machine's two cores with the server. The "holds" verdict is
-late/lost ≤ 0.5 % on both counts.
+With ``--bridged`` every call is instead bridged to a human agent: the flow goes straight to
+the agent node (``bench/flows/bridge.yaml``), 3 × N test agents (python-socketio + aiortc,
+in this process, PCMU, looped speech as their microphone) accept one call each, and both
+legs are transcribed (shadow STT: two recogniser streams per call). Late/lost then also
+counts, from the calls' bridge records, caller → agent pulls that found no frame or a
+trimmed one.
 
-Usage: ``python bench/system_capacity.py [--workers 1 2 3 4] [--seconds 20] [--json]``.
+The callers (and agents) share the machine's two cores with the server. The "holds"
+verdict is late/lost ≤ 0.5 % on every count.
+
+Usage: ``python bench/system_capacity.py [--workers 1 2 3 4] [--seconds 20] [--bridged]
+[--json]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import itertools
 import json
 import sys
@@ -37,13 +46,17 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from hitl_sip.media.ice import install_host_filter  # noqa: E402
 from hitl_sip.media.wav import read_wav, resample  # noqa: E402
+from hitl_sip.testagent import TestAgent, wav_source  # noqa: E402
+from tests.integration.test_agents import PASSWORD, add_agent  # noqa: E402
 from tests.support.net import free_port  # noqa: E402
 from tests.support.rtpcaller import RtpCaller  # noqa: E402
 from tests.support.server import Server, running_server  # noqa: E402
 
 PER_WORKER = 3
 CALLER_WAV = ROOT / "rtp/caller/agent_bill_8k.wav"
+AGENT_WAV = ROOT / "rtp/caller/hello_hear_me_16k.wav"
 LIMIT_PCT = 0.5
 
 
@@ -136,19 +149,116 @@ def measure(srv: Server, port: int, workers: int, seconds: float) -> dict[str, A
     }
 
 
-def run(workers: int, seconds: float) -> dict[str, Any]:
+async def bridge_calls(srv: Server, port: int, calls: int) -> tuple[
+        list[RtpCaller], list[TestAgent]]:
+    """``calls`` callers, each accepted by its own agent (ring-all offers every call to every
+    free agent: the next agent in line takes it)."""
+    agents = [TestAgent(srv.http_url, f"agent{i}", PASSWORD, source=wav_source(AGENT_WAV),
+                        codecs=("pcmu",)) for i in range(calls)]
+    for agent in agents:
+        await agent.connect()
+    callers: list[RtpCaller] = []
+    taken: set[str] = set()
+    for i, agent in enumerate(agents):
+        caller = RtpCaller(port)
+        callers.append(caller)
+        await asyncio.to_thread(caller.call, 10)
+        caller.start_media(speech_source(offset=37 * i))
+        seen = len(agent.events.get("incoming_call", []))
+        offer = await agent.wait("incoming_call", max(seen, 1))
+        while str(offer["callId"]) in taken:
+            offer = await agent.wait("incoming_call", len(agent.events["incoming_call"]) + 1)
+        taken.add(str(offer["callId"]))
+        await agent.accept(str(offer["callId"]))
+        await agent.wait("call_connected", limit=15)
+        print(f"  call {i + 1} bridged", file=sys.stderr)
+    return callers, agents
+
+
+def bridge_late_or_lost(srv: Server) -> tuple[int, int]:
+    """Caller → agent pulls that found no frame or a trimmed one, over all pulls (whole
+    calls, from the call records' bridge statistics)."""
+    bad = total = 0
+    for record in srv.call_records():
+        for b in record.get("bridge") or []:
+            bad += int(b["to_agent_silence"]) + int(b["to_agent_trimmed"])
+            total += int(b["to_agent_frames"]) + int(b["to_agent_silence"])
+    return bad, total
+
+
+def measure_bridged(srv: Server, port: int, workers: int, seconds: float) -> dict[str, Any]:
+    calls = workers * PER_WORKER
+
+    async def session() -> dict[str, Any]:
+        procs = tree(psutil.Process(srv.process.pid))
+        c0, rss0 = cpu_and_rss(procs)
+        t0 = time.monotonic()
+        await asyncio.sleep(4.0)
+        c1, _ = cpu_and_rss(procs)
+        idle = (c1 - c0) / (time.monotonic() - t0) * 100
+        callers, agents = await bridge_calls(srv, port, calls)
+        try:
+            await asyncio.sleep(4.0)
+            procs = tree(psutil.Process(srv.process.pid))
+            u0 = srv.metric("hitl_sip_pcm_underruns_total", direction="to_caller")
+            c2, _ = cpu_and_rss(procs)
+            t2 = time.monotonic()
+            await asyncio.sleep(seconds)
+            c3, rss3 = cpu_and_rss(procs)
+            t3 = time.monotonic()
+            await asyncio.sleep(1.5)
+            underruns = srv.metric("hitl_sip_pcm_underruns_total", direction="to_caller") - u0
+            views = [late_or_lost(c, t2, t3) for c in callers]
+        finally:
+            for caller in callers:
+                await asyncio.to_thread(caller.close)
+            for agent in agents:
+                await agent.close()
+        return {"idle": idle, "busy": (c3 - c2) / (t3 - t2) * 100, "rss0": rss0, "rss3": rss3,
+                "underruns": underruns, "views": views}
+
+    m = asyncio.run(session())
+    srv.wait_for(lambda: len(srv.call_records()) >= calls, 30, what="the call records")
+    bad, due = sum(v[0] for v in m["views"]), sum(v[1] for v in m["views"])
+    to_agent_bad, to_agent_total = bridge_late_or_lost(srv)
+    pct = {
+        "caller_late_or_lost_pct": round(100 * bad / max(1, due), 3),
+        "server_underrun_pct": round(100 * m["underruns"] / max(1, due), 3),
+        "to_agent_late_or_lost_pct": round(100 * to_agent_bad / max(1, to_agent_total), 3),
+    }
+    return {
+        "workers": workers, "calls": calls, "bridged": True,
+        "cpu_idle_pct": round(m["idle"], 1),
+        "cpu_busy_pct": round(m["busy"], 1),
+        "cpu_per_call_pct": round((m["busy"] - m["idle"]) / calls, 1),
+        "rss_total_mib": round(m["rss3"] / 2**20),
+        "rss_per_call_mib": round((m["rss3"] - m["rss0"]) / calls / 2**20, 1),
+        **pct,
+        "worst_caller_pct": round(max(100 * v[0] / max(1, v[1]) for v in m["views"]), 3),
+        "holds": all(v <= LIMIT_PCT for v in pct.values()),
+    }
+
+
+def run(workers: int, seconds: float, bridged: bool = False) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="hitl-bench-") as tmp:
         port = free_port()
+        flow = "bridge.yaml" if bridged else "latency.yaml"
         extra: dict[str, dict[str, Any]] = {
-            "bot": {"flow": str(ROOT / "bench/flows/latency.yaml")},
+            "bot": {"flow": str(ROOT / "bench/flows" / flow)},
             "front": {"mode": "kamailio", "probe_interval": 1},
+            "routing": {"queue_timeout": 120},
+            "webrtc": {"codecs": ["pcmu"], "host_addresses": ["127.0.0.1"]},
         }
         with running_server(Path(tmp), workers=workers, sip={"port": port},
-                            worker={"max_calls": PER_WORKER, "record_calls": False},
+                            worker={"max_calls": PER_WORKER, "record_calls": bridged},
                             extra=extra, ready_timeout=40) as srv:
             srv.wait_for(lambda: srv.health()[1].get("front", {}).get("running"), 10,
                          what="the SIP front")
             time.sleep(2.0)  # the front's first OPTIONS probes
+            if bridged:
+                for i in range(workers * PER_WORKER):
+                    add_agent(srv.data_dir, f"agent{i}")
+                return measure_bridged(srv, port, workers, seconds)
             return measure(srv, port, workers, seconds)
 
 
@@ -156,18 +266,22 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2, 3, 4])
     p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--bridged", action="store_true",
+                   help="every call bridged to an agent, shadow STT on both legs")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    install_host_filter(["127.0.0.1"])
+    kind = "bridged" if args.bridged else "bot-phase"
     results = []
     for n in args.workers:
-        print(f"{n} worker(s), {n * PER_WORKER} bot-phase calls, {args.seconds:.0f} s window",
+        print(f"{n} worker(s), {n * PER_WORKER} {kind} calls, {args.seconds:.0f} s window",
               file=sys.stderr)
-        results.append(run(n, args.seconds))
+        results.append(run(n, args.seconds, args.bridged))
         print(f"  {results[-1]}", file=sys.stderr)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
-    print(f"system capacity, bot-phase calls (embedded STT/TTS, every worker full, "
+    print(f"system capacity, {kind} calls (embedded STT/TTS, every worker full, "
           f"{args.seconds:.0f} s window, {psutil.cpu_count()} cores)")
     print("workers calls  CPU all procs  per call  RSS total  per call  late/lost "
           "(callers / server)  holds")
@@ -176,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['cpu_per_call_pct']:6.1f} %  {r['rss_total_mib']:6} MiB  "
               f"{r['rss_per_call_mib']:5.1f} MiB  {r['caller_late_or_lost_pct']:7.3f} % / "
               f"{r['server_underrun_pct']:.3f} %       {'yes' if r['holds'] else 'NO'}")
+        if r.get("bridged"):
+            print(f"        caller -> agent pulls late/lost {r['to_agent_late_or_lost_pct']} %")
     held = [r["calls"] for r in results if r["holds"]]
     print(f"most concurrent calls held with late/lost <= {LIMIT_PCT} %: "
           f"{max(held) if held else 0}")

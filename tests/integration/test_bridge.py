@@ -188,8 +188,13 @@ def test_both_directions_carry_the_right_audio_and_no_bot_audio_after_connect(
                  if tone_share(ear.pcm(i, i + 5), 1000) > 0.9)
     after = windows(ear, onset + 5, hangup - 5)
     assert len(after) >= 10
+    shares = [tone_share(w, 1000) for w in after]
+    # A leak of hold music or a prompt takes a window far below 0.9; one Opus frame
+    # concealed on a loaded machine was seen at 0.967 (CI), so single windows get 0.95 and
+    # the typical window must stay near-pure.
+    assert min(shares) > 0.95, ("something other than the agent reached the caller", shares)
+    assert sorted(shares)[len(shares) // 2] > 0.98, shares
     for w in after:
-        assert tone_share(w, 1000) > 0.97, "something other than the agent reached the caller"
         assert rms_dbfs(w) > -16
     assert_continuous(ear)
 
