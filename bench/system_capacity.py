@@ -266,11 +266,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2, 3, 4])
     p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--calls-per-worker", type=int, default=3, choices=[1, 2, 3])
     p.add_argument("--bridged", action="store_true",
                    help="every call bridged to an agent, shadow STT on both legs")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     install_host_filter(["127.0.0.1"])
+    global PER_WORKER  # noqa: PLW0603 - a module constant the flag overrides for the run
+    PER_WORKER = args.calls_per_worker
     kind = "bridged" if args.bridged else "bot-phase"
     results = []
     for n in args.workers:
