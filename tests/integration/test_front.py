@@ -10,10 +10,12 @@ RTP packet, so each call's audio is checked) and SIPp (the 503 and the flood).
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -21,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from tests.integration.test_agents import add_agent, login
+from tests.support.alive5 import API_KEY, Alive5StandIn
 from tests.support.net import free_port
 from tests.support.rtpcaller import RtpCaller
 from tests.support.server import Server, running_server
@@ -34,9 +38,13 @@ PORTS: dict[int, int] = {}  # id(server) -> the front's SIP port
 
 
 @contextmanager
-def fronted_server(tmp_path: Path, **front: Any) -> Iterator[Server]:
+def fronted_server(tmp_path: Path, alive5: Alive5StandIn | None = None,
+                   **front: Any) -> Iterator[Server]:
     port = free_port()
-    extra = {"front": {"mode": "kamailio", "probe_interval": 1, **front}}
+    extra: dict[str, dict[str, Any]] = {
+        "front": {"mode": "kamailio", "probe_interval": 1, **front}}
+    if alive5 is not None:
+        extra["alive5"] = {"url": alive5.url, "api_key": API_KEY, "ack_timeout": 3}
     with running_server(tmp_path, workers=WORKERS, sip={"port": port},
                         worker={"max_calls": LIMIT}, extra=extra) as srv:
         srv.wait_for(lambda: srv.health()[1].get("front", {}).get("running"), 10,
@@ -79,7 +87,7 @@ def place(srv: Server, stack: ExitStack, n: int) -> list[RtpCaller]:
 def test_calls_fill_every_worker_then_503_and_a_killed_worker_costs_only_its_calls(
     tmp_path: Path,
 ) -> None:
-    with fronted_server(tmp_path) as srv, ExitStack() as stack:
+    with Alive5StandIn() as a5, fronted_server(tmp_path, a5) as srv, ExitStack() as stack:
         callers = place(srv, stack, WORKERS * LIMIT)
         srv.wait_for(lambda: sorted(active_per_worker(srv).values()) == [LIMIT] * WORKERS, 10,
                      what="every worker holding its limit of calls")
@@ -95,6 +103,14 @@ def test_calls_fill_every_worker_then_503_and_a_killed_worker_costs_only_its_cal
         _, health = srv.health()
         victim = health["workers"][1]
         call_ids = {c.call_id for c in callers}
+        add_agent(srv.data_dir, "ops")
+        token = login(srv, "ops")[1]["token"]
+        req = urllib.request.Request(srv.http_url + "/api/calls",
+                                     headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            calls = json.loads(r.read())["calls"]
+        lost_threads = {c["threadId"] for c in calls if c["workerId"] == victim["workerId"]}
+        assert len(lost_threads) == LIMIT
         os.kill(int(victim["pid"]), signal.SIGKILL)
         killed_at = time.monotonic()
         srv.wait_for(lambda: srv.metric("hitl_sip_hub_calls_lost_total") == LIMIT, 10,
@@ -105,6 +121,17 @@ def test_calls_fill_every_worker_then_503_and_a_killed_worker_costs_only_its_cal
             (c.call_id, packets_since(c, killed_at)) for c in callers]
         assert len(call_ids) == WORKERS * LIMIT
         assert f"lost with its worker {victim['workerId']}" in srv.log()
+        # each lost call's thread keeps what reached the hub (the bot's greeting) and is
+        # ended toward alive5 by the system (the voice agent's side)
+        a5.wait_for(lambda: all(a5.threads.get(t) and a5.threads[t].ended
+                                for t in lost_threads), 20, what="the lost threads ended")
+        for t in lost_threads:
+            thread = a5.threads[t]
+            assert [m["sender"] for m in thread.messages][:1] == ["voice_agent"], thread
+            assert thread.ended[0]["end_by"] == "voice_agent"
+        with urllib.request.urlopen(req, timeout=5) as r:
+            left = {c["threadId"] for c in json.loads(r.read())["calls"]}
+        assert not left & lost_threads
         # the survivors hang up through the front (Record-Route) as usual
         for caller in survivors:
             caller.hangup()
