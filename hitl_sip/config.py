@@ -190,6 +190,14 @@ class FrontConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Several hubs sharing state through Redis (hitl_sip/hub/cluster.py)."""
+
+    redis_url: str = ""  # "" = a single hub; e.g. redis://10.0.0.5:6379/0
+    hub_id: str = ""  # "" = <hostname>-<pid>
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
     sip_trace: bool = False
@@ -208,6 +216,7 @@ class Config:
     webrtc: WebRtcConfig = field(default_factory=WebRtcConfig)
     alive5: Alive5Config = field(default_factory=Alive5Config)
     front: FrontConfig = field(default_factory=FrontConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     data_dir: str = "data"
     profiles_dir: str = str(PROJECT_ROOT / "sip_profiles")
 
@@ -232,6 +241,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "webrtc": WebRtcConfig,
     "alive5": Alive5Config,
     "front": FrontConfig,
+    "cluster": ClusterConfig,
 }
 _TOP_LEVEL = ("data_dir", "profiles_dir")
 
@@ -380,6 +390,7 @@ def load_config(
         webrtc=WebRtcConfig(**values.get("webrtc", {})),
         alive5=Alive5Config(**values.get("alive5", {})),
         front=FrontConfig(**values.get("front", {})),
+        cluster=ClusterConfig(**values.get("cluster", {})),
         **top,
     )
     validate(config)
@@ -481,6 +492,9 @@ def validate(config: Config) -> None:
     if not 0.5 <= a5.max_backoff <= 600:
         raise ConfigError("alive5.max_backoff", "expected 0.5..600 seconds")
     _validate_front(config)
+    url = config.cluster.redis_url
+    if url and not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("cluster.redis_url", f"expected redis://host:port[/db], got {url!r}")
     if config.log.level not in LOG_LEVELS:
         raise ConfigError("log.level", f"expected one of {', '.join(LOG_LEVELS)}")
     if not config.resolve_path(config.profiles_dir).is_dir():

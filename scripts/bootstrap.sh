@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 MODE=${1:-run}
 APT_PACKAGES=(sip-tester baresip-core espeak-ng sox pocketsphinx-testdata kamailio)
 if [[ $MODE == test ]]; then
-  APT_PACKAGES+=(chromium fonts-dejavu-core)
+  APT_PACKAGES+=(chromium fonts-dejavu-core redis-server)
 fi
 PYTHON=${PYTHON:-python3}
 

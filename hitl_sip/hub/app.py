@@ -141,8 +141,12 @@ def create_app(
     if hub is not None:
         setup_api(app, hub, agent_auth.verify if agent_auth else None)
         origins: list[str] | str = list(config.api.agent_origins) or "*"
+        manager = (socketio.AsyncRedisManager(config.cluster.redis_url,
+                                              channel="hitl-sip-socketio")
+                   if config.cluster.redis_url else None)
         sio = socketio.AsyncServer(async_mode="aiohttp", cors_allowed_origins=origins,
-                                   logger=False, engineio_logger=False)
+                                   logger=False, engineio_logger=False,
+                                   client_manager=manager)
         sio.register_namespace(BotNamespace(hub))
         if agent_auth is not None:
             setup_login(app, agent_auth.store, agent_auth.signer)

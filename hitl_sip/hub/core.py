@@ -14,11 +14,14 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from hitl_sip.config import Config
 from hitl_sip.hub.alive5 import Outbox
+from hitl_sip.hub.cluster import REPLICATED, Cluster
 from hitl_sip.hub.registry import WorkerRegistry
 from hitl_sip.hub.threads import ThreadStore, Turn
 
@@ -49,12 +52,20 @@ class Hub:
         )
         self.backlog = m.gauge("hitl_sip_alive5_backlog",
                                "Turns stored but not yet acknowledged by alive5")
+        c = config.cluster
+        self.hub_id = c.hub_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.cluster = Cluster(c.redis_url, self.hub_id) if c.redis_url else None
         self._crm: dict[str, str] = {}
         self.outbox = (Outbox(store, config.alive5, crm_id=lambda t: self._crm.get(t, ""))
                        if config.alive5.url else None)
 
     async def start(self) -> None:
-        """Resume alive5 delivery of what a previous run left in the outbox."""
+        """Join the cluster (when ``cluster.redis_url`` is set); resume alive5 delivery of
+        what a previous run left in the outbox."""
+        if self.cluster is not None:
+            self.cluster.on_event = self._on_cluster_event
+            self.cluster.on_command = self._on_cluster_command
+            await self.cluster.start()
         if self.outbox is not None:
             resumed = await self.outbox.resume()
             if resumed:
@@ -82,6 +93,8 @@ class Hub:
         task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
+        if self.cluster is not None:
+            await self.cluster.close()
         if self.outbox is not None:
             await self.outbox.close()
         for timer in self._queue_timers.values():
@@ -93,11 +106,22 @@ class Hub:
 
     # -- commands to workers --------------------------------------------------------------
 
+    def _owner(self, call_id: str) -> str | None:
+        """The hub that owns ``call_id`` when it is another one."""
+        call = self.registry.calls.get(call_id)
+        hub = call.get("hub") if call else None
+        return str(hub) if hub and hub != self.hub_id else None
+
     async def command(self, call_id: str, message: dict[str, Any]) -> bool:
-        """Send a command about ``call_id`` to the worker that owns it."""
+        """Send a command about ``call_id`` to the worker that owns it (through its hub when
+        another hub owns the call)."""
         call = self.registry.calls.get(call_id)
         if call is None:
             return False
+        owner = self._owner(call_id)
+        if owner is not None and self.cluster is not None:
+            reply = await self.cluster.command(owner, call_id, message, want_reply=False)
+            return bool(reply and reply.get("sent"))
         return await self.registry.send(str(call["workerId"]), {**message, "callId": call_id})
 
     async def request(
@@ -105,6 +129,10 @@ class Hub:
     ) -> dict[str, Any] | None:
         """A command whose worker answers with a ``reply``; None when it cannot be reached
         or does not answer in time."""
+        owner = self._owner(call_id)
+        if owner is not None and self.cluster is not None:
+            return await self.cluster.command(owner, call_id, message, want_reply=True,
+                                              wait=wait)
         request_id = f"r{next(self._request_ids)}"
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._replies[request_id] = future
@@ -123,6 +151,10 @@ class Hub:
 
     async def on_worker_message(self, worker_id: str, message: dict[str, Any]) -> None:
         """Apply one message from a worker; ValueError/KeyError/TypeError for malformed ones."""
+        await self._apply(worker_id, message)
+        await self._replicate(worker_id, message)
+
+    async def _apply(self, worker_id: str, message: dict[str, Any]) -> None:
         kind = message.get("type")
         if kind == "reply":
             future = self._replies.get(str(message.get("requestId")))
@@ -154,6 +186,54 @@ class Hub:
             await self._publish("call_ended", message)
         else:
             self.registry.handle(worker_id, message)
+
+    # -- other hubs (cluster) ---------------------------------------------------------------
+
+    async def _replicate(self, worker_id: str, message: dict[str, Any]) -> None:
+        kind = str(message.get("type"))
+        if self.cluster is None or kind not in REPLICATED:
+            return
+        call_id = str(message.get("callId"))
+        if kind in ("handoff_requested", "call_ended"):
+            await self.cluster.unclaim(call_id)  # queued again, or over: claimable again
+        data = dict(message)
+        if kind == "call_started":
+            data["workerId"] = worker_id
+        try:
+            await self.cluster.publish(kind, data)
+        except (ConnectionError, OSError) as e:
+            log.error("[call %s] cluster: %s not published: %s", call_id, kind, e)
+
+    async def _on_cluster_event(self, hub: str, event: str, data: dict[str, Any]) -> None:
+        """Another hub's call event: mirror the call, tell the listeners (routing)."""
+        call_id = str(data.get("callId"))
+        calls = self.registry.calls
+        if event == "call_started":
+            # another hub's worker ids may equal ours: keep them apart
+            calls[call_id] = {**data, "hub": hub, "state": "bot",
+                              "workerId": f"{hub}/{data.get('workerId')}"}
+            calls[call_id].pop("type", None)
+        elif event == "handoff_requested" and call_id in calls:
+            calls[call_id].update(state="queued", botTranscript=data.get("transcript", []),
+                                  handoff={k: data.get(k) for k in ("queue", "skill", "reason")})
+        elif event == "session_state" and call_id in calls:
+            calls[call_id]["state"] = str(data.get("state"))
+        elif event == "call_ended":
+            await self._publish(event, data)
+            calls.pop(call_id, None)
+            return
+        if event == "accepted" or call_id in calls:
+            await self._publish(event, data)
+
+    async def _on_cluster_command(self, call_id: str, message: dict[str, Any],
+                                  want_reply: bool) -> dict[str, Any] | None:
+        """Another hub asks this one's worker something about a call it owns."""
+        if self._owner(call_id) is not None or call_id not in self.registry.calls:
+            return None if want_reply else {"sent": False}
+        message.pop("requestId", None)
+        if want_reply:
+            return await self.request(call_id, message)
+        return {"sent": await self.command(call_id, message)}
 
     async def worker_lost(self, worker_id: str) -> None:
         """The worker's process died: its calls are over. Each ends as if the worker had said

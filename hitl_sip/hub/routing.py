@@ -85,6 +85,12 @@ class Router:
 
     async def _push_state(self, agent: AgentPresence) -> None:
         await self._to_agent(agent, "agent_state", agent.state())
+        cluster = self.hub.cluster
+        if cluster is not None:
+            try:
+                await cluster.presence(agent.agent_id, agent.state() if agent.sids else None)
+            except (ConnectionError, OSError) as e:
+                log.warning("cluster: presence of %s not written: %s", agent.agent_id, e)
 
     # -- presence -------------------------------------------------------------------------
 
@@ -239,6 +245,13 @@ class Router:
             return _err("already_answered", "another agent took the call")
         if agent_id not in offer.ringing:
             return _err("forbidden", "the call was not offered to you")
+        cluster = self.hub.cluster
+        if cluster is not None:  # agents on other hubs may be taking it right now
+            if not await cluster.claim(call_id, agent_id):
+                return _err("already_answered", "another agent took the call")
+            if offer.accepted_by is not None or agent_id not in offer.ringing:
+                await cluster.unclaim(call_id)
+                return _err("already_answered", "another agent took the call")
         agent = self.agents[agent_id]
         offer.accepted_by = agent_id  # the atomic step: nothing awaited before it
         agent.active_call = call_id
@@ -250,6 +263,8 @@ class Router:
                                      {"callId": call_id, "reason": "answered_elsewhere"})
         call = self.hub.registry.calls[call_id]
         call["agentId"] = agent_id
+        if cluster is not None:
+            await cluster.publish("accepted", {"callId": call_id, "agentId": agent_id})
         await self.hub.command(call_id, {"type": "agent_joined", "agentId": agent_id})
         await self._push_state(agent)
         return {"ok": True}
@@ -368,6 +383,16 @@ class Router:
             await self._withdraw(call_id, "ring_timeout")
         elif event == "call_ended":
             await self._withdraw(call_id, "caller_hangup", ended=data)
+        elif event == "accepted":  # by an agent on another hub
+            offer = self.offers.get(call_id)
+            if offer is not None and offer.accepted_by is None:
+                offer.accepted_by = str(data.get("agentId"))
+                for agent_id in list(offer.ringing):
+                    self._stop_ringing(offer, agent_id)
+                    agent = self.agents.get(agent_id)
+                    if agent is not None:
+                        await self._to_agent(agent, "call_cancelled", {
+                            "callId": call_id, "reason": "answered_elsewhere"})
 
     async def _withdraw(self, call_id: str, reason: str,
                         ended: dict[str, Any] | None = None) -> None:

@@ -18,6 +18,7 @@ class FakeRegistry:
 
 
 class FakeHub:
+    cluster = None  # a single hub
     def __init__(self) -> None:
         self.registry = FakeRegistry()
         self.commands: list[tuple[str, dict[str, Any]]] = []

@@ -1,0 +1,173 @@
+"""Several hubs sharing one Redis (``cluster.redis_url``).
+
+Each hub owns the calls of its own workers. What the others need of them travels over
+Redis:
+
+- **call events** (``hitl:events``): every hub publishes what its workers say about calls
+  (started, handed off, state, connected, transcript turns, ended); the other hubs mirror
+  those calls in their registry and feed the events to their routers, so a call queued on
+  hub A rings the agents connected to hub B too;
+- **the accept** (``SET hitl:accept:<callId> NX``): the first agent to claim a call wins,
+  whichever hub it is connected to; the winner's hub tells the others (``accepted``) so their
+  agents stop ringing with ``answered_elsewhere``; the claim is cleared when the call is
+  queued again or ends;
+- **commands** (``hitl:hub:<hubId>``, request/reply): a hub that has to tell a call's worker
+  something (``agent_joined``, a WebRTC offer, mute, hang-up…) and does not own the call
+  asks the owning hub, which forwards it and answers with the worker's reply;
+- **presence** (``hitl:presence`` hash): each hub writes its agents' state, for operators.
+
+Socket.IO itself runs on python-socketio's Redis manager, so an emit may target a socket on
+any hub. The alive5 outbox stays with the owning hub (turns are stored and sent once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+
+log = logging.getLogger(__name__)
+
+EVENTS = "hitl:events"
+PRESENCE = "hitl:presence"
+CLAIM_TTL = 4 * 3600  # seconds; a claim outlives no call
+
+#: the worker messages other hubs mirror
+REPLICATED = frozenset({"call_started", "handoff_requested", "session_state", "call_ended",
+                        "call_connected", "peer_lost", "turn", "interim", "caller_said",
+                        "dtmf"})
+
+OnEvent = Callable[[str, str, dict[str, Any]], Awaitable[None]]
+OnCommand = Callable[[str, dict[str, Any], bool], Awaitable[dict[str, Any] | None]]
+
+
+class Cluster:
+    def __init__(self, url: str, hub_id: str) -> None:
+        self.url = url
+        self.hub_id = hub_id
+        self.redis: aioredis.Redis = aioredis.from_url(url, decode_responses=True)
+        self._pubsub: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._ids = itertools.count(1)
+        self._waiting: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
+        self.on_event: OnEvent | None = None
+        self.on_command: OnCommand | None = None
+        self._handlers: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> None:
+        await self.redis.ping()
+        self._pubsub = self.redis.pubsub()
+        await self._pubsub.subscribe(EVENTS, self._channel(self.hub_id))
+        self._task = asyncio.create_task(self._listen(), name="cluster")
+        log.info("hub %s joined the cluster at %s", self.hub_id, self.url)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for task in list(self._handlers):
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()
+        await self.redis.aclose()
+
+    @staticmethod
+    def _channel(hub_id: str) -> str:
+        return f"hitl:hub:{hub_id}"
+
+    # -- events -----------------------------------------------------------------------------
+
+    async def publish(self, event: str, data: dict[str, Any]) -> None:
+        await self.redis.publish(EVENTS, json.dumps({"hub": self.hub_id, "event": event,
+                                                     "data": data}))
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                message = await self._pubsub.get_message(ignore_subscribe_messages=True,
+                                                         timeout=1.0)
+            except (ConnectionError, OSError, aioredis.RedisError) as e:
+                log.error("cluster: Redis link lost (%s); subscribing again in 1 s", e)
+                await asyncio.sleep(1.0)
+                with contextlib.suppress(ConnectionError, OSError, aioredis.RedisError):
+                    self._pubsub = self.redis.pubsub()
+                    await self._pubsub.subscribe(EVENTS, self._channel(self.hub_id))
+                continue
+            if message is None:
+                continue
+            try:
+                body = json.loads(message["data"])
+                if not isinstance(body, dict):
+                    raise ValueError("not an object")
+            except (ValueError, TypeError) as e:
+                log.warning("cluster: ignored a malformed message: %s", e)
+                continue
+            task = asyncio.create_task(self._handle(message["channel"], body))
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
+
+    async def _handle(self, channel: str, body: dict[str, Any]) -> None:
+        try:
+            if channel == EVENTS:
+                if body.get("hub") != self.hub_id and self.on_event is not None:
+                    await self.on_event(str(body.get("hub")), str(body.get("event")),
+                                        dict(body.get("data") or {}))
+            elif "reply" in body:
+                future = self._waiting.get(str(body.get("id")))
+                if future is not None and not future.done():
+                    future.set_result(body.get("reply"))
+            elif self.on_command is not None:
+                reply = await self.on_command(str(body.get("callId")),
+                                              dict(body.get("message") or {}),
+                                              bool(body.get("wantReply")))
+                await self.redis.publish(self._channel(str(body.get("from"))),
+                                         json.dumps({"id": body.get("id"), "reply": reply}))
+        except (KeyError, TypeError, ValueError) as e:
+            log.warning("cluster: a message could not be applied: %s", e)
+
+    # -- commands to another hub's worker ------------------------------------------------------
+
+    async def command(self, owner: str, call_id: str, message: dict[str, Any], *,
+                      want_reply: bool, wait: float = 10.0) -> dict[str, Any] | None:
+        """Ask hub ``owner`` to send ``message`` to the call's worker; its answer is
+        ``{"sent": bool}`` or, with ``want_reply``, the worker's reply (None: no answer)."""
+        request_id = f"{self.hub_id}:{next(self._ids)}"
+        future: asyncio.Future[dict[str, Any] | None] = (
+            asyncio.get_running_loop().create_future())
+        self._waiting[request_id] = future
+        try:
+            await self.redis.publish(self._channel(owner), json.dumps({
+                "id": request_id, "from": self.hub_id, "callId": call_id, "message": message,
+                "wantReply": want_reply}))
+            return await asyncio.wait_for(future, wait)
+        except TimeoutError:
+            log.warning("[call %s] hub %s did not answer %s in %.0fs", call_id, owner,
+                        message.get("type"), wait)
+            return None
+        finally:
+            self._waiting.pop(request_id, None)
+
+    # -- the accept -----------------------------------------------------------------------------
+
+    async def claim(self, call_id: str, agent_id: str) -> bool:
+        """Whether ``agent_id`` is the first to take ``call_id`` (across every hub)."""
+        won = await self.redis.set(f"hitl:accept:{call_id}", agent_id, nx=True, ex=CLAIM_TTL)
+        return bool(won)
+
+    async def unclaim(self, call_id: str) -> None:
+        await self.redis.delete(f"hitl:accept:{call_id}")
+
+    async def presence(self, agent_id: str, state: dict[str, Any] | None) -> None:
+        if state is None:
+            await self.redis.hdel(PRESENCE, agent_id)
+        else:
+            await self.redis.hset(PRESENCE, agent_id,
+                                  json.dumps({**state, "hub": self.hub_id}))

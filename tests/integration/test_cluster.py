@@ -1,0 +1,147 @@
+"""Two hubs sharing one Redis (Debian's redis-server on a loopback port), each with its own
+media worker: an agent connected to hub B is rung for, accepts and talks to a call that
+arrived through hub A's worker; when agents on both hubs accept at the same moment, exactly
+one wins and the other is told ``already_answered``."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import shutil
+import struct
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+from hitl_sip.media.analysis import dominant_frequency
+from hitl_sip.media.ice import install_host_filter
+from hitl_sip.testagent import RECORD_RATE, TestAgent, tone
+from tests.integration.test_agents import PASSWORD, add_agent
+from tests.integration.test_bridge import record_of, states
+from tests.support.net import free_port
+from tests.support.rtpcaller import RtpCaller
+from tests.support.server import ROOT, Server, running_server
+
+REDIS = shutil.which("redis-server") or "/usr/bin/redis-server"
+FLOW = ROOT / "bench/flows/bridge.yaml"  # straight to the agent node
+
+
+@contextmanager
+def redis_server() -> Iterator[str]:
+    port = free_port(kind=1)
+    proc = subprocess.Popen([REDIS, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            probe = subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True,
+                                   text=True, check=False)
+            if probe.stdout.strip() == "PONG":
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("redis-server did not start")
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@contextmanager
+def two_hubs(tmp_path: Path) -> Iterator[tuple[Server, Server]]:
+    install_host_filter(["127.0.0.1"])
+    with redis_server() as url, ExitStack() as stack:
+        hubs = []
+        for name in ("A", "B"):
+            home = tmp_path / name
+            home.mkdir()
+            extra: dict[str, dict[str, Any]] = {
+                "cluster": {"redis_url": url, "hub_id": name},
+                "bot": {"flow": str(FLOW)},
+                "routing": {"queue_timeout": 60},
+                "webrtc": {"host_addresses": ["127.0.0.1"], "codecs": ["pcmu"]},
+            }
+            hubs.append(stack.enter_context(running_server(home, extra=extra)))
+        yield hubs[0], hubs[1]
+
+
+def caller_tone(n: int) -> bytes:
+    return b"".join(struct.pack("<h", int(6000 * math.sin(2 * math.pi * 440 * (n * 160 + i)
+                                                          / 8000))) for i in range(160))
+
+
+def test_an_agent_on_hub_b_takes_a_call_that_arrived_through_hub_a(tmp_path: Path) -> None:
+    with two_hubs(tmp_path) as (hub_a, hub_b):
+        add_agent(hub_b.data_dir, "bob")
+
+        async def scenario() -> tuple[TestAgent, dict[str, Any]]:
+            bob = TestAgent(hub_b.http_url, "bob", PASSWORD, source=tone(1000),
+                            codecs=("pcmu",))
+            await bob.connect()
+            caller = RtpCaller(hub_a.sip_port())
+            try:
+                await asyncio.to_thread(caller.call)
+                caller.start_media(caller_tone)
+                offer = await bob.wait("incoming_call", limit=20)
+                await bob.accept(str(offer["callId"]))
+                await bob.wait("call_connected", limit=15)
+                await asyncio.sleep(2.0)
+                await asyncio.to_thread(caller.hangup)
+                ended = await bob.wait("call_ended", limit=15)
+                heard_by_caller = caller.received_pcm()
+            finally:
+                await bob.close()
+                await asyncio.to_thread(caller.close)
+            return bob, {"offer": offer, "ended": ended, "caller_pcm": heard_by_caller}
+
+        bob, seen = asyncio.run(scenario())
+        # hub A's worker owns the call; hub B only mirrors it
+        assert "lost" not in hub_a.log()
+        assert seen["ended"]["by"] == "caller"
+        heard = bytes(bob.heard[int(0.5 * RECORD_RATE) * 2:])
+        assert abs(dominant_frequency(heard, RECORD_RATE) - 440) < 10  # caller → agent
+        last = seen["caller_pcm"][-2 * 8000 * 1:]
+        assert abs(dominant_frequency(last, 8000) - 1000) < 15  # agent → caller
+        record = record_of(hub_a)
+        assert states(record) == ["bot", "queued", "human", "ended"]  # hub A's worker had it
+
+
+def test_simultaneous_accepts_on_two_hubs_have_one_winner(tmp_path: Path) -> None:
+    with two_hubs(tmp_path) as (hub_a, hub_b):
+        add_agent(hub_a.data_dir, "alice")
+        add_agent(hub_b.data_dir, "bob")
+
+        async def scenario() -> list[dict[str, Any]]:
+            alice = TestAgent(hub_a.http_url, "alice", PASSWORD, codecs=("pcmu",))
+            bob = TestAgent(hub_b.http_url, "bob", PASSWORD, codecs=("pcmu",))
+            await alice.connect()
+            await bob.connect()
+            caller = RtpCaller(hub_a.sip_port())
+            try:
+                await asyncio.to_thread(caller.call)
+                caller.start_media(caller_tone)
+                offers = await asyncio.gather(alice.wait("incoming_call", limit=20),
+                                              bob.wait("incoming_call", limit=20))
+                call_id = str(offers[0]["callId"])
+                assert offers[1]["callId"] == call_id
+                acks = await asyncio.gather(
+                    alice.call("accept_call", {"callId": call_id}),
+                    bob.call("accept_call", {"callId": call_id}))
+                loser = bob if acks[0].get("ok") else alice
+                cancelled = await loser.wait("call_cancelled", limit=10)
+                assert cancelled == {"callId": call_id, "reason": "answered_elsewhere"}
+                await asyncio.to_thread(caller.hangup)
+            finally:
+                await alice.close()
+                await bob.close()
+                await asyncio.to_thread(caller.close)
+            return list(acks)
+
+        acks = asyncio.run(scenario())
+        assert sorted(bool(a.get("ok")) for a in acks) == [False, True], acks
+        lost = next(a for a in acks if not a.get("ok"))
+        assert lost["error"]["code"] == "already_answered"
