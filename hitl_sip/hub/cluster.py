@@ -14,7 +14,10 @@ Redis:
 - **commands** (``hitl:hub:<hubId>``, request/reply): a hub that has to tell a call's worker
   something (``agent_joined``, a WebRTC offer, mute, hang-up…) and does not own the call
   asks the owning hub, which forwards it and answers with the worker's reply;
-- **presence** (``hitl:presence`` hash): each hub writes its agents' state, for operators.
+- **presence** (``hitl:presence`` hash): each hub writes its agents' state, for operators;
+- **liveness** (``hitl:alive:<hubId>``, a key with a short TTL each hub renews): when a hub
+  dies, the others end the calls they mirrored from it (``hub_lost``), so no agent keeps
+  ringing for, or holds, a call nobody owns.
 
 Socket.IO itself runs on python-socketio's Redis manager, so an emit may target a socket on
 any hub. The alive5 outbox stays with the owning hub (turns are stored and sent once).
@@ -31,12 +34,17 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
+
+__all__ = ["HEARTBEAT", "REPLICATED", "Cluster", "RedisError"]
 
 EVENTS = "hitl:events"
 PRESENCE = "hitl:presence"
 CLAIM_TTL = 4 * 3600  # seconds; a claim outlives no call
+HEARTBEAT = 2.0  # seconds between a hub's "alive" marks
+ALIVE_TTL = 6  # seconds: a hub silent this long is dead (its mirrored calls are ended)
 
 #: the worker messages other hubs mirror
 REPLICATED = frozenset({"call_started", "handoff_requested", "session_state", "call_ended",
@@ -164,6 +172,17 @@ class Cluster:
 
     async def unclaim(self, call_id: str) -> None:
         await self.redis.delete(f"hitl:accept:{call_id}")
+
+    async def heartbeat(self) -> None:
+        await self.redis.set(f"hitl:alive:{self.hub_id}", "1", ex=ALIVE_TTL)
+
+    async def alive(self, hubs: set[str]) -> set[str]:
+        """Which of ``hubs`` marked themselves alive within ``ALIVE_TTL``."""
+        if not hubs:
+            return set()
+        ordered = sorted(hubs)
+        marks = await self.redis.mget([f"hitl:alive:{h}" for h in ordered])
+        return {h for h, mark in zip(ordered, marks, strict=True) if mark}
 
     async def presence(self, agent_id: str, state: dict[str, Any] | None) -> None:
         if state is None:

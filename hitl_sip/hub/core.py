@@ -21,7 +21,7 @@ from typing import Any
 
 from hitl_sip.config import Config
 from hitl_sip.hub.alive5 import Outbox
-from hitl_sip.hub.cluster import REPLICATED, Cluster
+from hitl_sip.hub.cluster import HEARTBEAT, REPLICATED, Cluster, RedisError
 from hitl_sip.hub.registry import WorkerRegistry
 from hitl_sip.hub.threads import ThreadStore, Turn
 
@@ -66,6 +66,8 @@ class Hub:
             self.cluster.on_event = self._on_cluster_event
             self.cluster.on_command = self._on_cluster_command
             await self.cluster.start()
+            await self.cluster.heartbeat()
+            self._spawn(self._watch_hubs())
         if self.outbox is not None:
             resumed = await self.outbox.resume()
             if resumed:
@@ -224,6 +226,28 @@ class Hub:
             return
         if event == "accepted" or call_id in calls:
             await self._publish(event, data)
+
+    async def _watch_hubs(self) -> None:
+        """Renew this hub's liveness mark; end the mirrored calls of hubs that lost theirs."""
+        assert self.cluster is not None
+        while True:
+            await asyncio.sleep(HEARTBEAT)
+            try:
+                await self.cluster.heartbeat()
+                owners = {str(c["hub"]) for c in self.registry.calls.values()
+                          if c.get("hub") and c["hub"] != self.hub_id}
+                dead = owners - await self.cluster.alive(owners)
+            except (ConnectionError, OSError, RedisError) as e:
+                log.warning("cluster: liveness not checked: %s", e)
+                continue
+            for hub in sorted(dead):
+                lost = [cid for cid, c in self.registry.calls.items() if c.get("hub") == hub]
+                log.warning("cluster: hub %s is gone: ending the %d calls it owned", hub,
+                            len(lost))
+                for call_id in lost:
+                    await self._on_cluster_event(hub, "call_ended", {
+                        "type": "call_ended", "callId": call_id, "outcome": "hub_lost",
+                        "by": "system"})
 
     async def _on_cluster_command(self, call_id: str, message: dict[str, Any],
                                   want_reply: bool) -> dict[str, Any] | None:

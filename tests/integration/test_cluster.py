@@ -6,11 +6,13 @@ one wins and the other is told ``already_answered``."""
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import shutil
 import struct
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Any
 from hitl_sip.media.analysis import dominant_frequency
 from hitl_sip.media.ice import install_host_filter
 from hitl_sip.testagent import RECORD_RATE, TestAgent, tone
-from tests.integration.test_agents import PASSWORD, add_agent
+from tests.integration.test_agents import PASSWORD, add_agent, login
 from tests.integration.test_bridge import record_of, states
 from tests.support.net import free_port
 from tests.support.rtpcaller import RtpCaller
@@ -145,3 +147,37 @@ def test_simultaneous_accepts_on_two_hubs_have_one_winner(tmp_path: Path) -> Non
         assert sorted(bool(a.get("ok")) for a in acks) == [False, True], acks
         lost = next(a for a in acks if not a.get("ok"))
         assert lost["error"]["code"] == "already_answered"
+
+
+def test_a_dead_hub_s_calls_stop_ringing_on_the_other_hub(tmp_path: Path) -> None:
+    with two_hubs(tmp_path) as (hub_a, hub_b):
+        add_agent(hub_b.data_dir, "bob")
+
+        async def scenario() -> tuple[dict[str, Any], float]:
+            bob = TestAgent(hub_b.http_url, "bob", PASSWORD, codecs=("pcmu",))
+            await bob.connect()
+            caller = RtpCaller(hub_a.sip_port())
+            try:
+                await asyncio.to_thread(caller.call)
+                caller.start_media(caller_tone)
+                offer = await bob.wait("incoming_call", limit=20)
+                hub_a.process.kill()  # the hub that owns the call dies, no goodbye
+                killed = time.monotonic()
+                cancelled = await bob.wait("call_cancelled", limit=20)
+                assert cancelled["callId"] == offer["callId"]
+                waited = time.monotonic() - killed
+                ack = await bob.call("accept_call", {"callId": offer["callId"]})
+                assert not ack.get("ok"), ack
+            finally:
+                await bob.close()
+                await asyncio.to_thread(caller.close)
+            return offer, waited
+
+        offer, waited = asyncio.run(scenario())
+        assert waited < 12, waited  # the liveness mark's TTL (6 s) plus a heartbeat or two
+        assert "hub A is gone: ending the 1 calls it owned" in hub_b.log()
+        token = login(hub_b, "bob")[1]["token"]
+        req = urllib.request.Request(hub_b.http_url + "/api/calls",
+                                     headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            assert offer["callId"] not in {c["callId"] for c in json.loads(r.read())["calls"]}
