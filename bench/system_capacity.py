@@ -54,7 +54,6 @@ from tests.support.net import free_port  # noqa: E402
 from tests.support.rtpcaller import RtpCaller  # noqa: E402
 from tests.support.server import Server, running_server  # noqa: E402
 
-PER_WORKER = 3
 CALLER_WAV = ROOT / "rtp/caller/agent_bill_8k.wav"
 AGENT_WAV = ROOT / "rtp/caller/hello_hear_me_16k.wav"
 LIMIT_PCT = 0.5
@@ -96,8 +95,7 @@ def late_or_lost(caller: RtpCaller, start: float, end: float) -> tuple[int, int]
     return lost + late, int((end - start) / 0.02)
 
 
-def measure(srv: Server, port: int, workers: int, seconds: float) -> dict[str, Any]:
-    calls = workers * PER_WORKER
+def measure(srv: Server, port: int, calls: int, workers: int, seconds: float) -> dict[str, Any]:
     procs = tree(psutil.Process(srv.process.pid))
     for p in procs:
         p.cpu_percent()
@@ -186,8 +184,8 @@ def bridge_late_or_lost(srv: Server) -> tuple[int, int]:
     return bad, total
 
 
-def measure_bridged(srv: Server, port: int, workers: int, seconds: float) -> dict[str, Any]:
-    calls = workers * PER_WORKER
+def measure_bridged(srv: Server, port: int, calls: int, workers: int,
+                    seconds: float) -> dict[str, Any]:
 
     async def session() -> dict[str, Any]:
         procs = tree(psutil.Process(srv.process.pid))
@@ -239,7 +237,7 @@ def measure_bridged(srv: Server, port: int, workers: int, seconds: float) -> dic
     }
 
 
-def run(workers: int, seconds: float, bridged: bool = False) -> dict[str, Any]:
+def run(workers: int, per_worker: int, seconds: float, bridged: bool = False) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="hitl-bench-") as tmp:
         port = free_port()
         flow = "bridge.yaml" if bridged else "latency.yaml"
@@ -250,16 +248,17 @@ def run(workers: int, seconds: float, bridged: bool = False) -> dict[str, Any]:
             "webrtc": {"codecs": ["pcmu"], "host_addresses": ["127.0.0.1"]},
         }
         with running_server(Path(tmp), workers=workers, sip={"port": port},
-                            worker={"max_calls": PER_WORKER, "record_calls": bridged},
+                            worker={"max_calls": per_worker, "record_calls": bridged},
                             extra=extra, ready_timeout=40) as srv:
             srv.wait_for(lambda: srv.health()[1].get("front", {}).get("running"), 10,
                          what="the SIP front")
             time.sleep(2.0)  # the front's first OPTIONS probes
+            calls = workers * per_worker
             if bridged:
-                for i in range(workers * PER_WORKER):
+                for i in range(calls):
                     add_agent(srv.data_dir, f"agent{i}")
-                return measure_bridged(srv, port, workers, seconds)
-            return measure(srv, port, workers, seconds)
+                return measure_bridged(srv, port, calls, workers, seconds)
+            return measure(srv, port, calls, workers, seconds)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -272,14 +271,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     install_host_filter(["127.0.0.1"])
-    global PER_WORKER  # noqa: PLW0603 - a module constant the flag overrides for the run
-    PER_WORKER = args.calls_per_worker
     kind = "bridged" if args.bridged else "bot-phase"
     results = []
     for n in args.workers:
-        print(f"{n} worker(s), {n * PER_WORKER} {kind} calls, {args.seconds:.0f} s window",
-              file=sys.stderr)
-        results.append(run(n, args.seconds, args.bridged))
+        print(f"{n} worker(s), {n * args.calls_per_worker} {kind} calls, "
+              f"{args.seconds:.0f} s window", file=sys.stderr)
+        results.append(run(n, args.calls_per_worker, args.seconds, args.bridged))
         print(f"  {results[-1]}", file=sys.stderr)
     if args.json:
         print(json.dumps(results, indent=2))

@@ -91,6 +91,30 @@ export function endReasonText(reason: string, by: string): string {
   return why[reason] ?? `Call ended by ${who}${reason && reason !== 'hangup' ? ` (${reason.replace(/_/g, ' ')})` : ''}`;
 }
 
+/** A call the agent has just taken (or a reload restores): connecting, nothing said yet. */
+function newCall(
+  callId: string,
+  from: { threadId: string; caller: Caller; called: string; botTranscript: BotTurn[] },
+): ActiveCall {
+  const now = Date.now();
+  return {
+    callId,
+    threadId: from.threadId,
+    caller: from.caller,
+    called: from.called,
+    botTranscript: from.botTranscript,
+    acceptedAt: now,
+    connectedAt: null,
+    endedAt: null,
+    sinceAt: new Date(now).toISOString(),
+    state: 'connecting',
+    muted: false,
+    lines: [],
+    interim: {},
+    ended: null,
+  };
+}
+
 /**
  * The agent's desk: one Socket.IO connection to the hub's /agent namespace (PROTOCOL.md §1)
  * and everything the screens show, as signals. The socket reconnects by itself; on reconnect
@@ -263,25 +287,14 @@ export class DeskService implements OnDestroy {
       const summary = await this.auth.call(callId);
       if (!summary || this.call()) return;
       const turns = await this.auth.thread(summary.threadId).catch(() => []);
-      const now = Date.now();
-      this.call.set({
-        callId,
-        threadId: summary.threadId,
-        caller: summary.caller,
-        called: summary.called,
-        botTranscript: turns
-          .filter((t) => t.role !== 'agent')
-          .map((t): BotTurn => ({ role: t.role === 'bot' ? 'bot' : 'caller', text: t.text, at: t.at })),
-        acceptedAt: now,
-        connectedAt: null,
-        endedAt: null,
-        sinceAt: new Date(now).toISOString(),
-        state: 'connecting',
-        muted: false,
-        lines: [],
-        interim: {},
-        ended: null,
-      });
+      this.call.set(
+        newCall(callId, {
+          ...summary,
+          botTranscript: turns
+            .filter((t) => t.role !== 'agent')
+            .map((t): BotTurn => ({ role: t.role === 'bot' ? 'bot' : 'caller', text: t.text, at: t.at })),
+        }),
+      );
       await this.startMedia(callId);
     } catch (e) {
       this.problem.set({ code: 'restore_failed', message: `Could not restore the call: ${String(e)}` });
@@ -358,23 +371,7 @@ export class DeskService implements OnDestroy {
     }
     for (const other of this.offers()) this.removeOffer(other.callId);
     this.ringer.stopAll();
-    const now = Date.now();
-    this.call.set({
-      callId,
-      threadId: offer.threadId,
-      caller: offer.caller,
-      called: offer.called,
-      botTranscript: offer.botTranscript,
-      acceptedAt: now,
-      connectedAt: null,
-      endedAt: null,
-      sinceAt: new Date(now).toISOString(),
-      state: 'connecting',
-      muted: false,
-      lines: [],
-      interim: {},
-      ended: null,
-    });
+    this.call.set(newCall(callId, offer));
     if (this.problem()?.code !== 'socket_lost') this.problem.set(null);
     this.mediaRetries = 0;
     await this.startMedia(callId, mic);
