@@ -20,8 +20,12 @@ Actions.
   transcript), else speak ``text`` with TTS (voice: ``runner.flow.voice``). Says play one
   after another. While a Say with ``barge_in=True`` plays, caller input (a DTMF digit, or
   the start of speech) stops it and every remaining Say of the batch, and the input is
-  passed on to the runner (the transcript once it is final). Input that arrives while a
-  Say with ``barge_in=False`` plays is discarded, not passed on.
+  passed on to the runner (the transcript once it is final). Speech that arrives while a
+  Say with ``barge_in=False`` plays is discarded, not passed on. A DTMF digit pressed then
+  is *typed ahead*: kept, in order, and passed to ``runner.dtmf()`` as soon as no such Say
+  plays any more (the way Asterisk's ``Background`` and carrier IVRs keep digits), unless
+  the Listen waiting for it says ``type_ahead=False`` (then it is dropped). Digits pressed
+  while the call is queued (hold audio) or with an agent never reach the runner.
 * :class:`Listen` — when every Say before it has finished or been cut, start a
   ``timeout``-second timer; when it expires call ``runner.no_input()``. Meanwhile pass
   final transcripts to ``runner.speech()`` and digits to ``runner.dtmf()``. The runner
@@ -62,6 +66,7 @@ class Listen:
     timeout: float
     dtmf_max: int
     node_id: str
+    type_ahead: bool = True  # digits typed ahead during unbargeable prompts count here
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ are literal braces)::
         no_input: "Sorry, I didn't hear anything."   # text, or {text: ..., audio: ...}
         no_match: "Sorry, I didn't get that."
         dtmf_max: 1             # digits collected before matching; '#' ends early (default 1)
+        type_ahead: true        # digits pressed while an earlier prompt played count here
+                                #   (default true; false: they are dropped)
         branches:               # first match wins, in file order; each has next + matchers
           - {dtmf: "0", next: agent}                    # exact digits
           - {keywords: [agent, representative], next: agent}   # whole words
@@ -132,6 +134,7 @@ class AskNode:
     no_match: Prompt | None = None
     store_as: str | None = None
     barge_in: bool = True
+    type_ahead: bool = True
     line: int = 0
 
 
@@ -346,6 +349,7 @@ _NODE_KEYS: dict[NodeType, frozenset[str]] = {
             "branches",
             "fail",
             "store_as",
+            "type_ahead",
         }
     ),
     NodeType.AGENT: frozenset({"type", "queue", "skill", "message", "fallback", "resume"}),
@@ -578,6 +582,7 @@ class _Validator:
     def ask(self, node_id: str, line: int, m: _YamlMap) -> AskNode | None:
         prompt = self.prompt_keys(node_id, m, "prompt", required=True)
         barge_in = self.get_bool(node_id, m, "barge_in", True)
+        type_ahead = self.get_bool(node_id, m, "type_ahead", True)
         timeout = m.get("timeout", DEFAULT_TIMEOUT)
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
             self.issue(node_id, self.line_of(m, "timeout"), "'timeout' must be a positive number")
@@ -618,6 +623,7 @@ class _Validator:
             no_match=no_match,
             store_as=store_as,
             barge_in=barge_in,
+            type_ahead=type_ahead,
             line=line,
         )
 

@@ -195,7 +195,8 @@ class FlowRunner:
 
     @staticmethod
     def _listen(node: AskNode) -> Listen:
-        return Listen(timeout=node.timeout, dtmf_max=node.dtmf_max, node_id=node.id)
+        return Listen(timeout=node.timeout, dtmf_max=node.dtmf_max, node_id=node.id,
+                      type_ahead=node.type_ahead)
 
     def _end(self, why: str) -> list[Action]:
         self._log.error("flow %s: %s at node %s; hanging up", self.flow.name, why, self._node_id)

@@ -9,9 +9,12 @@ In BOT the session listens (streaming STT on every caller frame, DTMF), asks the
 (or, with ``bot.flow = "external"``, the ``/bot`` engine through the hub) what to do, and
 speaks (TTS, paced by the media clock through the outbound FrameBuffer). Caller speech (an
 energy VAD on the inbound frames) or a DTMF digit stops a prompt that allows barge-in at the
-next 20 ms frame: the queued frames are dropped and the port sends silence. On the agent
-node it reports ``handoff_requested``, says the node's message and loops hold audio while
-STT keeps transcribing. Every bot utterance and every caller final becomes a turn.
+next 20 ms frame: the queued frames are dropped and the port sends silence. A digit pressed
+while a prompt that does not allow barge-in plays is typed ahead: kept, in order, and given
+to the flow as soon as that prompt ends (hitl_sip.bot.actions). On the agent node it reports
+``handoff_requested``, says the node's message and loops hold audio while STT keeps
+transcribing. Every bot utterance and every caller final becomes a turn; digits pressed with
+an agent become ``[pressed N]`` turns, digits pressed on hold reach only the call record.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import math
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -36,6 +40,8 @@ from hitl_sip.media.wav import frames, read_wav, resample
 from hitl_sip.speech.base import SpeechEventType, SttEngine, SttStream, TtsEngine
 
 log = logging.getLogger(__name__)
+
+TYPE_AHEAD_MAX = 32  # digits kept while a prompt plays (a flow's longest entry, dtmf_max)
 
 Notify = Callable[[dict[str, Any]], None]
 
@@ -136,6 +142,9 @@ class CallSession:
         self._pending: list[_Prompt] = []
         self._listen_timer: asyncio.TimerHandle | None = None
         self._listen_task: asyncio.Task[None] | None = None
+        self._listening: Listen | None = None  # the flow's current wait for input
+        self._typed_ahead: deque[str] = deque(maxlen=TYPE_AHEAD_MAX)
+        self._type_ahead_task: asyncio.Task[None] | None = None
         self._voiced_frames = 0
         self._tasks: list[asyncio.Task[Any]] = []
         self._actions = asyncio.Lock()
@@ -288,19 +297,87 @@ class CallSession:
         await self._run(self.runner.speech(text))
 
     async def on_dtmf(self, digit: str) -> None:
+        """A digit from the caller. With an agent it is a ``[pressed N]`` turn of the
+        transcript; on hold it only reaches the call record (the worker writes it); in BOT
+        it goes to the flow now, or typed ahead when a prompt that cannot be interrupted
+        plays (or a batch of actions is being prepared)."""
+        if self.state is SessionState.HUMAN:
+            self._turn("caller", f"[pressed {digit}]")
+            return
         if self.state is not SessionState.BOT:
             return
-        self.last_input_at = asyncio.get_running_loop().time()
-        self.last_input_kind = "dtmf"
         self._turn("caller", f"[pressed {digit}]")
         if self.runner is None:
+            self.last_input_at = asyncio.get_running_loop().time()
+            self.last_input_kind = "dtmf"
             self._barge_in("dtmf")
             self.notify({"type": "dtmf", "callId": self.call_id, "digits": digit})
             return
-        if self._input_ignored():
+        if self._typed_ahead or self._input_held():
+            self._type_ahead(digit)
             return
+        await self._flow_dtmf(digit)
+
+    async def _flow_dtmf(self, digit: str) -> None:
+        assert self.runner is not None
+        self.last_input_at = asyncio.get_running_loop().time()
+        self.last_input_kind = "dtmf"
         self._barge_in("dtmf")
         await self._run(self.runner.dtmf(digit))
+
+    def _type_ahead(self, digit: str) -> None:
+        if len(self._typed_ahead) == self._typed_ahead.maxlen:
+            self.log.warning("type-ahead: %d digits already waiting; the oldest is dropped",
+                             len(self._typed_ahead))
+        self._typed_ahead.append(digit)
+        self.log.info("type-ahead: digit kept until the prompt playing ends (%d waiting)",
+                      len(self._typed_ahead))
+        if self._type_ahead_task is None or self._type_ahead_task.done():
+            self._type_ahead_task = asyncio.get_running_loop().create_task(
+                self._drain_type_ahead(), name=f"type-ahead-{self.call_id}")
+            self._tasks.append(self._type_ahead_task)
+
+    async def _drain_type_ahead(self) -> None:
+        """Give the typed-ahead digits to the flow, in order, each once input is free."""
+        while self._typed_ahead:
+            await self._input_free()
+            listening = self._listening
+            why = ""
+            if self.state is not SessionState.BOT or self.runner is None:
+                why = f"the call is {self.state.value}"
+            elif listening is not None and not listening.type_ahead:
+                why = f"node {listening.node_id} takes no type-ahead"
+            if why:
+                self.log.info("type-ahead: %d digit(s) dropped: %s", len(self._typed_ahead), why)
+                self._typed_ahead.clear()
+                return
+            await self._flow_dtmf(self._typed_ahead.popleft())
+
+    def _input_held(self) -> bool:
+        """Input cannot go to the flow now: a batch of actions is being prepared (its prompts
+        are not queued yet), or the next prompt to play does not allow barge-in."""
+        if self._actions.locked():
+            return True
+        prompt = self._next_prompt()
+        return prompt is not None and not prompt.barge_in
+
+    def _next_prompt(self) -> _Prompt | None:
+        """The prompt playing, else the first one queued (hold loops excluded)."""
+        for prompt in ([self._current] if self._current else []) + list(self._pending):
+            if not prompt.done.done() and not prompt.loop:
+                return prompt
+        return None
+
+    async def _input_free(self) -> None:
+        while True:
+            if self._actions.locked():
+                async with self._actions:
+                    pass
+                continue
+            prompt = self._next_prompt()
+            if prompt is None or prompt.barge_in:
+                return
+            await asyncio.wait([prompt.done])
 
     async def on_command(self, message: dict[str, Any]) -> None:
         """A command from the hub (queue timeout, external engine, REST handoff)."""
@@ -536,6 +613,7 @@ class CallSession:
 
     def _listen(self, listen: Listen) -> None:
         self._cancel_listen()
+        self._listening = listen
 
         async def arm() -> None:
             await self._prompts_done()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from hitl_sip.bot.actions import Listen
 from hitl_sip.bot.flow import (
     AgentNode,
     AskNode,
@@ -21,6 +22,7 @@ from hitl_sip.bot.flow import (
     render_text,
     template_variables,
 )
+from hitl_sip.bot.runner import FlowRunner
 from hitl_sip.errors import HitlSipError
 
 ROOT = Path(__file__).parents[2]
@@ -131,6 +133,18 @@ def test_defaults_apply_when_optional_keys_are_left_out(tmp_path: Path) -> None:
 
     assert isinstance(ask, AskNode)
     assert (ask.timeout, ask.retries, ask.dtmf_max, ask.barge_in) == (6.0, 2, 1, True)
+    assert ask.type_ahead is True
+
+
+def test_an_ask_node_can_turn_type_ahead_off_and_its_listen_says_so() -> None:
+    flow = parse_flow(
+        HEADER + "  a: {type: ask, prompt: Hi, type_ahead: false,"
+        " branches: [{dtmf: '1', next: a}], fail: a}\n"
+    )
+    ask = flow.nodes["a"]
+    assert isinstance(ask, AskNode) and ask.type_ahead is False
+    listen = FlowRunner(flow, {}).start()[-1]
+    assert isinstance(listen, Listen) and listen.type_ahead is False
 
 
 def test_audio_paths_resolve_against_the_flow_folder_then_the_project_root(
@@ -333,6 +347,14 @@ def test_audio_paths_resolve_against_the_flow_folder_then_the_project_root(
             4,
             "'barge_in' must be true or false",
             id="barge-in-not-bool",
+        ),
+        pytest.param(
+            "  a: {type: ask, prompt: p, type_ahead: 1, branches: [{any: true, next: a}],"
+            " fail: a}\n",
+            "a",
+            4,
+            "'type_ahead' must be true or false",
+            id="type-ahead-not-bool",
         ),
         pytest.param(
             "  a: {type: ask, prompt: p, store_as: caller_name, branches: [{any: true, next: a}],"

@@ -4,6 +4,7 @@ engines and a fake media clock; flow timers are scaled down to tenths of a secon
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -48,15 +49,15 @@ LOUD = (b"\x00\x40" * (FRAME // 2))  # speech-level energy for the VAD
 class Rig:
     """A session wired to fake engines, a fake media clock and a recording hub."""
 
-    def __init__(self) -> None:
+    def __init__(self, flow_text: str = FLOW, ms_per_char: float = 3) -> None:
         loop = asyncio.get_running_loop()
         self.inbound = FrameBuffer(loop, 50)
         self.outbound = FrameBuffer(loop, 50)
         self.messages: list[dict[str, Any]] = []
         self.hung_up = asyncio.Event()
-        self.tts = FakeTts(ms_per_char=3)
+        self.tts = FakeTts(ms_per_char=ms_per_char)
         self.sent_frames = 0
-        flow = parse_flow(FLOW)
+        flow = parse_flow(flow_text)
         self.session: CallSession = CallSession(
             call_id="c1", thread_id="t1",
             metadata={"caller_number": "+14155550100", "caller_name": "Ann"},
@@ -86,18 +87,25 @@ class Rig:
         return [m["text"] for m in self.kinds("turn") if m["role"] == "bot"]
 
 
-@pytest.fixture
-async def rig() -> AsyncIterator[Rig]:
-    r = Rig()
+@contextlib.asynccontextmanager
+async def running(r: Rig) -> AsyncIterator[Rig]:
     clock = asyncio.create_task(r.clock())
     await r.session.start()
-    yield r
-    await r.session.close()
-    clock.cancel()
-    r.inbound.close()
-    r.outbound.close()
-    with pytest.raises((asyncio.CancelledError, BufferClosed)):
-        await clock
+    try:
+        yield r
+    finally:
+        await r.session.close()
+        clock.cancel()
+        r.inbound.close()
+        r.outbound.close()
+        with pytest.raises((asyncio.CancelledError, BufferClosed)):
+            await clock
+
+
+@pytest.fixture
+async def rig() -> AsyncIterator[Rig]:
+    async with running(Rig()) as r:
+        yield r
 
 
 async def until(predicate: Any, limit: float = 5.0) -> None:
@@ -147,13 +155,101 @@ async def test_no_input_reprompts_then_takes_the_fail_edge(rig: Rig) -> None:
     assert "Still there?" in said
 
 
-async def test_input_during_a_prompt_without_barge_in_is_ignored(rig: Rig) -> None:
+async def test_speech_during_a_prompt_without_barge_in_is_ignored(rig: Rig) -> None:
     await until(lambda: rig.session._current is not None)  # "Welcome." (no barge-in)
     current = rig.session._current
     assert current is not None and not current.barge_in
-    await rig.session.on_dtmf("0")
+    await rig.session.on_caller_final("agent")
+    await current.done
+    await until(lambda: rig.session._listen_timer is not None)
     assert rig.session.state is SessionState.BOT
     assert not rig.kinds("handoff_requested")
+
+
+# -- type-ahead DTMF ----------------------------------------------------------------------------
+
+SLOW_TTS = 40.0  # ms per character: "Welcome." plays 320 ms
+
+
+def state(r: Rig) -> SessionState:
+    """The session's state, read afresh (mypy narrows ``r.session.state`` after an assert)."""
+    return r.session.state
+
+
+def greeting_playing(r: Rig) -> bool:
+    current = r.session._current
+    return current is not None and not current.barge_in and not current.done.done()
+
+
+async def test_a_digit_pressed_during_an_unbargeable_prompt_is_taken_when_it_ends() -> None:
+    async with running(Rig(ms_per_char=SLOW_TTS)) as r:
+        await until(lambda: greeting_playing(r))
+        greeting = r.session._current
+        assert greeting is not None
+        await r.session.on_dtmf("0")
+        assert state(r) is SessionState.BOT, "the greeting is not interrupted"
+        assert not greeting.done.done()
+        await until(lambda: state(r) is SessionState.QUEUED)
+        assert greeting.done.result() is True, "the greeting played to its end"
+        assert r.bot_said() == ["Welcome.", "Press zero for a person.", "Please hold."]
+        assert "Still there?" not in r.bot_said()
+        handoff = r.kinds("handoff_requested")[0]
+        assert handoff["reason"] == "dtmf '0' at menu"
+
+
+async def test_digits_typed_ahead_are_consumed_in_order_by_the_menu_then_its_reprompt() -> None:
+    async with running(Rig(ms_per_char=SLOW_TTS)) as r:
+        await until(lambda: greeting_playing(r))
+        await r.session.on_dtmf("1")  # matches no branch (dtmf_max 1): no-match handling
+        await r.session.on_dtmf("0")  # then taken by the re-prompt
+        await until(lambda: r.session.state is SessionState.QUEUED)
+        assert r.bot_said() == [
+            "Welcome.", "Press zero for a person.",  # the start batch
+            "Press zero for a person.",  # the no-match re-prompt (this flow has no message)
+            "Please hold.",
+        ]
+        callers = [m["text"] for m in r.kinds("turn") if m["role"] == "caller"]
+        assert callers == ["[pressed 1]", "[pressed 0]"]
+        assert r.kinds("handoff_requested")[0]["reason"] == "dtmf '0' at menu"
+
+
+async def test_a_node_with_type_ahead_off_drops_digits_pressed_before_it_listens() -> None:
+    flow = FLOW.replace("    timeout: 0.3\n", "    timeout: 0.3\n    type_ahead: false\n")
+    assert "type_ahead: false" in flow
+    async with running(Rig(flow, ms_per_char=SLOW_TTS)) as r:
+        await until(lambda: greeting_playing(r))
+        await r.session.on_dtmf("0")
+        await until(lambda: "Still there?" in r.bot_said())  # the digit never counted
+        assert r.session.state is SessionState.BOT
+        assert not r.kinds("handoff_requested")
+        await until(lambda: r.session._listen_timer is not None)
+        await r.session.on_dtmf("0")  # pressed while the node listens: taken
+        assert state(r) is SessionState.QUEUED
+
+
+async def test_a_digit_pressed_while_a_batch_is_prepared_waits_for_its_prompts() -> None:
+    async with running(Rig(ms_per_char=SLOW_TTS)) as r:
+        await until(lambda: r.session._listen_timer is not None)
+        release = r.tts.release = asyncio.Event()  # hold the no-input message's synthesis
+        await until(r.session._actions.locked)  # the no-input batch is prepared
+        await r.session.on_dtmf("0")
+        assert r.session.state is SessionState.BOT
+        assert list(r.session._typed_ahead) == ["0"]
+        release.set()
+        await until(lambda: state(r) is SessionState.QUEUED)
+        assert "Still there?" in r.bot_said()
+
+
+async def test_digits_on_hold_do_not_reach_the_flow(rig: Rig) -> None:
+    await until(lambda: rig.session._listen_timer is not None)
+    await rig.session.on_dtmf("0")
+    assert rig.session.state is SessionState.QUEUED
+    turns = len(rig.kinds("turn"))
+    await rig.session.on_dtmf("9")  # "9" would hang up in the menu
+    await rig.session.on_command({"type": "queue_timeout", "callId": "c1"})
+    await until(rig.hung_up.is_set)  # the fallback's hangup, not the digit's
+    assert rig.bot_said()[-1] == "Everyone is busy."
+    assert "[pressed 9]" not in [m["text"] for m in rig.kinds("turn")[turns:]]
 
 
 async def test_caller_speech_stops_a_barge_in_prompt_within_a_frame(rig: Rig) -> None:
@@ -254,6 +350,16 @@ async def human() -> AsyncIterator[HumanRig]:
 
 
 AGENT = b"\x11\x22" * (FRAME // 2)
+
+
+async def test_a_digit_pressed_with_an_agent_is_a_caller_turn_not_flow_input(
+    human: HumanRig,
+) -> None:
+    await human.session.on_dtmf("9")  # "9" would hang up in the bot's menu
+    assert human.session.state is SessionState.HUMAN
+    turn = human.kinds("turn")[-1]
+    assert (turn["role"], turn["text"]) == ("caller", "[pressed 9]")
+    assert not human.hung_up.is_set()
 
 
 async def test_hold_plays_until_the_agent_s_audio_flows_then_only_the_agent_is_heard(
