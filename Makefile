@@ -6,6 +6,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
+# The dashboard's Node: scripts/bootstrap.sh installs one into .node/ when the system's is
+# missing or too old for Angular 21 (scripts/node.sh). Its bin/ comes first on PATH so that
+# npm, npx and the browser tests' `node` use it; while it holds no node (the system's does),
+# this changes nothing. Not made conditional on it: the first `make test` installs it.
+NODE_PREFIX := $(abspath $(or $(HITL_SIP_NODE_PREFIX),.node))
+export PATH := $(NODE_PREFIX)/bin:$(PATH)
+
 setup:
 	@bash scripts/bootstrap.sh run
 
@@ -47,4 +54,4 @@ corpus: setup
 	$(PY) rtp/generate.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .node .pytest_cache .mypy_cache .ruff_cache

@@ -2,6 +2,8 @@
 # Installs what hitl-sip needs on a fresh Debian machine, idempotently:
 #  - Debian packages (only when running as root and something is missing),
 #  - the Python virtual environment in .venv with the package and its dev extras,
+#  - Node.js >= 20.19 with npm: the system's, else a pinned one installed into .node/ from the
+#    npm registry (scripts/node.sh),
 #  - the agent dashboard's npm packages (as locked) and its build (agent-app/dist).
 # Used by `make run` (bootstrap.sh run) and `make test` (bootstrap.sh test: adds Chromium for
 # the browser tests); safe to run again (it skips what is done).
@@ -50,13 +52,12 @@ if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
   touch "$stamp"
 fi
 
-# The dashboard: Angular 21 needs Node >= 20.19 (Debian's own nodejs is too old).
-if ! command -v node >/dev/null || ! node -e '
-  const [a, b] = process.versions.node.split(".").map(Number);
-  process.exit(a > 20 || (a === 20 && b >= 19) ? 0 : 1)'; then
-  echo "bootstrap: the agent dashboard needs Node.js >= 20.19 with npm (found: $(node --version 2>/dev/null || echo none))" >&2
-  exit 1
-fi
+# The dashboard: Angular 21 needs Node >= 20.19 with npm (Debian 12's own nodejs is 18). The
+# system's when it will do, else a pinned Node and npm installed into .node/ from the npm
+# registry (scripts/node.sh); the chosen one is first on PATH for npm install and ng build.
+# shellcheck source=scripts/node.sh
+source scripts/node.sh
+hitl_sip_node_select
 app=agent-app
 if [[ ! -f $app/node_modules/.package-lock.json || $app/package-lock.json -nt $app/node_modules/.package-lock.json ]]; then
   # The locked tree, exactly, writing nothing: `npm ci` refuses this lockfile because the

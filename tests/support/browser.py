@@ -33,6 +33,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 DRIVER = ROOT / "agent-app" / "e2e" / "driver.mjs"
 CHROMIUM = Path("/usr/bin/chromium")
+# the Node scripts/bootstrap.sh installs when the system's is too old (scripts/node.sh)
+LOCAL_NODE = Path(os.environ.get("HITL_SIP_NODE_PREFIX", ROOT / ".node")) / "bin" / "node"
 
 #: Seconds a reply may take beyond the browser-side timeout of the command.
 REPLY_MARGIN = 10.0
@@ -78,8 +80,8 @@ def tid(name: str, *more: str) -> str:
 class Browser:
     """One driver process and (after :meth:`launch`) one Chromium."""
 
-    def __init__(self, *, node: str = "node", reply_margin: float = REPLY_MARGIN) -> None:
-        self.node = node
+    def __init__(self, *, node: str | None = None, reply_margin: float = REPLY_MARGIN) -> None:
+        self.node = node or (str(LOCAL_NODE) if LOCAL_NODE.exists() else "node")
         self.reply_margin = reply_margin
         self.console: list[ConsoleLine] = []
         self._proc: asyncio.subprocess.Process | None = None
