@@ -51,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--flow", help='bot flow file, or "external" for the /bot namespace')
     serve.add_argument("--stt", help="speech-to-text engine: pocketsphinx or azure")
     serve.add_argument("--tts", help="text-to-speech engine: espeak or azure")
+    serve.add_argument("--alive5-url", help="alive5's Socket.IO URL; alive5 is off without it "
+                       "(alive5.url)")
+    serve.add_argument("--alive5-api-key", help="alive5 API key (alive5.api_key); other local "
+                       "users can read a command line: prefer HITL_SIP_ALIVE5_API_KEY")
+    serve.add_argument("--alive5-channel-id", help="alive5 channel id (alive5.channel_id)")
     agents = sub.add_parser("agents", help="manage agent accounts: add NAME | list | remove NAME")
     agents.add_argument("--config", help="TOML configuration file (for data_dir)")
     agents.add_argument("--data-dir", help="data directory (data_dir)")

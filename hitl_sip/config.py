@@ -259,6 +259,9 @@ FLAG_KEYS: dict[str, str] = {
     "flow": "bot.flow",
     "stt": "speech.stt",
     "tts": "speech.tts",
+    "alive5_url": "alive5.url",
+    "alive5_api_key": "alive5.api_key",
+    "alive5_channel_id": "alive5.channel_id",
 }
 
 

@@ -31,6 +31,7 @@ API_KEY = "a5-test-key-0123456789"
 class Alive5Thread:
     thread_id: str
     crm_id: str = ""
+    channel_id: str = ""  # from the handshake's query
     voice_agent_id: str = ""
     messages: list[dict[str, Any]] = field(default_factory=list)
     duplicates: int = 0
@@ -141,6 +142,7 @@ class Alive5StandIn:
             thread = self.thread(query.get("thread_id", ""))
             with self._lock:
                 thread.crm_id = query.get("crm_id", "")
+                thread.channel_id = query.get("channel_id", "")
                 thread.connections += 1
             sessions[sid] = thread.thread_id
             return True

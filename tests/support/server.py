@@ -119,7 +119,9 @@ def running_server(
     env: dict[str, str] | None = None,
     ready_timeout: float = 20.0,
     extra: dict[str, dict[str, Any]] | None = None,
+    args: list[str] | None = None,
 ) -> Iterator[Server]:
+    """``args``: more ``hitl-sip serve`` flags, after ``--config`` (flags override the file)."""
     http_port = free_port()
     data_dir = tmp / "data"
     sections = {
@@ -136,7 +138,8 @@ def running_server(
     full_env = {**os.environ, **(env or {})}
     with open(log_path, "wb") as logf:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "hitl_sip.cli", "serve", "--config", str(config)],
+            [sys.executable, "-m", "hitl_sip.cli", "serve", "--config", str(config),
+             *(args or [])],
             cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT, env=full_env,
         )
     server = Server(proc, f"http://127.0.0.1:{http_port}", data_dir, log_path)
