@@ -9,6 +9,7 @@ from hitl_sip.speech.stt.azure_engine import AzureStt
 from hitl_sip.speech.stt.pocketsphinx_engine import PocketsphinxStt
 from hitl_sip.speech.stt.process import ProcessStt
 from hitl_sip.speech.stt.resilient import ResilientStt
+from hitl_sip.speech.stt.vad import VadGatedStt, VadSettings
 from hitl_sip.speech.tts.azure_engine import AzureTts
 from hitl_sip.speech.tts.cache import CachedTts
 from hitl_sip.speech.tts.espeak_engine import EspeakTts
@@ -28,18 +29,26 @@ def build_tts(config: Config) -> TtsEngine:
 
 
 def build_stt(config: Config) -> SttEngine:
-    """The configured engine, restarted with backoff when a stream fails (retryable)."""
-    return ResilientStt(_base_stt(config))
+    """The configured engine behind the voice-activity gate (``speech.vad``: only speech
+    reaches it, on every leg), restarted with backoff when a stream fails (retryable)."""
+    engine = _base_stt(config)
+    if config.speech.vad:
+        engine = VadGatedStt(engine, VadSettings(threshold=config.speech.vad_threshold))
+    return ResilientStt(engine)
 
 
 def preload_stt(config: Config, engine: SttEngine) -> None:
-    """Load the embedded recogniser's decoders before calls arrive (blocking, ~0.25 s each:
-    loading holds the GIL, which would stall the media of a live call)."""
-    inner = getattr(engine, "engine", engine)
-    if isinstance(inner, PocketsphinxStt | ProcessStt):
+    """Load the embedded recogniser's decoders and the gate's detectors before calls
+    arrive (blocking, ~0.25 s and ~40 ms each: loading a decoder holds the GIL, which would
+    stall the media of a live call)."""
+    rate, calls = config.worker.clock_rate, config.worker.max_calls
+    layer: object = engine
+    while layer is not None:
         # one per call for the bot phase; the agents' streams (a bridged call has two)
-        # load on demand, in the speech process where loading stalls no media
-        inner.preload(config.worker.clock_rate, count=config.worker.max_calls)
+        # load on demand, the decoders in the speech process where loading stalls no media
+        if isinstance(layer, VadGatedStt | PocketsphinxStt | ProcessStt):
+            layer.preload(rate, count=calls)
+        layer = getattr(layer, "engine", None)
 
 
 def _base_stt(config: Config) -> SttEngine:

@@ -1,1 +1,0 @@
-"""hitl_sip.alive5"""
