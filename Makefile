@@ -49,6 +49,8 @@ bench: setup
 	$(PY) bench/bridge_capacity.py
 	$(PY) bench/transcript_lag.py
 	$(PY) bench/system_capacity.py
+	$(PY) bench/chaos_soak.py
+	$(PY) bench/stt_vad.py
 
 corpus: setup
 	$(PY) rtp/generate.py

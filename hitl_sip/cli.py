@@ -24,7 +24,7 @@ from hitl_sip.hub.agents import AgentStore
 from hitl_sip.hub.app import AgentAuth, create_app
 from hitl_sip.hub.core import Hub
 from hitl_sip.hub.registry import WorkerRegistry
-from hitl_sip.hub.supervisor import Supervisor
+from hitl_sip.hub.supervisor import Supervisor, load_digest_secret
 from hitl_sip.hub.threads import ThreadStore
 from hitl_sip.hub.tokens import TokenSigner, load_or_create_secret
 from hitl_sip.log import setup_logging
@@ -63,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def serve(config: Config, token_secret: bytes) -> int:
+async def serve(config: Config, token_secret: bytes, digest_secret: bytes) -> int:
     registry = WorkerRegistry()
     token = secrets.token_urlsafe(32)
     data_dir = config.resolve_path(config.data_dir)
@@ -107,7 +107,8 @@ async def serve(config: Config, token_secret: bytes) -> int:
             return 1
     supervisor = Supervisor(worker_config, registry,
                             f"ws://{worker_host}:{port}/internal/worker", token,
-                            sip_ports=sip_ports, on_exit=hub.worker_lost)
+                            sip_ports=sip_ports, on_exit=hub.worker_lost,
+                            digest_secret=digest_secret)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -150,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             data_dir = config.resolve_path(config.data_dir)
             data_dir.mkdir(parents=True, exist_ok=True)
             token_secret = load_or_create_secret(data_dir / "token.key")
+            digest_secret = load_digest_secret(config)
         except ConfigError as e:
             print(f"hitl-sip: configuration error: {e}", file=sys.stderr)
             return 2
@@ -157,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"hitl-sip: configuration error: bot.flow: {e}", file=sys.stderr)
             return 2
         setup_logging(config.log.level, "hub")
-        return asyncio.run(serve(config, token_secret))
+        return asyncio.run(serve(config, token_secret, digest_secret))
     if args.command == "agents":
         try:
             config = load_config(args.config, overrides={"data_dir": args.data_dir})

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hitl_sip.errors import ConfigError
+from hitl_sip.hub.tokens import parse_secret
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 PROJECT_ROOT = PACKAGE_ROOT.parent
@@ -44,6 +45,9 @@ class SipConfig:
     transports: tuple[str, ...] = ("udp", "tcp")
     profile: str = "local"
     user_agent: str = "hitl-sip"
+    # the digest-nonce secret (hex or base64, >= 32 bytes) for hubs that must accept each
+    # other's nonces; "" = <data_dir>/digest.key, created on first start
+    digest_secret: str = ""
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,10 @@ class SpeechConfig:
     azure_region: str = ""
     azure_endpoint: str = ""
     tts_cache_dir: str = ""
+    # the voice-activity gate (Silero VAD) in front of the recogniser: tones, DTMF and
+    # line noise reach no recogniser; a window opens it at this speech probability
+    vad: bool = True
+    vad_threshold: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -159,6 +167,8 @@ class Alive5Config:
     event_crm: str = "save_crm_data"
     event_crm_ack: str = "save_crm_data_ack"
     event_end: str = "end_voice_chat"
+    # "" = alive5 acknowledges no end: it counts as delivered once sent
+    event_end_ack: str = "end_voice_chat_ack"
     field_content: str = "message_content"
     field_type: str = "message_type"
     field_voice_agent: str = "voiceAgentId"
@@ -424,6 +434,11 @@ def validate(config: Config) -> None:
             raise ConfigError("sip.transports", f"unknown transport {t!r}; allowed: udp, tcp")
     if not config.sip.profile:
         raise ConfigError("sip.profile", "a profile name or file path is required")
+    if config.sip.digest_secret:
+        try:
+            parse_secret(config.sip.digest_secret)
+        except ValueError as e:
+            raise ConfigError("sip.digest_secret", str(e)) from e
     _check_host("http.host", config.http.host)
     _check_port("http.port", config.http.port)
     w = config.worker
@@ -462,6 +477,10 @@ def validate(config: Config) -> None:
         raise ConfigError("speech.stt", f"expected one of {', '.join(STT_ENGINES)}")
     if config.speech.tts not in TTS_ENGINES:
         raise ConfigError("speech.tts", f"expected one of {', '.join(TTS_ENGINES)}")
+    if not 0.2 <= config.speech.vad_threshold <= 0.95:
+        raise ConfigError("speech.vad_threshold",
+                          f"expected a speech probability in 0.2..0.95, got "
+                          f"{config.speech.vad_threshold}")
     for kind in ("stt", "tts"):
         if getattr(config.speech, kind) == "azure" and not (
             config.speech.azure_key and (config.speech.azure_region or config.speech.azure_endpoint)

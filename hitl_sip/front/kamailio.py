@@ -281,19 +281,23 @@ failure_route[NEXTWORKER] {{
         ds_load_unset();
         exit;
     }}
-    ds_load_unset();
-    if (t_check_status("503") || t_branch_timeout() || !t_branch_replied()) {{
+    # a final reply the worker sent (401, 403, 488...) goes to the trunk as it is, even when
+    # it overtook the worker's 100 Trying (another Kamailio process may handle that one)
+    if (t_check_status("503") || t_branch_timeout() || $T(reply_type) == 1) {{
         if (t_branch_timeout() && !t_branch_replied()) {{
             ds_mark_dst("ip");
         }}
+        # ds_next_dst moves this call's load to the next worker: the entry must still exist
         if (ds_next_dst()) {{
             t_on_failure("NEXTWORKER");
             t_on_reply("WORKERREPLY");
             t_relay();
             exit;
         }}
+        ds_load_unset();
         route(ALLFULL);
     }}
+    ds_load_unset();
 }}
 """
 

@@ -17,6 +17,7 @@ import socketio
 
 from hitl_sip.hub.core import Hub
 from hitl_sip.hub.routing import Router
+from hitl_sip.protocol.worker import MAX_CANDIDATE
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,12 @@ class AgentNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         await self.hub.command(owned[1], {"type": "mute", "muted": muted})
         return {"ok": True}
 
+    async def on_payload_refused(self, sid: str, data: Any = None) -> dict[str, Any]:
+        """An event whose JSON was refused at the edge (hitl_sip.protocol.wire.SocketJson):
+        too large or nested too deeply. The socket stays up; the sender gets bad_request."""
+        message = data.get("message") if isinstance(data, dict) else None
+        return _err("bad_request", f"payload refused: {message or 'malformed'}")
+
     async def on_webrtc_offer(self, sid: str, data: Any = None) -> dict[str, Any]:
         owned = await self._owned(sid, data)
         if isinstance(owned, dict):
@@ -179,13 +186,16 @@ class AgentNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         if isinstance(owned, dict):
             return owned
         candidate = data.get("candidate")
-        if candidate is not None and not isinstance(candidate, str):
-            return _err("bad_request", "candidate must be a string or null")
+        if candidate is not None and (not isinstance(candidate, str)
+                                      or len(candidate) > MAX_CANDIDATE):
+            return _err("bad_request",
+                        f"candidate must be a string (at most {MAX_CANDIDATE}) or null")
         mid, index = data.get("sdpMid"), data.get("sdpMLineIndex")
-        if (mid is not None and not isinstance(mid, str)) or (
-            index is not None and not isinstance(index, int)
+        if (mid is not None and (not isinstance(mid, str) or len(mid) > 256)) or (
+            index is not None and (not isinstance(index, int) or isinstance(index, bool)
+                                   or not 0 <= index <= 64)
         ):
-            return _err("bad_request", "sdpMid must be a string, sdpMLineIndex an integer")
+            return _err("bad_request", "sdpMid must be a string, sdpMLineIndex 0..64")
         await self.hub.command(owned[1], {"type": "webrtc_candidate", "candidate": candidate,
                                           "sdpMid": mid, "sdpMLineIndex": index})
         return {"ok": True}

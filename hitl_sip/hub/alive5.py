@@ -1,10 +1,12 @@
 """The alive5 connector: one python-socketio client per chat thread (PROTOCOL.md §4).
 
-Work in progress (issue 6): :class:`ThreadLink` speaks the ``alive5_voice_agent`` profile
-for one thread — handshake query, ``init_voice_agent`` → ack gating, ``post_message`` →
-``post_message_ack`` one at a time (so each ack belongs to the message in flight),
-``save_crm_data``, ``end_voice_chat``. Every name is a field of :class:`Alive5Profile`.
-The durable outbox that drives it (order, retries, restart) comes next.
+:class:`ThreadLink` speaks the ``alive5_voice_agent`` profile for one thread — handshake
+query, ``init_voice_agent`` → ack gating, ``post_message`` → ``post_message_ack`` one at a
+time (so each ack belongs to the message in flight), ``save_crm_data`` →
+``save_crm_data_ack``, ``end_voice_chat`` → ``end_voice_chat_ack``. Every name is a field of
+:class:`Alive5Profile`. Every emit and every wait for an ack fails as :class:`Alive5Error`.
+
+:class:`Outbox` drives the links from the thread store: order, retries, restarts.
 """
 
 from __future__ import annotations
@@ -12,12 +14,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from typing import Any
 from urllib.parse import urlencode
 
 import socketio
 
 from hitl_sip.config import Alive5Config
+from hitl_sip.hub.threads import ThreadStore, Turn
+from hitl_sip.supervise import RestartCounter, supervised
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +33,14 @@ class Alive5Error(Exception):
 
 # The profile is the configuration section: every name is a key of [alive5].
 Alive5Profile = Alive5Config
+
+_DISCONNECTED = ""  # put in the ack queue when the connection drops
+_END_ACKED = "\0end"  # put there when alive5 acknowledges end_voice_chat's emit itself
+END_ATTEMPTS = 3  # ends sent on a live connection without any ack before giving up
+
+
+class EndNotAcknowledged(Alive5Error):
+    """``end_voice_chat`` was sent on a live connection but not acknowledged in time."""
 
 
 class ThreadLink:
@@ -41,25 +54,38 @@ class ThreadLink:
         self.sio = socketio.AsyncClient(reconnection=False)
         self._acks: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
         p = profile
-        for event in (p.event_init_ack, p.event_post_ack, p.event_crm_ack):
-            self.sio.on(event, self._ack_handler(event))
+        for event in (p.event_init_ack, p.event_post_ack, p.event_crm_ack, p.event_end_ack):
+            if event:
+                self.sio.on(event, self._ack_handler(event))
+        self.sio.on("disconnect", self._on_disconnect)
 
     def _ack_handler(self, event: str) -> Any:
         async def on_ack(data: Any = None) -> None:
             self._acks.put_nowait((event, data if isinstance(data, dict) else {}))
         return on_ack
 
+    async def _on_disconnect(self, *reason: Any) -> None:
+        self._acks.put_nowait((_DISCONNECTED, {}))  # whoever waits for an ack stops now
+
     @property
     def connected(self) -> bool:
         return bool(self.sio.connected) and bool(self.voice_agent_id)
 
-    async def _await_ack(self, event: str) -> dict[str, Any]:
+    async def _emit(self, event: str, payload: dict[str, Any]) -> None:
+        try:
+            await self.sio.emit(event, payload)
+        except (socketio.exceptions.SocketIOError, OSError) as e:
+            raise Alive5Error(f"{event} not sent: {e}") from e
+
+    async def _await_ack(self, event: str, also: str = "") -> dict[str, Any]:
         try:
             async with asyncio.timeout(self.profile.ack_timeout):
                 while True:
                     kind, data = await self._acks.get()
-                    if kind == event:
+                    if kind == event or (also and kind == also):
                         return data
+                    if kind == _DISCONNECTED:
+                        raise Alive5Error(f"disconnected while waiting for {event}")
         except TimeoutError as e:
             raise Alive5Error(f"no {event} within {self.profile.ack_timeout:.0f}s") from e
 
@@ -76,12 +102,12 @@ class ThreadLink:
         except (socketio.exceptions.ConnectionError, OSError) as e:
             await self.close()
             raise Alive5Error(f"cannot connect to {p.url}: {e}") from e
-        await self.sio.emit(p.event_init, {"thread_id": self.thread_id, "crm_id": self.crm_id,
-                                           "channel_id": p.channel_id})
+        await self._emit(p.event_init, {"thread_id": self.thread_id, "crm_id": self.crm_id,
+                                        "channel_id": p.channel_id})
         ack = await self._await_ack(p.event_init_ack)
         self.voice_agent_id = str(ack.get("voice_agent_id") or "")
-        if not self.voice_agent_id:
-            raise Alive5Error(f"{p.event_init_ack} without a voice_agent_id: {ack}")
+        if not self.voice_agent_id:  # the ack's fields only: its values may be personal
+            raise Alive5Error(f"{p.event_init_ack} without a voice_agent_id ({sorted(ack)})")
 
     async def post(self, role: str, text: str, key: str) -> str:
         """Post one turn and wait for its acknowledgement; returns alive5's message id."""
@@ -94,22 +120,36 @@ class ThreadLink:
         if p.field_sender:
             payload[p.field_sender] = {"caller": p.sender_caller, "bot": p.sender_bot,
                                        "agent": p.sender_agent}.get(role, role)
-        try:
-            await self.sio.emit(p.event_post, payload)
-        except socketio.exceptions.SocketIOError as e:
-            raise Alive5Error(f"post failed: {e}") from e
+        await self._emit(p.event_post, payload)
         ack = await self._await_ack(p.event_post_ack)
         return str(ack.get("message_id") or "")
 
     async def save_crm(self, key: str, value: Any) -> None:
         p = self.profile
-        await self.sio.emit(p.event_crm, {"crm_id": self.crm_id, "key": key, "value": value})
+        await self._emit(p.event_crm, {"crm_id": self.crm_id, "key": key, "value": value})
         await self._await_ack(p.event_crm_ack)
 
     async def end(self, end_by: str, text: str = "") -> None:
-        await self.sio.emit(self.profile.event_end, {
-            "thread_id": self.thread_id, "voice_agent_id": self.voice_agent_id,
-            "end_by": end_by, self.profile.field_content: text})
+        """End the thread; returns once alive5 acknowledged it: by the ``event_end_ack``
+        event or by a Socket.IO acknowledgement of the emit, whichever comes first
+        (``event_end_ack = ""``: alive5 sends none, sent is done). No acknowledgement in
+        ``ack_timeout`` on a live connection raises :class:`EndNotAcknowledged`."""
+        p = self.profile
+        payload = {"thread_id": self.thread_id, "voice_agent_id": self.voice_agent_id,
+                   "end_by": end_by, p.field_content: text}
+        try:
+            await self.sio.emit(p.event_end, payload,
+                                callback=lambda *data: self._acks.put_nowait((_END_ACKED, {})))
+        except (socketio.exceptions.SocketIOError, OSError) as e:
+            raise Alive5Error(f"{p.event_end} not sent: {e}") from e
+        if not p.event_end_ack:
+            return
+        try:
+            await self._await_ack(p.event_end_ack, also=_END_ACKED)
+        except Alive5Error as e:
+            if self.sio.connected:
+                raise EndNotAcknowledged(str(e)) from e
+            raise
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -120,27 +160,52 @@ class Outbox:
     """Delivers stored turns to alive5: per thread, in order, until acknowledged.
 
     Turns are in the thread store (``delivery = 'pending'``) before anything is sent, so a
-    hub restart resumes them (:meth:`resume`); each is posted with its stable key
+    hub restart resumes them (:meth:`start`); each is posted with its stable key
     (``<callId>:<seq>``) and marked delivered on its ack, so a resend after a lost ack is
-    recognisable. A thread's worker retries with backoff (0.5 s doubling to
-    ``max_backoff``) and never touches the call path: the hub only stores and wakes it.
+    recognisable. The end (``end_voice_chat``) is marked delivered on its ack too. The
+    caller's CRM data is stored with the thread and saved after each ``init``.
+
+    Each thread has a sender task of its own, so a failing thread holds up no other. A
+    sender retries alive5 and SQLite errors itself with backoff (0.5 s doubling to
+    ``max_backoff``); anything else ends it, and a supervisor restarts it
+    (:func:`~hitl_sip.supervise.supervised`). A sweep every ``sweep_interval`` seconds
+    starts a sender for any thread with something undelivered and none running. The call
+    path never waits for alive5: the hub only stores and wakes the sender (:meth:`notify`).
     """
 
-    def __init__(self, store: Any, profile: Alive5Profile, *, max_backoff: float | None = None,
-                 idle_close: float = 60.0, crm_id: Any = None) -> None:
+    def __init__(self, store: ThreadStore, profile: Alive5Profile, *,
+                 max_backoff: float | None = None, idle_close: float = 60.0,
+                 sweep_interval: float = 5.0, restarts: RestartCounter | None = None,
+                 end_attempts: int = END_ATTEMPTS) -> None:
         self.store = store
+        self.end_attempts = end_attempts
         self.profile = profile
         self.max_backoff = profile.max_backoff if max_backoff is None else max_backoff
         self.idle_close = idle_close
-        self.crm_id = crm_id or (lambda thread_id: "")
+        self.sweep_interval = sweep_interval
+        self.restarts = restarts
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._wake: dict[str, asyncio.Event] = {}
-        self._crm: dict[str, list[tuple[str, Any]]] = {}
+        # this run's CRM data, also in the store (read from there after a restart)
+        self._crm: dict[str, tuple[str, list[tuple[str, Any]]]] = {}
+        self._sweeper: asyncio.Task[None] | None = None
         self.failures = 0
 
-    def set_crm(self, thread_id: str, items: list[tuple[str, Any]]) -> None:
-        """Caller details for the thread, saved (``save_crm_data``) after each init."""
-        self._crm[thread_id] = [(k, v) for k, v in items if v]
+    async def set_crm(self, thread_id: str, crm_id: str, items: list[tuple[str, Any]]) -> None:
+        """The thread's ``crm_id`` (handshake) and caller details (``save_crm_data`` after
+        each init), kept in the store for a restarted hub."""
+        crm = (crm_id, [(k, v) for k, v in items if v])
+        self._crm[thread_id] = crm
+        try:
+            await self.store.set_crm(thread_id, *crm)
+        except sqlite3.Error as e:  # this run still has them; a restart would not
+            log.error("alive5: CRM data of thread %s not stored: %s", thread_id, e)
+
+    async def _crm_of(self, thread_id: str) -> tuple[str, list[tuple[str, Any]]]:
+        crm = self._crm.get(thread_id)
+        if crm is None:
+            crm = await self.store.crm(thread_id) or ("", [])
+        return crm
 
     def notify(self, thread_id: str) -> None:
         """Something new to deliver for ``thread_id`` (a turn or the end was stored)."""
@@ -148,69 +213,165 @@ class Outbox:
         task = self._workers.get(thread_id)
         if task is None or task.done():
             self._workers[thread_id] = asyncio.get_running_loop().create_task(
-                self._run(thread_id), name=f"alive5-{thread_id}")
+                self._worker(thread_id), name=f"alive5-{thread_id}")
+
+    async def start(self) -> int:
+        """Resume what a previous run left undelivered; start the periodic sweep. Returns
+        the number of threads resumed (0 when the store could not tell: the sweep will)."""
+        try:
+            resumed = await self.resume()
+        except sqlite3.Error as e:
+            log.error("alive5: the outbox could not be read (%s): the sweep will retry", e)
+            resumed = 0
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(
+                supervised("alive5 sweep", self._sweep_forever, kind="alive5_sweep",
+                           backoff=(0.5, self.max_backoff), restarts=self.restarts),
+                name="alive5-sweep")
+        return resumed
 
     async def resume(self) -> int:
-        """After a restart: start a worker for every thread with undelivered items."""
+        """Start a sender for every thread with undelivered items and none running."""
         threads = await self.store.pending_threads()
+        started = 0
         for thread_id in threads:
-            self.notify(thread_id)
-        return len(threads)
+            task = self._workers.get(thread_id)
+            if task is None or task.done():
+                self.notify(thread_id)
+                started += 1
+        return started
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_interval)
+            try:
+                started = await self.resume()
+            except sqlite3.Error as e:
+                log.warning("alive5 sweep: the outbox could not be read: %s", e)
+                continue
+            if started:
+                log.info("alive5 sweep: delivery restarted for %d threads", started)
 
     async def close(self) -> None:
-        for task in self._workers.values():
+        tasks = list(self._workers.values())
+        if self._sweeper is not None:
+            tasks.append(self._sweeper)
+            self._sweeper = None
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._workers.values(), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _run(self, thread_id: str) -> None:
+    async def _worker(self, thread_id: str) -> None:
+        try:
+            await supervised(f"alive5 thread {thread_id}", lambda: self._deliver(thread_id),
+                             kind="alive5_thread", backoff=(0.5, self.max_backoff),
+                             restarts=self.restarts)
+        finally:
+            # forget the thread (a long-lived hub keeps nothing per past call); nothing is
+            # awaited between the sender's last look at its wake-up and here, so a turn
+            # stored from now on starts a new sender
+            if self._workers.get(thread_id) is asyncio.current_task():
+                del self._workers[thread_id]
+                self._wake.pop(thread_id, None)
+                self._crm.pop(thread_id, None)  # the store keeps it
+
+    async def _deliver(self, thread_id: str) -> None:
+        """Deliver the thread's pending turns, then its end; return once it is ended (or
+        idle for ``idle_close``). alive5 and SQLite errors are retried here."""
         wake = self._wake.setdefault(thread_id, asyncio.Event())
         link: ThreadLink | None = None
         backoff = 0.5
         try:
             while True:
                 wake.clear()
-                turns = await self.store.pending(thread_id)
-                end = await self.store.pending_end(thread_id)
-                if not turns and end is None:
-                    try:
-                        async with asyncio.timeout(self.idle_close):
-                            await wake.wait()
-                    except TimeoutError:
-                        return
-                    continue
+                in_flight: Turn | None = None  # what a failure is recorded on
+                end: tuple[str, str] | None = None
                 try:
-                    if link is None or not link.connected:
-                        if link is not None:
-                            await link.close()
-                        link = ThreadLink(self.profile, thread_id, self.crm_id(thread_id))
-                        await link.open()
-                        for key, value in self._crm.get(thread_id, []):
-                            await link.save_crm(key, value)
+                    turns = await self.store.pending(thread_id)
+                    end = await self.store.pending_end(thread_id)
+                    if not turns and end is None:
+                        if not await self._woken(wake):  # idle: let the link go
+                            if link is not None:
+                                await link.close()
+                                link = None
+                            if not wake.is_set():
+                                return
+                        continue
+                    in_flight = turns[0] if turns else None
+                    link = await self._connected(link, thread_id)
                     for turn in turns:
+                        in_flight = turn
                         message_id = await link.post(turn.role, turn.text, turn.key)
                         await self.store.mark_delivered(turn.key, message_id)
                     if end is not None and not turns:
-                        await link.end(end[0], end[1])
+                        try:
+                            await link.end(*end)
+                        except EndNotAcknowledged as e:
+                            if not await self._end_given_up(thread_id, e):
+                                raise
                         await self.store.mark_end_delivered(thread_id)
-                        self._crm.pop(thread_id, None)
-                        return
+                        await link.close()
+                        link = None
+                        if not wake.is_set():
+                            return
                     backoff = 0.5
-                except Alive5Error as e:
+                except (Alive5Error, sqlite3.Error) as e:
                     self.failures += 1
                     log.warning("alive5 delivery for thread %s failed (%s): retrying in "
                                 "%.1fs", thread_id, e, backoff)
-                    if turns:
-                        await self.store.mark_failed_attempt(turns[0].key, str(e))
+                    await self._note_failure(thread_id, in_flight, end, e)
                     if link is not None:
                         await link.close()
                         link = None
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, self.max_backoff)
         finally:
-            # forget the thread first (a long-lived hub keeps nothing per past call), so a
-            # turn stored while the link closes starts a new worker instead of being missed
-            if self._workers.get(thread_id) is asyncio.current_task():
-                del self._workers[thread_id]
-                self._wake.pop(thread_id, None)
             if link is not None:
                 await link.close()
+
+    async def _end_given_up(self, thread_id: str, error: EndNotAcknowledged) -> bool:
+        """alive5 took ``end_voice_chat`` on a live connection but acknowledged it neither
+        way, ``end_attempts`` times: it is counted as delivered (PROTOCOL.md §4 names no
+        ack for it), so a server that never acknowledges ends is not sent them forever."""
+        state = await self.store.end_state(thread_id)
+        attempts = (state or {}).get("attempts", 0) + 1
+        if attempts < self.end_attempts:
+            return False
+        log.warning("alive5: thread %s: %s after %d attempts on a live connection; the end "
+                    "is counted as delivered", thread_id, error, attempts)
+        return True
+
+    async def _woken(self, wake: asyncio.Event) -> bool:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.idle_close):
+                await wake.wait()
+        return wake.is_set()
+
+    async def _connected(self, link: ThreadLink | None, thread_id: str) -> ThreadLink:
+        """The thread's link, (re)opened and its CRM data saved when it is not up."""
+        if link is not None and link.connected:
+            return link
+        if link is not None:
+            await link.close()
+        crm_id, items = await self._crm_of(thread_id)
+        link = ThreadLink(self.profile, thread_id, crm_id)
+        try:
+            await link.open()
+            for key, value in items:
+                await link.save_crm(key, value)
+        except BaseException:
+            await link.close()
+            raise
+        return link
+
+    async def _note_failure(self, thread_id: str, turn: Turn | None,
+                            end: tuple[str, str] | None, error: Exception) -> None:
+        """Record the failed attempt on the turn in flight, else the end (best effort: the
+        store itself may be what failed)."""
+        try:
+            if turn is not None:
+                await self.store.mark_failed_attempt(turn.key, str(error))
+            elif end is not None:
+                await self.store.mark_end_failed_attempt(thread_id, str(error))
+        except sqlite3.Error as e:
+            log.warning("alive5: failed attempt for thread %s not recorded: %s", thread_id, e)

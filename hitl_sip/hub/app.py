@@ -5,11 +5,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
-import json
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 import socketio
 from aiohttp import WSMsgType, web
@@ -22,9 +21,17 @@ from hitl_sip.hub.botns import BotNamespace
 from hitl_sip.hub.core import Hub
 from hitl_sip.hub.dashboard import setup_dashboard
 from hitl_sip.hub.login import setup_login
-from hitl_sip.hub.registry import WorkerRegistry
+from hitl_sip.hub.registry import WorkerRegistry, WorkerState
 from hitl_sip.hub.tokens import TokenError, TokenSigner
-from hitl_sip.metrics import render
+from hitl_sip.metrics import CONTENT_TYPE
+from hitl_sip.protocol.wire import MAX_SOCKET_BYTES, SocketJson, WireError
+from hitl_sip.protocol.worker import (
+    Ack,
+    Hello,
+    Reliable,
+    WorkerMessage,
+    parse_worker_message,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,18 +65,17 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    registry = request.app[REGISTRY]
-    snapshots: list[tuple[dict[str, str], list[dict[str, Any]]]] = [
-        ({}, registry.metrics.snapshot())
-    ]
-    for w in registry.workers.values():
-        if w.connected and w.metrics:
-            snapshots.append(({"worker": w.worker_id}, w.metrics))
-    return web.Response(text=render(snapshots), content_type="text/plain", charset="utf-8",
-                        headers={"X-Content-Type-Options": "nosniff"})
+    """The hub's metrics and each connected worker's (``worker`` label), text format 0.0.4."""
+    body = request.app[REGISTRY].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE,
+                                            "X-Content-Type-Options": "nosniff"})
 
 
 async def worker_socket(request: web.Request) -> web.StreamResponse:
+    """The worker link (hitl_sip.protocol.worker): a Hello, then validated messages. Each
+    reliable one is applied once per worker epoch and acknowledged; a malformed one is
+    counted and skipped; an error applying one (store, Redis) is retried, never drops the
+    link."""
     token = request.app[WORKER_TOKEN]
     given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
     if not token or not hmac.compare_digest(given.encode(), token.encode()):
@@ -78,34 +84,66 @@ async def worker_socket(request: web.Request) -> web.StreamResponse:
     registry = request.app[REGISTRY]
     ws = web.WebSocketResponse(heartbeat=10, max_msg_size=MAX_WORKER_MESSAGE)
     await ws.prepare(request)
-    worker_id: str | None = None
+    state: WorkerState | None = None
     try:
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
                 continue
             try:
-                data = json.loads(msg.data)
-                if not isinstance(data, dict):
-                    raise ValueError("not an object")
-                if worker_id is None:
-                    if data.get("type") != "hello" or not data.get("workerId"):
-                        raise ValueError("first message must be a hello with a workerId")
-                    worker_id = str(data["workerId"])
-                    state = registry.connected(worker_id, data)
-                    state.send_json = ws.send_json
-                    log.info("worker %s connected (SIP %s)", worker_id, state.sip)
-                elif HUB in request.app:
-                    await request.app[HUB].on_worker_message(worker_id, data)
-                else:
-                    registry.handle(worker_id, data)
-            except (ValueError, KeyError, TypeError) as e:
+                message = parse_worker_message(msg.data, max_bytes=MAX_WORKER_MESSAGE)
+                if (state is None) != isinstance(message, Hello):
+                    raise WireError("bad_message", "a worker link starts with one hello")
+            except WireError as e:
                 registry.bad_worker_messages.inc()
                 log.warning("ignored a malformed worker message: %s", e)
+                continue
+            if isinstance(message, Hello):
+                state = registry.connected(message.worker_id, message)
+                state.send_json = ws.send_json
+                log.info("worker %s connected (SIP %s)", state.worker_id, state.sip)
+                continue
+            assert state is not None
+            seq = message.link_seq if isinstance(message, Reliable) else 0
+            if seq and seq <= state.applied_seq:  # sent again after a reconnect: applied
+                await ws.send_str(Ack(link_seq=state.applied_seq).model_dump_json(by_alias=True))
+                continue
+            await _apply_worker_message(request.app, state.worker_id, message)
+            if seq:
+                state.applied_seq = seq
+                await ws.send_str(Ack(link_seq=seq).model_dump_json(by_alias=True))
     finally:
-        if worker_id is not None:
-            registry.disconnected(worker_id)
-            log.info("worker %s disconnected", worker_id)
+        if state is not None:
+            registry.disconnected(state.worker_id)
+            log.info("worker %s disconnected", state.worker_id)
     return ws
+
+
+APPLY_ATTEMPTS = 6  # 0.1 + 0.2 + ... + 1.6 s: a locked database or a Redis failover
+
+
+async def _apply_worker_message(app: web.Application, worker_id: str,
+                                message: WorkerMessage) -> None:
+    registry = app[REGISTRY]
+    for attempt in range(APPLY_ATTEMPTS):
+        try:
+            if HUB in app:
+                await app[HUB].on_worker_message(worker_id, message)
+            else:
+                registry.handle(worker_id, message)
+            return
+        except (ValueError, KeyError, TypeError) as e:  # it contradicts the hub's state
+            registry.bad_worker_messages.inc()
+            log.warning("ignored a worker %s message: %s", message.type, e)
+            return
+        except Exception:
+            if attempt == APPLY_ATTEMPTS - 1:
+                registry.failed_worker_messages.inc()
+                log.exception("a worker %s message could not be applied; given up after %d "
+                              "attempts", message.type, APPLY_ATTEMPTS)
+                return
+            log.warning("applying a worker %s message failed (attempt %d); retrying",
+                        message.type, attempt + 1, exc_info=True)
+            await asyncio.sleep(0.1 * 2**attempt)
 
 
 @dataclass
@@ -144,9 +182,14 @@ def create_app(
         manager = (socketio.AsyncRedisManager(config.cluster.redis_url,
                                               channel="hitl-sip-socketio")
                    if config.cluster.redis_url else None)
+        refused = registry.metrics.counter(
+            "hitl_sip_hub_socket_payloads_refused_total",
+            "Socket.IO payloads refused at the edge (too large, too deep, not JSON)", ["reason"])
+        SocketJson.on_refused = lambda reason: refused.inc(reason=reason)
         sio = socketio.AsyncServer(async_mode="aiohttp", cors_allowed_origins=origins,
                                    logger=False, engineio_logger=False,
-                                   client_manager=manager)
+                                   client_manager=manager, json=SocketJson,
+                                   max_http_buffer_size=4 * MAX_SOCKET_BYTES)
         sio.register_namespace(BotNamespace(hub))
         if agent_auth is not None:
             setup_login(app, agent_auth.store, agent_auth.signer)

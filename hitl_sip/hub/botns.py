@@ -50,6 +50,11 @@ class BotNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             return None, ack_error("not_found", f"no call {call_id}")
         return call_id, None
 
+    async def on_payload_refused(self, sid: str, data: Any = None) -> dict[str, Any]:
+        """An event whose JSON was refused at the edge (hitl_sip.protocol.wire.SocketJson)."""
+        message = data.get("message") if isinstance(data, dict) else None
+        return ack_error("bad_request", f"payload refused: {message or 'malformed'}")
+
     async def on_say(self, sid: str, data: Any = None) -> dict[str, Any]:
         call_id, err = self._call(data)
         if err is not None or call_id is None:

@@ -36,6 +36,15 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from hitl_sip.protocol.cluster import (
+    REPLICATED,
+    ClusterEvent,
+    CommandReply,
+    CommandRequest,
+    parse_cluster_message,
+)
+from hitl_sip.protocol.wire import WireError
+
 log = logging.getLogger(__name__)
 
 __all__ = ["HEARTBEAT", "REPLICATED", "Cluster", "RedisError"]
@@ -46,10 +55,6 @@ CLAIM_TTL = 4 * 3600  # seconds; a claim outlives no call
 HEARTBEAT = 2.0  # seconds between a hub's "alive" marks
 ALIVE_TTL = 6  # seconds: a hub silent this long is dead (its mirrored calls are ended)
 
-#: the worker messages other hubs mirror
-REPLICATED = frozenset({"call_started", "handoff_requested", "session_state", "call_ended",
-                        "call_connected", "peer_lost", "turn", "interim", "caller_said",
-                        "dtmf"})
 
 OnEvent = Callable[[str, str, dict[str, Any]], Awaitable[None]]
 OnCommand = Callable[[str, dict[str, Any], bool], Awaitable[dict[str, Any] | None]]
@@ -67,6 +72,8 @@ class Cluster:
         self.on_event: OnEvent | None = None
         self.on_command: OnCommand | None = None
         self._handlers: set[asyncio.Task[Any]] = set()
+        self.refused = 0  # malformed messages from Redis, ignored
+        self.failed = 0  # valid ones whose handling raised
 
     async def start(self) -> None:
         await self.redis.ping()
@@ -112,34 +119,36 @@ class Cluster:
             if message is None:
                 continue
             try:
-                body = json.loads(message["data"])
-                if not isinstance(body, dict):
-                    raise ValueError("not an object")
-            except (ValueError, TypeError) as e:
+                data = message["data"]
+                if not isinstance(data, str | bytes):
+                    raise WireError("bad_message", "not text")
+                body = parse_cluster_message(data)
+            except WireError as e:
+                self.refused += 1
                 log.warning("cluster: ignored a malformed message: %s", e)
                 continue
-            task = asyncio.create_task(self._handle(message["channel"], body))
+            task = asyncio.create_task(self._handle(body))
             self._handlers.add(task)
             task.add_done_callback(self._handlers.discard)
 
-    async def _handle(self, channel: str, body: dict[str, Any]) -> None:
+    async def _handle(self, body: ClusterEvent | CommandRequest | CommandReply) -> None:
+        """Apply one validated message; any error is contained here (logged, counted):
+        the listener and the other messages go on."""
         try:
-            if channel == EVENTS:
-                if body.get("hub") != self.hub_id and self.on_event is not None:
-                    await self.on_event(str(body.get("hub")), str(body.get("event")),
-                                        dict(body.get("data") or {}))
-            elif "reply" in body:
-                future = self._waiting.get(str(body.get("id")))
+            if isinstance(body, ClusterEvent):
+                if body.hub != self.hub_id and self.on_event is not None:
+                    await self.on_event(body.hub, body.event, dict(body.data))
+            elif isinstance(body, CommandReply):
+                future = self._waiting.get(body.id)
                 if future is not None and not future.done():
-                    future.set_result(body.get("reply"))
+                    future.set_result(dict(body.reply) if body.reply is not None else None)
             elif self.on_command is not None:
-                reply = await self.on_command(str(body.get("callId")),
-                                              dict(body.get("message") or {}),
-                                              bool(body.get("wantReply")))
-                await self.redis.publish(self._channel(str(body.get("from"))),
-                                         json.dumps({"id": body.get("id"), "reply": reply}))
-        except (KeyError, TypeError, ValueError) as e:
-            log.warning("cluster: a message could not be applied: %s", e)
+                reply = await self.on_command(body.call_id, dict(body.message), body.want_reply)
+                await self.redis.publish(self._channel(body.sender),
+                                         json.dumps({"id": body.id, "reply": reply}))
+        except Exception:
+            self.failed += 1
+            log.exception("cluster: a message could not be applied")
 
     # -- commands to another hub's worker ------------------------------------------------------
 

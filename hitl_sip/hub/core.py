@@ -16,6 +16,7 @@ import itertools
 import logging
 import os
 import socket
+import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,12 +25,15 @@ from hitl_sip.hub.alive5 import Outbox
 from hitl_sip.hub.cluster import HEARTBEAT, REPLICATED, Cluster, RedisError
 from hitl_sip.hub.registry import WorkerRegistry
 from hitl_sip.hub.threads import ThreadStore, Turn
+from hitl_sip.protocol.wire import WireError
+from hitl_sip.protocol.worker import CallEndedMsg, CallState, WorkerMessage, parse_command
+from hitl_sip.supervise import restart_counter, supervised
 
 log = logging.getLogger(__name__)
 
 Listener = Callable[[str, dict[str, Any]], Awaitable[None]]
 
-CALL_STATES = ("bot", "queued", "human", "ended")
+CALL_STATES = tuple(state.value for state in CallState)
 
 
 class Hub:
@@ -55,8 +59,8 @@ class Hub:
         c = config.cluster
         self.hub_id = c.hub_id or f"{socket.gethostname()}-{os.getpid()}"
         self.cluster = Cluster(c.redis_url, self.hub_id) if c.redis_url else None
-        self._crm: dict[str, str] = {}
-        self.outbox = (Outbox(store, config.alive5, crm_id=lambda t: self._crm.get(t, ""))
+        self.task_restarts = restart_counter(m)
+        self.outbox = (Outbox(store, config.alive5, restarts=self.task_restarts)
                        if config.alive5.url else None)
 
     async def start(self) -> None:
@@ -69,14 +73,18 @@ class Hub:
             await self.cluster.heartbeat()
             self._spawn(self._watch_hubs())
         if self.outbox is not None:
-            resumed = await self.outbox.resume()
+            resumed = await self.outbox.start()
             if resumed:
                 log.info("alive5: resuming delivery for %d threads", resumed)
-            self._spawn(self._watch_backlog())
+            self._spawn(supervised("alive5 backlog", self._watch_backlog,
+                                   kind="alive5_backlog", restarts=self.task_restarts))
 
     async def _watch_backlog(self) -> None:
         while True:
-            self.backlog.set(await self.store.backlog())
+            try:
+                self.backlog.set(await self.store.backlog())
+            except sqlite3.Error as e:
+                log.warning("alive5 backlog not counted: %s", e)
             await asyncio.sleep(1.0)
 
     def subscribe(self, listener: Listener) -> None:
@@ -124,7 +132,12 @@ class Hub:
         if owner is not None and self.cluster is not None:
             reply = await self.cluster.command(owner, call_id, message, want_reply=False)
             return bool(reply and reply.get("sent"))
-        return await self.registry.send(str(call["workerId"]), {**message, "callId": call_id})
+        try:
+            command = parse_command({**message, "callId": call_id})
+        except WireError as e:
+            log.error("[call %s] a %s command not sent: %s", call_id, message.get("type"), e)
+            return False
+        return await self.registry.send(str(call["workerId"]), command.wire())
 
     async def request(
         self, call_id: str, message: dict[str, Any], wait: float = 10.0
@@ -151,12 +164,15 @@ class Hub:
 
     # -- worker messages ------------------------------------------------------------------
 
-    async def on_worker_message(self, worker_id: str, message: dict[str, Any]) -> None:
-        """Apply one message from a worker; ValueError/KeyError/TypeError for malformed ones."""
-        await self._apply(worker_id, message)
-        await self._replicate(worker_id, message)
+    async def on_worker_message(self, worker_id: str, message: WorkerMessage) -> None:
+        """Apply one validated message from a worker (hitl_sip.protocol.worker); an error
+        from the store or Redis propagates (the link retries), a ValueError means the
+        message contradicts what the hub knows."""
+        data = {"type": message.type, **message.body()}
+        await self._apply(worker_id, message, data)
+        await self._replicate(worker_id, data)
 
-    async def _apply(self, worker_id: str, message: dict[str, Any]) -> None:
+    async def _apply(self, worker_id: str, typed: WorkerMessage, message: dict[str, Any]) -> None:
         kind = message.get("type")
         if kind == "reply":
             future = self._replies.get(str(message.get("requestId")))
@@ -173,21 +189,20 @@ class Hub:
         elif kind == "call_started":
             headers = message.get("metadata") or {}
             caller = message.get("caller") or {}
-            thread_id = str(message.get("threadId"))
-            self._crm[thread_id] = str(headers.get("crm_id") or headers.get("X-Alive5-Crm-Id")
-                                       or caller.get("number") or "")
             if self.outbox is not None:
-                self.outbox.set_crm(thread_id, [("phone", caller.get("number")),
-                                                ("name", caller.get("name"))])
-            self.registry.handle(worker_id, message)
+                crm_id = str(headers.get("crm_id") or headers.get("X-Alive5-Crm-Id")
+                             or caller.get("number") or "")
+                await self.outbox.set_crm(str(message.get("threadId")), crm_id, [
+                    ("phone", caller.get("number")), ("name", caller.get("name"))])
+            self.registry.handle(worker_id, typed)
             await self._publish("call_started", message)
         elif kind == "call_ended":
             self._cancel_queue_timer(str(message["callId"]))
             await self._end_thread(message)
-            self.registry.handle(worker_id, message)
+            self.registry.handle(worker_id, typed)
             await self._publish("call_ended", message)
         else:
-            self.registry.handle(worker_id, message)
+            self.registry.handle(worker_id, typed)
 
     # -- other hubs (cluster) ---------------------------------------------------------------
 
@@ -196,14 +211,14 @@ class Hub:
         if self.cluster is None or kind not in REPLICATED:
             return
         call_id = str(message.get("callId"))
-        if kind in ("handoff_requested", "call_ended"):
-            await self.cluster.unclaim(call_id)  # queued again, or over: claimable again
         data = dict(message)
         if kind == "call_started":
             data["workerId"] = worker_id
         try:
+            if kind in ("handoff_requested", "call_ended"):
+                await self.cluster.unclaim(call_id)  # queued again, or over: claimable again
             await self.cluster.publish(kind, data)
-        except (ConnectionError, OSError) as e:
+        except (ConnectionError, OSError, RedisError) as e:
             log.error("[call %s] cluster: %s not published: %s", call_id, kind, e)
 
     async def _on_cluster_event(self, hub: str, event: str, data: dict[str, Any]) -> None:
@@ -267,9 +282,8 @@ class Hub:
         for call_id, call in calls.items():
             log.warning("[call %s] lost with its worker %s", call_id, worker_id)
             self.registry.calls[call_id] = call
-            await self.on_worker_message(worker_id, {
-                "type": "call_ended", "callId": call_id, "outcome": "worker_lost",
-                "by": "system"})
+            await self.on_worker_message(worker_id, CallEndedMsg(
+                call_id=call_id, outcome="worker_lost", by="system"))
         if calls:
             self.calls_lost.inc(len(calls))
 
@@ -299,7 +313,6 @@ class Hub:
         end_by = {"caller": "person", "agent": "human_agent"}.get(by, "voice_agent")
         await self.store.add_end(thread_id, end_by, f"call ended ({m.get('outcome', '')})")
         self.outbox.notify(thread_id)
-        self._crm.pop(thread_id, None)
 
     async def _on_state(self, m: dict[str, Any]) -> None:
         call_id = str(m["callId"])

@@ -7,7 +7,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from hitl_sip.metrics import Registry
+from hitl_sip.metrics import Family, Registry, WorkerCollector, parse_snapshot
+from hitl_sip.protocol.worker import (
+    CallEndedMsg,
+    CallStarted,
+    Hello,
+    Status,
+    WorkerMessage,
+)
 
 
 @dataclass
@@ -21,7 +28,9 @@ class WorkerState:
     draining: bool = False
     connected: bool = False
     last_seen: float = 0.0
-    metrics: list[dict[str, Any]] = field(default_factory=list)
+    epoch: str = ""  # the worker process's link epoch (hitl_sip.protocol.worker)
+    applied_seq: int = 0  # the last reliable linkSeq of that epoch applied
+    metrics: list[Family] = field(default_factory=list)  # its latest snapshot, checked
     send_json: Callable[[dict[str, Any]], Awaitable[None]] | None = field(
         default=None, repr=False
     )
@@ -58,6 +67,18 @@ class WorkerRegistry:
         self.bad_worker_messages = self.metrics.counter(
             "hitl_sip_hub_bad_worker_messages_total", "Malformed messages from workers ignored"
         )
+        self.failed_worker_messages = self.metrics.counter(
+            "hitl_sip_hub_failed_worker_messages_total",
+            "Worker messages not applied after every retry (store or Redis errors)"
+        )
+        self.bad_worker_metrics = self.metrics.counter(
+            "hitl_sip_hub_bad_worker_metrics_total",
+            "Malformed metric families in worker status messages, skipped",
+        )
+        self.metrics.register(WorkerCollector(
+            lambda: [(w.worker_id, w.metrics) for w in self.workers.values() if w.connected],
+            reserved=self.metrics,
+        ))
 
     def ready_workers(self) -> list[WorkerState]:
         return [w for w in self.workers.values() if w.connected and w.sip and not w.draining]
@@ -65,24 +86,23 @@ class WorkerRegistry:
     def _refresh(self) -> None:
         self.workers_connected.set(sum(1 for w in self.workers.values() if w.connected))
 
-    def connected(self, worker_id: str, hello: dict[str, Any]) -> WorkerState:
+    def connected(self, worker_id: str, hello: Hello) -> WorkerState:
         state = self.workers.get(worker_id) or WorkerState(worker_id)
-        state.pid = int(hello.get("pid", 0))
-        sip = hello.get("sip", {})
-        state.sip = {str(k): str(v) for k, v in sip.items()} if isinstance(sip, dict) else {}
-        state.profile = str(hello.get("profile", ""))
-        state.max_calls = int(hello.get("maxCalls", 0))
-        state.active_calls = int(hello.get("activeCalls", 0))
-        state.draining = bool(hello.get("draining", False))
+        state.pid = hello.pid
+        state.sip = dict(hello.sip)
+        state.profile = hello.profile
+        state.max_calls = hello.max_calls
+        state.active_calls = hello.active_calls
+        state.draining = hello.draining
+        if hello.epoch != state.epoch:  # a new worker process: its linkSeq starts again
+            state.epoch, state.applied_seq = hello.epoch, 0
         state.connected = True
         state.last_seen = time.monotonic()
         self.workers[worker_id] = state
         orphans = self.orphans.pop(worker_id, {})
-        for call in hello.get("calls", []):
-            if isinstance(call, dict) and "callId" in call:
-                call_id = str(call["callId"])
-                known = orphans.get(call_id, {"state": "bot"})
-                self.calls[call_id] = {**known, **call, "workerId": worker_id}
+        for call in hello.calls:
+            known = orphans.get(call.call_id, {"state": "bot"})
+            self.calls[call.call_id] = {**known, **call.body(), "workerId": worker_id}
         self._refresh()
         return state
 
@@ -115,27 +135,19 @@ class WorkerRegistry:
             calls[call_id] = self.calls.pop(call_id)
         return calls
 
-    def handle(self, worker_id: str, message: dict[str, Any]) -> None:
-        """Apply one message from a worker; raise ValueError for a malformed one."""
+    def handle(self, worker_id: str, message: WorkerMessage) -> None:
+        """Apply one (validated) message from a worker to the registry."""
         state = self.workers.get(worker_id)
         if state is None:
             raise ValueError("message before hello")
         state.last_seen = time.monotonic()
-        kind = message.get("type")
-        if kind == "status":
-            state.active_calls = int(message.get("activeCalls", 0))
-            state.draining = bool(message.get("draining", False))
-            metrics = message.get("metrics", [])
-            if not isinstance(metrics, list):
-                raise ValueError("metrics must be a list")
-            state.metrics = metrics
-        elif kind == "call_started":
-            call_id = str(message["callId"])
-            self.calls[call_id] = {**message, "workerId": worker_id, "state": "bot"}
-            self.calls[call_id].pop("type", None)
-        elif kind == "call_ended":
-            self.calls.pop(str(message["callId"]), None)
-        elif kind in ("dtmf", "call_hold", "call_rejected", "registration"):
-            pass
-        else:
-            raise ValueError(f"unknown message type {kind!r}")
+        if isinstance(message, Status):
+            state.active_calls = message.active_calls
+            state.draining = message.draining
+            state.metrics, skipped = parse_snapshot(message.metrics)
+            self.bad_worker_metrics.inc(skipped)
+        elif isinstance(message, CallStarted):
+            self.calls[message.call_id] = {**message.body(), "workerId": worker_id,
+                                           "state": "bot"}
+        elif isinstance(message, CallEndedMsg):
+            self.calls.pop(message.call_id, None)

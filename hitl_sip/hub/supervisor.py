@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from hitl_sip.config import Config
 from hitl_sip.hub.registry import WorkerRegistry
+from hitl_sip.hub.tokens import load_or_create_secret, parse_secret
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,17 @@ MAX_START_FAILURES = 3
 
 class WorkerStartFailed(Exception):
     pass
+
+
+def load_digest_secret(config: Config) -> bytes:
+    """The secret every worker makes and checks digest nonces with, so that the retry after a
+    401 verifies on whichever worker (or hub) it reaches: ``sip.digest_secret`` when set (the
+    same value on several hubs), else ``<data_dir>/digest.key``, 32 random bytes created once
+    (mode 0600, atomically). ``ConfigError`` names the file when it is unusable."""
+    if config.sip.digest_secret:
+        return parse_secret(config.sip.digest_secret)  # checked by config.validate
+    # env={}: HITL_SIP_TOKEN_SECRET is the agent-token secret, not this one
+    return load_or_create_secret(config.resolve_path(config.data_dir) / "digest.key", env={})
 
 
 @dataclass
@@ -40,10 +52,13 @@ class Supervisor:
         *,
         sip_ports: list[int] | None = None,
         on_exit: Callable[[str], Awaitable[None]] | None = None,
+        digest_secret: bytes | None = None,
     ) -> None:
         """``sip_ports``: behind the SIP front, worker i listens on ``sip_ports[i]``.
         ``on_exit(worker_id)`` runs when a worker's process dies unexpectedly, before its
-        restart (the hub ends its calls)."""
+        restart (the hub ends its calls). ``digest_secret``: the nonce secret shared by every
+        worker (``load_digest_secret``); None lets each worker draw its own."""
+        self.digest_secret = digest_secret
         self.sip_ports = sip_ports
         self.on_exit = on_exit
         self.config = config
@@ -64,6 +79,13 @@ class Supervisor:
         env = dict(os.environ)
         env["HITL_SIP_WORKER_CONFIG"] = json.dumps(self.config.to_dict())
         env["HITL_SIP_WORKER_TOKEN"] = self.token
+        if self.digest_secret is not None:
+            # In the child's environment, like the hub-link token: /proc/<pid>/environ is
+            # readable by the same user only, while argv (/proc/<pid>/cmdline) is readable
+            # by every local user. The hub resolves the secret once (config key or 0600 key
+            # file), so workers never race to create the file; the worker removes the
+            # variable from its own environment before it starts any child process.
+            env["HITL_SIP_WORKER_DIGEST_SECRET"] = self.digest_secret.hex()
         port = ["--sip-port", str(self.sip_ports[slot.index])] if self.sip_ports else []
         return await asyncio.create_subprocess_exec(
             sys.executable, "-m", "hitl_sip.worker",

@@ -2,12 +2,16 @@
 
 It is the sink when alive5 is not configured and the record alive5 delivery works from.
 Writes are idempotent on a stable message key (``<callId>:<seq>``), so a worker that
-re-sends after a reconnect does not duplicate turns.
+re-sends after a reconnect does not duplicate turns. A thread's end and its caller's CRM
+data (``crm_id`` and the ``save_crm_data`` items) are stored too, so a restarted hub
+delivers them as the first run would have. Columns and tables added after the first
+release are created on open (``CREATE TABLE IF NOT EXISTS``, ``ALTER TABLE`` when missing).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -34,14 +38,25 @@ CREATE TABLE IF NOT EXISTS thread_ends (
     text TEXT NOT NULL DEFAULT '',
     delivered INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS thread_crm (
+    thread_id TEXT PRIMARY KEY,
+    crm_id TEXT NOT NULL DEFAULT '',
+    items TEXT NOT NULL DEFAULT '[]'
+);
 """
 
-# Columns added after the first release: (name, declaration).
-_COLUMNS = (
-    ("message_id", "TEXT NOT NULL DEFAULT ''"),
-    ("attempts", "INTEGER NOT NULL DEFAULT 0"),
-    ("last_error", "TEXT NOT NULL DEFAULT ''"),
-)
+# Columns added after the first release: table -> (name, declaration).
+_COLUMNS = {
+    "turns": (
+        ("message_id", "TEXT NOT NULL DEFAULT ''"),
+        ("attempts", "INTEGER NOT NULL DEFAULT 0"),
+        ("last_error", "TEXT NOT NULL DEFAULT ''"),
+    ),
+    "thread_ends": (
+        ("attempts", "INTEGER NOT NULL DEFAULT 0"),
+        ("last_error", "TEXT NOT NULL DEFAULT ''"),
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -65,10 +80,11 @@ class ThreadStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
-        have = {row[1] for row in self._db.execute("PRAGMA table_info(turns)")}
-        for name, declaration in _COLUMNS:
-            if name not in have:
-                self._db.execute(f"ALTER TABLE turns ADD COLUMN {name} {declaration}")
+        for table, columns in _COLUMNS.items():
+            have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            for name, declaration in columns:
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -152,6 +168,39 @@ class ThreadStore:
         return (str(rows[0][0]), str(rows[0][1])) if rows else None
 
     async def mark_end_delivered(self, thread_id: str) -> None:
+        """alive5 acknowledged the end (``end_voice_chat``)."""
         await asyncio.to_thread(
-            self._query, "UPDATE thread_ends SET delivered = 1 WHERE thread_id = ?",
+            self._query, "UPDATE thread_ends SET delivered = 1, attempts = attempts + 1,"
+            " last_error = '' WHERE thread_id = ?", (thread_id,))
+
+    async def mark_end_failed_attempt(self, thread_id: str, error: str) -> None:
+        await asyncio.to_thread(
+            self._query, "UPDATE thread_ends SET attempts = attempts + 1, last_error = ?"
+            " WHERE thread_id = ?", (error[:300], thread_id))
+
+    async def end_state(self, thread_id: str) -> dict[str, Any] | None:
+        """The thread's end as stored: ``end_by``, ``delivered``, ``attempts``, ``last_error``."""
+        rows = await asyncio.to_thread(
+            self._query, "SELECT end_by, delivered, attempts, last_error FROM thread_ends"
+            " WHERE thread_id = ?", (thread_id,))
+        if not rows:
+            return None
+        end_by, delivered, attempts, last_error = rows[0]
+        return {"end_by": str(end_by), "delivered": bool(delivered),
+                "attempts": int(attempts), "last_error": str(last_error)}
+
+    # -- the caller's CRM data -------------------------------------------------------------
+
+    async def set_crm(self, thread_id: str, crm_id: str, items: list[tuple[str, Any]]) -> None:
+        """The thread's ``crm_id`` and the items alive5 gets as ``save_crm_data``."""
+        await asyncio.to_thread(
+            self._query, "INSERT OR REPLACE INTO thread_crm (thread_id, crm_id, items)"
+            " VALUES (?, ?, ?)", (thread_id, crm_id, json.dumps([list(i) for i in items])))
+
+    async def crm(self, thread_id: str) -> tuple[str, list[tuple[str, Any]]] | None:
+        rows = await asyncio.to_thread(
+            self._query, "SELECT crm_id, items FROM thread_crm WHERE thread_id = ?",
             (thread_id,))
+        if not rows:
+            return None
+        return str(rows[0][0]), [(str(k), v) for k, v in json.loads(rows[0][1])]

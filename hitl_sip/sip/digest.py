@@ -1,8 +1,17 @@
 """UAS-side HTTP digest authentication for SIP requests (RFC 2617, RFC 7616, RFC 8760).
 
 Nonces are stateless: ``<hex timestamp>.<HMAC-SHA256(secret, timestamp:realm)>``, so any
-worker with the same secret can check them. Replays are possible within ``nonce_ttl`` (nonce
-counts are not tracked); the IP allow-list and TLS complement this. Only ``qop=auth``.
+authenticator with the same secret checks them. Behind the SIP front the authenticated retry
+is a new transaction and may reach another worker than the one that sent the 401: the hub
+gives every worker the same secret (``<data_dir>/digest.key`` or ``sip.digest_secret``, the
+latter shared by several hubs), so a nonce from any of them verifies on all. A right answer
+to a nonce older than ``nonce_ttl`` gets 401 ``stale=true``; a nonce not made with the secret
+is refused.
+
+Accepted residual risk: nonce counts are not tracked, not even per worker (a count seen by
+one worker is unknown to the others without shared state), so a captured ``Authorization``
+can be replayed until its nonce expires (``nonce_ttl``, 300 s by default). The response binds
+the method and request URI, and the IP allow-list limits who can send one. Only ``qop=auth``.
 """
 
 from __future__ import annotations
@@ -248,7 +257,8 @@ class DigestAuthenticator:
             return AuthResult(AuthStatus.BAD_CREDENTIALS, detail="unknown username")
         issued = self._nonce_time(params["nonce"])
         if issued is None:
-            return AuthResult(AuthStatus.BAD_CREDENTIALS, detail="nonce not issued here")
+            return AuthResult(AuthStatus.BAD_CREDENTIALS,
+                              detail="nonce not made with this secret")
         if not matches:
             return AuthResult(AuthStatus.BAD_CREDENTIALS, detail="wrong response")
         age = self._clock() - issued

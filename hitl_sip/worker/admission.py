@@ -18,7 +18,7 @@ from hitl_sip.sip.digest import AuthStatus, DigestAuthenticator
 from hitl_sip.sip.message import SipMessage
 from hitl_sip.sip.metadata import extract_call_metadata
 from hitl_sip.sip.profile import TrunkProfile
-from hitl_sip.worker.pjsip import Decision
+from hitl_sip.worker.decision import Decision
 
 log = logging.getLogger(__name__)
 

@@ -1,23 +1,47 @@
-"""The worker's connection to the hub: a websocket carrying JSON messages both ways.
+"""The worker's connection to the hub: a websocket carrying the typed messages of
+:mod:`hitl_sip.protocol.worker` both ways, with delivery that survives the hub.
 
-Outgoing messages queue in a bounded buffer while the hub is unreachable and are sent in
-order after the reconnect; the newest ``hello`` is always re-sent first so the hub's registry
-is rebuilt after a hub restart.
+* **Reliable events** (turns, call and state events, replies) get a link sequence number
+  and stay in ``pending`` until the hub acknowledges them (cumulative :class:`Ack`). After
+  a reconnect the :class:`Hello` goes first, then every unacknowledged event again, in
+  order; the hub skips the ones it applied already (same worker ``epoch``, ``linkSeq`` at
+  or below its last). Nothing is dropped: beyond ``memory_limit`` events the newest are
+  appended to a spill file (``spill_path``, mode 0600, JSON lines; it holds transcripts)
+  and read back as the hub catches up.
+* **Status** is coalesced: only the latest waits while the hub is away.
+* **Interims** (live captions) and other best-effort messages wait in a bounded queue;
+  when it is full the oldest are dropped and counted in :attr:`dropped`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import itertools
 import logging
+import os
+import secrets
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
 
 import aiohttp
 
+from hitl_sip.protocol.wire import WireError
+from hitl_sip.protocol.worker import (
+    Ack,
+    Hello,
+    HubCommand,
+    Msg,
+    Reliable,
+    Status,
+    parse_hub_message,
+)
+
 log = logging.getLogger(__name__)
+
+MEMORY_LIMIT = 10_000  # reliable events kept in memory before the spill file is used
+VOLATILE_LIMIT = 500
 
 
 class HubLink:
@@ -25,41 +49,130 @@ class HubLink:
         self,
         url: str,
         token: str,
-        hello: Callable[[], dict[str, Any]],
-        on_message: Callable[[dict[str, Any]], None] | None = None,
-        max_backlog: int = 2000,
+        hello: Callable[[], Hello],
+        on_message: Callable[[HubCommand], None] | None = None,
+        *,
+        spill_path: Path | None = None,
+        memory_limit: int = MEMORY_LIMIT,
+        volatile_limit: int = VOLATILE_LIMIT,
     ) -> None:
         self.url = url
         self.token = token
         self.hello = hello
         self.on_message = on_message
-        self._backlog: deque[dict[str, Any]] = deque(maxlen=max_backlog)
+        self.epoch = secrets.token_hex(8)
+        self.spill_path = spill_path
+        self.memory_limit = memory_limit
+        self._seqs = itertools.count(1)
+        self.pending: deque[tuple[int, str]] = deque()  # reliable, not yet acknowledged
+        self._spilled = 0  # events in the spill file not yet read back
+        self._spill_offset = 0
+        self._sent_upto = 0  # the highest linkSeq sent on the current connection
+        self.acked = 0
+        self._volatile: deque[str] = deque(maxlen=volatile_limit)
+        self._status: str | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
-        self._drained = asyncio.Event()
+        self._all_acked = asyncio.Event()
+        self._all_acked.set()
         self.dropped = 0
+        self.bad_messages = 0
 
-    def send(self, message: dict[str, Any]) -> None:
-        self._drained.clear()
-        if len(self._backlog) == self._backlog.maxlen:
-            self.dropped += 1
-        self._backlog.append(message)
+    # -- the worker's side ----------------------------------------------------------------
+
+    def send(self, message: Msg) -> None:
+        """Queue a message for the hub (never blocks, never drops a reliable one)."""
+        if isinstance(message, Status):
+            self._status = message.model_dump_json(by_alias=True)
+        elif isinstance(message, Reliable):
+            seq = next(self._seqs)
+            text = message.model_copy(update={"link_seq": seq}).model_dump_json(by_alias=True)
+            self._all_acked.clear()
+            if self._spilled or len(self.pending) >= self.memory_limit:
+                self._spill(seq, text)
+            else:
+                self.pending.append((seq, text))
+        else:
+            if len(self._volatile) == self._volatile.maxlen:
+                self.dropped += 1
+            self._volatile.append(message.model_dump_json(by_alias=True))
         self._wake.set()
+
+    @property
+    def unacknowledged(self) -> int:
+        return len(self.pending) + self._spilled
+
+    async def wait_acknowledged(self) -> None:
+        """Until the hub has acknowledged every reliable event sent so far."""
+        await self._all_acked.wait()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="hub-link")
 
     async def close(self, flush_timeout: float = 2.0) -> None:
+        """Stop, after giving the hub ``flush_timeout`` to acknowledge what is pending."""
         if self._task is None:
             return
-        if self.connected.is_set() and self._backlog:
+        if self.connected.is_set() and self.unacknowledged:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._drained.wait(), flush_timeout)
+                await asyncio.wait_for(self._all_acked.wait(), flush_timeout)
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None
+        if self.unacknowledged:
+            log.warning("%d event(s) for the hub not acknowledged at exit", self.unacknowledged)
+
+    # -- the spill file -------------------------------------------------------------------
+
+    def _spill(self, seq: int, text: str) -> None:
+        if self.spill_path is None:  # nowhere to spill: memory it is
+            self.pending.append((seq, text))
+            return
+        if not self._spilled:
+            log.warning("hub unreachable with %d events pending: spilling to %s",
+                        len(self.pending), self.spill_path)
+            self._spill_offset = 0
+            with contextlib.suppress(FileNotFoundError):
+                self.spill_path.unlink()
+        fd = os.open(self.spill_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "a", encoding="utf-8") as f:
+            f.write(f"{seq}\t{text}\n")
+        self._spilled += 1
+
+    def _unspill(self) -> None:
+        """Read spilled events back while memory has room (oldest first)."""
+        if not self._spilled or self.spill_path is None:
+            return
+        room = self.memory_limit - len(self.pending)
+        if room <= 0:
+            return
+        with open(self.spill_path, encoding="utf-8") as f:
+            f.seek(self._spill_offset)
+            while room > 0 and self._spilled:
+                line = f.readline()
+                if not line:
+                    break
+                seq, _, text = line.rstrip("\n").partition("\t")
+                self.pending.append((int(seq), text))
+                self._spilled -= 1
+                room -= 1
+            self._spill_offset = f.tell()
+        if not self._spilled:
+            self.spill_path.unlink(missing_ok=True)
+            self._spill_offset = 0
+
+    def _on_ack(self, ack: Ack) -> None:
+        while self.pending and self.pending[0][0] <= ack.link_seq:
+            self.pending.popleft()
+        self.acked = max(self.acked, ack.link_seq)
+        self._unspill()
+        if not self.unacknowledged:
+            self._all_acked.set()
+        self._wake.set()
+
+    # -- the connection -------------------------------------------------------------------
 
     async def _run(self) -> None:
         backoff = 0.2
@@ -69,9 +182,12 @@ class HubLink:
                 try:
                     async with session.ws_connect(self.url, headers=headers, heartbeat=10) as ws:
                         backoff = 0.2
-                        await ws.send_json(self.hello())
+                        hello = self.hello().model_copy(update={"epoch": self.epoch})
+                        await ws.send_str(hello.model_dump_json(by_alias=True))
+                        self._sent_upto = self.acked  # everything unacknowledged goes again
                         self.connected.set()
-                        log.info("connected to the hub at %s", self.url)
+                        log.info("connected to the hub at %s (%d events to resend)", self.url,
+                                 self.unacknowledged)
                         reader = asyncio.create_task(self._read(ws))
                         try:
                             await self._write(ws, reader)
@@ -86,13 +202,27 @@ class HubLink:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
+    def _next_reliable(self) -> str | None:
+        for seq, text in self.pending:  # short scan: the sent ones are at the front
+            if seq > self._sent_upto:
+                self._sent_upto = seq
+                return text
+        return None
+
     async def _write(self, ws: aiohttp.ClientWebSocketResponse, reader: asyncio.Task[None]) -> None:
         while not reader.done():
-            while self._backlog:
-                await ws.send_json(self._backlog[0])
-                self._backlog.popleft()
-            self._drained.set()
             self._wake.clear()
+            while True:
+                if self._status is not None:
+                    text, self._status = self._status, None
+                elif self._volatile:
+                    text = self._volatile.popleft()
+                else:
+                    reliable = self._next_reliable()
+                    if reliable is None:
+                        break
+                    text = reliable
+                await ws.send_str(text)
             wake = asyncio.create_task(self._wake.wait())
             done, _ = await asyncio.wait({wake, reader}, return_when=asyncio.FIRST_COMPLETED)
             if wake not in done:
@@ -103,9 +233,15 @@ class HubLink:
             if msg.type != aiohttp.WSMsgType.TEXT:
                 continue
             try:
-                data = json.loads(msg.data)
-            except ValueError:
-                log.warning("ignored a malformed message from the hub")
+                message = parse_hub_message(msg.data)
+            except WireError as e:
+                self.bad_messages += 1
+                log.warning("ignored a message from the hub: %s", e)
                 continue
-            if self.on_message is not None and isinstance(data, dict):
-                self.on_message(data)
+            if isinstance(message, Ack):
+                self._on_ack(message)
+            elif self.on_message is not None:
+                try:
+                    self.on_message(message)
+                except Exception:
+                    log.exception("a command from the hub failed: %s", message.type)

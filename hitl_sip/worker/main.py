@@ -1,7 +1,9 @@
 """Entry point of a media-worker process.
 
-The hub starts it with the resolved configuration as JSON in ``HITL_SIP_WORKER_CONFIG`` and
-the hub-link secret in ``HITL_SIP_WORKER_TOKEN``. Exit codes: 0 after a clean drain, 2 for a
+The hub starts it with the resolved configuration as JSON in ``HITL_SIP_WORKER_CONFIG``, the
+hub-link secret in ``HITL_SIP_WORKER_TOKEN`` and the digest-nonce secret shared by all its
+workers, in hex, in ``HITL_SIP_WORKER_DIGEST_SECRET`` (without it, as when run by hand, the
+worker draws its own and only its own nonces verify). Exit codes: 0 after a clean drain, 2 for a
 bad configuration, 1 when the SIP stack cannot start (port in use, bad address).
 """
 
@@ -64,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sip-port", type=int, default=None,
                         help="behind the SIP front: listen on front.worker_host:PORT")
     args = parser.parse_args(argv)
+    # taken out of the environment so that no child of the worker (speech process) inherits it
+    digest_hex = os.environ.pop("HITL_SIP_WORKER_DIGEST_SECRET", "")
     raw = os.environ.get("HITL_SIP_WORKER_CONFIG", "{}")
     try:
         config = config_from_dict(json.loads(raw))
@@ -72,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
         log.error("bad worker configuration: %s", e)
         return 2
     setup_logging(config.log.level, args.worker_id)
+    try:
+        digest_secret = bytes.fromhex(digest_hex) or None
+    except ValueError:
+        log.error("bad HITL_SIP_WORKER_DIGEST_SECRET: expected hex")
+        return 2
     # The media clock's callbacks, the event loop and the recognisers' threads share the
     # GIL: hand it over after 1 ms instead of 5 so a 20 ms frame never waits long for it.
     sys.setswitchinterval(0.001)
@@ -85,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             hub_url=args.hub_url,
             hub_token=os.environ.get("HITL_SIP_WORKER_TOKEN", ""),
             sip_port=args.sip_port,
+            digest_secret=digest_secret,
         )
     except (ConfigError, FlowError) as e:
         log.error("configuration error: %s", e)

@@ -36,7 +36,7 @@ import pjsua2 as pj
 
 from hitl_sip.errors import SipError
 from hitl_sip.media.buffers import FrameBuffer
-from hitl_sip.metrics import Registry
+from hitl_sip.worker.decision import Admit, Decision
 from hitl_sip.worker.events import (
     CallDtmf,
     CallEnded,
@@ -47,6 +47,7 @@ from hitl_sip.worker.events import (
     RegistrationChanged,
     WorkerEvent,
 )
+from hitl_sip.worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 pjlog = logging.getLogger("hitl_sip.pjsip.lib")
@@ -88,58 +89,6 @@ def select_vector_reader() -> Callable[[Any], bytes]:
         pass
     log.warning("fast ByteVector reader failed its self-check; using bytes(vec)")
     return _read_vector_slow
-
-
-# --- metrics ---------------------------------------------------------------------------------
-
-
-class WorkerMetrics:
-    def __init__(self) -> None:
-        self.registry = Registry()
-        r = self.registry
-        self.active_calls = r.gauge("hitl_sip_active_calls", "Calls currently admitted")
-        self.calls = r.counter(
-            "hitl_sip_calls_total", "Finished or rejected calls by outcome", ["outcome"]
-        )
-        self.responses = r.counter(
-            "hitl_sip_sip_responses_sent_total", "SIP responses sent by status class", ["class"]
-        )
-        self.requests = r.counter(
-            "hitl_sip_sip_requests_received_total", "SIP requests received by method", ["method"]
-        )
-        self.underruns = r.counter(
-            "hitl_sip_pcm_underruns_total",
-            "20 ms frames with no audio: to_caller = nothing queued while a source was "
-            "playing; from_caller = the call's stream gave no audio (jitter buffer empty, hold)",
-            ["direction"],
-        )
-        self.overruns = r.counter(
-            "hitl_sip_pcm_overruns_total",
-            "20 ms frames dropped because a buffer was full (its consumer fell behind)",
-            ["direction"],
-        )
-        for direction in ("to_caller", "from_caller"):
-            self.underruns.inc(0, direction=direction)
-            self.overruns.inc(0, direction=direction)
-        for outcome in ("completed", "cancelled", "failed", "rejected_capacity",
-                        "rejected_forbidden"):
-            self.calls.inc(0, outcome=outcome)
-        self.dtmf = r.counter("hitl_sip_dtmf_events_total", "DTMF digits received")
-        self.callback_errors = r.counter(
-            "hitl_sip_media_callback_errors_total", "Exceptions caught in media callbacks"
-        )
-        self.registered = r.gauge(
-            "hitl_sip_registration_active", "Outbound registration state (1 = registered)",
-            ["account"],
-        )
-        self.draining = r.gauge("hitl_sip_worker_draining", "1 while the worker drains")
-        self.bridge_frames = r.counter(
-            "hitl_sip_bridge_frames_total",
-            "Agent bridge frames by kind (counted when a peer closes): to_agent_frames / "
-            "to_agent_silence (a pull found no caller frame) / to_agent_trimmed, "
-            "from_agent_frames / from_agent_dropped (too far ahead of the trunk clock)",
-            ["kind"],
-        )
 
 
 # --- the PCM port ----------------------------------------------------------------------------
@@ -241,27 +190,6 @@ class PcmPort(pj.AudioMediaPort):  # type: ignore[misc]
             self.metrics.callback_errors.inc()
         if self.timings is not None:
             self.timings.requested.append(time.perf_counter_ns() - t0)
-
-
-# --- admission -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What to do with an incoming INVITE: ``status == 0`` admits it."""
-
-    status: int = 0
-    reason: str = ""
-    outcome: str = ""
-    headers: tuple[tuple[str, str], ...] = ()
-    metadata: dict[str, Any] = field(default_factory=dict)
-    # A rejection of a well-framed INVITE is answered inside onIncomingCall, which frees
-    # its call slot before the next INVITE of the same poll; anything else waits until the
-    # callback has returned (see _on_incoming).
-    immediate: bool = False
-
-
-Admit = Callable[[str, str, int, bool], Decision]
 
 
 # --- settings and the stack ------------------------------------------------------------------

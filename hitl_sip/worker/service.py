@@ -26,6 +26,28 @@ from hitl_sip.log import call_logger, now_iso
 from hitl_sip.media.buffers import FrameBuffer
 from hitl_sip.media.ice import install_host_filter, rtc_configuration
 from hitl_sip.media.wav import read_wav, resample
+from hitl_sip.protocol.worker import (
+    AgentLeft,
+    CallConnected,
+    CallEndedMsg,
+    CallHoldMsg,
+    CallRejectedMsg,
+    CallStarted,
+    CallSummary,
+    ErrorBody,
+    Hangup,
+    Hello,
+    HubCommand,
+    Msg,
+    PeerLost,
+    RegistrationMsg,
+    Reply,
+    Resume,
+    SessionStateMsg,
+    Status,
+    WebrtcCandidate,
+    WebrtcOffer,
+)
 from hitl_sip.sip.profile import TrunkProfile, load_profile
 from hitl_sip.worker.admission import Admission
 from hitl_sip.worker.engines import build_flow, build_stt, build_tts, preload_stt
@@ -40,8 +62,9 @@ from hitl_sip.worker.events import (
     WorkerEvent,
 )
 from hitl_sip.worker.hublink import HubLink
+from hitl_sip.worker.metrics import WorkerMetrics
 from hitl_sip.worker.peer import AgentPeer, PeerSettings
-from hitl_sip.worker.pjsip import PjStack, StackInfo, StackSettings, WorkerMetrics
+from hitl_sip.worker.pjsip import PjStack, StackInfo, StackSettings
 from hitl_sip.worker.session import CallSession, SessionSettings
 
 log = logging.getLogger(__name__)
@@ -112,9 +135,13 @@ class WorkerService:
         hub_token: str = "",
         *,
         sip_port: int | None = None,
+        digest_secret: bytes | None = None,
     ) -> None:
+        """``digest_secret``: the nonce secret the hub gives all its workers, so a nonce from
+        one verifies on every one; None (a worker run alone) draws one for this process."""
         self.config = config
         self.worker_id = worker_id
+        self.digest_secret = digest_secret or secrets.token_bytes(32)
         self.index = index
         self.sip_port = sip_port
         self.profile = load_profile(config.sip.profile, config.resolve_path(config.profiles_dir))
@@ -138,8 +165,11 @@ class WorkerService:
             media_timeout=w.media_timeout,
         )
         self.stack: PjStack | None = None
+        # reliable events beyond what memory holds wait in the data directory (0600)
+        spill = config.resolve_path(config.data_dir) / f"worker-{worker_id}.pending"
         self.hub = (
-            HubLink(hub_url, hub_token, self._hello, self._on_hub_message) if hub_url else None
+            HubLink(hub_url, hub_token, self._hello, self._on_hub_message, spill_path=spill)
+            if hub_url else None
         )
         self._tasks: set[asyncio.Task[Any]] = set()
         self._idle = asyncio.Event()
@@ -163,7 +193,7 @@ class WorkerService:
             self.profile,
             self.config.worker.max_calls,
             self.config.worker.retry_after,
-            auth_secret=secrets.token_bytes(32),
+            auth_secret=self.digest_secret,
             front=frozenset(self.config.front.trusted) if self.sip_port is not None else None,
         )
         self.stack = PjStack(
@@ -224,54 +254,54 @@ class WorkerService:
 
     # -- hub messages ---------------------------------------------------------------------
 
-    def _hello(self) -> dict[str, Any]:
-        return {
-            "type": "hello",
-            "workerId": self.worker_id,
-            "pid": os.getpid(),
-            "sip": self.info.addresses if self.info else {},
-            "profile": self.profile.name,
-            "maxCalls": self.config.worker.max_calls,
-            "activeCalls": len(self.calls),
-            "draining": self.draining,
-            "calls": [self._call_summary(c) for c in self.calls.values()],
-        }
+    def _hello(self) -> Hello:
+        return Hello(
+            worker_id=self.worker_id,
+            pid=os.getpid(),
+            sip=self.info.addresses if self.info else {},
+            profile=self.profile.name,
+            max_calls=self.config.worker.max_calls,
+            active_calls=len(self.calls),
+            draining=self.draining,
+            calls=[self._call_summary(c) for c in self.calls.values()],
+        )
 
-    def _status(self) -> dict[str, Any]:
-        return {
-            "type": "status",
-            "activeCalls": len(self.calls),
-            "draining": self.draining,
-            "metrics": self.metrics.registry.snapshot(),
-        }
+    def _status(self) -> Status:
+        return Status.model_validate({"active_calls": len(self.calls),
+                                      "draining": self.draining,
+                                      "metrics": self.metrics.registry.snapshot()})
 
-    def _call_summary(self, call: CallRuntime) -> dict[str, Any]:
+    def _call_summary(self, call: CallRuntime) -> CallSummary:
+        return CallSummary.model_validate(self._summary_fields(call))
+
+    @staticmethod
+    def _summary_fields(call: CallRuntime) -> dict[str, Any]:
         md = call.metadata
         return {
-            "callId": call.call_id,
-            "threadId": call.thread_id,
+            "call_id": call.call_id,
+            "thread_id": call.thread_id,
             "caller": {"number": md.get("caller_number"), "name": md.get("caller_name")},
             "called": md.get("called_number"),
             "trunk": md.get("trunk"),
-            "receivedAt": call.received_at,
+            "received_at": call.received_at,
             "metadata": md.get("headers", {}),
-            "codec": call.codec,
+            "codec": call.codec or None,
         }
 
-    def _on_hub_message(self, message: dict[str, Any]) -> None:
-        call = self.calls.get(str(message.get("callId", "")))
+    def _on_hub_message(self, command: HubCommand) -> None:
+        call = self.calls.get(command.call_id)
         if call is None:
             return
-        if message.get("type") in ("webrtc_offer", "webrtc_candidate"):
-            self._spawn(self._webrtc(call, message))
+        if isinstance(command, WebrtcOffer | WebrtcCandidate):
+            self._spawn(self._webrtc(call, command))
             return
-        if message.get("type") in ("agent_left", "resume") and call.peer is not None:
+        if isinstance(command, AgentLeft | Resume) and call.peer is not None:
             self._spawn(self._close_peer(call))
-        if message.get("type") == "hangup" and message.get("by") in ("agent", "system"):
-            call.hangup_by = str(message["by"])
+        if isinstance(command, Hangup) and command.by in ("agent", "system"):
+            call.hangup_by = command.by
         if call.session is not None:
-            self._spawn(call.session.on_command(message))
-        elif message.get("type") == "hangup" and self.stack is not None:
+            self._spawn(call.session.on_command(command))
+        elif isinstance(command, Hangup) and self.stack is not None:
             self._spawn(self.stack.hangup(call.call_id))
 
     async def _report_metrics(self) -> None:
@@ -280,7 +310,7 @@ class WorkerService:
                 self.hub.send(self._status())
             await asyncio.sleep(1.0)
 
-    def _notify(self, message: dict[str, Any]) -> None:
+    def _notify(self, message: Msg) -> None:
         if self.hub is not None:
             self.hub.send(message)
 
@@ -298,11 +328,10 @@ class WorkerService:
         elif isinstance(event, CallEnded):
             self._spawn(self._on_ended(event))
         elif isinstance(event, CallRejected):
-            self._notify({"type": "call_rejected", "status": event.status,
-                          "outcome": event.outcome})
+            self._notify(CallRejectedMsg(status=event.status, outcome=event.outcome))
         elif isinstance(event, RegistrationChanged):
-            self._notify({"type": "registration", "account": event.account,
-                          "active": event.active, "status": event.status})
+            self._notify(RegistrationMsg(account=event.account, active=event.active,
+                                         status=event.status))
 
     def _on_offered(self, ev: CallOffered) -> None:
         metadata = dict(ev.metadata)
@@ -316,42 +345,41 @@ class WorkerService:
         clog.info("incoming call over %s from %s", ev.transport, source.rsplit(":", 1)[0],
                   extra={"redact": {"caller": ev.metadata.get("caller_number")}})
         call.event("offered")
-        self._notify({"type": "call_started", **self._call_summary(call)})
+        self._notify(CallStarted.model_validate(self._summary_fields(call)))
         call.tasks.append(self._spawn(self._answer(call)))
 
-    async def _webrtc(self, call: CallRuntime, message: dict[str, Any]) -> None:
+    async def _webrtc(self, call: CallRuntime,
+                      command: WebrtcOffer | WebrtcCandidate) -> None:
         clog = call_logger(log, call.call_id)
-        reply: dict[str, Any] = {"type": "reply", "requestId": message.get("requestId"),
-                                 "callId": call.call_id}
+        if isinstance(command, WebrtcCandidate):
+            if call.peer is not None:
+                await call.peer.add_candidate(command.candidate, command.sdp_mid,
+                                              command.sdp_m_line_index)
+            return
         try:
-            if message["type"] == "webrtc_offer":
-                session = call.session
-                if session is None:
-                    raise ValueError("the call has no media yet")
+            session = call.session
+            if session is None:
+                raise ValueError("the call has no media yet")
+            await self._close_peer(call)
+            peer = AgentPeer(call.call_id, self.peer_settings,
+                             on_agent_frame=session.on_agent_frame,
+                             on_media=lambda flowing: self._on_agent_media(call, flowing))
+            call.peer = peer
+            session.attach_agent(peer.caller_track.push)
+            try:
+                sdp = await peer.answer(command.sdp)
+            except Exception:
                 await self._close_peer(call)
-                peer = AgentPeer(call.call_id, self.peer_settings,
-                                 on_agent_frame=session.on_agent_frame,
-                                 on_media=lambda flowing: self._on_agent_media(call, flowing))
-                call.peer = peer
-                session.attach_agent(peer.caller_track.push)
-                try:
-                    sdp = await peer.answer(str(message["sdp"]))
-                except Exception:
-                    await self._close_peer(call)
-                    raise
-                reply.update(ok=True, sdp=sdp)
-                call.event("webrtc", codec=peer.codec)
-                clog.info("agent WebRTC offer answered (%s)", peer.codec)
-            elif call.peer is not None:
-                await call.peer.add_candidate(message.get("candidate"), message.get("sdpMid"),
-                                              message.get("sdpMLineIndex"))
-                return
-            else:
-                return
+                raise
+            reply = Reply(request_id=command.request_id or "-", call_id=call.call_id, ok=True,
+                          sdp=sdp)
+            call.event("webrtc", codec=peer.codec)
+            clog.info("agent WebRTC offer answered (%s)", peer.codec)
         except (ValueError, KeyError, TypeError) as e:
             clog.warning("agent WebRTC offer refused: %s", e)
-            reply.update(ok=False, error={"code": "bad_request", "message": str(e)[:200]})
-        if message.get("requestId") is not None:
+            reply = Reply(request_id=command.request_id or "-", call_id=call.call_id, ok=False,
+                          error=ErrorBody(code="bad_request", message=str(e)[:200]))
+        if command.request_id is not None:
             self._notify(reply)
 
     def _on_agent_media(self, call: CallRuntime, flowing: bool) -> None:
@@ -361,9 +389,9 @@ class WorkerService:
             call.session.agent_media(flowing)
         call.event("agent_media", flowing=flowing)
         if flowing:
-            self._notify({"type": "call_connected", "callId": call.call_id, "at": now_iso()})
+            self._notify(CallConnected(call_id=call.call_id, at=now_iso()))
         else:
-            self._notify({"type": "peer_lost", "callId": call.call_id})
+            self._notify(PeerLost(call_id=call.call_id))
 
     async def _close_peer(self, call: CallRuntime) -> None:
         peer, call.peer = call.peer, None
@@ -426,7 +454,7 @@ class WorkerService:
             return
         call.event("hold" if ev.held else "unhold")
         call_logger(log, ev.call_id).info("caller %s", "holds" if ev.held else "resumes")
-        self._notify({"type": "call_hold", "callId": ev.call_id, "held": ev.held})
+        self._notify(CallHoldMsg(call_id=ev.call_id, held=ev.held))
 
     async def _on_ended(self, ev: CallEnded) -> None:
         call = self.calls.pop(ev.call_id, None)
@@ -474,8 +502,8 @@ class WorkerService:
             }
             path = self.recordings / f"{call.call_id}.json"
             path.write_text(json.dumps(record, indent=2), encoding="utf-8")
-        self._notify({"type": "call_ended", "callId": ev.call_id, "outcome": ev.outcome,
-                      "by": by, "status": ev.status})
+        self._notify(CallEndedMsg(call_id=ev.call_id, outcome=ev.outcome, by=by,
+                                  status=ev.status))
         if not self.calls:
             self._idle.set()
 
@@ -518,9 +546,9 @@ class WorkerService:
                 variables[f"headers.{key}"] = str(value)
             runner = FlowRunner(self.flow, variables, log=call_logger(log, call.call_id))
 
-        def notify(message: dict[str, Any]) -> None:
-            if message.get("type") == "session_state":
-                call.event("state", state=message["state"])
+        def notify(message: Msg) -> None:
+            if isinstance(message, SessionStateMsg):
+                call.event("state", state=message.state.value)
             self._notify(message)
 
         def source_active(active: bool) -> None:

@@ -26,7 +26,6 @@ import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -37,20 +36,17 @@ from hitl_sip.errors import HitlSipError, SpeechError
 from hitl_sip.log import call_logger, now_iso
 from hitl_sip.media.buffers import BufferClosed, FrameBuffer
 from hitl_sip.media.wav import frames, read_wav, resample
+from hitl_sip.protocol import worker as wire
+from hitl_sip.protocol.worker import CallState, HubCommand, Msg
 from hitl_sip.speech.base import SpeechEventType, SttEngine, SttStream, TtsEngine
 
 log = logging.getLogger(__name__)
 
 TYPE_AHEAD_MAX = 32  # digits kept while a prompt plays (a flow's longest entry, dtmf_max)
 
-Notify = Callable[[dict[str, Any]], None]
+Notify = Callable[[Msg], None]
 
-
-class SessionState(StrEnum):
-    BOT = "bot"
-    QUEUED = "queued"
-    HUMAN = "human"
-    ENDED = "ended"
+SessionState = CallState  # one call-state enum for hub and worker (hitl_sip.protocol)
 
 
 ALLOWED: dict[SessionState, frozenset[SessionState]] = {
@@ -210,22 +206,22 @@ class CallSession:
         self._notify_state()
 
     def _notify_state(self) -> None:
-        self.notify({"type": "session_state", "callId": self.call_id, "state": self.state.value,
-                     "threadId": self.thread_id, "at": now_iso()})
+        self.notify(wire.SessionStateMsg(call_id=self.call_id, thread_id=self.thread_id,
+                                         state=self.state, at=now_iso()))
 
     def _turn(self, role: str, text: str) -> None:
         self._seq += 1
         at = now_iso()
         self.transcript.append({"role": role, "text": text, "at": at})
-        self.notify({"type": "turn", "callId": self.call_id, "threadId": self.thread_id,
-                     "role": role, "text": text, "at": at, "seq": self._seq})
+        self.notify(wire.TurnMsg(call_id=self.call_id, thread_id=self.thread_id,
+                                 role=wire.Role(role), text=text, at=at, seq=self._seq))
 
     def _interim(self, role: str, text: str) -> None:
         """A partial result: live captions for the agent on the call (not a thread turn)."""
         if self.state is SessionState.HUMAN:
-            self.notify({"type": "interim", "callId": self.call_id, "threadId": self.thread_id,
-                         "role": role, "text": text, "at": now_iso(),
-                         "seq": self._seq + 1})  # the seq its final will have
+            self.notify(wire.Interim(call_id=self.call_id, thread_id=self.thread_id,
+                                     role=wire.Role(role), text=text, at=now_iso(),
+                                     seq=self._seq + 1))  # the seq its final will have
 
     def _flush_caller_stt(self) -> None:
         """A phase change: the caller's pending words become a final now, in this phase."""
@@ -289,8 +285,8 @@ class CallSession:
         if self.state is not SessionState.BOT or not for_bot:
             return
         if self.runner is None:
-            self.notify({"type": "caller_said", "callId": self.call_id, "text": text,
-                         "final": True, "at": now_iso()})
+            self.notify(wire.CallerSaid(call_id=self.call_id, text=text, final=True,
+                                        at=now_iso()))
             return
         if self._input_ignored():
             return
@@ -311,7 +307,7 @@ class CallSession:
             self.last_input_at = asyncio.get_running_loop().time()
             self.last_input_kind = "dtmf"
             self._barge_in("dtmf")
-            self.notify({"type": "dtmf", "callId": self.call_id, "digits": digit})
+            self.notify(wire.DtmfMsg(call_id=self.call_id, digits=digit))
             return
         if self._typed_ahead or self._input_held():
             self._type_ahead(digit)
@@ -379,50 +375,51 @@ class CallSession:
                 return
             await asyncio.wait([prompt.done])
 
-    async def on_command(self, message: dict[str, Any]) -> None:
-        """A command from the hub (queue timeout, external engine, REST handoff)."""
-        kind = message.get("type")
-        if kind == "queue_timeout" and self.state is SessionState.QUEUED:
-            self._stop_hold()
-            self._bot_since = self._fed_seconds
-            self._set_state(SessionState.BOT)
-            if self.runner is not None:
-                await self._run(self.runner.queue_timeout())
-        elif kind == "say" and self.state is SessionState.BOT:
-            await self._run([Say(text=str(message.get("text", "")), audio=None, barge_in=True,
-                                 node_id="external")])
-        elif kind == "handoff" and self.state is SessionState.BOT:
-            await self._run([Handoff(queue=None, skill=None,
-                                     reason=str(message.get("reason", "api")),
+    async def on_command(self, command: HubCommand) -> None:
+        """A command from the hub (queue timeout, external engine, REST handoff, agent)."""
+        match command:
+            case wire.QueueTimeout() if self.state is SessionState.QUEUED:
+                self._stop_hold()
+                self._bot_since = self._fed_seconds
+                self._set_state(SessionState.BOT)
+                if self.runner is not None:
+                    await self._run(self.runner.queue_timeout())
+            case wire.Say() if self.state is SessionState.BOT:
+                await self._run([Say(text=command.text, audio=None, barge_in=True,
                                      node_id="external")])
-        elif kind == "hangup":
-            await self._run([Hangup(node_id="external")])
-        elif kind == "agent_joined" and self.state is SessionState.QUEUED:
-            self._set_state(SessionState.HUMAN)
-            self._start_agent_stt()
-            if self._agent_media:  # the agent's audio already flows: it replaces the bot
-                self._silence_bot()
-        elif kind == "agent_left" and self.state is SessionState.HUMAN:
-            self._flush_caller_stt()
-            self.detach_agent()
-            self._set_state(SessionState.QUEUED)
-            await self._stop_agent_stt()
-            self._ensure_hold()
-        elif kind == "resume" and self.state is SessionState.HUMAN:
-            self._flush_caller_stt()
-            self._bot_since = self._fed_seconds
-            self.detach_agent()
-            self._stop_hold()
-            self._set_state(SessionState.BOT)
-            await self._stop_agent_stt()
-            if self.runner is not None:
-                await self._run(self.runner.resume())
-        elif kind == "mute":
-            self.agent_muted = bool(message.get("muted"))
-            self.log.info("agent %s", "muted" if self.agent_muted else "unmuted")
-            if self.agent_muted and self.state is SessionState.HUMAN and self._agent_media:
-                self.outbound.clear()  # not one more frame of the agent
-                self.on_source_active(False)
+            case wire.Handoff() if self.state is SessionState.BOT:
+                await self._run([Handoff(queue=None, skill=None, reason=command.reason,
+                                         node_id="external")])
+            case wire.Hangup():
+                await self._run([Hangup(node_id="external")])
+            case wire.AgentJoined() if self.state is SessionState.QUEUED:
+                self._set_state(SessionState.HUMAN)
+                self._start_agent_stt()
+                if self._agent_media:  # the agent's audio already flows: it replaces the bot
+                    self._silence_bot()
+            case wire.AgentLeft() if self.state is SessionState.HUMAN:
+                self._flush_caller_stt()
+                self.detach_agent()
+                self._set_state(SessionState.QUEUED)
+                await self._stop_agent_stt()
+                self._ensure_hold()
+            case wire.Resume() if self.state is SessionState.HUMAN:
+                self._flush_caller_stt()
+                self._bot_since = self._fed_seconds
+                self.detach_agent()
+                self._stop_hold()
+                self._set_state(SessionState.BOT)
+                await self._stop_agent_stt()
+                if self.runner is not None:
+                    await self._run(self.runner.resume())
+            case wire.Mute():
+                self.agent_muted = command.muted
+                self.log.info("agent %s", "muted" if self.agent_muted else "unmuted")
+                if self.agent_muted and self.state is SessionState.HUMAN and self._agent_media:
+                    self.outbound.clear()  # not one more frame of the agent
+                    self.on_source_active(False)
+            case _:
+                pass
 
     # -- the human phase ------------------------------------------------------------------
 
@@ -643,13 +640,13 @@ class CallSession:
         self._flush_caller_stt()
         self._set_state(SessionState.QUEUED)
         md = self.metadata
-        self.notify({
-            "type": "handoff_requested", "callId": self.call_id, "threadId": self.thread_id,
-            "caller": {"number": md.get("caller_number"), "name": md.get("caller_name")},
-            "transcript": [t for t in self.transcript if t["role"] in ("caller", "bot")],
-            "queue": handoff.queue, "skill": handoff.skill, "reason": handoff.reason,
-            "at": now_iso(),
-        })
+        self.notify(wire.HandoffRequested(
+            call_id=self.call_id, thread_id=self.thread_id,
+            caller=wire.Caller(number=md.get("caller_number"), name=md.get("caller_name")),
+            transcript=[wire.TranscriptLine.model_validate(t) for t in self.transcript
+                        if t["role"] in ("caller", "bot")],
+            queue=handoff.queue, skill=handoff.skill, reason=handoff.reason, at=now_iso(),
+        ))
 
     def _stop_hold(self) -> None:
         for prompt in self._all_prompts():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import time
@@ -70,6 +71,40 @@ async def send_garbage(server: Server, token: str) -> list[tuple[str, Any, Any]]
     return answers
 
 
+class Raw:
+    """A payload sent exactly as given (a JSON encoder would refuse 5,000 levels)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+class RawJson:
+    """The test client's JSON module: :class:`Raw` payloads go out verbatim."""
+
+    @staticmethod
+    def dumps(obj: Any, **kwargs: Any) -> str:
+        if isinstance(obj, list) and len(obj) == 2 and isinstance(obj[1], Raw):
+            return "[" + json.dumps(obj[0]) + "," + obj[1].text + "]"
+        return json.dumps(obj, **kwargs)
+
+    @staticmethod
+    def loads(text: str | bytes, **kwargs: Any) -> Any:
+        return json.loads(text, **kwargs)
+
+
+async def send_hostile(server: Server, token: str) -> tuple[Any, Any, Any]:
+    """A payload nested 5,000 levels deep, one of 300 KB, then a good event on the same
+    socket: the two get bad_request acknowledgements, the socket stays up."""
+    agent = Agent("alice")
+    agent.sio = socketio.AsyncClient(reconnection=False, json=RawJson)
+    await agent.connect(server, token)
+    deep = await agent.call("set_status", Raw("[" * 5000 + "]" * 5000))
+    big = await agent.call("set_status", Raw(json.dumps({"status": "x" * 300_000})))
+    good = await agent.call("set_status", {"status": "away"})
+    await agent.sio.disconnect()
+    return deep, big, good
+
+
 def test_malformed_payloads_of_every_event_get_an_error_and_change_nothing(
     tmp_path: Path,
 ) -> None:
@@ -82,8 +117,15 @@ def test_malformed_payloads_of_every_event_get_an_error_and_change_nothing(
                 event, payload, ack)
             if payload is None or not isinstance(payload, dict):
                 assert ack["error"]["code"] == "bad_request", (event, payload, ack)
+        deep, big, good = asyncio.run(send_hostile(srv, token))
+        assert deep["ok"] is False and deep["error"]["code"] == "bad_request", deep
+        assert "nested deeper than" in deep["error"]["message"]
+        assert big["ok"] is False and "bytes, more than" in big["error"]["message"], big
+        assert good == {"ok": True}
+        assert srv.metric("hitl_sip_hub_socket_payloads_refused_total", reason="too_deep") == 1
+        assert srv.metric("hitl_sip_hub_socket_payloads_refused_total", reason="too_large") == 1
         assert srv.health()[0] == 200
-        assert "Traceback" not in srv.log()
+        assert "Traceback" not in srv.log() and "RecursionError" not in srv.log()
 
 
 def test_a_thousand_connects_and_disconnects_leave_the_hub_clean(tmp_path: Path) -> None:

@@ -1,6 +1,8 @@
 """Faults on the way to alive5, end to end: the hub killed with turns still in its outbox
-and started again; the speech process killed mid-call. Each time the thread in the
-stand-in ends up with every turn exactly once, in order."""
+and started again (the caller's CRM data and the end delivered after the restart); the
+speech process killed mid-call. Each time the thread in the stand-in ends up with every
+turn exactly once, in order. The outbox's own faults (alive5 handlers failing or never
+acknowledging, SQLite errors, a sender killed, the sweep) are in test_alive5_outbox.py."""
 
 from __future__ import annotations
 
@@ -45,6 +47,8 @@ def test_a_hub_killed_with_turns_in_its_outbox_delivers_them_after_a_restart(
                 assert caller.wait_ended(20), "the flow should hang up"
             srv.wait_for(lambda: srv.metric("hitl_sip_alive5_backlog") == 2, 10,
                          what="two turns waiting in the outbox")
+            srv.wait_for(lambda: not get_json(srv, "/api/calls")["calls"], 10,
+                         what="the call ended at the hub (its end in the outbox too)")
             os.kill(srv.process.pid, signal.SIGKILL)  # the hub dies with them
             srv.process.wait(10)
         a5.start()
@@ -57,7 +61,9 @@ def test_a_hub_killed_with_turns_in_its_outbox_delivers_them_after_a_restart(
         assert [m["message_content"] for m in thread.messages] == ["Hello there.",
                                                                    "Goodbye now."]
         assert thread.duplicates == 0
-        assert [e["end_by"] for e in thread.ended] == ["voice_agent"]
+        assert [e["end_by"] for e in thread.ended] == ["voice_agent"] and thread.end_acks == 1
+        # the caller's CRM data outlived the hub too: stored with the thread
+        assert thread.crm_id == "+14155550100" and thread.crm["phone"] == "+14155550100"
     finally:
         a5.stop()
 

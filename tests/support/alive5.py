@@ -5,8 +5,11 @@ port. It checks the handshake query (``type=voice_agent``, ``x-a5-apikey``, ``th
 ``crm_id``), answers ``init_voice_agent`` with ``init_voice_agent_ack``, stores every
 ``post_message`` (de-duplicated on ``message_key`` when the sender gives one, as a real
 thread would show a resend twice otherwise — the tests count duplicates) and answers
-``post_message_ack``; ``save_crm_data`` and ``end_voice_chat`` are stored too. It can be
-stopped and started again on the same port to play an outage or a restart.
+``post_message_ack``; ``save_crm_data`` and ``end_voice_chat`` are stored too and answered
+with ``save_crm_data_ack`` and ``end_voice_chat_ack``. It can be stopped and started again
+on the same port to play an outage or a restart, and play faults per event: a handler that
+raises (no ack), one that drops the connection, or one that stores but never acknowledges
+(:meth:`Alive5StandIn.fail_next`, :attr:`Alive5StandIn.unacked`).
 """
 
 from __future__ import annotations
@@ -38,6 +41,11 @@ class Alive5Thread:
     crm: dict[str, Any] = field(default_factory=dict)
     ended: list[dict[str, Any]] = field(default_factory=list)
     connections: int = 0
+    end_acks: int = 0
+
+
+class SilentEnd(Exception):
+    """Raised by the stand-in's end handler to withhold every acknowledgement."""
 
 
 class Alive5StandIn:
@@ -47,13 +55,16 @@ class Alive5StandIn:
         self.threads: dict[str, Alive5Thread] = {}
         self.refused: list[str] = []
         self._ids = itertools.count(1)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # wait_for predicates may call thread()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
         self._started = threading.Event()
         self._sio: socketio.AsyncServer | None = None
         self._sessions: dict[str, str] = {}
+        self._faults: dict[str, list[str]] = {}
+        # events stored but never acknowledged while listed here
+        self.unacked: set[str] = set()
 
     @property
     def url(self) -> str:
@@ -121,6 +132,33 @@ class Alive5StandIn:
         with self._lock:
             return self.threads.setdefault(thread_id, Alive5Thread(thread_id))
 
+    def fail_next(self, event: str, *faults: str) -> None:
+        """The next occurrences of ``event`` fail, one fault each: ``raise`` (the handler
+        raises: nothing stored, no ack), ``disconnect`` (the server drops the connection:
+        nothing stored) or ``silent`` (stored, not acknowledged)."""
+        if not set(faults) <= {"raise", "disconnect", "silent"}:
+            raise ValueError(f"unknown fault in {faults}")
+        with self._lock:
+            self._faults.setdefault(event, []).extend(faults)
+
+    def _fault(self, event: str) -> str:
+        with self._lock:
+            queued = self._faults.get(event)
+            if queued:
+                return queued.pop(0)
+            return "silent" if event in self.unacked else ""
+
+    async def _faulted(self, sio: socketio.AsyncServer, sid: str, event: str) -> str:
+        """Play the next fault planned for ``event`` and return it: ``raise`` raises here,
+        ``disconnect`` has dropped the connection (the handler stops), ``silent`` is for
+        the handler to honour after storing, "" is none."""
+        fault = self._fault(event)
+        if fault == "raise":
+            raise RuntimeError(f"alive5 stand-in: {event} failed (a planned fault)")
+        if fault == "disconnect":
+            await sio.disconnect(sid)
+        return fault
+
     def wait_for(self, predicate: Any, timeout: float = 15.0, what: str = "condition") -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -162,6 +200,9 @@ class Alive5StandIn:
 
         @sio.on("post_message")  # type: ignore[untyped-decorator]
         async def post(sid: str, data: dict[str, Any]) -> None:
+            fault = await self._faulted(sio, sid, "post_message")
+            if fault == "disconnect":
+                return
             thread = self.thread(str(data.get("thread_id")))
             key = data.get("message_key")
             with self._lock:
@@ -170,19 +211,36 @@ class Alive5StandIn:
                 else:  # when it arrived, for the transcript-lag benchmark
                     thread.messages.append({**data, "_received": time.monotonic()})
                 message_id = f"m-{next(self._ids)}"
+            if fault == "silent":
+                return
             await sio.emit("post_message_ack", {"timestamp": time.time(),
                                                 "message_id": message_id,
                                                 "message_key": key}, to=sid)
 
         @sio.on("save_crm_data")  # type: ignore[untyped-decorator]
         async def crm(sid: str, data: dict[str, Any]) -> None:
+            fault = await self._faulted(sio, sid, "save_crm_data")
+            if fault == "disconnect":
+                return
             thread = self.thread(sessions.get(sid, ""))
             with self._lock:
                 thread.crm[str(data.get("key"))] = data.get("value")
-            await sio.emit("save_crm_data_ack", {"key": data.get("key")}, to=sid)
+            if fault != "silent":
+                await sio.emit("save_crm_data_ack", {"key": data.get("key")}, to=sid)
 
         @sio.on("end_voice_chat")  # type: ignore[untyped-decorator]
         async def end(sid: str, data: dict[str, Any]) -> None:
+            fault = await self._faulted(sio, sid, "end_voice_chat")
+            if fault == "disconnect":
+                return
             thread = self.thread(str(data.get("thread_id")))
             with self._lock:
                 thread.ended.append(dict(data))
+                if fault != "silent":
+                    thread.end_acks += 1
+            if fault == "silent":
+                # python-socketio acknowledges every handled emit that asked for it (the
+                # hub's end does): a handler that raises sends no acknowledgement at all
+                raise SilentEnd("end_voice_chat stored, deliberately not acknowledged")
+            await sio.emit("end_voice_chat_ack", {"status": "ok",
+                                                  "thread_id": thread.thread_id}, to=sid)

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from tests.support.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,21 +50,14 @@ class Server:
             return str(r.read().decode())
 
     def metric(self, name: str, **labels: str) -> float:
-        """Sum of the samples of ``name`` whose labels include ``labels``."""
-        total = 0.0
-        for line in self.metrics_text().splitlines():
-            if line.startswith("#") or not line.startswith(name):
-                continue
-            key, _, value = line.rpartition(" ")
-            metric_name, _, label_text = key.partition("{")
-            if metric_name != name:
-                continue
-            pairs = dict(
-                p.split("=", 1) for p in label_text.rstrip("}").split(",") if "=" in p
-            )
-            if all(pairs.get(k) == f'"{v}"' for k, v in labels.items()):
-                total += float(value)
-        return total
+        """Sum of the samples named ``name`` (``_total`` included) whose labels include
+        ``labels``."""
+        return sum(
+            s.value
+            for family in text_string_to_metric_families(self.metrics_text())
+            for s in family.samples
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+        )
 
     def wait_for(self, predicate: Any, timeout: float = 10.0, what: str = "condition") -> None:
         deadline = time.monotonic() + timeout

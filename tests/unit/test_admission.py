@@ -140,3 +140,13 @@ def test_digest_auth_challenges_then_admits_the_right_password() -> None:
 def test_auth_is_checked_before_capacity_so_strangers_learn_nothing_about_load() -> None:
     d = admission(AUTH_PROFILE).decide("127.0.0.1:5060", TWILIO_INVITE, active=99, draining=False)
     assert d.status == 401
+
+
+def test_admission_is_pure_it_does_not_load_the_sip_stack() -> None:
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    code = "import sys, hitl_sip.worker.admission; print('pjsua2' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import stat
 from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
+from hitl_sip.config import Config, SipConfig, load_config
+from hitl_sip.errors import ConfigError
+from hitl_sip.hub.supervisor import load_digest_secret
 from hitl_sip.sip.digest import (
     AuthStatus,
     DigestAuthenticator,
@@ -245,7 +252,7 @@ def test_nonce_from_another_secret_is_not_accepted() -> None:
     result = make_auth().verify("INVITE", header)
 
     assert result.status is AuthStatus.BAD_CREDENTIALS
-    assert result.detail == "nonce not issued here"
+    assert result.detail == "nonce not made with this secret"
 
 
 @pytest.mark.parametrize("nonce", ["abc", "65535.AAAAAAAAAAAAAAAAAAAAAA", ""])
@@ -376,3 +383,120 @@ def test_constructor_validates(kwargs: dict[str, object], error: str) -> None:
 def test_challenge_for_a_disabled_algorithm_is_an_error() -> None:
     with pytest.raises(ValueError, match="not enabled"):
         make_auth(algorithms=("MD5",)).challenge(algorithm="SHA-256")
+
+
+# -- one secret, several workers (issue 13): the 401 and the retry may meet different workers
+
+
+def worker_auth(secret: bytes, clock: FakeClock) -> DigestAuthenticator:
+    """A second worker's authenticator: its own instance, clock and copy of the users."""
+    return DigestAuthenticator(REALM, {"trunk": "s3cret"}, secret, nonce_ttl=300, clock=clock)
+
+
+def test_nonce_from_one_worker_verifies_on_another_with_the_same_secret() -> None:
+    clock = FakeClock()
+    challenging, retried = worker_auth(SECRET, clock), worker_auth(SECRET, FakeClock(clock.now + 2))
+
+    for algorithm in ("MD5", "SHA-256"):
+        header = client_authorization(challenging.challenge(algorithm=algorithm))
+        result = retried.verify("INVITE", header)
+
+        assert result.status is AuthStatus.OK, result.detail
+        assert result.username == "trunk"
+
+
+def test_nonce_from_a_worker_with_another_secret_is_refused() -> None:
+    clock = FakeClock()
+    header = client_authorization(worker_auth(SECRET, clock).challenge())
+
+    result = worker_auth(b"a-different-32-byte-secret-here!", clock).verify("INVITE", header)
+
+    assert result.status is AuthStatus.BAD_CREDENTIALS
+    assert result.detail == "nonce not made with this secret"
+
+
+def test_nonce_from_another_worker_goes_stale_there_too() -> None:
+    clock = FakeClock()
+    header = client_authorization(worker_auth(SECRET, clock).challenge())
+    later = FakeClock(clock.now + 301)
+    other = worker_auth(SECRET, later)
+
+    result = other.verify("INVITE", header)
+
+    assert result.status is AuthStatus.STALE_NONCE
+    _, params = parse_auth_header(other.challenge(stale=result.status is AuthStatus.STALE_NONCE))
+    assert params["stale"] == "true"
+    assert other.verify("INVITE", client_authorization(other.challenge())).ok
+
+
+def test_nonce_with_its_timestamp_moved_forward_is_refused() -> None:
+    clock = FakeClock()
+    nonce = parse_auth_header(worker_auth(SECRET, clock).challenge())[1]["nonce"]
+    stamp, mac = nonce.split(".")
+    later = FakeClock(clock.now + 3600)
+    renewed = f"{int(later.now):x}.{mac}"  # the old MAC on a fresh timestamp
+    challenge = f'Digest realm="{REALM}", nonce="{renewed}", algorithm=MD5, qop="auth"'
+
+    result = worker_auth(SECRET, later).verify("INVITE", client_authorization(challenge))
+
+    assert int(stamp, 16) == int(clock.now)
+    assert result.status is AuthStatus.BAD_CREDENTIALS
+    assert result.detail == "nonce not made with this secret"
+
+
+def test_nonce_is_bound_to_the_realm() -> None:
+    clock = FakeClock()
+    nonce = parse_auth_header(worker_auth(SECRET, clock).challenge())[1]["nonce"]
+    elsewhere = DigestAuthenticator("other-realm", {"trunk": "s3cret"}, SECRET, clock=clock)
+    challenge = f'Digest realm="other-realm", nonce="{nonce}", algorithm=MD5, qop="auth"'
+
+    result = elsewhere.verify("INVITE", client_authorization(challenge))
+
+    assert result.status is AuthStatus.BAD_CREDENTIALS
+    assert result.detail == "nonce not made with this secret"
+
+
+def config_in(data_dir: Path, digest_secret: str = "") -> Config:
+    return replace(Config(), data_dir=str(data_dir),
+                   sip=replace(SipConfig(), digest_secret=digest_secret))
+
+
+def test_hub_creates_the_digest_key_once_with_mode_0600(tmp_path: Path) -> None:
+    first = load_digest_secret(config_in(tmp_path / "data"))
+    key = tmp_path / "data" / "digest.key"
+
+    assert len(first) == 32
+    assert key.read_bytes() == first
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert load_digest_secret(config_in(tmp_path / "data")) == first
+    assert load_digest_secret(config_in(tmp_path / "elsewhere")) != first
+
+
+def test_configured_digest_secret_wins_over_the_key_file(tmp_path: Path) -> None:
+    shared = bytes(range(32))
+
+    assert load_digest_secret(config_in(tmp_path, shared.hex())) == shared
+    assert not (tmp_path / "digest.key").exists()
+
+
+def test_hub_ignores_the_agent_token_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HITL_SIP_TOKEN_SECRET", "ab" * 32)
+
+    assert load_digest_secret(config_in(tmp_path)) == (tmp_path / "digest.key").read_bytes()
+
+
+@pytest.mark.parametrize("value", ["not a secret!", "ab" * 16])
+def test_bad_digest_secret_is_a_config_error_naming_the_key(value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, env={"HITL_SIP_SIP_DIGEST_SECRET": value})
+
+    assert "sip.digest_secret" in str(caught.value)
+    assert value not in str(caught.value)
+
+
+def test_digest_secret_may_be_base64() -> None:
+    text = base64.b64encode(bytes(range(32))).decode()
+
+    assert load_config(None, env={"HITL_SIP_SIP_DIGEST_SECRET": text}).sip.digest_secret == text

@@ -8,9 +8,10 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client.parser import text_string_to_metric_families
 
 from hitl_sip.config import load_config
-from hitl_sip.hub.app import create_app
+from hitl_sip.hub.app import REGISTRY, create_app
 from hitl_sip.hub.registry import WorkerRegistry
 from hitl_sip.metrics import Registry
 
@@ -53,8 +54,10 @@ async def test_healthz_is_503_until_a_worker_registers_then_200(client: TestClie
     assert r.status == 200
     assert body["workers"][0]["sip"] == {"udp": "127.0.0.1:5060"}
     metrics = await (await client.get("/metrics")).text()
-    assert 'hitl_sip_calls_total{worker="w1",outcome="completed"} 1' in metrics
-    assert "hitl_sip_hub_workers_connected 1" in metrics
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(metrics) for s in family.samples}
+    assert samples[("hitl_sip_calls_total", (("outcome", "completed"), ("worker", "w1")))] == 1
+    assert samples[("hitl_sip_hub_workers_connected", ())] == 1
     await ws.close()
     for _ in range(100):
         r = await client.get("/healthz")
@@ -78,11 +81,49 @@ async def test_garbage_from_a_worker_is_counted_and_ignored(client: TestClient) 
     await ws.send_json({"type": "no_such_type"})
     await ws.send_json({"type": "call_started"})  # missing callId
     await ws.send_json([1, 2, 3])
-    await ws.send_json({"type": "call_started", "callId": "c1", "caller": {"number": None}})
+    await ws.send_str('{"type": "status", "metrics": ' + "[" * 5000 + "]" * 5000 + "}")
+    await ws.send_json({"type": "status", "unknownField": 1})
+    await ws.send_json({"type": "turn", "callId": "c1", "threadId": "t1", "role": "bot",
+                        "text": "x" * 30_000, "at": "now", "seq": 1})  # text too long
+    await ws.send_json({"type": "call_started", "callId": "c1", "threadId": "t1",
+                        "caller": {"number": None}, "linkSeq": 1})
+    ack = await ws.receive_json(timeout=5)  # the valid one is applied and acknowledged
+    assert ack == {"type": "ack", "linkSeq": 1}
     for _ in range(100):
         text = await (await client.get("/metrics")).text()
-        if "hitl_sip_hub_bad_worker_messages_total 5" in text:
+        if "hitl_sip_hub_bad_worker_messages_total 8" in text.replace(".0\n", "\n"):
             break
-    assert "hitl_sip_hub_bad_worker_messages_total 5" in text
+    assert "hitl_sip_hub_bad_worker_messages_total 8" in text.replace(".0\n", "\n")
     assert (await client.get("/healthz")).status == 200
+    await ws.close()
+
+
+async def test_reliable_messages_are_applied_once_per_worker_epoch_and_acknowledged(
+    client: TestClient,  # type: ignore[type-arg]
+) -> None:
+    registry = client.app[REGISTRY]
+    started = {"type": "call_started", "callId": "c1", "threadId": "t1", "linkSeq": 1}
+    ended = {"type": "call_ended", "callId": "c1", "outcome": "completed", "linkSeq": 2}
+    ws = await client.ws_connect("/internal/worker", headers={"Authorization": f"Bearer {TOKEN}"})
+    await ws.send_json({**HELLO, "epoch": "e1"})
+    await ws.send_json(started)
+    assert await ws.receive_json(timeout=5) == {"type": "ack", "linkSeq": 1}
+    assert "c1" in registry.calls
+    await ws.close()
+    # the worker reconnects and sends again what it had no ack for: seq 1 (already applied)
+    ws = await client.ws_connect("/internal/worker", headers={"Authorization": f"Bearer {TOKEN}"})
+    await ws.send_json({**HELLO, "epoch": "e1", "calls": []})
+    await ws.send_json(ended)
+    assert await ws.receive_json(timeout=5) == {"type": "ack", "linkSeq": 2}
+    assert "c1" not in registry.calls
+    await ws.send_json(started)  # a duplicate of seq 1: acknowledged, not applied again
+    assert await ws.receive_json(timeout=5) == {"type": "ack", "linkSeq": 2}
+    assert "c1" not in registry.calls
+    await ws.close()
+    # a new worker process (new epoch) starts counting again
+    ws = await client.ws_connect("/internal/worker", headers={"Authorization": f"Bearer {TOKEN}"})
+    await ws.send_json({**HELLO, "epoch": "e2", "calls": []})
+    await ws.send_json(started)
+    assert await ws.receive_json(timeout=5) == {"type": "ack", "linkSeq": 1}
+    assert registry.calls["c1"]["threadId"] == "t1"
     await ws.close()

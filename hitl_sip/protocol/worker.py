@@ -1,0 +1,355 @@
+"""The hub ⇄ worker contract: every message on the worker link (``/internal/worker``).
+
+A worker connects with the hub's token, sends :class:`Hello` first, then its call events;
+the hub sends commands about the calls the worker owns. Every message is a JSON object
+whose ``type`` names its model here; field names are camelCase on the wire (the same
+names the external contracts of PROTOCOL.md use). Unknown fields are refused: both ends
+ship together, so an unexpected field is a bug, not a newer peer.
+
+Delivery (hitl_sip.worker.hublink): the events that matter (:data:`RELIABLE`) carry a
+link sequence number ``linkSeq`` and the worker keeps each until the hub acknowledges it
+(:class:`Ack`, cumulative); after a reconnect the unacknowledged ones are sent again and
+the hub skips those it has applied already (``linkSeq`` at or below the last one it
+applied for that worker ``epoch``). :class:`Status` (every second) and :class:`Interim`
+(live captions) are best effort: only the latest status is kept while the hub is away.
+
+:func:`parse_worker_message` and :func:`parse_hub_command` are the only ways in: size
+and nesting limits first (hitl_sip.protocol.wire), then the model, with a
+:class:`~hitl_sip.protocol.wire.WireError` that says which field was wrong.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, ValidationError
+
+from hitl_sip.protocol.wire import MAX_BYTES, WireError, loads_object
+
+Id = Annotated[str, Field(min_length=1, max_length=128)]
+Text = Annotated[str, Field(max_length=20_000)]
+Short = Annotated[str, Field(max_length=256)]
+MAX_SDP = 64 * 1024
+MAX_CANDIDATE = 2048
+
+
+class CallState(StrEnum):
+    """One call's phase, the same on the worker (CallSession) and in the hub."""
+
+    BOT = "bot"
+    QUEUED = "queued"
+    HUMAN = "human"
+    ENDED = "ended"
+
+
+class Role(StrEnum):
+    CALLER = "caller"
+    BOT = "bot"
+    AGENT = "agent"
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+class Msg(BaseModel):
+    """Base of every link message: frozen, camelCase aliases, unknown fields refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True,
+                              alias_generator=_camel)
+
+    def wire(self) -> dict[str, Any]:
+        """The JSON object sent on the link."""
+        return self.model_dump(mode="json", by_alias=True)
+
+    def body(self) -> dict[str, Any]:
+        """The message's own fields in wire form (no ``type``, no ``linkSeq``)."""
+        return self.model_dump(mode="json", by_alias=True, exclude={"type", "link_seq"})
+
+
+class Caller(Msg):
+    number: Short | None = None
+    name: Short | None = None
+
+
+class TranscriptLine(Msg):
+    role: Role
+    text: Text
+    at: Short
+
+
+class CallSummary(Msg):
+    """What the hub knows of a call from its worker (``call_started``, ``hello.calls``)."""
+
+    call_id: Id
+    thread_id: Id
+    caller: Caller = Caller()
+    called: Short | None = None
+    trunk: Short | None = None
+    received_at: Short = ""
+    metadata: dict[Short, JsonValue] = Field(default_factory=dict, max_length=200)
+    codec: Short | None = None
+
+
+# -- worker → hub -------------------------------------------------------------------------
+
+
+class Reliable(Msg):
+    """An event the worker keeps until acknowledged; ``link_seq`` is set by the link."""
+
+    link_seq: int = 0
+
+
+class Hello(Msg):
+    type: Literal["hello"] = "hello"
+    worker_id: Id
+    epoch: Short = ""  # one per worker process: a new process restarts linkSeq at 1
+    pid: int = 0
+    sip: dict[Short, Short] = Field(default_factory=dict, max_length=16)
+    profile: Short = ""
+    max_calls: int = 0
+    active_calls: int = 0
+    draining: bool = False
+    calls: list[CallSummary] = Field(default_factory=list, max_length=64)
+
+
+class Status(Msg):
+    type: Literal["status"] = "status"
+    active_calls: int = 0
+    draining: bool = False
+    metrics: list[JsonValue] = Field(default_factory=list, max_length=10_000)
+
+
+class CallStarted(Reliable, CallSummary):
+    type: Literal["call_started"] = "call_started"
+
+
+class CallEndedMsg(Reliable):
+    type: Literal["call_ended"] = "call_ended"
+    call_id: Id
+    outcome: Short = ""
+    by: Short = ""
+    status: int | None = None
+
+
+class CallRejectedMsg(Msg):
+    type: Literal["call_rejected"] = "call_rejected"
+    status: int
+    outcome: Short
+
+
+class RegistrationMsg(Msg):
+    type: Literal["registration"] = "registration"
+    account: Short
+    active: bool
+    status: int
+
+
+class SessionStateMsg(Reliable):
+    type: Literal["session_state"] = "session_state"
+    call_id: Id
+    thread_id: Id
+    state: CallState
+    at: Short
+
+
+class TurnMsg(Reliable):
+    type: Literal["turn"] = "turn"
+    call_id: Id
+    thread_id: Id
+    role: Role
+    text: Text
+    at: Short
+    seq: int = Field(ge=1)
+
+
+class Interim(Msg):
+    type: Literal["interim"] = "interim"
+    call_id: Id
+    thread_id: Id
+    role: Role
+    text: Text
+    at: Short
+    seq: int = Field(ge=1)
+
+
+class HandoffRequested(Reliable):
+    type: Literal["handoff_requested"] = "handoff_requested"
+    call_id: Id
+    thread_id: Id
+    caller: Caller = Caller()
+    transcript: list[TranscriptLine] = Field(default_factory=list, max_length=2000)
+    queue: Short | None = None
+    skill: Short | None = None
+    reason: Short = ""
+    at: Short
+
+
+class CallerSaid(Reliable):
+    type: Literal["caller_said"] = "caller_said"
+    call_id: Id
+    text: Text
+    final: bool = True
+    at: Short
+
+
+class DtmfMsg(Reliable):
+    type: Literal["dtmf"] = "dtmf"
+    call_id: Id
+    digits: Annotated[str, Field(min_length=1, max_length=32)]
+
+
+class CallConnected(Reliable):
+    type: Literal["call_connected"] = "call_connected"
+    call_id: Id
+    at: Short
+
+
+class PeerLost(Reliable):
+    type: Literal["peer_lost"] = "peer_lost"
+    call_id: Id
+
+
+class CallHoldMsg(Reliable):
+    type: Literal["call_hold"] = "call_hold"
+    call_id: Id
+    held: bool
+
+
+class ErrorBody(Msg):
+    code: Short
+    message: Short
+
+
+class Reply(Reliable):
+    """The worker's answer to a command that carried a ``requestId``."""
+
+    type: Literal["reply"] = "reply"
+    request_id: Id
+    call_id: Id
+    ok: bool
+    sdp: Annotated[str, Field(max_length=MAX_SDP)] | None = None
+    error: ErrorBody | None = None
+
+
+WorkerMessage = Annotated[
+    Hello | Status | CallStarted | CallEndedMsg | CallRejectedMsg | RegistrationMsg
+    | SessionStateMsg | TurnMsg | Interim | HandoffRequested | CallerSaid | DtmfMsg
+    | CallConnected | PeerLost | CallHoldMsg | Reply,
+    Field(discriminator="type"),
+]
+
+# -- hub → worker ---------------------------------------------------------------------------
+
+
+class Ack(Msg):
+    """Every reliable message up to ``link_seq`` of this worker process is applied."""
+
+    type: Literal["ack"] = "ack"
+    link_seq: int = Field(ge=0)
+
+
+class Command(Msg):
+    call_id: Id
+
+
+class QueueTimeout(Command):
+    type: Literal["queue_timeout"] = "queue_timeout"
+
+
+class Say(Command):
+    type: Literal["say"] = "say"
+    text: Text
+
+
+class Handoff(Command):
+    type: Literal["handoff"] = "handoff"
+    reason: Short = "api"
+
+
+class Hangup(Command):
+    type: Literal["hangup"] = "hangup"
+    by: Literal["agent", "system", "engine"] | None = None
+
+
+class AgentJoined(Command):
+    type: Literal["agent_joined"] = "agent_joined"
+    agent_id: Id
+
+
+class AgentLeft(Command):
+    type: Literal["agent_left"] = "agent_left"
+    agent_id: Id | None = None
+
+
+class Resume(Command):
+    type: Literal["resume"] = "resume"
+
+
+class Mute(Command):
+    type: Literal["mute"] = "mute"
+    muted: bool
+
+
+class WebrtcOffer(Command):
+    type: Literal["webrtc_offer"] = "webrtc_offer"
+    sdp: Annotated[str, Field(min_length=1, max_length=MAX_SDP)]
+    request_id: Id | None = None
+
+
+class WebrtcCandidate(Command):
+    type: Literal["webrtc_candidate"] = "webrtc_candidate"
+    candidate: Annotated[str, Field(max_length=MAX_CANDIDATE)] | None = None
+    sdp_mid: Short | None = None
+    sdp_m_line_index: Annotated[int, Field(ge=0, le=64)] | None = None
+    request_id: Id | None = None
+
+
+HubCommand = Annotated[
+    QueueTimeout | Say | Handoff | Hangup | AgentJoined | AgentLeft | Resume | Mute
+    | WebrtcOffer | WebrtcCandidate,
+    Field(discriminator="type"),
+]
+HubMessage = Annotated[Ack | HubCommand, Field(discriminator="type")]
+
+_WORKER: TypeAdapter[WorkerMessage] = TypeAdapter(WorkerMessage)
+_COMMAND: TypeAdapter[HubCommand] = TypeAdapter(HubCommand)
+_HUB: TypeAdapter[HubMessage] = TypeAdapter(HubMessage)
+
+RELIABLE = frozenset(
+    m.model_fields["type"].default for m in Reliable.__subclasses__()
+) | {"call_started"}
+
+
+def _validate(adapter: TypeAdapter[Any], value: Any) -> Any:
+    try:
+        return adapter.validate_python(value)
+    except ValidationError as e:
+        first = e.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "message"
+        raise WireError("bad_message",
+                        f"{where}: {first['msg']} ({e.error_count()} error(s))") from e
+
+
+def parse_worker_message(data: str | bytes | dict[str, Any],
+                         max_bytes: int = MAX_BYTES) -> WorkerMessage:
+    """A message from a worker, validated; :class:`WireError` otherwise."""
+    value = data if isinstance(data, dict) else loads_object(data, max_bytes=max_bytes)
+    result: WorkerMessage = _validate(_WORKER, value)
+    return result
+
+
+def parse_hub_message(data: str | bytes | dict[str, Any],
+                      max_bytes: int = MAX_BYTES) -> HubMessage:
+    """A message from the hub (an ack or a command), validated."""
+    value = data if isinstance(data, dict) else loads_object(data, max_bytes=max_bytes)
+    result: HubMessage = _validate(_HUB, value)
+    return result
+
+
+def parse_command(data: dict[str, Any]) -> HubCommand:
+    """A command built inside the hub (from the namespaces, REST, another hub)."""
+    result: HubCommand = _validate(_COMMAND, data)
+    return result

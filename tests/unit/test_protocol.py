@@ -1,0 +1,173 @@
+"""The hub ⇄ worker contract (hitl_sip.protocol): every model survives the wire, and the
+edge parsers answer any input — random JSON, deep nesting, oversized text — with a typed
+WireError or a valid message, never anything else."""
+
+from __future__ import annotations
+
+import json
+import typing
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import BaseModel
+
+from hitl_sip.protocol import worker as w
+from hitl_sip.protocol.wire import MAX_DEPTH, SocketJson, WireError, depth, loads
+from hitl_sip.protocol.worker import (
+    HubMessage,
+    WorkerMessage,
+    parse_hub_message,
+    parse_worker_message,
+)
+
+CALLER = w.Caller(number="+14155550100", name="Ann")
+EXAMPLES: list[w.Msg] = [
+    w.Hello(worker_id="w1", epoch="e1", pid=7, sip={"udp": "127.0.0.1:5060"}, profile="local",
+            max_calls=3, active_calls=1, draining=False,
+            calls=[w.CallSummary(call_id="c1", thread_id="t1", caller=CALLER, called="+1555",
+                                 trunk="twilio", received_at="2026-12-04T20:00:00Z",
+                                 metadata={"X-Twilio-CallSid": "CA1"}, codec="PCMU")]),
+    w.Status(active_calls=2, draining=True, metrics=[{"name": "x", "value": 1234567}]),
+    w.CallStarted(call_id="c1", thread_id="t1", caller=CALLER, metadata={"a": "b"},
+                  link_seq=4),
+    w.CallEndedMsg(call_id="c1", outcome="completed", by="caller", status=200, link_seq=9),
+    w.CallRejectedMsg(status=503, outcome="busy"),
+    w.RegistrationMsg(account="sip:a@b", active=True, status=200),
+    w.SessionStateMsg(call_id="c1", thread_id="t1", state=w.CallState.QUEUED, at="now"),
+    w.TurnMsg(call_id="c1", thread_id="t1", role=w.Role.AGENT, text="hello", at="now", seq=3),
+    w.Interim(call_id="c1", thread_id="t1", role=w.Role.CALLER, text="hel", at="now", seq=4),
+    w.HandoffRequested(call_id="c1", thread_id="t1", caller=CALLER, queue="default",
+                       transcript=[w.TranscriptLine(role=w.Role.BOT, text="Hi", at="now")],
+                       reason="dtmf '0' at menu", at="now"),
+    w.CallerSaid(call_id="c1", text="agent please", at="now"),
+    w.DtmfMsg(call_id="c1", digits="0"),
+    w.CallConnected(call_id="c1", at="now"),
+    w.PeerLost(call_id="c1"),
+    w.CallHoldMsg(call_id="c1", held=True),
+    w.Reply(request_id="r1", call_id="c1", ok=False,
+            error=w.ErrorBody(code="bad_request", message="no media")),
+]
+COMMANDS: list[w.Msg] = [
+    w.Ack(link_seq=12),
+    w.QueueTimeout(call_id="c1"),
+    w.Say(call_id="c1", text="One moment."),
+    w.Handoff(call_id="c1", reason="api"),
+    w.Hangup(call_id="c1", by="agent"),
+    w.AgentJoined(call_id="c1", agent_id="alice"),
+    w.AgentLeft(call_id="c1", agent_id="alice"),
+    w.Resume(call_id="c1"),
+    w.Mute(call_id="c1", muted=True),
+    w.WebrtcOffer(call_id="c1", sdp="v=0\r\n", request_id="r2"),
+    w.WebrtcCandidate(call_id="c1", candidate="candidate:1 1 udp 1 127.0.0.1 9 typ host",
+                      sdp_mid="0", sdp_m_line_index=0),
+]
+
+
+def union_members(annotated: Any) -> set[type[BaseModel]]:
+    union = typing.get_args(annotated)[0]
+    members: set[type[BaseModel]] = set()
+    for member in typing.get_args(union):
+        members |= union_members(member) if typing.get_origin(member) else {member}
+    return members
+
+
+def test_every_message_type_has_an_example() -> None:
+    assert {type(m) for m in EXAMPLES} == union_members(WorkerMessage)
+    assert {type(m) for m in COMMANDS} == union_members(HubMessage)
+
+
+@pytest.mark.parametrize("message", EXAMPLES, ids=lambda m: m.type)  # type: ignore[attr-defined]
+def test_a_worker_message_round_trips_through_the_wire(message: w.Msg) -> None:
+    text = json.dumps(message.wire())
+    assert parse_worker_message(text) == message
+    assert parse_worker_message(message.model_dump_json(by_alias=True)) == message
+
+
+@pytest.mark.parametrize("message", COMMANDS, ids=lambda m: m.type)  # type: ignore[attr-defined]
+def test_a_hub_message_round_trips_through_the_wire(message: w.Msg) -> None:
+    assert parse_hub_message(json.dumps(message.wire())) == message
+
+
+def test_wire_names_are_camel_case_as_in_the_external_contracts() -> None:
+    wire = w.WebrtcCandidate(call_id="c", sdp_mid="0", sdp_m_line_index=1).wire()
+    assert set(wire) == {"type", "callId", "candidate", "sdpMid", "sdpMLineIndex", "requestId"}
+    assert "linkSeq" in w.TurnMsg(call_id="c", thread_id="t", role=w.Role.BOT, text="x",
+                                  at="a", seq=1).wire()
+
+
+def test_one_call_state_enum_serves_hub_and_worker() -> None:
+    from hitl_sip.hub.core import CALL_STATES  # noqa: PLC0415
+    from hitl_sip.worker.session import SessionState  # noqa: PLC0415
+
+    assert SessionState is w.CallState
+    assert CALL_STATES == ("bot", "queued", "human", "ended")
+
+
+@pytest.mark.parametrize(("payload", "reason", "where"), [
+    ("[" * 5000 + "]" * 5000, "too_deep", "nested deeper than 32"),
+    ('{"a": "' + "x" * (2 << 20) + '"}', "too_large", "more than"),
+    ("{not json", "bad_json", "not JSON"),
+    (b"\xff\xfe", "bad_json", "not UTF-8"),
+    ("[1, 2]", "bad_message", "expected a JSON object"),
+    ('{"type": "turn"}', "bad_message", "turn.callId: Field required"),
+    ('{"type": "nope"}', "bad_message", "does not match any of the expected tags"),
+    ('{"type": "status", "extra": 1}', "bad_message", "status.extra: Extra inputs"),
+    ('{"type": "dtmf", "callId": "c", "digits": ""}', "bad_message", "dtmf.digits"),
+])
+def test_refusals_are_precise(payload: str | bytes, reason: str, where: str) -> None:
+    with pytest.raises(WireError) as info:
+        parse_worker_message(payload)
+    assert info.value.reason == reason
+    assert where in str(info.value)
+    assert "x" * 100 not in str(info.value), "the payload is not echoed"
+
+
+def test_depth_skips_brackets_inside_strings() -> None:
+    assert depth('{"a": "[[[[{{{{", "b": [1, {"c": "\\"]]]"}]}') == 3
+    assert loads('["' + "[" * 100 + '"]') == ["[" * 100]
+    with pytest.raises(WireError):
+        loads("[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1))
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: st.lists(children, max_size=5)
+    | st.dictionaries(st.text(max_size=10), children, max_size=5),
+    max_leaves=40,
+)
+TYPES = st.sampled_from(sorted(
+    [m.model_fields["type"].default for m in union_members(WorkerMessage)]
+    + [m.model_fields["type"].default for m in union_members(HubMessage)] + ["x"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=JSON, kind=TYPES, extra=st.dictionaries(st.text(max_size=12), JSON, max_size=6))
+def test_random_json_gets_a_typed_answer_from_every_edge(value: Any, kind: str,
+                                                         extra: dict[str, Any]) -> None:
+    for candidate in (value, {"type": kind, **extra}, {"type": kind, "callId": value}):
+        text = json.dumps(candidate)
+        for parse in (parse_worker_message, parse_hub_message):
+            try:
+                parse(text)
+            except WireError as e:
+                assert e.reason in {"bad_json", "bad_message", "too_deep", "too_large"}
+
+
+@settings(max_examples=100, deadline=None)
+@given(levels=st.integers(min_value=1, max_value=20_000), text=st.text(max_size=50))
+def test_any_nesting_is_answered_without_recursion(levels: int, text: str) -> None:
+    payload = "[" * levels + json.dumps(text) + "]" * levels
+    result = SocketJson.loads(payload)
+    if levels > MAX_DEPTH:
+        assert result[0] == "payload_refused" and result[1]["reason"] == "too_deep"
+    else:
+        assert result == json.loads(payload)
+
+
+def test_the_contract_document_is_generated_from_the_models() -> None:
+    from hitl_sip.protocol.doc import DOC, generate  # noqa: PLC0415
+
+    assert generate() in DOC.read_text(encoding="utf-8"), (
+        "docs/protocol.md is stale: run python -m hitl_sip.protocol.doc --write")
