@@ -2,7 +2,7 @@
 
 A real ``hitl-sip serve`` (hub + one worker, embedded engines: pocketsphinx runs on both legs
 of every bridged call, the shadow STT) runs ``bench/flows/bridge.yaml``. Three agents log in
-(:mod:`hitl_sip.testagent`, python-socketio + aiortc, in this process); three callers
+(:mod:`hitl_sip.testing.agent`, python-socketio + aiortc, in this process); three callers
 (``tests/support/rtpcaller.py``, PCMU RTP paced on a monotonic clock) call one after the
 other and each call is accepted by the next free agent, so the worker holds its maximum of
 three bridged calls. Callers and agents both talk all the time (looped speech), the worst
@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from hitl_sip.media.ice import install_host_filter  # noqa: E402
 from hitl_sip.media.wav import read_wav, resample  # noqa: E402
-from hitl_sip.testagent import TestAgent, wav_source  # noqa: E402
+from hitl_sip.testing.agent import TestAgent, wav_source  # noqa: E402
 from tests.integration.test_agents import PASSWORD, add_agent  # noqa: E402
 from tests.support.rtpcaller import RtpCaller  # noqa: E402
 from tests.support.server import Server, running_server  # noqa: E402

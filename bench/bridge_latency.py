@@ -2,7 +2,7 @@
 
 A real ``hitl-sip serve`` (hub + one worker) runs ``bench/flows/bridge.yaml`` (straight to the
 agent node). A caller (``tests/support/rtpcaller.py``: SIP over UDP, PCMU RTP paced on a
-monotonic clock) calls; the test agent (:mod:`hitl_sip.testagent`: python-socketio + aiortc)
+monotonic clock) calls; the test agent (:mod:`hitl_sip.testing.agent`: python-socketio + aiortc)
 accepts. Both then send marked audio: 100 ms bursts of a tone every 500 ms, the caller's
 440 Hz at frame 0 of each 25-frame cycle, the agent's 1 kHz at frame 12.
 
@@ -45,9 +45,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hitl_sip.media.analysis import rms_dbfs  # noqa: E402
 from hitl_sip.media.ice import install_host_filter  # noqa: E402
-from hitl_sip.testagent import SAMPLES, TestAgent  # noqa: E402
+from hitl_sip.testing.agent import SAMPLES, TestAgent  # noqa: E402
+from hitl_sip.testing.analysis import rms_dbfs  # noqa: E402
 from tests.integration.test_agents import PASSWORD, add_agent  # noqa: E402
 from tests.support.rtpcaller import RtpCaller  # noqa: E402
 from tests.support.server import running_server  # noqa: E402

@@ -52,7 +52,7 @@ from hitl_sip.speech.base import SpeechEvent, SpeechEventType, SttEngine, SttStr
 from hitl_sip.speech.stt.pocketsphinx_engine import PocketsphinxStt  # noqa: E402
 from hitl_sip.speech.stt.process import ProcessStt  # noqa: E402
 from hitl_sip.speech.stt.vad import VadGatedStream, VadGatedStt, VadSettings  # noqa: E402
-from hitl_sip.speech.wer import corpus_word_error_rate  # noqa: E402
+from hitl_sip.testing.wer import corpus_word_error_rate  # noqa: E402
 from tests.integration.test_pocketsphinx import Clip, _corpus, _g711  # noqa: E402
 from tests.unit.test_vad import dtmf_sequence, line_noise, pink_noise, tone  # noqa: E402
 

@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from hitl_sip.media.ice import install_host_filter  # noqa: E402
 from hitl_sip.media.wav import read_wav, resample  # noqa: E402
-from hitl_sip.testagent import TestAgent, wav_source  # noqa: E402
+from hitl_sip.testing.agent import TestAgent, wav_source  # noqa: E402
 from tests.integration.test_agents import PASSWORD, add_agent  # noqa: E402
 from tests.support.net import free_port  # noqa: E402
 from tests.support.rtpcaller import RtpCaller  # noqa: E402

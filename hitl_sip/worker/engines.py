@@ -44,9 +44,13 @@ def preload_stt(config: Config, engine: SttEngine) -> None:
     rate, calls = config.worker.clock_rate, config.worker.max_calls
     layer: object = engine
     while layer is not None:
-        # one per call for the bot phase; the agents' streams (a bridged call has two)
-        # load on demand, the decoders in the speech process where loading stalls no media
-        if isinstance(layer, VadGatedStt | PocketsphinxStt | ProcessStt):
+        # decoders: one per call for the bot phase; the agents' streams (a bridged call has
+        # two) load on demand in the speech process, where loading stalls no media. The
+        # gate's detectors load in this process (~40-70 ms of the event loop each): one for
+        # every stream a full worker can hold, caller and agent legs
+        if isinstance(layer, VadGatedStt):
+            layer.preload(rate, count=2 * calls)
+        elif isinstance(layer, PocketsphinxStt | ProcessStt):
             layer.preload(rate, count=calls)
         layer = getattr(layer, "engine", None)
 

@@ -35,8 +35,8 @@ import pytest
 import yaml
 
 from hitl_sip.config import RoutingConfig
-from hitl_sip.media.analysis import best_correlation, dominant_frequency, rms_dbfs
 from hitl_sip.media.wav import read_wav, resample
+from hitl_sip.testing.analysis import best_correlation, dominant_frequency, rms_dbfs
 from tests.integration.test_agents import PASSWORD, add_agent, login
 from tests.integration.test_pocketsphinx import Clip, _librivox
 from tests.support.alive5 import API_KEY, Alive5StandIn

@@ -173,7 +173,7 @@ def test_queued_call_rings_every_agent_and_exactly_one_accept_wins(tmp_path: Pat
 async def accept_and_negotiate(server: Server, tmp_path: Path) -> dict[str, Any]:
     from aiortc import RTCPeerConnection, RTCSessionDescription  # noqa: PLC0415
 
-    from hitl_sip.testagent import MicrophoneTrack, silence  # noqa: PLC0415
+    from hitl_sip.testing.agent import MicrophoneTrack, silence  # noqa: PLC0415
 
     alice = Agent("alice")
     await alice.connect(server, login(server, "alice")[1]["token"])

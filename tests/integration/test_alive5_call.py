@@ -23,8 +23,8 @@ import pytest
 
 from hitl_sip.media.ice import install_host_filter
 from hitl_sip.media.wav import resample
-from hitl_sip.speech.wer import word_error_rate
-from hitl_sip.testagent import TestAgent, wav_source
+from hitl_sip.testing.agent import TestAgent, wav_source
+from hitl_sip.testing.wer import word_error_rate
 from tests.integration.test_agents import PASSWORD, add_agent
 from tests.integration.test_pocketsphinx import _go_forward, _librivox
 from tests.support.alive5 import API_KEY, Alive5StandIn

@@ -20,9 +20,9 @@ import pytest
 from aiohttp import WSMsgType, web
 
 from hitl_sip.errors import SpeechError
-from hitl_sip.media.analysis import rms_dbfs
 from hitl_sip.speech.base import TtsEngine
 from hitl_sip.speech.tts.azure_engine import AzureTts, build_ssml
+from hitl_sip.testing.analysis import rms_dbfs
 from tests.support.net import free_port
 
 pytest.importorskip(

@@ -1,5 +1,5 @@
 """The media bridge end to end: a SIPp caller playing 440 Hz reaches an agent node, the
-test agent (python-socketio + aiortc, :mod:`hitl_sip.testagent`) accepts and plays 1 kHz.
+test agent (python-socketio + aiortc, :mod:`hitl_sip.testing.agent`) accepts and plays 1 kHz.
 
 What the caller hears is the RTP the server sends to SIPp's media port, captured on the
 loopback interface (root); the packet count at each step of the test marks the caller's
@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from hitl_sip.media.analysis import dominant_frequency, rms_dbfs
-from hitl_sip.media.g711 import ulaw_decode
 from hitl_sip.media.rtp import RtpPacket
-from hitl_sip.testagent import RECORD_RATE, TestAgent, tone
+from hitl_sip.testing.agent import RECORD_RATE, TestAgent, tone
+from hitl_sip.testing.analysis import dominant_frequency, rms_dbfs
+from hitl_sip.testing.g711 import ulaw_decode
 from tests.integration.test_agents import PASSWORD, add_agent
 from tests.support.net import UdpSniffer, free_port_pair
 from tests.support.server import ROOT, Server, running_server
@@ -283,7 +283,7 @@ def test_a_killed_agent_leaves_the_caller_on_hold_and_the_call_is_queued_again(
                             background=True, duration_ms=12000)
             assert not isinstance(sipp, SippResult)
             agent = subprocess.Popen(
-                [sys.executable, "-m", "hitl_sip.testagent", "--url", srv.http_url,
+                [sys.executable, "-m", "hitl_sip.testing.agent", "--url", srv.http_url,
                  "--user", "alice", "--password-env", "AGENT_PASSWORD", "--tone", "1000",
                  "--codec", "pcmu", "--host-address", "127.0.0.1"],
                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
-from hitl_sip.media.analysis import dominant_frequency, rms_dbfs
 from hitl_sip.media.ice import install_host_filter
-from hitl_sip.testagent import MicrophoneTrack, tone
+from hitl_sip.testing.agent import MicrophoneTrack, tone
+from hitl_sip.testing.analysis import dominant_frequency, rms_dbfs
 from hitl_sip.worker.bridge import use_immediate_jitter_buffer
 from hitl_sip.worker.peer import AgentPeer, PeerSettings, codec_preferences
 

@@ -18,9 +18,9 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from hitl_sip.media.analysis import dominant_frequency
 from hitl_sip.media.ice import install_host_filter
-from hitl_sip.testagent import RECORD_RATE, TestAgent, tone
+from hitl_sip.testing.agent import RECORD_RATE, TestAgent, tone
+from hitl_sip.testing.analysis import dominant_frequency
 from tests.integration.test_agents import PASSWORD, add_agent, login
 from tests.integration.test_bridge import record_of, states
 from tests.support.net import free_port

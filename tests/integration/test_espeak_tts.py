@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from hitl_sip.errors import SpeechError
-from hitl_sip.media.analysis import rms_dbfs
 from hitl_sip.speech.base import TtsEngine
 from hitl_sip.speech.tts.espeak_engine import EspeakTts
+from hitl_sip.testing.analysis import rms_dbfs
 
 ESPEAK = shutil.which("espeak-ng")
 pytestmark = pytest.mark.skipif(ESPEAK is None, reason="espeak-ng is not installed")

@@ -18,7 +18,7 @@ from hitl_sip.speech.stt.pocketsphinx_engine import PocketsphinxStt
 from hitl_sip.speech.stt.process import ProcessStt
 from hitl_sip.speech.stt.resilient import ResilientStt
 from hitl_sip.speech.stt.vad import VadGatedStream, VadGatedStt, VadSettings
-from hitl_sip.speech.wer import word_error_rate
+from hitl_sip.testing.wer import word_error_rate
 from hitl_sip.worker.engines import build_stt
 from tests.integration.test_pocketsphinx import _g711, _go_forward, _librivox
 from tests.unit.test_vad import dtmf_sequence, line_noise, pink_noise, tone

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hitl_sip.media.analysis import best_correlation, rms_dbfs
+from hitl_sip.testing.analysis import best_correlation, rms_dbfs
 
 PIECE_SECONDS = 0.5
 #: Intact pieces score ~1.0 after the round trip; unrelated speech scores up to ~0.65.

@@ -13,8 +13,8 @@ from av import AudioFrame
 
 from hitl_sip.config import load_config
 from hitl_sip.errors import ConfigError
-from hitl_sip.media.analysis import dominant_frequency, rms_dbfs
 from hitl_sip.media.ice import advertise_public, host_addresses
+from hitl_sip.testing.analysis import dominant_frequency, rms_dbfs
 from hitl_sip.worker.bridge import AgentAudio, CallerTrack, ImmediateJitterBuffer
 
 

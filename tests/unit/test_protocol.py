@@ -171,3 +171,12 @@ def test_the_contract_document_is_generated_from_the_models() -> None:
 
     assert generate() in DOC.read_text(encoding="utf-8"), (
         "docs/protocol.md is stale: run python -m hitl_sip.protocol.doc --write")
+
+
+def test_the_server_never_imports_the_test_tooling() -> None:
+    from pathlib import Path  # noqa: PLC0415
+
+    package = Path(__file__).parents[2] / "hitl_sip"
+    offenders = [str(p.relative_to(package)) for p in package.rglob("*.py")
+                 if "testing" not in p.parts and "hitl_sip.testing" in p.read_text()]
+    assert offenders == []

@@ -10,8 +10,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from hitl_sip.media.analysis import dominant_frequency, rms_dbfs
 from hitl_sip.media.wav import frames, read_wav, resample, write_wav
+from hitl_sip.testing.analysis import dominant_frequency, rms_dbfs
 
 
 def _tone(freq: float, rate: int, seconds: float = 1.0, amplitude: float = 10000) -> bytes:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hitl_sip.speech.wer import (
+from hitl_sip.testing.wer import (
     WordErrors,
     corpus_word_error_rate,
     normalize,

@@ -5,7 +5,7 @@ accepts, negotiates WebRTC (``webrtc_offer`` with the answer in the ack, then th
 its candidates), plays a tone or a WAV as its microphone and records what it hears. The
 tests and the benchmarks use it as the browser; it also runs alone::
 
-    python -m hitl_sip.testagent --url http://127.0.0.1:8080 --user alice \\
+    python -m hitl_sip.testing.agent --url http://127.0.0.1:8080 --user alice \\
         --password-env AGENT_PASSWORD --tone 1000 --record heard.wav --codec opus
 
 For latency measurements it timestamps (``time.monotonic``) each frame it hands to its
@@ -322,7 +322,7 @@ async def _main(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m hitl_sip.testagent", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m hitl_sip.testing.agent", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", required=True, help="the hub, e.g. http://127.0.0.1:8080")
     p.add_argument("--user", required=True)
