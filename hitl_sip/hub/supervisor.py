@@ -35,7 +35,8 @@ def load_digest_secret(config: Config) -> bytes:
     if config.sip.digest_secret:
         return parse_secret(config.sip.digest_secret)  # checked by config.validate
     # env={}: HITL_SIP_TOKEN_SECRET is the agent-token secret, not this one
-    return load_or_create_secret(config.resolve_path(config.data_dir) / "digest.key", env={})
+    return load_or_create_secret(config.resolve_path(config.data_dir) / "digest.key", env={},
+                                 what="digest nonce key")
 
 
 @dataclass

@@ -178,7 +178,8 @@ def parse_secret(text: str) -> bytes:
     return secret
 
 
-def load_or_create_secret(path: Path, env: Mapping[str, str] | None = None) -> bytes:
+def load_or_create_secret(path: Path, env: Mapping[str, str] | None = None, *,
+                          what: str = "token key") -> bytes:
     """The token secret: ``HITL_SIP_TOKEN_SECRET`` when set, else the key file at ``path``
     (created with 32 random bytes, mode 0600, when missing). ``ConfigError`` names the
     environment variable or the file when either is unusable."""
@@ -210,7 +211,7 @@ def load_or_create_secret(path: Path, env: Mapping[str, str] | None = None) -> b
             return _read_secret(path)
         except OSError:  # a file system without hard links: rename is still atomic
             os.replace(tmp, path)
-        log.info("created token key %s", path)
+        log.info("created %s %s", what, path)
         return secret
     finally:
         tmp.unlink(missing_ok=True)
