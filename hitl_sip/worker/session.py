@@ -25,7 +25,7 @@ import logging
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +35,11 @@ from hitl_sip.bot.actions import Action, BotDialog, Handoff, Hangup, Listen, Say
 from hitl_sip.errors import HitlSipError, SpeechError
 from hitl_sip.log import call_logger, now_iso
 from hitl_sip.media.buffers import BufferClosed, FrameBuffer
-from hitl_sip.media.wav import frames, read_wav, resample
+from hitl_sip.media.wav import read_wav, resample
 from hitl_sip.protocol import worker as wire
 from hitl_sip.protocol.worker import CallState, HubCommand, Msg
 from hitl_sip.speech.base import SpeechEventType, SttEngine, SttStream, TtsEngine
+from hitl_sip.worker.player import Prompt, PromptPlayer
 
 log = logging.getLogger(__name__)
 
@@ -70,15 +71,6 @@ def frame_dbfs(frame: bytes) -> float:
         return -120.0
     rms = math.sqrt(float(np.mean(samples * samples)))
     return 20 * math.log10(rms / 32768.0) if rms > 0 else -120.0
-
-
-@dataclass
-class _Prompt:
-    pcm: bytes
-    barge_in: bool
-    loop: bool = False
-    done: asyncio.Future[bool] = field(default_factory=lambda: asyncio.get_running_loop()
-                                       .create_future())
 
 
 @dataclass
@@ -133,9 +125,10 @@ class CallSession:
         self.transcript: list[dict[str, Any]] = []
         self.log = call_logger(log, call_id)
         self._seq = 0
-        self._prompts: asyncio.Queue[_Prompt] = asyncio.Queue()
-        self._current: _Prompt | None = None
-        self._pending: list[_Prompt] = []
+        self.player = PromptPlayer(outbound, frame_bytes=settings.frame_bytes,
+                                   lead_frames=settings.lead_frames,
+                                   on_source_active=self._source_active,
+                                   on_frame=self._note_first_frame)
         self._listen_timer: asyncio.TimerHandle | None = None
         self._listen_task: asyncio.Task[None] | None = None
         self._listening: Listen | None = None  # the flow's current wait for input
@@ -172,7 +165,7 @@ class CallSession:
             self._stt_stream = self.stt.stream(self.settings.clock_rate)
             self._stt_task = loop.create_task(self._read_stt(), name=f"stt-{self.call_id}")
         self._tasks.append(loop.create_task(self._feed(), name=f"feed-{self.call_id}"))
-        self._tasks.append(loop.create_task(self._play(), name=f"play-{self.call_id}"))
+        self._tasks.append(loop.create_task(self.player.run(), name=f"play-{self.call_id}"))
         self._notify_state()
         if self.runner is not None:
             await self._run(self.runner.start())
@@ -188,9 +181,7 @@ class CallSession:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._end_stream(stream, self._stt_task)  # the caller's last words
         await self._stop_agent_stt()
-        for prompt in self._all_prompts():
-            if not prompt.done.done():
-                prompt.done.set_result(False)
+        self.player.close()
 
     # -- state ----------------------------------------------------------------------------
 
@@ -354,15 +345,8 @@ class CallSession:
         are not queued yet), or the next prompt to play does not allow barge-in."""
         if self._actions.locked():
             return True
-        prompt = self._next_prompt()
+        prompt = self.player.next_prompt()
         return prompt is not None and not prompt.barge_in
-
-    def _next_prompt(self) -> _Prompt | None:
-        """The prompt playing, else the first one queued (hold loops excluded)."""
-        for prompt in ([self._current] if self._current else []) + list(self._pending):
-            if not prompt.done.done() and not prompt.loop:
-                return prompt
-        return None
 
     async def _input_free(self) -> None:
         while True:
@@ -370,7 +354,7 @@ class CallSession:
                 async with self._actions:
                     pass
                 continue
-            prompt = self._next_prompt()
+            prompt = self.player.next_prompt()
             if prompt is None or prompt.barge_in:
                 return
             await asyncio.wait([prompt.done])
@@ -473,20 +457,14 @@ class CallSession:
     def _silence_bot(self) -> None:
         """Stop every prompt (hold loop or the agent node's message) at a frame boundary:
         the frames already queued are dropped, the agent's frames follow."""
-        stopped = False
-        for prompt in self._all_prompts():
-            if not prompt.done.done():
-                prompt.done.set_result(False)
-                stopped = True
-        if stopped:
-            self.outbound.clear()
+        self.player.stop_all()
 
     def _ensure_hold(self) -> None:
         if not self.settings.hold_pcm:
             return
-        if any(p.loop and not p.done.done() for p in self._all_prompts()):
+        if self.player.looping():
             return
-        self._queue(_Prompt(self.settings.hold_pcm, barge_in=False, loop=True))
+        self.player.queue(Prompt(self.settings.hold_pcm, barge_in=False, loop=True))
 
     def _start_agent_stt(self) -> None:
         if self.stt is None or self._agent_stt is not None:
@@ -553,23 +531,18 @@ class CallSession:
                     self._listen(action)
                 elif isinstance(action, Handoff):
                     if self.settings.hold_pcm:
-                        self._queue(_Prompt(self.settings.hold_pcm, barge_in=False, loop=True))
+                        self.player.queue(Prompt(self.settings.hold_pcm, barge_in=False,
+                                                 loop=True))
                 elif isinstance(action, Hangup):
                     self._spawn_after_prompts(self._hangup)
 
     def _replace_pending(self) -> None:
         self._cancel_listen()
-        playing = False
-        for prompt in self._all_prompts():
-            if not prompt.done.done():
-                prompt.done.set_result(False)
-                playing = True
-        if playing:
-            self.outbound.clear()
+        self.player.stop_all()
 
     def _input_ignored(self) -> bool:
         """While a prompt that does not allow barge-in plays, input is not for the flow."""
-        current = self._current
+        current = self.player.current
         return current is not None and not current.barge_in and not current.done.done()
 
     async def _say(self, say: Say) -> None:
@@ -587,23 +560,11 @@ class CallSession:
         if say.text:
             self._turn("bot", say.text)
         if pcm:
-            self._queue(_Prompt(pcm, say.barge_in))
-
-    def _queue(self, prompt: _Prompt) -> None:
-        self._pending.append(prompt)
-        self._prompts.put_nowait(prompt)
-
-    def _all_prompts(self) -> list[_Prompt]:
-        return list(self._pending) + ([self._current] if self._current else [])
-
-    async def _prompts_done(self) -> None:
-        waiting = [p.done for p in self._all_prompts() if not p.loop]
-        if waiting:
-            await asyncio.gather(*waiting, return_exceptions=True)
+            self.player.queue(Prompt(pcm, say.barge_in))
 
     def _spawn_after_prompts(self, action: Callable[[], Awaitable[Any]]) -> None:
         async def later() -> None:
-            await self._prompts_done()
+            await self.player.wait_done()
             await action()
 
         self._tasks.append(asyncio.get_running_loop().create_task(later()))
@@ -613,7 +574,7 @@ class CallSession:
         self._listening = listen
 
         async def arm() -> None:
-            await self._prompts_done()
+            await self.player.wait_done()
             if self.state is SessionState.BOT:
                 self._listen_timer = asyncio.get_running_loop().call_later(
                     listen.timeout, self._on_no_input
@@ -649,11 +610,7 @@ class CallSession:
         ))
 
     def _stop_hold(self) -> None:
-        for prompt in self._all_prompts():
-            if prompt.loop and not prompt.done.done():
-                prompt.done.set_result(False)
-        if self._current is not None and self._current.loop:
-            self.outbound.clear()
+        self.player.stop_loops()
 
     async def _hangup(self) -> None:
         self.log.info("the flow hangs up")
@@ -661,47 +618,24 @@ class CallSession:
             await self.hangup_call()
 
     def _barge_in(self, why: str) -> None:
-        current = self._current
+        current = self.player.current
         if current is None or not current.barge_in or self.state is not SessionState.BOT:
             return
         self.log.info("barge-in (%s): prompt stopped", why)
-        for prompt in self._all_prompts():
-            if prompt.barge_in and not prompt.done.done():
-                prompt.done.set_result(False)
-        self.outbound.clear()
+        self.player.stop_bargeable()
 
-    # -- the player -----------------------------------------------------------------------
+    # -- the player (hitl_sip.worker.player) ---------------------------------------------
 
-    async def _play(self) -> None:
-        fb = self.settings.frame_bytes
-        lead = self.settings.lead_frames
-        try:
-            while True:
-                prompt = await self._prompts.get()
-                if prompt in self._pending:
-                    self._pending.remove(prompt)
-                if prompt.done.done():
-                    continue
-                self._current = prompt
-                self.on_source_active(True)
-                try:
-                    while not prompt.done.done():
-                        for frame in frames(prompt.pcm, fb):
-                            await self.outbound.wait_level(lead - 1)
-                            if prompt.done.done():  # cut while waiting: not one more frame
-                                break
-                            self.outbound.push_nowait(frame)
-                            self._note_first_frame()
-                        if not prompt.loop:
-                            break
-                    if not prompt.done.done():
-                        await self.outbound.wait_level(0)
-                        prompt.done.set_result(True)
-                finally:
-                    self._current = None
-                    self.on_source_active(False)
-        except BufferClosed:
-            return
+    @property
+    def _current(self) -> Prompt | None:
+        """The prompt playing now (tests and the input rules read it)."""
+        return self.player.current
+
+    def _all_prompts(self) -> list[Prompt]:
+        return self.player.all()
+
+    def _source_active(self, active: bool) -> None:
+        self.on_source_active(active)  # looked up per call: the owner may replace it
 
     def _note_first_frame(self) -> None:
         if self.last_input_at is not None:
