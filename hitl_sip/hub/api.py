@@ -15,12 +15,10 @@ from typing import Any
 from aiohttp import web
 
 from hitl_sip.hub.core import Hub
+from hitl_sip.protocol.worker import CallState
 
 HUB = web.AppKey("hub", Hub)
 AGENT_VERIFY = web.AppKey("agent_verify", object)
-
-CALL_FIELDS = ("callId", "threadId", "state", "caller", "called", "workerId", "agentId",
-               "metadata", "trunk", "receivedAt")
 
 
 def error(code: str, message: str, status: int) -> web.Response:
@@ -36,12 +34,6 @@ def api_key_ok(request: web.Request) -> bool:
     if not given or not keys:
         return False
     return any(hmac.compare_digest(given.encode(), k.encode()) for k in keys)
-
-
-def _public_call(call: dict[str, Any]) -> dict[str, Any]:
-    out = {k: call.get(k) for k in CALL_FIELDS}
-    out["metadata"] = call.get("metadata") or {}
-    return out
 
 
 def agent_or_key_ok(request: web.Request) -> bool:
@@ -63,7 +55,7 @@ async def list_calls(request: web.Request) -> web.Response:
     if not agent_or_key_ok(request):
         return error("unauthorized", "an agent token or an API key is required", 401)
     calls = request.app[HUB].registry.calls.values()
-    return web.json_response({"calls": [_public_call(c) for c in calls]})
+    return web.json_response({"calls": [c.public() for c in calls]})
 
 
 async def get_thread(request: web.Request) -> web.Response:
@@ -84,8 +76,8 @@ async def handoff(request: web.Request) -> web.Response:
     call = hub.registry.calls.get(call_id)
     if call is None:
         return error("not_found", f"no call {call_id}", 404)
-    if call.get("state") != "bot":
-        return error("invalid_state", f"call is {call.get('state')}, not with the bot", 409)
+    if call.state is not CallState.BOT:
+        return error("invalid_state", f"call is {call.state.value}, not with the bot", 409)
     body: dict[str, Any] = {}
     if request.can_read_body:
         try:

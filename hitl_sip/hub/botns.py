@@ -14,6 +14,7 @@ from typing import Any
 import socketio
 
 from hitl_sip.hub.core import Hub
+from hitl_sip.protocol.worker import CallState
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class BotNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         text = data.get("text")
         if not isinstance(text, str) or not text.strip() or len(text) > MAX_SAY:
             return ack_error("bad_request", f"text must be 1..{MAX_SAY} characters")
-        if self.hub.registry.calls[call_id].get("state") != "bot":
+        if self.hub.registry.calls[call_id].state is not CallState.BOT:
             return ack_error("invalid_state", "the call is not with the bot")
         return await self._send(call_id, {"type": "say", "text": text})
 
@@ -70,7 +71,7 @@ class BotNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         call_id, err = self._call(data)
         if err is not None or call_id is None:
             return err or ack_error("bad_request", "bad payload")
-        if self.hub.registry.calls[call_id].get("state") != "bot":
+        if self.hub.registry.calls[call_id].state is not CallState.BOT:
             return ack_error("invalid_state", "the call is not with the bot")
         reason = data.get("reason") or "external"
         if not isinstance(reason, str):

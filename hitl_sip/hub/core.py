@@ -22,11 +22,19 @@ from typing import Any
 
 from hitl_sip.config import Config
 from hitl_sip.hub.alive5 import Outbox
+from hitl_sip.hub.calls import CallRecord, Handoff
 from hitl_sip.hub.cluster import HEARTBEAT, REPLICATED, Cluster, RedisError
 from hitl_sip.hub.registry import WorkerRegistry
 from hitl_sip.hub.threads import ThreadStore, Turn
 from hitl_sip.protocol.wire import WireError
-from hitl_sip.protocol.worker import CallEndedMsg, CallState, WorkerMessage, parse_command
+from hitl_sip.protocol.worker import (
+    CallEndedMsg,
+    CallState,
+    CallSummary,
+    HandoffRequested,
+    WorkerMessage,
+    parse_command,
+)
 from hitl_sip.supervise import restart_counter, supervised
 
 log = logging.getLogger(__name__)
@@ -119,8 +127,8 @@ class Hub:
     def _owner(self, call_id: str) -> str | None:
         """The hub that owns ``call_id`` when it is another one."""
         call = self.registry.calls.get(call_id)
-        hub = call.get("hub") if call else None
-        return str(hub) if hub and hub != self.hub_id else None
+        hub = call.hub if call else None
+        return hub if hub and hub != self.hub_id else None
 
     async def command(self, call_id: str, message: dict[str, Any]) -> bool:
         """Send a command about ``call_id`` to the worker that owns it (through its hub when
@@ -137,7 +145,7 @@ class Hub:
         except WireError as e:
             log.error("[call %s] a %s command not sent: %s", call_id, message.get("type"), e)
             return False
-        return await self.registry.send(str(call["workerId"]), command.wire())
+        return await self.registry.send(call.worker_id, command.wire())
 
     async def request(
         self, call_id: str, message: dict[str, Any], wait: float = 10.0
@@ -182,8 +190,8 @@ class Hub:
             await self._on_turn(message)
         elif kind == "session_state":
             await self._on_state(message)
-        elif kind == "handoff_requested":
-            await self._on_handoff(message)
+        elif isinstance(typed, HandoffRequested):
+            await self._on_handoff(typed, message)
         elif kind in ("caller_said", "dtmf", "call_connected", "peer_lost", "interim"):
             await self._publish(str(kind), message)
         elif kind == "call_started":
@@ -226,15 +234,18 @@ class Hub:
         call_id = str(data.get("callId"))
         calls = self.registry.calls
         if event == "call_started":
-            # another hub's worker ids may equal ours: keep them apart
-            calls[call_id] = {**data, "hub": hub, "state": "bot",
-                              "workerId": f"{hub}/{data.get('workerId')}"}
-            calls[call_id].pop("type", None)
+            # another hub's worker ids may equal ours: keep them apart (the data was
+            # validated as a call_started when it arrived: hitl_sip.protocol.cluster)
+            summary = CallSummary.model_validate(
+                {k: v for k, v in data.items() if k not in ("type", "workerId", "linkSeq")})
+            calls[call_id] = CallRecord.from_summary(
+                summary, f"{hub}/{data.get('workerId')}", hub=hub)
         elif event == "handoff_requested" and call_id in calls:
-            calls[call_id].update(state="queued", botTranscript=data.get("transcript", []),
-                                  handoff={k: data.get(k) for k in ("queue", "skill", "reason")})
+            handoff = HandoffRequested.model_validate(
+                {k: v for k, v in data.items() if k not in ("type", "linkSeq")})
+            self._queued(calls[call_id], handoff)
         elif event == "session_state" and call_id in calls:
-            calls[call_id]["state"] = str(data.get("state"))
+            calls[call_id].state = CallState(str(data.get("state")))
         elif event == "call_ended":
             await self._publish(event, data)
             calls.pop(call_id, None)
@@ -249,14 +260,14 @@ class Hub:
             await asyncio.sleep(HEARTBEAT)
             try:
                 await self.cluster.heartbeat()
-                owners = {str(c["hub"]) for c in self.registry.calls.values()
-                          if c.get("hub") and c["hub"] != self.hub_id}
+                owners = {c.hub for c in self.registry.calls.values()
+                          if c.hub and c.hub != self.hub_id}
                 dead = owners - await self.cluster.alive(owners)
             except (ConnectionError, OSError, RedisError) as e:
                 log.warning("cluster: liveness not checked: %s", e)
                 continue
             for hub in sorted(dead):
-                lost = [cid for cid, c in self.registry.calls.items() if c.get("hub") == hub]
+                lost = [cid for cid, c in self.registry.calls.items() if c.hub == hub]
                 log.warning("cluster: hub %s is gone: ending the %d calls it owned", hub,
                             len(lost))
                 for call_id in lost:
@@ -306,9 +317,9 @@ class Hub:
     async def _end_thread(self, m: dict[str, Any]) -> None:
         """The call is over: alive5 gets ``end_voice_chat`` after the thread's last turn."""
         call = self.registry.calls.get(str(m["callId"]))
-        if self.outbox is None or call is None or not call.get("threadId"):
+        if self.outbox is None or call is None or not call.thread_id:
             return
-        thread_id = str(call["threadId"])
+        thread_id = call.thread_id
         by = str(m.get("by") or "")
         end_by = {"caller": "person", "agent": "human_agent"}.get(by, "voice_agent")
         await self.store.add_end(thread_id, end_by, f"call ended ({m.get('outcome', '')})")
@@ -316,24 +327,26 @@ class Hub:
 
     async def _on_state(self, m: dict[str, Any]) -> None:
         call_id = str(m["callId"])
-        state = str(m["state"])
-        if state not in CALL_STATES:
-            raise ValueError(f"unknown call state {state!r}")
+        state = CallState(str(m["state"]))  # validated at the edge
         call = self.registry.calls.get(call_id)
         if call is not None:
-            call["state"] = state
-        if state != "queued":
+            call.state = state
+        if state is not CallState.QUEUED:
             self._cancel_queue_timer(call_id)
         await self._publish("session_state", m)
 
-    async def _on_handoff(self, m: dict[str, Any]) -> None:
-        call_id = str(m["callId"])
+    @staticmethod
+    def _queued(call: CallRecord, handoff: HandoffRequested) -> None:
+        call.state = CallState.QUEUED
+        call.handoff = Handoff(handoff.queue, handoff.skill, handoff.reason)
+        call.bot_transcript = list(handoff.transcript)
+
+    async def _on_handoff(self, typed: HandoffRequested, m: dict[str, Any]) -> None:
+        call_id = typed.call_id
         call = self.registry.calls.get(call_id)
         if call is None:
             raise ValueError(f"handoff for an unknown call {call_id}")
-        call["state"] = "queued"
-        call["handoff"] = {k: m.get(k) for k in ("queue", "skill", "reason")}
-        call["botTranscript"] = m.get("transcript", [])
+        self._queued(call, typed)
         self.handoffs.inc()
         timeout = self.config.routing.queue_timeout
         log.info("[call %s] queued for an agent (timeout %.0fs)", call_id, timeout)
@@ -352,7 +365,7 @@ class Hub:
     async def _queue_timed_out(self, call_id: str) -> None:
         self._queue_timers.pop(call_id, None)
         call = self.registry.calls.get(call_id)
-        if call is None or call.get("state") != "queued":
+        if call is None or call.state is not CallState.QUEUED:
             return
         log.info("[call %s] no agent took the call: back to the bot", call_id)
         self.queue_timeouts.inc()

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from hitl_sip.hub.calls import CallRecord
 from hitl_sip.metrics import Family, Registry, WorkerCollector, parse_snapshot
 from hitl_sip.protocol.worker import (
     CallEndedMsg,
@@ -51,9 +52,9 @@ class WorkerState:
 class WorkerRegistry:
     def __init__(self) -> None:
         self.workers: dict[str, WorkerState] = {}
-        self.calls: dict[str, dict[str, Any]] = {}
+        self.calls: dict[str, CallRecord] = {}
         # calls of a worker whose link dropped: back on its hello, ended if its process died
-        self.orphans: dict[str, dict[str, dict[str, Any]]] = {}
+        self.orphans: dict[str, dict[str, CallRecord]] = {}
         self.draining = False
         # what /healthz says of the SIP front (Kamailio), when there is one
         self.front: Callable[[], dict[str, Any]] | None = None
@@ -101,8 +102,12 @@ class WorkerRegistry:
         self.workers[worker_id] = state
         orphans = self.orphans.pop(worker_id, {})
         for call in hello.calls:
-            known = orphans.get(call.call_id, {"state": "bot"})
-            self.calls[call.call_id] = {**known, **call.body(), "workerId": worker_id}
+            known = orphans.get(call.call_id)
+            if known is None:
+                known = CallRecord.from_summary(call, worker_id)
+            else:
+                known.update(call)
+            self.calls[call.call_id] = known
         self._refresh()
         return state
 
@@ -124,14 +129,14 @@ class WorkerRegistry:
             state.send_json = None
             state.metrics = []
         orphans = self.orphans.setdefault(worker_id, {})
-        for call_id in [c for c, v in self.calls.items() if v.get("workerId") == worker_id]:
+        for call_id in [c for c, v in self.calls.items() if v.worker_id == worker_id]:
             orphans[call_id] = self.calls.pop(call_id)
         self._refresh()
 
-    def take_calls(self, worker_id: str) -> dict[str, dict[str, Any]]:
+    def take_calls(self, worker_id: str) -> dict[str, CallRecord]:
         """Every call the hub knows on ``worker_id`` (live or orphaned), removed."""
         calls = self.orphans.pop(worker_id, {})
-        for call_id in [c for c, v in self.calls.items() if v.get("workerId") == worker_id]:
+        for call_id in [c for c, v in self.calls.items() if v.worker_id == worker_id]:
             calls[call_id] = self.calls.pop(call_id)
         return calls
 
@@ -147,7 +152,6 @@ class WorkerRegistry:
             state.metrics, skipped = parse_snapshot(message.metrics)
             self.bad_worker_metrics.inc(skipped)
         elif isinstance(message, CallStarted):
-            self.calls[message.call_id] = {**message.body(), "workerId": worker_id,
-                                           "state": "bot"}
+            self.calls[message.call_id] = CallRecord.from_summary(message, worker_id)
         elif isinstance(message, CallEndedMsg):
             self.calls.pop(message.call_id, None)

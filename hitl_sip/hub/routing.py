@@ -150,17 +150,14 @@ class Router:
             return None
         return {
             "callId": call_id,
-            "threadId": call.get("threadId"),
-            "caller": call.get("caller") or {"number": None, "name": None},
-            "called": call.get("called"),
-            "trunk": call.get("trunk"),
-            "receivedAt": call.get("receivedAt"),
+            "threadId": call.thread_id,
+            "caller": call.caller.wire(),
+            "called": call.called,
+            "trunk": call.trunk,
+            "receivedAt": call.received_at,
             "ringTimeoutSec": self.ring_timeout,
-            "botTranscript": [
-                {"role": t.get("role"), "text": t.get("text"), "at": t.get("at")}
-                for t in call.get("botTranscript", [])
-            ],
-            "metadata": call.get("metadata") or {},
+            "botTranscript": [line.wire() for line in call.bot_transcript],
+            "metadata": call.metadata,
         }
 
     async def _ring(self, offer: Offer, agent: AgentPresence) -> None:
@@ -261,8 +258,7 @@ class Router:
             if other_id != agent_id and other is not None:
                 await self._to_agent(other, "call_cancelled",
                                      {"callId": call_id, "reason": "answered_elsewhere"})
-        call = self.hub.registry.calls[call_id]
-        call["agentId"] = agent_id
+        self.hub.registry.calls[call_id].agent_id = agent_id
         if cluster is not None:
             await cluster.publish("accepted", {"callId": call_id, "agentId": agent_id})
         await self.hub.command(call_id, {"type": "agent_joined", "agentId": agent_id})
@@ -327,7 +323,7 @@ class Router:
         agent.idle_since = time.monotonic()
         call = self.hub.registry.calls.get(call_id)
         if call is not None:
-            call["agentId"] = None
+            call.agent_id = None
         await self._to_agent(agent, "call_ended",
                              {"callId": call_id, "reason": "media_lost", "by": "system"})
         await self.hub.command(call_id, {"type": "agent_left", "agentId": agent_id})
@@ -348,7 +344,7 @@ class Router:
         offer.accepted_by = None
         call = self.hub.registry.calls.get(call_id)
         if call is not None:
-            call["agentId"] = None
+            call.agent_id = None
         await self.hub.command(call_id, {"type": "agent_left", "agentId": agent_id})
         await self.offer(call_id)
 

@@ -125,5 +125,5 @@ async def test_reliable_messages_are_applied_once_per_worker_epoch_and_acknowled
     await ws.send_json({**HELLO, "epoch": "e2", "calls": []})
     await ws.send_json(started)
     assert await ws.receive_json(timeout=5) == {"type": "ack", "linkSeq": 1}
-    assert registry.calls["c1"]["threadId"] == "t1"
+    assert registry.calls["c1"].thread_id == "t1"
     await ws.close()

@@ -9,12 +9,14 @@ from typing import Any
 
 import pytest
 
+from hitl_sip.hub.calls import CallRecord
 from hitl_sip.hub.routing import Router
+from hitl_sip.protocol.worker import Caller, Role, TranscriptLine
 
 
 class FakeRegistry:
     def __init__(self) -> None:
-        self.calls: dict[str, dict[str, Any]] = {}
+        self.calls: dict[str, CallRecord] = {}
 
 
 class FakeHub:
@@ -55,10 +57,9 @@ class Rig:
             await asyncio.sleep(0.001)  # distinct idle_since
 
     async def queue(self, call_id: str = "c1") -> None:
-        self.hub.registry.calls[call_id] = {
-            "callId": call_id, "threadId": "t1", "caller": {"number": "+1", "name": None},
-            "workerId": "w1", "botTranscript": [{"role": "bot", "text": "hi", "at": "x"}],
-        }
+        self.hub.registry.calls[call_id] = CallRecord(
+            call_id=call_id, thread_id="t1", worker_id="w1", caller=Caller(number="+1"),
+            bot_transcript=[TranscriptLine(role=Role.BOT, text="hi", at="x")])
         await self.hub.publish("handoff_requested", {"callId": call_id})
 
 
