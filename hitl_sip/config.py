@@ -5,6 +5,10 @@ Every key has a dotted name (``sip.port``, ``worker.max_calls``); the environmen
 (``HITL_SIP_SIP_PORT``, ``HITL_SIP_WORKER_MAX_CALLS``). Validation happens once, at start,
 and a bad value raises :class:`~hitl_sip.errors.ConfigError` naming the key; the CLI turns
 that into exit code 2.
+
+The sections are frozen pydantic dataclasses (``dataclasses.replace`` and ``asdict`` keep
+working on them) that forbid unknown keys; pydantic-settings stacks the layers
+(:class:`_Layers`), and :func:`validate` runs the checks across keys once it is built.
 """
 
 from __future__ import annotations
@@ -15,9 +19,22 @@ import os
 import shutil
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from contextvars import ContextVar
+from dataclasses import field, fields
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic.dataclasses import dataclass
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 from hitl_sip.errors import ConfigError
 from hitl_sip.hub.tokens import parse_secret
@@ -38,182 +55,245 @@ STT_ENGINES = ("pocketsphinx", "azure")
 TTS_ENGINES = ("espeak", "azure")
 
 
-@dataclass(frozen=True)
+# Field types. The file gives TOML values, the environment and flags give strings: each
+# type takes both, and refuses the rest with the message the ConfigError carries.
+def _invalid(expected: str, value: object) -> PydanticCustomError:
+    return PydanticCustomError("config_value", "expected {expected}, got {value}",
+                               {"expected": expected, "value": repr(value)})
+
+
+def _to_bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise _invalid("a boolean", value)
+
+
+def _to_int(value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise _invalid("an integer", value)
+
+
+def _to_float(value: object) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            pass
+    raise _invalid("a number", value)
+
+
+def _to_str(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    raise _invalid("a string", value)
+
+
+def _to_strs(value: object) -> tuple[str, ...]:
+    """A list of strings; from the environment or a flag, comma-separated (``k1,k2``)."""
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise _invalid("a list of strings", value)
+
+
+_Bool = Annotated[bool, BeforeValidator(_to_bool)]
+_Int = Annotated[int, BeforeValidator(_to_int)]
+_Float = Annotated[float, BeforeValidator(_to_float)]
+_Str = Annotated[str, BeforeValidator(_to_str)]
+_Strs = Annotated[tuple[str, ...], BeforeValidator(_to_strs)]
+
+_SECTION = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True, config=_SECTION)
 class SipConfig:
-    host: str = "0.0.0.0"
-    port: int = 5060
-    transports: tuple[str, ...] = ("udp", "tcp")
-    profile: str = "local"
-    user_agent: str = "hitl-sip"
+    host: _Str = "0.0.0.0"
+    port: _Int = 5060
+    transports: _Strs = ("udp", "tcp")
+    profile: _Str = "local"
+    user_agent: _Str = "hitl-sip"
     # the digest-nonce secret (hex or base64, >= 32 bytes) for hubs that must accept each
     # other's nonces; "" = <data_dir>/digest.key, created on first start
-    digest_secret: str = ""
+    digest_secret: _Str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_SECTION)
 class HttpConfig:
-    host: str = "127.0.0.1"
-    port: int = 8080
+    host: _Str = "127.0.0.1"
+    port: _Int = 8080
     # the agent dashboard's build, served at /; "" serves none
-    dashboard_dir: str = "agent-app/dist/agent-app/browser"
+    dashboard_dir: _Str = "agent-app/dist/agent-app/browser"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_SECTION)
 class WorkerConfig:
-    count: int = 1
-    max_calls: int = MAX_ADMITTED_CALLS_PER_WORKER
-    retry_after: int = 30
-    answer_delay_ms: int = 0
-    max_call_seconds: float = 14400.0
-    drain_grace: float = 30.0
-    record_calls: bool = True
+    count: _Int = 1
+    max_calls: _Int = MAX_ADMITTED_CALLS_PER_WORKER
+    retry_after: _Int = 30
+    answer_delay_ms: _Int = 0
+    max_call_seconds: _Float = 14400.0
+    drain_grace: _Float = 30.0
+    record_calls: _Bool = True
     # 8 kHz: trunk audio is G.711 narrowband, and the embedded recogniser reads true 8 kHz
     # far better than 8 kHz upsampled by the bridge (see DESIGN.md §3); 16000 for G.722.
-    clock_rate: int = 8000
-    buffer_frames: int = 50
-    restart_backoff: float = 1.0
+    clock_rate: _Int = 8000
+    buffer_frames: _Int = 50
+    restart_backoff: _Float = 1.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_SECTION)
 class BotConfig:
-    flow: str = "flows/demo.yaml"  # a flow file, or "external" for the /bot namespace
-    hold_audio: str = "rtp/music/hold.wav"
-    barge_in_dbfs: float = -35.0
-    external_timeout: float = 10.0
+    flow: _Str = "flows/demo.yaml"  # a flow file, or "external" for the /bot namespace
+    hold_audio: _Str = "rtp/music/hold.wav"
+    barge_in_dbfs: _Float = -35.0
+    external_timeout: _Float = 10.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_SECTION)
 class SpeechConfig:
-    stt: str = "pocketsphinx"
-    tts: str = "espeak"
-    language: str = "en-US"
-    voice: str = ""
-    azure_key: str = ""
-    azure_region: str = ""
-    azure_endpoint: str = ""
-    tts_cache_dir: str = ""
+    stt: _Str = "pocketsphinx"
+    tts: _Str = "espeak"
+    language: _Str = "en-US"
+    voice: _Str = ""
+    azure_key: _Str = ""
+    azure_region: _Str = ""
+    azure_endpoint: _Str = ""
+    tts_cache_dir: _Str = ""
     # the voice-activity gate (Silero VAD) in front of the recogniser: tones, DTMF and
     # line noise reach no recogniser; a window opens it at this speech probability
-    vad: bool = True
-    vad_threshold: float = 0.5
+    vad: _Bool = True
+    vad_threshold: _Float = 0.5
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_SECTION)
 class RoutingConfig:
-    queue_timeout: float = 60.0
-    ring_timeout: float = 20.0
-    strategy: str = "ring_all"  # ring_all | round_robin | longest_idle
-    reconnect_grace: float = 5.0
+    queue_timeout: _Float = 60.0
+    ring_timeout: _Float = 20.0
+    strategy: _Str = "ring_all"  # ring_all | round_robin | longest_idle
+    reconnect_grace: _Float = 5.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_SECTION)
 class ApiConfig:
-    keys: tuple[str, ...] = ()
-    agent_origins: tuple[str, ...] = ()  # allowed Origin headers for /agent (empty: any)
-    token_ttl: float = 43200.0
+    keys: _Strs = ()
+    agent_origins: _Strs = ()  # allowed Origin headers for /agent (empty: any)
+    token_ttl: _Float = 43200.0
 
 
 WEBRTC_CODECS = ("pcmu", "pcma", "opus")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_SECTION)
 class WebRtcConfig:
     """The agent's WebRTC leg (the worker's aiortc peer)."""
 
     # Codec preference for the browser leg, first wins when the browser offers it. PCMU:
     # the trunk leg is G.711 anyway, so no transcoding and the least CPU (bench/README.md).
-    codecs: tuple[str, ...] = ("pcmu", "opus")
-    stun_servers: tuple[str, ...] = ()  # "stun:host:port"; aiortc uses the first
-    turn_servers: tuple[str, ...] = ()  # "turn:host:port?transport=udp"; the first is used
-    turn_username: str = ""
-    turn_password: str = ""
+    codecs: _Strs = ("pcmu", "opus")
+    stun_servers: _Strs = ()  # "stun:host:port"; aiortc uses the first
+    turn_servers: _Strs = ()  # "turn:host:port?transport=udp"; the first is used
+    turn_username: _Str = ""
+    turn_password: _Str = ""
     # Addresses (IPs or CIDRs) the peer gathers host candidates on. Empty: every interface
     # except loopback, link-local and container/bridge interfaces (docker0, br-*, veth*...).
-    host_addresses: tuple[str, ...] = ()
+    host_addresses: _Strs = ()
     # 1:1 NAT: advertise this address in place of the host candidates' own (containers).
-    public_address: str = ""
+    public_address: _Str = ""
     # Agent audio queued ahead of the trunk's media clock, at most (older frames are dropped).
-    max_lead_frames: int = 3
+    max_lead_frames: _Int = 3
     # false: aiortc's stock ways, for comparison (bench/bridge_latency.py): its audio jitter
     # buffer (a frame leaves after 4 more arrived) and a caller track on its own 20 ms clock.
-    low_latency: bool = True
+    low_latency: _Bool = True
     # No audio from a connected agent for this long means its media is gone (a killed
     # browser sends no DTLS close, and ICE consent takes ~30 s to fail); the hub then gives
     # it routing.reconnect_grace to renegotiate before the call is queued again.
-    media_timeout: float = 3.0
+    media_timeout: _Float = 3.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_SECTION)
 class Alive5Config:
     """The alive5 connector (PROTOCOL.md §4); every name of the voice-agent profile."""
 
-    url: str = ""  # empty: the local thread store is the only sink
-    path: str = "socket.io"
-    api_key: str = ""
-    channel_id: str = ""
-    message_type: str = "voice_agent_post_message"
-    ack_timeout: float = 10.0
-    max_backoff: float = 30.0
-    query_type: str = "type"
-    query_type_value: str = "voice_agent"
-    query_api_key: str = "x-a5-apikey"
-    query_thread: str = "thread_id"
-    query_crm: str = "crm_id"
-    query_channel: str = "channel_id"
-    event_init: str = "init_voice_agent"
-    event_init_ack: str = "init_voice_agent_ack"
-    event_post: str = "post_message"
-    event_post_ack: str = "post_message_ack"
-    event_crm: str = "save_crm_data"
-    event_crm_ack: str = "save_crm_data_ack"
-    event_end: str = "end_voice_chat"
+    url: _Str = ""  # empty: the local thread store is the only sink
+    path: _Str = "socket.io"
+    api_key: _Str = ""
+    channel_id: _Str = ""
+    message_type: _Str = "voice_agent_post_message"
+    ack_timeout: _Float = 10.0
+    max_backoff: _Float = 30.0
+    query_type: _Str = "type"
+    query_type_value: _Str = "voice_agent"
+    query_api_key: _Str = "x-a5-apikey"
+    query_thread: _Str = "thread_id"
+    query_crm: _Str = "crm_id"
+    query_channel: _Str = "channel_id"
+    event_init: _Str = "init_voice_agent"
+    event_init_ack: _Str = "init_voice_agent_ack"
+    event_post: _Str = "post_message"
+    event_post_ack: _Str = "post_message_ack"
+    event_crm: _Str = "save_crm_data"
+    event_crm_ack: _Str = "save_crm_data_ack"
+    event_end: _Str = "end_voice_chat"
     # "" = alive5 acknowledges no end: it counts as delivered once sent
-    event_end_ack: str = "end_voice_chat_ack"
-    field_content: str = "message_content"
-    field_type: str = "message_type"
-    field_voice_agent: str = "voiceAgentId"
-    field_key: str = "message_key"
+    event_end_ack: _Str = "end_voice_chat_ack"
+    field_content: _Str = "message_content"
+    field_type: _Str = "message_type"
+    field_voice_agent: _Str = "voiceAgentId"
+    field_key: _Str = "message_key"
     # who spoke, on every post (empty field name: not sent)
-    field_sender: str = "sender"
-    sender_caller: str = "person"
-    sender_bot: str = "voice_agent"
-    sender_agent: str = "human_agent"
+    field_sender: _Str = "sender"
+    sender_caller: _Str = "person"
+    sender_bot: _Str = "voice_agent"
+    sender_agent: _Str = "human_agent"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_SECTION)
 class FrontConfig:
     """The public SIP front (Kamailio) before the media workers (DESIGN.md §3)."""
 
     # "auto": Kamailio when worker.count > 1; "kamailio": always; "none": workers listen
     # on sip.host:sip.port + index themselves
-    mode: str = "auto"
-    kamailio: str = "kamailio"  # the binary
-    modules_dir: str = ""  # "" = Debian's /usr/lib/<arch>/kamailio/modules
-    worker_host: str = "127.0.0.1"  # where workers listen for the front
-    worker_base_port: int = 0  # worker i listens on base + i; 0: free ports chosen at start
-    probe_interval: int = 5  # OPTIONS to every worker, seconds
-    pike_window: int = 2  # seconds
-    pike_density: int = 30  # initial requests per window from one address before blocking
-    children: int = 4
+    mode: _Str = "auto"
+    kamailio: _Str = "kamailio"  # the binary
+    modules_dir: _Str = ""  # "" = Debian's /usr/lib/<arch>/kamailio/modules
+    worker_host: _Str = "127.0.0.1"  # where workers listen for the front
+    worker_base_port: _Int = 0  # worker i listens on base + i; 0: free ports chosen at start
+    probe_interval: _Int = 5  # OPTIONS to every worker, seconds
+    pike_window: _Int = 2  # seconds
+    pike_density: _Int = 30  # initial requests per window from one address before blocking
+    children: _Int = 4
     # addresses workers accept the front's requests from; filled in by `serve`
-    trusted: tuple[str, ...] = ()
+    trusted: _Strs = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_SECTION)
 class ClusterConfig:
     """Several hubs sharing state through Redis (hitl_sip/hub/cluster.py)."""
 
-    redis_url: str = ""  # "" = a single hub; e.g. redis://10.0.0.5:6379/0
-    hub_id: str = ""  # "" = <hostname>-<pid>
+    redis_url: _Str = ""  # "" = a single hub; e.g. redis://10.0.0.5:6379/0
+    hub_id: _Str = ""  # "" = <hostname>-<pid>
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_SECTION)
 class LogConfig:
-    level: str = "info"
-    sip_trace: bool = False
+    level: _Str = "info"
+    sip_trace: _Bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_SECTION)
 class Config:
     sip: SipConfig = field(default_factory=SipConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
@@ -227,8 +307,8 @@ class Config:
     alive5: Alive5Config = field(default_factory=Alive5Config)
     front: FrontConfig = field(default_factory=FrontConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
-    data_dir: str = "data"
-    profiles_dir: str = str(PROJECT_ROOT / "sip_profiles")
+    data_dir: _Str = "data"
+    profiles_dir: _Str = str(PROJECT_ROOT / "sip_profiles")
 
     def resolve_path(self, value: str) -> Path:
         """Resolve a configured path: absolute as is, relative to the project root."""
@@ -254,6 +334,9 @@ _SECTIONS: dict[str, type[Any]] = {
     "cluster": ClusterConfig,
 }
 _TOP_LEVEL = ("data_dir", "profiles_dir")
+# Environment names read when the HITL_SIP_* form of their key is not set.
+_ENV_FALLBACKS = (("AZURE_SPEECH_KEY", "speech.azure_key"),
+                  ("AZURE_SPEECH_REGION", "speech.azure_region"))
 
 # CLI flag name -> dotted key (PROTOCOL.md §5).
 FLAG_KEYS: dict[str, str] = {
@@ -275,81 +358,6 @@ FLAG_KEYS: dict[str, str] = {
 }
 
 
-def _field_types(cls: type[Any]) -> dict[str, Any]:
-    return {f.name: f.type for f in fields(cls)}
-
-
-def _coerce(key: str, value: Any, type_name: Any) -> Any:
-    """Coerce a TOML/env/flag value to the field's declared type, or raise ConfigError."""
-    type_name = str(type_name)
-    if type_name == "bool":
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
-            return True
-        if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(key, f"expected a boolean, got {value!r}")
-    if type_name == "int":
-        if isinstance(value, bool):
-            raise ConfigError(key, f"expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                pass
-        raise ConfigError(key, f"expected an integer, got {value!r}")
-    if type_name == "float":
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                pass
-        raise ConfigError(key, f"expected a number, got {value!r}")
-    if type_name == "str":
-        if isinstance(value, str):
-            return value
-        raise ConfigError(key, f"expected a string, got {value!r}")
-    if type_name.startswith("tuple[str"):
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-            return tuple(value)
-        raise ConfigError(key, f"expected a list of strings, got {value!r}")
-    raise ConfigError(key, f"unsupported type {type_name}")  # pragma: no cover
-
-
-def _apply(values: dict[str, dict[str, Any]], top: dict[str, Any], key: str, raw: Any) -> None:
-    if key in _TOP_LEVEL:
-        top[key] = _coerce(key, raw, "str")
-        return
-    section, _, name = key.partition(".")
-    cls = _SECTIONS.get(section)
-    if cls is None or not name:
-        raise ConfigError(key, "unknown configuration key")
-    types = _field_types(cls)
-    if name not in types:
-        raise ConfigError(key, f"unknown key; known keys in [{section}]: {', '.join(types)}")
-    values.setdefault(section, {})[name] = _coerce(key, raw, types[name])
-
-
-def _flatten_toml(doc: Mapping[str, Any]) -> list[tuple[str, Any]]:
-    items: list[tuple[str, Any]] = []
-    for k, v in doc.items():
-        if isinstance(v, Mapping):
-            for k2, v2 in v.items():
-                if isinstance(v2, Mapping):
-                    raise ConfigError(f"{k}.{k2}", "unexpected table")
-                items.append((f"{k}.{k2}", v2))
-        else:
-            items.append((k, v))
-    return items
-
-
 def env_key(dotted: str) -> str:
     return "HITL_SIP_" + dotted.upper().replace(".", "_")
 
@@ -361,51 +369,121 @@ def _all_keys() -> list[str]:
     return keys
 
 
+def _nest(items: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"sip.port": v}`` -> ``{"sip": {"port": v}}``: the shape the layers merge in."""
+    nested: dict[str, Any] = {}
+    for key, value in items.items():
+        section, dot, name = key.partition(".")
+        if not dot:
+            nested[key] = value
+            continue
+        table = nested.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(section, "unknown configuration key")
+        table[name] = value
+    return nested
+
+
+class _EnvSource(PydanticBaseSettingsSource):
+    """The ``HITL_SIP_*`` layer, read from the mapping ``load_config`` was given."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]) -> None:
+        super().__init__(settings_cls)
+        self._env = env
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ reads every key at once
+
+    def __call__(self) -> dict[str, Any]:
+        env = self._env
+        found = {key: env[env_key(key)] for key in _all_keys() if env_key(key) in env}
+        for alias, key in _ENV_FALLBACKS:
+            if alias in env and env_key(key) not in env:
+                found[key] = env[alias]
+        return _nest(found)
+
+
+# The file and environment of the load_config call under way (settings sources are chosen
+# by a classmethod, so they reach it through here).
+_LAYERS: ContextVar[tuple[Path | None, Mapping[str, str]]] = ContextVar(
+    "_LAYERS", default=(None, MappingProxyType({})))
+
+
+class _Layers(BaseSettings):
+    """Flags (init arguments) over ``HITL_SIP_*`` over the TOML file over the defaults."""
+
+    model_config = SettingsConfigDict(extra="forbid", frozen=True, case_sensitive=True)
+
+    sip: SipConfig = Field(default_factory=SipConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    worker: WorkerConfig = Field(default_factory=WorkerConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    bot: BotConfig = Field(default_factory=BotConfig)
+    speech: SpeechConfig = Field(default_factory=SpeechConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    webrtc: WebRtcConfig = Field(default_factory=WebRtcConfig)
+    alive5: Alive5Config = Field(default_factory=Alive5Config)
+    front: FrontConfig = Field(default_factory=FrontConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    data_dir: _Str = Config.data_dir
+    profiles_dir: _Str = Config.profiles_dir
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        file, env = _LAYERS.get()
+        sources: list[PydanticBaseSettingsSource] = [init_settings, _EnvSource(settings_cls, env)]
+        if file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=file))
+        return tuple(sources)
+
+
+def _config_error(error: ValidationError) -> ConfigError:
+    """The first error pydantic found, as a ConfigError naming its dotted key."""
+    first = error.errors(include_url=False)[0]
+    loc = [str(part) for part in first["loc"]]
+    key = ".".join(loc)
+    if first["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+        cls = _SECTIONS.get(loc[0])
+        if cls is not None and len(loc) == 2:
+            known = ", ".join(f.name for f in fields(cls))
+            return ConfigError(key, f"unknown key; known keys in [{loc[0]}]: {known}")
+        value = first["input"]
+        if len(loc) == 1 and isinstance(value, Mapping) and value:
+            key = f"{key}.{next(iter(value))}"  # an unknown [table]: name its first key
+        return ConfigError(key, "unknown configuration key")
+    if len(loc) == 1 and loc[0] in _SECTIONS:  # a value where a [table] belongs
+        return ConfigError(key, "unknown configuration key")
+    return ConfigError(key, first["msg"])
+
+
 def load_config(
     file: str | Path | None = None,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> Config:
     """Build a validated :class:`Config` from the layers (file < env < overrides)."""
-    values: dict[str, dict[str, Any]] = {}
-    top: dict[str, Any] = {}
-    if file is not None:
-        path = Path(file)
-        try:
-            doc = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as e:
-            raise ConfigError("config", f"file not found: {path}") from e
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError("config", f"{path}: invalid TOML: {e}") from e
-        for key, raw in _flatten_toml(doc):
-            _apply(values, top, key, raw)
-    env = os.environ if env is None else env
-    for key in _all_keys():
-        name = env_key(key)
-        if name in env:
-            _apply(values, top, key, env[name])
-    for alias, key in (("AZURE_SPEECH_KEY", "speech.azure_key"),
-                       ("AZURE_SPEECH_REGION", "speech.azure_region")):
-        if alias in env and env_key(key) not in env:
-            _apply(values, top, key, env[alias])
-    for key, raw in (overrides or {}).items():
-        if raw is not None:
-            _apply(values, top, key, raw)
-    config = Config(
-        sip=SipConfig(**values.get("sip", {})),
-        http=HttpConfig(**values.get("http", {})),
-        worker=WorkerConfig(**values.get("worker", {})),
-        log=LogConfig(**values.get("log", {})),
-        bot=BotConfig(**values.get("bot", {})),
-        speech=SpeechConfig(**values.get("speech", {})),
-        routing=RoutingConfig(**values.get("routing", {})),
-        api=ApiConfig(**values.get("api", {})),
-        webrtc=WebRtcConfig(**values.get("webrtc", {})),
-        alive5=Alive5Config(**values.get("alive5", {})),
-        front=FrontConfig(**values.get("front", {})),
-        cluster=ClusterConfig(**values.get("cluster", {})),
-        **top,
-    )
+    path = None if file is None else Path(file)
+    if path is not None and not path.is_file():
+        raise ConfigError("config", f"file not found: {path}")
+    flags = _nest({key: raw for key, raw in (overrides or {}).items() if raw is not None})
+    token = _LAYERS.set((path, os.environ if env is None else env))
+    try:
+        layers = _Layers(**flags)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("config", f"{path}: invalid TOML: {e}") from e
+    except ValidationError as e:
+        raise _config_error(e) from e
+    finally:
+        _LAYERS.reset(token)
+    config = Config(**{f.name: getattr(layers, f.name) for f in fields(Config)})
     validate(config)
     return config
 

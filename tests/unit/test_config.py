@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,55 @@ def test_config_round_trips_through_the_worker_hand_off() -> None:
     again = config_from_dict(config.to_dict())
     assert again == config
     assert isinstance(again, Config)
+
+
+def test_unknown_key_error_lists_the_known_keys_of_its_section(tmp_path: Path) -> None:
+    file = tmp_path / "c.toml"
+    file.write_text("[worker]\nmax_call = 2\n")
+    with pytest.raises(ConfigError, match=r"known keys in \[worker\]: count, max_calls") as info:
+        load_config(file, env={})
+    assert info.value.key == "worker.max_call"
+
+
+def test_a_boolean_is_not_taken_for_a_port(tmp_path: Path) -> None:
+    file = tmp_path / "c.toml"
+    file.write_text("[sip]\nport = true\n")
+    with pytest.raises(ConfigError, match="expected an integer, got True") as info:
+        load_config(file, env={})
+    assert info.value.key == "sip.port"
+
+
+def test_env_lists_are_comma_separated_and_stay_tuples() -> None:
+    config = load_config(None, env={
+        "HITL_SIP_API_KEYS": "k1-0123456789abcdef, k2-0123456789abcdef",
+        "HITL_SIP_SIP_TRANSPORTS": "udp",
+        "HITL_SIP_WORKER_RECORD_CALLS": "off",
+    })
+    assert config.api.keys == ("k1-0123456789abcdef", "k2-0123456789abcdef")
+    assert config.sip.transports == ("udp",)
+    assert config.worker.record_calls is False
+
+
+def test_azure_speech_env_names_fill_in_unless_the_hitl_sip_form_is_set() -> None:
+    config = load_config(None, env={
+        "AZURE_SPEECH_KEY": "the-key",
+        "AZURE_SPEECH_REGION": "westeurope",
+        "HITL_SIP_SPEECH_AZURE_REGION": "eastus",
+    })
+    assert config.speech.azure_key == "the-key"
+    assert config.speech.azure_region == "eastus"
+
+
+def test_env_names_that_are_no_configuration_key_are_ignored() -> None:
+    # HITL_SIP_WORKER_CONFIG is the hub's hand-off to its workers, not a worker.* key
+    config = load_config(None, env={"HITL_SIP_WORKER_CONFIG": "{}", "HITL_SIP_NOPE": "1"})
+    assert config == load_config(None, env={})
+
+
+def test_sections_stay_frozen_dataclasses_for_replace() -> None:
+    config = load_config(None, env={})
+    changed = dataclasses.replace(config, http=dataclasses.replace(config.http, port=0))
+    assert changed.http.port == 0
+    assert config.http.port == 8080
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.http.port = 1  # type: ignore[misc]
