@@ -28,10 +28,19 @@ from hitl_sip.hub.registry import WorkerRegistry
 from hitl_sip.hub.threads import ThreadStore, Turn
 from hitl_sip.protocol.wire import WireError
 from hitl_sip.protocol.worker import (
+    CallConnected,
     CallEndedMsg,
+    CallerSaid,
+    CallStarted,
     CallState,
     CallSummary,
+    DtmfMsg,
     HandoffRequested,
+    Interim,
+    PeerLost,
+    Reply,
+    SessionStateMsg,
+    TurnMsg,
     WorkerMessage,
     parse_command,
 )
@@ -180,37 +189,37 @@ class Hub:
         await self._apply(worker_id, message, data)
         await self._replicate(worker_id, data)
 
-    async def _apply(self, worker_id: str, typed: WorkerMessage, message: dict[str, Any]) -> None:
-        kind = message.get("type")
-        if kind == "reply":
-            future = self._replies.get(str(message.get("requestId")))
-            if future is not None and not future.done():
-                future.set_result(message)
-        elif kind == "turn":
-            await self._on_turn(message)
-        elif kind == "session_state":
-            await self._on_state(message)
-        elif isinstance(typed, HandoffRequested):
-            await self._on_handoff(typed, message)
-        elif kind in ("caller_said", "dtmf", "call_connected", "peer_lost", "interim"):
-            await self._publish(str(kind), message)
-        elif kind == "call_started":
-            headers = message.get("metadata") or {}
-            caller = message.get("caller") or {}
-            if self.outbox is not None:
-                crm_id = str(headers.get("crm_id") or headers.get("X-Alive5-Crm-Id")
-                             or caller.get("number") or "")
-                await self.outbox.set_crm(str(message.get("threadId")), crm_id, [
-                    ("phone", caller.get("number")), ("name", caller.get("name"))])
-            self.registry.handle(worker_id, typed)
-            await self._publish("call_started", message)
-        elif kind == "call_ended":
-            self._cancel_queue_timer(str(message["callId"]))
-            await self._end_thread(message)
-            self.registry.handle(worker_id, typed)
-            await self._publish("call_ended", message)
-        else:
-            self.registry.handle(worker_id, typed)
+    async def _apply(self, worker_id: str, typed: WorkerMessage, data: dict[str, Any]) -> None:
+        """Dispatch on the validated model; ``data`` is its wire form, what listeners get."""
+        match typed:
+            case Reply():
+                future = self._replies.get(typed.request_id)
+                if future is not None and not future.done():
+                    future.set_result(data)
+            case TurnMsg():
+                await self._on_turn(typed, data)
+            case SessionStateMsg():
+                await self._on_state(typed, data)
+            case HandoffRequested():
+                await self._on_handoff(typed, data)
+            case CallerSaid() | DtmfMsg() | CallConnected() | PeerLost() | Interim():
+                await self._publish(typed.type, data)
+            case CallStarted():
+                if self.outbox is not None:
+                    headers, caller = typed.metadata, typed.caller
+                    crm_id = str(headers.get("crm_id") or headers.get("X-Alive5-Crm-Id")
+                                 or caller.number or "")
+                    await self.outbox.set_crm(typed.thread_id, crm_id, [
+                        ("phone", caller.number), ("name", caller.name)])
+                self.registry.handle(worker_id, typed)
+                await self._publish("call_started", data)
+            case CallEndedMsg():
+                self._cancel_queue_timer(typed.call_id)
+                await self._end_thread(typed)
+                self.registry.handle(worker_id, typed)
+                await self._publish("call_ended", data)
+            case _:
+                self.registry.handle(worker_id, typed)
 
     # -- other hubs (cluster) ---------------------------------------------------------------
 
@@ -298,42 +307,39 @@ class Hub:
         if calls:
             self.calls_lost.inc(len(calls))
 
-    async def _on_turn(self, m: dict[str, Any]) -> None:
+    async def _on_turn(self, m: TurnMsg, data: dict[str, Any]) -> None:
         turn = Turn(
-            thread_id=str(m["threadId"]),
-            call_id=str(m["callId"]),
-            key=f"{m['callId']}:{int(m['seq'])}",
-            role=str(m["role"]),
-            text=str(m["text"]),
-            at=str(m["at"]),
+            thread_id=m.thread_id,
+            call_id=m.call_id,
+            key=f"{m.call_id}:{m.seq}",
+            role=m.role.value,
+            text=m.text,
+            at=m.at,
             delivery="pending" if self.outbox is not None else "local",
         )
         if await self.store.add(turn):
             self.turns_stored.inc(role=turn.role)
             if self.outbox is not None:
                 self.outbox.notify(turn.thread_id)
-            await self._publish("turn", m)
+            await self._publish("turn", data)
 
-    async def _end_thread(self, m: dict[str, Any]) -> None:
+    async def _end_thread(self, m: CallEndedMsg) -> None:
         """The call is over: alive5 gets ``end_voice_chat`` after the thread's last turn."""
-        call = self.registry.calls.get(str(m["callId"]))
+        call = self.registry.calls.get(m.call_id)
         if self.outbox is None or call is None or not call.thread_id:
             return
         thread_id = call.thread_id
-        by = str(m.get("by") or "")
-        end_by = {"caller": "person", "agent": "human_agent"}.get(by, "voice_agent")
-        await self.store.add_end(thread_id, end_by, f"call ended ({m.get('outcome', '')})")
+        end_by = {"caller": "person", "agent": "human_agent"}.get(m.by, "voice_agent")
+        await self.store.add_end(thread_id, end_by, f"call ended ({m.outcome})")
         self.outbox.notify(thread_id)
 
-    async def _on_state(self, m: dict[str, Any]) -> None:
-        call_id = str(m["callId"])
-        state = CallState(str(m["state"]))  # validated at the edge
-        call = self.registry.calls.get(call_id)
+    async def _on_state(self, m: SessionStateMsg, data: dict[str, Any]) -> None:
+        call = self.registry.calls.get(m.call_id)
         if call is not None:
-            call.state = state
-        if state is not CallState.QUEUED:
-            self._cancel_queue_timer(call_id)
-        await self._publish("session_state", m)
+            call.state = m.state
+        if m.state is not CallState.QUEUED:
+            self._cancel_queue_timer(m.call_id)
+        await self._publish("session_state", data)
 
     @staticmethod
     def _queued(call: CallRecord, handoff: HandoffRequested) -> None:
@@ -341,7 +347,7 @@ class Hub:
         call.handoff = Handoff(handoff.queue, handoff.skill, handoff.reason)
         call.bot_transcript = list(handoff.transcript)
 
-    async def _on_handoff(self, typed: HandoffRequested, m: dict[str, Any]) -> None:
+    async def _on_handoff(self, typed: HandoffRequested, data: dict[str, Any]) -> None:
         call_id = typed.call_id
         call = self.registry.calls.get(call_id)
         if call is None:
@@ -355,7 +361,7 @@ class Hub:
         self._queue_timers[call_id] = loop.call_later(
             timeout, lambda: self._spawn(self._queue_timed_out(call_id))
         )
-        await self._publish("handoff_requested", m)
+        await self._publish("handoff_requested", data)
 
     def _cancel_queue_timer(self, call_id: str) -> None:
         timer = self._queue_timers.pop(call_id, None)

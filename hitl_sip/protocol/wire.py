@@ -50,15 +50,8 @@ def depth(text: str) -> int:
 
 
 def check_depth(text: str, max_depth: int = MAX_DEPTH) -> None:
-    level = 0
-    for match in _STRUCTURE.finditer(text):
-        token = match.group()
-        if token in "[{":
-            level += 1
-            if level > max_depth:
-                raise WireError("too_deep", f"nested deeper than {max_depth} levels")
-        elif token in "]}":
-            level -= 1
+    if depth(text) > max_depth:
+        raise WireError("too_deep", f"nested deeper than {max_depth} levels")
 
 
 def loads(data: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MAX_DEPTH) -> Any:

@@ -155,24 +155,25 @@ class SessionStateMsg(Reliable):
     at: Short
 
 
-class TurnMsg(Reliable):
+class Words(Msg):
+    """Who said what in a call's thread; ``seq`` numbers the call's turns."""
+
+    call_id: Id
+    thread_id: Id
+    role: Role
+    text: Text
+    at: Short
+    seq: int = Field(ge=1)
+
+
+class TurnMsg(Reliable, Words):
     type: Literal["turn"] = "turn"
-    call_id: Id
-    thread_id: Id
-    role: Role
-    text: Text
-    at: Short
-    seq: int = Field(ge=1)
 
 
-class Interim(Msg):
+class Interim(Words):
+    """A partial result (live captions): the ``seq`` its final turn will have."""
+
     type: Literal["interim"] = "interim"
-    call_id: Id
-    thread_id: Id
-    role: Role
-    text: Text
-    at: Short
-    seq: int = Field(ge=1)
 
 
 class HandoffRequested(Reliable):
