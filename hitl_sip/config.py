@@ -234,6 +234,9 @@ class Alive5Config:
     message_type: _Str = "voice_agent_post_message"
     ack_timeout: _Float = 10.0
     max_backoff: _Float = 30.0
+    # a restarted hub ends the threads its previous run left open after this long (its
+    # workers report their calls' ends first)
+    orphan_grace: _Float = 15.0
     query_type: _Str = "type"
     query_type_value: _Str = "voice_agent"
     query_api_key: _Str = "x-a5-apikey"
@@ -587,6 +590,8 @@ def validate(config: Config) -> None:
         raise ConfigError("alive5.url", f"expected an http(s) or ws(s) URL, got {a5.url!r}")
     if a5.url and not a5.api_key:
         raise ConfigError("alive5.api_key", "alive5.url needs alive5.api_key")
+    if not 0 <= a5.orphan_grace <= 600:
+        raise ConfigError("alive5.orphan_grace", "expected 0..600 seconds")
     if not 0.5 <= a5.ack_timeout <= 120:
         raise ConfigError("alive5.ack_timeout", "expected 0.5..120 seconds")
     if not 0.5 <= a5.max_backoff <= 600:

@@ -95,6 +95,36 @@ class Hub:
                 log.info("alive5: resuming delivery for %d threads", resumed)
             self._spawn(supervised("alive5 backlog", self._watch_backlog,
                                    kind="alive5_backlog", restarts=self.task_restarts))
+            orphans = await self.store.open_threads()
+            if orphans:
+                self._spawn(self._end_orphans(orphans))
+
+    async def _end_orphans(self, threads: list[str]) -> None:
+        """Threads a previous run of this hub left open: their calls died with it. The
+        workers that outlived it report their calls' ends (and what the old hub never
+        acknowledged) within seconds of connecting; after ``alive5.orphan_grace`` every
+        thread still open and not a live call's is ended (``call ended (hub_restart)``)."""
+        grace = self.config.alive5.orphan_grace
+        log.info("%d thread(s) left open by a previous run: ending those no worker reports "
+                 "in %.0f s", len(threads), grace)
+        await asyncio.sleep(grace)
+        live = {c.thread_id for c in self.registry.calls.values()}
+        still = set(await self.store.open_threads())
+        ended = 0
+        for thread_id in threads:
+            if thread_id in live or thread_id not in still:
+                continue
+            try:
+                await self.store.add_end(thread_id, "voice_agent", "call ended (hub_restart)")
+            except sqlite3.Error as e:
+                log.error("thread %s not ended: %s", thread_id, e)
+                continue
+            assert self.outbox is not None
+            self.outbox.notify(thread_id)
+            ended += 1
+        if ended:
+            log.warning("ended %d thread(s) whose calls died with a previous run of the hub",
+                        ended)
 
     async def _watch_backlog(self) -> None:
         while True:
@@ -326,9 +356,11 @@ class Hub:
     async def _end_thread(self, m: CallEndedMsg) -> None:
         """The call is over: alive5 gets ``end_voice_chat`` after the thread's last turn."""
         call = self.registry.calls.get(m.call_id)
-        if self.outbox is None or call is None or not call.thread_id:
+        # a call this hub does not know: one from before a restart of the hub, carried over
+        # by its worker
+        thread_id = call.thread_id if call is not None else m.thread_id
+        if self.outbox is None or not thread_id:
             return
-        thread_id = call.thread_id
         end_by = {"caller": "person", "agent": "human_agent"}.get(m.by, "voice_agent")
         await self.store.add_end(thread_id, end_by, f"call ended ({m.outcome})")
         self.outbox.notify(thread_id)

@@ -141,6 +141,14 @@ class ThreadStore:
             " SELECT thread_id FROM thread_ends WHERE delivered = 0")
         return [str(r[0]) for r in rows]
 
+    async def open_threads(self) -> list[str]:
+        """Threads with turns and no end (at a hub's start: calls of a previous run)."""
+        rows = await asyncio.to_thread(
+            self._query,
+            "SELECT DISTINCT thread_id FROM turns WHERE thread_id NOT IN"
+            " (SELECT thread_id FROM thread_ends)")
+        return [str(r[0]) for r in rows]
+
     async def mark_delivered(self, key: str, message_id: str) -> None:
         await asyncio.to_thread(
             self._query, "UPDATE turns SET delivery = 'delivered', message_id = ?,"

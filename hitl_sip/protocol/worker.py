@@ -132,6 +132,9 @@ class CallEndedMsg(Reliable):
     outcome: Short = ""
     by: Short = ""
     status: int | None = None
+    # the call's thread, so that a hub that restarted (and no longer knows the call) can
+    # still end it
+    thread_id: Short | None = None
 
 
 class CallRejectedMsg(Msg):

@@ -8,6 +8,11 @@
   or below its last). Nothing is dropped: beyond ``memory_limit`` events the newest are
   appended to a spill file (``spill_path``, mode 0600, JSON lines; it holds transcripts)
   and read back as the hub catches up.
+* **Carried over a restart.** What the hub has not acknowledged when the worker stops (the
+  hub died first, or did not answer within ``flush_timeout``) is written to the spill file;
+  the next worker process with the same id reads it at :meth:`start` and sends it again
+  under its own epoch. The hub's stores are idempotent (a turn's key, one end per thread),
+  so an event the old hub applied but never acknowledged does no harm the second time.
 * **Status** is coalesced: only the latest waits while the hub is away.
 * **Interims** (live captions) and other best-effort messages wait in a bounded queue;
   when it is full the oldest are dropped and counted in :attr:`dropped`.
@@ -36,6 +41,7 @@ from hitl_sip.protocol.worker import (
     Reliable,
     Status,
     parse_hub_message,
+    parse_worker_message,
 )
 
 log = logging.getLogger(__name__)
@@ -108,6 +114,7 @@ class HubLink:
         await self._all_acked.wait()
 
     def start(self) -> None:
+        self._carry_over()
         self._task = asyncio.create_task(self._run(), name="hub-link")
 
     async def close(self, flush_timeout: float = 2.0) -> None:
@@ -122,7 +129,10 @@ class HubLink:
             await self._task
         self._task = None
         if self.unacknowledged:
-            log.warning("%d event(s) for the hub not acknowledged at exit", self.unacknowledged)
+            kept = self._keep_for_the_next_process()
+            log.warning("%d event(s) for the hub not acknowledged at exit%s",
+                        self.unacknowledged,
+                        f": kept in {self.spill_path} for the next start" if kept else "")
 
     # -- the spill file -------------------------------------------------------------------
 
@@ -162,6 +172,58 @@ class HubLink:
         if not self._spilled:
             self.spill_path.unlink(missing_ok=True)
             self._spill_offset = 0
+
+    def _unacknowledged_texts(self) -> list[str]:
+        texts = [text for _, text in self.pending]
+        if self._spilled and self.spill_path is not None:
+            with open(self.spill_path, encoding="utf-8") as f:
+                f.seek(self._spill_offset)
+                texts += [line.rstrip("\n").partition("\t")[2] for line in f if line.strip()]
+        return texts
+
+    def _keep_for_the_next_process(self) -> bool:
+        """Write every unacknowledged event to the spill file (replaced atomically, 0600)."""
+        if self.spill_path is None:
+            return False
+        texts = self._unacknowledged_texts()
+        tmp = self.spill_path.with_name(self.spill_path.name + ".tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.writelines(f"0\t{text}\n" for text in texts)
+            os.replace(tmp, self.spill_path)
+        except OSError as e:
+            log.error("cannot keep the unacknowledged events in %s: %s", self.spill_path, e)
+            return False
+        return True
+
+    def _carry_over(self) -> None:
+        """Queue what an earlier process left in the spill file, under this epoch."""
+        if self.spill_path is None or self._spilled or self.pending:
+            return
+        try:
+            with open(self.spill_path, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            log.error("cannot read the events an earlier process left in %s: %s",
+                      self.spill_path, e)
+            return
+        self.spill_path.unlink(missing_ok=True)
+        carried = bad = 0
+        for line in lines:
+            try:
+                message = parse_worker_message(line.partition("\t")[2])
+            except WireError:
+                bad += 1
+                continue
+            if isinstance(message, Reliable):
+                self.send(message)
+                carried += 1
+        if carried or bad:
+            log.warning("%d event(s) left by an earlier process will be sent to the hub%s",
+                        carried, f" ({bad} unreadable, dropped)" if bad else "")
 
     def _on_ack(self, ack: Ack) -> None:
         while self.pending and self.pending[0][0] <= ack.link_seq:

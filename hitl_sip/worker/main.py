@@ -28,11 +28,24 @@ from hitl_sip.worker.service import WorkerService
 log = logging.getLogger(__name__)
 
 
-async def run(service: WorkerService) -> int:
+HUB_DIED = signal.SIGUSR1  # what PR_SET_PDEATHSIG sends this worker when the hub dies
+
+
+async def run(service: WorkerService, watch_hub: bool = False) -> int:
+    """Serve until SIGTERM/SIGINT (drain: live calls get ``worker.drain_grace``) or, with
+    ``watch_hub``, the hub's death (:data:`HUB_DIED`: end the calls at once)."""
     stop = asyncio.Event()
+    hub_died = False
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+
+    def on_hub_death() -> None:
+        nonlocal hub_died
+        hub_died = True
+        stop.set()
+    if watch_hub:
+        loop.add_signal_handler(HUB_DIED, on_hub_death)
     try:
         await service.start()
     except SipError as e:
@@ -40,6 +53,14 @@ async def run(service: WorkerService) -> int:
         await service.drain_and_stop(0)
         return 1
     await stop.wait()
+    if hub_died:
+        # nobody routes these calls any more, and the hub's successor needs this worker's
+        # SIP port: end them now. What the hub has not acknowledged is kept for the next
+        # worker with this id (hitl_sip.worker.hublink).
+        log.warning("worker %s: the hub process died: ending %d live calls now",
+                    service.worker_id, len(service.calls))
+        await service.drain_and_stop(0, outcome="hub_lost")
+        return 0
     log.info("worker %s stopping: draining live calls", service.worker_id)
     await service.drain_and_stop()
     log.info("worker %s stopped", service.worker_id)
@@ -50,10 +71,13 @@ PR_SET_PDEATHSIG = 1
 
 
 def drain_when_the_hub_dies() -> None:
-    """Ask Linux for a SIGTERM when the hub process dies, so no orphan holds the SIP port."""
+    """Ask Linux for :data:`HUB_DIED` when the hub process dies, so that no orphan holds the
+    SIP port. (Not SIGTERM: the hub sends that to drain, and a worker cannot tell the two
+    apart by its parent pid — the signal comes while the dying hub's other threads still
+    hold it.)"""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        libc.prctl(PR_SET_PDEATHSIG, HUB_DIED)
     except (OSError, AttributeError):
         log.warning("cannot watch the hub process; stop workers by hand if the hub dies")
 
@@ -99,4 +123,4 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FlowError) as e:
         log.error("configuration error: %s", e)
         return 2
-    return asyncio.run(run(service))
+    return asyncio.run(run(service, watch_hub=bool(args.hub_url)))

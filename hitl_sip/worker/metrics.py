@@ -44,6 +44,10 @@ class WorkerMetrics:
             "hitl_sip_registration_active", "Outbound registration state (1 = registered)",
             ["account"],
         )
+        self.loop_stalls = r.counter(
+            "hitl_sip_event_loop_stalls_total",
+            "Times the worker's event loop was blocked for more than 5 s (the log has stacks)",
+        )
         self.draining = r.gauge("hitl_sip_worker_draining", "1 while the worker drains")
         self.bridge_frames = r.counter(
             "hitl_sip_bridge_frames_total",

@@ -49,6 +49,7 @@ from hitl_sip.protocol.worker import (
     WebrtcOffer,
 )
 from hitl_sip.sip.profile import TrunkProfile, load_profile
+from hitl_sip.watchdog import LoopWatchdog
 from hitl_sip.worker.admission import Admission
 from hitl_sip.worker.engines import build_flow, build_stt, build_tts, preload_stt
 from hitl_sip.worker.events import (
@@ -81,6 +82,7 @@ class CallRuntime:
     codec: str = ""
     session: CallSession | None = None
     hangup_by: str = ""
+    end_outcome: str = ""  # replaces the stack's outcome (a hang-up because the hub died)
     peer: AgentPeer | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -165,6 +167,7 @@ class WorkerService:
             media_timeout=w.media_timeout,
         )
         self.stack: PjStack | None = None
+        self.watchdog: LoopWatchdog | None = None
         # reliable events beyond what memory holds wait in the data directory (0600)
         spill = config.resolve_path(config.data_dir) / f"worker-{worker_id}.pending"
         self.hub = (
@@ -204,6 +207,8 @@ class WorkerService:
             self.metrics,
         )
         self.info = await self.stack.start()
+        self.watchdog = LoopWatchdog(loop, on_stall=lambda _late: self.metrics.loop_stalls.inc())
+        self.watchdog.start()
         if self.config.worker.record_calls:
             self.recordings.mkdir(parents=True, exist_ok=True)
         log.info(
@@ -218,8 +223,9 @@ class WorkerService:
             self._spawn(self._report_metrics())
         return self.info
 
-    async def drain_and_stop(self, grace: float | None = None) -> None:
-        """Refuse new calls (503), let live calls finish within ``grace``, then stop."""
+    async def drain_and_stop(self, grace: float | None = None, outcome: str = "") -> None:
+        """Refuse new calls (503), let live calls finish within ``grace``, then stop;
+        ``outcome``: what the calls hung up at the end of ``grace`` report."""
         grace = self.config.worker.drain_grace if grace is None else grace
         self.draining = True
         self.metrics.draining.set(1)
@@ -230,7 +236,9 @@ class WorkerService:
                 log.info("draining: %d live calls, up to %.0fs", len(self.calls), grace)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._idle.wait(), grace)
-            for call_id in list(self.calls):
+            for call_id, call in list(self.calls.items()):
+                if outcome:
+                    call.end_outcome, call.hangup_by = outcome, "system"
                 with contextlib.suppress(Exception):
                     await stack.hangup(call_id)
             with contextlib.suppress(TimeoutError):
@@ -242,6 +250,8 @@ class WorkerService:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.watchdog is not None:
+            self.watchdog.stop()
         close = getattr(getattr(self.stt, "engine", self.stt), "close", None)
         if callable(close):
             await asyncio.to_thread(close)  # the speech process, when there is one
@@ -473,6 +483,8 @@ class WorkerService:
             call.recording.close()
             call.recording = None
         by = call.hangup_by if ev.by == "system" and call.hangup_by else ev.by
+        if call.end_outcome:
+            ev = dataclasses.replace(ev, outcome=call.end_outcome)
         call.event("ended", outcome=ev.outcome, status=ev.status, by=by)
         call_logger(log, ev.call_id).info(
             "call ended: %s by %s (%s %s) after %.1fs", ev.outcome, ev.by, ev.status, ev.reason,
@@ -503,7 +515,7 @@ class WorkerService:
             path = self.recordings / f"{call.call_id}.json"
             path.write_text(json.dumps(record, indent=2), encoding="utf-8")
         self._notify(CallEndedMsg(call_id=ev.call_id, outcome=ev.outcome, by=by,
-                                  status=ev.status))
+                                  status=ev.status, thread_id=call.thread_id or None))
         if not self.calls:
             self._idle.set()
 

@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,9 @@ class Server:
     http_url: str
     data_dir: Path
     log_path: Path
+    command: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    workers: int = 1
 
     def health(self) -> tuple[int, dict[str, Any]]:
         try:
@@ -74,6 +77,33 @@ class Server:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-8000:]
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        """Until ``/healthz`` says every worker is ready; AssertionError when the server
+        exits or the time is up."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited with {self.process.returncode}\n"
+                                     f"{self.log()}")
+            try:
+                status, body = self.health()
+                if status == 200 and body.get("workersReady") == self.workers:
+                    return
+            except (urllib.error.URLError, ConnectionError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"server not healthy in {timeout}s\n{self.log()}")
+            time.sleep(0.05)
+
+    def start_again(self, timeout: float = 30.0) -> None:
+        """After the server's process died (a SIGKILL in a test): the same command, config
+        and data directory again, as a process manager would; its log is appended."""
+        assert self.process.poll() is not None, "the server is still running"
+        with open(self.log_path, "ab") as logf:
+            self.process = subprocess.Popen(self.command, cwd=ROOT, stdout=logf,
+                                            stderr=subprocess.STDOUT, env=self.env)
+        self.wait_ready(timeout)
 
     def stop(self, timeout: float = 30.0) -> int:
         if self.process.poll() is None:
@@ -131,27 +161,16 @@ def running_server(
     write_config(config, sections, {"data_dir": str(data_dir)})
     log_path = tmp / "server.log"
     full_env = {**os.environ, **(env or {})}
-    with open(log_path, "wb") as logf:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "hitl_sip.cli", "serve", "--config", str(config),
-             *(args or [])],
-            cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT, env=full_env,
-        )
-    server = Server(proc, f"http://127.0.0.1:{http_port}", data_dir, log_path)
+    command = [sys.executable, "-m", "hitl_sip.cli", "serve", "--config", str(config),
+               *(args or [])]
+    log_path.write_bytes(b"")  # several processes (a restarted hub, its old workers) append
+    with open(log_path, "ab") as logf:
+        proc = subprocess.Popen(command, cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT,
+                                env=full_env)
+    server = Server(proc, f"http://127.0.0.1:{http_port}", data_dir, log_path, command,
+                    full_env, workers)
     try:
-        deadline = time.monotonic() + ready_timeout
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"server exited with {proc.returncode}\n{server.log()}")
-            try:
-                status, body = server.health()
-                if status == 200 and body.get("workersReady") == workers:
-                    break
-            except (urllib.error.URLError, ConnectionError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"server not healthy in {ready_timeout}s\n{server.log()}")
-            time.sleep(0.05)
+        server.wait_ready(ready_timeout)
         yield server
     finally:
         server.stop()

@@ -179,3 +179,48 @@ async def test_a_malformed_message_from_the_hub_is_counted_and_commands_still_ar
     assert commands == [Say(call_id="c1", text="hi")]
     assert link.bad_messages == 2
     await link.close()
+
+
+async def test_what_the_hub_never_acknowledged_outlives_the_worker_process(
+    hub: tuple[FakeHub, TestServer], tmp_path: Path,
+) -> None:
+    """The hub dies, the worker stops: the next worker process with the same id sends it."""
+    fake, server = hub
+    spill = tmp_path / "worker-w1.pending"
+    fake.ack = False  # the hub receives, but dies before it acknowledges anything
+    first = HubLink(url(server), "t", hello, spill_path=spill, memory_limit=3)
+    first.start()
+    for seq in range(1, 6):  # 3 in memory, 2 spilled
+        first.send(turn(seq))
+    await fake.wait(lambda: len(fake.turns()) >= 3)
+    await first.close(flush_timeout=0.2)
+    assert stat.S_IMODE(spill.stat().st_mode) == 0o600
+    assert [json.loads(line.split("\t", 1)[1])["seq"]
+            for line in spill.read_text().splitlines()] == [1, 2, 3, 4, 5]
+
+    fake.ack, fake.received = True, []
+    second = HubLink(url(server), "t", hello, spill_path=spill)
+    second.start()
+    second.send(turn(6))  # the new process's own events come after the carried ones
+    await fake.wait(lambda: len(fake.turns()) == 6)
+    async with asyncio.timeout(10):
+        await second.wait_acknowledged()
+    assert fake.turns() == [1, 2, 3, 4, 5, 6]
+    seqs = [m["linkSeq"] for m in fake.received]
+    assert seqs == sorted(seqs) and seqs[0] == 1, "resent under the new process's epoch"
+    assert not spill.exists()
+    await second.close()
+
+
+async def test_an_unreadable_carried_over_line_is_dropped_and_the_rest_still_sent(
+    hub: tuple[FakeHub, TestServer], tmp_path: Path,
+) -> None:
+    fake, server = hub
+    spill = tmp_path / "worker-w1.pending"
+    good = turn(7).model_dump_json(by_alias=True)
+    spill.write_text(f"0\t{{not json\n0\t{good}\n0\t{json.dumps({'type': 'turn'})}\n")
+    link = HubLink(url(server), "t", hello, spill_path=spill)
+    link.start()
+    await fake.wait(lambda: len(fake.turns()) == 1)
+    assert fake.turns() == [7]
+    await link.close()
