@@ -30,10 +30,17 @@ or a second ``end_voice_chat``) / lost (in the hub, not in alive5), the order, t
 Printed per kill (the calls that ended while it was the latest) and in total, with the
 calls completed (bot, agent, caller's hang-up) and the calls lost with their killed worker.
 
-Not covered: SIGKILL of the hub and of Redis (two hubs). The hub is the supervisor of the
-workers and of Kamailio: killing it kills (or orphans) all of them, and bringing it back is
-a process manager's job (systemd, Kubernetes), not something this one server tree can show;
-the Redis kill needs that two-hub setup on top. Both are left to a deployment-level soak.
+5. ``hub`` — SIGKILL the hub (``hitl-sip serve``) and start it again at once, as systemd
+   would: Kamailio dies with it; its workers learn of its death (PR_SET_PDEATHSIG), end
+   their calls (``hub_lost``, by ``system``) and keep what it never acknowledged, which
+   their successors send to the new hub; every thread of those calls ends in alive5 once
+   (``call ended (hub_lost)``, or ``(hub_restart)`` when the new hub had to end it itself),
+   with every turn the old hub stored. The observer and the agents log in again.
+
+6. ``redis`` — with two hubs on one Redis (hub A takes the calls; the last agent works on
+   hub B, offered A's calls through the cluster): SIGKILL redis-server for a few seconds,
+   then start an empty one on the same port. Each hub's own calls and agents go on; once
+   it is back, the agent on hub B is offered A's calls again.
 
 Usage: ``python bench/chaos_soak.py [--short | --seconds N] [--kills ...] [--keep DIR]
 [--json]``. ``--short`` (what ``make test`` runs, through tests/integration/test_chaos.py)
@@ -81,6 +88,7 @@ from tests.integration.test_agents import PASSWORD, add_agent  # noqa: E402
 from tests.support.alive5 import API_KEY as ALIVE5_KEY  # noqa: E402
 from tests.support.alive5 import Alive5StandIn  # noqa: E402
 from tests.support.net import free_port  # noqa: E402
+from tests.support.redis import RedisServer  # noqa: E402
 from tests.support.rtpcaller import RtpCaller  # noqa: E402
 from tests.support.server import Server, running_server  # noqa: E402
 
@@ -107,13 +115,15 @@ API_KEY = "chaos-soak-api-key-0123456789"
 TAG = "X-Chaos-Call"  # on each INVITE: which attempt of which caller (passed through)
 CALLERS = 3
 AGENTS = 3
-KILLS = ("worker", "speech", "front", "alive5")
+KILLS = ("worker", "speech", "front", "alive5", "redis", "hub")
 AGENT_CLIP = Path("/usr/share/pocketsphinx/test/data/librivox/"
                   "sense_and_sensibility_01_austen_64kb-0880.wav")
 TALK_SECONDS = 5.0  # caller and agent connected, before the caller hangs up
 OUTAGE_SECONDS = 4.0  # the alive5 stand-in stays down at least this long
 COMPLETIONS_AFTER_KILL = 2  # calls completed after each recovery before the next kill
 LOST = "worker_lost"  # the outcome the hub gives a call whose worker died (hub/core.py)
+HUB_LOST = "hub_lost"  # what the workers report for the calls they end when the hub died
+LOST_OUTCOMES = (LOST, HUB_LOST)
 
 
 # -- what the soak records -----------------------------------------------------------------
@@ -134,6 +144,7 @@ class CallRun:
     agent_by: str = ""  # "reason/by" of the call_ended the accepting agent got
     human_at: float = 0.0  # time.monotonic() when the caller saw the agent take the call
     note: str = ""
+    with_hub: bool = False  # live on the hub when it was killed: ends with it
 
     @property
     def completed(self) -> bool:
@@ -189,10 +200,12 @@ class Observer:
         self.started: dict[str, dict[str, Any]] = {}  # tag -> call_started
         self.ended: dict[str, dict[str, Any]] = {}  # callId -> call_ended
         self.changed = asyncio.Event()
-        self.sio.on("call_started", self._on_started, namespace="/bot")
-        self.sio.on("call_ended", self._on_ended, namespace="/bot")
 
     async def connect(self) -> None:
+        """Connect (again, after the hub restarted: a new client)."""
+        self.sio = socketio.AsyncClient(reconnection=False)
+        self.sio.on("call_started", self._on_started, namespace="/bot")
+        self.sio.on("call_ended", self._on_ended, namespace="/bot")
         await self.sio.connect(self.url, namespaces=["/bot"], auth={"apiKey": API_KEY},
                                transports=["websocket"])
 
@@ -233,8 +246,11 @@ def _first_line(error: BaseException) -> str:
 
 class Soak:
     def __init__(self, srv: Server, a5: Alive5StandIn, front_port: int,
-                 agent_source: Source) -> None:
+                 agent_source: Source, *, other: Server | None = None,
+                 redis: RedisServer | None = None) -> None:
         self.srv = srv
+        self.other = other  # hub B (with ``redis``): the last agent logs in there
+        self.redis = redis
         self.a5 = a5
         self.front_port = front_port
         self.agent_source = agent_source
@@ -246,6 +262,8 @@ class Soak:
         self.agents_done = False
         self.refused: list[dict[str, str]] = []  # INVITEs not answered: phase, tag, why
         self.agent_ends: dict[str, dict[str, Any]] = {}  # callId -> the agent's call_ended
+        self.with_hub: set[str] = set()  # callIds live on the hub when it was killed
+        self.offered: dict[str, list[float]] = {}  # agent -> time.monotonic() of each offer
 
     # -- hub state over HTTP ---------------------------------------------------------------
 
@@ -290,7 +308,7 @@ class Soak:
     # -- callers ---------------------------------------------------------------------------
 
     def _ended(self, run: CallRun) -> bool:
-        return bool(run.call_id) and run.call_id in self.observer.ended
+        return bool(run.call_id) and (run.call_id in self.observer.ended or run.with_hub)
 
     async def _step(self, run: CallRun, check: Callable[[], Any], limit: float,
                     what: str) -> bool:
@@ -389,11 +407,18 @@ class Soak:
         ends, then wait for the next one."""
         handled = 0
         while not self.agents_done:
+            if not agent.sio.connected:  # the hub was killed: log in again once it is back
+                try:
+                    await agent.connect()
+                except (OSError, urllib.error.URLError, socketio.exceptions.SocketIOError):
+                    await asyncio.sleep(0.5)
+                    continue
             try:
                 offer = await agent.wait("incoming_call", handled + 1, limit=1.0)
             except TimeoutError:
                 continue
             handled += 1
+            self.offered.setdefault(agent.username, []).append(time.monotonic())
             call_id = str(offer["callId"])
             if call_id in self.observer.ended:
                 continue
@@ -412,7 +437,8 @@ class Soak:
         """The agent talks until its call ends, then drops the call's media."""
         def told() -> bool:
             return any(e.get("callId") == call_id for e in agent.events.get("call_ended", []))
-        await self.observer.until(lambda: told() or call_id in self.observer.ended, 90)
+        await self.observer.until(lambda: told() or call_id in self.observer.ended
+                                  or call_id in self.with_hub, 90)
         await self.observer.until(told, 5)  # the agent's own word, when it comes
         for event in agent.events.get("call_ended", []):
             if event.get("callId") == call_id:
@@ -544,6 +570,61 @@ class Soak:
                        + ("" if piled else "; no backlog seen while down"))
         return kill
 
+    async def kill_redis(self) -> Kill:
+        """SIGKILL redis-server (both hubs' cluster) for a few seconds, then start an
+        empty one on the same port: each hub's own calls and agents go on meanwhile; once it
+        is back, the agent on hub B is offered calls from hub A's workers again."""
+        assert self.redis is not None and self.other is not None
+        await self._aim()
+        pid = await asyncio.to_thread(self.redis.kill)
+        kill = Kill("redis", f"redis-server pid {pid}", self.phase)
+        t0 = time.monotonic()
+        await asyncio.sleep(OUTAGE_SECONDS)  # the outage itself: nothing to wait for
+        await asyncio.to_thread(self.redis.start)
+        t1 = time.monotonic()
+        remote = f"agent{AGENTS - 1}"
+
+        async def offered_across() -> bool:
+            return any(at > t1 for at in self.offered.get(remote, []))
+        kill.recovered = await self.until(offered_across, 90, interval=0.25)
+        kill.recovery_s = time.monotonic() - t1
+        kill.detail = (f"down {t1 - t0:.1f} s; {remote} (hub B) "
+                       + ("offered a call from hub A again" if kill.recovered
+                          else "never offered a call from hub A again"))
+        return kill
+
+    async def kill_hub(self) -> Kill:
+        """SIGKILL the hub (``hitl-sip serve``) with calls talking and start it again, as a
+        process manager would: its workers end their calls (``hub_lost``) and keep what it
+        never acknowledged for their successors; Kamailio goes with it."""
+        await self._aim()
+        live = [str(c["callId"]) for c in await self.calls()]
+        pid = self.srv.process.pid
+        kill = Kill("hub", f"hub pid {pid}", self.phase, calls_on_target=live)
+        self.with_hub.update(live)
+        self.srv.process.kill()
+        await asyncio.to_thread(self.srv.process.wait)
+        for run in self.runs:
+            if run.call_id in live:
+                run.with_hub, run.outcome, run.worker_id = True, HUB_LOST, "hub"
+        self.observer.changed.set()
+        t0 = time.monotonic()
+        try:
+            await asyncio.to_thread(self.srv.start_again, 60)
+            await self.observer.connect()
+        except (AssertionError, OSError, socketio.exceptions.SocketIOError) as e:
+            kill.detail = f"not back: {_first_line(e)}"
+            return kill
+
+        async def back() -> bool:
+            f = (await self.health())["front"]
+            return bool(f["running"]) and self.front_port == int(
+                f["sip"]["udp"].rsplit(":", 1)[1])
+        kill.recovered = await self.until(back, 30)
+        kill.recovery_s = time.monotonic() - t0
+        kill.detail = f"restarted as pid {self.srv.process.pid}; {len(live)} calls on it"
+        return kill
+
     async def _completed_since(self, count: int, limit: float) -> bool:
         """Wait until ``count`` more calls completed (bot, agent, hang-up)."""
         base = sum(r.completed for r in self.runs)
@@ -554,7 +635,8 @@ class Soak:
 
     async def chaos(self, plan: list[str], deadline: float | None) -> None:
         killers = {"worker": self.kill_worker, "speech": self.kill_speech,
-                   "front": self.kill_front, "alive5": self.kill_alive5}
+                   "front": self.kill_front, "alive5": self.kill_alive5,
+                   "hub": self.kill_hub, "redis": self.kill_redis}
         if not await self._completed_since(1, 90):
             raise RuntimeError("no call completed before the first kill")
         round_no = 0
@@ -579,7 +661,10 @@ class Soak:
 
     async def run(self, plan: list[str], seconds: float | None) -> None:
         await self.observer.connect()
-        agents = [TestAgent(self.srv.http_url, f"agent{i}", PASSWORD,
+        def hub_of(i: int) -> str:  # with two hubs, the last agent works on hub B
+            last = i == AGENTS - 1 and self.other is not None
+            return self.other.http_url if last and self.other else self.srv.http_url
+        agents = [TestAgent(hub_of(i), f"agent{i}", PASSWORD,
                             source=self.agent_source, codecs=("pcmu",))
                   for i in range(AGENTS)]
         for agent in agents:
@@ -673,15 +758,16 @@ def compare(db: Path, a5: Alive5StandIn) -> list[ThreadCheck]:
 def summarize(runs: list[CallRun], kills: list[Kill], checks: list[ThreadCheck],
               refused: list[dict[str, str]]) -> dict[str, Any]:
     by_thread = {c.thread_id: c for c in checks}
-    killed_workers = {k.target.split()[0] for k in kills if k.kind == "worker"}
-    on_killed = {cid for k in kills if k.kind == "worker" for cid in k.calls_on_target}
+    killed_workers = {k.target.split()[0] for k in kills if k.kind == "worker"} | {"hub"}
+    on_killed = {cid for k in kills if k.kind in ("worker", "hub")
+                 for cid in k.calls_on_target}
     phases = ["warm-up", *[k.phase for k in kills]]
     rows = []
     for phase in [*phases, "total"]:
         mine = [r for r in runs if phase in ("total", r.phase)]
-        lost_calls = [r for r in mine if r.outcome == LOST]
+        lost_calls = [r for r in mine if r.outcome in LOST_OUTCOMES]
         kept = [by_thread[r.thread_id] for r in mine
-                if r.outcome != LOST and r.thread_id in by_thread]
+                if r.outcome not in LOST_OUTCOMES and r.thread_id in by_thread]
         lost_checks = [by_thread[r.thread_id] for r in lost_calls if r.thread_id in by_thread]
         rows.append({
             "phase": phase, "calls": len(mine),
@@ -707,14 +793,21 @@ def summarize(runs: list[CallRun], kills: list[Kill], checks: list[ThreadCheck],
         if check is None:
             problems.append(f"{r.tag} {r.call_id}: thread {r.thread_id} in neither store")
             continue
-        if r.outcome == LOST:
+        if r.outcome in LOST_OUTCOMES:
             if not (r.worker_id in killed_workers or r.call_id in on_killed):
-                problems.append(f"{r.call_id} ended {LOST} but was on {r.worker_id or '?'}, "
-                                f"not a killed worker")
-            if r.agent_by not in ("", f"{LOST}/system"):
+                problems.append(f"{r.call_id} ended {r.outcome} but was on "
+                                f"{r.worker_id or '?'}, not a killed worker or hub")
+            if r.agent_by not in ("", f"{r.outcome}/system"):
                 problems.append(f"{r.call_id} (lost with its worker): its agent was told "
-                                f"{r.agent_by}, not {LOST}/system")
-            if (check.ends != 1 or check.end_text != f"call ended ({LOST})"
+                                f"{r.agent_by}, not {r.outcome}/system")
+            # a hub's successor ends what no worker reported (hub_restart)
+            ends = ((f"call ended ({LOST})",) if r.outcome == LOST else
+                    (f"call ended ({HUB_LOST})", "call ended (hub_restart)"))
+            if check.lost or check.duplicated or not check.in_order:
+                problems.append(f"{r.call_id} (lost with its {r.worker_id}): thread "
+                                f"{r.thread_id} lost {check.lost} duplicated "
+                                f"{check.duplicated} {check.first_bad}")
+            if (check.ends != 1 or check.end_text not in ends
                     or check.end_by != "voice_agent"):
                 problems.append(f"{r.call_id} (lost with its worker): thread {r.thread_id} "
                                 f"ends {check.ends} times, {check.end_by} "
@@ -774,9 +867,11 @@ def print_report(result: dict[str, Any], seconds: float) -> None:
     total = result["rows"][-1]
     if total["lost_with_worker"]:
         e, d, dup, lost = total["lost_calls_turns"]
-        print(f"calls lost with their killed worker: {', '.join(total['lost_with_worker'])}")
+        print("calls lost with their killed worker or hub: "
+              f"{', '.join(total['lost_with_worker'])}")
         print(f"  their threads: turns expected {e} delivered {d} duplicated {dup} lost {lost}"
-              f" (each ended in alive5 by the voice agent, 'call ended ({LOST})')")
+              f" (each ended in alive5 once by the voice agent: 'call ended ({LOST})', or "
+              f"'({HUB_LOST})' / '(hub_restart)' for a killed hub)")
     reasons = Counter(f"{x['phase']}: {x['why']}" for x in result["refused"])
     if reasons:
         print("INVITEs not answered (the caller tried again):")
@@ -835,13 +930,27 @@ def soak(plan: list[str], seconds: float | None, keep: Path | None = None) -> di
             "alive5": {"url": a5.url, "api_key": ALIVE5_KEY, "ack_timeout": 3,
                        "max_backoff": 2},
         }
+        redis = other = None
+        if "redis" in plan:  # two hubs on one Redis: A takes the calls, B has an agent
+            redis = RedisServer()
+            redis.start()
+            stack.callback(redis.stop)
+            extra["cluster"] = {"redis_url": redis.url, "hub_id": "A"}
+            (home / "B").mkdir()
+            other = stack.enter_context(running_server(home / "B", extra={
+                "bot": {"flow": str(flow)}, "api": {"keys": [API_KEY]},
+                "routing": {"queue_timeout": 60},
+                "webrtc": {"host_addresses": ["127.0.0.1"]},
+                "cluster": {"redis_url": redis.url, "hub_id": "B"}}))
+            for i in range(AGENTS):
+                add_agent(other.data_dir, f"agent{i}")
         with running_server(home, workers=2, sip={"port": free_port()}, extra=extra) as srv:
             for i in range(AGENTS):
                 add_agent(srv.data_dir, f"agent{i}")
             srv.wait_for(lambda: srv.health()[1].get("front", {}).get("running"), 10,
                          what="the SIP front running")
             front_port = int(srv.health()[1]["front"]["sip"]["udp"].rsplit(":", 1)[1])
-            run = Soak(srv, a5, front_port, agent_source)
+            run = Soak(srv, a5, front_port, agent_source, other=other, redis=redis)
             try:
                 asyncio.run(run.run(plan, seconds))
             finally:

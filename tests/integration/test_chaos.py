@@ -1,10 +1,11 @@
 """The chaos soak's short mode (bench/chaos_soak.py --short): three calls keep cycling (bot,
 handoff, a talking test agent, hang-up) through two workers behind Kamailio while a media
-worker, a worker's speech process and Kamailio are SIGKILLed and the alive5 stand-in is
-stopped and started again, in turn. Afterwards every alive5 thread must equal the hub's
-local thread — every turn once, in order, one end — except that a call lost with its
-killed worker only has to end the way the hub ends such calls (``worker_lost``, by the
-system) and still end in alive5.
+worker, a worker's speech process and Kamailio are SIGKILLed, the alive5 stand-in is
+stopped and started again, and the hub itself is SIGKILLed and started again (as a process
+manager would), in turn. Afterwards every alive5 thread must equal the hub's local thread —
+every turn once, in order, one end — and a call lost with its killed worker or hub ends the
+way PROTOCOL.md says (``worker_lost`` / ``hub_lost``, by the system), still with every turn
+the hub stored and exactly one end in alive5.
 
 The soak runs as its own process (it is a benchmark too) and hands its figures back as
 JSON; its report and the server's log are kept under the test's tmp_path.
@@ -23,8 +24,9 @@ import pytest
 from tests.support.server import ROOT
 
 SOAK = ROOT / "bench" / "chaos_soak.py"
-KILLS = ["worker", "speech", "front", "alive5"]
+KILLS = ["worker", "speech", "front", "alive5", "hub"]
 LOST = "worker_lost"
+HUB_LOST = "hub_lost"
 
 
 def run_soak(tmp_path: Path) -> tuple[dict[str, Any], str]:
@@ -65,7 +67,8 @@ def test_every_alive5_thread_equals_the_hub_s_through_kills_of_each_process(
     threads = {t["thread_id"]: t for t in result["threads"]}
     calls = [c for c in result["calls"] if c["thread_id"]]
     lost = [c for c in calls if c["outcome"] == LOST]
-    kept = [c for c in calls if c["outcome"] != LOST]
+    with_hub = [c for c in calls if c["outcome"] == HUB_LOST]
+    kept = [c for c in calls if c["outcome"] not in (LOST, HUB_LOST)]
     # calls kept cycling: several went the whole way after every kill
     assert sum(c["completed"] for c in kept) >= 2 * len(KILLS), context
 
@@ -97,6 +100,19 @@ def test_every_alive5_thread_equals_the_hub_s_through_kills_of_each_process(
         assert thread["end_by"] == "voice_agent", what
         assert thread["end_text"] == f"call ended ({LOST})", what
         assert thread["duplicated"] == 0 and thread["lost"] == 0, what
+
+    # the calls live on the hub when it was killed: every turn it stored, one end
+    hub_kill = next(k for k in result["kills"] if k["kind"] == "hub")
+    assert with_hub, f"the hub kill caught no call{context}"
+    for call in with_hub:
+        thread = threads[call["thread_id"]]
+        what = f"call {call['call_id']}: {call} {thread}{context}"
+        assert call["call_id"] in hub_kill["calls_on_target"], what
+        assert thread["ends"] == 1 and thread["end_by"] == "voice_agent", what
+        assert thread["end_text"] in (f"call ended ({HUB_LOST})",
+                                      "call ended (hub_restart)"), what
+        assert thread["duplicated"] == 0 and thread["lost"] == 0, what
+        assert thread["delivered"] == thread["expected"] and thread["in_order"], what
 
     # no INVITE refused while a worker had room: one sent to the killed worker, or to its
     # restarting successor, goes to the other worker (the front's failure route)

@@ -8,9 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import shutil
 import struct
-import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -23,40 +21,18 @@ from hitl_sip.testing.agent import RECORD_RATE, TestAgent, tone
 from hitl_sip.testing.analysis import dominant_frequency
 from tests.integration.test_agents import PASSWORD, add_agent, login
 from tests.integration.test_bridge import record_of, states
-from tests.support.net import free_port
+from tests.support.redis import redis_server
 from tests.support.rtpcaller import RtpCaller
 from tests.support.server import ROOT, Server, running_server
 
-REDIS = shutil.which("redis-server") or "/usr/bin/redis-server"
 FLOW = ROOT / "bench/flows/bridge.yaml"  # straight to the agent node
-
-
-@contextmanager
-def redis_server() -> Iterator[str]:
-    port = free_port(kind=1)
-    proc = subprocess.Popen([REDIS, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            probe = subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True,
-                                   text=True, check=False)
-            if probe.stdout.strip() == "PONG":
-                break
-            time.sleep(0.1)
-        else:
-            raise AssertionError("redis-server did not start")
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @contextmanager
 def two_hubs(tmp_path: Path) -> Iterator[tuple[Server, Server]]:
     install_host_filter(["127.0.0.1"])
-    with redis_server() as url, ExitStack() as stack:
+    with redis_server() as redis, ExitStack() as stack:
+        url = redis.url
         hubs = []
         for name in ("A", "B"):
             home = tmp_path / name

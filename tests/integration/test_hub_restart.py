@@ -15,7 +15,6 @@ import os
 import signal
 import sqlite3
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
