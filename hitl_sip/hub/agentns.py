@@ -2,22 +2,42 @@
 
 Connect with ``auth: {token}`` (from ``POST /api/login``); a missing, expired or forged
 token is refused at connect with ``unauthorized``, and so is an Origin outside
-``api.agent_origins`` (when the list is set). Every agent → server event is acknowledged
-``{"ok": true, …}`` or ``{"ok": false, "error": {code, message}}``; a malformed payload gets
-``bad_request`` and changes nothing.
+``api.agent_origins`` (when the list is set). Every agent → server event is a model of
+hitl_sip.protocol.agent, acknowledged ``{"ok": true, …}`` or ``{"ok": false, "error":
+{code, message}}``; a malformed payload gets ``bad_request`` naming the field, is counted,
+and changes nothing.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import socketio
+from pydantic import ValidationError
 
 from hitl_sip.hub.core import Hub
 from hitl_sip.hub.routing import Router
-from hitl_sip.protocol.worker import MAX_CANDIDATE
+from hitl_sip.protocol.agent import (
+    AcceptCall,
+    DeclineCall,
+    ErrorCode,
+    Hangup,
+    Mute,
+    OfferAnswer,
+    Request,
+    ReturnToBot,
+    SetStatus,
+    WebrtcCandidate,
+    WebrtcOffer,
+    ok,
+    parse_request,
+    refuse,
+)
+from hitl_sip.protocol.wire import SocketJson, WireError
+from hitl_sip.protocol.worker import Reply
 
 log = logging.getLogger(__name__)
 
@@ -26,21 +46,35 @@ Verify = Callable[[str], tuple[str, str]]
 # agent_id -> does the account still exist (a removed agent's token must stop working)
 Exists = Callable[[str], Awaitable[bool]]
 
-
-def _err(code: str, message: str) -> dict[str, Any]:
-    return {"ok": False, "error": {"code": code, "message": message}}
-
-
-BAD_PAYLOAD = _err("bad_request", "payload must be an object with a non-empty string callId")
+R = TypeVar("R", bound=Request)
+# (namespace, agent_id, request) -> the acknowledgement
+Handler = Callable[["AgentNamespace", str, R], Awaitable[dict[str, Any]]]
+OnEvent = Callable[..., Awaitable[dict[str, Any]]]
 
 
-def _call_id(data: Any) -> str | None:
-    if not isinstance(data, dict):
-        return None
-    call_id = data.get("callId")
-    if not isinstance(call_id, str) or not call_id or len(call_id) > 128:
-        return None
-    return call_id
+def handles(model: type[R]) -> Callable[[Handler[R]], OnEvent]:
+    """The Socket.IO handler of ``model``'s event: only a logged-in agent's well-formed
+    request reaches ``handler``; a malformed one is answered ``bad_request`` and counted."""
+
+    def wrap(handler: Handler[R]) -> OnEvent:
+        @functools.wraps(handler)
+        async def on_event(self: AgentNamespace, sid: str, data: Any = None,
+                           *_: Any) -> dict[str, Any]:
+            agent_id = self._agent(sid)
+            if agent_id is None:
+                return refuse(ErrorCode.UNAUTHORIZED, "not logged in")
+            try:
+                request = parse_request(model, data)
+            except WireError as e:
+                log.debug("/agent %s from %s refused: %s", model.event, agent_id, e)
+                if SocketJson.on_refused is not None:
+                    SocketJson.on_refused(e.reason)
+                return refuse(ErrorCode.BAD_REQUEST, str(e))
+            return await handler(self, agent_id, request)
+
+        return on_event
+
+    return wrap
 
 
 class AgentNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
@@ -88,114 +122,96 @@ class AgentNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         session = self.sessions.get(sid)
         return session[0] if session else None
 
-    # -- events ---------------------------------------------------------------------------
-
-    async def on_set_status(self, sid: str, data: Any = None) -> dict[str, Any]:
-        agent_id = self._agent(sid)
-        if agent_id is None:
-            return _err("unauthorized", "not logged in")
-        status = data.get("status") if isinstance(data, dict) else None
-        if status not in ("available", "away"):
-            return _err("bad_request", 'status must be "available" or "away"')
-        await self.router.set_status(agent_id, status)
-        return {"ok": True}
-
-    async def on_accept_call(self, sid: str, data: Any = None) -> dict[str, Any]:
-        agent_id, call_id = self._agent(sid), _call_id(data)
-        if agent_id is None:
-            return _err("unauthorized", "not logged in")
-        if call_id is None:
-            return BAD_PAYLOAD
-        return await self.router.accept(agent_id, call_id)
-
-    async def on_decline_call(self, sid: str, data: Any = None) -> dict[str, Any]:
-        agent_id, call_id = self._agent(sid), _call_id(data)
-        if agent_id is None:
-            return _err("unauthorized", "not logged in")
-        if call_id is None:
-            return BAD_PAYLOAD
-        return await self.router.decline(agent_id, call_id)
-
-    async def _owned(self, sid: str, data: Any) -> tuple[str, str] | dict[str, Any]:
-        agent_id, call_id = self._agent(sid), _call_id(data)
-        if agent_id is None:
-            return _err("unauthorized", "not logged in")
-        if call_id is None:
-            return BAD_PAYLOAD
+    def _not_held(self, agent_id: str, call_id: str) -> dict[str, Any] | None:
+        """The refusal when the agent does not hold the call (None when it does)."""
         offer = self.router.offers.get(call_id)
         if offer is None or offer.accepted_by != agent_id:
             if self.router.may_act(agent_id, call_id):
-                return _err("invalid_state", "accept the call first")
-            return _err("forbidden", "the call is not yours")
-        return agent_id, call_id
+                return refuse(ErrorCode.INVALID_STATE, "accept the call first")
+            return refuse(ErrorCode.FORBIDDEN, "the call is not yours")
+        return None
 
-    async def on_hangup(self, sid: str, data: Any = None) -> dict[str, Any]:
-        owned = await self._owned(sid, data)
-        if isinstance(owned, dict):
-            return owned
-        _, call_id = owned
-        if not await self.hub.command(call_id, {"type": "hangup", "by": "agent"}):
-            return _err("unavailable", "the call's worker is not reachable")
-        return {"ok": True}
+    # -- events ---------------------------------------------------------------------------
 
-    async def on_return_to_bot(self, sid: str, data: Any = None) -> dict[str, Any]:
-        owned = await self._owned(sid, data)
-        if isinstance(owned, dict):
-            return owned
-        agent_id, call_id = owned
-        if not await self.hub.command(call_id, {"type": "resume"}):
-            return _err("unavailable", "the call's worker is not reachable")
-        await self.router.release(agent_id, call_id)
-        return {"ok": True}
-
-    async def on_mute(self, sid: str, data: Any = None) -> dict[str, Any]:
-        owned = await self._owned(sid, data)
-        if isinstance(owned, dict):
-            return owned
-        muted = data.get("muted")
-        if not isinstance(muted, bool):
-            return _err("bad_request", "muted must be true or false")
-        await self.hub.command(owned[1], {"type": "mute", "muted": muted})
-        return {"ok": True}
-
-    async def on_payload_refused(self, sid: str, data: Any = None) -> dict[str, Any]:
+    async def on_payload_refused(self, sid: str, data: Any = None, *_: Any) -> dict[str, Any]:
         """An event whose JSON was refused at the edge (hitl_sip.protocol.wire.SocketJson):
         too large or nested too deeply. The socket stays up; the sender gets bad_request."""
         message = data.get("message") if isinstance(data, dict) else None
-        return _err("bad_request", f"payload refused: {message or 'malformed'}")
+        return refuse(ErrorCode.BAD_REQUEST,
+                      f"payload refused: {str(message)[:200] if message else 'malformed'}")
 
-    async def on_webrtc_offer(self, sid: str, data: Any = None) -> dict[str, Any]:
-        owned = await self._owned(sid, data)
-        if isinstance(owned, dict):
-            return owned
-        sdp = data.get("sdp")
-        if not isinstance(sdp, str) or not sdp.startswith("v=0") or len(sdp) > 64 * 1024:
-            return _err("bad_request", "sdp must be an SDP offer (v=0 …, at most 64 KiB)")
-        self.router.renegotiated(owned[0])
-        reply = await self.hub.request(owned[1], {"type": "webrtc_offer", "sdp": sdp})
+    @handles(SetStatus)
+    async def on_set_status(self, agent_id: str, request: SetStatus) -> dict[str, Any]:
+        await self.router.set_status(agent_id, request.status)
+        return ok()
+
+    @handles(AcceptCall)
+    async def on_accept_call(self, agent_id: str, request: AcceptCall) -> dict[str, Any]:
+        return await self.router.accept(agent_id, request.call_id)
+
+    @handles(DeclineCall)
+    async def on_decline_call(self, agent_id: str, request: DeclineCall) -> dict[str, Any]:
+        return await self.router.decline(agent_id, request.call_id)
+
+    @handles(Hangup)
+    async def on_hangup(self, agent_id: str, request: Hangup) -> dict[str, Any]:
+        refused = self._not_held(agent_id, request.call_id)
+        if refused is not None:
+            return refused
+        if not await self.hub.command(request.call_id, {"type": "hangup", "by": "agent"}):
+            return refuse(ErrorCode.UNAVAILABLE, "the call's worker is not reachable")
+        return ok()
+
+    @handles(ReturnToBot)
+    async def on_return_to_bot(self, agent_id: str, request: ReturnToBot) -> dict[str, Any]:
+        refused = self._not_held(agent_id, request.call_id)
+        if refused is not None:
+            return refused
+        if not await self.hub.command(request.call_id, {"type": "resume"}):
+            return refuse(ErrorCode.UNAVAILABLE, "the call's worker is not reachable")
+        await self.router.release(agent_id, request.call_id)
+        return ok()
+
+    @handles(Mute)
+    async def on_mute(self, agent_id: str, request: Mute) -> dict[str, Any]:
+        refused = self._not_held(agent_id, request.call_id)
+        if refused is not None:
+            return refused
+        await self.hub.command(request.call_id, {"type": "mute", "muted": request.muted})
+        return ok()
+
+    @handles(WebrtcOffer)
+    async def on_webrtc_offer(self, agent_id: str, request: WebrtcOffer) -> dict[str, Any]:
+        refused = self._not_held(agent_id, request.call_id)
+        if refused is not None:
+            return refused
+        self.router.renegotiated(agent_id)
+        reply = await self.hub.request(request.call_id,
+                                       {"type": "webrtc_offer", "sdp": request.sdp})
         if reply is None:
-            return _err("unavailable", "the call's worker did not answer the offer")
-        if not reply.get("ok"):
-            error = reply.get("error") or {}
-            return _err(str(error.get("code", "bad_request")),
-                        str(error.get("message", "the offer was refused")))
-        return {"ok": True, "sdp": reply.get("sdp")}
+            return refuse(ErrorCode.UNAVAILABLE, "the call's worker did not answer the offer")
+        try:
+            answer = Reply.model_validate(reply)
+        except ValidationError as e:
+            log.warning("[call %s] a malformed answer to an offer: %s", request.call_id, e)
+            return refuse(ErrorCode.UNAVAILABLE, "the call's worker did not answer the offer")
+        if not answer.ok:
+            if answer.error is None:
+                return refuse(ErrorCode.BAD_REQUEST, "the offer was refused")
+            try:
+                code = ErrorCode(answer.error.code)
+            except ValueError:  # not one of the contract's codes
+                code = ErrorCode.BAD_REQUEST
+            return refuse(code, answer.error.message)
+        return OfferAnswer(sdp=answer.sdp).wire()
 
-    async def on_webrtc_candidate(self, sid: str, data: Any = None) -> dict[str, Any]:
-        owned = await self._owned(sid, data)
-        if isinstance(owned, dict):
-            return owned
-        candidate = data.get("candidate")
-        if candidate is not None and (not isinstance(candidate, str)
-                                      or len(candidate) > MAX_CANDIDATE):
-            return _err("bad_request",
-                        f"candidate must be a string (at most {MAX_CANDIDATE}) or null")
-        mid, index = data.get("sdpMid"), data.get("sdpMLineIndex")
-        if (mid is not None and (not isinstance(mid, str) or len(mid) > 256)) or (
-            index is not None and (not isinstance(index, int) or isinstance(index, bool)
-                                   or not 0 <= index <= 64)
-        ):
-            return _err("bad_request", "sdpMid must be a string, sdpMLineIndex 0..64")
-        await self.hub.command(owned[1], {"type": "webrtc_candidate", "candidate": candidate,
-                                          "sdpMid": mid, "sdpMLineIndex": index})
-        return {"ok": True}
+    @handles(WebrtcCandidate)
+    async def on_webrtc_candidate(self, agent_id: str,
+                                  request: WebrtcCandidate) -> dict[str, Any]:
+        refused = self._not_held(agent_id, request.call_id)
+        if refused is not None:
+            return refused
+        await self.hub.command(request.call_id, {
+            "type": "webrtc_candidate", "candidate": request.candidate,
+            "sdpMid": request.sdp_mid, "sdpMLineIndex": request.sdp_m_line_index})
+        return ok()

@@ -2,27 +2,54 @@
 
 Connect with ``auth: {apiKey}``. Server → engine: ``call_started``, ``caller_said``,
 ``dtmf``, ``call_ended``. Engine → server: ``say``, ``handoff``, ``hangup``, each
-acknowledged ``{"ok": true}`` or ``{"ok": false, "error": {code, message}}``.
+acknowledged ``{"ok": true}`` or ``{"ok": false, "error": {code, message}}``. Every payload
+is a model of hitl_sip.protocol.bot: a malformed request is answered ``bad_request`` naming
+the field, counted, and changes nothing.
 """
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import socketio
 
 from hitl_sip.hub.core import Hub
-from hitl_sip.protocol.worker import CallState
+from hitl_sip.protocol import bot
+from hitl_sip.protocol.agent import ErrorCode, Event, Request, ok, parse_request, refuse
+from hitl_sip.protocol.wire import SocketJson, WireError
+from hitl_sip.protocol.worker import Caller, CallState
 
 log = logging.getLogger(__name__)
 
-MAX_SAY = 2000
+R = TypeVar("R", bound=Request)
+Handler = Callable[["BotNamespace", R], Awaitable[dict[str, Any]]]
+OnEvent = Callable[..., Awaitable[dict[str, Any]]]
 
 
-def ack_error(code: str, message: str) -> dict[str, Any]:
-    return {"ok": False, "error": {"code": code, "message": message}}
+def handles(model: type[R]) -> Callable[[Handler[R]], OnEvent]:
+    """The Socket.IO handler of ``model``'s event: the payload is parsed, and a malformed
+    one answered ``bad_request`` (and counted) before ``handler`` sees it."""
+
+    def wrap(handler: Handler[R]) -> OnEvent:
+        @functools.wraps(handler)
+        async def on_event(self: BotNamespace, sid: str, data: Any = None,
+                           *_: Any) -> dict[str, Any]:
+            try:
+                request = parse_request(model, data)
+            except WireError as e:
+                log.debug("/bot %s refused: %s", model.event, e)
+                if SocketJson.on_refused is not None:
+                    SocketJson.on_refused(e.reason)
+                return refuse(ErrorCode.BAD_REQUEST, str(e))
+            return await handler(self, request)
+
+        return on_event
+
+    return wrap
 
 
 class BotNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
@@ -40,65 +67,64 @@ class BotNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             raise socketio.exceptions.ConnectionRefusedError("unauthorized")
         log.info("external logic engine connected (%s)", sid)
 
-    def _call(self, data: Any) -> tuple[str | None, dict[str, Any] | None]:
-        if not isinstance(data, dict):
-            return None, ack_error("bad_request", "payload must be an object")
-        call_id = data.get("callId")
-        if not isinstance(call_id, str) or not call_id:
-            return None, ack_error("bad_request", "callId must be a non-empty string")
-        call = self.hub.registry.calls.get(call_id)
-        if call is None:
-            return None, ack_error("not_found", f"no call {call_id}")
-        return call_id, None
-
-    async def on_payload_refused(self, sid: str, data: Any = None) -> dict[str, Any]:
+    async def on_payload_refused(self, sid: str, data: Any = None, *_: Any) -> dict[str, Any]:
         """An event whose JSON was refused at the edge (hitl_sip.protocol.wire.SocketJson)."""
         message = data.get("message") if isinstance(data, dict) else None
-        return ack_error("bad_request", f"payload refused: {message or 'malformed'}")
+        return refuse(ErrorCode.BAD_REQUEST,
+                      f"payload refused: {str(message)[:200] if message else 'malformed'}")
 
-    async def on_say(self, sid: str, data: Any = None) -> dict[str, Any]:
-        call_id, err = self._call(data)
-        if err is not None or call_id is None:
-            return err or ack_error("bad_request", "bad payload")
-        text = data.get("text")
-        if not isinstance(text, str) or not text.strip() or len(text) > MAX_SAY:
-            return ack_error("bad_request", f"text must be 1..{MAX_SAY} characters")
+    def _unknown(self, call_id: str) -> dict[str, Any] | None:
+        if call_id not in self.hub.registry.calls:
+            return refuse(ErrorCode.NOT_FOUND, f"no call {call_id}")
+        return None
+
+    def _with_bot(self, call_id: str) -> dict[str, Any] | None:
         if self.hub.registry.calls[call_id].state is not CallState.BOT:
-            return ack_error("invalid_state", "the call is not with the bot")
-        return await self._send(call_id, {"type": "say", "text": text})
+            return refuse(ErrorCode.INVALID_STATE, "the call is not with the bot")
+        return None
 
-    async def on_handoff(self, sid: str, data: Any = None) -> dict[str, Any]:
-        call_id, err = self._call(data)
-        if err is not None or call_id is None:
-            return err or ack_error("bad_request", "bad payload")
-        if self.hub.registry.calls[call_id].state is not CallState.BOT:
-            return ack_error("invalid_state", "the call is not with the bot")
-        reason = data.get("reason") or "external"
-        if not isinstance(reason, str):
-            return ack_error("bad_request", "reason must be a string")
-        return await self._send(call_id, {"type": "handoff", "reason": reason[:200]})
+    @handles(bot.Say)
+    async def on_say(self, request: bot.Say) -> dict[str, Any]:
+        refused = self._unknown(request.call_id) or self._with_bot(request.call_id)
+        if refused is not None:
+            return refused
+        return await self._send(request.call_id, {"type": "say", "text": request.text})
 
-    async def on_hangup(self, sid: str, data: Any = None) -> dict[str, Any]:
-        call_id, err = self._call(data)
-        if err is not None or call_id is None:
-            return err or ack_error("bad_request", "bad payload")
-        return await self._send(call_id, {"type": "hangup"})
+    @handles(bot.Handoff)
+    async def on_handoff(self, request: bot.Handoff) -> dict[str, Any]:
+        refused = self._unknown(request.call_id) or self._with_bot(request.call_id)
+        if refused is not None:
+            return refused
+        reason = (request.reason or "external")[:200]
+        return await self._send(request.call_id, {"type": "handoff", "reason": reason})
+
+    @handles(bot.Hangup)
+    async def on_hangup(self, request: bot.Hangup) -> dict[str, Any]:
+        refused = self._unknown(request.call_id)
+        if refused is not None:
+            return refused
+        return await self._send(request.call_id, {"type": "hangup"})
 
     async def _send(self, call_id: str, message: dict[str, Any]) -> dict[str, Any]:
         if await self.hub.command(call_id, message):
-            return {"ok": True}
-        return ack_error("unavailable", "the call's worker is not reachable")
+            return ok()
+        return refuse(ErrorCode.UNAVAILABLE, "the call's worker is not reachable")
 
     async def _on_call_event(self, event: str, data: dict[str, Any]) -> None:
+        """A call event (the wire form of a validated worker message) for the engines."""
+        message: Event
         if event == "call_started":
-            payload = {k: data.get(k) for k in ("callId", "threadId", "caller", "called")}
-            payload["metadata"] = data.get("metadata") or {}
-            await self.emit("call_started", payload)
+            message = bot.CallStarted(call_id=data["callId"], thread_id=data["threadId"],
+                                      caller=Caller.model_validate(data.get("caller") or {}),
+                                      called=data.get("called"),
+                                      metadata=data.get("metadata") or {})
         elif event == "caller_said":
-            await self.emit("caller_said", {k: data.get(k) for k in
-                                            ("callId", "text", "final", "at")})
+            message = bot.CallerSaid(call_id=data["callId"], text=data["text"],
+                                     final=data["final"], at=data["at"])
         elif event == "dtmf":
-            await self.emit("dtmf", {"callId": data.get("callId"), "digits": data.get("digits")})
+            message = bot.Dtmf(call_id=data["callId"], digits=data["digits"])
         elif event == "call_ended":
-            await self.emit("call_ended", {"callId": data.get("callId"),
-                                           "reason": data.get("outcome")})
+            message = bot.CallEnded(call_id=data["callId"], reason=data["outcome"])
+        else:
+            return
+        await self.emit(message.event, message.wire())

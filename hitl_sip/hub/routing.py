@@ -19,6 +19,22 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from hitl_sip.protocol.agent import (
+    AgentState,
+    AgentStatus,
+    CallCancelled,
+    CallConnected,
+    CallEnded,
+    CancelReason,
+    EndedBy,
+    ErrorCode,
+    Event,
+    IncomingCall,
+    Transcript,
+    ok,
+    refuse,
+)
+
 if TYPE_CHECKING:
     from hitl_sip.hub.core import Hub as HubLike
 
@@ -34,18 +50,23 @@ class AgentPresence:
     agent_id: str
     name: str
     sids: set[str] = field(default_factory=set)
-    status: str = "available"
+    status: AgentStatus = AgentStatus.AVAILABLE  # what the agent chose (busy is derived)
     active_call: str | None = None
     idle_since: float = field(default_factory=time.monotonic)
 
+    def model(self) -> AgentState:
+        status = AgentStatus.BUSY if self.active_call else self.status
+        return AgentState(agent_id=self.agent_id, name=self.name, status=status,
+                          active_call_id=self.active_call)
+
     def state(self) -> dict[str, Any]:
-        status = "busy" if self.active_call else self.status
-        return {"agentId": self.agent_id, "name": self.name, "status": status,
-                "activeCallId": self.active_call}
+        """``agent_state`` on the wire (also the agent's presence in the cluster)."""
+        return self.model().wire()
 
     @property
     def can_ring(self) -> bool:
-        return bool(self.sids) and self.status == "available" and self.active_call is None
+        return (bool(self.sids) and self.status is AgentStatus.AVAILABLE
+                and self.active_call is None)
 
 
 @dataclass
@@ -79,12 +100,13 @@ class Router:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _to_agent(self, agent: AgentPresence, event: str, payload: dict[str, Any]) -> None:
+    async def _to_agent(self, agent: AgentPresence, message: Event) -> None:
+        payload = message.wire()
         for sid in list(agent.sids):
-            await self.emit(event, payload, sid)
+            await self.emit(message.event, payload, sid)
 
     async def _push_state(self, agent: AgentPresence) -> None:
-        await self._to_agent(agent, "agent_state", agent.state())
+        await self._to_agent(agent, agent.model())
         cluster = self.hub.cluster
         if cluster is not None:
             try:
@@ -128,41 +150,42 @@ class Router:
             self.agents.pop(agent_id, None)
 
     async def set_status(self, agent_id: str, status: str) -> None:
+        """``available`` or ``away`` (PROTOCOL.md §1 ``set_status``)."""
         agent = self.agents[agent_id]
-        agent.status = status
-        if status == "available":
+        agent.status = AgentStatus(status)
+        if agent.status is AgentStatus.AVAILABLE:
             agent.idle_since = time.monotonic()
         else:
             for offer in self.offers.values():
                 if agent_id in offer.ringing:
                     self._stop_ringing(offer, agent_id)
-                    await self._to_agent(agent, "call_cancelled",
-                                         {"callId": offer.call_id, "reason": "declined"})
+                    await self._to_agent(agent, CallCancelled(
+                        call_id=offer.call_id, reason=CancelReason.DECLINED))
         await self._push_state(agent)
-        if status == "available":
+        if agent.status is AgentStatus.AVAILABLE:
             await self._offer_waiting(agent)
 
     # -- offers ---------------------------------------------------------------------------
 
-    def _incoming(self, call_id: str) -> dict[str, Any] | None:
+    def _incoming(self, call_id: str) -> IncomingCall | None:
         call = self.hub.registry.calls.get(call_id)
         if call is None:
             return None
-        return {
-            "callId": call_id,
-            "threadId": call.thread_id,
-            "caller": call.caller.wire(),
-            "called": call.called,
-            "trunk": call.trunk,
-            "receivedAt": call.received_at,
-            "ringTimeoutSec": self.ring_timeout,
-            "botTranscript": [line.wire() for line in call.bot_transcript],
-            "metadata": call.metadata,
-        }
+        return IncomingCall(
+            call_id=call_id,
+            thread_id=call.thread_id,
+            caller=call.caller,
+            called=call.called,
+            trunk=call.trunk,
+            received_at=call.received_at,
+            ring_timeout_sec=self.ring_timeout,
+            bot_transcript=call.bot_transcript,
+            metadata=call.metadata,
+        )
 
     async def _ring(self, offer: Offer, agent: AgentPresence) -> None:
-        payload = self._incoming(offer.call_id)
-        if payload is None:
+        incoming = self._incoming(offer.call_id)
+        if incoming is None:
             return
         offer.ringing.add(agent.agent_id)
         offer.offered.add(agent.agent_id)
@@ -170,7 +193,7 @@ class Router:
             self.ring_timeout,
             lambda: self._spawn(self._ring_timed_out(offer.call_id, agent.agent_id)),
         )
-        await self._to_agent(agent, "incoming_call", payload)
+        await self._to_agent(agent, incoming)
 
     def _candidates(self, offer: Offer) -> list[AgentPresence]:
         """Agents who may ring for this offer now, in the strategy's order."""
@@ -223,8 +246,8 @@ class Router:
             return
         self._stop_ringing(offer, agent_id)
         if agent is not None:
-            await self._to_agent(agent, "call_cancelled",
-                                 {"callId": call_id, "reason": "ring_timeout"})
+            await self._to_agent(agent, CallCancelled(call_id=call_id,
+                                                      reason=CancelReason.RING_TIMEOUT))
         await self._advance(offer)
 
     def may_act(self, agent_id: str, call_id: str) -> bool:
@@ -237,18 +260,18 @@ class Router:
     async def accept(self, agent_id: str, call_id: str) -> dict[str, Any]:
         offer = self.offers.get(call_id)
         if offer is None or self.hub.registry.calls.get(call_id) is None:
-            return _err("not_found", f"no call {call_id}")
+            return refuse(ErrorCode.NOT_FOUND, f"no call {call_id}")
         if offer.accepted_by is not None:
-            return _err("already_answered", "another agent took the call")
+            return refuse(ErrorCode.ALREADY_ANSWERED, "another agent took the call")
         if agent_id not in offer.ringing:
-            return _err("forbidden", "the call was not offered to you")
+            return refuse(ErrorCode.FORBIDDEN, "the call was not offered to you")
         cluster = self.hub.cluster
         if cluster is not None:  # agents on other hubs may be taking it right now
             if not await cluster.claim(call_id, agent_id):
-                return _err("already_answered", "another agent took the call")
+                return refuse(ErrorCode.ALREADY_ANSWERED, "another agent took the call")
             if offer.accepted_by is not None or agent_id not in offer.ringing:
                 await cluster.unclaim(call_id)
-                return _err("already_answered", "another agent took the call")
+                return refuse(ErrorCode.ALREADY_ANSWERED, "another agent took the call")
         agent = self.agents[agent_id]
         offer.accepted_by = agent_id  # the atomic step: nothing awaited before it
         agent.active_call = call_id
@@ -256,24 +279,25 @@ class Router:
             self._stop_ringing(offer, other_id)
             other = self.agents.get(other_id)
             if other_id != agent_id and other is not None:
-                await self._to_agent(other, "call_cancelled",
-                                     {"callId": call_id, "reason": "answered_elsewhere"})
+                await self._to_agent(other, CallCancelled(
+                    call_id=call_id, reason=CancelReason.ANSWERED_ELSEWHERE))
         self.hub.registry.calls[call_id].agent_id = agent_id
         if cluster is not None:
             await cluster.publish("accepted", {"callId": call_id, "agentId": agent_id})
         await self.hub.command(call_id, {"type": "agent_joined", "agentId": agent_id})
         await self._push_state(agent)
-        return {"ok": True}
+        return ok()
 
     async def decline(self, agent_id: str, call_id: str) -> dict[str, Any]:
         offer = self.offers.get(call_id)
         if offer is None or agent_id not in offer.ringing:
-            return _err("forbidden", "the call is not ringing for you")
+            return refuse(ErrorCode.FORBIDDEN, "the call is not ringing for you")
         self._stop_ringing(offer, agent_id)
         agent = self.agents[agent_id]
-        await self._to_agent(agent, "call_cancelled", {"callId": call_id, "reason": "declined"})
+        await self._to_agent(agent, CallCancelled(call_id=call_id,
+                                                  reason=CancelReason.DECLINED))
         await self._advance(offer)
-        return {"ok": True}
+        return ok()
 
     async def release(self, agent_id: str, call_id: str) -> None:
         """The agent is done with the call (hang-up, return to bot, call ended)."""
@@ -324,8 +348,8 @@ class Router:
         call = self.hub.registry.calls.get(call_id)
         if call is not None:
             call.agent_id = None
-        await self._to_agent(agent, "call_ended",
-                             {"callId": call_id, "reason": "media_lost", "by": "system"})
+        await self._to_agent(agent, CallEnded(call_id=call_id, reason="media_lost",
+                                              by=EndedBy.SYSTEM))
         await self.hub.command(call_id, {"type": "agent_left", "agentId": agent_id})
         await self._push_state(agent)
         offer.offered = {agent_id}  # ring the others first
@@ -365,20 +389,18 @@ class Router:
                 timer = self._grace.pop(agent.agent_id, None)
                 if timer is not None:  # the agent's media came back within the grace
                     timer.cancel()
-                await self._to_agent(agent, "call_connected",
-                                     {"callId": call_id, "at": data.get("at")})
+                await self._to_agent(agent, CallConnected(call_id=call_id, at=data["at"]))
         elif event in ("turn", "interim"):
             offer = self.offers.get(call_id)
             agent = self.agents.get(offer.accepted_by or "") if offer else None
             if agent is not None:
-                await self._to_agent(agent, "transcript", {
-                    "callId": call_id, "threadId": data.get("threadId"),
-                    "role": data.get("role"), "text": data.get("text"),
-                    "final": event == "turn", "at": data.get("at"), "seq": data.get("seq")})
+                await self._to_agent(agent, Transcript(
+                    call_id=call_id, thread_id=data["threadId"], role=data["role"],
+                    text=data["text"], final=event == "turn", at=data["at"], seq=data["seq"]))
         elif event == "session_state" and data.get("state") == "bot":
-            await self._withdraw(call_id, "ring_timeout")
+            await self._withdraw(call_id, CancelReason.RING_TIMEOUT)
         elif event == "call_ended":
-            await self._withdraw(call_id, "caller_hangup", ended=data)
+            await self._withdraw(call_id, CancelReason.CALLER_HANGUP, ended=data)
         elif event == "accepted":  # by an agent on another hub
             offer = self.offers.get(call_id)
             if offer is not None and offer.accepted_by is None:
@@ -387,10 +409,10 @@ class Router:
                     self._stop_ringing(offer, agent_id)
                     agent = self.agents.get(agent_id)
                     if agent is not None:
-                        await self._to_agent(agent, "call_cancelled", {
-                            "callId": call_id, "reason": "answered_elsewhere"})
+                        await self._to_agent(agent, CallCancelled(
+                            call_id=call_id, reason=CancelReason.ANSWERED_ELSEWHERE))
 
-    async def _withdraw(self, call_id: str, reason: str,
+    async def _withdraw(self, call_id: str, reason: CancelReason,
                         ended: dict[str, Any] | None = None) -> None:
         offer = self.offers.pop(call_id, None)
         if offer is None:
@@ -399,19 +421,23 @@ class Router:
             self._stop_ringing(offer, agent_id)
             agent = self.agents.get(agent_id)
             if agent is not None:
-                await self._to_agent(agent, "call_cancelled", {"callId": call_id,
-                                                               "reason": reason})
+                await self._to_agent(agent, CallCancelled(call_id=call_id, reason=reason))
         winner = self.agents.get(offer.accepted_by or "")
         if winner is not None and winner.active_call == call_id:
             winner.active_call = None
             winner.idle_since = time.monotonic()
             if ended is not None:
-                await self._to_agent(winner, "call_ended", {
-                    "callId": call_id, "reason": ended.get("outcome", "ended"),
-                    "by": ended.get("by", "caller")})
+                await self._to_agent(winner, CallEnded(
+                    call_id=call_id, reason=ended.get("outcome", "ended"),
+                    by=_ended_by(ended.get("by", "caller"))))
             await self._push_state(winner)
             await self._offer_waiting(winner)
 
 
-def _err(code: str, message: str) -> dict[str, Any]:
-    return {"ok": False, "error": {"code": code, "message": message}}
+def _ended_by(by: Any) -> EndedBy:
+    """Who ended the call, as the agent sees it: a side it does not know of (an engine on
+    ``/bot``) is the system's."""
+    try:
+        return EndedBy(by)
+    except ValueError:
+        return EndedBy.SYSTEM

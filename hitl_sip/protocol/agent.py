@@ -1,0 +1,317 @@
+"""The ``/agent`` Socket.IO contract (PROTOCOL.md §1), and the pieces ``/bot`` shares.
+
+Every payload is a model here: one per agent → server request, one per server → agent
+event, and the acknowledgements. Each model's ``event`` is its Socket.IO event name; field
+names on the wire are the camelCase ones of PROTOCOL.md. A request tolerates fields it
+does not know (clients may add some: "extend freely"); what the hub sends has exactly the
+fields of its model, nulls included.
+
+:func:`parse_request` is the only way in: the payload must be a JSON object (its size and
+nesting were bounded when the packet was decoded, hitl_sip.protocol.wire.SocketJson), then
+the model; anything else is a :class:`~hitl_sip.protocol.wire.WireError` whose message
+names the field, which the namespace answers ``bad_request``. What the hub sends is built
+from these models and sent as :meth:`SocketModel.wire`; an acknowledgement is
+:func:`ok` or :func:`refuse`.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    Strict,
+    StrictBool,
+    ValidationError,
+    field_validator,
+)
+
+from hitl_sip.protocol.wire import WireError
+from hitl_sip.protocol.worker import (
+    MAX_CANDIDATE,
+    MAX_SDP,
+    Caller,
+    Id,
+    Role,
+    Short,
+    TranscriptLine,
+    _camel,
+)
+
+MAX_MESSAGE = 300  # an error message's length: it may quote the keys of a client's object
+
+
+class ErrorCode(StrEnum):
+    """The ``error.code`` of a refused request (PROTOCOL.md, preamble)."""
+
+    BAD_REQUEST = "bad_request"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not_found"
+    INVALID_STATE = "invalid_state"
+    ALREADY_ANSWERED = "already_answered"
+    UNAVAILABLE = "unavailable"
+
+
+class AgentStatus(StrEnum):
+    AVAILABLE = "available"
+    AWAY = "away"
+    BUSY = "busy"  # set by the hub while the agent holds a call, never by the agent
+
+
+class CancelReason(StrEnum):
+    ANSWERED_ELSEWHERE = "answered_elsewhere"
+    CALLER_HANGUP = "caller_hangup"
+    RING_TIMEOUT = "ring_timeout"
+    DECLINED = "declined"
+
+
+class EndedBy(StrEnum):
+    CALLER = "caller"
+    AGENT = "agent"
+    SYSTEM = "system"
+
+
+class SocketModel(BaseModel):
+    """Base of every Socket.IO payload: frozen, camelCase on the wire."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True, alias_generator=_camel)
+
+    event: ClassVar[str] = ""  # the Socket.IO event that carries it ("" for an ack)
+
+    def wire(self) -> dict[str, Any]:
+        """The JSON object sent on the socket."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+class Request(SocketModel):
+    """A client → server payload: fields the hub does not know are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class Event(SocketModel):
+    """A server → client payload, built by the hub: exactly its fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- acknowledgements -----------------------------------------------------------------------
+
+
+class Ok(Event):
+    ok: Literal[True] = True
+
+
+class OfferAnswer(Ok):
+    """The acknowledgement of ``webrtc_offer``: the worker's SDP answer."""
+
+    sdp: str | None
+
+
+class AckError(Event):
+    code: ErrorCode
+    message: str
+
+
+class Refusal(Event):
+    ok: Literal[False] = False
+    error: AckError
+
+
+def ok() -> dict[str, Any]:
+    return Ok().wire()
+
+
+def refuse(code: ErrorCode, message: str) -> dict[str, Any]:
+    return Refusal(error=AckError(code=code, message=message)).wire()
+
+
+# -- agent → server -------------------------------------------------------------------------
+
+
+class CallRequest(Request):
+    """A request about one call."""
+
+    call_id: Id
+
+
+class SetStatus(Request):
+    event: ClassVar[str] = "set_status"
+    status: AgentStatus
+
+    @field_validator("status", mode="before")
+    @classmethod
+    def _settable(cls, status: Any) -> Any:
+        if status not in (AgentStatus.AVAILABLE, AgentStatus.AWAY):  # busy is the hub's
+            raise ValueError('must be "available" or "away"')
+        return status
+
+
+class AcceptCall(CallRequest):
+    """First accept wins; the others get ``call_cancelled`` / ``already_answered``."""
+
+    event: ClassVar[str] = "accept_call"
+
+
+class DeclineCall(CallRequest):
+    event: ClassVar[str] = "decline_call"
+
+
+class WebrtcOffer(CallRequest):
+    """The browser's offer; the acknowledgement (OfferAnswer) carries the SDP answer."""
+
+    event: ClassVar[str] = "webrtc_offer"
+    sdp: Annotated[str, Field(min_length=1, max_length=MAX_SDP)]
+
+    @field_validator("sdp")
+    @classmethod
+    def _is_sdp(cls, sdp: str) -> str:
+        if not sdp.startswith("v=0"):
+            raise ValueError("must be an SDP offer (starting with v=0)")
+        return sdp
+
+
+class _Candidate(SocketModel):
+    call_id: Id
+    candidate: Annotated[str, Field(max_length=MAX_CANDIDATE)] | None = None
+    sdp_mid: Short | None = None
+    sdp_m_line_index: Annotated[int, Strict(), Field(ge=0, le=64)] | None = None
+
+
+class WebrtcCandidate(_Candidate, Request):
+    """The browser's trickle; ``candidate: null`` ends it."""
+
+    event: ClassVar[str] = "webrtc_candidate"
+
+
+class Mute(CallRequest):
+    event: ClassVar[str] = "mute"
+    muted: StrictBool
+
+
+class Hangup(CallRequest):
+    event: ClassVar[str] = "hangup"
+
+
+class ReturnToBot(CallRequest):
+    """The agent leaves, the bot flow resumes."""
+
+    event: ClassVar[str] = "return_to_bot"
+
+
+# -- server → agent -------------------------------------------------------------------------
+
+
+class AgentState(Event):
+    """On connect and on every change."""
+
+    event: ClassVar[str] = "agent_state"
+    agent_id: str
+    name: str
+    status: AgentStatus
+    active_call_id: str | None
+
+
+class IncomingCall(Event):
+    event: ClassVar[str] = "incoming_call"
+    call_id: str
+    thread_id: str
+    caller: Caller
+    called: str | None
+    trunk: str | None
+    received_at: str
+    ring_timeout_sec: float
+    bot_transcript: list[TranscriptLine]
+    metadata: dict[str, JsonValue]
+
+
+class CallCancelled(Event):
+    event: ClassVar[str] = "call_cancelled"
+    call_id: str
+    reason: CancelReason
+
+
+class ServerCandidate(_Candidate, Event):
+    """Optional server trickle (the hub sends none today: its answer carries them)."""
+
+    event: ClassVar[str] = "webrtc_candidate"
+
+
+class CallConnected(Event):
+    """Media is flowing both ways."""
+
+    event: ClassVar[str] = "call_connected"
+    call_id: str
+    at: str
+
+
+class Transcript(Event):
+    event: ClassVar[str] = "transcript"
+    call_id: str
+    thread_id: str
+    role: Role
+    text: str
+    final: bool
+    at: str
+    seq: int
+
+
+class CallEnded(Event):
+    event: ClassVar[str] = "call_ended"
+    call_id: str
+    reason: str
+    by: EndedBy
+
+
+REQUESTS: tuple[type[Request], ...] = (SetStatus, AcceptCall, DeclineCall, WebrtcOffer,
+                                       WebrtcCandidate, Mute, Hangup, ReturnToBot)
+EVENTS: tuple[type[Event], ...] = (AgentState, IncomingCall, CallCancelled, ServerCandidate,
+                                   CallConnected, Transcript, CallEnded)
+
+
+# -- the edge -------------------------------------------------------------------------------
+
+R = TypeVar("R", bound=Request)
+
+
+def parse_request(model: type[R], data: Any) -> R:
+    """One decoded client → server payload as ``model``, or :class:`WireError`
+    (``bad_message``) saying which field is wrong, without echoing the value."""
+    if not isinstance(data, dict):
+        raise WireError("bad_message", f"the payload must be a JSON object, not {_kind(data)}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise WireError("bad_message", explain(e)) from e
+    except RecursionError as e:  # pragma: no cover - pydantic bounds it (a ValidationError)
+        raise WireError("too_deep", "nested too deeply") from e
+
+
+def explain(e: ValidationError) -> str:
+    """The first error of ``e`` as ``field: what is wrong`` (and how many others)."""
+    errors = e.errors(include_url=False, include_input=False, include_context=False)
+    first = errors[0]
+    where = ".".join(str(part)[:40] for part in first["loc"]) or "payload"
+    text = f"{where}: {first['msg'].removeprefix('Value error, ')}"
+    if len(errors) > 1:
+        text += f" (and {len(errors) - 1} more)"
+    return text[:MAX_MESSAGE]
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list | tuple):
+        return "an array"
+    return type(value).__name__
