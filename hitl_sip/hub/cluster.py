@@ -44,6 +44,7 @@ from hitl_sip.protocol.cluster import (
     parse_cluster_message,
 )
 from hitl_sip.protocol.wire import WireError
+from hitl_sip.supervise import supervised
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +78,10 @@ class Cluster:
 
     async def start(self) -> None:
         await self.redis.ping()
-        self._pubsub = self.redis.pubsub()
-        await self._pubsub.subscribe(EVENTS, self._channel(self.hub_id))
-        self._task = asyncio.create_task(self._listen(), name="cluster")
+        self._pubsub = await self._subscribe()
+        self._task = asyncio.create_task(
+            supervised("cluster listener", self._listen, kind="cluster_listener"),
+            name="cluster")
         log.info("hub %s joined the cluster at %s", self.hub_id, self.url)
 
     async def close(self) -> None:
@@ -104,17 +106,44 @@ class Cluster:
         await self.redis.publish(EVENTS, json.dumps({"hub": self.hub_id, "event": event,
                                                      "data": data}))
 
+    async def _subscribe(self) -> Any:
+        pubsub = self.redis.pubsub()
+        try:
+            await pubsub.subscribe(EVENTS, self._channel(self.hub_id))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+            raise
+        return pubsub
+
     async def _listen(self) -> None:
+        """Read the subscribed channels; when Redis goes away (killed, restarted empty),
+        subscribe again with backoff until it is back — without it, this hub would stay
+        deaf to the others for good."""
+        backoff = 1.0
         while True:
+            if self._pubsub is None:
+                try:
+                    self._pubsub = await self._subscribe()
+                except (ConnectionError, OSError, RedisError) as e:
+                    log.warning("cluster: Redis unreachable (%s); subscribing again in "
+                                "%.0f s", e, backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 10.0)
+                    continue
+                backoff = 1.0
+                log.warning("cluster: subscribed again at %s (events published meanwhile "
+                            "are lost)", self.url)
             try:
                 message = await self._pubsub.get_message(ignore_subscribe_messages=True,
                                                          timeout=1.0)
-            except (ConnectionError, OSError, aioredis.RedisError) as e:
-                log.error("cluster: Redis link lost (%s); subscribing again in 1 s", e)
-                await asyncio.sleep(1.0)
-                with contextlib.suppress(ConnectionError, OSError, aioredis.RedisError):
-                    self._pubsub = self.redis.pubsub()
-                    await self._pubsub.subscribe(EVENTS, self._channel(self.hub_id))
+            except (ConnectionError, OSError, RedisError, RuntimeError) as e:
+                # RuntimeError: redis-py's "pubsub connection not set" after a failed
+                # reconnect
+                log.error("cluster: Redis link lost (%s)", e)
+                pubsub, self._pubsub = self._pubsub, None
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
                 continue
             if message is None:
                 continue
@@ -169,6 +198,10 @@ class Cluster:
             log.warning("[call %s] hub %s did not answer %s in %.0fs", call_id, owner,
                         message.get("type"), wait)
             return None
+        except (ConnectionError, OSError, RedisError) as e:
+            log.warning("[call %s] %s not sent to hub %s: %s", call_id, message.get("type"),
+                        owner, e)
+            return None
         finally:
             self._waiting.pop(request_id, None)
 
@@ -182,16 +215,30 @@ class Cluster:
     async def unclaim(self, call_id: str) -> None:
         await self.redis.delete(f"hitl:accept:{call_id}")
 
-    async def heartbeat(self) -> None:
-        await self.redis.set(f"hitl:alive:{self.hub_id}", "1", ex=ALIVE_TTL)
+    async def heartbeat(self, calls: list[str] | None = None) -> None:
+        """Mark this hub alive for ``ALIVE_TTL``, with the ids of the calls it owns (the
+        others drop their copies of calls whose ``call_ended`` they missed)."""
+        await self.redis.set(f"hitl:alive:{self.hub_id}", json.dumps(sorted(calls or [])),
+                             ex=ALIVE_TTL)
 
-    async def alive(self, hubs: set[str]) -> set[str]:
-        """Which of ``hubs`` marked themselves alive within ``ALIVE_TTL``."""
+    async def alive(self, hubs: set[str]) -> dict[str, set[str] | None]:
+        """The hubs of ``hubs`` that marked themselves alive within ``ALIVE_TTL``, each
+        with the calls it owns (None: a mark without the list, or one not understood)."""
         if not hubs:
-            return set()
+            return {}
         ordered = sorted(hubs)
         marks = await self.redis.mget([f"hitl:alive:{h}" for h in ordered])
-        return {h for h, mark in zip(ordered, marks, strict=True) if mark}
+        found: dict[str, set[str] | None] = {}
+        for hub, mark in zip(ordered, marks, strict=True):
+            if not mark:
+                continue
+            try:
+                calls = json.loads(mark)
+            except ValueError:
+                calls = None
+            ok = isinstance(calls, list) and all(isinstance(c, str) for c in calls)
+            found[hub] = set(calls) if ok else None
+        return found
 
     async def presence(self, agent_id: str, state: dict[str, Any] | None) -> None:
         if state is None:

@@ -88,7 +88,8 @@ class Hub:
             self.cluster.on_command = self._on_cluster_command
             await self.cluster.start()
             await self.cluster.heartbeat()
-            self._spawn(self._watch_hubs())
+            self._spawn(supervised("cluster liveness", self._watch_hubs,
+                                   kind="cluster_liveness", restarts=self.task_restarts))
         if self.outbox is not None:
             resumed = await self.outbox.start()
             if resumed:
@@ -293,18 +294,35 @@ class Hub:
             await self._publish(event, data)
 
     async def _watch_hubs(self) -> None:
-        """Renew this hub's liveness mark; end the mirrored calls of hubs that lost theirs."""
+        """Renew this hub's liveness mark (with the calls it owns); end the mirrored calls
+        of hubs that lost theirs, and those their owner no longer lists."""
         assert self.cluster is not None
+        # mirrored calls already there at the previous check, and at the one before (a
+        # living owner's mark, renewed every heartbeat, lists them by then)
+        seen: set[str] = set()
+        older: set[str] = set()
         while True:
             await asyncio.sleep(HEARTBEAT)
+            owners = {c.hub for c in self.registry.calls.values()
+                      if c.hub and c.hub != self.hub_id}
             try:
-                await self.cluster.heartbeat()
-                owners = {c.hub for c in self.registry.calls.values()
-                          if c.hub and c.hub != self.hub_id}
-                dead = owners - await self.cluster.alive(owners)
+                alive = await self.cluster.alive(owners | {self.hub_id})
+                await self.cluster.heartbeat([cid for cid, c in self.registry.calls.items()
+                                              if not c.hub or c.hub == self.hub_id])
             except (ConnectionError, OSError, RedisError) as e:
                 log.warning("cluster: liveness not checked: %s", e)
                 continue
+            dead = owners - set(alive)
+            if self.hub_id not in alive:
+                # this hub's own mark is gone too: Redis restarted empty (or this hub was
+                # cut off longer than the mark lives); the others have not had a heartbeat
+                # to mark themselves again yet
+                if dead:
+                    log.warning("cluster: every liveness mark was lost (Redis restarted?): "
+                                "no hub is taken for dead this time")
+                dead = set()
+            mirrored = {cid for cid, c in self.registry.calls.items()
+                        if c.hub and c.hub != self.hub_id}
             for hub in sorted(dead):
                 lost = [cid for cid, c in self.registry.calls.items() if c.hub == hub]
                 log.warning("cluster: hub %s is gone: ending the %d calls it owned", hub,
@@ -313,6 +331,21 @@ class Hub:
                     await self._on_cluster_event(hub, "call_ended", {
                         "type": "call_ended", "callId": call_id, "outcome": "hub_lost",
                         "by": "system"})
+            # a living hub that no longer owns a call this hub mirrored since the previous
+            # check: its call_ended was lost (published while Redis was away)
+            for hub, owned in alive.items():
+                if owned is None or hub == self.hub_id:
+                    continue
+                calls = self.registry.calls
+                for call_id in sorted(cid for cid in mirrored & seen & older
+                                      if cid in calls and calls[cid].hub == hub
+                                      and cid not in owned):
+                    log.warning("[call %s] cluster: hub %s no longer has it (its end was "
+                                "lost): ending it here", call_id, hub)
+                    await self._on_cluster_event(hub, "call_ended", {
+                        "type": "call_ended", "callId": call_id, "outcome": "completed",
+                        "by": "system"})
+            older, seen = seen, mirrored
 
     async def _on_cluster_command(self, call_id: str, message: dict[str, Any],
                                   want_reply: bool) -> dict[str, Any] | None:

@@ -21,7 +21,7 @@ from hitl_sip.testing.agent import RECORD_RATE, TestAgent, tone
 from hitl_sip.testing.analysis import dominant_frequency
 from tests.integration.test_agents import PASSWORD, add_agent, login
 from tests.integration.test_bridge import record_of, states
-from tests.support.redis import redis_server
+from tests.support.redis import RedisServer, redis_server
 from tests.support.rtpcaller import RtpCaller
 from tests.support.server import ROOT, Server, running_server
 
@@ -29,9 +29,13 @@ FLOW = ROOT / "bench/flows/bridge.yaml"  # straight to the agent node
 
 
 @contextmanager
-def two_hubs(tmp_path: Path) -> Iterator[tuple[Server, Server]]:
+def two_hubs(tmp_path: Path, redis: RedisServer | None = None,
+             ) -> Iterator[tuple[Server, Server]]:
+    """Hubs A and B, each with one worker, on ``redis`` (a new one when not given)."""
     install_host_filter(["127.0.0.1"])
-    with redis_server() as redis, ExitStack() as stack:
+    with ExitStack() as stack:
+        if redis is None:
+            redis = stack.enter_context(redis_server())
         url = redis.url
         hubs = []
         for name in ("A", "B"):
@@ -157,3 +161,56 @@ def test_a_dead_hub_s_calls_stop_ringing_on_the_other_hub(tmp_path: Path) -> Non
                                      headers={"Authorization": f"Bearer {token}"})
         with urllib.request.urlopen(req, timeout=5) as r:
             assert offer["callId"] not in {c["callId"] for c in json.loads(r.read())["calls"]}
+
+
+def test_the_hubs_find_each_other_again_when_redis_restarts_empty(tmp_path: Path) -> None:
+    """redis-server SIGKILLed (everything in it lost): each hub's own agents are still
+    rung for its calls meanwhile; once a new Redis is up on the same address, an agent on
+    hub B is rung for hub A's calls again (both hubs subscribe again, and neither takes
+    the other for dead because its liveness mark vanished with the data)."""
+    with redis_server() as redis, two_hubs(tmp_path, redis) as (hub_a, hub_b):
+        add_agent(hub_a.data_dir, "alice")
+        add_agent(hub_b.data_dir, "bob")
+
+        async def ring(agents: list[TestAgent], before: list[int]) -> list[str]:
+            """One call through hub A, hung up once each of ``agents`` was rung."""
+            caller = RtpCaller(hub_a.sip_port())
+            try:
+                await asyncio.to_thread(caller.call)
+                caller.start_media(caller_tone)
+                offers = await asyncio.gather(*(
+                    a.wait("incoming_call", n + 1, limit=20) for a, n in zip(
+                        agents, before, strict=True)))
+                await asyncio.to_thread(caller.hangup)
+            finally:
+                await asyncio.to_thread(caller.close)
+            return [str(o["callId"]) for o in offers]
+
+        def rung(agent: TestAgent) -> int:
+            return len(agent.events.get("incoming_call", []))
+
+        async def scenario() -> None:
+            alice = TestAgent(hub_a.http_url, "alice", PASSWORD, codecs=("pcmu",))
+            bob = TestAgent(hub_b.http_url, "bob", PASSWORD, codecs=("pcmu",))
+            await alice.connect()
+            await bob.connect()
+            try:
+                await ring([alice, bob], [0, 0])
+                await asyncio.to_thread(redis.kill)
+                # hub A's own agent: still rung while Redis is down
+                await ring([alice], [rung(alice)])
+                await asyncio.to_thread(redis.start)
+                await asyncio.to_thread(
+                    hub_b.wait_for, lambda: "cluster: subscribed again" in hub_b.log(), 20,
+                    "hub B subscribed again")
+                await asyncio.to_thread(
+                    hub_a.wait_for, lambda: "cluster: subscribed again" in hub_a.log(), 20,
+                    "hub A subscribed again")
+                ids = await ring([alice, bob], [rung(alice), rung(bob)])
+                assert ids[0] == ids[1]
+            finally:
+                await alice.close()
+                await bob.close()
+
+        asyncio.run(scenario())
+        assert "is gone: ending" not in hub_a.log() + hub_b.log()
