@@ -1,8 +1,9 @@
 """The chaos soak's short mode (bench/chaos_soak.py --short): three calls keep cycling (bot,
 handoff, a talking test agent, hang-up) through two workers behind Kamailio while a media
 worker, a worker's speech process and Kamailio are SIGKILLed, the alive5 stand-in is
-stopped and started again, and the hub itself is SIGKILLed and started again (as a process
-manager would), in turn. Afterwards every alive5 thread must equal the hub's local thread —
+stopped and started again, redis-server (shared with a second hub that has one of the
+agents) is SIGKILLed and started again empty, and the hub itself is SIGKILLed and started
+again (as a process manager would), in turn. Afterwards every alive5 thread must equal the hub's local thread —
 every turn once, in order, one end — and a call lost with its killed worker or hub ends the
 way PROTOCOL.md says (``worker_lost`` / ``hub_lost``, by the system), still with every turn
 the hub stored and exactly one end in alive5.
@@ -24,7 +25,7 @@ import pytest
 from tests.support.server import ROOT
 
 SOAK = ROOT / "bench" / "chaos_soak.py"
-KILLS = ["worker", "speech", "front", "alive5", "hub"]
+KILLS = ["worker", "speech", "front", "alive5", "redis", "hub"]
 LOST = "worker_lost"
 HUB_LOST = "hub_lost"
 
