@@ -3,10 +3,10 @@ handoff, a talking test agent, hang-up) through two workers behind Kamailio whil
 worker, a worker's speech process and Kamailio are SIGKILLed, the alive5 stand-in is
 stopped and started again, redis-server (shared with a second hub that has one of the
 agents) is SIGKILLed and started again empty, and the hub itself is SIGKILLed and started
-again (as a process manager would), in turn. Afterwards every alive5 thread must equal the hub's local thread —
-every turn once, in order, one end — and a call lost with its killed worker or hub ends the
-way PROTOCOL.md says (``worker_lost`` / ``hub_lost``, by the system), still with every turn
-the hub stored and exactly one end in alive5.
+again (as a process manager would), in turn. Afterwards every alive5 thread must equal
+the hub's local thread — every turn once, in order, one end — and a call lost with its
+killed worker or hub ends the way PROTOCOL.md says (``worker_lost`` / ``hub_lost``, by the
+system), still with every turn the hub stored and exactly one end in alive5.
 
 The soak runs as its own process (it is a benchmark too) and hands its figures back as
 JSON; its report and the server's log are kept under the test's tmp_path.
