@@ -276,7 +276,8 @@ class FrontConfig:
     worker_base_port: _Int = 0  # worker i listens on base + i; 0: free ports chosen at start
     probe_interval: _Int = 5  # OPTIONS to every worker, seconds
     pike_window: _Int = 2  # seconds
-    pike_density: _Int = 30  # initial requests per window from one address before blocking
+    pike_density: _Int = 30  # initial requests per window from one stranger before blocking
+    trunk_rate: _Int = 50  # INVITEs per second from the trunks before the front answers 503
     children: _Int = 4
     # addresses workers accept the front's requests from; filled in by `serve`
     trusted: _Strs = ()
@@ -627,6 +628,8 @@ def _validate_front(config: Config) -> None:
         raise ConfigError("front.pike_window", "expected 1..60 seconds")
     if not 2 <= f.pike_density <= 100000:
         raise ConfigError("front.pike_density", "expected 2..100000 requests per window")
+    if not 1 <= f.trunk_rate <= 100000:
+        raise ConfigError("front.trunk_rate", "expected 1..100000 INVITEs per second")
     if not 1 <= f.children <= 64:
         raise ConfigError("front.children", "expected 1..64")
 

@@ -1,23 +1,36 @@
-"""Kamailio as the SIP front of several media workers, its configuration generated from the
+"""Kamailio as the SIP front of the media workers, its configuration generated from the
 trunk profile and ``[front]``.
 
-What the generated script does, in order, for a request from a trunk:
+The script follows the layout of Kamailio's stock ``kamailio.cfg``. For every request:
 
-1. ``maxfwd`` and ``sanity`` checks (malformed requests are dropped and logged);
-2. in-dialog requests follow their Record-Route (``loose_route``) to the worker that owns
-   the call; a BYE also releases the call from the dispatcher's load table;
-3. ``pike``: an address sending more than ``front.pike_density`` initial requests per
-   ``front.pike_window`` seconds is blocked (dropped silently) until it calms down;
-   established calls are untouched (their in-dialog requests skip this, RTP never passes);
-4. ``permissions``: the source must be in the profile's allow-list (403 otherwise);
-5. ``dispatcher`` algorithm 10 (call-load distribution): the least-loaded worker, each
-   capped at ``worker.max_calls`` (``maxload``); workers are probed with OPTIONS every
-   ``front.probe_interval`` s and skipped while they do not answer; a worker's 503 or
-   silence tries the next; when every worker is full or down the trunk gets 503 with
+1. ``X-Hitl-Source`` is removed, whatever the sender put there;
+2. REQINIT: ``maxfwd`` and ``sanity`` (malformed requests are dropped and logged); the
+   source is a *trunk* when the profile's allow-list has it (every source, without an
+   allow-list); ``pike`` blocks a non-trunk address sending more than
+   ``front.pike_density`` requests per ``front.pike_window`` seconds (dropped silently until
+   it calms down) — a trunk is never cut off by its own burst; methods other than
+   INVITE/ACK/BYE/CANCEL/OPTIONS/INFO/UPDATE/PRACK get 405 with ``Allow`` (a stranger gets
+   403, whatever it sends);
+3. WITHINDLG: an in-dialog request is routed only in a dialog this front created: its first
+   Route is this front and carries the dialog's token (``hs``: a hash of the Call-ID under
+   the front's key, ``<data_dir>/front/front.key``, so dialogs survive a restart of the
+   front); coming from the trunk's side its next hop must be one of the workers, never a
+   target a Route header names (403); the ``dialog`` module tracks the dialogs (a request
+   for one it does not know, from before a restart, is logged). Anything else: 481 to a
+   trunk or a worker, 403 to a stranger;
+4. SOURCE: an initial request from outside the allow-list gets 403 (OPTIONS included: no
+   200 to strangers); INVITEs from the trunks beyond ``front.trunk_rate`` per second get 503
+   with ``Retry-After`` (``pipelimit``);
+5. OPTIONS from a trunk (its keepalive) are answered 200 by the front;
+6. DISPATCH: ``X-Hitl-Source: ip:port`` is added, the dialog is record-routed with its token
+   and tracked, and ``dispatcher`` algorithm 10 (call-load distribution) picks the
+   least-loaded worker, each capped at ``worker.max_calls``; workers are probed with
+   OPTIONS every ``front.probe_interval`` s and skipped while they do not answer; a worker's
+   503 or silence tries the next; when every worker is full or down the trunk gets 503 with
    ``Retry-After`` so it fails over.
 
-The worker learns the trunk's address from ``X-Hitl-Source`` (set here, any incoming copy
-removed) and accepts requests only from the front's addresses (``front.trusted``).
+The workers accept requests only from the front's addresses (``front.trusted``). The
+generated files are private (0600, in a 0700 directory): the script holds the token key.
 """
 
 from __future__ import annotations
@@ -29,6 +42,7 @@ import ctypes.util
 import logging
 import os
 import platform
+import secrets
 import signal
 import socket
 from dataclasses import dataclass
@@ -121,20 +135,51 @@ def _listen_lines(config: Config, public: str | None) -> str:
     return "\n".join(out)
 
 
+ALLOWED_METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "UPDATE", "PRACK")
+TOKEN_PARAM = "hs"  # the Record-Route parameter that proves the front created a dialog
+
+
 def render_config(config: Config, allow: AllowList, public_address: str | None,
-                  dispatcher_file: Path, address_file: Path) -> str:
+                  dispatcher_file: Path, address_file: Path, *, secret: str) -> str:
+    """The Kamailio script (module docstring). ``secret``: hex, the key of the dialog
+    tokens in this front's Record-Route (the file is written 0600)."""
     f = config.front
     level = {"debug": 3, "info": 2, "warning": 1, "error": -1}.get(config.log.level, 2)
-    allow_check = "" if allow.allow_any else f"""
-    if (!allow_source_address("{ALLOW_GROUP}")) {{
-        xlog("L_WARN", "front: $rm from $si refused: not in the trunk allow-list\\n");
-        sl_send_reply("403", "Forbidden");
+    methods = "|".join(ALLOWED_METHODS)
+    if allow.allow_any:
+        # no allow-list: every source may call, and every one is flood-limited
+        trunk_check = """
+    $var(trunk) = 1;"""
+        stranger_pike = f"""
+    if (!ds_is_from_list("{SET_ID}") && !pike_check_req()) {{
+        xlog("L_ALERT", "front: flood from $si: $rm dropped\\n");
+        exit;
+    }}"""
+        trunk_rate = ""
+    else:
+        trunk_check = f"""
+    $var(trunk) = 0;
+    if (allow_source_address("{ALLOW_GROUP}")) {{
+        $var(trunk) = 1;
+    }}"""
+        # strangers only: a trunk is never cut off by its own burst (it gets 503s instead)
+        stranger_pike = f"""
+    if ($var(trunk) == 0 && !ds_is_from_list("{SET_ID}") && !pike_check_req()) {{
+        xlog("L_ALERT", "front: flood from $si: $rm dropped\\n");
+        exit;
+    }}"""
+        trunk_rate = f"""
+    if (is_method("INVITE") && pl_check("trunk", "TAILDROP", {f.trunk_rate}) < 0) {{
+        xlog("L_WARN", "front: more than {f.trunk_rate} INVITEs/s from the trunks: 503\\n");
+        pl_drop("{config.worker.retry_after}");
         exit;
     }}"""
     tcp = "yes" if "tcp" not in config.sip.transports else "no"
     return f"""#!KAMAILIO
 # The hitl-sip SIP front, generated from the trunk profile {config.sip.profile!r} and [front]
-# at every start: edit those, not this file.
+# at every start: edit those, not this file. It holds a secret: keep it private (0600).
+# The layout follows Kamailio's stock kamailio.cfg: REQINIT (sanity, methods, floods),
+# WITHINDLG, the source checks, then dispatching to the media workers.
 
 debug={level}
 log_stderror=yes
@@ -162,8 +207,10 @@ loadmodule "siputils.so"
 loadmodule "xlog.so"
 loadmodule "sanity.so"
 loadmodule "pike.so"
+loadmodule "pipelimit.so"
 loadmodule "permissions.so"
 loadmodule "dispatcher.so"
+loadmodule "dialog.so"
 
 modparam("tm", "fr_timer", 2000)
 modparam("tm", "fr_inv_timer", 120000)
@@ -173,6 +220,7 @@ modparam("sanity", "autodrop", 0)
 modparam("pike", "sampling_time_unit", {f.pike_window})
 modparam("pike", "reqs_density_per_unit", {f.pike_density})
 modparam("pike", "remove_latency", {f.pike_window * 2})
+modparam("pipelimit", "timer_interval", 1)
 modparam("permissions", "address_file", "{address_file}")
 modparam("dispatcher", "list_file", "{dispatcher_file}")
 modparam("dispatcher", "flags", 2)
@@ -186,27 +234,25 @@ modparam("dispatcher", "ds_probing_mode", 1)
 modparam("dispatcher", "ds_probing_threshold", 1)
 modparam("dispatcher", "ds_inactive_threshold", 1)
 modparam("dispatcher", "ds_ping_reply_codes", "class=2;class=4")
+modparam("dialog", "default_timeout", {int(config.worker.max_call_seconds) + 60})
+modparam("dialog", "enable_stats", 1)
 
 request_route {{
-    if (!mf_process_maxfwd_header("10")) {{
-        sl_send_reply("483", "Too Many Hops");
-        exit;
-    }}
-    if (!sanity_check("17895", "7")) {{
-        xlog("L_WARN", "front: malformed $rm from $si dropped\\n");
-        exit;
-    }}
-    if (has_totag()) {{
-        route(WITHINDLG);
-        exit;
-    }}
+    # whatever a client sent as our source header is gone, on every path
+    remove_hf("{SOURCE_HEADER}");
+    route(REQINIT);
     if (is_method("CANCEL")) {{
         if (t_check_trans()) {{
             route(RELAY);
         }}
         exit;
     }}
+    if (has_totag()) {{
+        route(WITHINDLG);
+        exit;
+    }}
     if (is_method("ACK")) {{
+        # the ACK of a negative final answer: part of a transaction we relayed, or nothing
         if (t_check_trans()) {{
             t_relay();
         }}
@@ -214,23 +260,56 @@ request_route {{
     }}
     # a retransmission of a request in progress is absorbed here
     t_check_trans();
-    if (!pike_check_req()) {{
-        xlog("L_ALERT", "front: flood from $si: $rm dropped\\n");
+    route(SOURCE);
+    if (!is_method("INVITE|OPTIONS")) {{
+        # BYE, INFO, UPDATE, PRACK only exist inside a dialog
+        sl_send_reply("481", "Call/Transaction Does Not Exist");
         exit;
     }}
-{allow_check}
     if (is_method("OPTIONS")) {{
         # a trunk's keepalive: the front answers for the workers
         sl_send_reply("200", "OK");
         exit;
     }}
-    if (!is_method("INVITE")) {{
-        sl_send_reply("405", "Method Not Allowed");
+    route(DISPATCH);
+}}
+
+route[REQINIT] {{
+    if (!mf_process_maxfwd_header("10")) {{
+        sl_send_reply("483", "Too Many Hops");
         exit;
     }}
-    remove_hf("{SOURCE_HEADER}");
-    append_hf("{SOURCE_HEADER}: $si:$sp\\r\\n");
+    if (!sanity_check("17895", "7")) {{
+        xlog("L_WARN", "front: malformed $rm from $si dropped\n");
+        exit;
+    }}{trunk_check}{stranger_pike}
+    if (!is_method("{methods}")) {{
+        if ($var(trunk) == 1) {{
+            append_to_reply("Allow: {", ".join(ALLOWED_METHODS)}\r\n");
+            send_reply("405", "Method Not Allowed");
+        }} else {{
+            sl_send_reply("403", "Forbidden");
+        }}
+        exit;
+    }}
+}}
+
+route[SOURCE] {{
+    if ($var(trunk) == 0) {{
+        xlog("L_WARN", "front: $rm from $si refused: not in the trunk allow-list\n");
+        sl_send_reply("403", "Forbidden");
+        exit;
+    }}{trunk_rate}
+}}
+
+route[DISPATCH] {{
+    append_hf("{SOURCE_HEADER}: $si:$sp\r\n");
+    # the dialog's token: only dialogs this front created (before a restart too) are
+    # routed later
+    $var(m) = "{secret}:" + $ci + ":{secret}";
+    add_rr_param(";{TOKEN_PARAM}=$(var(m){{s.sha256}}{{s.substr,0,32}})");
     record_route();
+    dlg_manage();
     if (!ds_select_dst("{SET_ID}", "10")) {{
         route(ALLFULL);
     }}
@@ -247,25 +326,57 @@ route[RELAY] {{
 }}
 
 route[WITHINDLG] {{
-    if (loose_route()) {{
-        if (is_method("BYE")) {{
-            ds_load_update();
+    # only a dialog this front created: its first Route is this front, with the token
+    $var(ours) = 0;
+    if ($route_uri != $null && is_myself("$route_uri")) {{
+        $var(m) = "{secret}:" + $ci + ":{secret}";
+        if ($(route_uri{{uri.param,{TOKEN_PARAM}}}) == $(var(m){{s.sha256}}{{s.substr,0,32}})) {{
+            $var(ours) = 1;
         }}
-        route(RELAY);
     }}
-    if (is_method("ACK")) {{
-        if (t_check_trans()) {{
-            route(RELAY);
+    if ($var(ours) == 0) {{
+        if (is_method("ACK") && t_check_trans()) {{
+            t_relay();
+            exit;
+        }}
+        if ($var(trunk) == 1 || ds_is_from_list("{SET_ID}")) {{
+            sl_send_reply("481", "Call/Transaction Does Not Exist");
+        }} else {{
+            xlog("L_WARN", "front: in-dialog $rm from $si refused: not a dialog of ours\n");
+            sl_send_reply("403", "Forbidden");
         }}
         exit;
     }}
-    sl_send_reply("404", "Not here");
-    exit;
+    if (!is_known_dlg()) {{
+        xlog("L_INFO", "front: $rm for a dialog from before this front started\n");
+    }}
+    if (!loose_route()) {{
+        sl_send_reply("404", "Not here");
+        exit;
+    }}
+    if (!ds_is_from_list("{SET_ID}")) {{
+        # from the trunk's side: the next hop must be one of our workers, never a target
+        # a Route header names
+        if ($du != $null) {{
+            $var(next) = $du;
+        }} else {{
+            $var(next) = $ru;
+        }}
+        if (!ds_is_from_list("{SET_ID}", "2", "$var(next)")) {{
+            xlog("L_WARN", "front: in-dialog $rm from $si to a foreign target refused\n");
+            sl_send_reply("403", "Forbidden");
+            exit;
+        }}
+    }}
+    if (is_method("BYE")) {{
+        ds_load_update();
+    }}
+    route(RELAY);
 }}
 
 route[ALLFULL] {{
-    xlog("L_WARN", "front: every worker is full or down: 503 to $si\\n");
-    append_to_reply("Retry-After: {config.worker.retry_after}\\r\\n");
+    xlog("L_WARN", "front: every worker is full or down: 503 to $si\n");
+    append_to_reply("Retry-After: {config.worker.retry_after}\r\n");
     send_reply("503", "Service Unavailable");
     exit;
 }}
@@ -309,15 +420,40 @@ class FrontFiles:
     addresses: Path
 
 
+def front_secret(directory: Path) -> str:
+    """The key of the front's dialog tokens: ``<directory>/front.key`` (0600), made once,
+    so that dialogs survive a restart of the front or of the hub."""
+    path = directory / "front.key"
+    try:
+        text = path.read_text().strip()
+        if len(text) == 32 and all(c in "0123456789abcdef" for c in text):
+            return text
+    except FileNotFoundError:
+        pass
+    key = secrets.token_hex(16)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(key + "\n")
+    return key
+
+
+def _private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    os.chmod(path, 0o600)
+
+
 def write_files(config: Config, directory: Path, allow: AllowList, public_address: str | None,
                 ports: list[int]) -> FrontFiles:
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
     files = FrontFiles(directory / "kamailio.cfg", directory / "dispatcher.list",
                        directory / "address.list")
-    files.dispatcher.write_text(render_dispatcher(config, ports))
-    files.addresses.write_text(render_addresses(allow))
-    files.cfg.write_text(render_config(config, allow, public_address, files.dispatcher,
-                                       files.addresses))
+    _private(files.dispatcher, render_dispatcher(config, ports))
+    _private(files.addresses, render_addresses(allow))
+    _private(files.cfg, render_config(config, allow, public_address, files.dispatcher,
+                                      files.addresses, secret=front_secret(directory)))
     return files
 
 

@@ -145,8 +145,11 @@ def running_server(
     ready_timeout: float = 20.0,
     extra: dict[str, dict[str, Any]] | None = None,
     args: list[str] | None = None,
+    profiles: dict[str, str] | None = None,
 ) -> Iterator[Server]:
-    """``args``: more ``hitl-sip serve`` flags, after ``--config`` (flags override the file)."""
+    """``args``: more ``hitl-sip serve`` flags, after ``--config`` (flags override the file).
+    ``profiles``: trunk profiles (name -> TOML text) in a profiles directory of their own,
+    with the stock ones (name ``profile`` to use one)."""
     http_port = free_port()
     data_dir = tmp / "data"
     sections = {
@@ -158,7 +161,16 @@ def running_server(
         **(extra or {}),
     }
     config = tmp / "hitl-sip.toml"
-    write_config(config, sections, {"data_dir": str(data_dir)})
+    top = {"data_dir": str(data_dir)}
+    if profiles:
+        directory = tmp / "profiles"
+        directory.mkdir(exist_ok=True)
+        for stock in (ROOT / "sip_profiles").glob("*.toml"):
+            (directory / stock.name).write_text(stock.read_text())
+        for name, text in profiles.items():
+            (directory / f"{name}.toml").write_text(text)
+        top["profiles_dir"] = str(directory)
+    write_config(config, sections, top)
     log_path = tmp / "server.log"
     full_env = {**os.environ, **(env or {})}
     command = [sys.executable, "-m", "hitl_sip.cli", "serve", "--config", str(config),
@@ -174,3 +186,10 @@ def running_server(
         yield server
     finally:
         server.stop()
+
+
+def trunk_profile(name: str = "lab", cidrs: tuple[str, ...] = ("127.0.0.1/32",)) -> str:
+    """A trunk profile (TOML) whose allow-list is ``cidrs`` only: with the default, a
+    client bound to 127.0.0.2 is a stranger (Linux answers on all of 127/8)."""
+    listed = ", ".join(f'"{c}"' for c in cidrs)
+    return f'name = "{name}"\n\n[allow]\ncidrs = [{listed}]\nallow_any = false\n'

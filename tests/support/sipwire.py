@@ -313,7 +313,10 @@ class SipWire:
         *,
         caller: str = CALLER_NUMBER,
         service: str = SERVICE_NUMBER,
+        local_host: str | None = None,
     ) -> None:
+        """``local_host``: the address to send from (default ``host``); any of 127/8 works
+        on Linux, so 127.0.0.2 can play a stranger to a trunk allow-list of 127.0.0.1."""
         if transport not in ("udp", "tcp"):
             raise ValueError(f"unknown transport {transport!r}")
         self.transport = transport
@@ -323,9 +326,11 @@ class SipWire:
         kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
         self.sock = socket.socket(socket.AF_INET, kind)
         if transport == "udp":
-            self.sock.bind((host, 0))
+            self.sock.bind((local_host or host, 0))
         else:
             self.sock.settimeout(5.0)
+            if local_host:
+                self.sock.bind((local_host, 0))
             self.sock.connect(self.remote)
         local_host, local_port = self.sock.getsockname()[:2]
         self.local: tuple[str, int] = (str(local_host), int(local_port))

@@ -56,23 +56,31 @@ def test_the_allow_list_becomes_permissions_address_rows() -> None:
 
 def test_script_has_flood_limits_allow_list_and_a_503_with_retry_after() -> None:
     c = config(**{"front.pike_density": "12", "front.pike_window": "3"})
-    text = render_config(c, AllowList.from_cidrs(["10.0.0.0/8"]), None, Path("/d"), Path("/a"))
+    text = render_config(c, AllowList.from_cidrs(["10.0.0.0/8"]), None, Path("/d"), Path("/a"),
+                         secret="0" * 32)
     assert 'modparam("pike", "reqs_density_per_unit", 12)' in text
     assert 'modparam("pike", "sampling_time_unit", 3)' in text
     assert 'allow_source_address("1")' in text
     assert 'ds_select_dst("1", "10")' in text
     assert f"Retry-After: {c.worker.retry_after}" in text
     assert "listen=udp:127.0.0.1:5070" in text
-    anyone = render_config(c, AllowList(allow_any=True), "203.0.113.7", Path("/d"), Path("/a"))
+    anyone = render_config(c, AllowList(allow_any=True), "203.0.113.7", Path("/d"), Path("/a"),
+                           secret="0" * 32)
     assert "allow_source_address" not in anyone
     assert "advertise 203.0.113.7:5070" in anyone
 
 
-def test_kamailio_itself_accepts_the_generated_configuration(tmp_path: Path) -> None:
+@pytest.mark.parametrize("allow", [AllowList.from_cidrs(["127.0.0.0/8"]),
+                                   AllowList(allow_any=True)], ids=["allow-list", "anyone"])
+def test_kamailio_itself_accepts_the_generated_configuration(tmp_path: Path,
+                                                             allow: AllowList) -> None:
     c = config()
-    files = write_files(c, tmp_path, AllowList.from_cidrs(["127.0.0.0/8"]), None,
-                        [6001, 6002, 6003])
+    files = write_files(c, tmp_path, allow, None, [6001, 6002, 6003])
     assert asyncio.run(KamailioFront(c, files, tmp_path / "run").check()) is None
+    # private: the script holds the key of the dialog tokens
+    assert files.cfg.stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "front.key").stat().st_mode & 0o777 == 0o600
+    assert tmp_path.stat().st_mode & 0o777 == 0o700
     files.cfg.write_text(files.cfg.read_text().replace("request_route {", "request_route {{"))
     assert asyncio.run(KamailioFront(c, files, tmp_path / "run").check())
 

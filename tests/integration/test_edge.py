@@ -1,0 +1,249 @@
+"""The SIP edge as an outsider and as the trunk meet it: a running ``hitl-sip serve`` with
+the Kamailio front before two workers and a trunk profile that allows 127.0.0.1 only, so a
+client bound to another loopback address (127.0.0.2, 127.0.0.3) is a stranger.
+
+* a Route header never makes the front relay to a target of the sender's choosing, outside
+  a dialog or inside a real one;
+* SUBSCRIBE, MESSAGE, REGISTER are refused from anywhere (405 to the trunk, 403 to a
+  stranger) and nothing is ever sent back but that answer (no NOTIFY);
+* a stranger's OPTIONS is not answered 200;
+* the trunk's own INVITE burst (40/s for 5 s) gets an answer for every INVITE (200, or 503
+  with Retry-After) while its OPTIONS keepalives are answered throughout;
+* a stranger's flood (2,000 OPTIONS at 400/s) is cut off by pike while the trunk's call
+  keeps its audio and a new trunk call is answered.
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.net import free_port
+from tests.support.rtpcaller import RtpCaller
+from tests.support.server import Server, running_server, trunk_profile
+from tests.support.sipp import SIPP, run_sipp
+from tests.support.sipwire import Exchange, Request, SipWire
+
+STRANGER = "127.0.0.2"
+FLOODER = "127.0.0.3"  # its own address: pike blocks it for a while after its flood
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    home = tmp_path_factory.mktemp("edge")
+    extra: dict[str, dict[str, Any]] = {
+        "front": {"mode": "kamailio", "probe_interval": 1, "pike_window": 2,
+                  "pike_density": 20, "trunk_rate": 20},
+    }
+    with running_server(home, workers=2, sip={"port": free_port(), "profile": "lab"},
+                        worker={"max_calls": 2}, extra=extra,
+                        profiles={"lab": trunk_profile()}) as server:
+        server.wait_for(lambda: server.health()[1].get("front", {}).get("running"), 15,
+                        what="the SIP front running")
+        yield server
+
+
+def front_port(srv: Server) -> int:
+    return int(srv.health()[1]["front"]["sip"]["udp"].rsplit(":", 1)[1])
+
+
+class Listener:
+    """A UDP socket on loopback that must never receive anything."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+
+    def received(self, within: float) -> list[bytes]:
+        """What arrived within ``within`` seconds (a bounded wait for what must not come)."""
+        got = []
+        deadline = time.monotonic() + within
+        while (left := deadline - time.monotonic()) > 0:
+            self.sock.settimeout(left)
+            try:
+                got.append(self.sock.recv(65535))
+            except TimeoutError:
+                break
+        return got
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def answer(wire: SipWire, request: Request, limit: float = 3.0) -> Exchange:
+    """Send ``request`` and read until its final answer (matched by Call-ID) or ``limit``;
+    the front's processes may answer two requests in either order, so no probe is used."""
+    wire.send(request.data)
+    result = Exchange()
+    deadline = time.monotonic() + limit
+    while not any(r.is_final and r.call_id == request.call_id for r in result.responses):
+        got = wire.receive(deadline, result)
+        if got is None:
+            break
+        result.responses.extend(got)
+    result.responses = [r for r in result.responses if r.call_id == request.call_id]
+    return result
+
+
+def final_status(wire: SipWire, request: Request) -> int:
+    result = answer(wire, request)
+    final = result.final
+    assert final is not None, result.describe()
+    assert not result.requests, f"the front sent requests back: {result.requests!r}"
+    return final.status
+
+
+@pytest.mark.parametrize("source", ["127.0.0.1", STRANGER])
+@pytest.mark.parametrize("method", ["OPTIONS", "INFO", "MESSAGE", "INVITE", "BYE"])
+def test_a_route_header_outside_a_dialog_never_relays(srv: Server, source: str,
+                                                      method: str) -> None:
+    foreign = Listener()
+    port = front_port(srv)
+    try:
+        with SipWire(port, local_host=source) as wire:
+            route = f"<sip:127.0.0.1:{port};lr>, <sip:127.0.0.1:{foreign.port};lr>"
+            request = (wire.invite(to_tag="t0", headers=[("Route", route)])
+                       if method == "INVITE" else
+                       wire.request(method, to_tag="t0", headers=[("Route", route)]))
+            status = final_status(wire, request)
+        expected = {403} if source == STRANGER else {403, 405, 481}
+        assert status in expected, status
+        assert foreign.received(0.5) == []
+    finally:
+        foreign.close()
+
+
+def test_inside_a_real_dialog_a_route_to_a_foreign_target_is_refused(srv: Server) -> None:
+    foreign = Listener()
+    try:
+        with RtpCaller(front_port(srv)) as caller:
+            caller.call(10)
+            caller.start_media()
+            routes = list(caller._routes)  # the front's Record-Route, with its token
+            assert routes and ";hs=" in routes[0][1], routes
+            # the trunk itself (same socket, same dialog) tries to reach beyond the front
+            request = caller._wire.request(
+                "INFO", uri=str(caller._target), call_id=caller._invite.call_id,  # type: ignore[union-attr]
+                cseq=5, from_tag=caller._invite.from_tag,  # type: ignore[union-attr]
+                to_tag=caller._remote_tag,
+                headers=[*routes, ("Route", f"<sip:127.0.0.1:{foreign.port};lr>")])
+            with SipWire(front_port(srv)) as other:
+                # same Call-ID and tags from a stranger's socket: not ours either
+                stranger = SipWire(front_port(srv), local_host=STRANGER)
+                try:
+                    spoof = stranger.request(
+                        "INFO", uri=str(caller._target),
+                        call_id=caller._invite.call_id,  # type: ignore[union-attr]
+                        cseq=6, from_tag=caller._invite.from_tag,  # type: ignore[union-attr]
+                        to_tag=caller._remote_tag,
+                        headers=[*routes, ("Route", f"<sip:127.0.0.1:{foreign.port};lr>")])
+                    assert final_status(stranger, spoof) == 403
+                finally:
+                    stranger.close()
+                relayed = answer(other, request)
+            final = relayed.final
+            assert final is not None and final.status == 403, relayed.describe()
+            assert foreign.received(0.5) == []
+            # the call itself is untouched: its own BYE still goes through
+            caller.hangup()
+            assert caller.ended_at is not None
+    finally:
+        foreign.close()
+    assert "to a foreign target refused" in srv.log()
+
+
+@pytest.mark.parametrize("method", ["SUBSCRIBE", "MESSAGE", "REGISTER", "PUBLISH", "REFER"])
+def test_methods_the_server_has_no_use_for_are_refused_from_anywhere(
+    srv: Server, method: str,
+) -> None:
+    port = front_port(srv)
+    headers = [("Event", "presence"), ("Expires", "600")] if method == "SUBSCRIBE" else []
+    with SipWire(port) as trunk:
+        result = answer(trunk, trunk.request(method, headers=headers))
+        assert result.final is not None and result.final.status == 405, result.describe()
+        allow = result.final.header("Allow") or ""
+        assert "INVITE" in allow and method not in allow
+        assert not result.requests  # no NOTIFY, nothing
+    with SipWire(port, local_host=STRANGER) as stranger:
+        result = answer(stranger, stranger.request(method, headers=headers))
+        assert result.final is not None and result.final.status == 403, result.describe()
+        assert result.final.header("Allow") is None
+        assert not result.requests
+
+
+def test_options_is_answered_200_to_the_trunk_only(srv: Server) -> None:
+    port = front_port(srv)
+    with SipWire(port) as trunk:
+        assert final_status(trunk, trunk.request("OPTIONS")) == 200
+    with SipWire(port, local_host=STRANGER) as stranger:
+        assert final_status(stranger, stranger.request("OPTIONS")) == 403
+
+
+def sipp_stats(path: Path) -> dict[str, int]:
+    lines = path.read_text().splitlines()
+    header, last = lines[0].split(";"), lines[-1].split(";")
+    return {name: int(last[header.index(name)])
+            for name in ("SuccessfulCall(C)", "FailedCall(C)")}
+
+
+def test_a_trunk_invite_burst_is_answered_and_its_keepalives_go_on(
+    srv: Server, tmp_path: Path,
+) -> None:
+    port = front_port(srv)
+    keepalive = run_sipp("options", port, tmp_path, calls=12, limit=1, rate=2, timeout=30,
+                         background=True)
+    assert isinstance(keepalive, subprocess.Popen)
+    stats = tmp_path / "burst.csv"
+    burst = subprocess.run(
+        [SIPP, f"127.0.0.1:{port}", "-sf", str(Path(__file__).parents[1] / "sipp" /
+                                               "invite_burst.xml"),
+         "-i", "127.0.0.1", "-p", str(free_port()), "-t", "u1", "-s", "+14155550123",
+         "-r", "40", "-m", "200", "-l", "200", "-timeout", "40s", "-nostdin", "-nd",
+         "-trace_stat", "-stf", str(stats), "-fd", "1", "-mi", "127.0.0.1",
+         "-mp", str(free_port())],
+        capture_output=True, text=True, timeout=60, check=False)
+    out, _ = keepalive.communicate(timeout=40)
+    counts = sipp_stats(stats)
+    assert counts == {"SuccessfulCall(C)": 200, "FailedCall(C)": 0}, burst.stdout[-3000:]
+    assert keepalive.returncode == 0, out[-2000:]
+    assert "flood from 127.0.0.1" not in srv.log()
+
+
+def test_a_strangers_flood_is_cut_off_while_the_trunk_goes_on(
+    srv: Server, tmp_path: Path,
+) -> None:
+    port = front_port(srv)
+    with RtpCaller(port) as caller:
+        caller.call(10)
+        caller.start_media()
+        start = time.monotonic()
+        flood = subprocess.run(
+            [SIPP, f"127.0.0.1:{port}", "-sf",
+             str(Path(__file__).parents[1] / "sipp" / "options_flood.xml"),
+             "-i", FLOODER, "-p", str(free_port(host=FLOODER)), "-t", "u1",
+             "-r", "400", "-m", "2000", "-l", "2000", "-timeout", "25s",
+             "-nostdin", "-nd", "-trace_stat", "-stf", str(tmp_path / "flood.csv"),
+             "-fd", "1"],
+            capture_output=True, text=True, timeout=60, check=False)
+        elapsed = time.monotonic() - start
+        counts = sipp_stats(tmp_path / "flood.csv")
+        # a stranger is never answered 200; the front stops answering it at all
+        assert counts["SuccessfulCall(C)"] == 0, flood.stdout[-2000:]
+        assert f"flood from {FLOODER}" in srv.log()
+        rx = [p.arrival for p in list(caller.received) if p.arrival >= start]
+        assert len(rx) >= 0.95 * elapsed / 0.02, (len(rx), elapsed)
+        gaps = [b - a for a, b in itertools.pairwise(rx)]
+        assert max(gaps) < 0.06, max(gaps)
+        # a new trunk call is answered right away
+        with RtpCaller(port) as second:
+            second.call(5)
+            second.hangup()
+        caller.hangup()
