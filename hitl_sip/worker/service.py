@@ -95,6 +95,18 @@ class CallRuntime:
         self.events.append({"type": kind, "at": now_iso(), **data})
 
 
+def rtp_slice(start: int, end: int, index: int, count: int) -> tuple[int, int]:
+    """Worker ``index`` of ``count``'s share of the profile's RTP range (even-aligned, each
+    call takes an RTP/RTCP pair), so that workers never race for a port; the whole range
+    when it is too small to share (fewer than 8 ports each)."""
+    even = start + (start & 1)
+    share = ((end - even + 1) // max(count, 1)) & ~1
+    if count <= 1 or share < 8:
+        return start, end
+    first = even + index * share
+    return first, first + share - 1
+
+
 def stack_settings(config: Config, profile: TrunkProfile, index: int,
                    sip_port: int | None = None) -> StackSettings:
     """``sip_port`` set: the worker sits behind the SIP front and listens on
@@ -110,6 +122,8 @@ def stack_settings(config: Config, profile: TrunkProfile, index: int,
             "expires": profile.register.expires,
             "retry_interval": profile.register.retry_interval,
         }
+    rtp_start, rtp_end = rtp_slice(profile.rtp.start, profile.rtp.end, index,
+                                   config.worker.count)
     return StackSettings(
         host=config.sip.host,
         port=port if sip_port is None else sip_port,
@@ -119,8 +133,8 @@ def stack_settings(config: Config, profile: TrunkProfile, index: int,
         user_agent=config.sip.user_agent,
         clock_rate=config.worker.clock_rate,
         codecs=tuple(str(c.value) for c in profile.codecs),
-        rtp_port_start=profile.rtp.start,
-        rtp_port_end=profile.rtp.end,
+        rtp_port_start=rtp_start,
+        rtp_port_end=rtp_end,
         buffer_frames=config.worker.buffer_frames,
         sip_trace=config.log.sip_trace,
         register=register,
