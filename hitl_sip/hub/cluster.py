@@ -34,6 +34,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
 from hitl_sip.protocol.cluster import (
@@ -65,7 +67,11 @@ class Cluster:
     def __init__(self, url: str, hub_id: str) -> None:
         self.url = url
         self.hub_id = hub_id
-        self.redis: aioredis.Redis = aioredis.from_url(url, decode_responses=True)
+        # one quick retry, not redis-py's default backoff of seconds: while Redis is away
+        # every call that touches it (an agent's accept, a publish) must fail fast
+        self.redis: aioredis.Redis = aioredis.from_url(
+            url, decode_responses=True, socket_connect_timeout=1.0,
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=1))
         self._pubsub: Any = None
         self._task: asyncio.Task[None] | None = None
         self._ids = itertools.count(1)

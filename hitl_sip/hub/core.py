@@ -341,9 +341,9 @@ class Hub:
                                       if cid in calls and calls[cid].hub == hub
                                       and cid not in owned):
                     log.warning("[call %s] cluster: hub %s no longer has it (its end was "
-                                "lost): ending it here", call_id, hub)
+                                "lost, or the hub restarted): ending it here", call_id, hub)
                     await self._on_cluster_event(hub, "call_ended", {
-                        "type": "call_ended", "callId": call_id, "outcome": "completed",
+                        "type": "call_ended", "callId": call_id, "outcome": "hub_lost",
                         "by": "system"})
             older, seen = seen, mirrored
 

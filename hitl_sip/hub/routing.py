@@ -19,6 +19,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from redis.exceptions import RedisError
+
 from hitl_sip.protocol.agent import (
     AgentState,
     AgentStatus,
@@ -111,7 +113,7 @@ class Router:
         if cluster is not None:
             try:
                 await cluster.presence(agent.agent_id, agent.state() if agent.sids else None)
-            except (ConnectionError, OSError) as e:
+            except (ConnectionError, OSError, RedisError) as e:
                 log.warning("cluster: presence of %s not written: %s", agent.agent_id, e)
 
     # -- presence -------------------------------------------------------------------------
@@ -267,10 +269,21 @@ class Router:
             return refuse(ErrorCode.FORBIDDEN, "the call was not offered to you")
         cluster = self.hub.cluster
         if cluster is not None:  # agents on other hubs may be taking it right now
-            if not await cluster.claim(call_id, agent_id):
+            try:
+                won = await cluster.claim(call_id, agent_id)
+            except (ConnectionError, OSError, RedisError) as e:
+                if self.hub.registry.calls[call_id].hub not in (None, "", self.hub.hub_id):
+                    return refuse(ErrorCode.UNAVAILABLE,
+                                  "the call's hub cannot be reached now; try again")
+                # this hub's own call, and no other hub can claim it without Redis either:
+                # the accept is decided here, so the callers are not left waiting
+                log.warning("[call %s] cluster unreachable (%s): accept decided locally",
+                            call_id, e)
+                won = True
+            if not won:
                 return refuse(ErrorCode.ALREADY_ANSWERED, "another agent took the call")
             if offer.accepted_by is not None or agent_id not in offer.ringing:
-                await cluster.unclaim(call_id)
+                await self._unclaim(call_id)
                 return refuse(ErrorCode.ALREADY_ANSWERED, "another agent took the call")
         agent = self.agents[agent_id]
         offer.accepted_by = agent_id  # the atomic step: nothing awaited before it
@@ -283,10 +296,20 @@ class Router:
                     call_id=call_id, reason=CancelReason.ANSWERED_ELSEWHERE))
         self.hub.registry.calls[call_id].agent_id = agent_id
         if cluster is not None:
-            await cluster.publish("accepted", {"callId": call_id, "agentId": agent_id})
+            try:
+                await cluster.publish("accepted", {"callId": call_id, "agentId": agent_id})
+            except (ConnectionError, OSError, RedisError) as e:
+                log.warning("[call %s] cluster: accepted not published: %s", call_id, e)
         await self.hub.command(call_id, {"type": "agent_joined", "agentId": agent_id})
         await self._push_state(agent)
         return ok()
+
+    async def _unclaim(self, call_id: str) -> None:
+        assert self.hub.cluster is not None
+        try:
+            await self.hub.cluster.unclaim(call_id)
+        except (ConnectionError, OSError, RedisError) as e:
+            log.warning("[call %s] cluster: claim not released: %s", call_id, e)
 
     async def decline(self, agent_id: str, call_id: str) -> dict[str, Any]:
         offer = self.offers.get(call_id)

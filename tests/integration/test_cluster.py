@@ -172,8 +172,10 @@ def test_the_hubs_find_each_other_again_when_redis_restarts_empty(tmp_path: Path
         add_agent(hub_a.data_dir, "alice")
         add_agent(hub_b.data_dir, "bob")
 
-        async def ring(agents: list[TestAgent], before: list[int]) -> list[str]:
-            """One call through hub A, hung up once each of ``agents`` was rung."""
+        async def ring(agents: list[TestAgent], before: list[int],
+                       accept: TestAgent | None = None) -> list[str]:
+            """One call through hub A, hung up once each of ``agents`` was rung (and
+            ``accept`` took it)."""
             caller = RtpCaller(hub_a.sip_port())
             try:
                 await asyncio.to_thread(caller.call)
@@ -181,6 +183,9 @@ def test_the_hubs_find_each_other_again_when_redis_restarts_empty(tmp_path: Path
                 offers = await asyncio.gather(*(
                     a.wait("incoming_call", n + 1, limit=20) for a, n in zip(
                         agents, before, strict=True)))
+                if accept is not None:
+                    ack = await accept.call("accept_call", {"callId": offers[0]["callId"]})
+                    assert ack == {"ok": True}, ack
                 await asyncio.to_thread(caller.hangup)
             finally:
                 await asyncio.to_thread(caller.close)
@@ -197,8 +202,8 @@ def test_the_hubs_find_each_other_again_when_redis_restarts_empty(tmp_path: Path
             try:
                 await ring([alice, bob], [0, 0])
                 await asyncio.to_thread(redis.kill)
-                # hub A's own agent: still rung while Redis is down
-                await ring([alice], [rung(alice)])
+                # hub A's own agent: still rung while Redis is down, and takes the call
+                await ring([alice], [rung(alice)], accept=alice)
                 await asyncio.to_thread(redis.start)
                 await asyncio.to_thread(
                     hub_b.wait_for, lambda: "cluster: subscribed again" in hub_b.log(), 20,
