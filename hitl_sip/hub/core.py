@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 Listener = Callable[[str, dict[str, Any]], Awaitable[None]]
 
+ORPHAN_WORKERS_WAIT = 120.0  # seconds a restarted hub waits for its workers before sweeping
 CALL_STATES = tuple(state.value for state in CallState)
 
 
@@ -107,7 +108,13 @@ class Hub:
         thread still open and not a live call's is ended (``call ended (hub_restart)``)."""
         grace = self.config.alive5.orphan_grace
         log.info("%d thread(s) left open by a previous run: ending those no worker reports "
-                 "in %.0f s", len(threads), grace)
+                 "within %.0f s of all workers connecting", len(threads), grace)
+        # the workers' carried-over events come right after their hello: wait for every
+        # worker (a slow start under load must not let this sweep overtake them)
+        deadline = asyncio.get_running_loop().time() + ORPHAN_WORKERS_WAIT
+        while (sum(w.connected for w in self.registry.workers.values())
+               < self.config.worker.count and asyncio.get_running_loop().time() < deadline):
+            await asyncio.sleep(0.25)
         await asyncio.sleep(grace)
         live = {c.thread_id for c in self.registry.calls.values()}
         still = set(await self.store.open_threads())

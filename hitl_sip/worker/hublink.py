@@ -11,7 +11,8 @@
 * **Carried over a restart.** What the hub has not acknowledged when the worker stops (the
   hub died first, or did not answer within ``flush_timeout``) is written to the spill file;
   the next worker process with the same id reads it at :meth:`start` and sends it again
-  under its own epoch. The hub's stores are idempotent (a turn's key, one end per thread),
+  under its own epoch. A process holds ``<spill_path>.lock`` (``flock``) from
+  :meth:`acquire` to its exit, so its successor reads the file only once it is complete. The hub's stores are idempotent (a turn's key, one end per thread),
   so an event the old hub applied but never acknowledged does no harm the second time.
 * **Status** is coalesced: only the latest waits while the hub is away.
 * **Interims** (live captions) and other best-effort messages wait in a bounded queue;
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import itertools
 import logging
 import os
@@ -84,6 +86,7 @@ class HubLink:
         self._all_acked.set()
         self.dropped = 0
         self.bad_messages = 0
+        self._lock_fd: int | None = None
 
     # -- the worker's side ----------------------------------------------------------------
 
@@ -113,6 +116,39 @@ class HubLink:
         """Until the hub has acknowledged every reliable event sent so far."""
         await self._all_acked.wait()
 
+    async def acquire(self, limit: float = 30.0) -> bool:
+        """Take this worker id's lock (the previous process with the id holds it until it
+        has written what its hub never acknowledged, and exits); False after ``limit``
+        seconds without it (the carry-over is then read as it is)."""
+        if self.spill_path is None or self._lock_fd is not None:
+            return True
+        path = self.spill_path.with_name(self.spill_path.name + ".lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = asyncio.get_running_loop().time() + limit
+        waited = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if asyncio.get_running_loop().time() > deadline:
+                    log.error("the previous process of this worker still holds %s after "
+                              "%.0f s: going on without it", path, limit)
+                    os.close(fd)
+                    return False
+                if not waited:
+                    log.warning("waiting for the previous process of this worker to finish "
+                                "(%s)", path)
+                    waited = True
+                await asyncio.sleep(0.1)
+                continue
+            self._lock_fd = fd
+            return True
+
+    def release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # the flock goes with it
+            self._lock_fd = None
+
     def start(self) -> None:
         self._carry_over()
         self._task = asyncio.create_task(self._run(), name="hub-link")
@@ -120,6 +156,7 @@ class HubLink:
     async def close(self, flush_timeout: float = 2.0) -> None:
         """Stop, after giving the hub ``flush_timeout`` to acknowledge what is pending."""
         if self._task is None:
+            self.release()
             return
         if self.connected.is_set() and self.unacknowledged:
             with contextlib.suppress(TimeoutError):
@@ -133,6 +170,7 @@ class HubLink:
             log.warning("%d event(s) for the hub not acknowledged at exit%s",
                         self.unacknowledged,
                         f": kept in {self.spill_path} for the next start" if kept else "")
+        self.release()
 
     # -- the spill file -------------------------------------------------------------------
 

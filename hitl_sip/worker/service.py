@@ -204,6 +204,8 @@ class WorkerService:
 
     async def start(self) -> StackInfo:
         loop = asyncio.get_running_loop()
+        if self.hub is not None:  # after the previous process with this id is gone
+            await self.hub.acquire()
         install_host_filter(self.config.webrtc.host_addresses)
         await asyncio.to_thread(preload_stt, self.config, self.stt)
         admission = Admission(

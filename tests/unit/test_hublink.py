@@ -189,17 +189,23 @@ async def test_what_the_hub_never_acknowledged_outlives_the_worker_process(
     spill = tmp_path / "worker-w1.pending"
     fake.ack = False  # the hub receives, but dies before it acknowledges anything
     first = HubLink(url(server), "t", hello, spill_path=spill, memory_limit=3)
+    assert await first.acquire()
     first.start()
     for seq in range(1, 6):  # 3 in memory, 2 spilled
         first.send(turn(seq))
     await fake.wait(lambda: len(fake.turns()) >= 3)
+    # its successor starts while it is still writing: it waits for the old one's exit
+    second = HubLink(url(server), "t", hello, spill_path=spill)
+    waiting = asyncio.create_task(second.acquire())
+    await asyncio.sleep(0.3)  # give the successor time to (wrongly) get the lock
+    assert not waiting.done()
     await first.close(flush_timeout=0.2)
+    assert await asyncio.wait_for(waiting, 5)
     assert stat.S_IMODE(spill.stat().st_mode) == 0o600
     assert [json.loads(line.split("\t", 1)[1])["seq"]
             for line in spill.read_text().splitlines()] == [1, 2, 3, 4, 5]
 
     fake.ack, fake.received = True, []
-    second = HubLink(url(server), "t", hello, spill_path=spill)
     second.start()
     second.send(turn(6))  # the new process's own events come after the carried ones
     await fake.wait(lambda: len(fake.turns()) == 6)
