@@ -19,7 +19,15 @@ from hitl_sip.agents_cli import agents_command
 from hitl_sip.bot.flow import FlowError
 from hitl_sip.config import FLAG_KEYS, Config, load_config, uses_front
 from hitl_sip.errors import ConfigError
-from hitl_sip.front.kamailio import KamailioFront, trusted_sources, worker_ports, write_files
+from hitl_sip.front.certs import TlsPair, tls_pair
+from hitl_sip.front.kamailio import (
+    KamailioFront,
+    free_sip_port,
+    port_problem,
+    trusted_sources,
+    worker_ports,
+    write_files,
+)
 from hitl_sip.hub.agents import AgentStore
 from hitl_sip.hub.app import AgentAuth, create_app
 from hitl_sip.hub.core import Hub
@@ -63,7 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def serve(config: Config, token_secret: bytes, digest_secret: bytes) -> int:
+async def serve(config: Config, token_secret: bytes, digest_secret: bytes,
+                tls: TlsPair | None = None) -> int:
+    """``tls``: the SIP front's certificate and key, when ``sip.transports`` has ``tls``."""
     registry = WorkerRegistry()
     token = secrets.token_urlsafe(32)
     data_dir = config.resolve_path(config.data_dir)
@@ -92,12 +102,29 @@ async def serve(config: Config, token_secret: bytes, digest_secret: bytes) -> in
     front: KamailioFront | None = None
     worker_config, sip_ports = config, None
     if uses_front(config):
+        if not config.sip.port:  # 0: any free port, chosen now (Kamailio needs a number)
+            config = dataclasses.replace(config, sip=dataclasses.replace(
+                config.sip, port=free_sip_port(config.sip.host)))
+            log.info("SIP front: sip.port 0, listening on free port %d", config.sip.port)
+        if "tls" in config.sip.transports and not config.sip.tls_port:
+            tls_port = config.sip.port
+            while tls_port == config.sip.port:  # TCP and TLS cannot share one
+                tls_port = free_sip_port(config.sip.host)
+            config = dataclasses.replace(config, sip=dataclasses.replace(
+                config.sip, tls_port=tls_port))
+            log.info("SIP front: sip.tls_port 0, TLS on free port %d", config.sip.tls_port)
+        problem = port_problem(config.sip.host, config.sip.port, config.sip.transports,
+                               config.sip.tls_port)
+        if problem:
+            log.error("the SIP front cannot start: %s", problem)
+            await runner.cleanup()
+            return 1
         sip_ports = worker_ports(config)
         worker_config = dataclasses.replace(config, front=dataclasses.replace(
             config.front, trusted=trusted_sources(config)))
         profile = load_profile(config.sip.profile, config.resolve_path(config.profiles_dir))
         files = write_files(config, data_dir / "front", profile.allow_list,
-                            profile.public_address, sip_ports)
+                            profile.public_address, sip_ports, tls=tls)
         front = KamailioFront(config, files, data_dir / "front" / "run")
         problem = await front.check()
         if problem:
@@ -146,10 +173,14 @@ def main(argv: list[str] | None = None) -> int:
         overrides = {key: getattr(args, flag) for flag, key in FLAG_KEYS.items()}
         try:
             config = load_config(args.config, overrides=overrides)
-            load_profile(config.sip.profile, config.resolve_path(config.profiles_dir))
+            profile = load_profile(config.sip.profile, config.resolve_path(config.profiles_dir))
             build_flow(config)
             data_dir = config.resolve_path(config.data_dir)
             data_dir.mkdir(parents=True, exist_ok=True)
+            tls = None
+            if uses_front(config) and "tls" in config.sip.transports:
+                # the configured pair, checked, or a self-signed one made now
+                tls = tls_pair(config, data_dir / "front" / "tls", profile.public_address)
             token_secret = load_or_create_secret(data_dir / "token.key")
             digest_secret = load_digest_secret(config)
         except ConfigError as e:
@@ -159,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"hitl-sip: configuration error: bot.flow: {e}", file=sys.stderr)
             return 2
         setup_logging(config.log.level, "hub")
-        return asyncio.run(serve(config, token_secret, digest_secret))
+        return asyncio.run(serve(config, token_secret, digest_secret, tls))
     if args.command == "agents":
         try:
             config = load_config(args.config, overrides={"data_dir": args.data_dir})

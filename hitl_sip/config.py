@@ -48,7 +48,7 @@ PROJECT_ROOT = PACKAGE_ROOT.parent
 PJSUA_COMPILED_MAX_CALLS = 4
 MAX_ADMITTED_CALLS_PER_WORKER = PJSUA_COMPILED_MAX_CALLS - 1
 
-TRANSPORTS = ("udp", "tcp")
+TRANSPORTS = ("udp", "tcp", "tls")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 CLOCK_RATES = (8000, 16000)
 STT_ENGINES = ("pocketsphinx", "azure")
@@ -128,6 +128,11 @@ class SipConfig:
     # the digest-nonce secret (hex or base64, >= 32 bytes) for hubs that must accept each
     # other's nonces; "" = <data_dir>/digest.key, created on first start
     digest_secret: _Str = ""
+    # SIP over TLS on the front (when "tls" is in transports); 0 = a free port chosen at start
+    tls_port: _Int = 5061
+    # PEM paths; both "" = a self-signed pair made once under <data_dir>/front/tls/
+    tls_certificate: _Str = ""
+    tls_private_key: _Str = ""
 
 
 @dataclass(frozen=True, config=_SECTION)
@@ -267,8 +272,10 @@ class Alive5Config:
 class FrontConfig:
     """The public SIP front (Kamailio) before the media workers (DESIGN.md §3)."""
 
-    # "auto": Kamailio when worker.count > 1; "kamailio": always; "none": workers listen
-    # on sip.host:sip.port + index themselves
+    # "auto" / "kamailio": Kamailio before the workers, one worker included (the edge and
+    # its rules are the same for every deployment); "none": workers listen on
+    # sip.host:sip.port + index themselves, with no front (a lab on loopback, never a server
+    # a trunk reaches)
     mode: _Str = "auto"
     kamailio: _Str = "kamailio"  # the binary
     modules_dir: _Str = ""  # "" = Debian's /usr/lib/<arch>/kamailio/modules
@@ -513,7 +520,9 @@ def validate(config: Config) -> None:
         raise ConfigError("sip.transports", "at least one transport is required")
     for t in config.sip.transports:
         if t not in TRANSPORTS:
-            raise ConfigError("sip.transports", f"unknown transport {t!r}; allowed: udp, tcp")
+            raise ConfigError("sip.transports",
+                              f"unknown transport {t!r}; allowed: {', '.join(TRANSPORTS)}")
+    _validate_tls(config)
     if not config.sip.profile:
         raise ConfigError("sip.profile", "a profile name or file path is required")
     if config.sip.digest_secret:
@@ -614,11 +623,10 @@ def _validate_front(config: Config) -> None:
     if uses_front(config) and not shutil.which(f.kamailio):
         raise ConfigError(
             "front.mode",
-            f"{config.worker.count} workers need the Kamailio front, and {f.kamailio!r} is not "
-            "installed (Debian: apt-get install kamailio); or set front.mode = none",
+            f"the SIP front needs Kamailio, and {f.kamailio!r} is not installed (Debian: "
+            "apt-get install kamailio; `make run` installs it); or, for a lab on loopback "
+            "only, set front.mode = none",
         )
-    if uses_front(config) and config.sip.port == 0:
-        raise ConfigError("sip.port", "the SIP front (Kamailio) needs a fixed port, not 0")
     _check_host("front.worker_host", f.worker_host)
     if f.worker_base_port and not 1024 <= f.worker_base_port <= 65535 - config.worker.count:
         raise ConfigError("front.worker_base_port", "expected 0 or a port 1024..65535")
@@ -634,10 +642,35 @@ def _validate_front(config: Config) -> None:
         raise ConfigError("front.children", "expected 1..64")
 
 
+def _validate_tls(config: Config) -> None:
+    sip = config.sip
+    _check_port("sip.tls_port", sip.tls_port)
+    if bool(sip.tls_certificate) != bool(sip.tls_private_key):
+        key = "sip.tls_private_key" if sip.tls_certificate else "sip.tls_certificate"
+        raise ConfigError(key, "set both sip.tls_certificate and sip.tls_private_key, or "
+                          "neither (a self-signed pair is then made under the data directory)")
+    for key, path in (("sip.tls_certificate", sip.tls_certificate),
+                      ("sip.tls_private_key", sip.tls_private_key)):
+        if path and not config.resolve_path(path).is_file():
+            raise ConfigError(key, f"file not found: {path}")
+    if "tls" not in sip.transports:
+        return
+    if config.front.mode == "none":
+        raise ConfigError("sip.transports", "tls is served by the SIP front (Kamailio): it "
+                          "needs front.mode auto or kamailio, not none")
+    if sip.tls_port and sip.tls_port == sip.port and "tcp" in sip.transports:
+        raise ConfigError("sip.tls_port", f"TCP and TLS cannot share port {sip.port}")
+
+
+def worker_transports(config: Config) -> tuple[str, ...]:
+    """The transports a worker listens on: TLS ends at the front, which talks to the workers
+    over UDP (or TCP when UDP is off)."""
+    return tuple(t for t in config.sip.transports if t != "tls") or ("udp",)
+
+
 def uses_front(config: Config) -> bool:
     """Whether ``serve`` puts Kamailio before the workers."""
-    mode = config.front.mode
-    return mode == "kamailio" or (mode == "auto" and config.worker.count > 1)
+    return config.front.mode != "none"
 
 
 def _validate_webrtc(w: WebRtcConfig) -> None:

@@ -11,7 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MODE=${1:-run}
-APT_PACKAGES=(sip-tester baresip-core espeak-ng sox pocketsphinx-testdata kamailio)
+APT_PACKAGES=(sip-tester baresip-core espeak-ng sox pocketsphinx-testdata kamailio
+              kamailio-tls-modules openssl)
 if [[ $MODE == test ]]; then
   APT_PACKAGES+=(chromium fonts-dejavu-core redis-server)
 fi

@@ -111,10 +111,20 @@ class Hub:
                  "within %.0f s of all workers connecting", len(threads), grace)
         # the workers' carried-over events come right after their hello: wait for every
         # worker (a slow start under load must not let this sweep overtake them)
-        deadline = asyncio.get_running_loop().time() + ORPHAN_WORKERS_WAIT
-        while (sum(w.connected for w in self.registry.workers.values())
-               < self.config.worker.count and asyncio.get_running_loop().time() < deadline):
-            await asyncio.sleep(0.25)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ORPHAN_WORKERS_WAIT
+        hello = self.registry.worker_hello
+
+        def all_connected() -> bool:
+            connected = sum(w.connected for w in self.registry.workers.values())
+            return connected >= self.config.worker.count
+
+        while loop.time() < deadline:
+            hello.clear()
+            if all_connected():
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(hello.wait(), deadline - loop.time())
         await asyncio.sleep(grace)
         live = {c.thread_id for c in self.registry.calls.values()}
         still = set(await self.store.open_threads())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ class WorkerRegistry:
         self.draining = False
         # what /healthz says of the SIP front (Kamailio), when there is one
         self.front: Callable[[], dict[str, Any]] | None = None
+        self.worker_hello = asyncio.Event()  # set at every worker's hello
         self.metrics = Registry()
         self.workers_connected = self.metrics.gauge(
             "hitl_sip_hub_workers_connected", "Media workers connected to the hub"
@@ -100,6 +102,7 @@ class WorkerRegistry:
         state.connected = True
         state.last_seen = time.monotonic()
         self.workers[worker_id] = state
+        self.worker_hello.set()
         orphans = self.orphans.pop(worker_id, {})
         for call in hello.calls:
             known = orphans.get(call.call_id)

@@ -27,6 +27,8 @@ not pass silently), and every error is a ``ConfigError`` naming the key (``profi
     [rtp]
     port_start = 10000           # 1024–65535
     port_end = 20000             # inclusive, 1024–65535, > port_start, ≥ 4 ports (one call slot)
+    srtp = "off"                 # "off": RTP/AVP only; "optional": SRTP when the offer has it;
+                                 # "mandatory": SDES SRTP (RFC 4568) only, a plain offer gets 488
     [headers]
     map = {}                     # header name = metadata key (snake_case), e.g. X-Twilio-CallSid
     prefixes = []                # header-name prefixes kept under their own name ("X-Vonage-")
@@ -75,6 +77,15 @@ class Codec(StrEnum):
     G722 = "G722"
 
 
+class Srtp(StrEnum):
+    """Media encryption toward the trunk: SDES-keyed SRTP (RFC 4568) in ``RTP/SAVP``."""
+
+    OFF = "off"  # plain RTP/AVP; an SRTP-only offer fails
+    OPTIONAL = "optional"  # SRTP when the offer has it, plain RTP otherwise
+    # SRTP only: an RTP/AVP offer gets 488, an RTP/SAVP one without a=crypto 406 (pjsua's)
+    MANDATORY = "mandatory"
+
+
 @dataclass(frozen=True)
 class AuthSettings:
     enabled: bool = False
@@ -118,6 +129,7 @@ class TrunkProfile:
     codecs: tuple[Codec, ...] = (Codec.PCMU, Codec.PCMA)
     public_address: str | None = None
     rtp: RtpPortRange = field(default_factory=RtpPortRange)
+    srtp: Srtp = Srtp.OFF
     header_mapping: HeaderMapping = field(default_factory=HeaderMapping)
     default_country_code: str | None = None
     dtmf_payload_types: tuple[int, ...] = (101,)
@@ -191,6 +203,7 @@ def profile_from_dict(
         codecs=_codecs(root.table("codecs")),
         public_address=_nat(root.table("nat")),
         rtp=_rtp(root.table("rtp")),
+        srtp=_srtp(root.table("rtp")),
         header_mapping=_headers(root.table("headers")),
         default_country_code=_numbers(root.table("numbers")),
         dtmf_payload_types=_dtmf(root.table("dtmf")),
@@ -402,7 +415,7 @@ def _nat(section: _Table) -> str | None:
 
 
 def _rtp(section: _Table) -> RtpPortRange:
-    section.check_keys("port_start", "port_end")
+    section.check_keys("port_start", "port_end", "srtp")
     start = section.int_in("port_start", 10000, 1024, 65535)
     end = section.int_in("port_end", 20000, 1024, 65535)
     minimum = start + RtpPortRange.PORTS_PER_SLOT - 1
@@ -413,6 +426,16 @@ def _rtp(section: _Table) -> RtpPortRange:
             f"slot takes {RtpPortRange.PORTS_PER_SLOT} ports",
         )
     return RtpPortRange(start, end)
+
+
+def _srtp(section: _Table) -> Srtp:
+    value = section.get("srtp", str, Srtp.OFF.value)
+    try:
+        return Srtp(value.strip().lower())
+    except ValueError as e:
+        allowed = ", ".join(f'"{s.value}"' for s in Srtp)
+        raise ConfigError(section.sub("srtp"),
+                          f"unknown value {value!r}; allowed: {allowed}") from e
 
 
 def _headers(section: _Table) -> HeaderMapping:

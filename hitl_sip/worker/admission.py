@@ -109,6 +109,7 @@ class Admission:
         except ValueError:
             log.warning("INVITE from an unparsable source address refused")
             return FORBIDDEN
+        via_transport = ""
         if self.front is not None:
             if ip not in self.front:
                 log.warning("INVITE from %s refused: only the SIP front may send to this worker",
@@ -118,8 +119,12 @@ class Admission:
             try:
                 if len(forwarded) != 1:
                     raise ValueError(f"{len(forwarded)} {SOURCE_HEADER} headers")
-                source = forwarded[0].strip()
+                # "ip:port;transport=udp|tcp|tls": the trunk's own address and transport
+                source, _, params = forwarded[0].strip().partition(";")
                 ip, _port = parse_source(source)
+                via_transport = params.removeprefix("transport=").lower()
+                if params and via_transport not in ("udp", "tcp", "tls"):
+                    raise ValueError(f"unknown transport {params!r}")
             except ValueError as e:
                 log.warning("INVITE via the front refused: bad %s: %s", SOURCE_HEADER, e)
                 return FORBIDDEN
@@ -171,5 +176,7 @@ class Admission:
         metadata["trunk"] = self.profile.name
         if self.front is not None:
             metadata["source"] = source
+            if via_transport:
+                metadata["transport"] = via_transport
         metadata["caller_name"] = metadata.pop("caller_display_name", None)
         return Decision(metadata=metadata)

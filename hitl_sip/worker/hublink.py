@@ -12,8 +12,9 @@
   hub died first, or did not answer within ``flush_timeout``) is written to the spill file;
   the next worker process with the same id reads it at :meth:`start` and sends it again
   under its own epoch. A process holds ``<spill_path>.lock`` (``flock``) from
-  :meth:`acquire` to its exit, so its successor reads the file only once it is complete. The hub's stores are idempotent (a turn's key, one end per thread),
-  so an event the old hub applied but never acknowledged does no harm the second time.
+  :meth:`acquire` to its exit, so its successor reads the file only once it is complete.
+  The hub's stores are idempotent (a turn's key, one end per thread), so an event the old
+  hub applied but never acknowledged does no harm the second time.
 * **Status** is coalesced: only the latest waits while the hub is away.
 * **Interims** (live captions) and other best-effort messages wait in a bounded queue;
   when it is full the oldest are dropped and counted in :attr:`dropped`.

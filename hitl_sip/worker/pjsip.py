@@ -56,6 +56,9 @@ T = TypeVar("T")
 
 FRAME_MS = 20
 CODEC_IDS = {"PCMU": "PCMU/8000/1", "PCMA": "PCMA/8000/1", "G722": "G722/16000/1"}
+# the trunk profile's [rtp] srtp (hitl_sip.sip.profile.Srtp) as pjmedia's policy
+SRTP_USE = {"off": pj.PJMEDIA_SRTP_DISABLED, "optional": pj.PJMEDIA_SRTP_OPTIONAL,
+            "mandatory": pj.PJMEDIA_SRTP_MANDATORY}
 
 
 # --- reading a frame out of SWIG cheaply -----------------------------------------------------
@@ -209,6 +212,7 @@ class StackSettings:
     codecs: tuple[str, ...] = ("PCMU", "PCMA", "G722")
     rtp_port_start: int = 20000
     rtp_port_end: int = 20999
+    srtp: str = "off"  # off / optional / mandatory: SDES-keyed SRTP toward the trunk
     buffer_frames: int = 50
     sip_trace: bool = False
     register: dict[str, Any] | None = None
@@ -307,6 +311,11 @@ class _Account(pj.Account):  # type: ignore[misc]
 
     def onRegState(self, prm: Any) -> None:
         self.stack._guard(lambda: self.stack._on_reg_state(self, prm))
+
+    def onIncomingSubscribe(self, prm: Any) -> None:
+        # no presence here: pjsua would accept (200) and send NOTIFYs to any Contact given
+        prm.code = 403
+        prm.reason = "Forbidden"
 
 
 class PjStack:
@@ -511,6 +520,13 @@ class PjStack:
         mt.boundAddress = s.host
         if s.public_address:
             mt.publicAddress = s.public_address
+        ac.mediaConfig.srtpUse = SRTP_USE[s.srtp]
+        # the trunk's signalling is TLS at the front, which reaches this worker over UDP on
+        # loopback: pjsua must not ask for sips/TLS on its own leg before offering SDES keys
+        ac.mediaConfig.srtpSecureSignaling = 0
+        if s.srtp != "off":
+            # SDES (RFC 4568) only: carriers' SRTP; DTLS-SRTP is for WebRTC
+            ac.mediaConfig.srtpOpt.keyings = pj.IntVector([pj.PJMEDIA_SRTP_KEYING_SDES])
         ac.natConfig.sdpNatRewriteUse = 0
         ac.natConfig.contactRewriteUse = 0
         ac.natConfig.viaRewriteUse = 0

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hitl_sip.bot.runner import FlowRunner
-from hitl_sip.config import PROJECT_ROOT, Config
+from hitl_sip.config import PROJECT_ROOT, Config, worker_transports
 from hitl_sip.log import call_logger, now_iso
 from hitl_sip.media.buffers import FrameBuffer
 from hitl_sip.media.ice import install_host_filter, rtc_configuration
@@ -128,13 +128,14 @@ def stack_settings(config: Config, profile: TrunkProfile, index: int,
         host=config.sip.host,
         port=port if sip_port is None else sip_port,
         sip_bind="" if sip_port is None else config.front.worker_host,
-        transports=config.sip.transports,
+        transports=worker_transports(config),
         public_address=profile.public_address or "",
         user_agent=config.sip.user_agent,
         clock_rate=config.worker.clock_rate,
         codecs=tuple(str(c.value) for c in profile.codecs),
         rtp_port_start=rtp_start,
         rtp_port_end=rtp_end,
+        srtp=profile.srtp.value,
         buffer_frames=config.worker.buffer_frames,
         sip_trace=config.log.sip_trace,
         register=register,
@@ -361,14 +362,16 @@ class WorkerService:
 
     def _on_offered(self, ev: CallOffered) -> None:
         metadata = dict(ev.metadata)
-        source = str(metadata.pop("source", None) or ev.source)  # the trunk's, behind a front
-        call = CallRuntime(ev.call_id, source, ev.transport, metadata, now_iso())
+        # the trunk's address and transport, behind a front (its X-Hitl-Source)
+        source = str(metadata.pop("source", None) or ev.source)
+        transport = str(metadata.pop("transport", None) or ev.transport)
+        call = CallRuntime(ev.call_id, source, transport, metadata, now_iso())
         headers = call.metadata.get("headers") or {}
         call.thread_id = str(headers.get("thread_id") or uuid.uuid4())
         self.calls[ev.call_id] = call
         self._idle.clear()
         clog = call_logger(log, ev.call_id)
-        clog.info("incoming call over %s from %s", ev.transport, source.rsplit(":", 1)[0],
+        clog.info("incoming call over %s from %s", transport, source.rsplit(":", 1)[0],
                   extra={"redact": {"caller": ev.metadata.get("caller_number")}})
         call.event("offered")
         self._notify(CallStarted.model_validate(self._summary_fields(call)))

@@ -247,3 +247,17 @@ def test_a_strangers_flood_is_cut_off_while_the_trunk_goes_on(
             second.call(5)
             second.hangup()
         caller.hangup()
+
+
+def test_a_worker_itself_refuses_subscriptions_and_sends_no_notify(srv: Server) -> None:
+    """Behind the front only the front reaches a worker; should anything else on the host
+    try, the worker has no presence to offer (pjsua would accept and NOTIFY any Contact)."""
+    with SipWire(srv.worker_sip_port()) as wire:
+        request = wire.request("SUBSCRIBE", headers=[("Event", "presence"),
+                                                     ("Expires", "600")])
+        result = answer(wire, request)
+        assert result.final is not None and result.final.status == 403, result.describe()
+        later = Exchange()
+        while wire.receive(time.monotonic() + 1.0, later) is not None:  # a NOTIFY would come now
+            pass
+        assert later.requests == []

@@ -12,6 +12,13 @@ baresip is configured from a throwaway directory (``-f``), never from ``~/.bares
 - no console UI (no ``stdio``/``cons`` module, stdin is /dev/null); the ``menu`` module
   runs the ``-e "/dial …"`` command given on the command line.
 
+Over TLS (``transport="tls"``) baresip is a TLS client that accepts any server certificate
+(libre 1.1 verifies none) and listens for TLS itself on its SIP port + 1; ``mediaenc``
+loads the ``srtp`` module and sets the account's media encryption (``srtp-mand``: SDES
+SRTP offered as ``RTP/SAVP``, nothing else accepted). ``sip_trace`` (``-s``) writes every
+SIP message baresip sends and receives to its log, decrypted: the test reads the SDP
+answer there.
+
 The call lasts exactly as long as the microphone file: when ``aufile`` reaches the end of
 the file the ``menu`` module hangs up (BYE). ``start_softphone`` therefore surrounds the
 microphone audio with silence: ``speak_at`` seconds before it, and after it up to
@@ -45,6 +52,7 @@ class Softphone:
     config_dir: Path
     log_path: Path
     sip_port: int
+    rtp_port: int  # baresip's RTP goes out of one of rtp_port .. rtp_port + 3
 
     @property
     def recordings_dir(self) -> Path:
@@ -91,13 +99,14 @@ def _write_microphone(source: Path, target: Path, speak_at: float, call_seconds:
     write_wav(target, MICROPHONE_RATE, pcm + bytes(total - len(pcm)))
 
 
-def write_config(config_dir: Path, *, sip_port: int, rtp_port: int, microphone: Path) -> None:
+def write_config(config_dir: Path, *, sip_port: int, rtp_port: int, microphone: Path,
+                 transport: str = "udp", mediaenc: str | None = None) -> None:
     recordings = config_dir / "recordings"
     recordings.mkdir(parents=True, exist_ok=True)
     lines = {
         "poll_method": "epoll",
         "sip_listen": f"127.0.0.1:{sip_port}",
-        "sip_trans_def": "udp",
+        "sip_trans_def": transport,
         "net_interface": "127.0.0.1",
         "rtp_ports": f"{rtp_port}-{rtp_port + 3}",
         "audio_source": f"aufile,{microphone}",
@@ -109,13 +118,17 @@ def write_config(config_dir: Path, *, sip_port: int, rtp_port: int, microphone: 
         ("module", "g711.so"),
         ("module", "aufile.so"),
         ("module", "sndfile.so"),
+        *([("module", "srtp.so")] if mediaenc else []),
         ("module_app", "account.so"),
         ("module_app", "menu.so"),
     ]
     text = [f"{key}\t{value}" for key, value in lines.items()]
     text += [f"{key}\t{value}" for key, value in modules]
     (config_dir / "config").write_text("\n".join(text) + "\n")
-    (config_dir / "accounts").write_text("<sip:softphone@127.0.0.1>;regint=0;audio_codecs=PCMU\n")
+    aor = "<sip:softphone@127.0.0.1>" if transport == "udp" else (
+        f"<sip:softphone@127.0.0.1;transport={transport}>")
+    account = f"{aor};regint=0;audio_codecs=PCMU" + (f";mediaenc={mediaenc}" if mediaenc else "")
+    (config_dir / "accounts").write_text(account + "\n")
 
 
 def start_softphone(
@@ -126,21 +139,29 @@ def start_softphone(
     call_seconds: float,
     speak_at: float = 0.0,
     quit_after: float | None = None,
+    transport: str = "udp",
+    mediaenc: str | None = None,
+    sip_trace: bool = False,
 ) -> Softphone:
     """Start baresip, which dials ``dial`` at once and hangs up after ``call_seconds``.
 
     The microphone plays ``microphone`` (any rate, resampled to 8 kHz) ``speak_at``
-    seconds after the call starts, then silence until the hang-up.
+    seconds after the call starts, then silence until the hang-up. ``transport``,
+    ``mediaenc`` and ``sip_trace``: see the module docstring.
     """
     config_dir = tmp / "baresip"
     config_dir.mkdir(parents=True, exist_ok=True)
     mic = config_dir / "microphone.wav"
     _write_microphone(microphone, mic, speak_at, call_seconds)
     sip_port = free_port()
-    write_config(config_dir, sip_port=sip_port, rtp_port=free_port_pair(), microphone=mic)
+    rtp_port = free_port_pair()
+    write_config(config_dir, sip_port=sip_port, rtp_port=rtp_port, microphone=mic,
+                 transport=transport, mediaenc=mediaenc)
     quit_after = quit_after if quit_after is not None else call_seconds + 20
     log_path = tmp / "baresip.log"
     args = [BARESIP, "-f", str(config_dir), "-e", f"/dial {dial}", "-t", str(int(quit_after))]
+    if sip_trace:
+        args.append("-s")
     with open(log_path, "wb") as logf:
         proc = subprocess.Popen(
             args,
@@ -150,15 +171,24 @@ def start_softphone(
             env={**os.environ, "HOME": str(config_dir)},
             cwd=config_dir,
         )
-    return Softphone(proc, config_dir, log_path, sip_port)
+    return Softphone(proc, config_dir, log_path, sip_port, rtp_port)
 
 
 @contextmanager
 def running_softphone(
-    tmp: Path, *, dial: str, microphone: Path, call_seconds: float, speak_at: float = 0.0
+    tmp: Path,
+    *,
+    dial: str,
+    microphone: Path,
+    call_seconds: float,
+    speak_at: float = 0.0,
+    transport: str = "udp",
+    mediaenc: str | None = None,
+    sip_trace: bool = False,
 ) -> Iterator[Softphone]:
     phone = start_softphone(
-        tmp, dial=dial, microphone=microphone, call_seconds=call_seconds, speak_at=speak_at
+        tmp, dial=dial, microphone=microphone, call_seconds=call_seconds, speak_at=speak_at,
+        transport=transport, mediaenc=mediaenc, sip_trace=sip_trace,
     )
     try:
         yield phone

@@ -41,6 +41,16 @@ class Server:
             return e.code, json.loads(e.read() or b"{}")
 
     def sip_port(self, worker: int = 0, transport: str = "udp") -> int:
+        """Where a trunk sends SIP: the front's port (every server has one unless
+        ``front.mode = "none"``); without a front, worker ``worker``'s own."""
+        _, body = self.health()
+        front = body.get("front") or {}
+        if front.get("sip", {}).get(transport):
+            return int(front["sip"][transport].rsplit(":", 1)[1])
+        return int(body["workers"][worker]["sip"][transport].rsplit(":", 1)[1])
+
+    def worker_sip_port(self, worker: int = 0, transport: str = "udp") -> int:
+        """Worker ``worker``'s own SIP port (behind the front: only the front may use it)."""
         _, body = self.health()
         return int(body["workers"][worker]["sip"][transport].rsplit(":", 1)[1])
 

@@ -13,6 +13,7 @@ from hitl_sip.config import (
     config_from_dict,
     env_key,
     load_config,
+    worker_transports,
 )
 from hitl_sip.errors import ConfigError
 
@@ -49,6 +50,15 @@ def test_env_key_is_the_dotted_name_upper_cased() -> None:
         ({"sip.port": "five"}, "sip.port"),
         ({"sip.host": "example.com"}, "sip.host"),
         ({"sip.transports": "udp,sctp"}, "sip.transports"),
+        ({"sip.tls_port": "65536"}, "sip.tls_port"),
+        ({"sip.tls_certificate": "/etc/hostname"}, "sip.tls_private_key"),
+        ({"sip.tls_private_key": "/etc/hostname"}, "sip.tls_certificate"),
+        ({"sip.tls_certificate": "/no/such.crt", "sip.tls_private_key": "/etc/hostname"},
+         "sip.tls_certificate"),
+        ({"sip.tls_certificate": "/etc/hostname", "sip.tls_private_key": "/no/such.key"},
+         "sip.tls_private_key"),
+        ({"sip.transports": "udp,tls", "front.mode": "none"}, "sip.transports"),
+        ({"sip.transports": "tcp,tls", "sip.port": "5061"}, "sip.tls_port"),
         ({"http.port": "-1"}, "http.port"),
         ({"worker.count": "0"}, "worker.count"),
         ({"worker.max_calls": "4"}, "worker.max_calls"),
@@ -71,6 +81,18 @@ def test_invalid_values_raise_config_error_naming_the_key(
     with pytest.raises(ConfigError) as info:
         load_config(None, env={}, overrides=overrides)
     assert info.value.key == key
+
+
+def test_tls_is_a_transport_of_the_front_and_the_workers_stay_on_udp() -> None:
+    config = load_config(None, env={}, overrides={"sip.transports": "udp,tcp,tls"})
+    assert config.sip.transports == ("udp", "tcp", "tls")
+    assert (config.sip.tls_port, config.sip.tls_certificate, config.sip.tls_private_key) == (
+        5061, "", "")
+    assert worker_transports(config) == ("udp", "tcp")
+    only_tls = load_config(None, env={}, overrides={"sip.transports": "tls", "sip.port": "5061"})
+    assert worker_transports(only_tls) == ("udp",)  # the front reaches them over UDP
+    with pytest.raises(ConfigError, match="allowed: udp, tcp, tls"):
+        load_config(None, env={}, overrides={"sip.transports": "wss"})
 
 
 def test_max_calls_error_explains_the_compiled_pjsua_limit() -> None:

@@ -12,6 +12,7 @@ from hitl_sip.sip.profile import (
     AUTH_USERS_ENV,
     PASSWORD_ENV,
     Codec,
+    Srtp,
     TrunkProfile,
     load_profile,
     parse_profile,
@@ -162,6 +163,23 @@ def test_public_address_accepts_ip_or_host() -> None:
     assert host.public_address == "sip.example.com"
 
 
+def test_srtp_is_off_unless_the_profile_asks_for_it() -> None:
+    assert parse_profile('name = "x"', env={}).srtp is Srtp.OFF
+    for value, policy in (("off", Srtp.OFF), ("optional", Srtp.OPTIONAL),
+                          ("Mandatory", Srtp.MANDATORY)):
+        p = parse_profile(f'name = "x"\n[rtp]\nsrtp = "{value}"', env={})
+        assert p.srtp is policy
+        assert (p.rtp.start, p.rtp.end) == (10000, 20000)  # the range is untouched
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_shipped_profiles_leave_srtp_off_and_document_it(path: Path) -> None:
+    # a carrier's secure trunking is switched on at both ends: the default is plain RTP
+    assert load_profile(path.stem, PROFILES, env={}).srtp is Srtp.OFF
+    header = path.read_text(encoding="utf-8").split("\nname = ", 1)[0]
+    assert "srtp" in header
+
+
 def test_country_code_with_plus_is_accepted() -> None:
     p = parse_profile('name = "x"\n[numbers]\ndefault_country_code = "+44"', env={})
 
@@ -258,6 +276,10 @@ def test_country_code_with_plus_is_accepted() -> None:
             "4 ports",
         ),
         ('name = "x"\n[rtp]\nport_start = 1.5', "profile.rtp.port_start", "an integer"),
+        ('name = "x"\n[rtp]\nsrtp = "required"', "profile.rtp.srtp",
+         'allowed: "off", "optional", "mandatory"'),
+        ('name = "x"\n[rtp]\nsrtp = true', "profile.rtp.srtp", "must be a string"),
+        ('name = "x"\n[rtp]\nsrtp_suites = []', "profile.rtp.srtp_suites", "unknown key"),
         (
             'name = "x"\n[headers]\nmap = { "X-A" = "Bad-Key" }',
             "profile.headers.map.X-A",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -19,7 +21,7 @@ def test_the_shares_are_disjoint_even_and_inside_the_range(start: int, width: in
     for first, last in shares:
         assert start <= first <= last <= end
         assert first % 2 == 0 and (last - first + 1) % 2 == 0 and last - first + 1 >= 8
-    for (_, last), (first, _) in zip(shares, shares[1:], strict=False):
+    for (_, last), (first, _) in itertools.pairwise(shares):
         assert last < first
 
 

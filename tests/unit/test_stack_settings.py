@@ -1,0 +1,28 @@
+"""What a worker's SIP stack is told from the configuration and the trunk profile: TLS ends
+at the front, and the profile's SRTP policy becomes pjmedia's."""
+
+from __future__ import annotations
+
+import pjsua2 as pj
+
+from hitl_sip.config import load_config
+from hitl_sip.sip.profile import Srtp, parse_profile
+from hitl_sip.worker.pjsip import SRTP_USE
+from hitl_sip.worker.service import stack_settings
+
+
+def test_the_profile_srtp_policy_reaches_the_stack() -> None:
+    config = load_config(None, env={}, overrides={"sip.transports": "udp,tcp,tls"})
+    for srtp in Srtp:
+        profile = parse_profile(f'name = "x"\n[rtp]\nsrtp = "{srtp.value}"', env={})
+        assert stack_settings(config, profile, 0, sip_port=6001).srtp == srtp.value
+    assert SRTP_USE == {"off": pj.PJMEDIA_SRTP_DISABLED, "optional": pj.PJMEDIA_SRTP_OPTIONAL,
+                        "mandatory": pj.PJMEDIA_SRTP_MANDATORY}
+
+
+def test_a_worker_behind_a_tls_front_listens_on_udp_and_tcp_only() -> None:
+    profile = parse_profile('name = "x"', env={})
+    config = load_config(None, env={}, overrides={"sip.transports": "udp,tcp,tls"})
+    assert stack_settings(config, profile, 0, sip_port=6001).transports == ("udp", "tcp")
+    only_tls = load_config(None, env={}, overrides={"sip.transports": "tls"})
+    assert stack_settings(only_tls, profile, 0, sip_port=6001).transports == ("udp",)
