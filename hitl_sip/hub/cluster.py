@@ -30,7 +30,9 @@ import contextlib
 import itertools
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -61,6 +63,14 @@ ALIVE_TTL = 6  # seconds: a hub silent this long is dead (its mirrored calls are
 
 OnEvent = Callable[[str, str, dict[str, Any]], Awaitable[None]]
 OnCommand = Callable[[str, dict[str, Any], bool], Awaitable[dict[str, Any] | None]]
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A hub's liveness mark: when it was written (that hub's clock, ms) and its calls."""
+
+    at: int
+    calls: frozenset[str]
 
 
 class Cluster:
@@ -222,28 +232,33 @@ class Cluster:
         await self.redis.delete(f"hitl:accept:{call_id}")
 
     async def heartbeat(self, calls: list[str] | None = None) -> None:
-        """Mark this hub alive for ``ALIVE_TTL``, with the ids of the calls it owns (the
-        others drop their copies of calls whose ``call_ended`` they missed)."""
-        await self.redis.set(f"hitl:alive:{self.hub_id}", json.dumps(sorted(calls or [])),
-                             ex=ALIVE_TTL)
+        """Mark this hub alive for ``ALIVE_TTL``, with the ids of the calls it owns and the
+        time of the mark (this hub's clock, ms): the others drop their copies of calls whose
+        ``call_ended`` they missed, judging only by marks written after they saw the call."""
+        mark = {"at": int(time.time() * 1000), "calls": sorted(calls or [])}
+        await self.redis.set(f"hitl:alive:{self.hub_id}", json.dumps(mark), ex=ALIVE_TTL)
 
-    async def alive(self, hubs: set[str]) -> dict[str, set[str] | None]:
+    async def alive(self, hubs: set[str]) -> dict[str, Mark | None]:
         """The hubs of ``hubs`` that marked themselves alive within ``ALIVE_TTL``, each
-        with the calls it owns (None: a mark without the list, or one not understood)."""
+        with its mark (None: a mark not understood — alive, nothing more)."""
         if not hubs:
             return {}
         ordered = sorted(hubs)
         marks = await self.redis.mget([f"hitl:alive:{h}" for h in ordered])
-        found: dict[str, set[str] | None] = {}
-        for hub, mark in zip(ordered, marks, strict=True):
-            if not mark:
+        found: dict[str, Mark | None] = {}
+        for hub, text in zip(ordered, marks, strict=True):
+            if not text:
                 continue
             try:
-                calls = json.loads(mark)
+                value = json.loads(text)
             except ValueError:
-                calls = None
-            ok = isinstance(calls, list) and all(isinstance(c, str) for c in calls)
-            found[hub] = set(calls) if ok else None
+                value = None
+            at = value.get("at") if isinstance(value, dict) else None
+            calls = value.get("calls") if isinstance(value, dict) else None
+            if isinstance(at, int) and isinstance(calls, list):
+                found[hub] = Mark(at, frozenset(c for c in calls if isinstance(c, str)))
+            else:
+                found[hub] = None
         return found
 
     async def presence(self, agent_id: str, state: dict[str, Any] | None) -> None:

@@ -314,10 +314,10 @@ class Hub:
         """Renew this hub's liveness mark (with the calls it owns); end the mirrored calls
         of hubs that lost theirs, and those their owner no longer lists."""
         assert self.cluster is not None
-        # mirrored calls already there at the previous check, and at the one before (a
-        # living owner's mark, renewed every heartbeat, lists them by then)
-        seen: set[str] = set()
-        older: set[str] = set()
+        # mirrored call -> its owner's mark time when this hub first saw the call mirrored:
+        # only a mark written a heartbeat later must list it (a dead hub's last mark, which
+        # lives on for ALIVE_TTL, may predate the call)
+        first_seen: dict[str, int] = {}
         while True:
             await asyncio.sleep(HEARTBEAT)
             owners = {c.hub for c in self.registry.calls.values()
@@ -348,21 +348,24 @@ class Hub:
                     await self._on_cluster_event(hub, "call_ended", {
                         "type": "call_ended", "callId": call_id, "outcome": "hub_lost",
                         "by": "system"})
-            # a living hub that no longer owns a call this hub mirrored since the previous
-            # check: its call_ended was lost (published while Redis was away)
-            for hub, owned in alive.items():
-                if owned is None or hub == self.hub_id:
+            # a living hub that no longer owns a call this hub mirrors: its call_ended was
+            # lost (published while Redis was away), or it restarted
+            calls = self.registry.calls
+            first_seen = {cid: at for cid, at in first_seen.items() if cid in mirrored}
+            for call_id in sorted(mirrored):
+                mark = alive.get(calls[call_id].hub or "") if call_id in calls else None
+                if mark is None:
                     continue
-                calls = self.registry.calls
-                for call_id in sorted(cid for cid in mirrored & seen & older
-                                      if cid in calls and calls[cid].hub == hub
-                                      and cid not in owned):
-                    log.warning("[call %s] cluster: hub %s no longer has it (its end was "
-                                "lost, or the hub restarted): ending it here", call_id, hub)
-                    await self._on_cluster_event(hub, "call_ended", {
-                        "type": "call_ended", "callId": call_id, "outcome": "hub_lost",
-                        "by": "system"})
-            older, seen = seen, mirrored
+                since = first_seen.setdefault(call_id, mark.at)
+                if call_id in mark.calls or mark.at < since + 1.5 * HEARTBEAT * 1000:
+                    continue
+                log.warning("[call %s] cluster: hub %s no longer has it (its end was lost, "
+                            "or the hub restarted): ending it here", call_id,
+                            calls[call_id].hub)
+                first_seen.pop(call_id, None)
+                await self._on_cluster_event(str(calls[call_id].hub), "call_ended", {
+                    "type": "call_ended", "callId": call_id, "outcome": "hub_lost",
+                    "by": "system"})
 
     async def _on_cluster_command(self, call_id: str, message: dict[str, Any],
                                   want_reply: bool) -> dict[str, Any] | None:

@@ -1,5 +1,5 @@
 """The SIP edge as an outsider and as the trunk meet it: a running ``hitl-sip serve`` with
-the Kamailio front before two workers and a trunk profile that allows 127.0.0.1 only, so a
+the Kamailio front before one worker, then two, and a trunk profile that allows 127.0.0.1 only, so a
 client bound to another loopback address (127.0.0.2, 127.0.0.3) is a stranger.
 
 * a Route header never makes the front relay to a target of the sender's choosing, outside
@@ -35,14 +35,17 @@ STRANGER = "127.0.0.2"
 FLOODER = "127.0.0.3"  # its own address: pike blocks it for a while after its flood
 
 
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    home = tmp_path_factory.mktemp("edge")
+@pytest.fixture(scope="module", params=[1, 2], ids=["1-worker", "2-workers"])
+def srv(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest,
+        ) -> Iterator[Server]:
+    """The same edge whatever the number of workers (the front is always there)."""
+    workers = int(request.param)
+    home = tmp_path_factory.mktemp(f"edge-{workers}")
     extra: dict[str, dict[str, Any]] = {
         "front": {"mode": "kamailio", "probe_interval": 1, "pike_window": 2,
                   "pike_density": 20, "trunk_rate": 20},
     }
-    with running_server(home, workers=2, sip={"port": free_port(), "profile": "lab"},
+    with running_server(home, workers=workers, sip={"port": free_port(), "profile": "lab"},
                         worker={"max_calls": 2}, extra=extra,
                         profiles={"lab": trunk_profile()}) as server:
         server.wait_for(lambda: server.health()[1].get("front", {}).get("running"), 15,
