@@ -18,6 +18,7 @@ import uuid
 import wave
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hitl_sip.bot.runner import FlowRunner
@@ -93,6 +94,16 @@ class CallRuntime:
 
     def event(self, kind: str, **data: Any) -> None:
         self.events.append({"type": kind, "at": now_iso(), **data})
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``path`` whole or not at all (a reader never sees half a record), 0600: it
+    holds callers' numbers, headers and digits."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
+    os.replace(tmp, path)
 
 
 def rtp_slice(start: int, end: int, index: int, count: int) -> tuple[int, int]:
@@ -531,8 +542,8 @@ class WorkerService:
                 ],
                 "events": call.events,
             }
-            path = self.recordings / f"{call.call_id}.json"
-            path.write_text(json.dumps(record, indent=2), encoding="utf-8")
+            write_private(self.recordings / f"{call.call_id}.json",
+                          json.dumps(record, indent=2))
         self._notify(CallEndedMsg(call_id=ev.call_id, outcome=ev.outcome, by=by,
                                   status=ev.status, thread_id=call.thread_id or None))
         if not self.calls:
