@@ -82,18 +82,7 @@ class Listener:
 
 
 def answer(wire: SipWire, request: Request, limit: float = 3.0) -> Exchange:
-    """Send ``request`` and read until its final answer (matched by Call-ID) or ``limit``;
-    the front's processes may answer two requests in either order, so no probe is used."""
-    wire.send(request.data)
-    result = Exchange()
-    deadline = time.monotonic() + limit
-    while not any(r.is_final and r.call_id == request.call_id for r in result.responses):
-        got = wire.receive(deadline, result)
-        if got is None:
-            break
-        result.responses.extend(got)
-    result.responses = [r for r in result.responses if r.call_id == request.call_id]
-    return result
+    return wire.final_answer(request, limit)
 
 
 def final_status(wire: SipWire, request: Request) -> int:

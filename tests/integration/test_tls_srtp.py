@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,17 +192,7 @@ def test_the_server_records_what_the_softphone_said(call: Call) -> None:
 
 
 def final_answer(wire: SipWire, request: Request, limit: float = 5.0) -> Exchange:
-    """Send ``request`` and read until its final answer (matched by Call-ID) or ``limit``;
-    the front answers OPTIONS itself, so no probe can order the answers."""
-    wire.send(request.data)
-    result = Exchange()
-    deadline = time.monotonic() + limit
-    while not any(r.is_final and r.call_id == request.call_id for r in result.responses):
-        got = wire.receive(deadline, result)
-        if got is None:
-            break
-        result.responses.extend(got)
-    return result
+    return wire.final_answer(request, limit)
 
 
 @pytest.mark.parametrize(("proto", "status"), [("RTP/AVP", 488), ("RTP/SAVP", 406)],

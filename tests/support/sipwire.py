@@ -466,6 +466,21 @@ class SipWire:
             responses.append(response)
         return responses
 
+    def final_answer(self, request: Request, limit: float = 3.0) -> Exchange:
+        """Send ``request`` and read until its final answer (matched by Call-ID) or
+        ``limit``; a proxy's processes may answer two requests in either order, so no probe
+        is used (unlike :meth:`exchange`)."""
+        self.send(request.data)
+        result = Exchange()
+        deadline = time.monotonic() + limit
+        while not any(r.is_final and r.call_id == request.call_id for r in result.responses):
+            got = self.receive(deadline, result)
+            if got is None:
+                break
+            result.responses.extend(got)
+        result.responses = [r for r in result.responses if r.call_id == request.call_id]
+        return result
+
     def exchange(
         self, payload: bytes | Request, *, timeout: float = 3.0, final_timeout: float = 10.0
     ) -> Exchange:
