@@ -16,10 +16,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import socketio
-from pydantic import ValidationError
 
 from hitl_sip.hub.core import Hub
 from hitl_sip.hub.routing import Router
+from hitl_sip.protocol import worker as cmd
 from hitl_sip.protocol.agent import (
     AcceptCall,
     DeclineCall,
@@ -37,7 +37,6 @@ from hitl_sip.protocol.agent import (
     refuse,
 )
 from hitl_sip.protocol.wire import SocketJson, WireError
-from hitl_sip.protocol.worker import Reply
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +157,7 @@ class AgentNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         refused = self._not_held(agent_id, request.call_id)
         if refused is not None:
             return refused
-        if not await self.hub.command(request.call_id, {"type": "hangup", "by": "agent"}):
+        if not await self.hub.command(cmd.Hangup(call_id=request.call_id, by="agent")):
             return refuse(ErrorCode.UNAVAILABLE, "the call's worker is not reachable")
         return ok()
 
@@ -167,7 +166,7 @@ class AgentNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         refused = self._not_held(agent_id, request.call_id)
         if refused is not None:
             return refused
-        if not await self.hub.command(request.call_id, {"type": "resume"}):
+        if not await self.hub.command(cmd.Resume(call_id=request.call_id)):
             return refuse(ErrorCode.UNAVAILABLE, "the call's worker is not reachable")
         await self.router.release(agent_id, request.call_id)
         return ok()
@@ -177,7 +176,7 @@ class AgentNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         refused = self._not_held(agent_id, request.call_id)
         if refused is not None:
             return refused
-        await self.hub.command(request.call_id, {"type": "mute", "muted": request.muted})
+        await self.hub.command(cmd.Mute(call_id=request.call_id, muted=request.muted))
         return ok()
 
     @handles(WebrtcOffer)
@@ -186,14 +185,9 @@ class AgentNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         if refused is not None:
             return refused
         self.router.renegotiated(agent_id)
-        reply = await self.hub.request(request.call_id,
-                                       {"type": "webrtc_offer", "sdp": request.sdp})
-        if reply is None:
-            return refuse(ErrorCode.UNAVAILABLE, "the call's worker did not answer the offer")
-        try:
-            answer = Reply.model_validate(reply)
-        except ValidationError as e:
-            log.warning("[call %s] a malformed answer to an offer: %s", request.call_id, e)
+        answer = await self.hub.request(cmd.WebrtcOffer(call_id=request.call_id,
+                                                        sdp=request.sdp))
+        if answer is None:
             return refuse(ErrorCode.UNAVAILABLE, "the call's worker did not answer the offer")
         if not answer.ok:
             if answer.error is None:
@@ -211,7 +205,7 @@ class AgentNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         refused = self._not_held(agent_id, request.call_id)
         if refused is not None:
             return refused
-        await self.hub.command(request.call_id, {
-            "type": "webrtc_candidate", "candidate": request.candidate,
-            "sdpMid": request.sdp_mid, "sdpMLineIndex": request.sdp_m_line_index})
+        await self.hub.command(cmd.WebrtcCandidate(
+            call_id=request.call_id, candidate=request.candidate, sdp_mid=request.sdp_mid,
+            sdp_m_line_index=request.sdp_m_line_index))
         return ok()

@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from hitl_sip.hub.core import Hub
-from hitl_sip.protocol.worker import CallState
+from hitl_sip.protocol.worker import CallState, Handoff
 
 HUB = web.AppKey("hub", Hub)
 AGENT_VERIFY = web.AppKey("agent_verify", object)
@@ -90,7 +90,7 @@ async def handoff(request: web.Request) -> web.Response:
     reason = body.get("reason", "api")
     if not isinstance(reason, str) or len(reason) > 200:
         return error("bad_request", "reason must be a string of at most 200 characters", 400)
-    if not await hub.command(call_id, {"type": "handoff", "reason": reason}):
+    if not await hub.command(Handoff(call_id=call_id, reason=reason)):
         return error("unavailable", "the call's worker is not reachable", 503)
     return web.json_response({"ok": True})
 

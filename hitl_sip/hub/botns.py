@@ -19,6 +19,7 @@ import socketio
 
 from hitl_sip.hub.core import Hub
 from hitl_sip.protocol import bot
+from hitl_sip.protocol import worker as cmd
 from hitl_sip.protocol.agent import ErrorCode, Event, Request, ok, parse_request, refuse
 from hitl_sip.protocol.wire import SocketJson, WireError
 from hitl_sip.protocol.worker import Caller, CallState
@@ -88,7 +89,7 @@ class BotNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         refused = self._unknown(request.call_id) or self._with_bot(request.call_id)
         if refused is not None:
             return refused
-        return await self._send(request.call_id, {"type": "say", "text": request.text})
+        return await self._send(cmd.Say(call_id=request.call_id, text=request.text))
 
     @handles(bot.Handoff)
     async def on_handoff(self, request: bot.Handoff) -> dict[str, Any]:
@@ -96,17 +97,17 @@ class BotNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         if refused is not None:
             return refused
         reason = (request.reason or "external")[:200]
-        return await self._send(request.call_id, {"type": "handoff", "reason": reason})
+        return await self._send(cmd.Handoff(call_id=request.call_id, reason=reason))
 
     @handles(bot.Hangup)
     async def on_hangup(self, request: bot.Hangup) -> dict[str, Any]:
         refused = self._unknown(request.call_id)
         if refused is not None:
             return refused
-        return await self._send(request.call_id, {"type": "hangup"})
+        return await self._send(cmd.Hangup(call_id=request.call_id))
 
-    async def _send(self, call_id: str, message: dict[str, Any]) -> dict[str, Any]:
-        if await self.hub.command(call_id, message):
+    async def _send(self, command: cmd.HubCommand) -> dict[str, Any]:
+        if await self.hub.command(command):
             return ok()
         return refuse(ErrorCode.UNAVAILABLE, "the call's worker is not reachable")
 

@@ -43,11 +43,14 @@ from redis.exceptions import RedisError
 from hitl_sip.protocol.cluster import (
     REPLICATED,
     ClusterEvent,
+    ClusterMessage,
     CommandReply,
     CommandRequest,
+    HubEvent,
     parse_cluster_message,
 )
 from hitl_sip.protocol.wire import WireError
+from hitl_sip.protocol.worker import HubCommand, Reply
 from hitl_sip.supervise import supervised
 
 log = logging.getLogger(__name__)
@@ -61,8 +64,9 @@ HEARTBEAT = 2.0  # seconds between a hub's "alive" marks
 ALIVE_TTL = 6  # seconds: a hub silent this long is dead (its mirrored calls are ended)
 
 
-OnEvent = Callable[[str, str, dict[str, Any]], Awaitable[None]]
-OnCommand = Callable[[str, dict[str, Any], bool], Awaitable[dict[str, Any] | None]]
+OnEvent = Callable[[str, HubEvent, str | None], Awaitable[None]]  # hub, event, its worker
+#: a command from another hub, and whether it wants the worker's reply → sent / the reply
+OnCommand = Callable[[HubCommand, bool], Awaitable[bool | Reply | None]]
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,7 @@ class Cluster:
         self._pubsub: Any = None
         self._task: asyncio.Task[None] | None = None
         self._ids = itertools.count(1)
-        self._waiting: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
+        self._waiting: dict[str, asyncio.Future[CommandReply]] = {}
         self.on_event: OnEvent | None = None
         self.on_command: OnCommand | None = None
         self._handlers: set[asyncio.Task[Any]] = set()
@@ -118,9 +122,11 @@ class Cluster:
 
     # -- events -----------------------------------------------------------------------------
 
-    async def publish(self, event: str, data: dict[str, Any]) -> None:
-        await self.redis.publish(EVENTS, json.dumps({"hub": self.hub_id, "event": event,
-                                                     "data": data}))
+    async def publish(self, message: HubEvent, worker_id: str | None = None) -> None:
+        """Tell the other hubs about a call event (``worker_id``: the owning worker, for
+        ``call_started``)."""
+        await self.redis.publish(EVENTS, ClusterEvent(
+            hub=self.hub_id, worker_id=worker_id, message=message).dumps())
 
     async def _subscribe(self) -> Any:
         pubsub = self.redis.pubsub()
@@ -176,46 +182,48 @@ class Cluster:
             self._handlers.add(task)
             task.add_done_callback(self._handlers.discard)
 
-    async def _handle(self, body: ClusterEvent | CommandRequest | CommandReply) -> None:
+    async def _handle(self, body: ClusterMessage) -> None:
         """Apply one validated message; any error is contained here (logged, counted):
         the listener and the other messages go on."""
         try:
             if isinstance(body, ClusterEvent):
                 if body.hub != self.hub_id and self.on_event is not None:
-                    await self.on_event(body.hub, body.event, dict(body.data))
+                    await self.on_event(body.hub, body.message, body.worker_id)
             elif isinstance(body, CommandReply):
                 future = self._waiting.get(body.id)
                 if future is not None and not future.done():
-                    future.set_result(dict(body.reply) if body.reply is not None else None)
+                    future.set_result(body)
             elif self.on_command is not None:
-                reply = await self.on_command(body.call_id, dict(body.message), body.want_reply)
-                await self.redis.publish(self._channel(body.sender),
-                                         json.dumps({"id": body.id, "reply": reply}))
+                outcome = await self.on_command(body.command, body.want_reply)
+                reply = outcome if isinstance(outcome, Reply) else None
+                answer = CommandReply(id=body.id, sent=outcome is True or reply is not None,
+                                      reply=reply)
+                await self.redis.publish(self._channel(body.sender), answer.dumps())
         except Exception:
             self.failed += 1
             log.exception("cluster: a message could not be applied")
 
     # -- commands to another hub's worker ------------------------------------------------------
 
-    async def command(self, owner: str, call_id: str, message: dict[str, Any], *,
-                      want_reply: bool, wait: float = 10.0) -> dict[str, Any] | None:
-        """Ask hub ``owner`` to send ``message`` to the call's worker; its answer is
-        ``{"sent": bool}`` or, with ``want_reply``, the worker's reply (None: no answer)."""
+    async def command(self, owner: str, command: HubCommand, *,
+                      want_reply: bool, wait: float = 10.0) -> CommandReply | None:
+        """Ask hub ``owner`` to send ``command`` to the call's worker; its answer says
+        whether it was sent and, with ``want_reply``, carries the worker's reply (None: no
+        answer)."""
         request_id = f"{self.hub_id}:{next(self._ids)}"
-        future: asyncio.Future[dict[str, Any] | None] = (
-            asyncio.get_running_loop().create_future())
+        future: asyncio.Future[CommandReply] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = future
         try:
-            await self.redis.publish(self._channel(owner), json.dumps({
-                "id": request_id, "from": self.hub_id, "callId": call_id, "message": message,
-                "wantReply": want_reply}))
+            await self.redis.publish(self._channel(owner), CommandRequest(
+                id=request_id, sender=self.hub_id, command=command,
+                want_reply=want_reply).dumps())
             return await asyncio.wait_for(future, wait)
         except TimeoutError:
-            log.warning("[call %s] hub %s did not answer %s in %.0fs", call_id, owner,
-                        message.get("type"), wait)
+            log.warning("[call %s] hub %s did not answer %s in %.0fs", command.call_id,
+                        owner, command.type, wait)
             return None
         except (ConnectionError, OSError, RedisError) as e:
-            log.warning("[call %s] %s not sent to hub %s: %s", call_id, message.get("type"),
+            log.warning("[call %s] %s not sent to hub %s: %s", command.call_id, command.type,
                         owner, e)
             return None
         finally:

@@ -23,10 +23,10 @@ from typing import Any
 from hitl_sip.config import Config
 from hitl_sip.hub.alive5 import Outbox
 from hitl_sip.hub.calls import CallRecord, Handoff
-from hitl_sip.hub.cluster import HEARTBEAT, REPLICATED, Cluster, RedisError
+from hitl_sip.hub.cluster import HEARTBEAT, Cluster, RedisError
 from hitl_sip.hub.registry import WorkerRegistry
 from hitl_sip.hub.threads import ThreadStore, Turn
-from hitl_sip.protocol.wire import WireError
+from hitl_sip.protocol.cluster import Accepted, HubEvent, replicated
 from hitl_sip.protocol.worker import (
     CallConnected,
     CallEndedMsg,
@@ -36,19 +36,24 @@ from hitl_sip.protocol.worker import (
     CallSummary,
     DtmfMsg,
     HandoffRequested,
+    HubCommand,
     Interim,
     PeerLost,
+    QueueTimeout,
     Reply,
     SessionStateMsg,
     TurnMsg,
+    WebrtcCandidate,
+    WebrtcOffer,
     WorkerMessage,
-    parse_command,
 )
 from hitl_sip.supervise import restart_counter, supervised
 
 log = logging.getLogger(__name__)
 
-Listener = Callable[[str, dict[str, Any]], Awaitable[None]]
+Listener = Callable[[str, dict[str, Any]], Awaitable[None]]  # event, its wire form
+#: the commands a worker answers with a Reply (they carry a requestId)
+Request = WebrtcOffer | WebrtcCandidate
 
 ORPHAN_WORKERS_WAIT = 120.0  # seconds a restarted hub waits for its workers before sweeping
 CALL_STATES = tuple(state.value for state in CallState)
@@ -61,7 +66,7 @@ class Hub:
         self.store = store
         self._listeners: list[Listener] = []
         self._queue_timers: dict[str, asyncio.TimerHandle] = {}
-        self._replies: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._replies: dict[str, asyncio.Future[Reply]] = {}
         self._request_ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
         m = registry.metrics
@@ -187,42 +192,37 @@ class Hub:
         hub = call.hub if call else None
         return hub if hub and hub != self.hub_id else None
 
-    async def command(self, call_id: str, message: dict[str, Any]) -> bool:
-        """Send a command about ``call_id`` to the worker that owns it (through its hub when
-        another hub owns the call)."""
+    async def command(self, command: HubCommand) -> bool:
+        """Send ``command`` to the worker that owns its call (through the owning hub when
+        another hub owns the call); False when it cannot be delivered."""
+        call_id = command.call_id
         call = self.registry.calls.get(call_id)
         if call is None:
             return False
         owner = self._owner(call_id)
         if owner is not None and self.cluster is not None:
-            reply = await self.cluster.command(owner, call_id, message, want_reply=False)
-            return bool(reply and reply.get("sent"))
-        try:
-            command = parse_command({**message, "callId": call_id})
-        except WireError as e:
-            log.error("[call %s] a %s command not sent: %s", call_id, message.get("type"), e)
-            return False
-        return await self.registry.send(call.worker_id, command.wire())
+            answer = await self.cluster.command(owner, command, want_reply=False)
+            return answer is not None and answer.sent
+        return await self.registry.send(call.worker_id, command)
 
-    async def request(
-        self, call_id: str, message: dict[str, Any], wait: float = 10.0
-    ) -> dict[str, Any] | None:
-        """A command whose worker answers with a ``reply``; None when it cannot be reached
-        or does not answer in time."""
+    async def request(self, command: Request, wait: float = 10.0) -> Reply | None:
+        """A command the worker answers with a :class:`Reply`; None when it cannot be
+        reached or does not answer in time."""
+        call_id = command.call_id
         owner = self._owner(call_id)
         if owner is not None and self.cluster is not None:
-            return await self.cluster.command(owner, call_id, message, want_reply=True,
-                                              wait=wait)
+            answer = await self.cluster.command(owner, command, want_reply=True, wait=wait)
+            return answer.reply if answer is not None else None
         request_id = f"r{next(self._request_ids)}"
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._replies[request_id] = future
         try:
-            if not await self.command(call_id, {**message, "requestId": request_id}):
+            if not await self.command(command.model_copy(update={"request_id": request_id})):
                 return None
             return await asyncio.wait_for(future, wait)
         except TimeoutError:
             log.warning("[call %s] the worker did not answer %s in %.0fs", call_id,
-                        message.get("type"), wait)
+                        command.type, wait)
             return None
         finally:
             self._replies.pop(request_id, None)
@@ -235,7 +235,7 @@ class Hub:
         message contradicts what the hub knows."""
         data = {"type": message.type, **message.body()}
         await self._apply(worker_id, message, data)
-        await self._replicate(worker_id, data)
+        await self._replicate(worker_id, message)
 
     async def _apply(self, worker_id: str, typed: WorkerMessage, data: dict[str, Any]) -> None:
         """Dispatch on the validated model; ``data`` is its wire form, what listeners get."""
@@ -243,7 +243,7 @@ class Hub:
             case Reply():
                 future = self._replies.get(typed.request_id)
                 if future is not None and not future.done():
-                    future.set_result(data)
+                    future.set_result(typed)
             case TurnMsg():
                 await self._on_turn(typed, data)
             case SessionStateMsg():
@@ -271,44 +271,45 @@ class Hub:
 
     # -- other hubs (cluster) ---------------------------------------------------------------
 
-    async def _replicate(self, worker_id: str, message: dict[str, Any]) -> None:
-        kind = str(message.get("type"))
-        if self.cluster is None or kind not in REPLICATED:
+    async def _replicate(self, worker_id: str, message: WorkerMessage) -> None:
+        if self.cluster is None or not replicated(message):
             return
-        call_id = str(message.get("callId"))
-        data = dict(message)
-        if kind == "call_started":
-            data["workerId"] = worker_id
         try:
-            if kind in ("handoff_requested", "call_ended"):
-                await self.cluster.unclaim(call_id)  # queued again, or over: claimable again
-            await self.cluster.publish(kind, data)
+            if isinstance(message, HandoffRequested | CallEndedMsg):
+                # queued again, or over: claimable again
+                await self.cluster.unclaim(message.call_id)
+            await self.cluster.publish(
+                message, worker_id if isinstance(message, CallStarted) else None)
         except (ConnectionError, OSError, RedisError) as e:
-            log.error("[call %s] cluster: %s not published: %s", call_id, kind, e)
+            log.error("[call %s] cluster: %s not published: %s", message.call_id,
+                      message.type, e)
 
-    async def _on_cluster_event(self, hub: str, event: str, data: dict[str, Any]) -> None:
-        """Another hub's call event: mirror the call, tell the listeners (routing)."""
-        call_id = str(data.get("callId"))
+    async def _on_cluster_event(self, hub: str, message: HubEvent,
+                                worker_id: str | None = None) -> None:
+        """Another hub's call event (validated: hitl_sip.protocol.cluster): mirror the
+        call, tell the listeners (routing)."""
+        call_id = message.call_id
         calls = self.registry.calls
-        if event == "call_started":
-            # another hub's worker ids may equal ours: keep them apart (the data was
-            # validated as a call_started when it arrived: hitl_sip.protocol.cluster)
-            summary = CallSummary.model_validate(
-                {k: v for k, v in data.items() if k not in ("type", "workerId", "linkSeq")})
-            calls[call_id] = CallRecord.from_summary(
-                summary, f"{hub}/{data.get('workerId')}", hub=hub)
-        elif event == "handoff_requested" and call_id in calls:
-            handoff = HandoffRequested.model_validate(
-                {k: v for k, v in data.items() if k not in ("type", "linkSeq")})
-            self._queued(calls[call_id], handoff)
-        elif event == "session_state" and call_id in calls:
-            calls[call_id].state = CallState(str(data.get("state")))
-        elif event == "call_ended":
-            await self._publish(event, data)
-            calls.pop(call_id, None)
-            return
-        if event == "accepted" or call_id in calls:
-            await self._publish(event, data)
+        data = {"type": message.type, **message.body()}
+        match message:
+            case CallStarted():
+                # another hub's worker ids may equal ours: keep them apart
+                summary = CallSummary.model_validate(message.model_dump(
+                    exclude={"type", "link_seq"}))
+                calls[call_id] = CallRecord.from_summary(summary, f"{hub}/{worker_id}",
+                                                         hub=hub)
+            case HandoffRequested() if call_id in calls:
+                self._queued(calls[call_id], message)
+            case SessionStateMsg() if call_id in calls:
+                calls[call_id].state = message.state
+            case CallEndedMsg():
+                await self._publish(message.type, data)
+                calls.pop(call_id, None)
+                return
+            case _:
+                pass
+        if isinstance(message, Accepted) or call_id in calls:
+            await self._publish(message.type, data)
 
     async def _watch_hubs(self) -> None:
         """Renew this hub's liveness mark (with the calls it owns); end the mirrored calls
@@ -345,9 +346,8 @@ class Hub:
                 log.warning("cluster: hub %s is gone: ending the %d calls it owned", hub,
                             len(lost))
                 for call_id in lost:
-                    await self._on_cluster_event(hub, "call_ended", {
-                        "type": "call_ended", "callId": call_id, "outcome": "hub_lost",
-                        "by": "system"})
+                    await self._on_cluster_event(hub, CallEndedMsg(
+                        call_id=call_id, outcome="hub_lost", by="system"))
             # a living hub that no longer owns a call this hub mirrors: its call_ended was
             # lost (published while Redis was away), or it restarted
             calls = self.registry.calls
@@ -363,19 +363,22 @@ class Hub:
                             "or the hub restarted): ending it here", call_id,
                             calls[call_id].hub)
                 first_seen.pop(call_id, None)
-                await self._on_cluster_event(str(calls[call_id].hub), "call_ended", {
-                    "type": "call_ended", "callId": call_id, "outcome": "hub_lost",
-                    "by": "system"})
+                await self._on_cluster_event(str(calls[call_id].hub), CallEndedMsg(
+                    call_id=call_id, outcome="hub_lost", by="system"))
 
-    async def _on_cluster_command(self, call_id: str, message: dict[str, Any],
-                                  want_reply: bool) -> dict[str, Any] | None:
-        """Another hub asks this one's worker something about a call it owns."""
+    async def _on_cluster_command(self, command: HubCommand,
+                                  want_reply: bool) -> bool | Reply | None:
+        """Another hub asks this one's worker something about a call it owns: whether the
+        command was sent, or (``want_reply``) the worker's reply."""
+        call_id = command.call_id
         if self._owner(call_id) is not None or call_id not in self.registry.calls:
-            return None if want_reply else {"sent": False}
-        message.pop("requestId", None)
+            return None if want_reply else False
         if want_reply:
-            return await self.request(call_id, message)
-        return {"sent": await self.command(call_id, message)}
+            if not isinstance(command, WebrtcOffer | WebrtcCandidate):
+                log.warning("[call %s] cluster: no reply exists for %s", call_id, command.type)
+                return None
+            return await self.request(command.model_copy(update={"request_id": None}))
+        return await self.command(command)
 
     async def worker_lost(self, worker_id: str) -> None:
         """The worker's process died: its calls are over. Each ends as if the worker had said
@@ -461,4 +464,4 @@ class Hub:
         log.info("[call %s] no agent took the call: back to the bot", call_id)
         self.queue_timeouts.inc()
         with contextlib.suppress(ConnectionError):
-            await self.command(call_id, {"type": "queue_timeout"})
+            await self.command(QueueTimeout(call_id=call_id))

@@ -14,6 +14,7 @@ from hitl_sip.protocol.worker import (
     CallEndedMsg,
     CallStarted,
     Hello,
+    HubCommand,
     Status,
     WorkerMessage,
 )
@@ -114,13 +115,13 @@ class WorkerRegistry:
         self._refresh()
         return state
 
-    async def send(self, worker_id: str, message: dict[str, Any]) -> bool:
+    async def send(self, worker_id: str, message: HubCommand) -> bool:
         """Send a command to a connected worker; False when it is not connected."""
         state = self.workers.get(worker_id)
         if state is None or not state.connected or state.send_json is None:
             return False
         try:
-            await state.send_json(message)
+            await state.send_json(message.wire())
         except (ConnectionError, RuntimeError):
             return False
         return True

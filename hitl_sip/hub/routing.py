@@ -36,6 +36,8 @@ from hitl_sip.protocol.agent import (
     ok,
     refuse,
 )
+from hitl_sip.protocol.cluster import Accepted
+from hitl_sip.protocol.worker import AgentJoined, AgentLeft
 
 if TYPE_CHECKING:
     from hitl_sip.hub.core import Hub as HubLike
@@ -297,10 +299,10 @@ class Router:
         self.hub.registry.calls[call_id].agent_id = agent_id
         if cluster is not None:
             try:
-                await cluster.publish("accepted", {"callId": call_id, "agentId": agent_id})
+                await cluster.publish(Accepted(call_id=call_id, agent_id=agent_id))
             except (ConnectionError, OSError, RedisError) as e:
                 log.warning("[call %s] cluster: accepted not published: %s", call_id, e)
-        await self.hub.command(call_id, {"type": "agent_joined", "agentId": agent_id})
+        await self.hub.command(AgentJoined(call_id=call_id, agent_id=agent_id))
         await self._push_state(agent)
         return ok()
 
@@ -373,7 +375,7 @@ class Router:
             call.agent_id = None
         await self._to_agent(agent, CallEnded(call_id=call_id, reason="media_lost",
                                               by=EndedBy.SYSTEM))
-        await self.hub.command(call_id, {"type": "agent_left", "agentId": agent_id})
+        await self.hub.command(AgentLeft(call_id=call_id, agent_id=agent_id))
         await self._push_state(agent)
         offer.offered = {agent_id}  # ring the others first
         await self._advance(offer)
@@ -392,7 +394,7 @@ class Router:
         call = self.hub.registry.calls.get(call_id)
         if call is not None:
             call.agent_id = None
-        await self.hub.command(call_id, {"type": "agent_left", "agentId": agent_id})
+        await self.hub.command(AgentLeft(call_id=call_id, agent_id=agent_id))
         await self.offer(call_id)
 
     # -- hub events -----------------------------------------------------------------------

@@ -39,7 +39,7 @@ from hitl_sip.protocol.worker import (
     Role,
     Short,
     TranscriptLine,
-    _camel,
+    camel,
 )
 
 MAX_MESSAGE = 300  # an error message's length: it may quote the keys of a client's object
@@ -79,7 +79,7 @@ class EndedBy(StrEnum):
 class SocketModel(BaseModel):
     """Base of every Socket.IO payload: frozen, camelCase on the wire."""
 
-    model_config = ConfigDict(frozen=True, populate_by_name=True, alias_generator=_camel)
+    model_config = ConfigDict(frozen=True, populate_by_name=True, alias_generator=camel)
 
     event: ClassVar[str] = ""  # the Socket.IO event that carries it ("" for an ack)
 

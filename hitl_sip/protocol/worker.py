@@ -49,7 +49,7 @@ class Role(StrEnum):
     AGENT = "agent"
 
 
-def _camel(name: str) -> str:
+def camel(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(part.title() for part in rest)
 
@@ -58,7 +58,7 @@ class Msg(BaseModel):
     """Base of every link message: frozen, camelCase aliases, unknown fields refused."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True,
-                              alias_generator=_camel)
+                              alias_generator=camel)
 
     def wire(self) -> dict[str, Any]:
         """The JSON object sent on the link."""

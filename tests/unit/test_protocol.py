@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
+from hitl_sip.protocol import cluster as c
 from hitl_sip.protocol import worker as w
 from hitl_sip.protocol.wire import MAX_DEPTH, SocketJson, WireError, depth, loads
 from hitl_sip.protocol.worker import (
@@ -90,6 +91,43 @@ def test_a_hub_message_round_trips_through_the_wire(message: w.Msg) -> None:
     assert parse_hub_message(json.dumps(message.wire())) == message
 
 
+CLUSTER: list[c.ClusterEvent | c.CommandRequest | c.CommandReply] = [
+    *[c.ClusterEvent(hub="hub-a", message=m, worker_id="w1" if m.type == "call_started" else None)
+      for m in EXAMPLES if c.replicated(m)],
+    c.ClusterEvent(hub="hub-a", message=c.Accepted(call_id="c1", agent_id="alice")),
+    *[c.CommandRequest(id=f"hub-b:{i}", sender="hub-b", command=m, want_reply=i % 2 == 0)
+      for i, m in enumerate(COMMANDS) if not isinstance(m, w.Ack)],
+    c.CommandReply(id="hub-b:1", sent=True),
+    c.CommandReply(id="hub-b:2", sent=True, reply=w.Reply(request_id="r1", call_id="c1",
+                                                         ok=True, sdp="v=0\r\n")),
+]
+
+
+def test_every_replicated_event_and_hub_command_crosses_redis_typed() -> None:
+    kinds = {e.message.type for e in CLUSTER if isinstance(e, c.ClusterEvent)}
+    assert kinds == c.REPLICATED | c.HUB_EVENTS
+    for envelope in CLUSTER:
+        assert c.parse_cluster_message(envelope.dumps()) == envelope
+
+
+@pytest.mark.parametrize(("payload", "where"), [
+    ('{"kind": "event", "hub": "h", "message": {"type": "call_started", "callId": "c", '
+     '"threadId": "t"}}', "call_started names its workerId"),
+    ('{"kind": "event", "hub": "h", "message": {"type": "hello", "workerId": "w"}}',
+     "does not match any of the expected tags"),
+    ('{"kind": "command", "id": "1", "sender": "h", "command": {"type": "hangup"}}',
+     "command.hangup.callId: Field required"),
+    ('{"kind": "command", "id": "1", "sender": "h", "command": {"type": "hangup", '
+     '"callId": "c", "by": "stranger"}}', "command.hangup.by"),
+    ('{"hub": "h", "event": "call_ended", "data": {}}', "Unable to extract tag"),
+])
+def test_a_forged_redis_message_is_refused_precisely(payload: str, where: str) -> None:
+    with pytest.raises(WireError) as info:
+        c.parse_cluster_message(payload)
+    assert info.value.reason == "bad_message"
+    assert where in str(info.value)
+
+
 def test_wire_names_are_camel_case_as_in_the_external_contracts() -> None:
     wire = w.WebrtcCandidate(call_id="c", sdp_mid="0", sdp_m_line_index=1).wire()
     assert set(wire) == {"type", "callId", "candidate", "sdpMid", "sdpMLineIndex", "requestId"}
@@ -140,15 +178,20 @@ JSON = st.recursive(
 TYPES = st.sampled_from(sorted(
     [m.model_fields["type"].default for m in union_members(WorkerMessage)]
     + [m.model_fields["type"].default for m in union_members(HubMessage)] + ["x"]))
+KINDS = st.sampled_from(["event", "command", "reply", "x"])
 
 
 @settings(max_examples=300, deadline=None)
-@given(value=JSON, kind=TYPES, extra=st.dictionaries(st.text(max_size=12), JSON, max_size=6))
-def test_random_json_gets_a_typed_answer_from_every_edge(value: Any, kind: str,
+@given(value=JSON, kind=TYPES, envelope=KINDS,
+       extra=st.dictionaries(st.text(max_size=12), JSON, max_size=6))
+def test_random_json_gets_a_typed_answer_from_every_edge(value: Any, kind: str, envelope: str,
                                                          extra: dict[str, Any]) -> None:
-    for candidate in (value, {"type": kind, **extra}, {"type": kind, "callId": value}):
+    message = {"type": kind, **extra}
+    for candidate in (value, message, {"type": kind, "callId": value},
+                      {"kind": envelope, "hub": "h", "id": "1", "sender": "h",
+                       "message": message, "command": message, "reply": value, **extra}):
         text = json.dumps(candidate)
-        for parse in (parse_worker_message, parse_hub_message):
+        for parse in (parse_worker_message, parse_hub_message, c.parse_cluster_message):
             try:
                 parse(text)
             except WireError as e:

@@ -19,6 +19,7 @@ from hitl_sip.hub.botns import BotNamespace
 from hitl_sip.hub.calls import CallRecord
 from hitl_sip.protocol import agent as a
 from hitl_sip.protocol import bot as b
+from hitl_sip.protocol import worker as w
 from hitl_sip.protocol.agent import MAX_MESSAGE, Request, SocketModel, parse_request
 from hitl_sip.protocol.wire import MAX_DEPTH, REFUSED_EVENT, SocketJson, WireError
 from hitl_sip.protocol.worker import Caller, CallState, Role, TranscriptLine
@@ -253,9 +254,9 @@ class FakeHub:
 
     def __init__(self) -> None:
         self.registry = FakeRegistry()
-        self.commands: list[tuple[str, dict[str, Any]]] = []
+        self.commands: list[w.HubCommand] = []
         self.listeners: list[Any] = []
-        self.reply: dict[str, Any] | None = None
+        self.reply: w.Reply | None = None
 
     def subscribe(self, listener: Any) -> None:
         self.listeners.append(listener)
@@ -264,12 +265,12 @@ class FakeHub:
         for listener in self.listeners:
             await listener(event, data)
 
-    async def command(self, call_id: str, message: dict[str, Any]) -> bool:
-        self.commands.append((call_id, message))
-        return call_id in self.registry.calls
+    async def command(self, command: w.HubCommand) -> bool:
+        self.commands.append(command)
+        return command.call_id in self.registry.calls
 
-    async def request(self, call_id: str, message: dict[str, Any]) -> dict[str, Any] | None:
-        self.commands.append((call_id, message))
+    async def request(self, command: w.WebrtcOffer | w.WebrtcCandidate) -> w.Reply | None:
+        self.commands.append(command)
         return self.reply
 
 
@@ -399,23 +400,22 @@ async def test_the_holding_agent_s_requests_reach_the_worker_typed(rig: Rig) -> 
     assert await rig.ask("mute", {"callId": "c1", "muted": True}) == {"ok": True}
     assert await rig.ask("webrtc_candidate", {"callId": "c1", "candidate": None,
                                               "sdpMid": "0", "sdpMLineIndex": 0}) == {"ok": True}
-    rig.hub.reply = {"type": "reply", "requestId": "r1", "callId": "c1", "ok": True,
-                     "sdp": SDP, "error": None}
+    rig.hub.reply = w.Reply(request_id="r1", call_id="c1", ok=True, sdp=SDP)
     assert await rig.ask("webrtc_offer", {"callId": "c1", "sdp": SDP}) == {"ok": True,
                                                                            "sdp": SDP}
-    rig.hub.reply = {"type": "reply", "requestId": "r2", "callId": "c1", "ok": False,
-                     "error": {"code": "no_media", "message": "no audio section"}}
+    rig.hub.reply = w.Reply(request_id="r2", call_id="c1", ok=False,
+                            error=w.ErrorBody(code="no_media", message="no audio section"))
     assert await rig.ask("webrtc_offer", {"callId": "c1", "sdp": SDP}) == {
         "ok": False, "error": {"code": "bad_request", "message": "no audio section"}}
-    rig.hub.reply = {"garbled": True}
+    rig.hub.reply = None  # the worker did not answer in time
     refused = await rig.ask("webrtc_offer", {"callId": "c1", "sdp": SDP})
     assert refused["error"]["code"] == "unavailable"
     assert await rig.ask("hangup", {"callId": "c1"}) == {"ok": True}
-    assert [m for _, m in rig.hub.commands if m["type"] != "agent_joined"] == [
-        {"type": "mute", "muted": True},
-        {"type": "webrtc_candidate", "candidate": None, "sdpMid": "0", "sdpMLineIndex": 0},
-        {"type": "webrtc_offer", "sdp": SDP}, {"type": "webrtc_offer", "sdp": SDP},
-        {"type": "webrtc_offer", "sdp": SDP}, {"type": "hangup", "by": "agent"}]
+    offer = w.WebrtcOffer(call_id="c1", sdp=SDP)
+    assert [m for m in rig.hub.commands if m.type != "agent_joined"] == [
+        w.Mute(call_id="c1", muted=True),
+        w.WebrtcCandidate(call_id="c1", candidate=None, sdp_mid="0", sdp_m_line_index=0),
+        offer, offer, offer, w.Hangup(call_id="c1", by="agent")]
     assert rig.refused == []
 
 
@@ -458,9 +458,9 @@ async def test_engine_requests_are_parsed_then_checked_against_the_call(rig: Rig
         "ok": True}
     assert await rig.bots.on_hangup("sid-e", {"callId": "c1"}, "a second argument") == {
         "ok": True}
-    assert [m for _, m in rig.hub.commands] == [
-        {"type": "say", "text": "hi"}, {"type": "handoff", "reason": "external"},
-        {"type": "handoff", "reason": "r" * 200}, {"type": "hangup"}]
+    assert rig.hub.commands == [
+        w.Say(call_id="c1", text="hi"), w.Handoff(call_id="c1", reason="external"),
+        w.Handoff(call_id="c1", reason="r" * 200), w.Hangup(call_id="c1")]
     assert rig.refused == ["bad_message"]
 
 

@@ -11,7 +11,14 @@ import pytest
 
 from hitl_sip.hub.calls import CallRecord
 from hitl_sip.hub.routing import Router
-from hitl_sip.protocol.worker import Caller, Role, TranscriptLine
+from hitl_sip.protocol.worker import (
+    AgentJoined,
+    AgentLeft,
+    Caller,
+    HubCommand,
+    Role,
+    TranscriptLine,
+)
 
 
 class FakeRegistry:
@@ -23,14 +30,14 @@ class FakeHub:
     cluster = None  # a single hub
     def __init__(self) -> None:
         self.registry = FakeRegistry()
-        self.commands: list[tuple[str, dict[str, Any]]] = []
+        self.commands: list[HubCommand] = []
         self.listeners: list[Callable[[str, dict[str, Any]], Awaitable[None]]] = []
 
     def subscribe(self, listener: Callable[[str, dict[str, Any]], Awaitable[None]]) -> None:
         self.listeners.append(listener)
 
-    async def command(self, call_id: str, message: dict[str, Any]) -> bool:
-        self.commands.append((call_id, message))
+    async def command(self, command: HubCommand) -> bool:
+        self.commands.append(command)
         return True
 
     async def publish(self, event: str, data: dict[str, Any]) -> None:
@@ -87,7 +94,7 @@ async def test_first_accept_wins_and_the_others_are_cancelled() -> None:
     assert rig.got("sid-alice", "call_cancelled") == [
         {"callId": "c1", "reason": "answered_elsewhere"}]
     assert rig.router.agents["bob"].state()["status"] == "busy"
-    assert ("c1", {"type": "agent_joined", "agentId": "bob"}) in rig.hub.commands
+    assert AgentJoined(call_id="c1", agent_id="bob") in rig.hub.commands
 
 
 async def test_an_agent_cannot_act_on_a_call_not_offered_to_it() -> None:
@@ -177,7 +184,7 @@ async def test_the_winner_vanishing_requeues_the_call_to_the_others() -> None:
     await rig.router.accept("alice", "c1")
     await rig.router.disconnected("sid-alice", "alice")
     await asyncio.sleep(0.1)  # the reconnect grace (0.05 s) runs out
-    assert ("c1", {"type": "agent_left", "agentId": "alice"}) in rig.hub.commands
+    assert AgentLeft(call_id="c1", agent_id="alice") in rig.hub.commands
     assert len(rig.got("sid-bob", "incoming_call")) == 2, "bob is offered the call again"
 
 
@@ -189,7 +196,7 @@ async def test_a_winner_who_reconnects_within_the_grace_keeps_the_call() -> None
     await rig.router.disconnected("sid-alice", "alice")
     await rig.router.connected("sid-alice-2", "alice", "Alice")
     await asyncio.sleep(0.3)
-    assert not [c for c in rig.hub.commands if c[1]["type"] == "agent_left"]
+    assert not [c for c in rig.hub.commands if isinstance(c, AgentLeft)]
     assert rig.router.offers["c1"].accepted_by == "alice"
 
 
@@ -211,7 +218,7 @@ async def test_lost_media_requeues_the_call_unless_the_agent_renegotiates() -> N
     await asyncio.sleep(0.1)
     assert rig.got("sid-alice", "call_ended") == [
         {"callId": "c1", "reason": "media_lost", "by": "system"}]
-    assert ("c1", {"type": "agent_left", "agentId": "alice"}) in rig.hub.commands
+    assert AgentLeft(call_id="c1", agent_id="alice") in rig.hub.commands
     assert len(rig.got("sid-bob", "incoming_call")) == 2, "bob is rung again"
     assert rig.router.agents["alice"].state()["status"] == "available"
 
