@@ -10,12 +10,23 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated
 
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hitl_sip.hub.core import Hub
+from hitl_sip.protocol.wire import WireError, loads_object
 from hitl_sip.protocol.worker import CallState, Handoff
+
+MAX_REST_BODY = 16 * 1024  # a handoff body is a reason; anything bigger is refused
+
+
+class HandoffBody(BaseModel):
+    """``POST /api/calls/{callId}/handoff``'s optional JSON body."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    reason: Annotated[str, Field(max_length=200)] = "api"
 
 HUB = web.AppKey("hub", Hub)
 AGENT_VERIFY = web.AppKey("agent_verify", object)
@@ -78,19 +89,18 @@ async def handoff(request: web.Request) -> web.Response:
         return error("not_found", f"no call {call_id}", 404)
     if call.state is not CallState.BOT:
         return error("invalid_state", f"call is {call.state.value}, not with the bot", 409)
-    body: dict[str, Any] = {}
+    body = HandoffBody()
     if request.can_read_body:
         try:
-            parsed = await request.json()
-        except ValueError:
-            return error("bad_request", "body must be JSON", 400)
-        if not isinstance(parsed, dict):
-            return error("bad_request", "body must be a JSON object", 400)
-        body = parsed
-    reason = body.get("reason", "api")
-    if not isinstance(reason, str) or len(reason) > 200:
-        return error("bad_request", "reason must be a string of at most 200 characters", 400)
-    if not await hub.command(Handoff(call_id=call_id, reason=reason)):
+            body = HandoffBody.model_validate(loads_object(await request.read(),
+                                                           max_bytes=MAX_REST_BODY))
+        except WireError as e:
+            return error("bad_request", f"body: {e}", 400)
+        except ValidationError as e:
+            first = e.errors(include_url=False, include_input=False)[0]
+            where = ".".join(str(p) for p in first["loc"]) or "body"
+            return error("bad_request", f"{where}: {first['msg']}", 400)
+    if not await hub.command(Handoff(call_id=call_id, reason=body.reason)):
         return error("unavailable", "the call's worker is not reachable", 503)
     return web.json_response({"ok": True})
 

@@ -135,10 +135,11 @@ def test_a_spoken_keyword_takes_its_branch(tmp_path: Path) -> None:
         assert "forward" in callers[0].lower(), callers
 
 
-def api(server: Server, method: str, path: str, key: str | None = API_KEY) -> tuple[int, Any]:
+def api(server: Server, method: str, path: str, key: str | None = API_KEY,
+        body: bytes = b"{}") -> tuple[int, Any]:
     headers = {"X-Api-Key": key} if key else {}
     req = urllib.request.Request(server.http_url + path, method=method, headers=headers,
-                                 data=b"{}" if method == "POST" else None)
+                                 data=body if method == "POST" else None)
     try:
         with urllib.request.urlopen(req, timeout=5) as r:
             return r.status, json.loads(r.read())
@@ -165,6 +166,13 @@ def test_rest_handoff_triggers_the_agent_node_of_a_live_call(tmp_path: Path) -> 
         call_id = listed["callId"]
         assert api(srv, "POST", f"/api/calls/{call_id}/handoff", key=None)[0] == 401
         assert api(srv, "POST", "/api/calls/nope/handoff")[0] == 404
+        for bad, why in ((b"[" * 5000 + b"]" * 5000, "nested deeper than"),
+                         (b'{"reason": 7}', "reason: Input should be a valid string"),
+                         (b'{"reason": "' + b"r" * 201 + b'"}', "reason: String should have"),
+                         (b"\xff", "not UTF-8")):
+            status, body = api(srv, "POST", f"/api/calls/{call_id}/handoff", body=bad)
+            assert status == 400 and why in body["error"]["message"], (bad[:20], body)
+        assert states() == ["bot"]
         status, body = api(srv, "POST", f"/api/calls/{call_id}/handoff")
         assert (status, body) == (200, {"ok": True})
         srv.wait_for(lambda: states() == ["queued"], what="the call queued")

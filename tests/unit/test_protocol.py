@@ -95,7 +95,8 @@ CLUSTER: list[c.ClusterEvent | c.CommandRequest | c.CommandReply] = [
     *[c.ClusterEvent(hub="hub-a", message=m, worker_id="w1" if m.type == "call_started" else None)
       for m in EXAMPLES if c.replicated(m)],
     c.ClusterEvent(hub="hub-a", message=c.Accepted(call_id="c1", agent_id="alice")),
-    *[c.CommandRequest(id=f"hub-b:{i}", sender="hub-b", command=m, want_reply=i % 2 == 0)
+    *[c.CommandRequest(id=f"hub-b:{i}", sender="hub-b", command=typing.cast("w.HubCommand", m),
+                       want_reply=i % 2 == 0)
       for i, m in enumerate(COMMANDS) if not isinstance(m, w.Ack)],
     c.CommandReply(id="hub-b:1", sent=True),
     c.CommandReply(id="hub-b:2", sent=True, reply=w.Reply(request_id="r1", call_id="c1",
