@@ -124,6 +124,8 @@ COMPLETIONS_AFTER_KILL = 2  # calls completed after each recovery before the nex
 LOST = "worker_lost"  # the outcome the hub gives a call whose worker died (hub/core.py)
 HUB_LOST = "hub_lost"  # what the workers report for the calls they end when the hub died
 LOST_OUTCOMES = (LOST, HUB_LOST)
+#: a thread's end text when its call ended by itself (the caller's or the agent's BYE)
+NORMAL_ENDS = ("call ended (completed)",)
 
 
 # -- what the soak records -----------------------------------------------------------------
@@ -598,14 +600,16 @@ class Soak:
         process manager would: its workers end their calls (``hub_lost``) and keep what it
         never acknowledged for their successors; Kamailio goes with it."""
         await self._aim()
-        live = [str(c["callId"]) for c in await self.calls()]
+        # a call the hub already reported ended (its BYE crossed the listing) is not live
+        live = [cid for cid in (str(c["callId"]) for c in await self.calls())
+                if cid not in self.observer.ended]
         pid = self.srv.process.pid
         kill = Kill("hub", f"hub pid {pid}", self.phase, calls_on_target=live)
         self.with_hub.update(live)
         self.srv.process.kill()
         await asyncio.to_thread(self.srv.process.wait)
         for run in self.runs:
-            if run.call_id in live:
+            if run.call_id in live and run.call_id not in self.observer.ended:
                 run.with_hub, run.outcome, run.worker_id = True, HUB_LOST, "hub"
         self.observer.changed.set()
         t0 = time.monotonic()
@@ -758,6 +762,12 @@ def compare(db: Path, a5: Alive5StandIn) -> list[ThreadCheck]:
 def summarize(runs: list[CallRun], kills: list[Kill], checks: list[ThreadCheck],
               refused: list[dict[str, str]]) -> dict[str, Any]:
     by_thread = {c.thread_id: c for c in checks}
+    for r in runs:
+        check = by_thread.get(r.thread_id)
+        if r.with_hub and check and check.end_text in NORMAL_ENDS and check.ends == 1:
+            # it ended by itself in the instant before the kill: the hub stored the end
+            # but died before telling the observer; it is held to the normal standard
+            r.outcome, r.note = "completed", r.note or "ended just before the hub was killed"
     killed_workers = {k.target.split()[0] for k in kills if k.kind == "worker"} | {"hub"}
     on_killed = {cid for k in kills if k.kind in ("worker", "hub")
                  for cid in k.calls_on_target}

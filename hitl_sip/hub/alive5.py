@@ -15,10 +15,11 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
 import socketio
+from pydantic import BaseModel, BeforeValidator, ConfigDict
 
 from hitl_sip.config import Alive5Config
 from hitl_sip.hub.threads import ThreadStore, Turn
@@ -33,6 +34,25 @@ class Alive5Error(Exception):
 
 # The profile is the configuration section: every name is a key of [alive5].
 Alive5Profile = Alive5Config
+
+def _text(value: object) -> str:
+    """An id alive5 may send as a string or a number; anything else is no id."""
+    if isinstance(value, str):
+        return value[:256]
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else ""
+
+
+Alive5Id = Annotated[str, BeforeValidator(_text)]
+
+
+class Alive5Ack(BaseModel):
+    """What the hub reads of an alive5 acknowledgement (the rest is ignored, never logged:
+    its values may be personal)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    voice_agent_id: Alive5Id = ""
+    message_id: Alive5Id = ""
+
 
 _DISCONNECTED = ""  # put in the ack queue when the connection drops
 _END_ACKED = "\0end"  # put there when alive5 acknowledges end_voice_chat's emit itself
@@ -52,7 +72,7 @@ class ThreadLink:
         self.crm_id = crm_id
         self.voice_agent_id = ""
         self.sio = socketio.AsyncClient(reconnection=False)
-        self._acks: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        self._acks: asyncio.Queue[tuple[str, Alive5Ack]] = asyncio.Queue()
         p = profile
         for event in (p.event_init_ack, p.event_post_ack, p.event_crm_ack, p.event_end_ack):
             if event:
@@ -61,11 +81,12 @@ class ThreadLink:
 
     def _ack_handler(self, event: str) -> Any:
         async def on_ack(data: Any = None) -> None:
-            self._acks.put_nowait((event, data if isinstance(data, dict) else {}))
+            self._acks.put_nowait((event, Alive5Ack.model_validate(
+                data if isinstance(data, dict) else {})))
         return on_ack
 
     async def _on_disconnect(self, *reason: Any) -> None:
-        self._acks.put_nowait((_DISCONNECTED, {}))  # whoever waits for an ack stops now
+        self._acks.put_nowait((_DISCONNECTED, Alive5Ack()))  # whoever waits for an ack stops now
 
     @property
     def connected(self) -> bool:
@@ -77,7 +98,7 @@ class ThreadLink:
         except (socketio.exceptions.SocketIOError, OSError) as e:
             raise Alive5Error(f"{event} not sent: {e}") from e
 
-    async def _await_ack(self, event: str, also: str = "") -> dict[str, Any]:
+    async def _await_ack(self, event: str, also: str = "") -> Alive5Ack:
         try:
             async with asyncio.timeout(self.profile.ack_timeout):
                 while True:
@@ -105,9 +126,9 @@ class ThreadLink:
         await self._emit(p.event_init, {"thread_id": self.thread_id, "crm_id": self.crm_id,
                                         "channel_id": p.channel_id})
         ack = await self._await_ack(p.event_init_ack)
-        self.voice_agent_id = str(ack.get("voice_agent_id") or "")
-        if not self.voice_agent_id:  # the ack's fields only: its values may be personal
-            raise Alive5Error(f"{p.event_init_ack} without a voice_agent_id ({sorted(ack)})")
+        self.voice_agent_id = ack.voice_agent_id
+        if not self.voice_agent_id:
+            raise Alive5Error(f"{p.event_init_ack} without a voice_agent_id")
 
     async def post(self, role: str, text: str, key: str) -> str:
         """Post one turn and wait for its acknowledgement; returns alive5's message id."""
@@ -122,7 +143,7 @@ class ThreadLink:
                                        "agent": p.sender_agent}.get(role, role)
         await self._emit(p.event_post, payload)
         ack = await self._await_ack(p.event_post_ack)
-        return str(ack.get("message_id") or "")
+        return ack.message_id
 
     async def save_crm(self, key: str, value: Any) -> None:
         p = self.profile
@@ -139,7 +160,7 @@ class ThreadLink:
                    "end_by": end_by, p.field_content: text}
         try:
             await self.sio.emit(p.event_end, payload,
-                                callback=lambda *data: self._acks.put_nowait((_END_ACKED, {})))
+                                callback=lambda *data: self._acks.put_nowait((_END_ACKED, Alive5Ack())))
         except (socketio.exceptions.SocketIOError, OSError) as e:
             raise Alive5Error(f"{p.event_end} not sent: {e}") from e
         if not p.event_end_ack:

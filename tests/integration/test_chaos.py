@@ -20,8 +20,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.support.server import ROOT
 
 SOAK = ROOT / "bench" / "chaos_soak.py"
@@ -45,12 +43,6 @@ def run_soak(tmp_path: Path) -> tuple[dict[str, Any], str]:
     return json.loads(lines[-1]), "\n".join(lines[:-1])
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known bug, not fixed yet: after a worker restart, a worker's asyncio loop can wedge when "
-    "two bridged calls end at the same moment (seen once in a CI-like run: 'state human -> "
-    "ended', then no 'call ended', the hub link dropped 15 s later, the pj thread went on "
-    "refusing INVITEs at its limit): those calls' threads are never ended. Every turn was "
-    "still delivered exactly once (103/103, 0 duplicated, 0 lost)."))
 def test_every_alive5_thread_equals_the_hub_s_through_kills_of_each_process(
     tmp_path: Path,
 ) -> None:
