@@ -159,8 +159,8 @@ class ThreadLink:
         payload = {"thread_id": self.thread_id, "voice_agent_id": self.voice_agent_id,
                    "end_by": end_by, p.field_content: text}
         try:
-            await self.sio.emit(p.event_end, payload,
-                                callback=lambda *data: self._acks.put_nowait((_END_ACKED, Alive5Ack())))
+            await self.sio.emit(p.event_end, payload, callback=lambda *data: (
+                self._acks.put_nowait((_END_ACKED, Alive5Ack()))))
         except (socketio.exceptions.SocketIOError, OSError) as e:
             raise Alive5Error(f"{p.event_end} not sent: {e}") from e
         if not p.event_end_ack:

@@ -40,6 +40,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
+from hitl_sip.protocol.agent import AgentState
 from hitl_sip.protocol.cluster import (
     REPLICATED,
     ClusterEvent,
@@ -269,9 +270,10 @@ class Cluster:
                 found[hub] = None
         return found
 
-    async def presence(self, agent_id: str, state: dict[str, Any] | None) -> None:
+    async def presence(self, agent_id: str, state: AgentState | None) -> None:
+        """Write (None: remove) an agent's ``agent_state`` for operators, with its hub."""
         if state is None:
             await self.redis.hdel(PRESENCE, agent_id)
         else:
             await self.redis.hset(PRESENCE, agent_id,
-                                  json.dumps({**state, "hub": self.hub_id}))
+                                  json.dumps({**state.wire(), "hub": self.hub_id}))

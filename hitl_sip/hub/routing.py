@@ -114,7 +114,7 @@ class Router:
         cluster = self.hub.cluster
         if cluster is not None:
             try:
-                await cluster.presence(agent.agent_id, agent.state() if agent.sids else None)
+                await cluster.presence(agent.agent_id, agent.model() if agent.sids else None)
             except (ConnectionError, OSError, RedisError) as e:
                 log.warning("cluster: presence of %s not written: %s", agent.agent_id, e)
 
