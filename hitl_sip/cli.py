@@ -19,6 +19,7 @@ from hitl_sip.agents_cli import agents_command
 from hitl_sip.bot.flow import FlowError
 from hitl_sip.config import FLAG_KEYS, Config, load_config, uses_front
 from hitl_sip.errors import ConfigError
+from hitl_sip.files import private_dir, private_umask
 from hitl_sip.front.certs import TlsPair, tls_pair
 from hitl_sip.front.kamailio import (
     KamailioFront,
@@ -29,13 +30,14 @@ from hitl_sip.front.kamailio import (
     write_files,
 )
 from hitl_sip.hub.agents import AgentStore
-from hitl_sip.hub.app import AgentAuth, create_app
+from hitl_sip.hub.app import create_app
 from hitl_sip.hub.core import Hub
 from hitl_sip.hub.registry import WorkerRegistry
+from hitl_sip.hub.sessions import Sessions
 from hitl_sip.hub.supervisor import Supervisor, load_digest_secret
 from hitl_sip.hub.threads import ThreadStore
 from hitl_sip.hub.tokens import TokenSigner, load_or_create_secret
-from hitl_sip.log import setup_logging
+from hitl_sip.log import audit_to, setup_logging
 from hitl_sip.sip.profile import load_profile
 from hitl_sip.worker.engines import build_flow
 
@@ -64,10 +66,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--alive5-api-key", help="alive5 API key (alive5.api_key); other local "
                        "users can read a command line: prefer HITL_SIP_ALIVE5_API_KEY")
     serve.add_argument("--alive5-channel-id", help="alive5 channel id (alive5.channel_id)")
-    agents = sub.add_parser("agents", help="manage agent accounts: add NAME | list | remove NAME")
+    agents = sub.add_parser("agents", help="manage accounts: add NAME [--role ROLE] | list | "
+                            "remove NAME | role NAME ROLE | passwd NAME")
     agents.add_argument("--config", help="TOML configuration file (for data_dir)")
     agents.add_argument("--data-dir", help="data directory (data_dir)")
-    agents.add_argument("rest", nargs="*", help="add NAME | list | remove NAME")
+    agents.add_argument("--role", help="add's role: agent (default), supervisor or admin")
+    agents.add_argument("rest", nargs="*",
+                        help="add NAME | list | remove NAME | role NAME ROLE | passwd NAME")
     return parser
 
 
@@ -79,11 +84,9 @@ async def serve(config: Config, token_secret: bytes, digest_secret: bytes,
     data_dir = config.resolve_path(config.data_dir)
     store = ThreadStore(data_dir / "threads.sqlite")
     hub = Hub(config, registry, store)
-    agent_auth = AgentAuth(
-        AgentStore(data_dir / "agents.sqlite"),
-        TokenSigner(token_secret, ttl=config.api.token_ttl),
-    )
-    app = create_app(config, registry, token, hub, agent_auth)
+    sessions = Sessions(AgentStore(data_dir / "agents.sqlite"),
+                        TokenSigner(token_secret, ttl=config.api.token_ttl))
+    app = create_app(config, registry, token, hub, sessions)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, config.http.host, config.http.port)
@@ -169,14 +172,14 @@ async def serve(config: Config, token_secret: bytes, digest_secret: bytes,
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    private_umask()  # recordings, call records, databases, keys: 0600 in 0700 directories
     if args.command == "serve":
         overrides = {key: getattr(args, flag) for flag, key in FLAG_KEYS.items()}
         try:
             config = load_config(args.config, overrides=overrides)
             profile = load_profile(config.sip.profile, config.resolve_path(config.profiles_dir))
             build_flow(config)
-            data_dir = config.resolve_path(config.data_dir)
-            data_dir.mkdir(parents=True, exist_ok=True)
+            data_dir = private_dir(config.resolve_path(config.data_dir))
             tls = None
             if uses_front(config) and "tls" in config.sip.transports:
                 # the configured pair, checked, or a self-signed one made now
@@ -190,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"hitl-sip: configuration error: bot.flow: {e}", file=sys.stderr)
             return 2
         setup_logging(config.log.level, "hub")
+        audit_to(data_dir / "audit.log")
         return asyncio.run(serve(config, token_secret, digest_secret, tls))
     if args.command == "agents":
         try:
@@ -197,8 +201,12 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as e:
             print(f"hitl-sip: configuration error: {e}", file=sys.stderr)
             return 2
-        return agents_command(args.rest, config.resolve_path(config.data_dir), sys.stdin,
-                              sys.stdout, sys.stderr)
+        setup_logging(config.log.level, "agents")
+        data_dir = config.resolve_path(config.data_dir)
+        if args.rest and args.rest[0] in ("add", "remove", "role", "passwd"):
+            audit_to(private_dir(data_dir) / "audit.log")
+        return agents_command(args.rest, data_dir, sys.stdin, sys.stdout, sys.stderr,
+                              role=args.role)
     return 1  # pragma: no cover - argparse enforces the sub-command
 
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import sys
 from collections.abc import MutableMapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 _FORMAT = "%(asctime)s %(levelname)-7s %(processName)s %(name)s: %(message)s"
@@ -55,3 +57,20 @@ def call_logger(logger: logging.Logger, call_id: str) -> CallLogger:
 def now_iso() -> str:
     """Now as an ISO-8601 UTC string with milliseconds (the wire format of every event)."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+AUDIT_LOGGER = "hitl_sip.audit"
+
+
+def audit_to(path: Path) -> None:
+    """Append the audit trail (``hitl_sip.audit``: one JSON object per line, with its
+    time) to ``path``, a file only the server's user reads (and no longer to stderr)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.close(fd)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter('{"at": "%(asctime)s", "record": %(message)s}'))
+    audit = logging.getLogger(AUDIT_LOGGER)
+    audit.setLevel(logging.INFO)
+    audit.propagate = False  # the trail has its own file; stderr keeps the operational log
+    audit.addHandler(handler)

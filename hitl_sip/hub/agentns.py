@@ -10,6 +10,7 @@ and changes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -19,6 +20,8 @@ import socketio
 
 from hitl_sip.hub.core import Hub
 from hitl_sip.hub.routing import Router
+from hitl_sip.hub.sessions import Session, SessionError, Sessions
+from hitl_sip.hub.tokens import TokenClaims
 from hitl_sip.protocol import worker as cmd
 from hitl_sip.protocol.agent import (
     AcceptCall,
@@ -37,13 +40,9 @@ from hitl_sip.protocol.agent import (
     refuse,
 )
 from hitl_sip.protocol.wire import SocketJson, WireError
+from hitl_sip.supervise import supervised
 
 log = logging.getLogger(__name__)
-
-# token -> (agent_id, name); raises ValueError (or a subclass) when it is not valid
-Verify = Callable[[str], tuple[str, str]]
-# agent_id -> does the account still exist (a removed agent's token must stop working)
-Exists = Callable[[str], Awaitable[bool]]
 
 R = TypeVar("R", bound=Request)
 # (namespace, agent_id, request) -> the acknowledgement
@@ -77,15 +76,15 @@ def handles(model: type[R]) -> Callable[[Handler[R]], OnEvent]:
 
 
 class AgentNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
-    def __init__(self, hub: Hub, verify: Verify, exists: Exists, *, origins: tuple[str, ...],
+    def __init__(self, hub: Hub, auth: Sessions, *, origins: tuple[str, ...],
                  ring_timeout: float, reconnect_grace: float, strategy: str = "ring_all") -> None:
         super().__init__("/agent")
         self.hub = hub
-        self.verify = verify
-        self.exists = exists
+        self.auth = auth
         self.origins = origins
         self.router = Router(hub, self._emit_to, ring_timeout, reconnect_grace, strategy)
-        self.sessions: dict[str, tuple[str, str]] = {}  # sid -> (agent_id, name)
+        self.sessions: dict[str, Session] = {}  # sid -> the session its token opened
+        self._watch: asyncio.Task[None] | None = None
 
     async def _emit_to(self, event: str, payload: dict[str, Any], sid: str) -> None:
         await self.emit(event, payload, to=sid)
@@ -101,25 +100,36 @@ class AgentNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         if not isinstance(token, str) or not token:
             raise socketio.exceptions.ConnectionRefusedError("unauthorized")
         try:
-            agent_id, name = self.verify(token)
-        except ValueError as e:
+            session = await self.auth.check(token)
+        except SessionError as e:
             log.warning("/agent connection refused: %s", e)
             raise socketio.exceptions.ConnectionRefusedError("unauthorized") from e
-        if not await self.exists(agent_id):
-            log.warning("/agent connection refused: the agent account no longer exists")
-            raise socketio.exceptions.ConnectionRefusedError("unauthorized")
-        self.sessions[sid] = (agent_id, name)
-        log.info("agent %s connected", agent_id)
-        await self.router.connected(sid, agent_id, name)
+        self.sessions[sid] = session
+        if self._watch is None:
+            self._watch = asyncio.create_task(supervised(
+                "agent sessions", lambda: self.auth.watch(self._claims, self._end),
+                kind="agent_sessions"), name="agent-sessions")
+        log.info("agent %s connected", session.agent_id)
+        await self.router.connected(sid, session.agent_id, session.name, session.role)
+
+    def _claims(self) -> dict[str, TokenClaims]:
+        return {sid: s.claims for sid, s in self.sessions.items()}
+
+    async def _end(self, sid: str) -> None:
+        """The socket's session ended (account removed or changed, or logged out)."""
+        session = self.sessions.pop(sid, None)
+        if session is not None:
+            await self.router.disconnected(sid, session.agent_id)
+        await self.disconnect(sid)
 
     async def on_disconnect(self, sid: str, *args: Any) -> None:
         session = self.sessions.pop(sid, None)
         if session is not None:
-            await self.router.disconnected(sid, session[0])
+            await self.router.disconnected(sid, session.agent_id)
 
     def _agent(self, sid: str) -> str | None:
         session = self.sessions.get(sid)
-        return session[0] if session else None
+        return session.agent_id if session else None
 
     def _not_held(self, agent_id: str, call_id: str) -> dict[str, Any] | None:
         """The refusal when the agent does not hold the call (None when it does)."""

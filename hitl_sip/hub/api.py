@@ -1,21 +1,24 @@
 """REST API (PROTOCOL.md §3) and the error envelope shared with Socket.IO acknowledgements.
 
-Authentication here: API keys (``api.keys``, header ``Authorization: Bearer <key>`` or
-``X-Api-Key``). Agent tokens (``POST /api/login``) arrive with the agent hub; until then the
-read endpoints accept an API key, which PROTOCOL.md's agent-token requirement will extend,
-not replace.
+Authentication here: agent tokens (``POST /api/login``; PROTOCOL.md §6 scopes an ``agent``
+to the calls offered to or taken by it and their threads, ``supervisor`` and ``admin`` see
+all) and API keys (``api.keys``, header ``Authorization: Bearer <key>`` or ``X-Api-Key``),
+which see all and alone trigger a handoff.
 """
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from hitl_sip.hub.agents import Role
 from hitl_sip.hub.core import Hub
+from hitl_sip.hub.login import bearer_session
+from hitl_sip.hub.sessions import audit
 from hitl_sip.protocol.wire import WireError, loads_object
 from hitl_sip.protocol.worker import CallState, Handoff
 
@@ -29,7 +32,18 @@ class HandoffBody(BaseModel):
     reason: Annotated[str, Field(max_length=200)] = "api"
 
 HUB = web.AppKey("hub", Hub)
-AGENT_VERIFY = web.AppKey("agent_verify", object)
+
+
+@dataclass(frozen=True)
+class Reader:
+    """Who reads: an agent account (scoped by its role) or an API key (sees all)."""
+
+    agent_id: str | None = None
+    role: Role | None = None
+
+    @property
+    def sees_all(self) -> bool:
+        return self.role is None or self.role.sees_all
 
 
 def error(code: str, message: str, status: int) -> web.Response:
@@ -47,35 +61,39 @@ def api_key_ok(request: web.Request) -> bool:
     return any(hmac.compare_digest(given.encode(), k.encode()) for k in keys)
 
 
-def agent_or_key_ok(request: web.Request) -> bool:
-    """PROTOCOL.md §3 read endpoints: an agent token, or (extension) an API key."""
+async def reader(request: web.Request) -> Reader | None:
+    """PROTOCOL.md §3 read endpoints: an agent token (§6: scoped by role), or (extension)
+    an API key; None when neither opens."""
     if api_key_ok(request):
-        return True
-    verify = request.app.get(AGENT_VERIFY)
-    token = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-    if not callable(verify) or not token:
-        return False
-    try:
-        verify(token)
-    except ValueError:
-        return False
-    return True
+        return Reader()
+    session = await bearer_session(request)
+    return None if session is None else Reader(session.agent_id, session.role)
 
 
 async def list_calls(request: web.Request) -> web.Response:
-    if not agent_or_key_ok(request):
+    who = await reader(request)
+    if who is None:
         return error("unauthorized", "an agent token or an API key is required", 401)
-    calls = request.app[HUB].registry.calls.values()
+    calls = [c for c in request.app[HUB].registry.calls.values()
+             if who.sees_all  # else an agent: the calls offered to it or taken by it
+             or who.agent_id in c.offered_to or c.agent_id == who.agent_id]
     return web.json_response({"calls": [c.public() for c in calls]})
 
 
 async def get_thread(request: web.Request) -> web.Response:
-    if not agent_or_key_ok(request):
+    who = await reader(request)
+    if who is None:
         return error("unauthorized", "an agent token or an API key is required", 401)
+    hub = request.app[HUB]
     thread_id = request.match_info["thread_id"]
-    turns = await request.app[HUB].store.get(thread_id)
+    if not who.sees_all and not (
+            who.agent_id and await hub.store.granted(thread_id, who.agent_id)):
+        return error("forbidden", "the thread is not one of your calls'", 403)
+    turns = await hub.store.get(thread_id)
     if not turns:
         return error("not_found", f"no thread {thread_id}", 404)
+    if who.agent_id:
+        audit("thread_read", agent=who.agent_id, thread=thread_id)
     return web.json_response({"threadId": thread_id, "turns": [t.public() for t in turns]})
 
 
@@ -105,12 +123,8 @@ async def handoff(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
-def setup_api(
-    app: web.Application, hub: Hub, verify: Callable[[str], object] | None = None
-) -> None:
+def setup_api(app: web.Application, hub: Hub) -> None:
     app[HUB] = hub
-    if verify is not None:
-        app[AGENT_VERIFY] = verify
     app.router.add_get("/api/calls", list_calls)
     app.router.add_get("/api/threads/{thread_id}", get_thread)
     app.router.add_post("/api/calls/{call_id}/handoff", handoff)

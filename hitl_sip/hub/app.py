@@ -8,21 +8,20 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from dataclasses import dataclass
 
 import socketio
 from aiohttp import WSMsgType, web
 
 from hitl_sip.config import Config
+from hitl_sip.hub.accounts import setup_accounts
 from hitl_sip.hub.agentns import AgentNamespace
-from hitl_sip.hub.agents import AgentStore
 from hitl_sip.hub.api import HUB, setup_api
 from hitl_sip.hub.botns import BotNamespace
 from hitl_sip.hub.core import Hub
 from hitl_sip.hub.dashboard import setup_dashboard
 from hitl_sip.hub.login import setup_login
 from hitl_sip.hub.registry import WorkerRegistry, WorkerState
-from hitl_sip.hub.tokens import TokenError, TokenSigner
+from hitl_sip.hub.sessions import Sessions
 from hitl_sip.metrics import CONTENT_TYPE
 from hitl_sip.protocol.wire import MAX_SOCKET_BYTES, SocketJson, WireError
 from hitl_sip.protocol.worker import (
@@ -146,28 +145,12 @@ async def _apply_worker_message(app: web.Application, worker_id: str,
             await asyncio.sleep(0.1 * 2**attempt)
 
 
-@dataclass
-class AgentAuth:
-    store: AgentStore
-    signer: TokenSigner
-
-    def verify(self, token: str) -> tuple[str, str]:
-        try:
-            claims = self.signer.verify(token)
-        except TokenError as e:
-            raise ValueError(f"token refused: {e.reason}") from e
-        return claims.agent_id, claims.name
-
-    async def exists(self, agent_id: str) -> bool:
-        return await self.store.aget(agent_id) is not None
-
-
 def create_app(
     config: Config,
     registry: WorkerRegistry,
     worker_token: str,
     hub: Hub | None = None,
-    agent_auth: AgentAuth | None = None,
+    sessions: Sessions | None = None,
 ) -> web.Application:
     app = web.Application(client_max_size=1024 * 1024)
     app[CONFIG] = config
@@ -177,7 +160,7 @@ def create_app(
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/internal/worker", worker_socket)
     if hub is not None:
-        setup_api(app, hub, agent_auth.verify if agent_auth else None)
+        setup_api(app, hub)
         origins: list[str] | str = list(config.api.agent_origins) or "*"
         manager = (socketio.AsyncRedisManager(config.cluster.redis_url,
                                               channel="hitl-sip-socketio")
@@ -191,10 +174,11 @@ def create_app(
                                    client_manager=manager, json=SocketJson,
                                    max_http_buffer_size=4 * MAX_SOCKET_BYTES)
         sio.register_namespace(BotNamespace(hub))
-        if agent_auth is not None:
-            setup_login(app, agent_auth.store, agent_auth.signer)
+        if sessions is not None:
+            setup_login(app, sessions)
+            setup_accounts(app)
             sio.register_namespace(AgentNamespace(
-                hub, agent_auth.verify, agent_auth.exists, origins=config.api.agent_origins,
+                hub, sessions, origins=config.api.agent_origins,
                 ring_timeout=config.routing.ring_timeout,
                 reconnect_grace=config.routing.reconnect_grace,
                 strategy=config.routing.strategy,

@@ -32,6 +32,7 @@ class CallRecord:
     state: CallState = CallState.BOT
     hub: str | None = None  # the owning hub, when it is another one (cluster)
     agent_id: str | None = None
+    offered_to: set[str] = field(default_factory=set)  # agents it rang (they may read it)
     bot_transcript: list[TranscriptLine] = field(default_factory=list)
     handoff: Handoff | None = None
 

@@ -184,6 +184,18 @@ class Hub:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    async def offered(self, call_id: str, agent_id: str) -> None:
+        """``agent_id`` is offered the call: from now on it may see the call and read its
+        thread (PROTOCOL.md §6), during the call and after."""
+        call = self.registry.calls.get(call_id)
+        if call is None:
+            return
+        call.offered_to.add(agent_id)
+        try:
+            await self.store.grant(call.thread_id, agent_id)
+        except sqlite3.Error as e:
+            log.error("[call %s] the agent's access to its thread not stored: %s", call_id, e)
+
     # -- commands to workers --------------------------------------------------------------
 
     def _owner(self, call_id: str) -> str | None:

@@ -1,13 +1,19 @@
-"""``POST /api/login`` (PROTOCOL.md §3) and the bearer-token helper for agent endpoints.
+"""``POST /api/login`` and ``POST /api/logout`` (PROTOCOL.md §3, §6) and the bearer-token
+helper for agent endpoints.
 
-Wrong password and unknown user get the same 401 in the same time (the store hashes a
-dummy for unknown names). Failed attempts are throttled per client address and per user
-name: after ``limit`` failures within ``window`` seconds either key is answered 429
-(``unavailable``, with ``Retry-After``) until the oldest failure ages out. Attempts count
-as failures while they are being verified, so parallel guesses cannot overtake the
-counter. The per-name key lets anyone delay one agent's login by guessing; that is the
-price of stopping a distributed guess at one account. The client address is the TCP
-peer: behind a reverse proxy, configure aiohttp's forwarded-header handling first.
+Only ``application/json`` is read (``415`` otherwise): a web page can make a browser send a
+``text/plain`` or form POST to any origin without a pre-flight, so nothing but a deliberate
+client reaches the password check. Wrong password and unknown user get the same 401 in the
+same time (the store hashes a dummy for unknown names).
+
+Failed attempts are throttled per (client address, user name) and per client address, each
+with exponential backoff: after ``per_user`` (or ``per_address``) failures in a row, the
+next attempt from that key waits 1 s after the latest failure, then 2 s, 4 s … up to
+``max_wait``; a streak is forgotten ``window`` seconds after its last failure. There is no
+lock on a user name alone, so nobody can keep an agent out by guessing from elsewhere.
+Attempts count as failures while they are being verified, so parallel guesses cannot
+overtake the counter. The client address is the TCP peer: behind a reverse proxy,
+configure aiohttp's forwarded-header handling first.
 """
 
 from __future__ import annotations
@@ -16,14 +22,14 @@ import json
 import logging
 import math
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from hitl_sip.hub.agents import AgentStore
-from hitl_sip.hub.tokens import TokenClaims, TokenError, TokenSigner
+from hitl_sip.hub.sessions import Session, SessionError, Sessions, audit
 
 log = logging.getLogger(__name__)
 
@@ -32,74 +38,86 @@ MAX_BODY_BYTES = 8 * 1024
 UNAUTHORIZED_MESSAGE = "invalid username or password"
 
 
+@dataclass
+class _Streak:
+    count: int
+    last: float
+
+
 class LoginThrottle:
-    """Failure counts per key within a sliding window; in memory, at most ``max_keys`` keys
-    (the least recently failed are forgotten first). ``clock`` is monotonic seconds."""
+    """Failure streaks per key with exponential backoff; in memory, at most ``max_keys``
+    keys (the least recently failed are forgotten first). ``clock`` is monotonic seconds.
+    Keys are ``("user", address, name)`` (limit ``per_user``) or ``("ip", address)``
+    (limit ``per_address``)."""
 
     def __init__(
         self,
-        limit: int = 10,
-        window: float = 60.0,
+        *,
+        per_user: int = 5,
+        per_address: int = 20,
+        window: float = 900.0,
+        max_wait: float = 300.0,
         max_keys: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if limit < 1 or window <= 0 or max_keys < 1:
-            raise ValueError("limit, window and max_keys must be positive")
-        self.limit = limit
+        if min(per_user, per_address, max_keys) < 1 or window <= 0 or max_wait < 1:
+            raise ValueError("limits, window, max_wait and max_keys must be positive")
+        self.per_user = per_user
+        self.per_address = per_address
         self.window = window
+        self.max_wait = max_wait
         self.max_keys = max_keys
         self._clock = clock
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self._streaks: OrderedDict[tuple[str, ...], _Streak] = OrderedDict()
 
     def __len__(self) -> int:
-        return len(self._failures)
+        return len(self._streaks)
 
-    def retry_after(self, keys: Iterable[str]) -> float:
+    def _limit(self, key: tuple[str, ...]) -> int:
+        return self.per_user if key[0] == "user" else self.per_address
+
+    def retry_after(self, keys: Iterable[tuple[str, ...]]) -> float:
         """Seconds until every key may try again; 0 when none is throttled."""
         now = self._clock()
         wait = 0.0
         for key in keys:
-            stamps = self._failures.get(key)
-            if stamps is None:
+            streak = self._streaks.get(key)
+            if streak is None:
                 continue
-            while stamps and stamps[0] <= now - self.window:
-                stamps.popleft()
-            if not stamps:
-                del self._failures[key]
-            elif len(stamps) >= self.limit:
-                wait = max(wait, stamps[0] + self.window - now)
+            if now - streak.last > self.window:
+                del self._streaks[key]
+                continue
+            excess = streak.count - self._limit(key)
+            if excess >= 0:
+                wait = max(wait, streak.last + min(self.max_wait, 2.0**excess) - now)
         return wait
 
-    def record(self, keys: Iterable[str]) -> float:
-        """Count a failure against every key; returns its time stamp (for ``forgive``)."""
+    def record(self, keys: Iterable[tuple[str, ...]]) -> None:
+        """Count a failure against every key."""
         now = self._clock()
         for key in keys:
-            stamps = self._failures.get(key)
-            if stamps is None:
-                # Only the latest ``limit`` failures matter to the decision.
-                stamps = self._failures[key] = deque(maxlen=self.limit)
-            stamps.append(now)
-            self._failures.move_to_end(key)
-        while len(self._failures) > self.max_keys:
-            self._failures.popitem(last=False)
-        return now
+            streak = self._streaks.get(key)
+            if streak is None or now - streak.last > self.window:
+                streak = self._streaks[key] = _Streak(0, now)
+            streak.count += 1
+            streak.last = now
+            self._streaks.move_to_end(key)
+        while len(self._streaks) > self.max_keys:
+            self._streaks.popitem(last=False)
 
-    def forgive(self, key: str, stamp: float) -> None:
-        """Withdraw one failure recorded at ``stamp`` (the attempt succeeded after all)."""
-        stamps = self._failures.get(key)
-        if stamps is None:
-            return
-        if stamp in stamps:
-            stamps.remove(stamp)
-        if not stamps:
-            del self._failures[key]
+    def forgive(self, key: tuple[str, ...]) -> None:
+        """Withdraw one failure (the attempt succeeded after all)."""
+        streak = self._streaks.get(key)
+        if streak is not None:
+            streak.count -= 1
+            if streak.count <= 0:
+                del self._streaks[key]
 
-    def reset(self, key: str) -> None:
-        self._failures.pop(key, None)
+    def reset(self, key: tuple[str, ...]) -> None:
+        self._streaks.pop(key, None)
 
 
-AGENT_STORE = web.AppKey("agent_store", AgentStore)
-TOKEN_SIGNER = web.AppKey("token_signer", TokenSigner)
+SESSIONS = web.AppKey("sessions", Sessions)
 LOGIN_THROTTLE = web.AppKey("login_throttle", LoginThrottle)
 
 
@@ -131,9 +149,11 @@ def _parse_credentials(raw: bytes) -> tuple[str, str] | str:
 
 
 async def login(request: web.Request) -> web.Response:
-    store = request.app[AGENT_STORE]
-    signer = request.app[TOKEN_SIGNER]
+    sessions = request.app[SESSIONS]
     throttle = request.app[LOGIN_THROTTLE]
+    if request.content_type != "application/json":
+        return error("bad_request", "the body must be JSON (Content-Type: application/json)",
+                     415)
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         return error("bad_request", f"body must be at most {MAX_BODY_BYTES} bytes", 400)
     raw = await request.read()
@@ -143,45 +163,58 @@ async def login(request: web.Request) -> web.Response:
     if isinstance(parsed, str):
         return error("bad_request", parsed, 400)
     username, password = parsed
-    ip_key = f"ip:{request.remote or '?'}"
-    user_key = f"user:{username.casefold()}"
+    address = request.remote or "?"
+    ip_key, user_key = ("ip", address), ("user", address, username.casefold())
     wait = throttle.retry_after((ip_key, user_key))
     if wait > 0:
         seconds = max(1, math.ceil(wait))
-        log.warning("login throttled from %s", request.remote, extra={"redact": username})
+        log.warning("login throttled from %s", address, extra={"redact": username})
+        audit("login_throttled", address=address)
         return error(
             "unavailable",
             f"too many failed logins; retry in {seconds} s",
             429,
             headers={"Retry-After": str(seconds)},
         )
-    stamp = throttle.record((ip_key, user_key))
-    agent = await store.averify(username, password)
+    throttle.record((ip_key, user_key))
+    agent = await sessions.store.averify(username, password)
     if agent is None:
-        log.info("login failed from %s", request.remote, extra={"redact": username})
+        log.info("login failed from %s", address, extra={"redact": username})
+        audit("login_failed", address=address)
         return error("unauthorized", UNAUTHORIZED_MESSAGE, 401)
-    throttle.forgive(ip_key, stamp)
+    throttle.forgive(ip_key)
     throttle.reset(user_key)
-    token, expires_at = signer.issue(agent.agent_id, agent.name)
-    log.info("agent %s logged in from %s", agent.agent_id, request.remote)
+    token, expires_at = sessions.issue(agent)
+    log.info("agent %s logged in from %s", agent.agent_id, address)
+    audit("login", agent=agent.agent_id, role=agent.role.value, address=address)
     return web.json_response(
-        {"token": token, "expiresAt": expires_at, "agentId": agent.agent_id, "name": agent.name},
+        {"token": token, "expiresAt": expires_at, "agentId": agent.agent_id, "name": agent.name,
+         "role": agent.role.value},
         headers={"Cache-Control": "no-store"},
     )
 
 
+async def logout(request: web.Request) -> web.Response:
+    """End the bearer token's session: REST refuses it and its sockets are closed."""
+    session = await bearer_session(request)
+    if session is None:
+        return error("unauthorized", "a valid agent token is required", 401)
+    await request.app[SESSIONS].logout(session)
+    audit("logout", agent=session.agent_id, address=request.remote or "?")
+    return web.json_response({"ok": True}, headers={"Cache-Control": "no-store"})
+
+
 def setup_login(
     app: web.Application,
-    store: AgentStore,
-    signer: TokenSigner,
+    sessions: Sessions,
     throttle: LoginThrottle | None = None,
 ) -> None:
-    """Add ``POST /api/login``; the store, signer and throttle are kept under the
-    ``AGENT_STORE``, ``TOKEN_SIGNER`` and ``LOGIN_THROTTLE`` app keys."""
-    app[AGENT_STORE] = store
-    app[TOKEN_SIGNER] = signer
+    """Add ``POST /api/login`` and ``POST /api/logout``; the sessions and the throttle are
+    kept under the ``SESSIONS`` and ``LOGIN_THROTTLE`` app keys."""
+    app[SESSIONS] = sessions
     app[LOGIN_THROTTLE] = throttle if throttle is not None else LoginThrottle()
     app.router.add_post("/api/login", login)
+    app.router.add_post("/api/logout", logout)
 
 
 def bearer_token(request: web.Request) -> str | None:
@@ -193,14 +226,15 @@ def bearer_token(request: web.Request) -> str | None:
     return token
 
 
-def bearer_agent(request: web.Request, signer: TokenSigner) -> TokenClaims | None:
-    """The claims of a valid agent token in ``Authorization: Bearer``; None when the header
-    is missing or the token is malformed, forged or expired."""
+async def bearer_session(request: web.Request) -> Session | None:
+    """The session of the ``Authorization: Bearer`` agent token; None when the header is
+    missing or the token opens no session (malformed, forged, expired, logged out, or its
+    account removed or changed)."""
     token = bearer_token(request)
-    if token is None:
+    if token is None or SESSIONS not in request.app:
         return None
     try:
-        return signer.verify(token)
-    except TokenError as e:
+        return await request.app[SESSIONS].check(token)
+    except SessionError as e:
         log.debug("bearer token refused: %s", e.reason)
         return None

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import RedisError
 
 from hitl_sip.protocol.agent import (
+    AccountRole,
     AgentState,
     AgentStatus,
     CallCancelled,
@@ -53,6 +54,7 @@ Emit = Callable[[str, dict[str, Any], str], Awaitable[None]]  # event, payload, 
 class AgentPresence:
     agent_id: str
     name: str
+    role: AccountRole = AccountRole.AGENT
     sids: set[str] = field(default_factory=set)
     status: AgentStatus = AgentStatus.AVAILABLE  # what the agent chose (busy is derived)
     active_call: str | None = None
@@ -61,7 +63,7 @@ class AgentPresence:
     def model(self) -> AgentState:
         status = AgentStatus.BUSY if self.active_call else self.status
         return AgentState(agent_id=self.agent_id, name=self.name, status=status,
-                          active_call_id=self.active_call)
+                          active_call_id=self.active_call, role=self.role)
 
     def state(self) -> dict[str, Any]:
         """``agent_state`` on the wire (also the agent's presence in the cluster)."""
@@ -120,10 +122,12 @@ class Router:
 
     # -- presence -------------------------------------------------------------------------
 
-    async def connected(self, sid: str, agent_id: str, name: str) -> AgentPresence:
+    async def connected(self, sid: str, agent_id: str, name: str,
+                        role: AccountRole = AccountRole.AGENT) -> AgentPresence:
         agent = self.agents.get(agent_id)
         if agent is None:
-            agent = self.agents[agent_id] = AgentPresence(agent_id, name)
+            agent = self.agents[agent_id] = AgentPresence(agent_id, name, role)
+        agent.role = role
         agent.sids.add(sid)
         grace = self._grace.pop(agent_id, None)
         if grace is not None:
@@ -193,6 +197,7 @@ class Router:
             return
         offer.ringing.add(agent.agent_id)
         offer.offered.add(agent.agent_id)
+        await self.hub.offered(offer.call_id, agent.agent_id)
         offer.timers[agent.agent_id] = asyncio.get_running_loop().call_later(
             self.ring_timeout,
             lambda: self._spawn(self._ring_timed_out(offer.call_id, agent.agent_id)),

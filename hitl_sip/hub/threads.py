@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hitl_sip.files import private_file
+
 ROLES = ("caller", "bot", "agent")
 
 _SCHEMA = """
@@ -42,6 +44,11 @@ CREATE TABLE IF NOT EXISTS thread_crm (
     thread_id TEXT PRIMARY KEY,
     crm_id TEXT NOT NULL DEFAULT '',
     items TEXT NOT NULL DEFAULT '[]'
+);
+CREATE TABLE IF NOT EXISTS thread_access (
+    thread_id TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    PRIMARY KEY (thread_id, agent_id)
 );
 """
 
@@ -76,6 +83,7 @@ class Turn:
 class ThreadStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(path)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -118,6 +126,23 @@ class ThreadStore:
 
     async def get(self, thread_id: str) -> list[Turn]:
         return await asyncio.to_thread(self._get, thread_id)
+
+    # -- who may read a thread (PROTOCOL.md §6: an agent, the threads of its calls) ---------
+
+    def _grant(self, thread_id: str, agent_id: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR IGNORE INTO thread_access (thread_id, agent_id)"
+                             " VALUES (?, ?)", (thread_id, agent_id))
+
+    async def grant(self, thread_id: str, agent_id: str) -> None:
+        """``agent_id`` was offered the thread's call: it may read the thread from now on."""
+        await asyncio.to_thread(self._grant, thread_id, agent_id)
+
+    async def granted(self, thread_id: str, agent_id: str) -> bool:
+        rows = await asyncio.to_thread(
+            self._query, "SELECT 1 FROM thread_access WHERE thread_id = ? AND agent_id = ?",
+            (thread_id, agent_id))
+        return bool(rows)
 
     # -- the outbox (alive5 delivery) ------------------------------------------------------
 

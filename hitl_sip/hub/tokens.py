@@ -1,10 +1,11 @@
 """Agent session tokens (PROTOCOL.md §1 connect ``auth: {token}``, §3 ``POST /api/login``).
 
 A token is ``base64url(payload) + "." + base64url(HMAC-SHA256(secret, base64url(payload)))``
-without padding, the payload a compact JSON object ``{sub, name, exp, iat, jti}`` (``sub``
-the agent id, ``exp``/``iat`` Unix seconds). It is stateless: any hub holding the secret
-verifies it, and it stays valid until ``exp`` — callers that must notice a removed agent
-look ``sub`` up in the agent store as well.
+without padding, the payload a compact JSON object ``{sub, name, ver, exp, iat, jti}``
+(``sub`` the agent id, ``ver`` the account's token version when it was issued, ``exp``/``iat``
+Unix seconds). The signature proves only that a hub issued it: whether it still opens a
+session — the account exists, is enabled, has not moved to a newer token version, and the
+token was not logged out — is the session check's job (hitl_sip.hub.sessions).
 
 The secret comes from, in order:
 
@@ -64,6 +65,7 @@ class TokenError(HitlSipError):
 class TokenClaims:
     sub: str  # the agent id
     name: str
+    ver: int  # the account's token version at issue
     exp: float
     iat: float
     jti: str
@@ -111,13 +113,14 @@ class TokenSigner:
         mac = hmac.new(self._secret, body.encode("ascii"), hashlib.sha256).digest()
         return _b64url_encode(mac)
 
-    def issue(self, agent_id: str, name: str) -> tuple[str, str]:
+    def issue(self, agent_id: str, name: str, version: int = 1) -> tuple[str, str]:
         """A fresh token for the agent and its expiry as an ISO-8601 UTC string."""
         iat = round(self._clock(), 3)
         exp = round(iat + self.ttl, 3)
         payload = {
             "sub": agent_id,
             "name": name,
+            "ver": version,
             "exp": exp,
             "iat": iat,
             "jti": secrets.token_hex(16),
@@ -150,10 +153,13 @@ def _claims(body: str) -> TokenClaims:
     if not isinstance(payload, dict):
         raise TokenError("malformed")
     sub, name, jti = payload.get("sub"), payload.get("name"), payload.get("jti")
-    exp, iat = payload.get("exp"), payload.get("iat")
+    exp, iat, ver = payload.get("exp"), payload.get("iat"), payload.get("ver", 0)
     if not (isinstance(sub, str) and isinstance(name, str) and isinstance(jti, str)):
         raise TokenError("malformed")
-    return TokenClaims(sub=sub, name=name, exp=_number(exp), iat=_number(iat), jti=jti)
+    if isinstance(ver, bool) or not isinstance(ver, int):
+        raise TokenError("malformed")
+    return TokenClaims(sub=sub, name=name, ver=ver, exp=_number(exp), iat=_number(iat),
+                       jti=jti)
 
 
 def _number(value: object) -> float:

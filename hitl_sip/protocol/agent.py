@@ -63,6 +63,19 @@ class AgentStatus(StrEnum):
     BUSY = "busy"  # set by the hub while the agent holds a call, never by the agent
 
 
+class AccountRole(StrEnum):
+    """PROTOCOL.md §6: what an account may see and do."""
+
+    AGENT = "agent"
+    SUPERVISOR = "supervisor"  # also an agent: it takes calls
+    ADMIN = "admin"
+
+    @property
+    def sees_all(self) -> bool:
+        """Supervisors and admins see every call and thread; agents only their own."""
+        return self is not AccountRole.AGENT
+
+
 class CancelReason(StrEnum):
     ANSWERED_ELSEWHERE = "answered_elsewhere"
     CALLER_HANGUP = "caller_hangup"
@@ -215,6 +228,7 @@ class AgentState(Event):
     name: str
     status: AgentStatus
     active_call_id: str | None
+    role: AccountRole = AccountRole.AGENT
 
 
 class IncomingCall(Event):

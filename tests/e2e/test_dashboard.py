@@ -359,7 +359,8 @@ async def test_an_agent_answers_a_call_in_the_browser(
     }) as srv:
         add_agent(srv.data_dir, "alice")
         check_dashboard_is_built(srv)
-        token = agent_token(srv, "alice")
+        add_agent(srv.data_dir, "sue", "supervisor")  # watches every call over REST
+        token = agent_token(srv, "sue")
         async with Browser() as browser:
             await browser.launch(mic)
             page = await browser.new_page("alice", srv.http_url + "/")
@@ -459,7 +460,8 @@ async def test_ring_all_answered_elsewhere_and_socket_drop_restores_the_call(
         add_agent(srv.data_dir, "alice")
         add_agent(srv.data_dir, "bob")
         check_dashboard_is_built(srv)
-        token = agent_token(srv, "alice")
+        add_agent(srv.data_dir, "sue", "supervisor")  # watches every call over REST
+        token = agent_token(srv, "sue")
         hub_port = int(srv.http_url.rsplit(":", 1)[1])
         async with TcpProxy("127.0.0.1", hub_port) as proxy, Browser() as browser:
             await browser.launch(mic)

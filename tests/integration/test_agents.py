@@ -23,10 +23,10 @@ pytestmark = pytest.mark.sipp
 PASSWORD = "correct horse battery"
 
 
-def add_agent(data_dir: Path, name: str) -> None:
+def add_agent(data_dir: Path, name: str, role: str = "agent") -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "hitl_sip.cli", "agents", "add", name, "--data-dir",
-         str(data_dir)],
+        [sys.executable, "-m", "hitl_sip.cli", "agents", "add", name, "--role", role,
+         "--data-dir", str(data_dir)],
         input=PASSWORD + "\n", capture_output=True, text=True, cwd=ROOT, check=False,
     )
     assert result.returncode == 0, result.stderr

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hitl_sip.agents_cli import AGENTS_FILE, agents_command
-from hitl_sip.hub.agents import AgentStore
+from hitl_sip.hub.agents import AgentStore, Hasher, Role
 
-CHEAP = 16
+CHEAP = Hasher(time_cost=1, memory_kib=8)  # tests only: production uses agents.OWASP
 
 
 @dataclass
@@ -34,6 +34,7 @@ def run(
     *argv: str,
     stdin: io.StringIO | None = None,
     ask_password: Callable[[str], str] = no_prompt,
+    role: str | None = None,
 ) -> Result:
     out, err = io.StringIO(), io.StringIO()
     code = agents_command(
@@ -43,13 +44,14 @@ def run(
         out,
         err,
         ask_password=ask_password,
-        cost=CHEAP,
+        hasher=CHEAP,
+        role=role,
     )
     return Result(code, out.getvalue(), err.getvalue())
 
 
 def verify(data_dir: Path, name: str, password: str) -> bool:
-    store = AgentStore(data_dir / AGENTS_FILE, cost=CHEAP)
+    store = AgentStore(data_dir / AGENTS_FILE, hasher=CHEAP)
     try:
         return store.verify(name, password) is not None
     finally:
@@ -126,10 +128,10 @@ def test_list_shows_name_id_and_creation_time_but_no_password(tmp_path: Path) ->
     r = run(tmp_path, "list")
     assert r.code == 0
     lines = r.out.splitlines()
-    assert lines[0].split() == ["NAME", "ID", "CREATED"]
-    assert [line.split()[0] for line in lines[1:]] == ["alice", "bob"]
-    assert all(len(line.split()[1]) == 32 and line.endswith("Z") for line in lines[1:])
-    assert "password" not in r.out and "scrypt" not in r.out
+    assert lines[0].split() == ["NAME", "ROLE", "ID", "CREATED"]
+    assert [line.split()[:2] for line in lines[1:]] == [["alice", "agent"], ["bob", "agent"]]
+    assert all(len(line.split()[2]) == 32 and line.endswith("Z") for line in lines[1:])
+    assert "password" not in r.out and "argon2" not in r.out
 
 
 def test_list_without_a_store_says_so_and_creates_nothing(tmp_path: Path) -> None:
@@ -172,3 +174,43 @@ def test_an_unusable_data_directory_exits_1(tmp_path: Path) -> None:
     r = run(blocker, "add", "alice", stdin=io.StringIO("password1\n"))
     assert r.code == 1
     assert "hitl-sip agents add" in r.err
+
+
+def account(data_dir: Path, name: str) -> tuple[Role, int]:
+    store = AgentStore(data_dir / AGENTS_FILE, hasher=CHEAP)
+    try:
+        agent = store.by_name(name)
+        assert agent is not None
+        return agent.role, agent.token_version
+    finally:
+        store.close()
+
+
+def test_add_with_a_role_and_role_changes_it_ending_the_sessions(tmp_path: Path) -> None:
+    r = run(tmp_path, "add", "sue", stdin=io.StringIO("password1\n"), role="supervisor")
+    assert r.code == 0 and r.out.startswith("added supervisor sue"), r
+    assert account(tmp_path, "sue") == (Role.SUPERVISOR, 1)
+    r = run(tmp_path, "role", "sue", "admin")
+    assert r.code == 0 and "sessions ended" in r.out
+    assert account(tmp_path, "sue") == (Role.ADMIN, 2)
+    assert run(tmp_path, "list").out.splitlines()[1].split()[:2] == ["sue", "admin"]
+
+
+def test_an_unknown_role_exits_2_naming_the_roles(tmp_path: Path) -> None:
+    r = run(tmp_path, "add", "sue", stdin=io.StringIO("password1\n"), role="boss")
+    assert r.code == 2 and "agent, supervisor, admin" in r.err
+    run(tmp_path, "add", "sue", stdin=io.StringIO("password1\n"))
+    assert run(tmp_path, "role", "sue", "root").code == 2
+    assert run(tmp_path, "remove", "sue", role="admin").code == 2  # --role is add's
+    assert account(tmp_path, "sue") == (Role.AGENT, 1)
+
+
+def test_passwd_sets_a_new_password_and_ends_the_sessions(tmp_path: Path) -> None:
+    run(tmp_path, "add", "alice", stdin=io.StringIO("password1\n"))
+    r = run(tmp_path, "passwd", "alice", stdin=io.StringIO("password2\n"))
+    assert r.code == 0, r
+    assert not verify(tmp_path, "alice", "password1")
+    assert verify(tmp_path, "alice", "password2")
+    assert account(tmp_path, "alice") == (Role.AGENT, 2)
+    assert run(tmp_path, "passwd", "nobody", stdin=io.StringIO("password2\n")).code == 1
+    assert run(tmp_path, "passwd", "alice", stdin=io.StringIO("short\n")).code == 2

@@ -1,9 +1,14 @@
-"""The agent store: validation, case-insensitive names, scrypt hashes, constant-cost verify."""
+"""The account store: validation, case-insensitive names, Argon2id hashes (scrypt ones from
+older stores verified and rehashed), constant-cost verify, roles and token versions."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import sqlite3
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
@@ -12,25 +17,28 @@ import pytest
 
 from hitl_sip.hub import agents as agents_module
 from hitl_sip.hub.agents import (
-    SCRYPT_N,
+    OWASP,
+    Agent,
     AgentStore,
+    Hasher,
+    Role,
     check_password,
     hash_password,
 )
 
-CHEAP = 16  # scrypt N for tests; production uses SCRYPT_N
+CHEAP = Hasher(time_cost=1, memory_kib=8)  # tests only; production uses OWASP
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[AgentStore]:
-    s = AgentStore(tmp_path / "data" / "agents.sqlite", cost=CHEAP)
+    s = AgentStore(tmp_path / "data" / "agents.sqlite", hasher=CHEAP)
     yield s
     s.close()
 
 
 def test_the_database_file_is_created_private(tmp_path: Path) -> None:
     path = tmp_path / "data" / "agents.sqlite"
-    AgentStore(path, cost=CHEAP).close()
+    AgentStore(path, hasher=CHEAP).close()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
@@ -122,13 +130,13 @@ def test_verify_hashes_once_for_unknown_users_as_for_known_ones(store: AgentStor
     assert check.call_count == 3
     stored_hashes = [c.args[1] for c in check.call_args_list]
     # The dummy hash has the same cost as a real one.
-    assert len({h.split("$")[1] for h in stored_hashes}) == 1
+    assert len({h.split("$")[3] for h in stored_hashes}) == 1
 
 
 def test_a_disabled_agent_cannot_log_in_or_be_fetched(store: AgentStore) -> None:
-    agent = store.add("alice", "password1")
-    with store._lock:  # no public disable yet; the column is reserved for it
-        store._db.execute("UPDATE agents SET disabled = 1 WHERE agent_id = ?", (agent.agent_id,))
+    store.add("alice", "password1")
+    agent = store.set_disabled("alice", True)
+    assert agent.token_version == 2
     assert store.verify("alice", "password1") is None
     assert store.get(agent.agent_id) is None
     assert store.list()[0].disabled
@@ -152,39 +160,88 @@ def test_get_finds_an_agent_by_id(store: AgentStore) -> None:
 
 def test_agents_persist_across_store_instances(tmp_path: Path) -> None:
     path = tmp_path / "agents.sqlite"
-    first = AgentStore(path, cost=CHEAP)
+    first = AgentStore(path, hasher=CHEAP)
     agent = first.add("alice", "password1")
     first.close()
-    second = AgentStore(path, cost=CHEAP)
+    second = AgentStore(path, hasher=CHEAP)
     assert second.verify("alice", "password1") == agent
     second.close()
 
 
-def test_hashes_use_the_documented_format_with_a_random_salt() -> None:
-    first = hash_password("password1", cost=CHEAP)
-    second = hash_password("password1", cost=CHEAP)
-    scheme, n, r, p, salt, key = first.split("$")
-    assert (scheme, n, r, p) == ("scrypt", str(CHEAP), "8", "1")
-    assert len(salt) == 24 and len(key) == 44  # base64 of 16 and 32 bytes
+def test_hashes_are_argon2id_phc_strings_with_a_random_salt() -> None:
+    first = hash_password("password1", CHEAP)
+    second = hash_password("password1", CHEAP)
+    _, scheme, version, params, salt, key = first.split("$")
+    assert (scheme, version, params) == ("argon2id", "v=19", "m=8,t=1,p=1")
+    assert len(salt) == 22 and len(key) == 43  # unpadded base64 of 16 and 32 bytes
     assert first != second
     assert check_password("password1", first) and check_password("password1", second)
+    assert not check_password("password2", first)
 
 
-def test_the_production_cost_is_scrypt_n_2_pow_14() -> None:
-    assert SCRYPT_N == 2**14
+def test_the_production_cost_is_owasp_argon2id() -> None:
     stored = hash_password("password1")
-    assert stored.startswith("scrypt$16384$8$1$")
+    assert stored.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
     assert check_password("password1", stored)
+    assert Hasher(time_cost=2, memory_kib=19 * 1024, parallelism=1) == OWASP
 
 
-def test_a_hash_verifies_whatever_cost_the_store_now_uses(tmp_path: Path) -> None:
+def test_an_older_weaker_hash_verifies_and_is_rehashed_at_login(tmp_path: Path) -> None:
+    key = hashlib.scrypt(b"password1", salt=b"saltsaltsaltsalt", n=16, r=8, p=1, dklen=32)
+    legacy = f"scrypt$16$8$1$c2FsdHNhbHRzYWx0c2FsdA==${base64.b64encode(key).decode()}"
+    assert check_password("password1", legacy)  # a store from before Argon2id
     path = tmp_path / "agents.sqlite"
-    cheap = AgentStore(path, cost=CHEAP)
-    cheap.add("alice", "password1")
-    cheap.close()
-    dearer = AgentStore(path, cost=32)
+    store = AgentStore(path, hasher=CHEAP)
+    agent = store.add("alice", "password1")
+    with store._lock:
+        store._db.execute("UPDATE agents SET password_hash = ?", (legacy,))
+    assert store.verify("alice", "password1") == agent  # the same account, version kept
+    with store._lock:
+        stored = store._db.execute("SELECT password_hash FROM agents").fetchone()[0]
+    assert stored.startswith("$argon2id$") and check_password("password1", stored)
+    store.close()
+    dearer = AgentStore(path, hasher=Hasher(time_cost=2, memory_kib=16))
     assert dearer.verify("alice", "password1") is not None
+    with dearer._lock:
+        assert "m=16,t=2" in dearer._db.execute("SELECT password_hash FROM agents").fetchone()[0]
     dearer.close()
+
+
+def test_roles_and_token_versions(store: AgentStore) -> None:
+    agent = store.add("sue", "password1", Role.SUPERVISOR)
+    assert (agent.role, agent.token_version) == (Role.SUPERVISOR, 1)
+    assert store.set_role("SUE", Role.ADMIN).token_version == 2
+    assert store.set_password("sue", "password2").token_version == 3
+    assert store.verify("sue", "password2") == store.get(agent.agent_id)
+    store.end_sessions(agent.agent_id)
+    assert store.by_name("sue") == Agent(agent.agent_id, "sue", agent.created_at,
+                                         role=Role.ADMIN, token_version=4)
+    with pytest.raises(KeyError):
+        store.set_role("nobody", Role.ADMIN)
+
+
+def test_a_logged_out_token_stays_revoked_until_it_would_have_expired(
+    store: AgentStore,
+) -> None:
+    store.revoke("jti-1", expires=time.time() + 60)
+    store.revoke("jti-old", expires=time.time() - 1)
+    assert store.revoked("jti-1")
+    store.revoke("jti-2", expires=time.time() + 60)  # each revoke sweeps the expired ones
+    assert not store.revoked("jti-old")
+    assert not store.revoked("jti-3")
+
+
+def test_a_store_from_before_roles_gains_the_columns(tmp_path: Path) -> None:
+    path = tmp_path / "agents.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript("CREATE TABLE agents (agent_id TEXT PRIMARY KEY, name TEXT NOT NULL "
+                     "UNIQUE COLLATE NOCASE, password_hash TEXT NOT NULL, created_at TEXT NOT "
+                     "NULL, disabled INTEGER NOT NULL DEFAULT 0);"
+                     "INSERT INTO agents VALUES ('a1', 'old', 'x', 'then', 0);")
+    db.close()
+    store = AgentStore(path, hasher=CHEAP)
+    assert store.by_name("old") == Agent("a1", "old", "then", role=Role.AGENT, token_version=1)
+    store.close()
 
 
 @pytest.mark.parametrize(

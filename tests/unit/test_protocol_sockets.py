@@ -15,8 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hitl_sip.hub.agentns import AgentNamespace
+from hitl_sip.hub.agents import Agent
 from hitl_sip.hub.botns import BotNamespace
 from hitl_sip.hub.calls import CallRecord
+from hitl_sip.hub.sessions import Session
+from hitl_sip.hub.tokens import TokenClaims
 from hitl_sip.protocol import agent as a
 from hitl_sip.protocol import bot as b
 from hitl_sip.protocol import worker as w
@@ -83,7 +86,7 @@ def test_event_and_field_names_are_those_of_the_protocol() -> None:
         ("webrtc_candidate", ["callId", "candidate", "sdpMid", "sdpMLineIndex"]),
         ("mute", ["callId", "muted"]), ("hangup", ["callId"]), ("return_to_bot", ["callId"])]
     assert wire_names(a.EVENTS) == [
-        ("agent_state", ["agentId", "name", "status", "activeCallId"]),
+        ("agent_state", ["agentId", "name", "status", "activeCallId", "role"]),  # §6: role
         ("incoming_call", ["callId", "threadId", "caller", "called", "trunk", "receivedAt",
                            "ringTimeoutSec", "botTranscript", "metadata"]),
         ("call_cancelled", ["callId", "reason"]),
@@ -115,7 +118,8 @@ def test_what_the_hub_sends_round_trips_through_the_wire(message: SocketModel) -
 def test_the_hub_sends_every_field_even_when_null() -> None:
     assert a.AgentState(agent_id="bob", name="Bob", status=a.AgentStatus.AVAILABLE,
                         active_call_id=None).wire() == {
-        "agentId": "bob", "name": "Bob", "status": "available", "activeCallId": None}
+        "agentId": "bob", "name": "Bob", "status": "available", "activeCallId": None,
+        "role": "agent"}
     assert a.ServerCandidate(call_id="c1").wire() == {
         "callId": "c1", "candidate": None, "sdpMid": None, "sdpMLineIndex": None}
     with pytest.raises(ValueError, match="Extra inputs"):
@@ -265,6 +269,9 @@ class FakeHub:
         for listener in self.listeners:
             await listener(event, data)
 
+    async def offered(self, call_id: str, agent_id: str) -> None:
+        self.registry.calls[call_id].offered_to.add(agent_id)
+
     async def command(self, command: w.HubCommand) -> bool:
         self.commands.append(command)
         return command.call_id in self.registry.calls
@@ -289,17 +296,26 @@ class FakeServer:
         return [text for e, text, sid in self.sent if e == event and sid == to]
 
 
+class FakeAuth:
+    """What the namespace uses of hitl_sip.hub.sessions.Sessions: every token is its own
+    agent id (an agent account)."""
+
+    async def check(self, token: str) -> Session:
+        claims = TokenClaims(sub=token, name=token.title(), ver=1, exp=1e12, iat=0, jti=token)
+        return Session(claims, Agent(agent_id=token, name=token.title(), created_at="now"))
+
+    async def watch(self, *_: Any) -> None:
+        return None
+
+
 class Rig:
     def __init__(self) -> None:
         self.hub = FakeHub()
         self.server = FakeServer()
         self.refused: list[str] = []
 
-        async def exists(agent_id: str) -> bool:
-            return True
-
         self.agents = AgentNamespace(
-            self.hub, lambda token: (token, token.title()), exists,  # type: ignore[arg-type]
+            self.hub, FakeAuth(),  # type: ignore[arg-type]
             origins=(), ring_timeout=20.0, reconnect_grace=1.0)
         self.bots = BotNamespace(self.hub)  # type: ignore[arg-type]
         for ns in (self.agents, self.bots):
@@ -337,7 +353,8 @@ async def test_the_agent_gets_exactly_the_shapes_the_dashboard_reads(rig: Rig) -
     await rig.agent("alice")
     await rig.queue()
     assert rig.server.got("agent_state") == [
-        '{"agentId": "alice", "name": "Alice", "status": "available", "activeCallId": null}']
+        '{"agentId": "alice", "name": "Alice", "status": "available", "activeCallId": null, '
+        '"role": "agent"}']
     assert rig.server.got("incoming_call") == [
         '{"callId": "c1", "threadId": "t1", "caller": {"number": "+1555", "name": null}, '
         '"called": "+1556", "trunk": null, "receivedAt": "2026-12-04T20:00:00Z", '

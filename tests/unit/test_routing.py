@@ -36,6 +36,9 @@ class FakeHub:
     def subscribe(self, listener: Callable[[str, dict[str, Any]], Awaitable[None]]) -> None:
         self.listeners.append(listener)
 
+    async def offered(self, call_id: str, agent_id: str) -> None:
+        self.registry.calls[call_id].offered_to.add(agent_id)
+
     async def command(self, command: HubCommand) -> bool:
         self.commands.append(command)
         return True

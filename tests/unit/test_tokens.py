@@ -59,10 +59,11 @@ def test_an_issued_token_verifies_to_its_claims() -> None:
 
 
 def test_the_token_is_base64url_json_dot_base64url_hmac_sha256() -> None:
-    token, _ = TokenSigner(SECRET, clock=FakeClock()).issue("agent-1", "alice")
+    token, _ = TokenSigner(SECRET, clock=FakeClock()).issue("agent-1", "alice", 7)
     body, signature = token.split(".")
     payload = json.loads(unb64url(body))
-    assert set(payload) == {"sub", "name", "exp", "iat", "jti"}
+    assert set(payload) == {"sub", "name", "ver", "exp", "iat", "jti"}
+    assert payload["ver"] == 7  # the account's token version
     expected = hmac.new(SECRET, body.encode(), hashlib.sha256).digest()
     assert unb64url(signature) == expected
     assert "=" not in token

@@ -50,9 +50,18 @@ export class AuthService {
     this.token.set(body.token);
   }
 
-  logout(): void {
+  /** Forget the token; unless the hub already refused it, end its session there too
+   * (POST /api/logout, PROTOCOL.md §6): a token copied from this page stops working. */
+  logout(refused = false): void {
+    const token = this.token();
     sessionStorage.removeItem(TOKEN_KEY);
     this.token.set(null);
+    if (token && !refused) {
+      void fetch('/api/logout', {
+        method: 'POST',
+        headers: { Authorization: `Bearer ${token}` },
+      }).catch(() => undefined);
+    }
   }
 
   private async get(path: string): Promise<unknown> {

@@ -205,6 +205,19 @@ describe('DeskService', () => {
     expect(desk.connection()).toBe('disconnected');
   });
 
+  it('a session the hub ends logs the agent out without reconnecting', () => {
+    socket.serverEmit('disconnect', 'io server disconnect');
+    expect(auth.loggedOut).toBe(1);
+    expect(desk.problem()?.code).toBe('unauthorized');
+    expect(desk.connection()).toBe('disconnected');
+  });
+
+  it('a lost connection is not a logout', () => {
+    socket.serverEmit('disconnect', 'transport close');
+    expect(auth.loggedOut).toBe(0);
+    expect(desk.connection()).toBe('reconnecting');
+  });
+
   it('availability goes through set_status', async () => {
     await desk.setAvailable(false);
     expect(socket.events('set_status')).toEqual([{ status: 'away' }]);

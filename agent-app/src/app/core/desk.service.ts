@@ -223,6 +223,17 @@ export class DeskService implements OnDestroy {
       this.connection.set('disconnected');
       return;
     }
+    if (reason === 'io server disconnect') {
+      // the hub ended the session: signed out elsewhere, or the account was removed or
+      // changed (PROTOCOL.md §6); it will not take this token again
+      this.stop();
+      this.auth.logout(true);
+      this.problem.set({
+        code: 'unauthorized',
+        message: 'Your session was ended (signed out, or your account changed). Log in again.',
+      });
+      return;
+    }
     this.connection.set('reconnecting');
     this.problem.set({
       code: 'socket_lost',
@@ -238,7 +249,7 @@ export class DeskService implements OnDestroy {
   private onConnectError(err: Error): void {
     if (err?.message === 'unauthorized') {
       this.stop();
-      this.auth.logout();
+      this.auth.logout(true);
       this.problem.set({
         code: 'unauthorized',
         message: 'Your session has expired or was revoked. Log in again.',
