@@ -88,7 +88,7 @@ from tests.integration.test_agents import PASSWORD, add_agent  # noqa: E402
 from tests.support.alive5 import API_KEY as ALIVE5_KEY  # noqa: E402
 from tests.support.alive5 import Alive5StandIn  # noqa: E402
 from tests.support.net import free_port  # noqa: E402
-from tests.support.redis import RedisServer  # noqa: E402
+from tests.support.redis import CLUSTER_SECRET, RedisServer  # noqa: E402
 from tests.support.rtpcaller import RtpCaller  # noqa: E402
 from tests.support.server import Server, running_server  # noqa: E402
 
@@ -945,13 +945,15 @@ def soak(plan: list[str], seconds: float | None, keep: Path | None = None) -> di
             redis = RedisServer()
             redis.start()
             stack.callback(redis.stop)
-            extra["cluster"] = {"redis_url": redis.url, "hub_id": "A"}
+            extra["cluster"] = {"redis_url": redis.url, "hub_id": "A",
+                                "secret": CLUSTER_SECRET}
             (home / "B").mkdir()
             other = stack.enter_context(running_server(home / "B", extra={
                 "bot": {"flow": str(flow)}, "api": {"keys": [API_KEY]},
                 "routing": {"queue_timeout": 60},
                 "webrtc": {"host_addresses": ["127.0.0.1"]},
-                "cluster": {"redis_url": redis.url, "hub_id": "B"}}))
+                "cluster": {"redis_url": redis.url, "hub_id": "B",
+                            "secret": CLUSTER_SECRET}}))
             for i in range(AGENTS):
                 add_agent(other.data_dir, f"agent{i}")
         with running_server(home, workers=2, sip={"port": free_port()}, extra=extra) as srv:

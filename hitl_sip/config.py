@@ -294,8 +294,11 @@ class FrontConfig:
 class ClusterConfig:
     """Several hubs sharing state through Redis (hitl_sip/hub/cluster.py)."""
 
-    redis_url: _Str = ""  # "" = a single hub; e.g. redis://10.0.0.5:6379/0
+    redis_url: _Str = ""  # "" = a single hub; e.g. redis://:PASSWORD@10.0.0.5:6379/0
     hub_id: _Str = ""  # "" = <hostname>-<pid>
+    # seals every message between hubs (HMAC-SHA256): the same value on every hub, hex or
+    # base64, at least 32 bytes (openssl rand -hex 32); required with redis_url
+    secret: _Str = ""
 
 
 @dataclass(frozen=True, config=_SECTION)
@@ -610,6 +613,15 @@ def validate(config: Config) -> None:
     url = config.cluster.redis_url
     if url and not url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError("cluster.redis_url", f"expected redis://host:port[/db], got {url!r}")
+    if url and not config.cluster.secret:
+        raise ConfigError("cluster.secret", "hubs sharing Redis seal what they exchange: set "
+                          "the same secret on every hub (HITL_SIP_CLUSTER_SECRET, e.g. "
+                          "openssl rand -hex 32)")
+    if config.cluster.secret:
+        try:
+            parse_secret(config.cluster.secret)
+        except ValueError as e:
+            raise ConfigError("cluster.secret", str(e)) from None
     if config.log.level not in LOG_LEVELS:
         raise ConfigError("log.level", f"expected one of {', '.join(LOG_LEVELS)}")
     if not config.resolve_path(config.profiles_dir).is_dir():

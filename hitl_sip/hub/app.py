@@ -22,7 +22,9 @@ from hitl_sip.hub.dashboard import setup_dashboard
 from hitl_sip.hub.login import setup_login
 from hitl_sip.hub.registry import WorkerRegistry, WorkerState
 from hitl_sip.hub.sessions import Sessions
+from hitl_sip.hub.tokens import parse_secret
 from hitl_sip.metrics import CONTENT_TYPE
+from hitl_sip.protocol.seal import Seal, SealedJson
 from hitl_sip.protocol.wire import MAX_SOCKET_BYTES, SocketJson, WireError
 from hitl_sip.protocol.worker import (
     Ack,
@@ -162,9 +164,14 @@ def create_app(
     if hub is not None:
         setup_api(app, hub)
         origins: list[str] | str = list(config.api.agent_origins) or "*"
-        manager = (socketio.AsyncRedisManager(config.cluster.redis_url,
-                                              channel="hitl-sip-socketio")
-                   if config.cluster.redis_url else None)
+        manager = None
+        if config.cluster.redis_url:
+            # python-socketio >= 5.14 speaks JSON on Redis (no pickle); sealed like ours
+            SealedJson.seal = Seal(parse_secret(config.cluster.secret))
+            counter = hub.cluster_refused
+            SealedJson.on_refused = lambda reason: counter.inc(reason=reason)
+            manager = socketio.AsyncRedisManager(config.cluster.redis_url,
+                                                 channel="hitl-sip-socketio")
         refused = registry.metrics.counter(
             "hitl_sip_hub_socket_payloads_refused_total",
             "Socket.IO payloads refused at the edge (too large, too deep, not JSON)", ["reason"])
@@ -173,6 +180,8 @@ def create_app(
                                    logger=False, engineio_logger=False,
                                    client_manager=manager, json=SocketJson,
                                    max_http_buffer_size=4 * MAX_SOCKET_BYTES)
+        if manager is not None:  # set_server() gave it the packets' JSON module: seal it
+            manager.json = SealedJson
         sio.register_namespace(BotNamespace(hub))
         if sessions is not None:
             setup_login(app, sessions)

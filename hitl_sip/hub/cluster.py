@@ -21,6 +21,11 @@ Redis:
 
 Socket.IO itself runs on python-socketio's Redis manager, so an emit may target a socket on
 any hub. The alive5 outbox stays with the owning hub (turns are stored and sent once).
+
+Redis is treated as a network others may write to: every message published and every
+liveness mark is sealed (hitl_sip.protocol.seal, HMAC with ``cluster.secret``) and opened
+before it is parsed; what does not open — forged, altered, replayed — is dropped and counted
+(``hitl_sip_hub_cluster_messages_refused_total{reason}``).
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from hitl_sip.protocol.cluster import (
     HubEvent,
     parse_cluster_message,
 )
+from hitl_sip.protocol.seal import Seal
 from hitl_sip.protocol.wire import WireError
 from hitl_sip.protocol.worker import HubCommand, Reply
 from hitl_sip.supervise import supervised
@@ -79,9 +85,12 @@ class Mark:
 
 
 class Cluster:
-    def __init__(self, url: str, hub_id: str) -> None:
+    def __init__(self, url: str, hub_id: str, seal: Seal,
+                 on_refused: Callable[[str], None] | None = None) -> None:
         self.url = url
         self.hub_id = hub_id
+        self.seal = seal
+        self.on_refused = on_refused
         # one quick retry, not redis-py's default backoff of seconds: while Redis is away
         # every call that touches it (an agent's accept, a publish) must fail fast
         self.redis: aioredis.Redis = aioredis.from_url(
@@ -126,8 +135,8 @@ class Cluster:
     async def publish(self, message: HubEvent, worker_id: str | None = None) -> None:
         """Tell the other hubs about a call event (``worker_id``: the owning worker, for
         ``call_started``)."""
-        await self.redis.publish(EVENTS, ClusterEvent(
-            hub=self.hub_id, worker_id=worker_id, message=message).dumps())
+        await self.redis.publish(EVENTS, self.seal.seal(ClusterEvent(
+            hub=self.hub_id, worker_id=worker_id, message=message).dumps()))
 
     async def _subscribe(self) -> Any:
         pubsub = self.redis.pubsub()
@@ -174,10 +183,12 @@ class Cluster:
                 data = message["data"]
                 if not isinstance(data, str | bytes):
                     raise WireError("bad_message", "not text")
-                body = parse_cluster_message(data)
+                body = parse_cluster_message(self.seal.open(data))
             except WireError as e:
                 self.refused += 1
-                log.warning("cluster: ignored a malformed message: %s", e)
+                if self.on_refused is not None:
+                    self.on_refused(e.reason)
+                log.warning("cluster: ignored a message from Redis (%s): %s", e.reason, e)
                 continue
             task = asyncio.create_task(self._handle(body))
             self._handlers.add(task)
@@ -199,7 +210,8 @@ class Cluster:
                 reply = outcome if isinstance(outcome, Reply) else None
                 answer = CommandReply(id=body.id, sent=outcome is True or reply is not None,
                                       reply=reply)
-                await self.redis.publish(self._channel(body.sender), answer.dumps())
+                await self.redis.publish(self._channel(body.sender),
+                                         self.seal.seal(answer.dumps()))
         except Exception:
             self.failed += 1
             log.exception("cluster: a message could not be applied")
@@ -215,9 +227,9 @@ class Cluster:
         future: asyncio.Future[CommandReply] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = future
         try:
-            await self.redis.publish(self._channel(owner), CommandRequest(
+            await self.redis.publish(self._channel(owner), self.seal.seal(CommandRequest(
                 id=request_id, sender=self.hub_id, command=command,
-                want_reply=want_reply).dumps())
+                want_reply=want_reply).dumps()))
             return await asyncio.wait_for(future, wait)
         except TimeoutError:
             log.warning("[call %s] hub %s did not answer %s in %.0fs", command.call_id,
@@ -245,7 +257,8 @@ class Cluster:
         time of the mark (this hub's clock, ms): the others drop their copies of calls whose
         ``call_ended`` they missed, judging only by marks written after they saw the call."""
         mark = {"at": int(time.time() * 1000), "calls": sorted(calls or [])}
-        await self.redis.set(f"hitl:alive:{self.hub_id}", json.dumps(mark), ex=ALIVE_TTL)
+        await self.redis.set(f"hitl:alive:{self.hub_id}", self.seal.seal(json.dumps(mark)),
+                             ex=ALIVE_TTL)
 
     async def alive(self, hubs: set[str]) -> dict[str, Mark | None]:
         """The hubs of ``hubs`` that marked themselves alive within ``ALIVE_TTL``, each
@@ -259,9 +272,12 @@ class Cluster:
             if not text:
                 continue
             try:
-                value = json.loads(text)
-            except ValueError:
-                value = None
+                value = json.loads(self.seal.open(text))
+            except (WireError, ValueError) as e:  # not sealed by this cluster: no mark
+                if self.on_refused is not None:
+                    self.on_refused(getattr(e, "reason", "bad_json"))
+                log.warning("cluster: hub %s's liveness mark refused: %s", hub, e)
+                continue
             at = value.get("at") if isinstance(value, dict) else None
             calls = value.get("calls") if isinstance(value, dict) else None
             if isinstance(at, int) and isinstance(calls, list):

@@ -26,7 +26,9 @@ from hitl_sip.hub.calls import CallRecord, Handoff
 from hitl_sip.hub.cluster import HEARTBEAT, Cluster, RedisError
 from hitl_sip.hub.registry import WorkerRegistry
 from hitl_sip.hub.threads import ThreadStore, Turn
+from hitl_sip.hub.tokens import parse_secret
 from hitl_sip.protocol.cluster import Accepted, HubEvent, replicated
+from hitl_sip.protocol.seal import Seal
 from hitl_sip.protocol.worker import (
     CallConnected,
     CallEndedMsg,
@@ -81,7 +83,14 @@ class Hub:
                                "Turns stored but not yet acknowledged by alive5")
         c = config.cluster
         self.hub_id = c.hub_id or f"{socket.gethostname()}-{os.getpid()}"
-        self.cluster = Cluster(c.redis_url, self.hub_id) if c.redis_url else None
+        cluster_refused = m.counter(
+            "hitl_sip_hub_cluster_messages_refused_total",
+            "Messages read from Redis and dropped: unsigned, bad_signature, stale (replayed), "
+            "or malformed", ["reason"])
+        self.cluster_refused = cluster_refused
+        self.cluster = (Cluster(c.redis_url, self.hub_id, Seal(parse_secret(c.secret)),
+                                on_refused=lambda reason: cluster_refused.inc(reason=reason))
+                        if c.redis_url else None)
         self.task_restarts = restart_counter(m)
         self.outbox = (Outbox(store, config.alive5, restarts=self.task_restarts)
                        if config.alive5.url else None)

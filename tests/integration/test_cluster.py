@@ -1,7 +1,8 @@
 """Two hubs sharing one Redis (Debian's redis-server on a loopback port), each with its own
 media worker: an agent connected to hub B is rung for, accepts and talks to a call that
 arrived through hub A's worker; when agents on both hubs accept at the same moment, exactly
-one wins and the other is told ``already_answered``."""
+one wins and the other is told ``already_answered``; Redis asks for a password and what is
+published there unsealed or sealed with another secret changes nothing."""
 
 from __future__ import annotations
 
@@ -17,15 +18,19 @@ from pathlib import Path
 from typing import Any
 
 from hitl_sip.media.ice import install_host_filter
+from hitl_sip.protocol.cluster import ClusterEvent, CommandRequest
+from hitl_sip.protocol.seal import Seal
+from hitl_sip.protocol.worker import CallStarted, Hangup
 from hitl_sip.testing.agent import RECORD_RATE, TestAgent, tone
 from hitl_sip.testing.analysis import dominant_frequency
 from tests.integration.test_agents import PASSWORD, add_agent, login
 from tests.integration.test_bridge import record_of, states
-from tests.support.redis import RedisServer, redis_server
+from tests.support.redis import CLUSTER_SECRET, RedisServer, redis_server
 from tests.support.rtpcaller import RtpCaller
 from tests.support.server import ROOT, Server, running_server
 
 FLOW = ROOT / "bench/flows/bridge.yaml"  # straight to the agent node
+API_KEY = "cluster-test-api-key-0123"
 
 
 @contextmanager
@@ -42,10 +47,11 @@ def two_hubs(tmp_path: Path, redis: RedisServer | None = None,
             home = tmp_path / name
             home.mkdir()
             extra: dict[str, dict[str, Any]] = {
-                "cluster": {"redis_url": url, "hub_id": name},
+                "cluster": {"redis_url": url, "hub_id": name, "secret": CLUSTER_SECRET},
                 "bot": {"flow": str(FLOW)},
                 "routing": {"queue_timeout": 60},
                 "webrtc": {"host_addresses": ["127.0.0.1"], "codecs": ["pcmu"]},
+                "api": {"keys": [API_KEY]},
             }
             hubs.append(stack.enter_context(running_server(home, extra=extra)))
         yield hubs[0], hubs[1]
@@ -219,3 +225,79 @@ def test_the_hubs_find_each_other_again_when_redis_restarts_empty(tmp_path: Path
 
         asyncio.run(scenario())
         assert "is gone: ending" not in hub_a.log() + hub_b.log()
+
+
+REFUSED = "hitl_sip_hub_cluster_messages_refused_total"
+
+
+def test_forged_redis_messages_change_nothing_and_are_counted(tmp_path: Path) -> None:
+    """Someone who can write to Redis (here: with the password) publishes, unsealed or
+    sealed with another secret, a ringing call for the agents' dashboards, a cluster event
+    and a hang-up of a live call: nothing happens, and each hub counts what it dropped."""
+    forger = Seal(b"\x01" * 32)  # the wrong secret
+    redis = RedisServer()
+    redis.start()
+    try:
+        with two_hubs(tmp_path, redis) as (hub_a, hub_b):
+            add_agent(hub_b.data_dir, "bob")
+            fake_ring = json.dumps({
+                "method": "emit", "event": "incoming_call", "namespace": "/agent",
+                "room": None, "skip_sid": None, "callback": None, "host_id": "forger",
+                "data": {"callId": "forged", "threadId": "t", "caller": {
+                    "number": "+18005550199", "name": "Your Bank Security"}}})
+            fake_event = ClusterEvent(hub="A", worker_id="w1", message=CallStarted(
+                call_id="forged2", thread_id="t2")).dumps()
+
+            async def scenario() -> dict[str, Any]:
+                bob = TestAgent(hub_b.http_url, "bob", PASSWORD, codecs=("pcmu",))
+                await bob.connect()
+                for body in (fake_ring, forger.seal(fake_ring)):
+                    redis.cli("PUBLISH", "hitl-sip-socketio", body)
+                for body in (fake_event, forger.seal(fake_event)):
+                    redis.cli("PUBLISH", "hitl:events", body)
+                caller = RtpCaller(hub_a.sip_port())
+                try:
+                    await asyncio.to_thread(caller.call)
+                    caller.start_media(caller_tone)
+                    offer = await bob.wait("incoming_call", limit=20)
+                    call_id = str(offer["callId"])
+                    before = await asyncio.to_thread(hub_a.metric, REFUSED)
+                    hangup = CommandRequest(id="B:666", sender="B",
+                                            command=Hangup(call_id=call_id, by="agent")).dumps()
+                    for body in (hangup, forger.seal(hangup)):
+                        redis.cli("PUBLISH", "hitl:hub:A", body)
+                    await asyncio.to_thread(
+                        hub_a.wait_for, lambda: hub_a.metric(REFUSED) >= before + 2, 10,
+                        "hub A to drop the forged hang-ups")
+                    live = [c["callId"] for c in await asyncio.to_thread(
+                        lambda: calls_of(hub_a))]
+                    await bob.accept(call_id)
+                    await bob.wait("call_connected", limit=15)
+                    await asyncio.to_thread(caller.hangup)
+                    ended = await bob.wait("call_ended", limit=15)
+                finally:
+                    await bob.close()
+                    await asyncio.to_thread(caller.close)
+                return {"offers": bob.events["incoming_call"], "live": live, "ended": ended,
+                        "call_id": call_id}
+
+            seen = asyncio.run(scenario())
+            counts = {name: {reason: hub.metric(REFUSED, reason=reason)
+                             for reason in ("unsigned", "bad_signature")}
+                      for name, hub in (("A", hub_a), ("B", hub_b))}
+    finally:
+        redis.stop()
+    assert [o["callId"] for o in seen["offers"]] == [seen["call_id"]]  # only the real one
+    assert seen["live"] == [seen["call_id"]]  # the forged hang-ups did not end it
+    assert seen["ended"]["by"] == "caller"
+    # B dropped the ring (its Socket.IO manager listens once a socket connected) and the
+    # event; A the event and the hang-ups on its own channel
+    assert counts["B"] == {"unsigned": 2, "bad_signature": 2}, counts
+    assert counts["A"] == {"unsigned": 2, "bad_signature": 2}, counts
+
+
+def calls_of(server: Server) -> list[dict[str, Any]]:
+    req = urllib.request.Request(server.http_url + "/api/calls",
+                                 headers={"X-Api-Key": API_KEY})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return list(json.loads(r.read())["calls"])

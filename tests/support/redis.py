@@ -1,8 +1,12 @@
 """Debian's redis-server on a loopback port chosen at run time, for tests and benches that
-run several hubs; it can be SIGKILLed and started again on the same port."""
+run several hubs; it can be SIGKILLed and started again on the same port. It asks for a
+password (``requirepass``), as a deployment's should; :data:`CLUSTER_SECRET` is what the
+hubs seal their messages with."""
 
 from __future__ import annotations
 
+import os
+import secrets
 import shutil
 import subprocess
 import time
@@ -13,26 +17,38 @@ from tests.support.net import free_port
 
 REDIS = shutil.which("redis-server") or "/usr/bin/redis-server"
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+CLUSTER_SECRET = "5e" * 32  # cluster.secret of the test hubs
 
 
 class RedisServer:
     def __init__(self) -> None:
         self.port = free_port(kind=1)
+        self.password = secrets.token_hex(16)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+
+    def cli(self, *args: str) -> str:
+        """``redis-cli`` with the password (from the environment, not the command line)."""
+        done = subprocess.run([REDIS_CLI, "-p", str(self.port), *args], capture_output=True,
+                              text=True, check=False, timeout=5,
+                              env={**os.environ, "REDISCLI_AUTH": self.password})
+        return done.stdout.strip()
 
     def ping(self) -> bool:
-        probe = subprocess.run([REDIS_CLI, "-p", str(self.port), "ping"], capture_output=True,
-                               text=True, check=False, timeout=5)
-        return probe.stdout.strip() == "PONG"
+        return self.cli("ping") == "PONG"
 
     def start(self, timeout: float = 10.0) -> None:
         self.process = subprocess.Popen(
-            [REDIS, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            [REDIS, "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT)
+        assert self.process.stdin is not None  # the configuration, password included
+        self.process.stdin.write(
+            f"port {self.port}\nbind 127.0.0.1\nsave \"\"\nappendonly no\n"
+            f"requirepass {self.password}\n".encode())
+        self.process.stdin.close()
         deadline = time.monotonic() + timeout
         while not self.ping():
             if self.process.poll() is not None:

@@ -73,6 +73,8 @@ def test_env_key_is_the_dotted_name_upper_cased() -> None:
         ({"worker.record_calls": "maybe"}, "worker.record_calls"),
         ({"log.level": "loud"}, "log.level"),
         ({"profiles_dir": "/no/such/dir"}, "profiles_dir"),
+        ({"cluster.redis_url": "redis://127.0.0.1:6379/0"}, "cluster.secret"),
+        ({"cluster.secret": "too-short"}, "cluster.secret"),
     ],
 )
 def test_invalid_values_raise_config_error_naming_the_key(

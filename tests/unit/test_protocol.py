@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from hitl_sip.protocol import cluster as c
 from hitl_sip.protocol import worker as w
+from hitl_sip.protocol.seal import Seal, SealedJson
 from hitl_sip.protocol.wire import MAX_DEPTH, SocketJson, WireError, depth, loads
 from hitl_sip.protocol.worker import (
     HubMessage,
@@ -224,3 +225,54 @@ def test_the_server_never_imports_the_test_tooling() -> None:
     offenders = [str(p.relative_to(package)) for p in package.rglob("*.py")
                  if "testing" not in p.parts and "hitl_sip.testing" in p.read_text()]
     assert offenders == []
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_sealed_message_opens_only_with_the_secret_fresh_and_unaltered() -> None:
+    clock = Clock()
+    seal = Seal(b"s" * 32, clock=clock)
+    text = seal.seal('{"kind": "reply", "id": "1"}')
+    assert seal.open(text) == '{"kind": "reply", "id": "1"}'
+    value = json.loads(text)
+    altered = json.dumps({**value, "body": value["body"].replace("1", "2")})
+    refusals = {
+        "unsigned": ['{"kind": "reply", "id": "1"}', "not json", "[1]", json.dumps(
+            {**value, "at": True}), json.dumps({**value, "extra": 1})],
+        "bad_signature": [altered, Seal(b"t" * 32, clock=clock).seal(value["body"])],
+    }
+    for reason, texts in refusals.items():
+        for bad in texts:
+            with pytest.raises(WireError) as info:
+                seal.open(bad)
+            assert info.value.reason == reason, bad
+    clock.now += 61  # a replay a minute later
+    with pytest.raises(WireError) as info:
+        seal.open(text)
+    assert info.value.reason == "stale"
+    with pytest.raises(ValueError, match="32 bytes"):
+        Seal(b"short")
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=JSON)
+def test_random_input_never_opens_and_never_raises_anything_else(value: Any) -> None:
+    seal = Seal(b"s" * 32)
+    refused: list[str] = []
+    SealedJson.seal, SealedJson.on_refused = seal, refused.append
+    try:
+        for text in (json.dumps(value), json.dumps({"at": 1, "body": json.dumps(value),
+                                                     "mac": "00"})):
+            with pytest.raises(WireError):
+                seal.open(text)
+            assert SealedJson.loads(text) is None
+        assert SealedJson.loads(SealedJson.dumps({"v": value})) == {"v": value}
+    finally:
+        SealedJson.seal = SealedJson.on_refused = None
+    assert len(refused) == 2
