@@ -323,6 +323,8 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     data_dir: _Str = "data"
     profiles_dir: _Str = str(PROJECT_ROOT / "sip_profiles")
+    # days recordings, call records and local threads are kept (swept hourly by the hub)
+    retention_days: _Int = 30
 
     def resolve_path(self, value: str) -> Path:
         """Resolve a configured path: absolute as is, relative to the project root."""
@@ -347,7 +349,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "front": FrontConfig,
     "cluster": ClusterConfig,
 }
-_TOP_LEVEL = ("data_dir", "profiles_dir")
+_TOP_LEVEL = ("data_dir", "profiles_dir", "retention_days")
 # Environment names read when the HITL_SIP_* form of their key is not set.
 _ENV_FALLBACKS = (("AZURE_SPEECH_KEY", "speech.azure_key"),
                   ("AZURE_SPEECH_REGION", "speech.azure_region"))
@@ -442,6 +444,7 @@ class _Layers(BaseSettings):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     data_dir: _Str = Config.data_dir
     profiles_dir: _Str = Config.profiles_dir
+    retention_days: _Int = Config.retention_days
 
     @classmethod
     def settings_customise_sources(
@@ -622,6 +625,8 @@ def validate(config: Config) -> None:
             parse_secret(config.cluster.secret)
         except ValueError as e:
             raise ConfigError("cluster.secret", str(e)) from None
+    if not 1 <= config.retention_days <= 3650:
+        raise ConfigError("retention_days", "expected 1..3650 days")
     if config.log.level not in LOG_LEVELS:
         raise ConfigError("log.level", f"expected one of {', '.join(LOG_LEVELS)}")
     if not config.resolve_path(config.profiles_dir).is_dir():

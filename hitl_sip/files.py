@@ -26,7 +26,7 @@ def private_umask() -> None:
 def private_dir(path: Path) -> Path:
     """``path`` as a directory only its owner can enter (created when missing)."""
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    _tighten(path, 0o700)
+    tighten(path, 0o700)
     return path
 
 
@@ -35,11 +35,12 @@ def private_file(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with contextlib.suppress(FileExistsError):
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    _tighten(path, 0o600)
+    tighten(path, 0o600)
     return path
 
 
-def _tighten(path: Path, mode: int) -> None:
+def tighten(path: Path, mode: int = 0o600) -> None:
+    """Take away what group and others may do with ``path`` (it gets ``mode``)."""
     current = stat.S_IMODE(path.stat().st_mode)
     if current & 0o077:
         log.warning("%s was readable by others (mode %o): now %o", path, current, mode)

@@ -25,6 +25,7 @@ from hitl_sip.hub.alive5 import Outbox
 from hitl_sip.hub.calls import CallRecord, Handoff
 from hitl_sip.hub.cluster import HEARTBEAT, Cluster, RedisError
 from hitl_sip.hub.registry import WorkerRegistry
+from hitl_sip.hub.retention import sweep_forever
 from hitl_sip.hub.threads import ThreadStore, Turn
 from hitl_sip.hub.tokens import parse_secret
 from hitl_sip.protocol.cluster import Accepted, HubEvent, replicated
@@ -83,6 +84,10 @@ class Hub:
                                "Turns stored but not yet acknowledged by alive5")
         c = config.cluster
         self.hub_id = c.hub_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.retention_removed = m.counter(
+            "hitl_sip_hub_retention_removed_total",
+            "Recordings and call records (file) and local threads (thread) removed past "
+            "retention_days", ["kind"])
         cluster_refused = m.counter(
             "hitl_sip_hub_cluster_messages_refused_total",
             "Messages read from Redis and dropped: unsigned, bad_signature, stale (replayed), "
@@ -105,6 +110,11 @@ class Hub:
             await self.cluster.heartbeat()
             self._spawn(supervised("cluster liveness", self._watch_hubs,
                                    kind="cluster_liveness", restarts=self.task_restarts))
+        self._spawn(supervised(
+            "retention sweep", lambda: sweep_forever(
+                self.config.resolve_path(self.config.data_dir), self.store,
+                self.config.retention_days, self.retention_removed),
+            kind="retention", restarts=self.task_restarts))
         if self.outbox is not None:
             resumed = await self.outbox.start()
             if resumed:

@@ -144,6 +144,27 @@ class ThreadStore:
             (thread_id, agent_id))
         return bool(rows)
 
+    # -- retention (hitl_sip.hub.retention) ------------------------------------------------
+
+    def _sweep(self, cutoff: str) -> tuple[int, int]:
+        with self._lock:
+            old = [row[0] for row in self._db.execute(
+                "SELECT thread_id FROM turns GROUP BY thread_id HAVING MAX(at) < ?",
+                (cutoff,))]
+            undelivered = 0
+            for thread_id in old:
+                undelivered += self._db.execute(
+                    "SELECT COUNT(*) FROM turns WHERE thread_id = ? AND delivery = 'pending'",
+                    (thread_id,)).fetchone()[0] > 0
+                for table in ("turns", "thread_ends", "thread_crm", "thread_access"):
+                    self._db.execute(f"DELETE FROM {table} WHERE thread_id = ?", (thread_id,))
+        return len(old), undelivered
+
+    async def sweep(self, cutoff: str) -> tuple[int, int]:
+        """Delete every thread whose newest turn is older than ``cutoff`` (an ISO-8601 UTC
+        time as the turns carry): (threads removed, of which not yet delivered)."""
+        return await asyncio.to_thread(self._sweep, cutoff)
+
     # -- the outbox (alive5 delivery) ------------------------------------------------------
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
