@@ -13,12 +13,13 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from hitl_sip.hub.threads import ThreadStore, Turn
 from tests.support.server import running_server
-from tests.support.sipp import run_sipp
+from tests.support.sipp import SippResult, run_sipp
 
 pytestmark = pytest.mark.sipp
 
@@ -31,9 +32,9 @@ def thread_status(base: str, thread_id: str) -> int:
                                  headers={"X-Api-Key": API_KEY})
     try:
         with urllib.request.urlopen(req, timeout=5) as r:
-            return r.status
+            return int(r.status)
     except urllib.error.HTTPError as e:
-        return e.code
+        return int(e.code)
 
 
 def seed(data_dir: Path) -> None:
@@ -68,7 +69,8 @@ def loose(data_dir: Path) -> list[str]:
 
 def test_files_are_private_and_old_caller_data_is_swept(tmp_path: Path) -> None:
     seed(tmp_path / "data")
-    extra = {"api": {"keys": [API_KEY]}, "worker": {"record_calls": True}}
+    extra: dict[str, dict[str, Any]] = {"api": {"keys": [API_KEY]},
+                                        "worker": {"record_calls": True}}
     with running_server(tmp_path, extra=extra) as srv:  # its data directory: tmp_path/data
         recordings = srv.data_dir / "recordings"
         srv.wait_for(lambda: not (recordings / "old.wav").exists(), 10, "the sweep")
@@ -78,7 +80,7 @@ def test_files_are_private_and_old_caller_data_is_swept(tmp_path: Path) -> None:
         assert srv.metric("hitl_sip_hub_retention_removed_total", kind="file") == 2
         assert srv.metric("hitl_sip_hub_retention_removed_total", kind="thread") == 1
         result = run_sipp("short_call", srv.sip_port(), tmp_path, duration_ms=1500)
-        assert result.ok, result.explain()
+        assert isinstance(result, SippResult) and result.ok, result
         srv.wait_for(lambda: len(list(recordings.glob("*.wav"))) == 1, 10, "the recording")
         srv.wait_for(lambda: len(list(recordings.glob("*.json"))) == 2, 10, "the call record")
         problems = loose(srv.data_dir)
