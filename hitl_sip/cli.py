@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import secrets
 import signal
+import ssl
 import sys
 
 from aiohttp import web
@@ -20,7 +21,7 @@ from hitl_sip.bot.flow import FlowError
 from hitl_sip.config import FLAG_KEYS, Config, load_config, uses_front
 from hitl_sip.errors import ConfigError
 from hitl_sip.files import private_dir, private_umask
-from hitl_sip.front.certs import TlsPair, tls_pair
+from hitl_sip.front.certs import TlsPair, host_names, pair_for, tls_pair
 from hitl_sip.front.kamailio import (
     KamailioFront,
     free_sip_port,
@@ -30,7 +31,7 @@ from hitl_sip.front.kamailio import (
     write_files,
 )
 from hitl_sip.hub.agents import AgentStore
-from hitl_sip.hub.app import create_app
+from hitl_sip.hub.app import create_app, create_internal_app
 from hitl_sip.hub.core import Hub
 from hitl_sip.hub.registry import WorkerRegistry
 from hitl_sip.hub.sessions import Sessions
@@ -76,9 +77,34 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+async def _listen(runner: web.AppRunner, host: str, port: int,
+                  ssl_context: ssl.SSLContext | None = None) -> tuple[str, int] | None:
+    """Start ``runner`` on ``host:port``; the address it got, None when it cannot."""
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+    try:
+        await site.start()
+    except OSError as e:
+        log.error("cannot listen on %s:%s: %s", host, port, e)
+        return None
+    server = site._server  # aiohttp exposes the bound port nowhere else
+    if isinstance(server, asyncio.Server) and server.sockets:
+        bound = server.sockets[0].getsockname()[:2]
+        return str(bound[0]), int(bound[1])
+    return host, port
+
+
+def https_context(pair: TlsPair) -> ssl.SSLContext:
+    """The hub's HTTPS: TLS 1.2 or newer, the library's default ciphers."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(pair.certificate, pair.private_key)
+    return context
+
+
 async def serve(config: Config, token_secret: bytes, digest_secret: bytes,
-                tls: TlsPair | None = None) -> int:
-    """``tls``: the SIP front's certificate and key, when ``sip.transports`` has ``tls``."""
+                tls: TlsPair | None = None, https: TlsPair | None = None) -> int:
+    """``tls``: the SIP front's certificate and key, when ``sip.transports`` has ``tls``;
+    ``https``: the hub's, when ``http.tls`` is on."""
     registry = WorkerRegistry()
     token = secrets.token_urlsafe(32)
     data_dir = config.resolve_path(config.data_dir)
@@ -88,19 +114,22 @@ async def serve(config: Config, token_secret: bytes, digest_secret: bytes,
                         TokenSigner(token_secret, ttl=config.api.token_ttl))
     app = create_app(config, registry, token, hub, sessions)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    internal_runner = web.AppRunner(create_internal_app(config, registry, token, hub),
+                                    access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, config.http.host, config.http.port)
-    try:
-        await site.start()
-    except OSError as e:
-        log.error("cannot listen on http %s:%s: %s", config.http.host, config.http.port, e)
+    await internal_runner.setup()
+    public = await _listen(runner, config.http.host, config.http.port,
+                           https_context(https) if https else None)
+    internal = await _listen(internal_runner, config.http.internal_host,
+                             config.http.internal_port)
+    if public is None or internal is None:
         await runner.cleanup()
+        await internal_runner.cleanup()
         return 1
-    host, port = config.http.host, config.http.port
-    server = site._server  # aiohttp exposes the bound port nowhere else
-    if isinstance(server, asyncio.Server) and server.sockets:
-        host, port = server.sockets[0].getsockname()[:2]
-    log.info("hub listening on http://%s:%s (healthz, metrics)", host, port)
+    scheme = "https" if https else "http"
+    log.info("hub listening on %s://%s:%s (dashboard, REST, Socket.IO)", scheme, *public)
+    log.info("internal listener on http://%s:%s (metrics, healthz, workers)", *internal)
+    host, port = internal
     worker_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     front: KamailioFront | None = None
     worker_config, sip_ports = config, None
@@ -165,6 +194,7 @@ async def serve(config: Config, token_secret: bytes, digest_secret: bytes,
         await front.stop()
     await hub.close()
     await runner.cleanup()
+    await internal_runner.cleanup()
     store.close()
     log.info("stopped")
     return code
@@ -184,6 +214,12 @@ def main(argv: list[str] | None = None) -> int:
             if uses_front(config) and "tls" in config.sip.transports:
                 # the configured pair, checked, or a self-signed one made now
                 tls = tls_pair(config, data_dir / "front" / "tls", profile.public_address)
+            https = None
+            if config.http.tls:  # the configured pair, checked, or a self-signed one
+                https = pair_for(config, "http", config.http.tls_certificate,
+                                 config.http.tls_private_key,
+                                 directory=data_dir / "http" / "tls",
+                                 names=host_names(config.http.host), what="hub HTTPS")
             token_secret = load_or_create_secret(data_dir / "token.key")
             digest_secret = load_digest_secret(config)
         except ConfigError as e:
@@ -194,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         setup_logging(config.log.level, "hub")
         audit_to(data_dir / "audit.log")
-        return asyncio.run(serve(config, token_secret, digest_secret, tls))
+        return asyncio.run(serve(config, token_secret, digest_secret, tls, https))
     if args.command == "agents":
         try:
             config = load_config(args.config, overrides={"data_dir": args.data_dir})

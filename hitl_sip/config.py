@@ -141,6 +141,14 @@ class HttpConfig:
     port: _Int = 8080
     # the agent dashboard's build, served at /; "" serves none
     dashboard_dir: _Str = "agent-app/dist/agent-app/browser"
+    # HTTPS for the dashboard, REST and Socket.IO (then HSTS); without a configured pair a
+    # self-signed one is made under <data_dir>/http/tls
+    tls: _Bool = False
+    tls_certificate: _Str = ""
+    tls_private_key: _Str = ""
+    # /metrics, the detailed /healthz and the workers' link: never on the public listener
+    internal_host: _Str = "127.0.0.1"
+    internal_port: _Int = 8081  # 0: any free port (logged)
 
 
 @dataclass(frozen=True, config=_SECTION)
@@ -194,7 +202,7 @@ class RoutingConfig:
 @dataclass(frozen=True, config=_SECTION)
 class ApiConfig:
     keys: _Strs = ()
-    agent_origins: _Strs = ()  # allowed Origin headers for /agent (empty: any)
+    agent_origins: _Strs = ()  # allowed Origin headers for Socket.IO (empty: the hub's own)
     token_ttl: _Float = 43200.0
 
 
@@ -625,6 +633,12 @@ def validate(config: Config) -> None:
             parse_secret(config.cluster.secret)
         except ValueError as e:
             raise ConfigError("cluster.secret", str(e)) from None
+    h = config.http
+    if bool(h.tls_certificate) != bool(h.tls_private_key):
+        raise ConfigError("http.tls_private_key" if h.tls_certificate else
+                          "http.tls_certificate", "give both the certificate and its key")
+    if h.internal_port == h.port and h.port and h.internal_host == h.host:
+        raise ConfigError("http.internal_port", "must differ from http.port")
     if not 1 <= config.retention_days <= 3650:
         raise ConfigError("retention_days", "expected 1..3650 days")
     if config.log.level not in LOG_LEVELS:

@@ -107,6 +107,8 @@ const ops = {
     const context = await browser.newContext({
       viewport: p.viewport ?? { width: 1280, height: 800 },
       permissions: ['microphone', 'notifications'],
+      // a hub on HTTPS with its self-signed certificate (tests only)
+      ignoreHTTPSErrors: Boolean(p.ignoreHttpsErrors),
     });
     const page = await context.newPage();
     const name = p.name;

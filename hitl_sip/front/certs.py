@@ -48,21 +48,34 @@ def tls_pair(config: Config, directory: Path, public_address: str | None) -> Tls
     stale). ``public_address``: the profile's ``[nat] public_address``, named in the
     certificate with ``sip.host``."""
     sip = config.sip
-    if sip.tls_certificate:
-        pair = TlsPair(config.resolve_path(sip.tls_certificate),
-                       config.resolve_path(sip.tls_private_key), self_signed=False)
-        problem = _check(pair)
+    return pair_for(config, "sip", sip.tls_certificate, sip.tls_private_key,
+                    directory=directory, names=_names(sip.host, public_address),
+                    what="SIP front")
+
+
+def pair_for(config: Config, section: str, certificate: str, private_key: str, *,
+             directory: Path, names: list[str], what: str) -> TlsPair:
+    """``<section>.tls_certificate`` / ``tls_private_key`` when set (checked; ConfigError
+    naming the key otherwise), else a self-signed pair for ``names`` in ``directory``."""
+    if certificate:
+        pair = TlsPair(config.resolve_path(certificate), config.resolve_path(private_key),
+                       self_signed=False)
+        problem = _check(pair, section)
         if problem:
             raise ConfigError(problem[0], problem[1])
         return pair
-    names = _names(sip.host, public_address)
     pair = TlsPair(directory / CERT_FILE, directory / KEY_FILE, self_signed=True)
     reason = _stale(pair, names)
     if reason:
-        log.info("SIP front: making a self-signed TLS certificate for %s in %s (%s)",
+        log.info("%s: making a self-signed TLS certificate for %s in %s (%s)", what,
                  ", ".join(names), directory, reason)
         _make_self_signed(directory, pair, names)
     return pair
+
+
+def host_names(host: str) -> list[str]:
+    """What a listener's self-signed certificate names: its address, else localhost."""
+    return _names(host, None)
 
 
 def _names(host: str, public_address: str | None) -> list[str]:
@@ -71,23 +84,25 @@ def _names(host: str, public_address: str | None) -> list[str]:
     return list(dict.fromkeys(names)) or ["localhost", "127.0.0.1"]
 
 
-def _check(pair: TlsPair) -> tuple[str, str] | None:
+def _check(pair: TlsPair, section: str = "sip") -> tuple[str, str] | None:
     """``(key, problem)`` when the configured pair cannot serve, else None."""
     try:
         cert = x509.load_pem_x509_certificate(pair.certificate.read_bytes())
     except (OSError, ValueError) as e:
-        return "sip.tls_certificate", f"{pair.certificate}: not a PEM certificate ({e})"
+        return f"{section}.tls_certificate", f"{pair.certificate}: not a PEM certificate ({e})"
     try:
         key = serialization.load_pem_private_key(pair.private_key.read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as e:
-        return ("sip.tls_private_key",
+        return (f"{section}.tls_private_key",
                 f"{pair.private_key}: not an unencrypted PEM private key ({e})")
     public = serialization.PublicFormat.SubjectPublicKeyInfo
     if (key.public_key().public_bytes(serialization.Encoding.DER, public)
             != cert.public_key().public_bytes(serialization.Encoding.DER, public)):
-        return "sip.tls_private_key", f"{pair.private_key} is not the key of {pair.certificate}"
+        return (f"{section}.tls_private_key",
+                f"{pair.private_key} is not the key of {pair.certificate}")
     if cert.not_valid_after_utc <= datetime.datetime.now(datetime.UTC):
-        return "sip.tls_certificate", f"{pair.certificate} expired on {cert.not_valid_after_utc}"
+        return (f"{section}.tls_certificate",
+                f"{pair.certificate} expired on {cert.not_valid_after_utc}")
     return None
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import socketio
 from aiohttp import WSMsgType, web
@@ -23,6 +25,7 @@ from hitl_sip.hub.login import setup_login
 from hitl_sip.hub.registry import WorkerRegistry, WorkerState
 from hitl_sip.hub.sessions import Sessions
 from hitl_sip.hub.tokens import parse_secret
+from hitl_sip.hub.webedge import edge_headers, same_origin
 from hitl_sip.metrics import CONTENT_TYPE
 from hitl_sip.protocol.seal import Seal, SealedJson
 from hitl_sip.protocol.wire import MAX_SOCKET_BYTES, SocketJson, WireError
@@ -43,16 +46,27 @@ WORKER_TOKEN = web.AppKey("worker_token", str)
 MAX_WORKER_MESSAGE = 4 * 1024 * 1024
 
 
+def _status(registry: WorkerRegistry) -> tuple[str, int]:
+    if registry.draining:
+        return "draining", 503
+    if registry.ready_workers():
+        return "ok", 200
+    return "starting", 503
+
+
+async def public_healthz(request: web.Request) -> web.Response:
+    """What a load balancer needs, and a stranger no more: the state alone."""
+    status, code = _status(request.app[REGISTRY])
+    return web.json_response({"status": status}, status=code,
+                             headers={"Cache-Control": "no-store"})
+
+
 async def healthz(request: web.Request) -> web.Response:
+    """The internal listener's: workers, their addresses and calls, the front."""
     registry = request.app[REGISTRY]
     config = request.app[CONFIG]
     ready = registry.ready_workers()
-    if registry.draining:
-        status, code = "draining", 503
-    elif ready:
-        status, code = "ok", 200
-    else:
-        status, code = "starting", 503
+    status, code = _status(registry)
     body = {
         "status": status,
         "workers": [w.public() for w in registry.workers.values()],
@@ -147,6 +161,22 @@ async def _apply_worker_message(app: web.Application, worker_id: str,
             await asyncio.sleep(0.1 * 2**attempt)
 
 
+def create_internal_app(config: Config, registry: WorkerRegistry, worker_token: str,
+                        hub: Hub | None = None) -> web.Application:
+    """The internal listener (``http.internal_host:internal_port``, loopback by default):
+    ``/metrics``, the detailed ``/healthz`` and the workers' link."""
+    app = web.Application(client_max_size=1024 * 1024)
+    app[CONFIG] = config
+    app[REGISTRY] = registry
+    app[WORKER_TOKEN] = worker_token
+    if hub is not None:
+        app[HUB] = hub
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/internal/worker", worker_socket)
+    return app
+
+
 def create_app(
     config: Config,
     registry: WorkerRegistry,
@@ -154,16 +184,19 @@ def create_app(
     hub: Hub | None = None,
     sessions: Sessions | None = None,
 ) -> web.Application:
-    app = web.Application(client_max_size=1024 * 1024)
+    """The public listener: the dashboard, REST, Socket.IO and a terse ``/healthz``, every
+    answer with the browser-edge headers (hitl_sip.hub.webedge)."""
+    app = web.Application(client_max_size=1024 * 1024,
+                          middlewares=[edge_headers(hsts=config.http.tls)])
     app[CONFIG] = config
     app[REGISTRY] = registry
     app[WORKER_TOKEN] = worker_token
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/internal/worker", worker_socket)
+    app.router.add_get("/healthz", public_healthz)
     if hub is not None:
         setup_api(app, hub)
-        origins: list[str] | str = list(config.api.agent_origins) or "*"
+        # by default a browser page may connect from the hub's own origin only
+        origins: list[str] | Callable[[str | None, dict[str, Any]], bool] = (
+            list(config.api.agent_origins) or same_origin(tls=config.http.tls))
         manager = None
         if config.cluster.redis_url:
             # python-socketio >= 5.14 speaks JSON on Redis (no pickle); sealed like ours

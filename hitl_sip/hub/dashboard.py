@@ -2,16 +2,20 @@
 
 ``http.dashboard_dir`` names the build output; ``make run`` / ``make test`` build it. Files
 with a content hash in their name are cached for a year; ``index.html`` never is, so a new
-build reaches agents on their next load. A missing build answers ``/`` with 503 and says how
+build reaches agents on their next load, and each answer of it carries a fresh CSP nonce
+(hitl_sip.hub.webedge). A missing build answers ``/`` with 503 and says how
 to build it rather than a bare 404.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 from pathlib import Path
 
 from aiohttp import web
+
+from hitl_sip.hub.webedge import CSP_HEADER, csp
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +27,7 @@ NOT_BUILT = (
     "or point http.dashboard_dir at a build.\n"
 )
 IMMUTABLE = "public, max-age=31536000, immutable"
+NONCE_MARK = "HITL_CSP_NONCE"  # agent-app/src/index.html: <app-root ngCspNonce="...">
 
 
 async def dashboard(request: web.Request) -> web.StreamResponse:
@@ -38,11 +43,21 @@ async def dashboard(request: web.Request) -> web.StreamResponse:
     if not path.is_relative_to(root) or not path.is_file():
         raise web.HTTPNotFound(text="not found")
     headers = {"X-Content-Type-Options": "nosniff"}
+    if path == index.resolve():
+        return _index(path)
     # Angular's build names every asset but index.html with a content hash (main-HASH.js)
-    headers["Cache-Control"] = "no-cache" if path == index.resolve() else IMMUTABLE
+    headers["Cache-Control"] = IMMUTABLE
     if path.name == "favicon.ico":
         headers["Cache-Control"] = "public, max-age=86400"
     return web.FileResponse(path, headers=headers)
+
+
+def _index(path: Path) -> web.Response:
+    """``index.html`` with a fresh CSP nonce for the styles Angular adds at run time."""
+    nonce = secrets.token_urlsafe(18)
+    html = path.read_text(encoding="utf-8").replace(NONCE_MARK, nonce)
+    return web.Response(text=html, content_type="text/html", headers={
+        "Cache-Control": "no-cache", CSP_HEADER: csp(nonce)})
 
 
 def setup_dashboard(app: web.Application, directory: Path) -> None:

@@ -159,7 +159,7 @@ def words_of(text: str) -> set[str]:
 def rest(server: Server, path: str, token: str) -> Any:
     req = urllib.request.Request(server.http_url + path,
                                  headers={"Authorization": f"Bearer {token}"})
-    with urllib.request.urlopen(req, timeout=5) as r:
+    with urllib.request.urlopen(req, timeout=5, context=server.ssl_context) as r:
         return json.loads(r.read())
 
 
@@ -214,7 +214,8 @@ async def press_zero_at_the_menu(server: Server, token: str, caller: RtpCaller) 
 
 def check_dashboard_is_built(server: Server) -> None:
     try:
-        with urllib.request.urlopen(server.http_url + "/", timeout=5) as r:
+        with urllib.request.urlopen(server.http_url + "/", timeout=5,
+                                    context=server.ssl_context) as r:
             body = r.read().decode(errors="replace")
     except urllib.error.HTTPError as e:
         pytest.fail(f"GET / answered {e.code}: {e.read().decode(errors='replace')}"
@@ -356,6 +357,7 @@ async def test_an_agent_answers_a_call_in_the_browser(
     voice = CallerVoice()
     with Alive5StandIn() as a5, running_server(tmp_path, extra={
         **SERVER_EXTRA, "alive5": {"url": a5.url, "api_key": API_KEY, "ack_timeout": 3},
+        "http": {"tls": True},  # HTTPS (self-signed) with the CSP on: what agents get
     }) as srv:
         add_agent(srv.data_dir, "alice")
         check_dashboard_is_built(srv)
@@ -363,7 +365,8 @@ async def test_an_agent_answers_a_call_in_the_browser(
         token = agent_token(srv, "sue")
         async with Browser() as browser:
             await browser.launch(mic)
-            page = await browser.new_page("alice", srv.http_url + "/")
+            assert srv.http_url.startswith("https://")
+            page = await browser.new_page("alice", srv.http_url + "/", self_signed=True)
             async with diagnostics(browser, shots, [page], srv):
                 await page.wait_for(tid("login-username"), limit=20)
                 await shots(page, "login")
@@ -445,6 +448,8 @@ async def test_an_agent_answers_a_call_in_the_browser(
                     await page.wait_for(f'{tid("history-item")}[data-call-id="{call_id}"]',
                                         limit=10)
                     await shots(page, "history")
+                    # the whole call ran under the hub's Content-Security-Policy
+                    assert browser.csp_violations() == [], browser.csp_violations()
 
 
 async def test_ring_all_answered_elsewhere_and_socket_drop_restores_the_call(

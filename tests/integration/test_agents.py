@@ -37,7 +37,7 @@ def login(server: Server, name: str, password: str = PASSWORD) -> tuple[int, Any
     req = urllib.request.Request(server.http_url + "/api/login", data=body, method="POST",
                                  headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(req, timeout=5) as r:
+        with urllib.request.urlopen(req, timeout=5, context=server.ssl_context) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
@@ -90,10 +90,10 @@ def test_login_refuses_a_wrong_password_and_an_unknown_agent_alike(tmp_path: Pat
 
 
 def test_connect_is_refused_without_a_valid_token(tmp_path: Path) -> None:
-    async def attempt(server: Server, token: str | None) -> str:
+    async def attempt(server: Server, token: str | None, origin: str | None = None) -> str:
         agent = Agent("x")
         try:
-            await agent.connect(server, token)
+            await agent.connect(server, token, {"Origin": origin} if origin else None)
         except socketio.exceptions.ConnectionError:
             return str(agent.events.get("connect_error"))
         await agent.sio.disconnect()
@@ -107,6 +107,9 @@ def test_connect_is_refused_without_a_valid_token(tmp_path: Path) -> None:
         for bad in (None, "", "garbage", forged):
             assert "unauthorized" in asyncio.run(attempt(srv, bad)), bad
         assert asyncio.run(attempt(srv, token)) == "connected"
+        # a browser page elsewhere may not use the token (api.agent_origins empty: own origin)
+        assert asyncio.run(attempt(srv, token, "https://evil.example")) != "connected"
+        assert asyncio.run(attempt(srv, token, srv.http_url)) == "connected"
 
 
 async def ring_two_agents(server: Server, tmp_path: Path) -> dict[str, Any]:

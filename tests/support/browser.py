@@ -256,10 +256,13 @@ class Browser:
 
     async def new_page(
         self, name: str, url: str | None = None, *, viewport: tuple[int, int] | None = None,
+        self_signed: bool = False,
     ) -> Page:
         """A page in a browser context of its own (microphone and notifications granted),
-        loading ``url`` when given."""
-        params: dict[str, Any] = {"name": name, "timeout": 30_000}
+        loading ``url`` when given; ``self_signed``: trust an HTTPS hub's self-signed
+        certificate."""
+        params: dict[str, Any] = {"name": name, "timeout": 30_000,
+                                  "ignoreHttpsErrors": self_signed}
         if url is not None:
             params["url"] = url
         if viewport is not None:
@@ -270,6 +273,10 @@ class Browser:
     async def close(self) -> None:
         """Closes every page and the browser (the driver keeps running)."""
         await self.request("close", _timeout=30)
+
+    def csp_violations(self) -> list[str]:
+        """What Chromium reported the pages' Content-Security-Policy refused."""
+        return [str(line) for line in self.console if "Content Security Policy" in line.text]
 
     def console_text(self, last: int = 200) -> str:
         return "\n".join(str(line) for line in self.console[-last:])

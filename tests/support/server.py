@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -32,10 +33,19 @@ class Server:
     command: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     workers: int = 1
+    internal_url: str = ""  # /metrics, the detailed /healthz (http.internal_port)
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """For urllib against an HTTPS hub: trusts the hub's self-signed certificate."""
+        if not self.http_url.startswith("https:"):
+            return None
+        return ssl.create_default_context(
+            cafile=str(self.data_dir / "http" / "tls" / "front.crt"))
 
     def health(self) -> tuple[int, dict[str, Any]]:
         try:
-            with urllib.request.urlopen(self.http_url + "/healthz", timeout=2) as r:
+            with urllib.request.urlopen(self.internal_url + "/healthz", timeout=2) as r:
                 return r.status, json.loads(r.read())
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read() or b"{}")
@@ -59,7 +69,7 @@ class Server:
         return int(body["workers"][worker]["pid"])
 
     def metrics_text(self) -> str:
-        with urllib.request.urlopen(self.http_url + "/metrics", timeout=2) as r:
+        with urllib.request.urlopen(self.internal_url + "/metrics", timeout=2) as r:
             return str(r.read().decode())
 
     def metric(self, name: str, **labels: str) -> float:
@@ -160,15 +170,18 @@ def running_server(
     """``args``: more ``hitl-sip serve`` flags, after ``--config`` (flags override the file).
     ``profiles``: trunk profiles (name -> TOML text) in a profiles directory of their own,
     with the stock ones (name ``profile`` to use one)."""
-    http_port = free_port()
+    http_port, internal_port = free_port(), free_port()
     data_dir = tmp / "data"
+    extra = dict(extra or {})
+    http = {"host": "127.0.0.1", "port": http_port, "internal_port": internal_port,
+            **extra.pop("http", {})}
     sections = {
         "sip": {"host": "127.0.0.1", "port": 0, "transports": ["udp", "tcp"],
                 "profile": profile, **(sip or {})},
-        "http": {"host": "127.0.0.1", "port": http_port},
+        "http": http,
         "worker": {"count": workers, "drain_grace": 5, **(worker or {})},
         "log": {"level": "info"},
-        **(extra or {}),
+        **extra,
     }
     config = tmp / "hitl-sip.toml"
     top = {"data_dir": str(data_dir)}
@@ -189,8 +202,9 @@ def running_server(
     with open(log_path, "ab") as logf:
         proc = subprocess.Popen(command, cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT,
                                 env=full_env)
-    server = Server(proc, f"http://127.0.0.1:{http_port}", data_dir, log_path, command,
-                    full_env, workers)
+    scheme = "https" if http.get("tls") else "http"
+    server = Server(proc, f"{scheme}://127.0.0.1:{http_port}", data_dir, log_path, command,
+                    full_env, workers, f"http://127.0.0.1:{internal_port}")
     try:
         server.wait_ready(ready_timeout)
         yield server

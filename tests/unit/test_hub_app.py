@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from hitl_sip.config import load_config
-from hitl_sip.hub.app import REGISTRY, create_app
+from hitl_sip.hub.app import REGISTRY, create_app, create_internal_app
 from hitl_sip.hub.registry import WorkerRegistry
 from hitl_sip.metrics import Registry
 
@@ -21,9 +21,28 @@ TOKEN = "secret-token"
 @pytest.fixture
 async def client() -> AsyncIterator[TestClient[aiohttp.web.Request, aiohttp.web.Application]]:
     config = load_config(None, env={})
-    app = create_app(config, WorkerRegistry(), TOKEN)
+    app = create_internal_app(config, WorkerRegistry(), TOKEN)
     async with TestClient(TestServer(app)) as c:
         yield c
+
+
+async def test_the_public_listener_says_little_and_sends_the_browser_edge_headers() -> None:
+    config = load_config(None, env={}, overrides={"http.dashboard_dir": ""})
+    async with TestClient(TestServer(create_app(config, WorkerRegistry(), TOKEN))) as public:
+        r = await public.get("/healthz")
+        assert (r.status, await r.json()) == (503, {"status": "starting"})
+        assert r.headers["X-Frame-Options"] == "DENY"
+        assert "frame-ancestors 'none'" in r.headers["Content-Security-Policy"]
+        assert "script-src 'self';" in r.headers["Content-Security-Policy"]
+        assert r.headers["Referrer-Policy"] == "no-referrer"
+        assert "Strict-Transport-Security" not in r.headers  # plain HTTP
+        for internal in ("/metrics", "/internal/worker"):
+            r = await public.get(internal)
+            assert r.status == 404 and r.headers["X-Content-Type-Options"] == "nosniff"
+    tls = load_config(None, env={}, overrides={"http.dashboard_dir": "", "http.tls": "true"})
+    async with TestClient(TestServer(create_app(tls, WorkerRegistry(), TOKEN))) as public:
+        r = await public.get("/healthz")
+        assert r.headers["Strict-Transport-Security"] == "max-age=31536000"
 
 
 HELLO = {
