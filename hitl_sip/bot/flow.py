@@ -23,6 +23,7 @@ are literal braces)::
         no_match: "Sorry, I didn't get that."
         dtmf_max: 1             # digits collected before matching; '#' ends early (default 1)
         type_ahead: true        # digits pressed while an earlier prompt played count here
+        safe_digits: false      # true for a menu: its digits are kept; else "[pressed •]"
                                 #   (default true; false: they are dropped)
         branches:               # first match wins, in file order; each has next + matchers
           - {dtmf: "0", next: agent}                    # exact digits
@@ -135,6 +136,9 @@ class AskNode:
     store_as: str | None = None
     barge_in: bool = True
     type_ahead: bool = True
+    # digits pressed here may be stored and shown (a menu); otherwise a turn, the call
+    # record and the logs say only that a digit was pressed (card numbers, PINs)
+    safe_digits: bool = False
     line: int = 0
 
 
@@ -350,6 +354,7 @@ _NODE_KEYS: dict[NodeType, frozenset[str]] = {
             "fail",
             "store_as",
             "type_ahead",
+            "safe_digits",
         }
     ),
     NodeType.AGENT: frozenset({"type", "queue", "skill", "message", "fallback", "resume"}),
@@ -583,6 +588,7 @@ class _Validator:
         prompt = self.prompt_keys(node_id, m, "prompt", required=True)
         barge_in = self.get_bool(node_id, m, "barge_in", True)
         type_ahead = self.get_bool(node_id, m, "type_ahead", True)
+        safe_digits = self.get_bool(node_id, m, "safe_digits", False)
         timeout = m.get("timeout", DEFAULT_TIMEOUT)
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
             self.issue(node_id, self.line_of(m, "timeout"), "'timeout' must be a positive number")
@@ -624,6 +630,7 @@ class _Validator:
             store_as=store_as,
             barge_in=barge_in,
             type_ahead=type_ahead,
+            safe_digits=safe_digits,
             line=line,
         )
 

@@ -76,6 +76,13 @@ class FlowRunner:
         return self._node_id
 
     @property
+    def digits_safe(self) -> bool:
+        """Whether a digit pressed now may be stored as it is: the node it goes to (the one
+        listening, or the ask node whose prompts are playing) says ``safe_digits``."""
+        node = self.flow.nodes.get(self._node_id)
+        return isinstance(node, AskNode) and node.safe_digits
+
+    @property
     def variables(self) -> Mapping[str, str]:
         """The call variables, including every ``store_as`` result so far (read-only view)."""
         return MappingProxyType(self._variables)

@@ -67,7 +67,7 @@ from hitl_sip.worker.hublink import HubLink
 from hitl_sip.worker.metrics import WorkerMetrics
 from hitl_sip.worker.peer import AgentPeer, PeerSettings
 from hitl_sip.worker.pjsip import PjStack, StackInfo, StackSettings
-from hitl_sip.worker.session import CallSession, SessionSettings
+from hitl_sip.worker.session import MASKED, CallSession, SessionSettings
 
 log = logging.getLogger(__name__)
 
@@ -482,9 +482,12 @@ class WorkerService:
         call = self.calls.get(ev.call_id)
         if call is None:
             return
-        call.event("dtmf", digit=ev.digit, method=ev.method)
+        # the digit itself only where the flow says it is safe (a menu): it may be a card
+        # number (hitl_sip.worker.session.CallSession.shown_digit)
+        shown = call.session.shown_digit(ev.digit) if call.session is not None else MASKED
+        call.event("dtmf", digit=shown, method=ev.method)
         call_logger(log, ev.call_id).info("DTMF received (%s)", ev.method,
-                                          extra={"redact": {"digit": ev.digit}})
+                                          extra={"redact": {"digit": shown}})
         if call.session is not None:
             self._spawn(call.session.on_dtmf(ev.digit))
 

@@ -13,8 +13,10 @@ next 20 ms frame: the queued frames are dropped and the port sends silence. A di
 while a prompt that does not allow barge-in plays is typed ahead: kept, in order, and given
 to the flow as soon as that prompt ends (hitl_sip.bot.actions). On the agent node it reports
 ``handoff_requested``, says the node's message and loops hold audio while STT keeps
-transcribing. Every bot utterance and every caller final becomes a turn; digits pressed with
-an agent become ``[pressed N]`` turns, digits pressed on hold reach only the call record.
+transcribing. Every bot utterance and every caller final becomes a turn; a digit becomes a
+``[pressed N]`` turn — ``[pressed •]`` unless the flow node it goes to says ``safe_digits``
+(a menu): digits pressed for an agent or an external engine, or at a node collecting a
+number, are never kept; digits pressed on hold reach only the call record, masked too.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from hitl_sip.worker.player import Prompt, PromptPlayer
 
 log = logging.getLogger(__name__)
 
+MASKED = "•"  # a digit that may not be kept (see CallSession.shown_digit)
 TYPE_AHEAD_MAX = 32  # digits kept while a prompt plays (a flow's longest entry, dtmf_max)
 
 Notify = Callable[[Msg], None]
@@ -289,11 +292,11 @@ class CallSession:
         it goes to the flow now, or typed ahead when a prompt that cannot be interrupted
         plays (or a batch of actions is being prepared)."""
         if self.state is SessionState.HUMAN:
-            self._turn("caller", f"[pressed {digit}]")
+            self._turn("caller", f"[pressed {self.shown_digit(digit)}]")
             return
         if self.state is not SessionState.BOT:
             return
-        self._turn("caller", f"[pressed {digit}]")
+        self._turn("caller", f"[pressed {self.shown_digit(digit)}]")
         if self.runner is None:
             self.last_input_at = asyncio.get_running_loop().time()
             self.last_input_kind = "dtmf"
@@ -304,6 +307,15 @@ class CallSession:
             self._type_ahead(digit)
             return
         await self._flow_dtmf(digit)
+
+    def shown_digit(self, digit: str) -> str:
+        """``digit`` as transcripts, the call record and the logs may keep it: itself at a
+        flow node that says ``safe_digits`` (a menu), else :data:`MASKED` — a digit typed
+        for an agent, for an external engine or at a collecting node may be a card
+        number."""
+        safe = (self.state is SessionState.BOT and self.runner is not None
+                and self.runner.digits_safe)
+        return digit if safe else MASKED
 
     async def _flow_dtmf(self, digit: str) -> None:
         assert self.runner is not None

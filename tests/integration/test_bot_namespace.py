@@ -84,11 +84,15 @@ def test_external_engine_hears_digits_speaks_and_hands_off(tmp_path: Path) -> No
         assert seen["unknown_call"]["error"]["code"] == "not_found"
         assert seen["call_ended"][0]["callId"] == started["callId"]
         turns = thread(srv, started["threadId"])
-        assert turns == [("caller", "[pressed 1]"), ("bot", "Thanks, got your one."),
-                         ("caller", "[pressed 5]")]
+        # the engine got the digits; the thread and the call record keep only that a
+        # digit was pressed (no flow node says they are safe: they may be a card number)
+        assert turns == [("caller", "[pressed •]"), ("bot", "Thanks, got your one."),
+                         ("caller", "[pressed •]")]
         srv.wait_for(lambda: len(srv.call_records()) == 1, what="call record")
         states = [e["state"] for e in srv.call_records()[0]["events"] if e["type"] == "state"]
         assert states == ["bot", "queued", "ended"]
+        events = srv.call_records()[0]["events"]
+        assert [e["digit"] for e in events if e["type"] == "dtmf"] == ["•", "•"]
 
 
 def test_engine_with_a_wrong_api_key_is_refused(tmp_path: Path) -> None:

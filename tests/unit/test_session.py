@@ -32,6 +32,7 @@ nodes:
     prompt: "Press zero for a person."
     timeout: 0.3
     retries: 1
+    safe_digits: true
     no_input: "Still there?"
     branches:
       - {dtmf: "0", next: agent}
@@ -141,6 +142,18 @@ async def test_dtmf_reaches_the_agent_node_queued_at_once_with_the_transcript(ri
     assert handoff["transcript"][-1]["text"] == "[pressed 0]"
     assert rig.states() == ["bot", "queued"]
     assert "Please hold." in rig.bot_said()
+
+
+async def test_a_digit_at_a_node_not_marked_safe_is_kept_as_a_digit_and_nothing_more() -> None:
+    flow = FLOW.replace("    safe_digits: true\n", "")
+    assert "safe_digits" not in flow
+    async with running(Rig(flow)) as r:
+        await until(lambda: r.session._listen_timer is not None)
+        await r.session.on_dtmf("0")
+        assert r.session.state is SessionState.QUEUED  # the flow still got the digit
+        handoff = r.kinds("handoff_requested")[0]
+        assert handoff["transcript"][-1]["text"] == "[pressed •]"
+        assert all("0" not in t["text"] for t in r.kinds("turn") if t["role"] == "caller")
 
 
 async def test_queue_timeout_returns_to_the_bot_and_runs_the_fallback(rig: Rig) -> None:
@@ -365,7 +378,8 @@ async def test_a_digit_pressed_with_an_agent_is_a_caller_turn_not_flow_input(
     await human.session.on_dtmf("9")  # "9" would hang up in the bot's menu
     assert human.session.state is SessionState.HUMAN
     turn = human.kinds("turn")[-1]
-    assert (turn["role"], turn["text"]) == ("caller", "[pressed 9]")
+    # a digit typed for an agent may be a card number: the turn says only that one was
+    assert (turn["role"], turn["text"]) == ("caller", "[pressed •]")
     assert not human.hung_up.is_set()
 
 
