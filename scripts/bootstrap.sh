@@ -45,10 +45,10 @@ if [[ ! -x .venv/bin/python ]]; then
   echo "bootstrap: creating .venv with $($PYTHON --version)"
   "$PYTHON" -m venv .venv
 fi
-if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
+if [[ ! -f $stamp || pyproject.toml -nt $stamp || constraints.txt -nt $stamp ]]; then
   echo "bootstrap: installing Python dependencies into .venv"
   .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -m pip install -q -e '.[dev,azure]' 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/python -m pip install -q -c constraints.txt -e '.[dev,azure]' 2>&1 | grep -v "^WARNING: Location" || true
   .venv/bin/python -c "import pjsua2, aiohttp, aiortc, socketio, numpy" 
   touch "$stamp"
 fi
