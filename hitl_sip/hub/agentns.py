@@ -18,13 +18,17 @@ from typing import Any, TypeVar
 
 import socketio
 
+from hitl_sip.hub.board import BoardFeed
 from hitl_sip.hub.core import Hub
 from hitl_sip.hub.routing import Router
-from hitl_sip.hub.sessions import Session, SessionError, Sessions
+from hitl_sip.hub.sessions import Session, SessionError, Sessions, audit
 from hitl_sip.hub.tokens import TokenClaims
 from hitl_sip.protocol import worker as cmd
 from hitl_sip.protocol.agent import (
     AcceptCall,
+    Board,
+    BoardAck,
+    BoardSubscribe,
     DeclineCall,
     ErrorCode,
     Hangup,
@@ -83,6 +87,13 @@ class AgentNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         self.auth = auth
         self.origins = origins
         self.router = Router(hub, self._emit_to, ring_timeout, reconnect_grace, strategy)
+        self.board = BoardFeed(hub, self.router, self._send_board)
+        self.router.on_change = self.board.changed
+
+        async def call_changed(event: str, data: dict[str, Any]) -> None:
+            if event != "interim":  # live captions do not change the board
+                self.board.changed()
+        hub.subscribe(call_changed)
         self.sessions: dict[str, Session] = {}  # sid -> the session its token opened
         self._watch: asyncio.Task[None] | None = None
 
@@ -120,12 +131,25 @@ class AgentNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         session = self.sessions.pop(sid, None)
         if session is not None:
             await self.router.disconnected(sid, session.agent_id)
+            self._left(session.agent_id)
         await self.disconnect(sid)
 
     async def on_disconnect(self, sid: str, *args: Any) -> None:
         session = self.sessions.pop(sid, None)
         if session is not None:
             await self.router.disconnected(sid, session.agent_id)
+            self._left(session.agent_id)
+
+    def _left(self, agent_id: str) -> None:
+        agent = self.router.agents.get(agent_id)
+        if agent is None or not agent.sids:
+            self.board.unsubscribe(agent_id)
+        self.board.changed()
+
+    async def _send_board(self, agent_id: str, board: Board) -> None:
+        agent = self.router.agents.get(agent_id)
+        for sid in list(agent.sids if agent else ()):
+            await self.emit(board.event, board.wire(), to=sid)
 
     def _agent(self, sid: str) -> str | None:
         session = self.sessions.get(sid)
@@ -208,6 +232,15 @@ class AgentNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
                 code = ErrorCode.BAD_REQUEST
             return refuse(code, answer.error.message)
         return OfferAnswer(sdp=answer.sdp).wire()
+
+    @handles(BoardSubscribe)
+    async def on_board_subscribe(self, agent_id: str, request: BoardSubscribe) -> dict[str, Any]:
+        agent = self.router.agents.get(agent_id)
+        if agent is None or not agent.role.sees_all:
+            return refuse(ErrorCode.FORBIDDEN, "the board is for supervisors and admins")
+        board = self.board.subscribe(agent_id)
+        audit("board_subscribe", agent=agent_id)
+        return BoardAck(calls=board.calls, agents=board.agents).wire()
 
     @handles(WebrtcCandidate)
     async def on_webrtc_candidate(self, agent_id: str,

@@ -33,6 +33,7 @@ class CallRecord:
     hub: str | None = None  # the owning hub, when it is another one (cluster)
     agent_id: str | None = None
     offered_to: set[str] = field(default_factory=set)  # agents it rang (they may read it)
+    queued_at: float | None = None  # time.monotonic() of the handoff while queued
     bot_transcript: list[TranscriptLine] = field(default_factory=list)
     handoff: Handoff | None = None
 

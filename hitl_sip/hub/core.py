@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -463,6 +464,7 @@ class Hub:
     @staticmethod
     def _queued(call: CallRecord, handoff: HandoffRequested) -> None:
         call.state = CallState.QUEUED
+        call.queued_at = time.monotonic()
         call.handoff = Handoff(handoff.queue, handoff.skill, handoff.reason)
         call.bot_transcript = list(handoff.transcript)
 

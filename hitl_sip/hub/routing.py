@@ -99,6 +99,7 @@ class Router:
         self.offers: dict[str, Offer] = {}
         self._grace: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.on_change: Callable[[], None] | None = None  # an agent's state changed (board)
         hub.subscribe(self._on_call_event)
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
@@ -113,6 +114,8 @@ class Router:
 
     async def _push_state(self, agent: AgentPresence) -> None:
         await self._to_agent(agent, agent.model())
+        if self.on_change is not None:
+            self.on_change()
         cluster = self.hub.cluster
         if cluster is not None:
             try:

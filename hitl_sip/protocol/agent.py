@@ -282,10 +282,59 @@ class CallEnded(Event):
     by: EndedBy
 
 
+# -- supervisors (PROTOCOL.md §6) ----------------------------------------------------------
+
+
+class BoardSubscribe(Request):
+    """A supervisor's (or admin's) request for the board; ``forbidden`` for an agent."""
+
+    event: ClassVar[str] = "board_subscribe"
+
+
+class BoardCall(Event):
+    """A live call as ``GET /api/calls`` shows it, with how long it has waited in a queue."""
+
+    call_id: str
+    thread_id: str
+    state: str
+    caller: Caller
+    called: str | None
+    trunk: str | None
+    received_at: str
+    worker_id: str
+    agent_id: str | None
+    metadata: dict[str, JsonValue]
+    waiting_sec: float | None  # queued: seconds since the handoff; else null
+
+
+class BoardAgent(Event):
+    agent_id: str
+    name: str
+    status: AgentStatus
+    active_call_id: str | None
+    role: AccountRole
+
+
+class Board(Event):
+    """The whole board, sent to subscribers on every change (coalesced)."""
+
+    event: ClassVar[str] = "board"
+    calls: list[BoardCall]
+    agents: list[BoardAgent]
+
+
+class BoardAck(Ok):
+    """The acknowledgement of ``board_subscribe``: the board now."""
+
+    calls: list[BoardCall]
+    agents: list[BoardAgent]
+
+
 REQUESTS: tuple[type[Request], ...] = (SetStatus, AcceptCall, DeclineCall, WebrtcOffer,
-                                       WebrtcCandidate, Mute, Hangup, ReturnToBot)
+                                       WebrtcCandidate, Mute, Hangup, ReturnToBot,
+                                       BoardSubscribe)
 EVENTS: tuple[type[Event], ...] = (AgentState, IncomingCall, CallCancelled, ServerCandidate,
-                                   CallConnected, Transcript, CallEnded)
+                                   CallConnected, Transcript, CallEnded, Board)
 
 
 # -- the edge -------------------------------------------------------------------------------

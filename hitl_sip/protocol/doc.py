@@ -72,7 +72,8 @@ def _values(enum: type[StrEnum]) -> str:
 
 
 def _sockets() -> list[str]:
-    acks: list[type[BaseModel]] = [agent.Ok, agent.OfferAnswer, agent.Refusal, agent.AckError]
+    acks: list[type[BaseModel]] = [agent.Ok, agent.OfferAnswer, agent.BoardAck, agent.Refusal,
+                                   agent.AckError]
     return [
         "## Socket.IO payloads (`/agent`, `/bot`)",
         "",

@@ -93,6 +93,8 @@ async def scenario(srv: Server, tmp_path: Path) -> dict[str, Any]:
         rest, srv, "GET", f"/api/threads/{thread_id}", tokens[name]))[0]
         for name in ("alice", "carol", "sue")}
     out["carol_acts"] = await carol.call("hangup", {"callId": call_id})
+    out["board"] = await sue.call("board_subscribe", {})
+    out["carol_board"] = await carol.call("board_subscribe", {})
     out["accounts_by_agent"] = (await asyncio.to_thread(
         rest, srv, "GET", "/api/agents", tokens["alice"]))[0]
     out["accounts"] = (await asyncio.to_thread(rest, srv, "GET", "/api/agents",
@@ -142,6 +144,13 @@ def test_roles_scope_what_an_account_sees_and_ending_a_session_is_immediate(
     assert out["calls"] == {"alice": [call_id], "carol": [], "sue": [call_id]}
     assert out["threads"] == {"alice": 200, "carol": 403, "sue": 200}
     assert out["carol_acts"]["error"]["code"] == "forbidden"
+    board = out["board"]
+    assert board["ok"] is True and [c["callId"] for c in board["calls"]] == [call_id], board
+    # taken by alice (the worker may not have reported the human phase yet)
+    assert board["calls"][0]["state"] in ("queued", "human") and board["calls"][0]["agentId"]
+    assert {a["name"]: a["status"] for a in board["agents"]} == {
+        "alice": "busy", "carol": "away", "sue": "away"}
+    assert out["carol_board"]["error"]["code"] == "forbidden"
     assert out["accounts_by_agent"] == 403
     assert sorted((a["name"], a["role"]) for a in out["accounts"]["agents"]) == [
         ("alice", "agent"), ("carol", "agent"), ("root", "admin"), ("sue", "supervisor")]

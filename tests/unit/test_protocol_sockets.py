@@ -40,6 +40,7 @@ REQUESTS: list[Request] = [
     a.Mute(call_id="c1", muted=True),
     a.Hangup(call_id="c1"),
     a.ReturnToBot(call_id="c1"),
+    a.BoardSubscribe(),
     b.Say(call_id="c1", text="One moment."),
     b.Handoff(call_id="c1", reason="engine", context={"intent": ["billing", 2]}),
     b.Hangup(call_id="c1"),
@@ -57,6 +58,11 @@ EVENTS: list[SocketModel] = [
     a.Transcript(call_id="c1", thread_id="t1", role=Role.CALLER, text="hello", final=False,
                  at="x", seq=4),
     a.CallEnded(call_id="c1", reason="completed", by=a.EndedBy.CALLER),
+    a.Board(calls=[a.BoardCall(call_id="c1", thread_id="t1", state="queued", caller=CALLER,
+                               called=None, trunk=None, received_at="x", worker_id="w1",
+                               agent_id=None, metadata={}, waiting_sec=3.5)],
+            agents=[a.BoardAgent(agent_id="alice", name="Alice", status=a.AgentStatus.BUSY,
+                                 active_call_id="c1", role=a.AccountRole.AGENT)]),
     b.CallStarted(call_id="c1", thread_id="t1", caller=CALLER, called=None, metadata={}),
     b.CallerSaid(call_id="c1", text="agent please", final=True, at="x"),
     b.Dtmf(call_id="c1", digits="0"),
@@ -84,7 +90,8 @@ def test_event_and_field_names_are_those_of_the_protocol() -> None:
         ("set_status", ["status"]), ("accept_call", ["callId"]), ("decline_call", ["callId"]),
         ("webrtc_offer", ["callId", "sdp"]),
         ("webrtc_candidate", ["callId", "candidate", "sdpMid", "sdpMLineIndex"]),
-        ("mute", ["callId", "muted"]), ("hangup", ["callId"]), ("return_to_bot", ["callId"])]
+        ("mute", ["callId", "muted"]), ("hangup", ["callId"]), ("return_to_bot", ["callId"]),
+        ("board_subscribe", [])]
     assert wire_names(a.EVENTS) == [
         ("agent_state", ["agentId", "name", "status", "activeCallId", "role"]),  # §6: role
         ("incoming_call", ["callId", "threadId", "caller", "called", "trunk", "receivedAt",
@@ -93,7 +100,8 @@ def test_event_and_field_names_are_those_of_the_protocol() -> None:
         ("webrtc_candidate", ["callId", "candidate", "sdpMid", "sdpMLineIndex"]),
         ("call_connected", ["callId", "at"]),
         ("transcript", ["callId", "threadId", "role", "text", "final", "at", "seq"]),
-        ("call_ended", ["callId", "reason", "by"])]
+        ("call_ended", ["callId", "reason", "by"]),
+        ("board", ["calls", "agents"])]
     assert wire_names(b.REQUESTS) == [("say", ["callId", "text"]),
                                       ("handoff", ["callId", "reason", "context"]),
                                       ("hangup", ["callId"])]
@@ -302,7 +310,9 @@ class FakeAuth:
 
     async def check(self, token: str) -> Session:
         claims = TokenClaims(sub=token, name=token.title(), ver=1, exp=1e12, iat=0, jti=token)
-        return Session(claims, Agent(agent_id=token, name=token.title(), created_at="now"))
+        role = a.AccountRole.SUPERVISOR if token == "sue" else a.AccountRole.AGENT
+        return Session(claims, Agent(agent_id=token, name=token.title(), created_at="now",
+                                     role=role))
 
     async def watch(self, *_: Any) -> None:
         return None
@@ -391,12 +401,16 @@ async def test_malformed_agent_requests_are_refused_counted_and_change_nothing(
     sent = len(rig.server.sent)
     garbage: list[Any] = [None, "text", 42, [], {}, {"callId": ""}, {"callId": 7},
                           {"callId": "x" * 500}, {"status": "sleeping", "sdp": 5, "muted": 1}]
+    asked = 0
     for model in a.REQUESTS:
         for payload in garbage:
+            if not model.model_fields and isinstance(payload, dict):
+                continue  # a request without fields (board_subscribe) takes any object
             answer = await rig.ask(model.event, payload)
+            asked += 1
             assert answer["ok"] is False and answer["error"]["code"] == "bad_request", (
                 model.event, payload, answer)
-    assert rig.refused == ["bad_message"] * len(garbage) * len(a.REQUESTS)
+    assert rig.refused == ["bad_message"] * asked
     assert rig.hub.commands == [] and len(rig.server.sent) == sent
     assert rig.agents.router.offers["c1"].ringing == {"alice"}
 
@@ -509,3 +523,30 @@ async def test_a_payload_refused_by_the_json_edge_is_answered_bad_request(rig: R
         assert answer == {"ok": False, "error": {
             "code": "bad_request", "message": "payload refused: nested deeper than 32 levels"}}
     assert rig.refused == ["too_deep"], "counted once, when the packet was decoded"
+
+
+async def test_the_board_is_for_supervisors_and_follows_every_change(rig: Rig) -> None:
+    await rig.agent("alice")
+    sue = await rig.agent("sue")
+    refused = await rig.ask("board_subscribe", {})
+    assert refused["error"]["code"] == "forbidden"
+    await rig.queue()
+    ack = await rig.ask("board_subscribe", {}, sid=sue)
+    assert ack["ok"] is True
+    assert [(c["callId"], c["state"], c["agentId"]) for c in ack["calls"]] == [
+        ("c1", "queued", None)]
+    assert set(ack["calls"][0]) == {
+        "callId", "threadId", "state", "caller", "called", "trunk", "receivedAt", "workerId",
+        "agentId", "metadata", "waitingSec"}
+    assert sorted((g["agentId"], g["role"], g["status"]) for g in ack["agents"]) == [
+        ("alice", "agent", "available"), ("sue", "supervisor", "available")]
+    assert await rig.ask("accept_call", {"callId": "c1"}) == {"ok": True}
+    pending = rig.agents.board._pending
+    assert pending is not None
+    await pending  # the changes of the accept, coalesced into one board
+    boards = [json.loads(text) for event, text, to in rig.server.sent
+              if event == "board" and to == sue]
+    assert len(boards) == 1
+    assert [(c["state"], c["agentId"]) for c in boards[0]["calls"]] == [("queued", "alice")]
+    assert ("alice", "busy") in {(g["agentId"], g["status"]) for g in boards[0]["agents"]}
+    assert not [1 for event, _, to in rig.server.sent if event == "board" and to != sue]
