@@ -197,6 +197,8 @@ class RoutingConfig:
     ring_timeout: _Float = 20.0
     strategy: _Str = "ring_all"  # ring_all | round_robin | longest_idle
     reconnect_grace: _Float = 5.0
+    # what an agent may choose in wrap_up (PROTOCOL.md §6), sent to alive5 as CRM data
+    dispositions: _Strs = ("resolved", "follow_up", "escalated", "no_action", "other")
 
 
 @dataclass(frozen=True, config=_SECTION)
@@ -599,6 +601,9 @@ def validate(config: Config) -> None:
         raise ConfigError("routing.queue_timeout", "expected 1..3600 seconds")
     if config.routing.strategy not in ("ring_all", "round_robin", "longest_idle"):
         raise ConfigError("routing.strategy", "expected ring_all, round_robin or longest_idle")
+    if not config.routing.dispositions or any(
+            not d or len(d) > 64 for d in config.routing.dispositions):
+        raise ConfigError("routing.dispositions", "expected names of 1 to 64 characters")
     if not 1 <= config.routing.ring_timeout <= 600:
         raise ConfigError("routing.ring_timeout", "expected 1..600 seconds")
     if not 0 <= config.routing.reconnect_grace <= 300:

@@ -22,7 +22,9 @@ from hitl_sip.hub.board import BoardFeed
 from hitl_sip.hub.core import Hub
 from hitl_sip.hub.routing import Router
 from hitl_sip.hub.sessions import Session, SessionError, Sessions, audit
+from hitl_sip.hub.threads import WrapUpRecord
 from hitl_sip.hub.tokens import TokenClaims
+from hitl_sip.log import now_iso
 from hitl_sip.protocol import worker as cmd
 from hitl_sip.protocol.agent import (
     AcceptCall,
@@ -39,6 +41,7 @@ from hitl_sip.protocol.agent import (
     SetStatus,
     WebrtcCandidate,
     WebrtcOffer,
+    WrapUp,
     ok,
     parse_request,
     refuse,
@@ -241,6 +244,20 @@ class AgentNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         board = self.board.subscribe(agent_id)
         audit("board_subscribe", agent=agent_id)
         return BoardAck(calls=board.calls, agents=board.agents).wire()
+
+    @handles(WrapUp)
+    async def on_wrap_up(self, agent_id: str, request: WrapUp) -> dict[str, Any]:
+        held_by, thread_id = self.router.held.get(request.call_id, ("", ""))
+        if held_by != agent_id:
+            return refuse(ErrorCode.FORBIDDEN, "wrap up only a call you took")
+        dispositions = self.hub.config.routing.dispositions
+        if request.disposition not in dispositions:
+            return refuse(ErrorCode.BAD_REQUEST,
+                          f"disposition: one of {', '.join(dispositions)}")
+        await self.hub.wrap_up(WrapUpRecord(
+            call_id=request.call_id, thread_id=thread_id, agent_id=agent_id,
+            disposition=request.disposition, note=request.note, at=now_iso()))
+        return ok()
 
     @handles(WebrtcCandidate)
     async def on_webrtc_candidate(self, agent_id: str,

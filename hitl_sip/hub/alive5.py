@@ -310,7 +310,8 @@ class Outbox:
                 try:
                     turns = await self.store.pending(thread_id)
                     end = await self.store.pending_end(thread_id)
-                    if not turns and end is None:
+                    wrapups = await self.store.wrapups(thread_id, pending=True)
+                    if not turns and end is None and not wrapups:
                         if not await self._woken(wake):  # idle: let the link go
                             if link is not None:
                                 await link.close()
@@ -324,6 +325,10 @@ class Outbox:
                         in_flight = turn
                         message_id = await link.post(turn.role, turn.text, turn.key)
                         await self.store.mark_delivered(turn.key, message_id)
+                    for wrapup in wrapups:  # the agent's wrap-up: CRM data (§6)
+                        await link.save_crm("disposition", wrapup.disposition)
+                        await link.save_crm("agent_note", wrapup.note)
+                        await self.store.mark_wrapup_delivered(wrapup.call_id, wrapup.at)
                     if end is not None and not turns:
                         try:
                             await link.end(*end)

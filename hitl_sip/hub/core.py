@@ -27,7 +27,8 @@ from hitl_sip.hub.calls import CallRecord, Handoff
 from hitl_sip.hub.cluster import HEARTBEAT, Cluster, RedisError
 from hitl_sip.hub.registry import WorkerRegistry
 from hitl_sip.hub.retention import sweep_forever
-from hitl_sip.hub.threads import ThreadStore, Turn
+from hitl_sip.hub.sessions import audit
+from hitl_sip.hub.threads import ThreadStore, Turn, WrapUpRecord
 from hitl_sip.hub.tokens import parse_secret
 from hitl_sip.protocol.cluster import Accepted, HubEvent, replicated
 from hitl_sip.protocol.seal import Seal
@@ -85,6 +86,8 @@ class Hub:
                                "Turns stored but not yet acknowledged by alive5")
         c = config.cluster
         self.hub_id = c.hub_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.wrapups = m.counter("hitl_sip_hub_wrapups_total",
+                                 "Agents' wrap-ups by disposition", ["disposition"])
         self.retention_removed = m.counter(
             "hitl_sip_hub_retention_removed_total",
             "Recordings and call records (file) and local threads (thread) removed past "
@@ -203,6 +206,15 @@ class Hub:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def wrap_up(self, wrapup: WrapUpRecord) -> None:
+        """Store the agent's wrap-up with the call; alive5 gets it as CRM data."""
+        await self.store.set_wrapup(wrapup, deliver=self.outbox is not None)
+        if self.outbox is not None:
+            self.outbox.notify(wrapup.thread_id)
+        self.wrapups.inc(disposition=wrapup.disposition)
+        audit("wrap_up", agent=wrapup.agent_id, call=wrapup.call_id,
+              disposition=wrapup.disposition)
 
     async def offered(self, call_id: str, agent_id: str) -> None:
         """``agent_id`` is offered the call: from now on it may see the call and read its

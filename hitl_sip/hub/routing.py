@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("ring_all", "round_robin", "longest_idle")
+HELD_MAX = 10_000  # calls whose taker is remembered (for wrap_up), the oldest forgotten
 
 Emit = Callable[[str, dict[str, Any], str], Awaitable[None]]  # event, payload, sid
 
@@ -100,6 +102,8 @@ class Router:
         self._grace: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.on_change: Callable[[], None] | None = None  # an agent's state changed (board)
+        # call id -> (the agent who took it, its thread)
+        self.held: OrderedDict[str, tuple[str, str]] = OrderedDict()
         hub.subscribe(self._on_call_event)
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
@@ -297,6 +301,11 @@ class Router:
                 return refuse(ErrorCode.ALREADY_ANSWERED, "another agent took the call")
         agent = self.agents[agent_id]
         offer.accepted_by = agent_id  # the atomic step: nothing awaited before it
+        record = self.hub.registry.calls.get(call_id)
+        # kept after the call, for its wrap-up
+        self.held[call_id] = (agent_id, record.thread_id if record else "")
+        while len(self.held) > HELD_MAX:
+            self.held.popitem(last=False)
         agent.active_call = call_id
         for other_id in list(offer.ringing):
             self._stop_ringing(offer, other_id)

@@ -45,6 +45,15 @@ CREATE TABLE IF NOT EXISTS thread_crm (
     crm_id TEXT NOT NULL DEFAULT '',
     items TEXT NOT NULL DEFAULT '[]'
 );
+CREATE TABLE IF NOT EXISTS wrapups (
+    call_id TEXT PRIMARY KEY,
+    thread_id TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    disposition TEXT NOT NULL,
+    note TEXT NOT NULL DEFAULT '',
+    at TEXT NOT NULL,
+    delivered INTEGER NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS thread_access (
     thread_id TEXT NOT NULL,
     agent_id TEXT NOT NULL,
@@ -78,6 +87,16 @@ class Turn:
 
     def public(self) -> dict[str, Any]:
         return {"role": self.role, "text": self.text, "at": self.at, "delivery": self.delivery}
+
+
+@dataclass(frozen=True)
+class WrapUpRecord:
+    call_id: str
+    thread_id: str
+    agent_id: str
+    disposition: str
+    note: str
+    at: str
 
 
 class ThreadStore:
@@ -144,6 +163,29 @@ class ThreadStore:
             (thread_id, agent_id))
         return bool(rows)
 
+    # -- wrap-up (PROTOCOL.md §6) ---------------------------------------------------------
+
+    async def set_wrapup(self, wrapup: WrapUpRecord, *, deliver: bool) -> None:
+        """The agent's wrap-up of a call (a later one replaces it); ``deliver``: alive5 is
+        to get it as CRM data."""
+        await asyncio.to_thread(
+            self._query, "INSERT OR REPLACE INTO wrapups (call_id, thread_id, agent_id,"
+            " disposition, note, at, delivered) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (wrapup.call_id, wrapup.thread_id, wrapup.agent_id, wrapup.disposition,
+             wrapup.note, wrapup.at, 0 if deliver else 1))
+
+    async def wrapups(self, thread_id: str, *, pending: bool = False) -> list[WrapUpRecord]:
+        rows = await asyncio.to_thread(
+            self._query, "SELECT call_id, thread_id, agent_id, disposition, note, at FROM"
+            " wrapups WHERE thread_id = ?" + (" AND delivered = 0" if pending else "")
+            + " ORDER BY at", (thread_id,))
+        return [WrapUpRecord(*row) for row in rows]
+
+    async def mark_wrapup_delivered(self, call_id: str, at: str) -> None:
+        await asyncio.to_thread(
+            self._query, "UPDATE wrapups SET delivered = 1 WHERE call_id = ? AND at = ?",
+            (call_id, at))
+
     # -- retention (hitl_sip.hub.retention) ------------------------------------------------
 
     def _sweep(self, cutoff: str) -> tuple[int, int]:
@@ -156,7 +198,8 @@ class ThreadStore:
                 undelivered += self._db.execute(
                     "SELECT COUNT(*) FROM turns WHERE thread_id = ? AND delivery = 'pending'",
                     (thread_id,)).fetchone()[0] > 0
-                for table in ("turns", "thread_ends", "thread_crm", "thread_access"):
+                for table in ("turns", "thread_ends", "thread_crm", "thread_access",
+                              "wrapups"):
                     self._db.execute(f"DELETE FROM {table} WHERE thread_id = ?", (thread_id,))
         return len(old), undelivered
 
@@ -184,7 +227,8 @@ class ThreadStore:
         rows = await asyncio.to_thread(
             self._query,
             "SELECT DISTINCT thread_id FROM turns WHERE delivery = 'pending' UNION"
-            " SELECT thread_id FROM thread_ends WHERE delivered = 0")
+            " SELECT thread_id FROM thread_ends WHERE delivered = 0 UNION"
+            " SELECT thread_id FROM wrapups WHERE delivered = 0")
         return [str(r[0]) for r in rows]
 
     async def open_threads(self) -> list[str]:

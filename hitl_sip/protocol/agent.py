@@ -330,9 +330,18 @@ class BoardAck(Ok):
     agents: list[BoardAgent]
 
 
+class WrapUp(CallRequest):
+    """After (or during) a call it took, the agent's disposition and note (§6): stored with
+    the call and sent to alive5 as CRM data (``disposition``, ``agent_note``)."""
+
+    event: ClassVar[str] = "wrap_up"
+    disposition: Annotated[str, Field(min_length=1, max_length=64)]
+    note: Annotated[str, Field(max_length=2000)] = ""
+
+
 REQUESTS: tuple[type[Request], ...] = (SetStatus, AcceptCall, DeclineCall, WebrtcOffer,
                                        WebrtcCandidate, Mute, Hangup, ReturnToBot,
-                                       BoardSubscribe)
+                                       BoardSubscribe, WrapUp)
 EVENTS: tuple[type[Event], ...] = (AgentState, IncomingCall, CallCancelled, ServerCandidate,
                                    CallConnected, Transcript, CallEnded, Board)
 

@@ -91,7 +91,7 @@ def test_a_whole_call_reaches_the_alive5_thread_in_order(tmp_path: Path) -> None
         with running_server(tmp_path, extra=extra) as srv:
             add_agent(srv.data_dir, "alice")
 
-            async def call() -> tuple[str, list[dict[str, Any]]]:
+            async def call() -> tuple[str, list[dict[str, Any]], list[Any]]:
                 agent = TestAgent(srv.http_url, "alice", PASSWORD,
                                   source=wav_source(speech, loop=False), codecs=("pcmu",))
                 await agent.connect()
@@ -108,14 +108,25 @@ def test_a_whole_call_reaches_the_alive5_thread_in_order(tmp_path: Path) -> None
                     await asyncio.sleep(caller_clip.seconds + 2.5)
                     await asyncio.to_thread(caller.hangup)
                     await agent.wait("call_ended", limit=15)
+                    # the agent's wrap-up after the call (PROTOCOL.md §6)
+                    wrap = [await agent.call("wrap_up", {
+                        "callId": offer["callId"], "disposition": "dancing"}),
+                        await agent.call("wrap_up", {
+                            "callId": offer["callId"], "disposition": "resolved",
+                            "note": "refund issued"})]
                 finally:
                     await agent.close()
                     await asyncio.to_thread(caller.close)
-                return str(offer["threadId"]), agent.events.get("transcript", [])
+                return str(offer["threadId"]), agent.events.get("transcript", []), wrap
 
-            thread_id, captions = asyncio.run(call())
+            thread_id, captions, wrap = asyncio.run(call())
             a5.wait_for(lambda: thread_id in a5.threads and a5.threads[thread_id].ended,
                         20, what="the end of the thread")
+            a5.wait_for(lambda: "agent_note" in a5.threads[thread_id].crm, 20,
+                        what="the wrap-up in the thread's CRM data")
+    assert wrap[0]["error"]["code"] == "bad_request" and "resolved" in wrap[0]["error"][
+        "message"]
+    assert wrap[1] == {"ok": True}
     thread = a5.threads[thread_id]
     said = [(m["sender"], m["message_content"]) for m in thread.messages]
     texts = [t for _, t in said]
@@ -137,6 +148,8 @@ def test_a_whole_call_reaches_the_alive5_thread_in_order(tmp_path: Path) -> None
     assert thread.duplicates == 0
     assert [e["end_by"] for e in thread.ended] == ["person"]
     assert thread.crm_id == "+14155550100" and thread.crm["phone"] == "+14155550100"
+    assert (thread.crm["disposition"], thread.crm["agent_note"]) == ("resolved",
+                                                                      "refund issued")
     # the accepting agent saw live captions of both legs: interim and final
     assert {c["role"] for c in captions if c["final"]} >= {"agent", "caller"}
     assert any(not c["final"] for c in captions)

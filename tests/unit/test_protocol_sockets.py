@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hitl_sip.config import load_config
 from hitl_sip.hub.agentns import AgentNamespace
 from hitl_sip.hub.agents import Agent
 from hitl_sip.hub.botns import BotNamespace
@@ -41,6 +42,7 @@ REQUESTS: list[Request] = [
     a.Hangup(call_id="c1"),
     a.ReturnToBot(call_id="c1"),
     a.BoardSubscribe(),
+    a.WrapUp(call_id="c1", disposition="resolved", note="refund issued"),
     b.Say(call_id="c1", text="One moment."),
     b.Handoff(call_id="c1", reason="engine", context={"intent": ["billing", 2]}),
     b.Hangup(call_id="c1"),
@@ -91,7 +93,7 @@ def test_event_and_field_names_are_those_of_the_protocol() -> None:
         ("webrtc_offer", ["callId", "sdp"]),
         ("webrtc_candidate", ["callId", "candidate", "sdpMid", "sdpMLineIndex"]),
         ("mute", ["callId", "muted"]), ("hangup", ["callId"]), ("return_to_bot", ["callId"]),
-        ("board_subscribe", [])]
+        ("board_subscribe", []), ("wrap_up", ["callId", "disposition", "note"])]
     assert wire_names(a.EVENTS) == [
         ("agent_state", ["agentId", "name", "status", "activeCallId", "role"]),  # §6: role
         ("incoming_call", ["callId", "threadId", "caller", "called", "trunk", "receivedAt",
@@ -263,8 +265,10 @@ class FakeHub:
     """What the namespaces and the router use of hitl_sip.hub.core.Hub."""
 
     cluster = None
+    config = load_config(None, env={})
 
     def __init__(self) -> None:
+        self.wrapups: list[Any] = []
         self.registry = FakeRegistry()
         self.commands: list[w.HubCommand] = []
         self.listeners: list[Any] = []
@@ -279,6 +283,9 @@ class FakeHub:
 
     async def offered(self, call_id: str, agent_id: str) -> None:
         self.registry.calls[call_id].offered_to.add(agent_id)
+
+    async def wrap_up(self, wrapup: Any) -> None:
+        self.wrapups.append(wrapup)
 
     async def command(self, command: w.HubCommand) -> bool:
         self.commands.append(command)
@@ -550,3 +557,23 @@ async def test_the_board_is_for_supervisors_and_follows_every_change(rig: Rig) -
     assert [(c["state"], c["agentId"]) for c in boards[0]["calls"]] == [("queued", "alice")]
     assert ("alice", "busy") in {(g["agentId"], g["status"]) for g in boards[0]["agents"]}
     assert not [1 for event, _, to in rig.server.sent if event == "board" and to != sue]
+
+
+async def test_only_the_agent_who_took_a_call_wraps_it_up(rig: Rig) -> None:
+    await rig.agent("alice")
+    await rig.agent("bob")
+    await rig.queue()
+    early = await rig.ask("wrap_up", {"callId": "c1", "disposition": "resolved"})
+    assert early["error"]["code"] == "forbidden"  # not taken yet
+    assert await rig.ask("accept_call", {"callId": "c1"}) == {"ok": True}
+    await rig.hub.publish("call_ended", {"type": "call_ended", "callId": "c1",
+                                         "outcome": "completed", "by": "caller"})
+    bob = await rig.ask("wrap_up", {"callId": "c1", "disposition": "resolved"}, sid="sid-bob")
+    assert bob["error"]["code"] == "forbidden"
+    unknown = await rig.ask("wrap_up", {"callId": "c1", "disposition": "dancing"})
+    assert unknown["error"] == {"code": "bad_request", "message": (
+        "disposition: one of resolved, follow_up, escalated, no_action, other")}
+    assert await rig.ask("wrap_up", {"callId": "c1", "disposition": "follow_up",
+                                     "note": "call back"}) == {"ok": True}
+    assert [(w.call_id, w.thread_id, w.agent_id, w.disposition, w.note)
+            for w in rig.hub.wrapups] == [("c1", "t1", "alice", "follow_up", "call back")]
