@@ -21,7 +21,11 @@ Measured in a steady window of ``--seconds``:
 
 The callers and agents share this machine's two cores with the server.
 
-Usage: ``python bench/bridge_capacity.py [--seconds 20] [--codecs pcmu opus] [--json]``.
+``--media rtpengine direct``: the trunk's RTP through rtpengine (the default edge; its
+process's CPU in the window is reported too, per call) or straight to the worker.
+
+Usage: ``python bench/bridge_capacity.py [--seconds 20] [--codecs pcmu opus]
+[--media rtpengine direct] [--json]``.
 """
 
 from __future__ import annotations
@@ -89,8 +93,16 @@ def caller_view(caller: RtpCaller, start: float, end: float) -> dict[str, int]:
     return {"packets": len(pkts), "seq_gaps": lost, "gaps_over_60ms": late}
 
 
+def relay_process(srv: Server) -> psutil.Process | None:
+    """rtpengine's process, when the media passes it."""
+    media = (srv.health()[1].get("front") or {}).get("media") or {}
+    pid = int(media.get("pid") or 0) if media.get("kind") == "rtpengine" else 0
+    return psutil.Process(pid) if pid else None
+
+
 async def measure(srv: Server, codec: str, seconds: float) -> dict[str, Any]:
     worker = psutil.Process(srv.worker_pid())
+    relay = relay_process(srv)
     agents = [TestAgent(srv.http_url, f"agent{i}", PASSWORD, source=wav_source(AGENT_WAV),
                         codecs=(codec,)) for i in range(CALLS)]
     for agent in agents:
@@ -121,9 +133,11 @@ async def measure(srv: Server, codec: str, seconds: float) -> dict[str, Any]:
         before = {
             "underruns": srv.metric("hitl_sip_pcm_underruns_total", direction="to_caller"),
         }
+        r1 = cpu_seconds(relay) if relay else 0.0
         c1, s1, t1 = cpu_seconds(worker), children_cpu(worker), time.monotonic()
         await asyncio.sleep(seconds)
         c2, s2, t2 = cpu_seconds(worker), children_cpu(worker), time.monotonic()
+        r2 = cpu_seconds(relay) if relay else 0.0
         rss1 = worker.memory_info().rss
         await asyncio.sleep(1.5)  # the worker reports metrics every second
         underruns = srv.metric("hitl_sip_pcm_underruns_total",
@@ -149,6 +163,9 @@ async def measure(srv: Server, codec: str, seconds: float) -> dict[str, Any]:
         "cpu_busy_pct": round(busy, 1),
         "cpu_per_call_pct": round((busy - idle) / CALLS, 1),
         "speech_process_cpu_pct": round((s2 - s1) / (t2 - t1) * 100, 1),
+        "rtpengine_cpu_pct": round((r2 - r1) / (t2 - t1) * 100, 2) if relay else None,
+        "rtpengine_cpu_per_call_pct": (round((r2 - r1) / (t2 - t1) * 100 / CALLS, 2)
+                                       if relay else None),
         "rss_per_call_mib": round((rss1 - rss0) / CALLS / 2**20, 1),
         "to_agent_late_or_lost": total["to_agent_silence"] + total["to_agent_trimmed"],
         "to_agent_frames": total["to_agent_frames"],
@@ -162,17 +179,18 @@ async def measure(srv: Server, codec: str, seconds: float) -> dict[str, Any]:
     }
 
 
-def run(codec: str, seconds: float) -> dict[str, Any]:
+def run(codec: str, seconds: float, media: str = "rtpengine") -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="hitl-bench-") as tmp:
         extra: dict[str, dict[str, Any]] = {
             "bot": {"flow": str(ROOT / "bench/flows/bridge.yaml")},
             "routing": {"queue_timeout": 120},
             "webrtc": {"codecs": [codec], "host_addresses": ["127.0.0.1"]},
+            "front": {"media": media},
         }
         with running_server(Path(tmp), extra=extra) as srv:
             for i in range(CALLS):
                 add_agent(srv.data_dir, f"agent{i}")
-            return asyncio.run(measure(srv, codec, seconds))
+            return {**asyncio.run(measure(srv, codec, seconds)), "media": media}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,13 +198,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--codecs", nargs="+", default=["pcmu", "opus"],
                    choices=["pcmu", "pcma", "opus"])
+    p.add_argument("--media", nargs="+", default=["rtpengine"], choices=["rtpengine", "direct"],
+                   help="the trunk's RTP through rtpengine (the default edge) or direct")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     install_host_filter(["127.0.0.1"])
     results = []
-    for codec in args.codecs:
-        print(f"{codec}: 3 bridged calls, {args.seconds:.0f} s window", file=sys.stderr)
-        results.append(run(codec, args.seconds))
+    for media in args.media:
+        for codec in args.codecs:
+            print(f"{codec} ({media} media): 3 bridged calls, {args.seconds:.0f} s window",
+                  file=sys.stderr)
+            results.append(run(codec, args.seconds, media))
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
@@ -194,7 +216,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.seconds:.0f} s window)")
     for r in results:
         pulls = r["to_agent_frames"] + r["to_agent_late_or_lost"]
-        print(f"{r['codec']:5} CPU worker {r['cpu_busy_pct']}% of a core (idle "
+        if r["rtpengine_cpu_pct"] is not None:
+            print(f"{r['codec']:5} rtpengine {r['rtpengine_cpu_pct']}% of a core, "
+                  f"{r['rtpengine_cpu_per_call_pct']}% per call")
+        print(f"{r['codec']:5} [{r['media']}] CPU worker {r['cpu_busy_pct']}% of a core (idle "
               f"{r['cpu_idle_pct']}%), {r['cpu_per_call_pct']}% per call; "
               f"RSS +{r['rss_per_call_mib']} MiB per call; speech process "
               f"{r['speech_process_cpu_pct']}% of a core (6 streams)")

@@ -25,7 +25,11 @@ buffer, caller track phase-aligned to the trunk's frames) and ``stock`` (aiortc'
 jitter buffer, which releases a frame once 4 more have arrived, and a plain 20 ms clock for
 the caller track).
 
-Usage: ``python bench/bridge_latency.py [--seconds 30] [--codecs pcmu opus] [--json]``.
+``--media rtpengine direct`` runs each with the trunk's RTP through rtpengine (the default
+edge, ``front.media = rtpengine``: one more userspace hop each way) and without it.
+
+Usage: ``python bench/bridge_latency.py [--seconds 30] [--codecs pcmu opus]
+[--media rtpengine direct] [--json]``.
 """
 
 from __future__ import annotations
@@ -148,19 +152,21 @@ def summary(samples: list[float], expected: int) -> dict[str, Any]:
             "p95": pct(0.95), "p99": pct(0.99), "max": round(ms[-1], 1)}
 
 
-def run(codec: str, low_latency: bool, seconds: float) -> dict[str, Any]:
+def run(codec: str, low_latency: bool, seconds: float,
+        media: str = "rtpengine") -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="hitl-bench-") as tmp:
         extra: dict[str, dict[str, Any]] = {
             "bot": {"flow": str(ROOT / "bench/flows/bridge.yaml")},
             "routing": {"queue_timeout": 120},
             "webrtc": {"codecs": [codec], "low_latency": low_latency,
                        "host_addresses": ["127.0.0.1"]},
+            "front": {"media": media},
         }
         with running_server(Path(tmp), extra=extra) as srv:
             add_agent(srv.data_dir, "bench")
             out = asyncio.run(measure(srv.http_url, srv.sip_port(), codec, seconds))
     return {
-        "codec": codec, "mode": "tuned" if low_latency else "stock",
+        "codec": codec, "mode": "tuned" if low_latency else "stock", "media": media,
         "to_agent": {**summary(out["to_agent"], out["bursts"]),
                      "dropouts": out["dropouts"]["to_agent"]},
         "to_caller": {**summary(out["to_caller"], out["bursts"]),
@@ -174,23 +180,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--codecs", nargs="+", default=["pcmu", "opus"],
                    choices=["pcmu", "pcma", "opus"])
     p.add_argument("--modes", nargs="+", default=["tuned", "stock"], choices=["tuned", "stock"])
+    p.add_argument("--media", nargs="+", default=["rtpengine"], choices=["rtpengine", "direct"],
+                   help="the trunk's RTP through rtpengine (the default edge) or direct")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     install_host_filter(["127.0.0.1"])
-    results = [run(codec, mode, args.seconds) for codec in args.codecs
-               for mode in (m == "tuned" for m in args.modes)]
+    results = [run(codec, mode, args.seconds, media) for media in args.media
+               for codec in args.codecs for mode in (m == "tuned" for m in args.modes)]
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
     print(f"bridge latency, server-internal, ms ({args.seconds:.0f} s per run, "
           "a burst every 500 ms)")
-    print(f"{'codec':6} {'mode':6} {'direction':16} {'n':>7} {'median':>7} {'p95':>7} "
-          f"{'p99':>7} {'max':>7} {'dropouts':>8}")
+    print(f"{'media':9} {'codec':6} {'mode':6} {'direction':16} {'n':>7} {'median':>7} "
+          f"{'p95':>7} {'p99':>7} {'max':>7} {'dropouts':>8}")
     for r in results:
         for direction, label in (("to_agent", "caller -> agent"), ("to_caller",
                                                                    "agent -> caller")):
             s = r[direction]
-            print(f"{r['codec']:6} {r['mode']:6} {label:16} {s['n']:>3}/{s['expected']:<3} "
+            print(f"{r['media']:9} {r['codec']:6} {r['mode']:6} {label:16} "
+                  f"{s['n']:>3}/{s['expected']:<3} "
                   f"{s.get('median', '-'):>7} {s.get('p95', '-'):>7} {s.get('p99', '-'):>7} "
                   f"{s.get('max', '-'):>7} {s['dropouts']:>8}")
     return 0

@@ -13,12 +13,14 @@ import secrets
 import signal
 import ssl
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
 from hitl_sip.agents_cli import agents_command
 from hitl_sip.bot.flow import FlowError
-from hitl_sip.config import FLAG_KEYS, Config, load_config, uses_front
+from hitl_sip.config import FLAG_KEYS, Config, load_config, uses_front, uses_rtpengine
 from hitl_sip.errors import ConfigError
 from hitl_sip.files import private_dir, private_umask
 from hitl_sip.front.certs import TlsPair, host_names, pair_for, tls_pair
@@ -30,6 +32,8 @@ from hitl_sip.front.kamailio import (
     worker_ports,
     write_files,
 )
+from hitl_sip.front.rtpengine import RtpEngine, check_media_ranges, free_ng_port
+from hitl_sip.front.rtpengine import write_config as write_rtpengine_config
 from hitl_sip.hub.agents import AgentStore
 from hitl_sip.hub.app import create_app, create_internal_app
 from hitl_sip.hub.core import Hub
@@ -132,6 +136,7 @@ async def serve(config: Config, token_secret: bytes, digest_secret: bytes,
     host, port = internal
     worker_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     front: KamailioFront | None = None
+    relay: RtpEngine | None = None
     worker_config, sip_ports = config, None
     if uses_front(config):
         if not config.sip.port:  # 0: any free port, chosen now (Kamailio needs a number)
@@ -155,8 +160,16 @@ async def serve(config: Config, token_secret: bytes, digest_secret: bytes,
         worker_config = dataclasses.replace(config, front=dataclasses.replace(
             config.front, trusted=trusted_sources(config)))
         profile = load_profile(config.sip.profile, config.resolve_path(config.profiles_dir))
+        ng_port = None
+        if uses_rtpengine(config):
+            ng_port = free_ng_port()
+            conf = write_rtpengine_config(
+                config, data_dir / "front", port_start=profile.rtp.start,
+                port_end=profile.rtp.end, public_address=profile.public_address,
+                ng_port=ng_port)
+            relay = RtpEngine(config, conf, ng_port)
         files = write_files(config, data_dir / "front", profile.allow_list,
-                            profile.public_address, sip_ports, tls=tls)
+                            profile.public_address, sip_ports, tls=tls, rtpengine_ng=ng_port)
         front = KamailioFront(config, files, data_dir / "front" / "run")
         problem = await front.check()
         if problem:
@@ -164,6 +177,13 @@ async def serve(config: Config, token_secret: bytes, digest_secret: bytes,
                       files.cfg, problem)
             await runner.cleanup()
             return 1
+        if relay is not None:
+            problem = await relay.start()
+            if problem:
+                log.error("the media relay (rtpengine, %s) cannot start: %s", relay.conf_file,
+                          problem)
+                await runner.cleanup()
+                return 1
     supervisor = Supervisor(worker_config, registry,
                             f"ws://{worker_host}:{port}/internal/worker", token,
                             sip_ports=sip_ports, on_exit=hub.worker_lost,
@@ -175,7 +195,7 @@ async def serve(config: Config, token_secret: bytes, digest_secret: bytes,
     await supervisor.start()
     if front is not None:
         await front.start()
-        registry.front = front.public
+        registry.front = _front_health(front, relay)
     await hub.start()
     stop_wait = asyncio.create_task(stop.wait())
     fail_wait = asyncio.create_task(supervisor.failed.wait())
@@ -192,12 +212,24 @@ async def serve(config: Config, token_secret: bytes, digest_secret: bytes,
     await supervisor.stop(config.worker.drain_grace)
     if front is not None:
         await front.stop()
+    if relay is not None:
+        await relay.stop()
     await hub.close()
     await runner.cleanup()
     await internal_runner.cleanup()
     store.close()
     log.info("stopped")
     return code
+
+
+def _front_health(front: KamailioFront,
+                  relay: RtpEngine | None) -> Callable[[], dict[str, Any]]:
+    """/healthz's ``front``: Kamailio's state, with rtpengine's under ``media``."""
+    def public() -> dict[str, Any]:
+        state: dict[str, Any] = dict(front.public())
+        state["media"] = relay.public() if relay is not None else {"kind": "direct"}
+        return state
+    return public
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             config = load_config(args.config, overrides=overrides)
             profile = load_profile(config.sip.profile, config.resolve_path(config.profiles_dir))
+            check_media_ranges(config, profile)
             build_flow(config)
             data_dir = private_dir(config.resolve_path(config.data_dir))
             tls = None

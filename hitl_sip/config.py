@@ -298,6 +298,20 @@ class FrontConfig:
     children: _Int = 4
     # addresses workers accept the front's requests from; filled in by `serve`
     trusted: _Strs = ()
+    # the media path behind the front: "rtpengine" (default): rtpengine relays RTP between
+    # the trunk and the workers, drops packets from any address but the one the SDP names
+    # (strict source, no endpoint learning) and the workers' media listens on worker_host
+    # only; "direct": the trunk's RTP reaches the workers themselves (pjmedia latches to the
+    # first source it hears: a lab only)
+    media: _Str = "rtpengine"
+    rtpengine: _Str = "rtpengine"  # the binary (Debian: rtpengine-daemon)
+    # the address rtpengine's public side binds: "" = sip.host, or when that is a wildcard
+    # the address of the default route; the profile's [nat] public_address is advertised
+    media_host: _Str = ""
+    # the workers' own RTP ports behind rtpengine (loopback; shared out among the workers);
+    # the profile's [rtp] port_start..port_end is then rtpengine's public range
+    worker_rtp_port_start: _Int = 30000
+    worker_rtp_port_end: _Int = 30999
 
 
 @dataclass(frozen=True, config=_SECTION)
@@ -676,6 +690,23 @@ def _validate_front(config: Config) -> None:
         raise ConfigError("front.trunk_rate", "expected 1..100000 INVITEs per second")
     if not 1 <= f.children <= 64:
         raise ConfigError("front.children", "expected 1..64")
+    if f.media not in MEDIA_PATHS:
+        raise ConfigError("front.media", f"expected rtpengine or direct, got {f.media!r}")
+    if uses_rtpengine(config) and not shutil.which(f.rtpengine):
+        raise ConfigError(
+            "front.media",
+            f"front.media = rtpengine needs {f.rtpengine!r}, which is not installed (Debian: "
+            "apt-get install rtpengine-daemon; `make run` installs it); or, for a lab on "
+            "loopback only, set front.media = direct",
+        )
+    if f.media_host:
+        _check_host("front.media_host", f.media_host)
+    for key in ("worker_rtp_port_start", "worker_rtp_port_end"):
+        if not 1024 <= getattr(f, key) <= 65535:
+            raise ConfigError(f"front.{key}", f"expected a port 1024..65535, got {getattr(f, key)}")
+    if f.worker_rtp_port_end - f.worker_rtp_port_start + 1 < 8 * config.worker.count:
+        raise ConfigError("front.worker_rtp_port_end",
+                          "expected at least 8 ports per worker above front.worker_rtp_port_start")
 
 
 def _validate_tls(config: Config) -> None:
@@ -707,6 +738,15 @@ def worker_transports(config: Config) -> tuple[str, ...]:
 def uses_front(config: Config) -> bool:
     """Whether ``serve`` puts Kamailio before the workers."""
     return config.front.mode != "none"
+
+
+MEDIA_PATHS = ("rtpengine", "direct")
+
+
+def uses_rtpengine(config: Config) -> bool:
+    """Whether the trunk's media passes rtpengine before the workers (only with the front:
+    ``front.mode = none`` keeps direct media)."""
+    return uses_front(config) and config.front.media == "rtpengine"
 
 
 def _validate_webrtc(w: WebRtcConfig) -> None:

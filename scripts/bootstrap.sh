@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 
 MODE=${1:-run}
 APT_PACKAGES=(sip-tester baresip-core espeak-ng sox pocketsphinx-testdata kamailio
-              kamailio-tls-modules openssl)
+              kamailio-tls-modules rtpengine-daemon openssl)
 if [[ $MODE == test ]]; then
   APT_PACKAGES+=(chromium fonts-dejavu-core redis-server)
 fi
@@ -26,8 +26,29 @@ if ((${#missing[@]})); then
   if [[ $(id -u) -eq 0 ]]; then
     echo "bootstrap: installing Debian packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
+    # hitl-sip runs Kamailio and rtpengine itself: no package may start its system service
+    # while installing (invoke-rc.d asks policy-rc.d; 101 = "action forbidden")
+    policy=/usr/sbin/policy-rc.d
+    made_policy=
+    if [[ ! -e $policy ]]; then
+      printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && made_policy=1
+    fi
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    installed=0
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || installed=$?
+    if [[ -n $made_policy ]]; then rm -f "$policy"; fi
+    if ((installed)); then exit "$installed"; fi
+    # rtpengine-daemon enables its service for the next boot: it would take the ng port and
+    # try the kernel module; hitl-sip starts its own rtpengine (userspace, its own config)
+    if [[ " ${missing[*]} " == *" rtpengine-daemon "* ]]; then
+      echo "bootstrap: disabling the rtpengine-daemon system service (hitl-sip starts its own)"
+      if command -v systemctl >/dev/null; then  # works with systemd down too (no --now)
+        systemctl disable rtpengine-daemon >/dev/null 2>&1 || true
+        systemctl stop rtpengine-daemon >/dev/null 2>&1 || true
+      elif command -v update-rc.d >/dev/null; then
+        update-rc.d rtpengine-daemon disable >/dev/null 2>&1 || true
+      fi
+    fi
     # hitl-sip runs Kamailio itself (the SIP front); a system service would hold port 5060
     if [[ " ${missing[*]} " == *" kamailio "* ]] && command -v systemctl >/dev/null \
         && systemctl is-active --quiet kamailio 2>/dev/null; then

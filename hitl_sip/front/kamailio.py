@@ -36,7 +36,18 @@ SIP over TLS (``tls`` in ``sip.transports``) ends at the front: it listens on
 ``sip.tls_port`` with the certificate of :mod:`hitl_sip.front.certs` (``tls.cfg``: TLS 1.2
 or newer, no client certificate asked) and reaches the workers over UDP on loopback like
 every other request; ``X-Hitl-Source`` says ``transport=tls``. SRTP is the workers' business
-(the trunk profile's ``[rtp] srtp``), media never passes the front.
+(the trunk profile's ``[rtp] srtp``).
+
+MEDIA (``front.media = "rtpengine"``, the default): every SDP crosses rtpengine
+(:mod:`hitl_sip.front.rtpengine`, its ng port given as ``rtpengine_ng``): an INVITE's offer
+(``direction=external direction=internal``: from the trunk toward the workers) and the
+workers' 18x/2xx answers are rewritten to rtpengine's addresses with ``strict-source`` (RTP
+or RTCP from any address but the one the SDP names is dropped), ``replace-origin``,
+``replace-session-connection`` and ``ICE=remove``; an offer in a worker's 2xx (an INVITE
+without SDP) is answered by the ACK; re-INVITEs and UPDATEs with SDP in the dialog are
+offers again; BYE, CANCEL and a failed initial INVITE delete the call's session. When
+rtpengine does not answer an offer the trunk gets 503 with ``Retry-After``: media never
+goes around it (the workers' media listens on ``front.worker_host`` only).
 """
 
 from __future__ import annotations
@@ -56,6 +67,7 @@ from pathlib import Path
 
 from hitl_sip.config import Config, worker_transports
 from hitl_sip.front.certs import TlsPair
+from hitl_sip.front.process import kill_group, stop_group
 from hitl_sip.sip.acl import AllowList
 
 log = logging.getLogger(__name__)
@@ -210,15 +222,97 @@ ALLOWED_METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "UPDATE"
 TOKEN_PARAM = "hs"  # the Record-Route parameter that proves the front created a dialog
 
 
+# rtpengine's flags (ng protocol) for every offer and answer of a call
+MEDIA_FLAGS = "strict-source replace-origin replace-session-connection ICE=remove DTLS=off"
+# an initial offer from a trunk: received on the public side, sent on the workers' side
+OFFER_IN = "direction=external direction=internal " + MEDIA_FLAGS
+# an initial offer from a worker (in its 2xx to an INVITE that had no SDP)
+OFFER_OUT = "direction=internal direction=external " + MEDIA_FLAGS
+FLAG_SDP = 7  # transaction flag: the INVITE carried an offer
+# An RTP/SAVP offer without an SDES key stays without one (rtpengine would add its own):
+# the worker refuses it (406) as it would without the relay. With keys, rtpengine passes the
+# offered key on and terminates SRTP on each side with the keys each side chose.
+KEYLESS_SAVP = """
+        $var(sdes) = "";
+        if (search_body("RTP/SAVP") && !search_body("a=crypto:")) {
+            $var(sdes) = " SDES-off";
+        }"""
+
+
+@dataclass(frozen=True)
+class _Media:
+    """The script's pieces for rtpengine; all empty with direct media."""
+
+    module: str = ""
+    cancel: str = ""
+    offer: str = ""
+    indialog: str = ""
+    reply: str = ""
+    failed: str = ""
+
+
+def _media(config: Config, ng_port: int | None) -> _Media:
+    if ng_port is None:
+        return _Media()
+    retry = config.worker.retry_after
+    return _Media(
+        module=f"""
+loadmodule "rtpengine.so"
+modparam("rtpengine", "rtpengine_sock", "udp:127.0.0.1:{ng_port}")
+# a restarted rtpengine is used again within seconds; a dead one blocks a process ~1 s
+modparam("rtpengine", "rtpengine_disable_tout", 2)
+modparam("rtpengine", "rtpengine_tout_ms", 500)
+modparam("rtpengine", "rtpengine_retr", 1)""",
+        cancel="""
+            rtpengine_delete();""",
+        offer=f"""
+    if (has_body("application/sdp")) {{
+        setflag({FLAG_SDP});{KEYLESS_SAVP}
+        if (!rtpengine_offer("{OFFER_IN}$var(sdes)")) {{
+            xlog("L_ERR", "front: the media relay did not take the offer: 503 to $si\n");
+            ds_load_unset();
+            append_to_reply("Retry-After: {retry}\r\n");
+            send_reply("503", "Service Unavailable");
+            exit;
+        }}
+    }}""",
+        indialog=f"""
+    if (is_method("BYE")) {{
+        rtpengine_delete();
+    }} else if (is_method("INVITE|UPDATE") && has_body("application/sdp")) {{{KEYLESS_SAVP}
+        if (!rtpengine_offer("{MEDIA_FLAGS}$var(sdes)")) {{
+            append_to_reply("Retry-After: {retry}\r\n");
+            send_reply("503", "Service Unavailable");
+            exit;
+        }}
+        t_on_reply("MEDIAREPLY");
+    }} else if (is_method("ACK") && has_body("application/sdp")) {{
+        rtpengine_answer("{MEDIA_FLAGS}");
+    }}""",
+        reply=f"""
+    if (is_method("INVITE") && status =~ "(18[0-9]|2[0-9][0-9])" && has_body("application/sdp")) {{
+        if (isflagset({FLAG_SDP})) {{
+            rtpengine_answer("{MEDIA_FLAGS}");
+        }} else {{
+            rtpengine_offer("{OFFER_OUT}");
+        }}
+    }}""",
+        failed="""
+    rtpengine_delete();""",
+    )
+
+
 def render_config(config: Config, allow: AllowList, public_address: str | None,
                   dispatcher_file: Path, address_file: Path, *, secret: str,
-                  tls_config: Path | None = None) -> str:
+                  tls_config: Path | None = None, rtpengine_ng: int | None = None) -> str:
     """The Kamailio script (module docstring). ``secret``: hex, the key of the dialog
     tokens in this front's Record-Route (the file is written 0600). ``tls_config``: the tls
-    module's file (:func:`render_tls`), required when ``sip.transports`` has ``tls``."""
+    module's file (:func:`render_tls`), required when ``sip.transports`` has ``tls``.
+    ``rtpengine_ng``: rtpengine's ng port on 127.0.0.1, with ``front.media = rtpengine``."""
     if ("tls" in config.sip.transports) != (tls_config is not None):
         raise ValueError("tls_config goes with 'tls' in sip.transports, and only with it")
     tls_core, tls_module = _tls_lines(tls_config)
+    media = _media(config, rtpengine_ng)
     f = config.front
     level = {"debug": 3, "info": 2, "warning": 1, "error": -1}.get(config.log.level, 2)
     methods = "|".join(ALLOWED_METHODS)
@@ -287,7 +381,7 @@ loadmodule "pike.so"
 loadmodule "pipelimit.so"
 loadmodule "permissions.so"
 loadmodule "dispatcher.so"
-loadmodule "dialog.so"{tls_module}
+loadmodule "dialog.so"{tls_module}{media.module}
 
 modparam("tm", "fr_timer", 2000)
 modparam("tm", "fr_inv_timer", 120000)
@@ -319,7 +413,7 @@ request_route {{
     remove_hf("{SOURCE_HEADER}");
     route(REQINIT);
     if (is_method("CANCEL")) {{
-        if (t_check_trans()) {{
+        if (t_check_trans()) {{{media.cancel}
             route(RELAY);
         }}
         exit;
@@ -354,7 +448,24 @@ request_route {{
         sl_send_reply("200", "OK");
         exit;
     }}
+    route(INVITE_CHECKS);
     route(DISPATCH);
+}}
+
+route[INVITE_CHECKS] {{
+    # RFC 3261 20.10: a Contact URI with ',', ';' or '?' is enclosed in <>; without them
+    # the rest is not the URI's, and a worker would drop the INVITE unanswered
+    if (is_present_hf("Contact") && $hdr(Contact) =~ "^[^<\\"]*[?]") {{
+        sl_send_reply("400", "Bad Contact");
+        exit;
+    }}
+    # RFC 3261 21.4.7: the answer carries an SDP; an Accept without it cannot be met
+    if (is_present_hf("Accept")
+            && !($(hdr(Accept){{s.tolower}}) =~ "application/sdp|application/[*]|[*]/[*]")) {{
+        append_to_reply("Accept: application/sdp\r\n");
+        sl_send_reply("406", "Not Acceptable");
+        exit;
+    }}
 }}
 
 route[REQINIT] {{
@@ -397,7 +508,7 @@ route[DISPATCH] {{
     dlg_manage();
     if (!ds_select_dst("{SET_ID}", "10")) {{
         route(ALLFULL);
-    }}
+    }}{media.offer}
     t_on_failure("NEXTWORKER");
     t_on_reply("WORKERREPLY");
     route(RELAY);
@@ -455,7 +566,7 @@ route[WITHINDLG] {{
     }}
     if (is_method("BYE")) {{
         ds_load_update();
-    }}
+    }}{media.indialog}
     route(RELAY);
 }}
 
@@ -477,12 +588,12 @@ reply_route {{
 onreply_route[WORKERREPLY] {{
     if (is_method("INVITE") && status =~ "2[0-9][0-9]") {{
         ds_load_update();
-    }}
-}}
+    }}{media.reply}
+}}{_media_reply_route(media)}
 
 failure_route[NEXTWORKER] {{
     if (t_is_canceled()) {{
-        ds_load_unset();
+        ds_load_unset();{media.failed}
         exit;
     }}
     # a final reply the worker sent (401, 403, 488...) goes to the trunk as it is, even when
@@ -498,12 +609,25 @@ failure_route[NEXTWORKER] {{
             t_relay();
             exit;
         }}
-        ds_load_unset();
+        ds_load_unset();{media.failed}
         route(ALLFULL);
     }}
-    ds_load_unset();
+    ds_load_unset();{media.failed}
 }}
 """
+
+
+def _media_reply_route(media: _Media) -> str:
+    """The replies to an in-dialog offer (re-INVITE, UPDATE): their SDP is the answer."""
+    if not media.reply:
+        return ""
+    return f"""
+
+onreply_route[MEDIAREPLY] {{
+    if (status =~ "(18[0-9]|2[0-9][0-9])" && has_body("application/sdp")) {{
+        rtpengine_answer("{MEDIA_FLAGS}");
+    }}
+}}"""
 
 
 @dataclass
@@ -539,9 +663,11 @@ def _private(path: Path, text: str) -> None:
 
 
 def write_files(config: Config, directory: Path, allow: AllowList, public_address: str | None,
-                ports: list[int], *, tls: TlsPair | None = None) -> FrontFiles:
+                ports: list[int], *, tls: TlsPair | None = None,
+                rtpengine_ng: int | None = None) -> FrontFiles:
     """``tls``: the certificate and key (:func:`hitl_sip.front.certs.tls_pair`), required
-    when ``sip.transports`` has ``tls``."""
+    when ``sip.transports`` has ``tls``. ``rtpengine_ng``: rtpengine's ng port, with
+    rtpengine on the media path."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
     files = FrontFiles(directory / "kamailio.cfg", directory / "dispatcher.list",
@@ -555,7 +681,7 @@ def write_files(config: Config, directory: Path, allow: AllowList, public_addres
     _private(files.addresses, render_addresses(allow))
     _private(files.cfg, render_config(config, allow, public_address, files.dispatcher,
                                       files.addresses, secret=front_secret(directory),
-                                      tls_config=files.tls))
+                                      tls_config=files.tls, rtpengine_ng=rtpengine_ng))
     return files
 
 
@@ -616,7 +742,7 @@ class KamailioFront:
                 return
             # Kamailio's children outlive a killed main process and keep the SIP sockets:
             # end the whole group (its own session) before starting again
-            self._kill_group(self.process.pid, signal.SIGKILL)
+            kill_group(self.process.pid, signal.SIGKILL)
             log.error("the SIP front (kamailio) exited with code %s: restarting in %.0fs",
                       code, backoff)
             await asyncio.sleep(backoff)
@@ -624,25 +750,10 @@ class KamailioFront:
             self.restarts += 1
             self.process = await self._spawn()
 
-    @staticmethod
-    def _kill_group(pid: int, sig: signal.Signals) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, sig)
-
     async def stop(self) -> None:
         self._stopping = True
-        proc = self.process
-        if proc is not None:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(proc.wait(), 5)
-                except TimeoutError:
-                    log.error("the SIP front did not stop in 5 s: killing it")
-            self._kill_group(proc.pid, signal.SIGKILL)
-            if proc.returncode is None:
-                await proc.wait()
+        if self.process is not None:
+            await stop_group(self.process, "the SIP front")
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)

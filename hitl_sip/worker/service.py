@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hitl_sip.bot.runner import FlowRunner
-from hitl_sip.config import PROJECT_ROOT, Config, worker_transports
+from hitl_sip.config import PROJECT_ROOT, Config, uses_rtpengine, worker_transports
 from hitl_sip.log import call_logger, now_iso
 from hitl_sip.media.buffers import FrameBuffer
 from hitl_sip.media.ice import install_host_filter, rtc_configuration
@@ -133,14 +133,20 @@ def stack_settings(config: Config, profile: TrunkProfile, index: int,
             "expires": profile.register.expires,
             "retry_interval": profile.register.retry_interval,
         }
-    rtp_start, rtp_end = rtp_slice(profile.rtp.start, profile.rtp.end, index,
-                                   config.worker.count)
+    media_host, public_address = config.sip.host, profile.public_address or ""
+    first, last = profile.rtp.start, profile.rtp.end
+    if sip_port is not None and uses_rtpengine(config):
+        # behind rtpengine the media is only rtpengine's business: on the workers' host,
+        # in a range of its own, with no public address (rtpengine advertises its own)
+        media_host, public_address = config.front.worker_host, ""
+        first, last = config.front.worker_rtp_port_start, config.front.worker_rtp_port_end
+    rtp_start, rtp_end = rtp_slice(first, last, index, config.worker.count)
     return StackSettings(
-        host=config.sip.host,
+        host=media_host,
         port=port if sip_port is None else sip_port,
         sip_bind="" if sip_port is None else config.front.worker_host,
         transports=worker_transports(config),
-        public_address=profile.public_address or "",
+        public_address=public_address,
         user_agent=config.sip.user_agent,
         clock_rate=config.worker.clock_rate,
         codecs=tuple(str(c.value) for c in profile.codecs),

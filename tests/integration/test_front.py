@@ -101,7 +101,7 @@ def test_calls_fill_every_worker_then_503_and_a_killed_worker_costs_only_its_cal
         _, health = srv.health()
         victim = health["workers"][1]
         call_ids = {c.call_id for c in callers}
-        add_agent(srv.data_dir, "ops")
+        add_agent(srv.data_dir, "ops", "supervisor")  # sees every call (PROTOCOL.md §6)
         token = login(srv, "ops")[1]["token"]
         req = urllib.request.Request(srv.http_url + "/api/calls",
                                      headers={"Authorization": f"Bearer {token}"})

@@ -171,15 +171,13 @@ KNOWN_WRONG: dict[str, str] = {
     "line fold (legal LWS): the front drops the whole valid INVITE unanswered",
     "dblreq": "the front's sanity check answers 400 'Content-Length mis-match' to a datagram "
     "with octets after the Content-Length, which RFC 3261 §18.3 says to discard",
-    "regbadct": "the front relays an INVITE whose Contact pjsip cannot parse; each worker drops "
-    "it silently, the front waits out fr_timer on one worker then the other and "
-    "answers 503 after ~4 s: a 5xx (trunk failover) for a malformed request",
-    "sdp01": "the worker answers 200 with an SDP body to an INVITE whose Accept excludes "
-    "application/sdp instead of 406 (RFC 3261 §20.1, §21.4.7)",
 }
-# Fixed in the front, kept here as what they were: stray responses were forwarded to their
-# second Via (a reflector; now dropped in reply_route), header names with !%*`' made a valid
-# request unparsable (hdr_name_extra_chars), OPTIONS ignored Require/Proxy-Require (420 now).
+# Fixed in the front, kept here as what they were: an INVITE whose Contact carried '?'
+# outside <> reached the workers, which dropped it (the front answered 503 after fr_timer:
+# 400 now); an Accept without application/sdp got a 200 with SDP (406 now); stray responses
+# were forwarded to their second Via (a reflector; now dropped in reply_route), header names
+# with !%*`' made a valid request unparsable (hdr_name_extra_chars), OPTIONS ignored
+# Require/Proxy-Require (420 now).
 
 
 # --- talking to the edge ---------------------------------------------------------------------
