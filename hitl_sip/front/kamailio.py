@@ -402,7 +402,9 @@ modparam("dispatcher", "ds_ping_method", "OPTIONS")
 modparam("dispatcher", "ds_ping_from", "sip:front@hitl-sip.invalid")
 modparam("dispatcher", "ds_ping_interval", {f.probe_interval})
 modparam("dispatcher", "ds_probing_mode", 1)
-modparam("dispatcher", "ds_probing_threshold", 1)
+# a worker is taken for down after 3 unanswered probes in a row (one lost OPTIONS on a
+# loaded host must not turn calls away); an INVITE it does not answer marks it at once
+modparam("dispatcher", "ds_probing_threshold", 3)
 modparam("dispatcher", "ds_inactive_threshold", 1)
 modparam("dispatcher", "ds_ping_reply_codes", "class=2;class=4")
 modparam("dialog", "default_timeout", {int(config.worker.max_call_seconds) + 60})
@@ -568,6 +570,14 @@ route[WITHINDLG] {{
         ds_load_update();
     }}{media.indialog}
     route(RELAY);
+}}
+
+event_route[dispatcher:dst-down] {{
+    xlog("L_WARN", "front: worker $ru stopped answering probes: no calls sent to it\n");
+}}
+
+event_route[dispatcher:dst-up] {{
+    xlog("L_WARN", "front: worker $ru answers probes again\n");
 }}
 
 route[ALLFULL] {{
