@@ -17,15 +17,15 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from hitl_sip.hub.agents import PASSWORD_MAX, Agent, Role
+from hitl_sip.hub.api import read_body
 from hitl_sip.hub.login import SESSIONS, bearer_session, error
 from hitl_sip.hub.sessions import Session, audit
-from hitl_sip.protocol.wire import WireError, loads_object
 
 MAX_BODY = 8 * 1024
 Password = Annotated[str, Field(max_length=PASSWORD_MAX)]
@@ -67,20 +67,6 @@ def _admin(handler: Handler) -> Callable[[web.Request], Awaitable[web.Response]]
     return guarded
 
 
-M = TypeVar("M", bound=BaseModel)
-
-
-async def _body(request: web.Request, model: type[M]) -> M | web.Response:
-    try:
-        return model.model_validate(loads_object(await request.read(), max_bytes=MAX_BODY))
-    except WireError as e:
-        return error("bad_request", f"body: {e}", 400)
-    except ValidationError as e:
-        first = e.errors(include_url=False, include_input=False)[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        return error("bad_request", f"{where}: {first['msg']}", 400)
-
-
 def _target(request: web.Request) -> Agent | None:
     store = request.app[SESSIONS].store
     agent_id = request.match_info["agent_id"]
@@ -95,7 +81,7 @@ async def list_accounts(request: web.Request, session: Session) -> web.Response:
 
 @_admin
 async def add_account(request: web.Request, session: Session) -> web.Response:
-    body = await _body(request, NewAccount)
+    body = await read_body(request, NewAccount, MAX_BODY)
     if isinstance(body, web.Response):
         return body
     store = request.app[SESSIONS].store
@@ -110,7 +96,7 @@ async def add_account(request: web.Request, session: Session) -> web.Response:
 
 @_admin
 async def change_account(request: web.Request, session: Session) -> web.Response:
-    body = await _body(request, AccountChange)
+    body = await read_body(request, AccountChange, MAX_BODY)
     if isinstance(body, web.Response):
         return body
     target = await asyncio.to_thread(_target, request)

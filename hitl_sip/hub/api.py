@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -19,6 +19,7 @@ from hitl_sip.hub.agents import Role
 from hitl_sip.hub.core import Hub
 from hitl_sip.hub.login import bearer_session
 from hitl_sip.hub.sessions import audit
+from hitl_sip.protocol.agent import explain
 from hitl_sip.protocol.wire import WireError, loads_object
 from hitl_sip.protocol.worker import CallState, Handoff
 
@@ -49,6 +50,20 @@ class Reader:
 def error(code: str, message: str, status: int) -> web.Response:
     return web.json_response({"ok": False, "error": {"code": code, "message": message}},
                              status=status)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def read_body(request: web.Request, model: type[M], max_bytes: int) -> M | web.Response:
+    """A REST body as ``model`` — with the wire's size and depth limits — or the 400 that
+    names the field at fault (as a refused Socket.IO payload does)."""
+    try:
+        return model.model_validate(loads_object(await request.read(), max_bytes=max_bytes))
+    except WireError as e:
+        return error("bad_request", f"body: {e}", 400)
+    except ValidationError as e:
+        return error("bad_request", explain(e), 400)
 
 
 def api_key_ok(request: web.Request) -> bool:
@@ -109,15 +124,10 @@ async def handoff(request: web.Request) -> web.Response:
         return error("invalid_state", f"call is {call.state.value}, not with the bot", 409)
     body = HandoffBody()
     if request.can_read_body:
-        try:
-            body = HandoffBody.model_validate(loads_object(await request.read(),
-                                                           max_bytes=MAX_REST_BODY))
-        except WireError as e:
-            return error("bad_request", f"body: {e}", 400)
-        except ValidationError as e:
-            first = e.errors(include_url=False, include_input=False)[0]
-            where = ".".join(str(p) for p in first["loc"]) or "body"
-            return error("bad_request", f"{where}: {first['msg']}", 400)
+        read = await read_body(request, HandoffBody, MAX_REST_BODY)
+        if isinstance(read, web.Response):
+            return read
+        body = read
     if not await hub.command(Handoff(call_id=call_id, reason=body.reason)):
         return error("unavailable", "the call's worker is not reachable", 503)
     return web.json_response({"ok": True})
