@@ -38,6 +38,7 @@ class Alive5Thread:
     voice_agent_id: str = ""
     messages: list[dict[str, Any]] = field(default_factory=list)
     duplicates: int = 0
+    resent: list[str] = field(default_factory=list)  # the message_key of each duplicate
     crm: dict[str, Any] = field(default_factory=dict)
     ended: list[dict[str, Any]] = field(default_factory=list)
     connections: int = 0
@@ -208,6 +209,7 @@ class Alive5StandIn:
             with self._lock:
                 if key and any(m.get("message_key") == key for m in thread.messages):
                     thread.duplicates += 1
+                    thread.resent.append(str(key))
                 else:  # when it arrived, for the transcript-lag benchmark
                     thread.messages.append({**data, "_received": time.monotonic()})
                 message_id = f"m-{next(self._ids)}"
