@@ -199,6 +199,9 @@ class RoutingConfig:
     reconnect_grace: _Float = 5.0
     # what an agent may choose in wrap_up (PROTOCOL.md §6), sent to alive5 as CRM data
     dispositions: _Strs = ("resolved", "follow_up", "escalated", "no_action", "other")
+    # the queues an agent may transfer a call to (PROTOCOL.md §6); one pool of agents
+    # today: a queue transfer rings every available agent but the one transferring
+    queues: _Strs = ("support",)
 
 
 @dataclass(frozen=True, config=_SECTION)
@@ -618,6 +621,8 @@ def validate(config: Config) -> None:
     if not config.routing.dispositions or any(
             not d or len(d) > 64 for d in config.routing.dispositions):
         raise ConfigError("routing.dispositions", "expected names of 1 to 64 characters")
+    if not config.routing.queues or any(not q or len(q) > 64 for q in config.routing.queues):
+        raise ConfigError("routing.queues", "expected names of 1 to 64 characters")
     if not 1 <= config.routing.ring_timeout <= 600:
         raise ConfigError("routing.ring_timeout", "expected 1..600 seconds")
     if not 0 <= config.routing.reconnect_grace <= 300:

@@ -22,6 +22,7 @@ from hitl_sip.hub.board import BoardFeed
 from hitl_sip.hub.core import Hub
 from hitl_sip.hub.routing import Router
 from hitl_sip.hub.sessions import Session, SessionError, Sessions, audit
+from hitl_sip.hub.supervision import Supervision
 from hitl_sip.hub.threads import WrapUpRecord
 from hitl_sip.hub.tokens import TokenClaims
 from hitl_sip.log import now_iso
@@ -32,13 +33,20 @@ from hitl_sip.protocol.agent import (
     BoardAck,
     BoardSubscribe,
     DeclineCall,
+    DeskAgent,
+    DeskOptions,
+    DeskOptionsAck,
     ErrorCode,
     Hangup,
+    MonitorCall,
+    MonitorStop,
     Mute,
     OfferAnswer,
     Request,
     ReturnToBot,
+    SetMonitorMode,
     SetStatus,
+    TransferCall,
     WebrtcCandidate,
     WebrtcOffer,
     WrapUp,
@@ -90,7 +98,10 @@ class AgentNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         self.auth = auth
         self.origins = origins
         self.router = Router(hub, self._emit_to, ring_timeout, reconnect_grace, strategy)
-        self.board = BoardFeed(hub, self.router, self._send_board)
+        self.supervision = Supervision(hub, self.router)
+        self.router.supervision = self.supervision
+        self.board = BoardFeed(hub, self.router, self._send_board,
+                               monitors=self.supervision.board_monitors)
         self.router.on_change = self.board.changed
 
         async def call_changed(event: str, data: dict[str, Any]) -> None:
@@ -147,6 +158,8 @@ class AgentNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         agent = self.router.agents.get(agent_id)
         if agent is None or not agent.sids:
             self.board.unsubscribe(agent_id)
+            if any(agent_id in sups for sups in self.supervision.monitors.values()):
+                self.router._spawn(self.supervision.agent_gone(agent_id))
         self.board.changed()
 
     async def _send_board(self, agent_id: str, board: Board) -> None:
@@ -191,6 +204,10 @@ class AgentNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
 
     @handles(Hangup)
     async def on_hangup(self, agent_id: str, request: Hangup) -> dict[str, Any]:
+        # in a warm transfer, either agent's hang-up ends only its own leg
+        if (await self.supervision.first_agent_leaves(agent_id, request.call_id)
+                or await self.supervision.target_leaves(agent_id, request.call_id)):
+            return ok()
         refused = self._not_held(agent_id, request.call_id)
         if refused is not None:
             return refused
@@ -218,12 +235,15 @@ class AgentNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
 
     @handles(WebrtcOffer)
     async def on_webrtc_offer(self, agent_id: str, request: WebrtcOffer) -> dict[str, Any]:
-        refused = self._not_held(agent_id, request.call_id)
+        # a supervisor's or a transfer target's offer is for a leg of its own
+        leg = self.supervision.leg_of(agent_id, request.call_id)
+        refused = None if leg else self._not_held(agent_id, request.call_id)
         if refused is not None:
             return refused
-        self.router.renegotiated(agent_id)
+        if leg is None:
+            self.router.renegotiated(agent_id)
         answer = await self.hub.request(cmd.WebrtcOffer(call_id=request.call_id,
-                                                        sdp=request.sdp))
+                                                        sdp=request.sdp, leg=leg))
         if answer is None:
             return refuse(ErrorCode.UNAVAILABLE, "the call's worker did not answer the offer")
         if not answer.ok:
@@ -262,10 +282,40 @@ class AgentNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
     @handles(WebrtcCandidate)
     async def on_webrtc_candidate(self, agent_id: str,
                                   request: WebrtcCandidate) -> dict[str, Any]:
-        refused = self._not_held(agent_id, request.call_id)
+        leg = self.supervision.leg_of(agent_id, request.call_id)
+        refused = None if leg else self._not_held(agent_id, request.call_id)
         if refused is not None:
             return refused
         await self.hub.command(cmd.WebrtcCandidate(
             call_id=request.call_id, candidate=request.candidate, sdp_mid=request.sdp_mid,
-            sdp_m_line_index=request.sdp_m_line_index))
+            sdp_m_line_index=request.sdp_m_line_index, leg=leg))
         return ok()
+
+    # -- supervision and transfer (PROTOCOL.md §6; hitl_sip.hub.supervision) --------------
+
+    @handles(MonitorCall)
+    async def on_monitor_call(self, agent_id: str, request: MonitorCall) -> dict[str, Any]:
+        return await self.supervision.monitor(agent_id, request.call_id, request.mode)
+
+    @handles(SetMonitorMode)
+    async def on_monitor_mode(self, agent_id: str, request: SetMonitorMode) -> dict[str, Any]:
+        return await self.supervision.set_mode(agent_id, request.call_id, request.mode)
+
+    @handles(MonitorStop)
+    async def on_monitor_stop(self, agent_id: str, request: MonitorStop) -> dict[str, Any]:
+        return await self.supervision.stop(agent_id, request.call_id)
+
+    @handles(TransferCall)
+    async def on_transfer_call(self, agent_id: str, request: TransferCall) -> dict[str, Any]:
+        refused = self._not_held(agent_id, request.call_id)
+        if refused is not None:
+            return refused
+        return await self.supervision.transfer(agent_id, request)
+
+    @handles(DeskOptions)
+    async def on_desk_options(self, agent_id: str, request: DeskOptions) -> dict[str, Any]:
+        routing = self.hub.config.routing
+        agents = [DeskAgent(agent_id=a.agent_id, name=a.name, status=a.model().status)
+                  for a in self.router.agents.values() if a.sids and a.agent_id != agent_id]
+        return DeskOptionsAck(dispositions=list(routing.dispositions),
+                              queues=list(routing.queues), agents=agents).wire()

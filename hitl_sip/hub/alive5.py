@@ -140,7 +140,8 @@ class ThreadLink:
             payload[p.field_voice_agent] = self.voice_agent_id
         if p.field_sender:
             payload[p.field_sender] = {"caller": p.sender_caller, "bot": p.sender_bot,
-                                       "agent": p.sender_agent}.get(role, role)
+                                       "agent": p.sender_agent,
+                                       "supervisor": p.sender_agent}.get(role, role)
         await self._emit(p.event_post, payload)
         ack = await self._await_ack(p.event_post_ack)
         return ack.message_id

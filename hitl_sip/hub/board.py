@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from hitl_sip.protocol.agent import Board, BoardAgent, BoardCall
+from hitl_sip.protocol.agent import Board, BoardAgent, BoardCall, BoardMonitor
 from hitl_sip.protocol.worker import CallState
 
 if TYPE_CHECKING:
@@ -33,10 +33,12 @@ Send = Callable[[str, Board], Awaitable[None]]  # subscriber agent id, the board
 
 
 class BoardFeed:
-    def __init__(self, hub: Hub, router: Router, send: Send) -> None:
+    def __init__(self, hub: Hub, router: Router, send: Send,
+                 monitors: Callable[[str], list[BoardMonitor]] = lambda call_id: []) -> None:
         self.hub = hub
         self.router = router
         self.send = send
+        self.monitors = monitors  # the supervisors on a call (hitl_sip.hub.supervision)
         self.subscribers: set[str] = set()  # agent ids
         self._pending: asyncio.Task[None] | None = None
 
@@ -49,7 +51,8 @@ class BoardFeed:
                 received_at=c.received_at, worker_id=c.worker_id, agent_id=c.agent_id,
                 metadata=c.metadata,
                 waiting_sec=(round(now - c.queued_at, 1) if c.state is CallState.QUEUED
-                             and c.queued_at is not None else None))
+                             and c.queued_at is not None else None),
+                monitors=self.monitors(c.call_id))
             for c in self.hub.registry.calls.values() if c.state is not CallState.ENDED]
         agents = [BoardAgent(**a.model().model_dump())
                   for a in self.router.agents.values() if a.sids]

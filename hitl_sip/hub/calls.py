@@ -35,6 +35,8 @@ class CallRecord:
     offered_to: set[str] = field(default_factory=set)  # agents it rang (they may read it)
     queued_at: float | None = None  # time.monotonic() of the handoff while queued
     bot_transcript: list[TranscriptLine] = field(default_factory=list)
+    # what was said while agents held it (a transfer's target gets it with the call)
+    human_transcript: list[TranscriptLine] = field(default_factory=list)
     handoff: Handoff | None = None
 
     @classmethod

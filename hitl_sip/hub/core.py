@@ -43,13 +43,16 @@ from hitl_sip.protocol.worker import (
     HandoffRequested,
     HubCommand,
     Interim,
+    LegMedia,
     PeerLost,
     QueueTimeout,
     Reply,
     SessionStateMsg,
+    TranscriptLine,
     TurnMsg,
     WebrtcCandidate,
     WebrtcOffer,
+    Whispered,
     WorkerMessage,
 )
 from hitl_sip.supervise import restart_counter, supervised
@@ -60,6 +63,7 @@ Listener = Callable[[str, dict[str, Any]], Awaitable[None]]  # event, its wire f
 #: the commands a worker answers with a Reply (they carry a requestId)
 Request = WebrtcOffer | WebrtcCandidate
 
+HUMAN_TRANSCRIPT_MAX = 2000  # lines kept per call for a transfer's target
 ORPHAN_WORKERS_WAIT = 120.0  # seconds a restarted hub waits for its workers before sweeping
 CALL_STATES = tuple(state.value for state in CallState)
 
@@ -294,7 +298,8 @@ class Hub:
                 await self._on_state(typed, data)
             case HandoffRequested():
                 await self._on_handoff(typed, data)
-            case CallerSaid() | DtmfMsg() | CallConnected() | PeerLost() | Interim():
+            case (CallerSaid() | DtmfMsg() | CallConnected() | PeerLost() | Interim()
+                  | Whispered() | LegMedia()):
                 await self._publish(typed.type, data)
             case CallStarted():
                 if self.outbox is not None:
@@ -447,11 +452,26 @@ class Hub:
             at=m.at,
             delivery="pending" if self.outbox is not None else "local",
         )
+        call = self.registry.calls.get(m.call_id)
+        if call is not None and call.state is CallState.HUMAN:
+            call.human_transcript.append(TranscriptLine(role=m.role, text=m.text, at=m.at))
+            del call.human_transcript[:-HUMAN_TRANSCRIPT_MAX]
         if await self.store.add(turn):
             self.turns_stored.inc(role=turn.role)
             if self.outbox is not None:
                 self.outbox.notify(turn.thread_id)
             await self._publish("turn", data)
+
+    async def notice(self, turn: Turn) -> None:
+        """A line the hub itself adds to a call's thread (a transfer's notice), posted to
+        alive5 like a bot turn and shown to the call's agents."""
+        if await self.store.add(turn):
+            self.turns_stored.inc(role=turn.role)
+            if self.outbox is not None:
+                self.outbox.notify(turn.thread_id)
+            await self._publish("turn", {"callId": turn.call_id, "threadId": turn.thread_id,
+                                         "role": turn.role, "text": turn.text, "at": turn.at,
+                                         "seq": 0})
 
     async def _end_thread(self, m: CallEndedMsg) -> None:
         """The call is over: alive5 gets ``end_voice_chat`` after the thread's last turn."""

@@ -43,6 +43,7 @@ from hitl_sip.protocol.worker import AgentJoined, AgentLeft
 
 if TYPE_CHECKING:
     from hitl_sip.hub.core import Hub as HubLike
+    from hitl_sip.hub.supervision import Supervision
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ class Router:
         self.on_change: Callable[[], None] | None = None  # an agent's state changed (board)
         # call id -> (the agent who took it, its thread)
         self.held: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self.supervision: Supervision | None = None  # transfers ring through it
         hub.subscribe(self._on_call_event)
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
@@ -268,12 +270,16 @@ class Router:
 
     def may_act(self, agent_id: str, call_id: str) -> bool:
         """An agent may act only on calls offered to it or accepted by it."""
+        if self.supervision is not None and self.supervision.rings_for(agent_id, call_id):
+            return True
         offer = self.offers.get(call_id)
         if offer is None:
             return False
         return agent_id in offer.ringing or offer.accepted_by == agent_id
 
     async def accept(self, agent_id: str, call_id: str) -> dict[str, Any]:
+        if self.supervision is not None and self.supervision.rings_for(agent_id, call_id):
+            return await self.supervision.accept(agent_id, call_id)
         offer = self.offers.get(call_id)
         if offer is None or self.hub.registry.calls.get(call_id) is None:
             return refuse(ErrorCode.NOT_FOUND, f"no call {call_id}")
@@ -331,6 +337,8 @@ class Router:
             log.warning("[call %s] cluster: claim not released: %s", call_id, e)
 
     async def decline(self, agent_id: str, call_id: str) -> dict[str, Any]:
+        if self.supervision is not None and self.supervision.rings_for(agent_id, call_id):
+            return await self.supervision.decline(agent_id, call_id)
         offer = self.offers.get(call_id)
         if offer is None or agent_id not in offer.ringing:
             return refuse(ErrorCode.FORBIDDEN, "the call is not ringing for you")
@@ -434,11 +442,16 @@ class Router:
                 await self._to_agent(agent, CallConnected(call_id=call_id, at=data["at"]))
         elif event in ("turn", "interim"):
             offer = self.offers.get(call_id)
-            agent = self.agents.get(offer.accepted_by or "") if offer else None
-            if agent is not None:
-                await self._to_agent(agent, Transcript(
-                    call_id=call_id, thread_id=data["threadId"], role=data["role"],
-                    text=data["text"], final=event == "turn", at=data["at"], seq=data["seq"]))
+            ids = [offer.accepted_by] if offer and offer.accepted_by else []
+            if self.supervision is not None:  # a joined transfer target, supervisors
+                ids += self.supervision.listeners(call_id)
+            message = Transcript(
+                call_id=call_id, thread_id=data["threadId"], role=data["role"],
+                text=data["text"], final=event == "turn", at=data["at"], seq=data["seq"])
+            for agent_id in ids:
+                agent = self.agents.get(agent_id)
+                if agent is not None:
+                    await self._to_agent(agent, message)
         elif event == "session_state" and data.get("state") == "bot":
             await self._withdraw(call_id, CancelReason.RING_TIMEOUT)
         elif event == "call_ended":

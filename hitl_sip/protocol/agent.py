@@ -21,6 +21,7 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     JsonValue,
@@ -28,6 +29,7 @@ from pydantic import (
     StrictBool,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from hitl_sip.protocol.wire import WireError
@@ -36,6 +38,7 @@ from hitl_sip.protocol.worker import (
     MAX_SDP,
     Caller,
     Id,
+    LegRole,
     Role,
     Short,
     TranscriptLine,
@@ -231,6 +234,20 @@ class AgentState(Event):
     role: AccountRole = AccountRole.AGENT
 
 
+class TransferMode(StrEnum):
+    COLD = "cold"
+    WARM = "warm"
+
+
+class TransferInfo(Event):
+    """On a transferred call's ``incoming_call``: who hands it over, how, and why."""
+
+    from_agent_id: str
+    from_name: str  # extension: the transferring agent's display name
+    mode: TransferMode
+    note: str
+
+
 class IncomingCall(Event):
     event: ClassVar[str] = "incoming_call"
     call_id: str
@@ -242,6 +259,9 @@ class IncomingCall(Event):
     ring_timeout_sec: float
     bot_transcript: list[TranscriptLine]
     metadata: dict[str, JsonValue]
+    # §6: a transfer's target also gets what the agents said so far (null / [] otherwise)
+    transfer: TransferInfo | None = None
+    human_transcript: list[TranscriptLine] = Field(default_factory=list)
 
 
 class CallCancelled(Event):
@@ -291,6 +311,11 @@ class BoardSubscribe(Request):
     event: ClassVar[str] = "board_subscribe"
 
 
+class BoardMonitor(Event):
+    agent_id: str
+    mode: str  # listen | whisper | barge
+
+
 class BoardCall(Event):
     """A live call as ``GET /api/calls`` shows it, with how long it has waited in a queue."""
 
@@ -305,6 +330,8 @@ class BoardCall(Event):
     agent_id: str | None
     metadata: dict[str, JsonValue]
     waiting_sec: float | None  # queued: seconds since the handoff; else null
+    # extension: the supervisors on the call and their modes
+    monitors: list[BoardMonitor] = Field(default_factory=list)
 
 
 class BoardAgent(Event):
@@ -330,6 +357,119 @@ class BoardAck(Ok):
     agents: list[BoardAgent]
 
 
+class MonitorMode(StrEnum):
+    """§6 media rules: who hears the supervisor."""
+
+    LISTEN = "listen"  # nobody
+    WHISPER = "whisper"  # the agent
+    BARGE = "barge"  # caller and agent
+
+    @property
+    def leg(self) -> LegRole:
+        return LegRole(self.value)
+
+
+def _a_string(value: Any) -> Any:
+    """Before an enum's check: pydantic's enum validator recurses into a deeply nested
+    value (a RecursionError, not a ValidationError); anything but a string is refused."""
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    return value
+
+
+Mode = Annotated[MonitorMode, BeforeValidator(_a_string)]
+
+
+class MonitorCall(CallRequest):
+    """A supervisor joins a live call; its ``webrtc_offer`` for the call follows."""
+
+    event: ClassVar[str] = "monitor_call"
+    mode: Mode
+
+
+class SetMonitorMode(CallRequest):
+    """Switch listen/whisper/barge without renegotiating."""
+
+    event: ClassVar[str] = "monitor_mode"
+    mode: Mode
+
+
+class MonitorStop(CallRequest):
+    event: ClassVar[str] = "monitor_stop"
+
+
+class Monitored(Event):
+    """Extension (§6 "the agent sees a discreet indicator"): to the agent holding a call,
+    whenever a supervisor starts, switches or stops monitoring it; ``mode`` null when no
+    supervisor is on the call any more. ``monitors`` counts supervisors on it."""
+
+    event: ClassVar[str] = "call_monitored"
+    call_id: str
+    mode: MonitorMode | None
+    monitors: int
+
+
+E164 = Annotated[str, Field(pattern=r"^\+[1-9][0-9]{6,14}$")]
+
+
+class TransferTarget(Request):
+    """Exactly one of ``agentId``, ``queue``, ``number`` (E.164, cold only)."""
+
+    agent_id: Id | None = None
+    queue: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    number: E164 | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> TransferTarget:
+        given = [n for n in ("agent_id", "queue", "number") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError("exactly one of agentId, queue, number")
+        return self
+
+
+class TransferCall(CallRequest):
+    """The agent holding the call hands it to another agent or queue (§6)."""
+
+    event: ClassVar[str] = "transfer_call"
+    to: TransferTarget
+    mode: Annotated[TransferMode, BeforeValidator(_a_string)]
+    note: Annotated[str, Field(max_length=500)] = ""
+
+    @model_validator(mode="after")
+    def _number_cold(self) -> TransferCall:
+        if self.to.number is not None and self.mode is not TransferMode.COLD:
+            raise ValueError("a transfer to a number is cold only")
+        return self
+
+
+class TransferFailed(Event):
+    """To the agent who transferred: nobody took the call; it keeps it."""
+
+    event: ClassVar[str] = "transfer_failed"
+    call_id: str
+    reason: str
+
+
+class DeskOptions(Request):
+    """Extension: what the Transfer dialog and the wrap-up form offer."""
+
+    event: ClassVar[str] = "desk_options"
+
+
+class DeskAgent(Event):
+    agent_id: str
+    name: str
+    status: AgentStatus
+
+
+class DeskOptionsAck(Ok):
+    """``routing.dispositions``, ``routing.queues`` and the other agents connected now."""
+
+    dispositions: list[str]
+    queues: list[str]
+    agents: list[DeskAgent]
+
+
 class WrapUp(CallRequest):
     """After (or during) a call it took, the agent's disposition and note (§6): stored with
     the call and sent to alive5 as CRM data (``disposition``, ``agent_note``)."""
@@ -341,9 +481,11 @@ class WrapUp(CallRequest):
 
 REQUESTS: tuple[type[Request], ...] = (SetStatus, AcceptCall, DeclineCall, WebrtcOffer,
                                        WebrtcCandidate, Mute, Hangup, ReturnToBot,
-                                       BoardSubscribe, WrapUp)
+                                       BoardSubscribe, WrapUp, MonitorCall, SetMonitorMode,
+                                       MonitorStop, TransferCall, DeskOptions)
 EVENTS: tuple[type[Event], ...] = (AgentState, IncomingCall, CallCancelled, ServerCandidate,
-                                   CallConnected, Transcript, CallEnded, Board)
+                                   CallConnected, Transcript, CallEnded, Board, Monitored,
+                                   TransferFailed)
 
 
 # -- the edge -------------------------------------------------------------------------------

@@ -47,6 +47,18 @@ class Role(StrEnum):
     CALLER = "caller"
     BOT = "bot"
     AGENT = "agent"
+    SUPERVISOR = "supervisor"  # a supervisor who barged in (PROTOCOL.md §6)
+
+
+class LegRole(StrEnum):
+    """What one more WebRTC leg of a call does (PROTOCOL.md §6 media rules): ``agent`` — a
+    second agent in full conference (a transfer's target); ``listen`` — hears caller and
+    agents, heard by nobody; ``whisper`` — heard by the agents only; ``barge`` — by all."""
+
+    AGENT = "agent"
+    LISTEN = "listen"
+    WHISPER = "whisper"
+    BARGE = "barge"
 
 
 def camel(name: str) -> str:
@@ -179,6 +191,24 @@ class Interim(Words):
     type: Literal["interim"] = "interim"
 
 
+class Whispered(Words):
+    """What a whispering supervisor said: for the agents' live transcript only (never a
+    thread turn, never alive5); ``seq`` is the call's last turn's."""
+
+    type: Literal["whispered"] = "whispered"
+
+
+class LegMedia(Reliable):
+    """An extra leg's audio started or stopped flowing; ``primary`` when the leg has just
+    become the call's agent (a transfer completed: the previous agent's leg is closed)."""
+
+    type: Literal["leg_media"] = "leg_media"
+    call_id: Id
+    leg: Id
+    flowing: bool
+    primary: bool = False
+
+
 class HandoffRequested(Reliable):
     type: Literal["handoff_requested"] = "handoff_requested"
     call_id: Id
@@ -241,7 +271,7 @@ class Reply(Reliable):
 WorkerMessage = Annotated[
     Hello | Status | CallStarted | CallEndedMsg | CallRejectedMsg | RegistrationMsg
     | SessionStateMsg | TurnMsg | Interim | HandoffRequested | CallerSaid | DtmfMsg
-    | CallConnected | PeerLost | CallHoldMsg | Reply,
+    | CallConnected | PeerLost | CallHoldMsg | Reply | Whispered | LegMedia,
     Field(discriminator="type"),
 ]
 
@@ -297,10 +327,22 @@ class Mute(Command):
     muted: bool
 
 
+class Leg(Command):
+    """Set one extra WebRTC leg's role (``None``: close the leg). With ``primary`` the leg
+    takes over as the call's agent once its audio flows, and the current agent's leg is
+    closed then (make before break: the caller never hears a gap)."""
+
+    type: Literal["leg"] = "leg"
+    leg: Id
+    role: LegRole | None
+    primary: bool = False
+
+
 class WebrtcOffer(Command):
     type: Literal["webrtc_offer"] = "webrtc_offer"
     sdp: Annotated[str, Field(min_length=1, max_length=MAX_SDP)]
     request_id: Id | None = None
+    leg: Id | None = None  # an extra leg (see Leg); None: the agent who holds the call
 
 
 class WebrtcCandidate(Command):
@@ -309,11 +351,12 @@ class WebrtcCandidate(Command):
     sdp_mid: Short | None = None
     sdp_m_line_index: Annotated[int, Field(ge=0, le=64)] | None = None
     request_id: Id | None = None
+    leg: Id | None = None
 
 
 HubCommand = Annotated[
     QueueTimeout | Say | Handoff | Hangup | AgentJoined | AgentLeft | Resume | Mute
-    | WebrtcOffer | WebrtcCandidate,
+    | WebrtcOffer | WebrtcCandidate | Leg,
     Field(discriminator="type"),
 ]
 HubMessage = Annotated[Ack | HubCommand, Field(discriminator="type")]

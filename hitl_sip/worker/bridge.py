@@ -41,6 +41,7 @@ from aiortc.utils import uint16_add
 from av import AudioFrame
 
 from hitl_sip.media.fir import FirResampler
+from hitl_sip.worker.mix import Taps
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,8 @@ class CallerTrack(MediaStreamTrack):  # type: ignore[misc]
         self._out_rate = rate
         self._stereo = False
         self._resampler: FirResampler | None = None
+        # the other talkers this leg hears, summed in at the pull (hitl_sip.worker.mix)
+        self.taps = Taps()
 
     def set_codec(self, codec: str) -> None:
         """Hand aiortc frames in the codec's own format, so its encoder neither resamples
@@ -118,7 +121,7 @@ class CallerTrack(MediaStreamTrack):  # type: ignore[misc]
                 await asyncio.sleep(due - now)
             elif now - due > 0.2:  # the loop stalled: start a new anchor, do not burst
                 self._anchor = now - self._index * FRAME_SECONDS
-        return self._frame(self._take())
+        return self._frame(self.taps.mix(self._take()) or self._silence)
 
     async def _first_pull(self) -> None:
         if self._align and not self._queue:

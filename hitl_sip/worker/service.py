@@ -39,6 +39,9 @@ from hitl_sip.protocol.worker import (
     Hangup,
     Hello,
     HubCommand,
+    Leg,
+    LegMedia,
+    LegRole,
     Msg,
     PeerLost,
     RegistrationMsg,
@@ -85,6 +88,11 @@ class CallRuntime:
     hangup_by: str = ""
     end_outcome: str = ""  # replaces the stack's outcome (a hang-up because the hub died)
     peer: AgentPeer | None = None
+    # extra WebRTC legs (supervisors, a transfer's target) by name, their announced roles,
+    # and the leg that takes over as the agent once its audio flows
+    legs: dict[str, AgentPeer] = field(default_factory=dict)
+    leg_roles: dict[str, LegRole] = field(default_factory=dict)
+    promote: str | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     frames_received: int = 0
@@ -339,6 +347,9 @@ class WorkerService:
         if isinstance(command, WebrtcOffer | WebrtcCandidate):
             self._spawn(self._webrtc(call, command))
             return
+        if isinstance(command, Leg):
+            self._spawn(self._leg(call, command))
+            return
         if isinstance(command, AgentLeft | Resume) and call.peer is not None:
             self._spawn(self._close_peer(call))
         if isinstance(command, Hangup) and command.by in ("agent", "system"):
@@ -398,9 +409,16 @@ class WorkerService:
                       command: WebrtcOffer | WebrtcCandidate) -> None:
         clog = call_logger(log, call.call_id)
         if isinstance(command, WebrtcCandidate):
-            if call.peer is not None:
-                await call.peer.add_candidate(command.candidate, command.sdp_mid,
-                                              command.sdp_m_line_index)
+            target = call.peer if command.leg is None else call.legs.get(command.leg)
+            if target is not None:
+                await target.add_candidate(command.candidate, command.sdp_mid,
+                                           command.sdp_m_line_index)
+            return
+        if command.leg is not None:
+            reply = await self._leg_offer(call, command.leg, command.sdp,
+                                          command.request_id or "-")
+            if command.request_id is not None:
+                self._notify(reply)
             return
         try:
             session = call.session
@@ -439,12 +457,100 @@ class WorkerService:
         else:
             self._notify(PeerLost(call_id=call.call_id))
 
+    # -- extra legs: supervisors and a transfer's target (hitl_sip.worker.mix) ------------
+
+    async def _leg(self, call: CallRuntime, command: Leg) -> None:
+        """A leg announced, switched, promoted or closed by the hub."""
+        call.event("leg", leg=command.leg, role=command.role, primary=command.primary)
+        if command.role is None:
+            call.leg_roles.pop(command.leg, None)
+            if call.promote == command.leg:
+                call.promote = None
+            await self._close_leg(call, command.leg)
+            return
+        call.leg_roles[command.leg] = command.role
+        if command.leg in call.legs and call.session is not None:
+            call.session.set_leg_role(command.leg, command.role)
+        if command.primary:
+            call.promote = command.leg
+            peer = call.legs.get(command.leg)
+            if peer is not None and peer.flowing:
+                self._promote(call, command.leg)
+
+    async def _leg_offer(self, call: CallRuntime, name: str, sdp: str,
+                         request_id: str) -> Reply:
+        clog = call_logger(log, call.call_id)
+        session = call.session
+        role = call.leg_roles.get(name)
+        try:
+            if session is None:
+                raise ValueError("the call has no media yet")
+            if role is None:
+                raise ValueError(f"no leg {name} on this call")
+            await self._close_leg(call, name)  # a renegotiation replaces the peer
+
+            def frame(pcm: bytes) -> None:
+                session.on_leg_frame(name, pcm)
+            peer = AgentPeer(call.call_id, self.peer_settings, on_agent_frame=frame,
+                             on_media=lambda flowing: self._on_leg_media(call, name, flowing))
+            call.legs[name] = peer
+            session.add_leg(name, role, peer.caller_track.push, peer.caller_track.taps)
+            try:
+                answer = await peer.answer(sdp)
+            except Exception:
+                await self._close_leg(call, name)
+                raise
+            clog.info("leg %s WebRTC offer answered (%s)", name, peer.codec)
+            return Reply(request_id=request_id, call_id=call.call_id, ok=True, sdp=answer)
+        except (ValueError, KeyError, TypeError) as e:
+            clog.warning("leg %s WebRTC offer refused: %s", name, e)
+            return Reply(request_id=request_id, call_id=call.call_id, ok=False,
+                         error=ErrorBody(code="bad_request", message=str(e)[:200]))
+
+    def _on_leg_media(self, call: CallRuntime, name: str, flowing: bool) -> None:
+        call.event("leg_media", leg=name, flowing=flowing)
+        self._notify(LegMedia(call_id=call.call_id, leg=name, flowing=flowing))
+        if flowing and call.promote == name:
+            self._promote(call, name)
+
+    def _promote(self, call: CallRuntime, name: str) -> None:
+        """The transfer's target takes over as the call's agent, without a frame's gap:
+        its peer is switched in first, the previous agent's closed after."""
+        peer, session = call.legs.pop(name, None), call.session
+        if peer is None or session is None:
+            return
+        call.promote = None
+        call.leg_roles.pop(name, None)
+        old, call.peer = call.peer, peer
+        peer.agent_audio.deliver = session.on_agent_frame
+        peer.on_media = lambda flowing: self._on_agent_media(call, flowing)
+        session.promote_leg(name, peer.caller_track.push, peer.caller_track.taps)
+        call.event("promoted", leg=name)
+        call_logger(log, call.call_id).info("leg %s is the call's agent now", name)
+        self._notify(LegMedia(call_id=call.call_id, leg=name, flowing=True, primary=True))
+        if old is not None:
+            old.agent_audio.deliver = lambda pcm: None
+            old.on_media = lambda flowing: None
+            self._spawn(self._retire_peer(call, old))
+
+    async def _close_leg(self, call: CallRuntime, name: str) -> None:
+        peer = call.legs.pop(name, None)
+        if call.session is not None:
+            await call.session.remove_leg(name)
+        if peer is not None:
+            with contextlib.suppress(Exception):
+                await peer.close()
+
     async def _close_peer(self, call: CallRuntime) -> None:
         peer, call.peer = call.peer, None
         if peer is None:
             return
         if call.session is not None:
             call.session.detach_agent()
+        await self._retire_peer(call, peer)
+
+    async def _retire_peer(self, call: CallRuntime, peer: AgentPeer) -> None:
+        """Close an agent's peer and keep its bridge figures."""
         with contextlib.suppress(Exception):
             await peer.close()
         stats = dataclasses.asdict(peer.stats)
@@ -510,6 +616,8 @@ class WorkerService:
         if call is None:
             return
         await self._close_peer(call)
+        for name in list(call.legs):
+            await self._close_leg(call, name)
         if call.session is not None:
             try:
                 await call.session.close()

@@ -39,8 +39,9 @@ from hitl_sip.log import call_logger, now_iso
 from hitl_sip.media.buffers import BufferClosed, FrameBuffer
 from hitl_sip.media.wav import read_wav, resample
 from hitl_sip.protocol import worker as wire
-from hitl_sip.protocol.worker import CallState, HubCommand, Msg
+from hitl_sip.protocol.worker import CallState, HubCommand, LegRole, Msg
 from hitl_sip.speech.base import SpeechEventType, SttEngine, SttStream, TtsEngine
+from hitl_sip.worker.mix import Conference, Leg, Taps
 from hitl_sip.worker.player import Prompt, PromptPlayer
 
 log = logging.getLogger(__name__)
@@ -159,6 +160,8 @@ class CallSession:
         self._agent_standing = 0  # consecutive agent frames that found one still queued
         self._agent_stt: SttStream | None = None
         self._agent_stt_task: asyncio.Task[None] | None = None
+        # supervisors and a transfer's target: extra legs (hitl_sip.worker.mix)
+        self.conference = Conference(self._to_caller, self._primary_driving)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -184,6 +187,8 @@ class CallSession:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._end_stream(stream, self._stt_task)  # the caller's last words
         await self._stop_agent_stt()
+        for name in list(self.conference.legs):
+            await self.remove_leg(name)
         self.player.close()
 
     # -- state ----------------------------------------------------------------------------
@@ -239,6 +244,8 @@ class CallSession:
                     stream.push_frame(frame)
                 if self._to_agent is not None and self.state is SessionState.HUMAN:
                     self._to_agent(frame)
+                if self.conference and self.state is SessionState.HUMAN:
+                    self.conference.caller_frame(frame)
                 if frame_dbfs(frame) >= self.settings.barge_in_dbfs:
                     self._voiced_frames += 1
                     if self._voiced_frames == self.settings.barge_in_frames:
@@ -419,14 +426,21 @@ class CallSession:
 
     # -- the human phase ------------------------------------------------------------------
 
-    def attach_agent(self, to_agent: Callable[[bytes], None]) -> None:
-        """A (new) agent peer: caller frames go to ``to_agent`` while the call is HUMAN."""
+    def attach_agent(self, to_agent: Callable[[bytes], None], taps: Taps | None = None,
+                     flowing: bool = False) -> None:
+        """A (new) agent peer: caller frames go to ``to_agent`` while the call is HUMAN;
+        ``taps`` are what else its track mixes in (the extra legs it hears); ``flowing``
+        when its audio already flows (a transfer's target promoted)."""
         self._to_agent = to_agent
         self._agent_media = False
+        self.conference.attach_primary(taps)
+        if flowing:
+            self.agent_media(True)
 
     def detach_agent(self) -> None:
         self._to_agent = None
         self._agent_media = False
+        self.conference.attach_primary(None)
         self.on_source_active(False)
 
     def agent_media(self, flowing: bool) -> None:
@@ -446,8 +460,19 @@ class CallSession:
 
     def on_agent_frame(self, frame: bytes) -> None:
         """One 20 ms frame of the agent's voice at the call's rate (from the peer)."""
-        if self.state is not SessionState.HUMAN or not self._agent_media or self.agent_muted:
+        if not self._primary_driving():
             return
+        if self._agent_stt is not None:
+            self._agent_stt.push_frame(frame)
+        self._to_caller(self.conference.primary_frame(frame) if self.conference else frame)
+
+    def _primary_driving(self) -> bool:
+        """The agent who holds the call is heard now (its frames pace the caller's ear)."""
+        return self.state is SessionState.HUMAN and self._agent_media and not self.agent_muted
+
+    def _to_caller(self, frame: bytes) -> None:
+        """One frame for the caller's ear, at most ``agent_lead_frames`` ahead of the trunk's
+        media clock."""
         outbound = self.outbound
         waiting = len(outbound)
         while waiting >= self.settings.agent_lead_frames:
@@ -463,8 +488,78 @@ class CallSession:
             self._agent_standing = 0
         outbound.push_nowait(frame)
         self.on_source_active(True)
-        if self._agent_stt is not None:
-            self._agent_stt.push_frame(frame)
+
+    # -- extra legs (supervisors, a transfer's target) ----------------------------------
+
+    def add_leg(self, name: str, role: LegRole, push: Callable[[bytes], None],
+                taps: Taps) -> None:
+        self.conference.add(Leg(name, role, push, taps))
+        self.log.info("leg %s joins as %s", name, role.value)
+        self._leg_stt(name)
+
+    def set_leg_role(self, name: str, role: LegRole) -> bool:
+        leg = self.conference.set_role(name, role)
+        if leg is None:
+            return False
+        self.log.info("leg %s now %s", name, role.value)
+        self._leg_stt(name)
+        return True
+
+    async def remove_leg(self, name: str) -> None:
+        leg = self.conference.remove(name)
+        if leg is not None:
+            self.log.info("leg %s leaves", name)
+            stream, task, leg.stt, leg.stt_task = leg.stt, leg.stt_task, None, None
+            await self._end_stream(stream, task)
+
+    def promote_leg(self, name: str, push: Callable[[bytes], None], taps: Taps) -> None:
+        """A transfer's target, flowing as a leg, becomes the call's agent at once; its
+        leg recogniser is ended (the agent's own carries on)."""
+        leg = self.conference.remove(name)
+        self.attach_agent(push, taps, flowing=True)
+        if leg is not None and leg.stt is not None:
+            task = asyncio.get_running_loop().create_task(
+                self._end_stream(leg.stt, leg.stt_task))
+            self._tasks.append(task)
+
+    def on_leg_frame(self, name: str, frame: bytes) -> None:
+        """One 20 ms frame of an extra leg's voice at the call's rate."""
+        if self.state is SessionState.HUMAN:
+            self.conference.leg_frame(name, frame, asyncio.get_running_loop().time())
+
+    def _leg_stt(self, name: str) -> None:
+        """A leg that may be heard is transcribed (a listening supervisor is not)."""
+        leg = self.conference.legs.get(name)
+        if leg is None or self.stt is None or leg.stt is not None:
+            return
+        if leg.role is LegRole.LISTEN:
+            return
+        stream = self.stt.stream(self.settings.clock_rate)
+        leg.stt = stream
+        leg.stt_task = asyncio.get_running_loop().create_task(
+            self._read_leg_stt(leg, stream), name=f"leg-stt-{self.call_id}")
+
+    async def _read_leg_stt(self, leg: Leg, stream: SttStream) -> None:
+        """An agent leg's words are agent turns; a barging supervisor's, supervisor turns;
+        a whispering one's go to the agents' live transcript only."""
+        try:
+            async for event in stream:
+                text = event.text.strip()
+                if not text or event.type not in (SpeechEventType.FINAL,
+                                                  SpeechEventType.INTERIM):
+                    continue
+                final = event.type is SpeechEventType.FINAL
+                if leg.role is LegRole.WHISPER:
+                    if final:
+                        self.notify(wire.Whispered(
+                            call_id=self.call_id, thread_id=self.thread_id,
+                            role=wire.Role.SUPERVISOR, text=text, at=now_iso(),
+                            seq=max(1, self._seq)))
+                elif leg.role is not LegRole.LISTEN:
+                    role = "agent" if leg.role is LegRole.AGENT else "supervisor"
+                    (self._turn if final else self._interim)(role, text)
+        except SpeechError as e:
+            self.log.error("leg %s speech recognition stopped: %s", leg.name, e)
 
     def _silence_bot(self) -> None:
         """Stop every prompt (hold loop or the agent node's message) at a frame boundary:

@@ -40,6 +40,9 @@ EXAMPLES: list[w.Msg] = [
     w.SessionStateMsg(call_id="c1", thread_id="t1", state=w.CallState.QUEUED, at="now"),
     w.TurnMsg(call_id="c1", thread_id="t1", role=w.Role.AGENT, text="hello", at="now", seq=3),
     w.Interim(call_id="c1", thread_id="t1", role=w.Role.CALLER, text="hel", at="now", seq=4),
+    w.Whispered(call_id="c1", thread_id="t1", role=w.Role.SUPERVISOR, text="ask for the id",
+                at="now", seq=4),
+    w.LegMedia(call_id="c1", leg="sup-1", flowing=True, primary=False),
     w.HandoffRequested(call_id="c1", thread_id="t1", caller=CALLER, queue="default",
                        transcript=[w.TranscriptLine(role=w.Role.BOT, text="Hi", at="now")],
                        reason="dtmf '0' at menu", at="now"),
@@ -62,6 +65,8 @@ COMMANDS: list[w.Msg] = [
     w.Resume(call_id="c1"),
     w.Mute(call_id="c1", muted=True),
     w.WebrtcOffer(call_id="c1", sdp="v=0\r\n", request_id="r2"),
+    w.Leg(call_id="c1", leg="sup-1", role=w.LegRole.WHISPER),
+    w.Leg(call_id="c1", leg="bob", role=None),
     w.WebrtcCandidate(call_id="c1", candidate="candidate:1 1 udp 1 127.0.0.1 9 typ host",
                       sdp_mid="0", sdp_m_line_index=0),
 ]
@@ -132,7 +137,8 @@ def test_a_forged_redis_message_is_refused_precisely(payload: str, where: str) -
 
 def test_wire_names_are_camel_case_as_in_the_external_contracts() -> None:
     wire = w.WebrtcCandidate(call_id="c", sdp_mid="0", sdp_m_line_index=1).wire()
-    assert set(wire) == {"type", "callId", "candidate", "sdpMid", "sdpMLineIndex", "requestId"}
+    assert set(wire) == {"type", "callId", "candidate", "sdpMid", "sdpMLineIndex", "requestId",
+                         "leg"}
     assert "linkSeq" in w.TurnMsg(call_id="c", thread_id="t", role=w.Role.BOT, text="x",
                                   at="a", seq=1).wire()
 

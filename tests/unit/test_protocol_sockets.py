@@ -21,6 +21,7 @@ from hitl_sip.hub.botns import BotNamespace
 from hitl_sip.hub.calls import CallRecord
 from hitl_sip.hub.sessions import Session
 from hitl_sip.hub.tokens import TokenClaims
+from hitl_sip.metrics import Registry
 from hitl_sip.protocol import agent as a
 from hitl_sip.protocol import bot as b
 from hitl_sip.protocol import worker as w
@@ -43,6 +44,12 @@ REQUESTS: list[Request] = [
     a.ReturnToBot(call_id="c1"),
     a.BoardSubscribe(),
     a.WrapUp(call_id="c1", disposition="resolved", note="refund issued"),
+    a.MonitorCall(call_id="c1", mode=a.MonitorMode.LISTEN),
+    a.SetMonitorMode(call_id="c1", mode=a.MonitorMode.BARGE),
+    a.MonitorStop(call_id="c1"),
+    a.TransferCall(call_id="c1", to=a.TransferTarget(agent_id="bob"), mode=a.TransferMode.WARM,
+                   note="billing question"),
+    a.DeskOptions(),
     b.Say(call_id="c1", text="One moment."),
     b.Handoff(call_id="c1", reason="engine", context={"intent": ["billing", 2]}),
     b.Hangup(call_id="c1"),
@@ -65,6 +72,13 @@ EVENTS: list[SocketModel] = [
                                agent_id=None, metadata={}, waiting_sec=3.5)],
             agents=[a.BoardAgent(agent_id="alice", name="Alice", status=a.AgentStatus.BUSY,
                                  active_call_id="c1", role=a.AccountRole.AGENT)]),
+    a.Monitored(call_id="c1", mode=a.MonitorMode.WHISPER, monitors=1),
+    a.TransferFailed(call_id="c1", reason="no_answer"),
+    a.IncomingCall(call_id="c1", thread_id="t1", caller=CALLER, called=None, trunk=None,
+                   received_at="x", ring_timeout_sec=20.0, bot_transcript=[], metadata={},
+                   transfer=a.TransferInfo(from_agent_id="alice", from_name="Alice",
+                                           mode=a.TransferMode.COLD, note="VIP"),
+                   human_transcript=[TranscriptLine(role=Role.AGENT, text="Hi", at="x")]),
     b.CallStarted(call_id="c1", thread_id="t1", caller=CALLER, called=None, metadata={}),
     b.CallerSaid(call_id="c1", text="agent please", final=True, at="x"),
     b.Dtmf(call_id="c1", digits="0"),
@@ -93,17 +107,27 @@ def test_event_and_field_names_are_those_of_the_protocol() -> None:
         ("webrtc_offer", ["callId", "sdp"]),
         ("webrtc_candidate", ["callId", "candidate", "sdpMid", "sdpMLineIndex"]),
         ("mute", ["callId", "muted"]), ("hangup", ["callId"]), ("return_to_bot", ["callId"]),
-        ("board_subscribe", []), ("wrap_up", ["callId", "disposition", "note"])]
+        ("board_subscribe", []), ("wrap_up", ["callId", "disposition", "note"]),
+        ("monitor_call", ["callId", "mode"]), ("monitor_mode", ["callId", "mode"]),
+        ("monitor_stop", ["callId"]), ("transfer_call", ["callId", "to", "mode", "note"]),
+        ("desk_options", [])]  # an extension
     assert wire_names(a.EVENTS) == [
         ("agent_state", ["agentId", "name", "status", "activeCallId", "role"]),  # §6: role
         ("incoming_call", ["callId", "threadId", "caller", "called", "trunk", "receivedAt",
-                           "ringTimeoutSec", "botTranscript", "metadata"]),
+                           "ringTimeoutSec", "botTranscript", "metadata",
+                           "transfer", "humanTranscript"]),  # §6: a transfer's
         ("call_cancelled", ["callId", "reason"]),
         ("webrtc_candidate", ["callId", "candidate", "sdpMid", "sdpMLineIndex"]),
         ("call_connected", ["callId", "at"]),
         ("transcript", ["callId", "threadId", "role", "text", "final", "at", "seq"]),
         ("call_ended", ["callId", "reason", "by"]),
-        ("board", ["calls", "agents"])]
+        ("board", ["calls", "agents"]),
+        ("call_monitored", ["callId", "mode", "monitors"]),  # an extension
+        ("transfer_failed", ["callId", "reason"])]
+    assert [f.alias for f in a.TransferTarget.model_fields.values()] == [
+        "agentId", "queue", "number"]
+    assert [f.alias for f in a.TransferInfo.model_fields.values()] == [
+        "fromAgentId", "fromName", "mode", "note"]
     assert wire_names(b.REQUESTS) == [("say", ["callId", "text"]),
                                       ("handoff", ["callId", "reason", "context"]),
                                       ("hangup", ["callId"])]
@@ -259,16 +283,19 @@ def test_any_socket_packet_is_refused_at_the_edge_or_by_the_model(model: type[Re
 class FakeRegistry:
     def __init__(self) -> None:
         self.calls: dict[str, CallRecord] = {}
+        self.metrics = Registry()
 
 
 class FakeHub:
     """What the namespaces and the router use of hitl_sip.hub.core.Hub."""
 
     cluster = None
+    outbox = None
     config = load_config(None, env={})
 
     def __init__(self) -> None:
         self.wrapups: list[Any] = []
+        self.notices: list[Any] = []
         self.registry = FakeRegistry()
         self.commands: list[w.HubCommand] = []
         self.listeners: list[Any] = []
@@ -286,6 +313,9 @@ class FakeHub:
 
     async def wrap_up(self, wrapup: Any) -> None:
         self.wrapups.append(wrapup)
+
+    async def notice(self, turn: Any) -> None:
+        self.notices.append(turn)
 
     async def command(self, command: w.HubCommand) -> bool:
         self.commands.append(command)
@@ -376,7 +406,8 @@ async def test_the_agent_gets_exactly_the_shapes_the_dashboard_reads(rig: Rig) -
         '{"callId": "c1", "threadId": "t1", "caller": {"number": "+1555", "name": null}, '
         '"called": "+1556", "trunk": null, "receivedAt": "2026-12-04T20:00:00Z", '
         '"ringTimeoutSec": 20.0, "botTranscript": [{"role": "caller", "text": "agent", '
-        '"at": "x"}], "metadata": {"X-Twilio-CallSid": "CA1"}}']
+        '"at": "x"}], "metadata": {"X-Twilio-CallSid": "CA1"}, "transfer": null, '
+        '"humanTranscript": []}']
     assert await rig.ask("accept_call", {"callId": "c1"}) == {"ok": True}
     await rig.hub.publish("interim", {"type": "interim", "callId": "c1", "threadId": "t1",
                                       "role": "caller", "text": "hel", "at": "x", "seq": 2})
@@ -544,7 +575,7 @@ async def test_the_board_is_for_supervisors_and_follows_every_change(rig: Rig) -
         ("c1", "queued", None)]
     assert set(ack["calls"][0]) == {
         "callId", "threadId", "state", "caller", "called", "trunk", "receivedAt", "workerId",
-        "agentId", "metadata", "waitingSec"}
+        "agentId", "metadata", "waitingSec", "monitors"}
     assert sorted((g["agentId"], g["role"], g["status"]) for g in ack["agents"]) == [
         ("alice", "agent", "available"), ("sue", "supervisor", "available")]
     assert await rig.ask("accept_call", {"callId": "c1"}) == {"ok": True}
