@@ -152,8 +152,10 @@ class TestAgent:
         self._rx_first: int | None = None
         self._record_task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
+        self.hearing = asyncio.Event()  # the first frame of the server's audio arrived
         for event in ("agent_state", "incoming_call", "call_cancelled", "call_ended",
-                      "call_connected", "transcript", "webrtc_candidate"):
+                      "call_connected", "transcript", "webrtc_candidate", "call_monitored",
+                      "transfer_failed", "board"):
             self.sio.on(event, self._recorder(event), namespace="/agent")
 
     def _recorder(self, event: str) -> Callable[[Any], Any]:
@@ -201,6 +203,15 @@ class TestAgent:
         ack = await self.call("accept_call", {"callId": call_id})
         if not ack.get("ok"):
             raise RuntimeError(f"accept_call refused: {ack}")
+        await self.start_media()
+
+    async def monitor(self, call_id: str, mode: str) -> None:
+        """A supervisor joins ``call_id`` in ``mode`` and brings its own leg's media up
+        (PROTOCOL.md §6)."""
+        self.call_id = call_id
+        ack = await self.call("monitor_call", {"callId": call_id, "mode": mode})
+        if not ack.get("ok"):
+            raise RuntimeError(f"monitor_call refused: {ack}")
         await self.start_media()
 
     async def start_media(self) -> None:
@@ -255,6 +266,7 @@ class TestAgent:
             mono = frame.to_ndarray().reshape(-1, len(frame.layout.channels))[:, 0]
             self.heard_frames.append((int(frame.pts or 0), arrival,
                                       mono.astype("<i2").tobytes()))
+            self.hearing.set()
             for piece in resampler.resample(frame):
                 self.heard += bytes(piece.planes[0])[: piece.samples * 2]
 

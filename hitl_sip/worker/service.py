@@ -429,7 +429,7 @@ class WorkerService:
                              on_agent_frame=session.on_agent_frame,
                              on_media=lambda flowing: self._on_agent_media(call, flowing))
             call.peer = peer
-            session.attach_agent(peer.caller_track.push)
+            session.attach_agent(peer.caller_track.push, peer.caller_track.taps)
             try:
                 sdp = await peer.answer(command.sdp)
             except Exception:

@@ -1,0 +1,334 @@
+"""Supervisors and transfers on a real server (PROTOCOL.md §6): an RTP caller sending
+440 Hz, agents sending 1 kHz (alice) and 1.5 kHz (bob) and a supervisor sending 2 kHz (sue),
+all real aiortc peers through the hub and the worker, the thread delivered to the alive5
+stand-in.
+
+* monitoring: in ``listen`` sue hears caller and agent and nobody hears her; in
+  ``whisper`` alice hears her and the caller does not; in ``barge`` both do; each switch
+  takes effect within 100 ms of the ``monitor_mode`` request (measured at the listener's
+  ear, printed);
+* transfer: cold and warm to another agent with the conversation carried over; the
+  caller's audio never stops for more than 60 ms at the hand-over; ``transfer_failed``
+  when the target declines, the first agent keeping the call; the alive5 thread gets the
+  notice in order.
+
+One server serves the module (the calls run one after the other).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from hitl_sip.media.ice import install_host_filter
+from hitl_sip.testing.agent import TestAgent, tone
+from tests.integration.test_agents import PASSWORD, add_agent
+from tests.support.alive5 import API_KEY, Alive5StandIn
+from tests.support.rtpcaller import RtpCaller
+from tests.support.server import Server, running_server
+
+FLOW = """
+name: supervised
+start: agent
+nodes:
+  agent:
+    type: agent
+    message: "Connecting you."
+    fallback: bye
+  bye:
+    type: hangup
+"""
+CALLER_HZ, ALICE_HZ, BOB_HZ, SUE_HZ = 440, 1000, 1500, 2000
+SWITCH_BOUND = 0.1  # seconds from monitor_mode to the listener's ear
+GAP_BOUND = 0.06  # the longest silence the caller may hear at a transfer
+
+
+@pytest.fixture(scope="module")
+def a5() -> Iterator[Alive5StandIn]:
+    with Alive5StandIn() as stand_in:
+        yield stand_in
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory, a5: Alive5StandIn) -> Iterator[Server]:
+    home = tmp_path_factory.mktemp("supervision")
+    flow = home / "flow.yaml"
+    flow.write_text(FLOW)
+    install_host_filter(["127.0.0.1"])
+    extra: dict[str, dict[str, Any]] = {
+        "bot": {"flow": str(flow)},
+        "routing": {"queue_timeout": 60, "ring_timeout": 4},
+        "webrtc": {"codecs": ["pcmu"], "host_addresses": ["127.0.0.1"]},
+        "alive5": {"url": a5.url, "api_key": API_KEY, "ack_timeout": 3},
+    }
+    with running_server(home, extra=extra) as server:
+        add_agent(server.data_dir, "alice")
+        add_agent(server.data_dir, "bob")
+        add_agent(server.data_dir, "sue", role="supervisor")
+        yield server
+
+
+def share(pcm: bytes, freq: float, rate: int = 8000) -> float:
+    """Fraction of the signal's energy within ±60 Hz of ``freq`` (0 for silence)."""
+    x = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+    if not len(x) or not np.any(x):
+        return 0.0
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x)))) ** 2
+    bins = np.fft.rfftfreq(len(x), 1 / rate)
+    total = float(spectrum[1:].sum()) or 1.0
+    return float(spectrum[(bins > freq - 60) & (bins < freq + 60)].sum()) / total
+
+
+def caller_tone(n: int) -> bytes:
+    t = (np.arange(160) + n * 160) / 8000
+    return (np.sin(2 * np.pi * CALLER_HZ * t) * 0.3 * 32767).astype("<i2").tobytes()
+
+
+class Ear:
+    """What one party heard, as (arrival time, 20 ms of 8 kHz PCM) frames."""
+
+    def __init__(self, frames: list[tuple[float, bytes]]) -> None:
+        self.frames = frames
+
+    @classmethod
+    def of_agent(cls, agent: TestAgent) -> Ear:
+        return cls([(arrival, pcm) for _, arrival, pcm in agent.heard_frames])
+
+    @classmethod
+    def of_caller(cls, caller: RtpCaller) -> Ear:
+        return cls([(p.arrival, p.pcm) for p in list(caller.received) if p.pcm])
+
+    def between(self, start: float, end: float) -> bytes:
+        return b"".join(pcm for at, pcm in self.frames if start <= at < end)
+
+    def hears(self, freq: float, start: float, end: float) -> float:
+        return share(self.between(start, end), freq)
+
+    def switched(self, freq: float, since: float, on: bool) -> float:
+        """Seconds from ``since`` to the first frame where ``freq`` is (``on``) or is no
+        longer (not ``on``) heard."""
+        for at, pcm in self.frames:
+            if at >= since and (share(pcm, freq) > 0.2) == on:
+                return at - since
+        raise AssertionError(f"{freq} Hz never {'came' if on else 'went'} after the switch")
+
+
+async def hearing(agent: TestAgent) -> None:
+    """Until the agent's leg carries audio (then half a second of it)."""
+    await asyncio.wait_for(agent.hearing.wait(), 10)
+    await asyncio.sleep(0.5)
+
+
+async def settle(seconds: float) -> tuple[float, float]:
+    """Let audio flow ``seconds``; the window's (start, end) on the monotonic clock."""
+    start = time.monotonic()
+    await asyncio.sleep(seconds)
+    return start, time.monotonic()
+
+
+async def call_with_alice(srv: Server) -> tuple[RtpCaller, TestAgent, str]:
+    """A caller sending 440 Hz held by alice (1 kHz, media flowing both ways)."""
+    alice = TestAgent(srv.http_url, "alice", PASSWORD, source=tone(ALICE_HZ),
+                      codecs=("pcmu",))
+    await alice.connect()
+    caller = RtpCaller(srv.sip_port())
+    await asyncio.to_thread(caller.call, 10)
+    caller.start_media(caller_tone)
+    offer = await alice.answer_next_call(limit=30)
+    await alice.wait("call_connected", limit=15)
+    return caller, alice, str(offer["callId"])
+
+
+def test_listen_whisper_barge_each_heard_by_the_right_parties(srv: Server) -> None:
+    async def run() -> dict[str, Any]:
+        caller, alice, call_id = await call_with_alice(srv)
+        sue = TestAgent(srv.http_url, "sue", PASSWORD, source=tone(SUE_HZ), codecs=("pcmu",))
+        try:
+            await sue.connect()
+            board = await sue.call("board_subscribe", {})
+            assert [c["callId"] for c in board["calls"]] == [call_id]
+            await sue.monitor(call_id, "listen")
+            await hearing(sue)
+            await alice.wait("call_monitored", limit=5)
+            out: dict[str, Any] = {}
+            out["listen"] = await settle(1.5)
+            switches: dict[str, list[float]] = {"on": [], "off": []}
+            for mode in ("whisper", "barge", "whisper"):
+                start = time.monotonic()
+                ack = await sue.call("monitor_mode", {"callId": call_id, "mode": mode})
+                assert ack == {"ok": True}
+                window = await settle(1.2)
+                out.setdefault(mode, []).append((start, window))
+                if mode == "whisper":  # 2 kHz comes to alice's ear
+                    switches["on"].append(Ear.of_agent(alice).switched(SUE_HZ, start, True))
+            for mode, key in (("listen", "off"), ("whisper", "on"), ("listen", "off")):
+                start = time.monotonic()
+                await sue.call("monitor_mode", {"callId": call_id, "mode": mode})
+                await settle(0.6)
+                switches[key].append(Ear.of_agent(alice).switched(SUE_HZ, start, key == "on"))
+            out["switches"] = switches
+            seen = len(alice.events["call_monitored"])
+            assert await sue.call("monitor_stop", {"callId": call_id}) == {"ok": True}
+            await alice.wait("call_monitored", seen + 1, 5)
+            out["indicator"] = [m["mode"] for m in alice.events["call_monitored"]]
+            forbidden = await alice.call("monitor_call", {"callId": call_id, "mode": "listen"})
+            out["forbidden"] = forbidden["error"]["code"]
+            await asyncio.to_thread(caller.hangup)
+            await alice.wait("call_ended", limit=10)
+            out["ears"] = (Ear.of_caller(caller), Ear.of_agent(alice), Ear.of_agent(sue))
+            return out
+        finally:
+            await sue.close()
+            await alice.close()
+            await asyncio.to_thread(caller.close)
+
+    out = asyncio.run(run())
+    caller_ear, alice_ear, sue_ear = out["ears"]
+    start, end = out["listen"]
+    # listen: sue hears caller and agent; nobody hears sue
+    assert sue_ear.hears(CALLER_HZ, start, end) > 0.2 and sue_ear.hears(ALICE_HZ, start, end) > 0.2
+    assert alice_ear.hears(SUE_HZ, start, end) < 0.01
+    assert caller_ear.hears(SUE_HZ, start, end) < 0.01
+    # whisper: alice hears sue, the caller does not
+    for _, (w_start, w_end) in out["whisper"]:
+        assert alice_ear.hears(SUE_HZ, w_start + 0.2, w_end) > 0.2
+        assert alice_ear.hears(CALLER_HZ, w_start + 0.2, w_end) > 0.2
+        assert caller_ear.hears(SUE_HZ, w_start + 0.2, w_end) < 0.01
+    # barge: both do, and the caller still hears alice
+    (_, (b_start, b_end)), = out["barge"]
+    assert alice_ear.hears(SUE_HZ, b_start + 0.2, b_end) > 0.2
+    assert caller_ear.hears(SUE_HZ, b_start + 0.2, b_end) > 0.2
+    assert caller_ear.hears(ALICE_HZ, b_start + 0.2, b_end) > 0.2
+    # sue never hears herself
+    assert sue_ear.hears(SUE_HZ, start, b_end) < 0.01
+    switches = out["switches"]
+    every = switches["on"] + switches["off"]
+    print(f"mode switch to the agent's ear: on {[round(s * 1000) for s in switches['on']]} ms,"
+          f" off {[round(s * 1000) for s in switches['off']]} ms")
+    assert statistics.median(every) <= SWITCH_BOUND, every
+    assert max(every) <= 2 * SWITCH_BOUND, every
+    assert out["indicator"] == ["listen", "whisper", "barge", "whisper", "listen", "whisper",
+                                "listen", None]
+    assert out["forbidden"] == "forbidden"
+    assert srv.metric("hitl_sip_hub_monitors_total", mode="listen") >= 1
+
+
+def longest_silence(ear: Ear, start: float, end: float) -> float:
+    """The longest run of frames with neither agent's tone in [start, end), in seconds
+    (by the frames' arrival)."""
+    longest, run_start = 0.0, None
+    for at, pcm in ear.frames:
+        if not start <= at < end:
+            continue
+        voiced = share(pcm, ALICE_HZ) > 0.2 or share(pcm, BOB_HZ) > 0.2
+        if voiced:
+            if run_start is not None:
+                longest = max(longest, at - run_start)
+            run_start = None
+        elif run_start is None:
+            run_start = at
+    return longest
+
+
+@pytest.mark.parametrize("mode", ["cold", "warm"])
+def test_a_transfer_hands_the_call_over_without_a_gap(
+    srv: Server, a5: Alive5StandIn, mode: str,
+) -> None:
+    async def run() -> dict[str, Any]:
+        caller, alice, call_id = await call_with_alice(srv)
+        bob = TestAgent(srv.http_url, "bob", PASSWORD, source=tone(BOB_HZ), codecs=("pcmu",))
+        out: dict[str, Any] = {"callId": call_id}
+        try:
+            await bob.connect()
+            bob_id = (await bob.wait("agent_state"))["agentId"]
+            out["alice_id"] = (await alice.wait("agent_state"))["agentId"]
+            await settle(1.0)  # the bot's audio long gone: only alice's
+            out["asked"] = time.monotonic()
+            ack = await alice.call("transfer_call", {
+                "callId": call_id, "to": {"agentId": bob_id}, "mode": mode,
+                "note": "billing question"})
+            assert ack == {"ok": True}, ack
+            out["incoming"] = await bob.wait("incoming_call", limit=10)
+            await bob.accept(call_id)
+            await hearing(bob)
+            if mode == "warm":  # three-way until alice leaves
+                out["three_way"] = await settle(1.0)
+                assert await alice.hangup() == {"ok": True}
+            out["alice_ended"] = await alice.wait("call_ended", limit=10)
+            out["after"] = await settle(1.5)
+            out["bob_hears"] = await settle(1.0)  # bob's agent leg: after the promotion too
+            await asyncio.to_thread(caller.hangup)
+            out["bob_ended"] = await bob.wait("call_ended", limit=10)
+            out["ears"] = (Ear.of_caller(caller), Ear.of_agent(alice), Ear.of_agent(bob))
+            return out
+        finally:
+            await bob.close()
+            await alice.close()
+            await asyncio.to_thread(caller.close)
+
+    out = asyncio.run(run())
+    caller_ear, alice_ear, bob_ear = out["ears"]
+    incoming = out["incoming"]
+    assert incoming["transfer"] == {"fromAgentId": out["alice_id"], "fromName": "alice",
+                                    "mode": mode, "note": "billing question"}
+    assert isinstance(incoming["botTranscript"], list)
+    assert isinstance(incoming["humanTranscript"], list)
+    assert out["alice_ended"]["reason"] == "transferred"
+    assert out["bob_ended"]["by"] == "caller"
+    start, end = out["after"]
+    assert caller_ear.hears(BOB_HZ, start, end) > 0.3
+    assert caller_ear.hears(ALICE_HZ, start, end) < 0.01
+    assert bob_ear.hears(CALLER_HZ, start, end) > 0.3
+    if mode == "warm":
+        w_start, w_end = out["three_way"]
+        assert caller_ear.hears(ALICE_HZ, w_start, w_end) > 0.1
+        assert caller_ear.hears(BOB_HZ, w_start, w_end) > 0.1
+        assert alice_ear.hears(BOB_HZ, w_start, w_end) > 0.1
+        assert bob_ear.hears(ALICE_HZ, w_start, w_end) > 0.1
+    gap = longest_silence(caller_ear, out["asked"], end)
+    print(f"{mode} transfer: longest silence the caller heard at the hand-over "
+          f"{gap * 1000:.0f} ms")
+    assert gap <= GAP_BOUND, gap
+    thread = a5.threads.get(incoming["threadId"])
+    a5.wait_for(lambda: thread is not None and any(
+        m["message_content"].startswith("Transferred to bob") for m in thread.messages), 15,
+        what="the transfer's notice in the alive5 thread")
+    assert srv.metric("hitl_sip_hub_transfers_total", mode=mode, outcome="completed") >= 1
+
+
+def test_a_declined_transfer_leaves_the_call_with_the_first_agent(srv: Server) -> None:
+    async def run() -> dict[str, Any]:
+        caller, alice, call_id = await call_with_alice(srv)
+        bob = TestAgent(srv.http_url, "bob", PASSWORD, codecs=("pcmu",))
+        try:
+            await bob.connect()
+            await alice.call("transfer_call", {"callId": call_id, "to": {"queue": "support"},
+                                               "mode": "cold"})
+            await bob.wait("incoming_call", limit=10)
+            declined = await bob.call("decline_call", {"callId": call_id})
+            failed = await alice.wait("transfer_failed", limit=10)
+            window = await settle(1.0)
+            number = await alice.call("transfer_call", {
+                "callId": call_id, "to": {"number": "+15551234567"}, "mode": "cold"})
+            await asyncio.to_thread(caller.hangup)
+            await alice.wait("call_ended", limit=10)
+            return {"declined": declined, "failed": failed, "window": window,
+                    "number": number, "ear": Ear.of_caller(caller)}
+        finally:
+            await bob.close()
+            await alice.close()
+            await asyncio.to_thread(caller.close)
+
+    out = asyncio.run(run())
+    assert out["declined"] == {"ok": True}
+    assert out["failed"]["reason"] == "declined"
+    start, end = out["window"]
+    assert out["ear"].hears(ALICE_HZ, start, end) > 0.3  # alice still has the caller
+    assert out["number"]["error"]["code"] == "unavailable"
+    assert srv.metric("hitl_sip_hub_transfers_total", mode="cold", outcome="declined") >= 1
