@@ -95,3 +95,52 @@ describe('App keyboard', () => {
     sessionStorage.clear();
   });
 });
+
+describe('App roles', () => {
+  afterEach(() => {
+    TestBed.inject(DeskService).stop();
+    sessionStorage.clear();
+  });
+
+  async function desk(role: string) {
+    sessionStorage.setItem('hitl-sip.token', JSON.stringify({ token: 't', expiresAt: new Date(Date.now() + 3600e3).toISOString() }));
+    const socket = new FakeSocket();
+    socket.replies.set('board_subscribe', () => ({ ok: true, calls: [], agents: [] }));
+    TestBed.configureTestingModule({
+      providers: [
+        { provide: SOCKET_FACTORY, useValue: () => socket },
+        { provide: MediaService, useValue: new FakeMedia() },
+        { provide: RingerService, useValue: new FakeRinger() },
+      ],
+    });
+    const fixture = TestBed.createComponent(App);
+    await fixture.whenStable();
+    socket.open();
+    socket.serverEmit('agent_state', { agentId: 'a1', name: 'Alice', status: 'available', activeCallId: null, role });
+    await fixture.whenStable();
+    return { socket, fixture, el: fixture.nativeElement as HTMLElement };
+  }
+
+  it('a supervisor sees the board, and it subscribes', async () => {
+    const { socket, el } = await desk('supervisor');
+    expect(el.querySelector('[data-testid="board"]')).not.toBeNull();
+    await vi.waitFor(() => expect(socket.events('board_subscribe')).toEqual([{}]));
+  });
+
+  it('an agent sees no board and never asks for it', async () => {
+    const { socket, el } = await desk('agent');
+    expect(el.querySelector('[data-testid="board"]')).toBeNull();
+    expect(socket.events('board_subscribe')).toEqual([]);
+  });
+
+  it('Alt+T opens the Transfer dialog during a call', async () => {
+    const { socket, fixture, el } = await desk('agent');
+    socket.replies.set('webrtc_offer', () => ({ ok: true, sdp: 'v=0 a' }));
+    socket.serverEmit('incoming_call', INCOMING);
+    await TestBed.inject(DeskService).accept('c1');
+    document.dispatchEvent(new KeyboardEvent('keydown', { key: 't', altKey: true }));
+    await fixture.whenStable();
+    expect(el.querySelector('[data-testid="transfer-dialog"]')).not.toBeNull();
+  });
+});
+

@@ -1,6 +1,8 @@
 import { ChangeDetectionStrategy, Component, HostListener, computed, effect, inject } from '@angular/core';
 import { AuthService } from './core/auth.service';
 import { DeskService, NOTICE_TEXT } from './core/desk.service';
+import { TransferService } from './core/transfer.service';
+import { BoardView } from './ui/board';
 import { History } from './ui/history';
 import { IncomingCallCard } from './ui/incoming-call';
 import { InCall } from './ui/in-call';
@@ -15,7 +17,7 @@ const CONNECTION_TEXT = {
 
 @Component({
   selector: 'app-root',
-  imports: [Login, IncomingCallCard, InCall, History],
+  imports: [Login, IncomingCallCard, InCall, History, BoardView],
   changeDetection: ChangeDetectionStrategy.OnPush,
   template: `
     @if (!auth.token()) {
@@ -64,6 +66,9 @@ const CONNECTION_TEXT = {
           </div>
           <app-history />
         </div>
+        @if (desk.supervises()) {
+          <app-board />
+        }
       </main>
     }
   `,
@@ -71,6 +76,7 @@ const CONNECTION_TEXT = {
 export class App {
   protected readonly auth = inject(AuthService);
   protected readonly desk = inject(DeskService);
+  private readonly transfer = inject(TransferService);
   protected readonly noticeText = NOTICE_TEXT;
   private started: string | null = null;
 
@@ -98,7 +104,8 @@ export class App {
     });
   }
 
-  /** Alt+A accepts the oldest ringing call, Alt+D declines it, Alt+M mutes, Alt+H hangs up. */
+  /** Alt+A accepts the oldest ringing call, Alt+D declines it, Alt+M mutes, Alt+H hangs up,
+   * Alt+T opens the Transfer dialog. */
   @HostListener('document:keydown', ['$event'])
   shortcut(ev: KeyboardEvent): void {
     if (!ev.altKey || ev.ctrlKey || ev.metaKey || !this.auth.token()) return;
@@ -108,6 +115,7 @@ export class App {
     else if (key === 'd' && offer) void this.desk.decline(offer.callId);
     else if (key === 'm' && this.desk.inCall()) void this.desk.toggleMute();
     else if (key === 'h' && this.desk.inCall()) void this.desk.hangup();
+    else if (key === 't' && this.desk.inCall()) this.transfer.open();
     else return;
     ev.preventDefault();
   }

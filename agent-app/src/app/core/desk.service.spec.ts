@@ -222,4 +222,38 @@ describe('DeskService', () => {
     await desk.setAvailable(false);
     expect(socket.events('set_status')).toEqual([{ status: 'away' }]);
   });
+
+  it('knows the account role from agent_state (§6)', () => {
+    expect(desk.role()).toBe('agent');
+    expect(desk.supervises()).toBe(false);
+    socket.serverEmit('agent_state', { agentId: 'a1', name: 'Alice', status: 'available', activeCallId: null, role: 'admin' });
+    expect(desk.supervises()).toBe(true);
+  });
+
+  it('call_monitored marks the call held, and is forgotten when the call ends', async () => {
+    await accepted();
+    socket.serverEmit('call_monitored', { callId: 'c1', mode: 'whisper', monitors: 1 });
+    expect(desk.call()?.monitor).toBe('whisper');
+    socket.serverEmit('call_monitored', { callId: 'c1', mode: null, monitors: 0 });
+    expect(desk.call()?.monitor).toBeNull();
+    socket.serverEmit('call_monitored', { callId: 'c1', mode: 'barge', monitors: 1 });
+    socket.serverEmit('call_ended', { callId: 'c1', reason: 'hangup', by: 'caller' });
+    expect(desk.call()?.monitor).toBeNull();
+  });
+
+  it('a transferred call keeps who handed it over and what was said before', async () => {
+    const transfer = { fromAgentId: 'a2', fromName: 'Bob', mode: 'cold', note: 'refund' };
+    const humanTranscript = [{ role: 'agent', text: 'one moment', at: '2026-11-24T07:01:00Z' }];
+    socket.serverEmit('incoming_call', { ...INCOMING, transfer, humanTranscript });
+    socket.replies.set('webrtc_offer', () => ({ ok: true, sdp: 'v=0 answer' }));
+    await desk.accept('c1');
+    expect(desk.call()?.transfer).toEqual(transfer);
+    expect(desk.call()?.humanTranscript).toEqual(humanTranscript);
+  });
+
+  it('a supervisor\'s transcript lines are kept with their role', async () => {
+    await accepted();
+    socket.serverEmit('transcript', { callId: 'c1', threadId: 't-1', role: 'supervisor', text: 'psst', final: true, at: 'x', seq: 2 });
+    expect(desk.call()?.lines.map((l) => l.role)).toEqual(['supervisor']);
+  });
 });

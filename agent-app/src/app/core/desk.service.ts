@@ -1,17 +1,22 @@
 import { Injectable, OnDestroy, computed, inject, signal } from '@angular/core';
 import { AuthService } from './auth.service';
-import { MediaProblem, MediaService } from './media.service';
+import { MediaProblem, MediaService, Signal, Trickle } from './media.service';
 import {
+  AccountRole,
   Ack,
   AgentState,
   BotTurn,
   CancelReason,
   Caller,
   IncomingCall,
+  MonitorMode,
   Role,
+  TranscriptLine,
+  TransferInfo,
   isObject,
   parseAgentState,
   parseIncoming,
+  parseMonitored,
   parseTranscript,
   str,
 } from './protocol';
@@ -46,6 +51,9 @@ export interface ActiveCall {
   caller: Caller;
   called: string;
   botTranscript: BotTurn[];
+  /** A transferred call: what the agents before us said (§6), and who handed it over. */
+  humanTranscript: TranscriptLine[];
+  transfer: TransferInfo | null;
   acceptedAt: number;
   connectedAt: number | null;
   endedAt: number | null;
@@ -55,6 +63,8 @@ export interface ActiveCall {
   lines: Line[];
   interim: Partial<Record<Role, Line>>;
   ended: { reason: string; by: string } | null;
+  /** `call_monitored`: how a supervisor is on this call now (null: nobody). */
+  monitor: MonitorMode | null;
 }
 
 export interface HistoryItem {
@@ -86,6 +96,7 @@ export function endReasonText(reason: string, by: string): string {
   const who = by === 'caller' ? 'the caller' : by === 'agent' ? 'you' : 'the system';
   const why: Record<string, string> = {
     returned_to_bot: 'Returned to the bot',
+    transferred: 'Transferred: the other agent has the call now',
     connection_lost: 'The call was lost while the connection was down',
   };
   return why[reason] ?? `Call ended by ${who}${reason && reason !== 'hangup' ? ` (${reason.replace(/_/g, ' ')})` : ''}`;
@@ -94,7 +105,14 @@ export function endReasonText(reason: string, by: string): string {
 /** A call the agent has just taken (or a reload restores): connecting, nothing said yet. */
 function newCall(
   callId: string,
-  from: { threadId: string; caller: Caller; called: string; botTranscript: BotTurn[] },
+  from: {
+    threadId: string;
+    caller: Caller;
+    called: string;
+    botTranscript: BotTurn[];
+    humanTranscript?: TranscriptLine[];
+    transfer?: TransferInfo | null;
+  },
 ): ActiveCall {
   const now = Date.now();
   return {
@@ -103,6 +121,8 @@ function newCall(
     caller: from.caller,
     called: from.called,
     botTranscript: from.botTranscript,
+    humanTranscript: from.humanTranscript ?? [],
+    transfer: from.transfer ?? null,
     acceptedAt: now,
     connectedAt: null,
     endedAt: null,
@@ -112,8 +132,11 @@ function newCall(
     lines: [],
     interim: {},
     ended: null,
+    monitor: null,
   };
 }
+
+type Listener = (payload: unknown) => void;
 
 /**
  * The agent's desk: one Socket.IO connection to the hub's /agent namespace (PROTOCOL.md §1)
@@ -138,6 +161,9 @@ export class DeskService implements OnDestroy {
   readonly busy = signal(false);
 
   readonly available = computed(() => this.me()?.status !== 'away');
+  readonly role = computed<AccountRole>(() => this.me()?.role ?? 'agent');
+  /** §6: supervisors and admins see the board and may monitor calls. */
+  readonly supervises = computed(() => this.role() !== 'agent');
   readonly inCall = computed(() => {
     const c = this.call();
     return c !== null && c.state !== 'ended';
@@ -147,6 +173,19 @@ export class DeskService implements OnDestroy {
   private ticker: ReturnType<typeof setInterval> | null = null;
   private noticeSeq = 0;
   private mediaRetries = 0;
+  private readonly listeners: [string, Listener][] = [];
+  private readonly stopHooks: (() => void)[] = [];
+
+  /** Another store's handler for a server event, on this socket and every later one. */
+  on(event: string, listener: Listener): void {
+    this.listeners.push([event, listener]);
+    this.socket?.on(event, listener);
+  }
+
+  /** Another store's cleanup when the desk stops (sign out, a refused session). */
+  onStop(hook: () => void): void {
+    this.stopHooks.push(hook);
+  }
 
   start(token: string): void {
     this.stop();
@@ -163,6 +202,8 @@ export class DeskService implements OnDestroy {
     socket.on('transcript', (p: unknown) => this.onTranscript(p));
     socket.on('call_ended', (p: unknown) => this.onEnded(p));
     socket.on('webrtc_candidate', (p: unknown) => this.onServerCandidate(p));
+    socket.on('call_monitored', (p: unknown) => this.onMonitored(p));
+    for (const [event, listener] of this.listeners) socket.on(event, listener);
     this.ticker = setInterval(() => this.tick(), 250);
   }
 
@@ -175,6 +216,7 @@ export class DeskService implements OnDestroy {
     this.ringer.stopAll();
     this.offers.set([]);
     this.connection.set('disconnected');
+    for (const hook of this.stopHooks) hook();
   }
 
   ngOnDestroy(): void {
@@ -193,7 +235,8 @@ export class DeskService implements OnDestroy {
     }
   }
 
-  private async request(event: string, payload: object): Promise<Ack<Record<string, unknown>>> {
+  /** Emit `event` and wait for its acknowledgement; a timeout or a lost socket is a refusal. */
+  async request(event: string, payload: object): Promise<Ack<Record<string, unknown>>> {
     const socket = this.socket;
     if (!socket?.connected) {
       return { ok: false, error: { code: 'unavailable', message: 'Not connected to the server.' } };
@@ -402,28 +445,33 @@ export class DeskService implements OnDestroy {
   private async startMedia(callId: string, mic?: MediaStream): Promise<void> {
     try {
       const stream = mic ?? (await this.media.acquireMicrophone());
-      await this.media.connect(
-        stream,
-        async (sdp) => {
-          const ack = await this.request('webrtc_offer', { callId, sdp });
-          if (!ack.ok) throw new MediaProblem('webrtc_failed', `The server refused the audio: ${ack.error.message}`);
-          return str(ack['sdp']);
-        },
-        (c) => {
-          void this.request('webrtc_candidate', {
-            callId,
-            candidate: c ? c.candidate : null,
-            sdpMid: c?.sdpMid ?? null,
-            sdpMLineIndex: c?.sdpMLineIndex ?? null,
-          });
-        },
-        () => this.onMediaFailed(callId),
-      );
+      const { signal, trickle } = this.peerSignalling(callId);
+      await this.media.connect(stream, signal, trickle, () => this.onMediaFailed(callId));
       if (this.call()?.muted) this.media.setMuted(true);
     } catch (e) {
       const p = e instanceof MediaProblem ? e : new MediaProblem('webrtc_failed', String(e));
       this.problem.set({ code: p.code, message: p.message });
     }
+  }
+
+  /** One call's offer/answer and browser trickle through the hub (`webrtc_offer`,
+   * `webrtc_candidate`): the agent's own call and a supervisor's monitoring leg alike. */
+  peerSignalling(callId: string): { signal: Signal; trickle: Trickle } {
+    return {
+      signal: async (sdp) => {
+        const ack = await this.request('webrtc_offer', { callId, sdp });
+        if (!ack.ok) throw new MediaProblem('webrtc_failed', `The server refused the audio: ${ack.error.message}`);
+        return str(ack['sdp']);
+      },
+      trickle: (c) => {
+        void this.request('webrtc_candidate', {
+          callId,
+          candidate: c ? c.candidate : null,
+          sdpMid: c?.sdpMid ?? null,
+          sdpMLineIndex: c?.sdpMLineIndex ?? null,
+        });
+      },
+    };
   }
 
   private onMediaFailed(callId: string): void {
@@ -457,6 +505,12 @@ export class DeskService implements OnDestroy {
     if (this.problem()?.code === 'webrtc_reconnecting') this.problem.set(null);
   }
 
+  private onMonitored(payload: unknown): void {
+    const m = parseMonitored(payload);
+    if (!m) return;
+    this.updateCall(m.callId, (c) => (c.state === 'ended' ? c : { ...c, monitor: m.mode }));
+  }
+
   private onTranscript(payload: unknown): void {
     const t = parseTranscript(payload);
     if (!t) return;
@@ -488,7 +542,7 @@ export class DeskService implements OnDestroy {
     if (!call || call.callId !== callId || call.state === 'ended') return;
     this.media.close();
     const end = Date.now();
-    this.call.set({ ...call, state: 'ended', endedAt: end, interim: {}, ended: { reason, by } });
+    this.call.set({ ...call, state: 'ended', endedAt: end, interim: {}, ended: { reason, by }, monitor: null });
     this.history.update((h) => [
       {
         callId,

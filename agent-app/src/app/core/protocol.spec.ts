@@ -1,4 +1,4 @@
-import { parseAgentState, parseIncoming, parseTranscript } from './protocol';
+import { parseAgentState, parseBoard, parseDeskOptions, parseIncoming, parseMonitored, parseTranscript } from './protocol';
 
 describe('protocol parsing', () => {
   it('fills defaults for missing incoming_call fields and drops bad transcript turns', () => {
@@ -19,5 +19,35 @@ describe('protocol parsing', () => {
     });
     expect(parseTranscript({ callId: 'c', text: 'x', role: 'robot' })).toBeNull();
     expect(parseTranscript({ callId: 'c', text: 'x', role: 'agent', final: false })?.final).toBe(false);
+  });
+
+  it('reads the §6 additions: role, transfer, humanTranscript, supervisor lines', () => {
+    expect(parseAgentState({ agentId: 'a', status: 'available', role: 'supervisor' })?.role).toBe('supervisor');
+    expect(parseAgentState({ agentId: 'a', role: 'king' })?.role).toBeUndefined();
+    const call = parseIncoming({
+      callId: 'c1',
+      transfer: { fromAgentId: 'a1', fromName: 'Alice', mode: 'warm', note: 'n' },
+      humanTranscript: [{ role: 'agent', text: 'hi', at: 'x' }, { role: 'robot', text: 'no' }, { role: 'caller', text: '' }],
+    });
+    expect(call?.transfer).toEqual({ fromAgentId: 'a1', fromName: 'Alice', mode: 'warm', note: 'n' });
+    expect(call?.humanTranscript).toEqual([{ role: 'agent', text: 'hi', at: 'x' }]);
+    expect(parseIncoming({ callId: 'c1', transfer: null })).toMatchObject({ transfer: null, humanTranscript: [] });
+    expect(parseTranscript({ callId: 'c', text: 'x', role: 'supervisor' })?.role).toBe('supervisor');
+  });
+
+  it('reads board, desk options and call_monitored defensively', () => {
+    const board = parseBoard({
+      calls: [{ callId: 'c1', state: 'human', waitingSec: 'x', monitors: [{ agentId: 's1', mode: 'listen' }] }, { callId: 5 }],
+      agents: [{ agentId: 'a1', name: 'Alice', status: 'busy', activeCallId: 'c1', role: 'agent' }, { name: 'nobody' }],
+    });
+    expect(board?.calls.map((c) => [c.callId, c.waitingSec, c.monitors.length])).toEqual([['c1', null, 1]]);
+    expect(board?.agents.map((a) => a.agentId)).toEqual(['a1']);
+    expect(parseBoard({ calls: [] })).toBeNull();
+    expect(parseDeskOptions({ dispositions: ['a', 3, ''], queues: 'q', agents: [{ agentId: 'b' }] })).toEqual({
+      dispositions: ['a'], queues: [], agents: [{ agentId: 'b', name: 'b', status: 'away' }],
+    });
+    expect(parseMonitored({ callId: 'c', mode: 'whisper', monitors: 1 })).toEqual({ callId: 'c', mode: 'whisper', monitors: 1 });
+    expect(parseMonitored({ callId: 'c', mode: null, monitors: 0 })?.mode).toBeNull();
+    expect(parseMonitored({ mode: 'listen' })).toBeNull();
   });
 });

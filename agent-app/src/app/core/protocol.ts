@@ -1,13 +1,19 @@
-// PROTOCOL.md §1: the /agent namespace, exactly as the hub speaks it.
+// PROTOCOL.md §1 and §6: the /agent namespace, exactly as the hub speaks it.
 
 export type AgentStatus = 'available' | 'away' | 'busy';
-export type Role = 'caller' | 'agent' | 'bot';
+export type Role = 'caller' | 'agent' | 'bot' | 'supervisor';
+export type AccountRole = 'agent' | 'supervisor' | 'admin';
+export type TransferMode = 'cold' | 'warm';
+export type MonitorMode = 'listen' | 'whisper' | 'barge';
+export const MONITOR_MODES: readonly MonitorMode[] = ['listen', 'whisper', 'barge'];
 
 export interface AgentState {
   agentId: string;
   name: string;
   status: AgentStatus;
   activeCallId: string | null;
+  /** §6; absent when the hub does not say (an older hub): a plain agent. */
+  role?: AccountRole;
 }
 
 export interface Caller {
@@ -21,6 +27,21 @@ export interface BotTurn {
   at: string;
 }
 
+/** A turn of the conversation so far (§6 `humanTranscript`). */
+export interface TranscriptLine {
+  role: Role;
+  text: string;
+  at: string;
+}
+
+/** §6: on a transferred call's `incoming_call`, who hands it over, how and why. */
+export interface TransferInfo {
+  fromAgentId: string;
+  fromName: string;
+  mode: TransferMode;
+  note: string;
+}
+
 export interface IncomingCall {
   callId: string;
   threadId: string;
@@ -31,6 +52,8 @@ export interface IncomingCall {
   ringTimeoutSec: number;
   botTranscript: BotTurn[];
   metadata: Record<string, unknown>;
+  transfer: TransferInfo | null;
+  humanTranscript: TranscriptLine[];
 }
 
 export type CancelReason = 'answered_elsewhere' | 'caller_hangup' | 'ring_timeout' | 'declined';
@@ -71,7 +94,54 @@ export type Ack<T extends object = object> = ({ ok: true } & T) | { ok: false; e
 export interface LoginReply {
   token: string;
   expiresAt: string;
+  role?: AccountRole;
 }
+
+/** §6 `board`: one live call as the supervisors see it. */
+export interface BoardCall {
+  callId: string;
+  threadId: string;
+  state: string; // 'ringing' | 'bot' | 'queued' | 'human' | 'ended'
+  caller: Caller;
+  called: string;
+  trunk: string;
+  receivedAt: string;
+  workerId: string;
+  agentId: string | null;
+  metadata: Record<string, unknown>;
+  /** Queued: seconds since the handoff when the board was sent; else null. */
+  waitingSec: number | null;
+  monitors: { agentId: string; mode: string }[];
+}
+
+export interface BoardAgent {
+  agentId: string;
+  name: string;
+  status: AgentStatus;
+  activeCallId: string | null;
+  role: AccountRole;
+}
+
+export interface Board {
+  calls: BoardCall[];
+  agents: BoardAgent[];
+}
+
+/** The `desk_options` answer: what the Transfer dialog and the wrap-up form offer. */
+export interface DeskOptions {
+  dispositions: string[];
+  queues: string[];
+  agents: { agentId: string; name: string; status: AgentStatus }[];
+}
+
+/** `call_monitored`: to the agent holding the call; `mode` null once nobody monitors it. */
+export interface Monitored {
+  callId: string;
+  mode: MonitorMode | null;
+  monitors: number;
+}
+
+export type TransferTarget = { agentId: string } | { queue: string } | { number: string };
 
 export interface CallSummary {
   callId: string;
@@ -97,15 +167,60 @@ export function str(v: unknown, fallback = ''): string {
   return typeof v === 'string' ? v : fallback;
 }
 
+function status(v: unknown): AgentStatus {
+  return v === 'available' || v === 'busy' ? v : 'away';
+}
+
+function accountRole(v: unknown): AccountRole | undefined {
+  return v === 'agent' || v === 'supervisor' || v === 'admin' ? v : undefined;
+}
+
+function role(v: unknown): Role | null {
+  return v === 'caller' || v === 'agent' || v === 'bot' || v === 'supervisor' ? v : null;
+}
+
+function strings(v: unknown): string[] {
+  return Array.isArray(v) ? v.filter((s): s is string => typeof s === 'string' && s !== '') : [];
+}
+
+function optionalId(v: unknown): string | null {
+  return typeof v === 'string' && v ? v : null;
+}
+
+function parseCaller(v: unknown): Caller {
+  const caller = isObject(v) ? v : {};
+  return { number: str(caller['number']), name: str(caller['name']) };
+}
+
+function parseTransferInfo(v: unknown): TransferInfo | null {
+  if (!isObject(v)) return null;
+  return {
+    fromAgentId: str(v['fromAgentId']),
+    fromName: str(v['fromName'], str(v['fromAgentId'])),
+    mode: v['mode'] === 'warm' ? 'warm' : 'cold',
+    note: str(v['note']),
+  };
+}
+
+function parseLines(v: unknown): TranscriptLine[] {
+  if (!Array.isArray(v)) return [];
+  const lines: TranscriptLine[] = [];
+  for (const t of v.filter(isObject)) {
+    const r = role(t['role']);
+    const text = str(t['text']);
+    if (r && text) lines.push({ role: r, text, at: str(t['at']) });
+  }
+  return lines;
+}
+
 export function parseIncoming(v: unknown): IncomingCall | null {
   if (!isObject(v) || typeof v['callId'] !== 'string' || !v['callId']) return null;
-  const caller = isObject(v['caller']) ? v['caller'] : {};
   const turns = Array.isArray(v['botTranscript']) ? v['botTranscript'] : [];
   const timeout = Number(v['ringTimeoutSec']);
   return {
     callId: v['callId'],
     threadId: str(v['threadId']),
-    caller: { number: str(caller['number']), name: str(caller['name']) },
+    caller: parseCaller(v['caller']),
     called: str(v['called']),
     trunk: str(v['trunk']),
     receivedAt: str(v['receivedAt']),
@@ -119,31 +234,94 @@ export function parseIncoming(v: unknown): IncomingCall | null {
       }))
       .filter((t) => t.text),
     metadata: isObject(v['metadata']) ? v['metadata'] : {},
+    transfer: parseTransferInfo(v['transfer']),
+    humanTranscript: parseLines(v['humanTranscript']),
   };
 }
 
 export function parseAgentState(v: unknown): AgentState | null {
   if (!isObject(v) || typeof v['agentId'] !== 'string') return null;
-  const status = v['status'];
-  return {
+  const state: AgentState = {
     agentId: v['agentId'],
     name: str(v['name'], v['agentId']),
-    status: status === 'available' || status === 'busy' ? status : 'away',
-    activeCallId: typeof v['activeCallId'] === 'string' && v['activeCallId'] ? v['activeCallId'] : null,
+    status: status(v['status']),
+    activeCallId: optionalId(v['activeCallId']),
   };
+  const r = accountRole(v['role']);
+  if (r) state.role = r;
+  return state;
 }
 
 export function parseTranscript(v: unknown): TranscriptEvent | null {
   if (!isObject(v) || typeof v['callId'] !== 'string' || typeof v['text'] !== 'string') return null;
-  const role = v['role'];
-  if (role !== 'caller' && role !== 'agent' && role !== 'bot') return null;
+  const r = role(v['role']);
+  if (!r) return null;
   return {
     callId: v['callId'],
     threadId: str(v['threadId']),
-    role,
+    role: r,
     text: v['text'],
     final: v['final'] !== false,
     at: str(v['at']),
     seq: typeof v['seq'] === 'number' ? v['seq'] : 0,
+  };
+}
+
+function parseBoardCall(v: Record<string, unknown>): BoardCall | null {
+  if (typeof v['callId'] !== 'string' || !v['callId']) return null;
+  const waiting = v['waitingSec'];
+  return {
+    callId: v['callId'],
+    threadId: str(v['threadId']),
+    state: str(v['state'], 'bot'),
+    caller: parseCaller(v['caller']),
+    called: str(v['called']),
+    trunk: str(v['trunk']),
+    receivedAt: str(v['receivedAt']),
+    workerId: str(v['workerId']),
+    agentId: optionalId(v['agentId']),
+    metadata: isObject(v['metadata']) ? v['metadata'] : {},
+    waitingSec: typeof waiting === 'number' && Number.isFinite(waiting) ? waiting : null,
+    monitors: (Array.isArray(v['monitors']) ? v['monitors'] : [])
+      .filter(isObject)
+      .map((m) => ({ agentId: str(m['agentId']), mode: str(m['mode']) })),
+  };
+}
+
+/** The `board` event and the `board_subscribe` answer (§6): null when it is not a board. */
+export function parseBoard(v: unknown): Board | null {
+  if (!isObject(v) || !Array.isArray(v['calls']) || !Array.isArray(v['agents'])) return null;
+  return {
+    calls: v['calls'].filter(isObject).flatMap((c) => parseBoardCall(c) ?? []),
+    agents: v['agents']
+      .filter((a) => isObject(a) && typeof a['agentId'] === 'string' && a['agentId'])
+      .map((a) => ({
+        agentId: a['agentId'] as string,
+        name: str(a['name'], a['agentId'] as string),
+        status: status(a['status']),
+        activeCallId: optionalId(a['activeCallId']),
+        role: accountRole(a['role']) ?? 'agent',
+      })),
+  };
+}
+
+export function parseDeskOptions(v: unknown): DeskOptions {
+  const o = isObject(v) ? v : {};
+  return {
+    dispositions: strings(o['dispositions']),
+    queues: strings(o['queues']),
+    agents: (Array.isArray(o['agents']) ? o['agents'] : [])
+      .filter((a) => isObject(a) && typeof a['agentId'] === 'string' && a['agentId'])
+      .map((a) => ({ agentId: a['agentId'] as string, name: str(a['name'], a['agentId'] as string), status: status(a['status']) })),
+  };
+}
+
+export function parseMonitored(v: unknown): Monitored | null {
+  if (!isObject(v) || typeof v['callId'] !== 'string' || !v['callId']) return null;
+  const mode = v['mode'];
+  return {
+    callId: v['callId'],
+    mode: MONITOR_MODES.includes(mode as MonitorMode) ? (mode as MonitorMode) : null,
+    monitors: typeof v['monitors'] === 'number' ? v['monitors'] : 0,
   };
 }

@@ -131,4 +131,39 @@ export const INCOMING = {
     { role: 'caller', text: 'agent please', at: '2026-11-24T07:00:02Z' },
   ],
   metadata: {},
+  transfer: null,
+  humanTranscript: [],
+};
+
+/** A `board` as the hub sends it (§6): one call with Alice, one waiting. */
+export const BOARD = {
+  calls: [
+    {
+      callId: 'c1', threadId: 't-1', state: 'human',
+      caller: { number: '+14155550100', name: 'Ada' }, called: '+14155550123', trunk: 'local',
+      receivedAt: '2026-11-24T07:00:00Z', workerId: 'w1', agentId: 'a1', metadata: {},
+      waitingSec: null, monitors: [],
+    },
+    {
+      callId: 'c2', threadId: 't-2', state: 'queued',
+      caller: { number: '+14155550111', name: '' }, called: '+14155550123', trunk: 'local',
+      receivedAt: '2026-11-24T07:01:00Z', workerId: 'w1', agentId: null, metadata: {},
+      waitingSec: 12, monitors: [],
+    },
+  ],
+  agents: [
+    { agentId: 'a1', name: 'Alice', status: 'busy', activeCallId: 'c1', role: 'agent' },
+    { agentId: 's1', name: 'Sue', status: 'available', activeCallId: null, role: 'supervisor' },
+  ],
+};
+
+/** What `desk_options` answers. */
+export const DESK_OPTIONS = {
+  ok: true,
+  dispositions: ['resolved', 'callback'],
+  queues: ['sales', 'support'],
+  agents: [
+    { agentId: 'a2', name: 'Bob', status: 'available' },
+    { agentId: 'a3', name: 'Carol', status: 'away' },
+  ],
 };

@@ -6,6 +6,14 @@ export function clock(seconds: number): string {
   return h ? `${h}:${mm}:${ss}` : `${mm}:${ss}`;
 }
 
-export function roleLabel(role: string): string {
-  return role === 'agent' ? 'You' : role === 'bot' ? 'Bot' : 'Caller';
+/** Who said a line; `agent` is "You" unless the line is another agent's (a transfer). */
+export function roleLabel(role: string, agent = 'You'): string {
+  if (role === 'agent') return agent;
+  return role === 'bot' ? 'Bot' : role === 'supervisor' ? 'Supervisor' : 'Caller';
 }
+
+export const STATUS_TEXT: Record<string, string> = {
+  available: 'Available',
+  away: 'Away',
+  busy: 'Busy',
+};

@@ -26,4 +26,39 @@ describe('IncomingCallCard', () => {
     expect(accepted).toEqual(['c1']);
     expect(declined).toEqual(['c1']);
   });
+
+  it('a transferred call says who transferred it, how, the note, and the conversation so far', async () => {
+    const fixture = TestBed.createComponent(IncomingCallCard);
+    const now = Date.now();
+    fixture.componentRef.setInput('offer', {
+      ...INCOMING,
+      ringsUntil: now + 20_000,
+      transfer: { fromAgentId: 'a1', fromName: 'Alice', mode: 'warm', note: 'wants a refund' },
+      humanTranscript: [
+        { role: 'agent', text: 'let me get billing', at: '2026-11-24T07:01:00Z' },
+        { role: 'caller', text: 'ok thanks', at: '2026-11-24T07:01:02Z' },
+      ],
+    });
+    fixture.componentRef.setInput('now', now);
+    await fixture.whenStable();
+    const el: HTMLElement = fixture.nativeElement;
+    const q = (id: string) => el.querySelector(`[data-testid="${id}"]`) as HTMLElement;
+    expect(q('transfer-info').textContent).toContain('Transferred by Alice');
+    expect(q('transfer-info').dataset['mode']).toBe('warm');
+    expect(q('transfer-info-mode').textContent).toContain('Warm transfer');
+    expect(q('transfer-info-note').textContent).toContain('wants a refund');
+    expect(q('incoming-bot-transcript').textContent).toContain('agent please');
+    const human = [...q('incoming-human-transcript').querySelectorAll('li')].map((li) => li.textContent?.trim());
+    expect(human).toEqual(['Agent let me get billing', 'Caller ok thanks']);
+  });
+
+  it('an ordinary call shows no transfer information', async () => {
+    const fixture = TestBed.createComponent(IncomingCallCard);
+    fixture.componentRef.setInput('offer', { ...INCOMING, ringsUntil: Date.now() + 5000 });
+    fixture.componentRef.setInput('now', Date.now());
+    await fixture.whenStable();
+    const el: HTMLElement = fixture.nativeElement;
+    expect(el.querySelector('[data-testid="transfer-info"]')).toBeNull();
+    expect(el.querySelector('[data-testid="incoming-human-transcript"]')).toBeNull();
+  });
 });

@@ -10,7 +10,7 @@ import { roleLabel } from './format';
              [attr.aria-labelledby]="'in-' + offer().callId">
       <header class="incoming-head">
         <span class="ring-dot" aria-hidden="true"></span>
-        <h2 [id]="'in-' + offer().callId">Incoming call</h2>
+        <h2 [id]="'in-' + offer().callId">{{ offer().transfer ? 'Transferred call' : 'Incoming call' }}</h2>
         <span class="countdown" data-testid="incoming-countdown" [attr.aria-label]="left() + ' seconds left to answer'">
           {{ left() }}s
         </span>
@@ -25,6 +25,15 @@ import { roleLabel } from './format';
           <dd>{{ offer().called }}</dd>
         }
       </dl>
+      @if (offer().transfer; as t) {
+        <div class="transfer-info" data-testid="transfer-info" [attr.data-mode]="t.mode">
+          <p><strong>Transferred by {{ t.fromName || 'another agent' }}</strong>
+            · <span data-testid="transfer-info-mode">{{ t.mode === 'warm' ? 'Warm transfer: they stay on the line until you join' : 'Cold transfer' }}</span></p>
+          @if (t.note) {
+            <p class="transfer-note" data-testid="transfer-info-note"><span class="who">Note</span>{{ t.note }}</p>
+          }
+        </div>
+      }
       <section aria-label="What the bot learned">
         <h3>Bot conversation</h3>
         <ol class="bot-transcript" data-testid="incoming-bot-transcript">
@@ -35,6 +44,16 @@ import { roleLabel } from './format';
           }
         </ol>
       </section>
+      @if (offer().humanTranscript.length) {
+        <section aria-label="What was said with the agent">
+          <h3>With {{ offer().transfer?.fromName || 'the agent' }}</h3>
+          <ol class="bot-transcript" data-testid="incoming-human-transcript">
+            @for (t of offer().humanTranscript; track $index) {
+              <li [attr.data-role]="t.role"><span class="who">{{ label(t.role, 'Agent') }}</span> {{ t.text }}</li>
+            }
+          </ol>
+        </section>
+      }
       <div class="actions">
         <button class="primary accept" type="button" data-testid="accept-button" aria-keyshortcuts="Alt+A"
                 [disabled]="disabled()" (click)="accept.emit(offer().callId)">Accept <kbd>Alt+A</kbd></button>
