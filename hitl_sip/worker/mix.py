@@ -29,7 +29,6 @@ import numpy as np
 from hitl_sip.protocol.worker import LegRole
 from hitl_sip.speech.base import SttStream
 
-CALLER = "caller"
 PRIMARY = "agent"  # the agent who holds the call
 DEPTH = 2  # frames kept per talker for one listener: one of jitter, one of latency
 
