@@ -20,15 +20,20 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+import wave
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
 from hitl_sip.media.ice import install_host_filter
-from hitl_sip.testing.agent import TestAgent, tone
+from hitl_sip.testing.agent import TestAgent, tone, wav_source
+from hitl_sip.testing.wer import word_error_rate
 from tests.integration.test_agents import PASSWORD, add_agent
+from tests.integration.test_alive5_call import AGENT_WER_BOUND
+from tests.integration.test_pocketsphinx import _librivox
 from tests.support.alive5 import API_KEY, Alive5StandIn
 from tests.support.rtpcaller import RtpCaller
 from tests.support.server import Server, running_server
@@ -332,3 +337,90 @@ def test_a_declined_transfer_leaves_the_call_with_the_first_agent(srv: Server) -
     assert out["ear"].hears(ALICE_HZ, start, end) > 0.3  # alice still has the caller
     assert out["number"]["error"]["code"] == "unavailable"
     assert srv.metric("hitl_sip_hub_transfers_total", mode="cold", outcome="declined") >= 1
+
+
+def speech_wav(path: Path, pcm16k: bytes, lead: float) -> Path:
+    """``pcm16k`` after ``lead`` seconds of silence, then 3 s more of it, as a WAV file."""
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(bytes(int(lead * 16000) * 2) + pcm16k + bytes(96000))
+    return path
+
+
+async def final_from(agent: TestAgent, role: str, limit: float = 20) -> None:
+    """Until ``agent`` is shown a final transcript line of ``role``."""
+    seen = 0
+    async with asyncio.timeout(limit):
+        while not any(t["role"] == role and t["final"]
+                      for t in agent.events.get("transcript", [])):
+            seen = len(agent.events.get("transcript", [])) + 1
+            await agent.wait("transcript", seen, limit)
+
+
+def test_the_thread_reads_the_first_agent_the_notice_then_the_second(
+    srv: Server, a5: Alive5StandIn, tmp_path: Path,
+) -> None:
+    """Words, not tones: alice speaks, sue whispers to her (alice's live transcript only,
+    never alive5), alice hands the call to bob cold, bob speaks. The alive5 thread has
+    alice's words, the notice, then bob's, in that order."""
+    clips = {c.name.rsplit("-", 1)[1]: c for c in _librivox()}
+    alice_clip, sue_clip, bob_clip = clips["0880"], clips["0890"], clips["0930"]
+
+    async def run() -> dict[str, Any]:
+        alice = TestAgent(srv.http_url, "alice", PASSWORD, codecs=("pcmu",), source=wav_source(
+            speech_wav(tmp_path / "alice.wav", alice_clip.pcm, 1.0), loop=False))
+        await alice.connect()
+        caller = RtpCaller(srv.sip_port())
+        sue = TestAgent(srv.http_url, "sue", PASSWORD, codecs=("pcmu",), source=wav_source(
+            speech_wav(tmp_path / "sue.wav", sue_clip.pcm, 0.5), loop=False))
+        bob = TestAgent(srv.http_url, "bob", PASSWORD, codecs=("pcmu",), source=wav_source(
+            speech_wav(tmp_path / "bob.wav", bob_clip.pcm, 1.0), loop=False))
+        try:
+            await asyncio.to_thread(caller.call, 10)
+            caller.start_media()
+            offer = await alice.answer_next_call(limit=30)
+            call_id = str(offer["callId"])
+            await alice.wait("call_connected", limit=15)
+            await final_from(alice, "agent")  # alice's sentence
+            await asyncio.sleep(1.5)  # its last words
+            await sue.connect()
+            await sue.monitor(call_id, "whisper")
+            await final_from(alice, "supervisor")
+            await asyncio.sleep(1.5)
+            await sue.call("monitor_stop", {"callId": call_id})
+            await bob.connect()
+            bob_id = (await bob.wait("agent_state"))["agentId"]
+            await alice.call("transfer_call", {"callId": call_id, "to": {"agentId": bob_id},
+                                               "mode": "cold", "note": "over to you"})
+            await bob.wait("incoming_call", limit=10)
+            await bob.accept(call_id)
+            await alice.wait("call_ended", limit=10)
+            await final_from(bob, "agent")
+            await asyncio.sleep(bob_clip.seconds)  # the rest of bob's sentence
+            await asyncio.to_thread(caller.hangup)
+            await bob.wait("call_ended", limit=10)
+            return {"threadId": str(offer["threadId"]),
+                    "alice_saw": alice.events.get("transcript", [])}
+        finally:
+            for peer in (sue, bob, alice):
+                await peer.close()
+            await asyncio.to_thread(caller.close)
+
+    out = asyncio.run(run())
+    thread_id = out["threadId"]
+    a5.wait_for(lambda: thread_id in a5.threads and a5.threads[thread_id].ended, 20,
+                what="the end of the thread")
+    said = [(m["sender"], m["message_content"]) for m in a5.threads[thread_id].messages]
+    texts = [t for _, t in said]
+    notice = next(i for i, t in enumerate(texts) if t.startswith("Transferred to bob"))
+    alice_words = " ".join(t for r, t in said[:notice] if r == "human_agent")
+    bob_words = " ".join(t for r, t in said[notice + 1:] if r == "human_agent")
+    assert word_error_rate(alice_clip.reference, alice_words) <= AGENT_WER_BOUND, said
+    assert word_error_rate(bob_clip.reference, bob_words) <= AGENT_WER_BOUND, said
+    assert said[notice][0] == "voice_agent"  # posted like a bot turn
+    whispered = " ".join(c["text"] for c in out["alice_saw"]
+                         if c["role"] == "supervisor" and c["final"])
+    assert word_error_rate(sue_clip.reference, whispered) <= AGENT_WER_BOUND, out["alice_saw"]
+    assert not any(w in " ".join(texts) for w in whispered.split() if len(w) > 6), said
