@@ -52,6 +52,7 @@ class BoardFeed:
                 metadata=c.metadata,
                 waiting_sec=(round(now - c.queued_at, 1) if c.state is CallState.QUEUED
                              and c.queued_at is not None else None),
+                queue=c.handoff.queue if c.handoff else None,
                 monitors=self.monitors(c.call_id))
             for c in self.hub.registry.calls.values() if c.state is not CallState.ENDED]
         agents = [BoardAgent(**a.model().model_dump())

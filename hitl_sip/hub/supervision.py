@@ -49,6 +49,7 @@ from hitl_sip.protocol.agent import (
     TransferCall,
     TransferFailed,
     TransferInfo,
+    TransferJoined,
     TransferMode,
     ok,
     refuse,
@@ -322,6 +323,10 @@ class Supervision:
                     call_id=call_id, reason=CancelReason.ANSWERED_ELSEWHERE))
         target.active_call = call_id
         await self.router._push_state(target)
+        sender = self.router.agents.get(transfer.from_agent)
+        if sender is not None:
+            await self.router._to_agent(sender, TransferJoined(
+                call_id=call_id, agent_id=agent_id, name=target.name, mode=transfer.mode))
         audit("transfer_accepted", agent=agent_id, call=call_id)
         await self._notice(call_id, f"Transferred to {target.name}"
                            + (" (warm)" if transfer.mode is TransferMode.WARM else ""))

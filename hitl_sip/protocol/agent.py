@@ -330,6 +330,7 @@ class BoardCall(Event):
     agent_id: str | None
     metadata: dict[str, JsonValue]
     waiting_sec: float | None  # queued: seconds since the handoff; else null
+    queue: str | None = None  # extension: the queue the flow's agent node named
     # extension: the supervisors on the call and their modes
     monitors: list[BoardMonitor] = Field(default_factory=list)
 
@@ -442,6 +443,18 @@ class TransferCall(CallRequest):
         return self
 
 
+class TransferJoined(Event):
+    """Extension: to the agent who transferred, when a target accepted. In a warm transfer
+    its ``hangup`` now ends only its own leg; in a cold one its leg ends once the target's
+    audio flows (``call_ended`` reason ``transferred``)."""
+
+    event: ClassVar[str] = "transfer_joined"
+    call_id: str
+    agent_id: str
+    name: str
+    mode: TransferMode
+
+
 class TransferFailed(Event):
     """To the agent who transferred: nobody took the call; it keeps it."""
 
@@ -485,7 +498,7 @@ REQUESTS: tuple[type[Request], ...] = (SetStatus, AcceptCall, DeclineCall, Webrt
                                        MonitorStop, TransferCall, DeskOptions)
 EVENTS: tuple[type[Event], ...] = (AgentState, IncomingCall, CallCancelled, ServerCandidate,
                                    CallConnected, Transcript, CallEnded, Board, Monitored,
-                                   TransferFailed)
+                                   TransferFailed, TransferJoined)
 
 
 # -- the edge -------------------------------------------------------------------------------

@@ -74,6 +74,7 @@ EVENTS: list[SocketModel] = [
                                  active_call_id="c1", role=a.AccountRole.AGENT)]),
     a.Monitored(call_id="c1", mode=a.MonitorMode.WHISPER, monitors=1),
     a.TransferFailed(call_id="c1", reason="no_answer"),
+    a.TransferJoined(call_id="c1", agent_id="bob", name="Bob", mode=a.TransferMode.WARM),
     a.IncomingCall(call_id="c1", thread_id="t1", caller=CALLER, called=None, trunk=None,
                    received_at="x", ring_timeout_sec=20.0, bot_transcript=[], metadata={},
                    transfer=a.TransferInfo(from_agent_id="alice", from_name="Alice",
@@ -123,7 +124,8 @@ def test_event_and_field_names_are_those_of_the_protocol() -> None:
         ("call_ended", ["callId", "reason", "by"]),
         ("board", ["calls", "agents"]),
         ("call_monitored", ["callId", "mode", "monitors"]),  # an extension
-        ("transfer_failed", ["callId", "reason"])]
+        ("transfer_failed", ["callId", "reason"]),
+        ("transfer_joined", ["callId", "agentId", "name", "mode"])]  # an extension
     assert [f.alias for f in a.TransferTarget.model_fields.values()] == [
         "agentId", "queue", "number"]
     assert [f.alias for f in a.TransferInfo.model_fields.values()] == [
@@ -575,7 +577,7 @@ async def test_the_board_is_for_supervisors_and_follows_every_change(rig: Rig) -
         ("c1", "queued", None)]
     assert set(ack["calls"][0]) == {
         "callId", "threadId", "state", "caller", "called", "trunk", "receivedAt", "workerId",
-        "agentId", "metadata", "waitingSec", "monitors"}
+        "agentId", "metadata", "waitingSec", "queue", "monitors"}
     assert sorted((g["agentId"], g["role"], g["status"]) for g in ack["agents"]) == [
         ("alice", "agent", "available"), ("sue", "supervisor", "available")]
     assert await rig.ask("accept_call", {"callId": "c1"}) == {"ok": True}

@@ -114,6 +114,8 @@ async def test_a_warm_transfer_ends_only_the_first_agent_s_leg(rig: Rig) -> None
                                     "mode": "warm"})
     await rig.ask("accept_call", {"callId": "c1"}, sid=bob)
     assert [n.text for n in rig.hub.notices] == ["Transferred to Bob (warm)"]
+    assert got(rig, "transfer_joined", "sid-alice") == [
+        {"callId": "c1", "agentId": "bob", "name": "Bob", "mode": "warm"}]
     assert await rig.ask("hangup", {"callId": "c1"}, sid="sid-alice") == {"ok": True}
     assert legs(rig) == [("bob", "agent", False), ("bob", "agent", True)]
     assert not [c for c in rig.hub.commands if isinstance(c, w.Hangup)]
