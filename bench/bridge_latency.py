@@ -44,58 +44,23 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hitl_sip.media.ice import install_host_filter  # noqa: E402
-from hitl_sip.testing.agent import SAMPLES, TestAgent  # noqa: E402
-from hitl_sip.testing.analysis import rms_dbfs  # noqa: E402
+from hitl_sip.testing.agent import TestAgent  # noqa: E402
+from hitl_sip.testing.bursts import (  # noqa: E402
+    AGENT_OFFSET,
+    CYCLE,
+    agent_source,
+    caller_source,
+    onsets,
+)
 from tests.integration.test_agents import PASSWORD, add_agent  # noqa: E402
 from tests.support.rtpcaller import RtpCaller  # noqa: E402
 from tests.support.server import running_server  # noqa: E402
 
-CYCLE = 25  # frames: one burst every 500 ms
-BURST = 5  # frames: 100 ms
-AGENT_OFFSET = 12
 WARMUP = 2.0
-ON_DBFS, OFF_DBFS = -35.0, -45.0
-
-
-def caller_source(n: int) -> bytes:
-    if n % CYCLE >= BURST:
-        return bytes(320)
-    t = (np.arange(160) + n * 160) / 8000
-    return (np.sin(2 * math.pi * 440 * t) * 0.25 * 32767).astype("<i2").tobytes()
-
-
-def agent_source(n: int) -> np.ndarray:
-    if not AGENT_OFFSET <= n % CYCLE < AGENT_OFFSET + BURST:
-        return np.zeros(SAMPLES, dtype=np.int16)
-    t = (np.arange(SAMPLES) + n * SAMPLES) / 48000
-    return (np.sin(2 * math.pi * 1000 * t) * 0.25 * 32767).astype(np.int16)
-
-
-def onsets(frames: list[tuple[float, bytes]]) -> tuple[list[float], int]:
-    """Arrival times of the frames where a burst starts (loud after at least 150 ms of
-    quiet), and how many dropouts (a quiet frame inside a burst) there were."""
-    out: list[float] = []
-    dropouts = 0
-    last_loud: float | None = None
-    quiet_in_burst = False
-    for arrival, pcm in frames:
-        level = rms_dbfs(pcm)
-        if level > ON_DBFS:
-            if last_loud is None or arrival - last_loud > 0.15:
-                out.append(arrival)
-            elif quiet_in_burst:
-                dropouts += 1
-            quiet_in_burst = False
-            last_loud = arrival
-        elif level < OFF_DBFS and last_loud is not None and arrival - last_loud < 0.06:
-            quiet_in_burst = True
-    return out, dropouts
 
 
 def match(arrivals: list[float], starts: list[float], after: float) -> list[float]:

@@ -41,18 +41,17 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from bridge_capacity import children_cpu, cpu_seconds  # noqa: E402
-from bridge_latency import (  # noqa: E402
+from bridge_latency import match, summary  # noqa: E402
+
+from hitl_sip.media.ice import install_host_filter  # noqa: E402
+from hitl_sip.testing.agent import TestAgent, silence  # noqa: E402
+from hitl_sip.testing.bursts import (  # noqa: E402
     AGENT_OFFSET,
     CYCLE,
     agent_source,
     caller_source,
-    match,
     onsets,
-    summary,
 )
-
-from hitl_sip.media.ice import install_host_filter  # noqa: E402
-from hitl_sip.testing.agent import TestAgent, silence  # noqa: E402
 from tests.integration.test_agents import PASSWORD, add_agent  # noqa: E402
 from tests.support.rtpcaller import RtpCaller  # noqa: E402
 from tests.support.server import Server, running_server  # noqa: E402

@@ -160,6 +160,8 @@ class WorkerConfig:
     max_call_seconds: _Float = 14400.0
     drain_grace: _Float = 30.0
     record_calls: _Bool = True
+    # the two-channel recording's encoding: wav | flac | opus (Ogg Opus, 48 kHz)
+    record_format: _Str = "wav"
     # 8 kHz: trunk audio is G.711 narrowband, and the embedded recogniser reads true 8 kHz
     # far better than 8 kHz upsampled by the bridge (see DESIGN.md §3); 16000 for G.722.
     clock_rate: _Int = 8000
@@ -583,6 +585,8 @@ def validate(config: Config) -> None:
         raise ConfigError("worker.answer_delay_ms", f"expected 0..60000, got {w.answer_delay_ms}")
     if not 1 <= w.max_call_seconds <= 86400:
         raise ConfigError("worker.max_call_seconds", "expected 1..86400 seconds")
+    if w.record_format not in ("wav", "flac", "opus"):
+        raise ConfigError("worker.record_format", "expected wav, flac or opus")
     if w.drain_grace < 0:
         raise ConfigError("worker.drain_grace", "must not be negative")
     if w.clock_rate not in CLOCK_RATES:

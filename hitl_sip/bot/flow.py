@@ -6,6 +6,9 @@ are literal braces)::
     name: demo                  # required
     start: greet                # required: the first node
     voice: null                 # optional TTS voice name
+    record: on                  # on (default) | consent | off: the call's two-channel recording
+    consent: "This call may be recorded."   # with record: consent, played (no barge-in)
+                                #   before the flow starts; recording begins when it ends
     nodes:                      # required: node id (letters, digits, '_', '-') → node
       greet:
         type: say               # plays a prompt, then goes on at once
@@ -177,6 +180,8 @@ class Flow:
     nodes: Mapping[str, Node]
     voice: str | None = None
     source: Path | None = None
+    record: str = "on"  # on | consent | off (hitl_sip.worker.recorder)
+    consent: Prompt | None = None
 
 
 @dataclass(frozen=True)
@@ -336,7 +341,9 @@ def parse_flow(
     return _Validator(file, source.parent, project_root, frozenset(variables)).flow(data, source)
 
 
-_TOP_KEYS = frozenset({"name", "start", "voice", "nodes"})
+_TOP_KEYS = frozenset({"name", "start", "voice", "nodes", "record", "consent"})
+RECORD_MODES = ("on", "consent", "off")
+DEFAULT_CONSENT = "This call may be recorded for quality and training."
 _NODE_KEYS: dict[NodeType, frozenset[str]] = {
     NodeType.SAY: frozenset({"type", "text", "audio", "barge_in", "next"}),
     NodeType.ASK: frozenset(
@@ -505,6 +512,20 @@ class _Validator:
         name = self.get_str(None, data, "name", required=True)
         start = self.get_str(None, data, "start", required=True)
         voice = self.get_str(None, data, "voice")
+        record = data.get("record", "on")
+        if record is True:  # YAML 1.1 reads a bare on/off as a boolean
+            record = "on"
+        elif record is False:
+            record = "off"
+        if record not in RECORD_MODES:
+            self.issue(None, self.line_of(data, "record"),
+                       f"'record' must be one of {', '.join(RECORD_MODES)}")
+            record = "on"
+        consent = self.prompt_value("consent", data, "consent")
+        if consent is not None and record != "consent":
+            self.issue(None, self.line_of(data, "consent"), "'consent' needs record: consent")
+        if record == "consent" and consent is None:
+            consent = Prompt(text=DEFAULT_CONSENT)
         raw_nodes = data.get("nodes")
         nodes: dict[str, Node] = {}
         if not isinstance(raw_nodes, _YamlMap) or not raw_nodes:
@@ -536,7 +557,8 @@ class _Validator:
             self.issues.sort(key=lambda i: i.line)
             raise FlowError(self.issues)
         assert name is not None and start is not None  # an issue was reported otherwise
-        return Flow(name=name, start=start, nodes=nodes, voice=voice, source=source)
+        return Flow(name=name, start=start, nodes=nodes, voice=voice, source=source,
+                    record=str(record), consent=consent)
 
     def node(self, node_id: str, line: int, raw: object) -> Node | None:
         if not isinstance(raw, _YamlMap):

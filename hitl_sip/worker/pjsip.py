@@ -48,6 +48,7 @@ from hitl_sip.worker.events import (
     WorkerEvent,
 )
 from hitl_sip.worker.metrics import WorkerMetrics
+from hitl_sip.worker.recorder import StereoRecorder
 
 log = logging.getLogger(__name__)
 pjlog = logging.getLogger("hitl_sip.pjsip.lib")
@@ -133,6 +134,7 @@ class PcmPort(pj.AudioMediaPort):  # type: ignore[misc]
         self.timings = timings
         self.buffers: tuple[FrameBuffer, FrameBuffer] | None = None
         self.source_active = False  # set by the loop while it feeds audio to the caller
+        self.recorder: StereoRecorder | None = None  # both sides of every tick, when recorded
 
     def bind(self, inbound: FrameBuffer, outbound: FrameBuffer) -> None:
         self.source_active = False
@@ -141,6 +143,7 @@ class PcmPort(pj.AudioMediaPort):  # type: ignore[misc]
     def unbind(self) -> None:
         buffers = self.buffers
         self.buffers = None
+        self.recorder = None
         self.source_active = False
         if buffers is not None:
             buffers[0].close()
@@ -168,6 +171,9 @@ class PcmPort(pj.AudioMediaPort):  # type: ignore[misc]
                 self.metrics.underruns.inc(direction="from_caller")
             if len(data) != self.frame_bytes:
                 data = (data + self.silence)[: self.frame_bytes]
+            recorder = self.recorder
+            if recorder is not None:
+                recorder.left(data)
             before = inbound.overruns
             inbound.push_nowait(data)
             if inbound.overruns != before:
@@ -186,6 +192,9 @@ class PcmPort(pj.AudioMediaPort):  # type: ignore[misc]
                 data = self.silence
                 if self.source_active:
                     self.metrics.underruns.inc(direction="to_caller")
+            recorder = self.recorder
+            if recorder is not None:
+                recorder.right(data)
             frame.type = pj.PJMEDIA_FRAME_TYPE_AUDIO
             frame.buf = pj.ByteVector(data)
             frame.size = len(data)
@@ -399,6 +408,14 @@ class PjStack:
         call = self._calls.get(call_id)
         if call is not None and call.port is not None:
             call.port.source_active = active
+
+    def set_recorder(self, call_id: str, recorder: StereoRecorder | None) -> bool:
+        """Record both sides of the call's port from its next tick (False: no port)."""
+        call = self._calls.get(call_id)
+        if call is None or call.port is None:
+            return False
+        call.port.recorder = recorder
+        return True
 
     def active_calls(self) -> int:
         return len(self._calls)

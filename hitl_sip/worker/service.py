@@ -15,12 +15,12 @@ import logging
 import os
 import secrets
 import uuid
-import wave
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hitl_sip.bot.actions import Say
 from hitl_sip.bot.runner import FlowRunner
 from hitl_sip.config import PROJECT_ROOT, Config, uses_rtpengine, worker_transports
 from hitl_sip.log import call_logger, now_iso
@@ -70,6 +70,7 @@ from hitl_sip.worker.hublink import HubLink
 from hitl_sip.worker.metrics import WorkerMetrics
 from hitl_sip.worker.peer import AgentPeer, PeerSettings
 from hitl_sip.worker.pjsip import PjStack, StackInfo, StackSettings
+from hitl_sip.worker.recorder import FORMATS, StereoRecorder
 from hitl_sip.worker.session import MASKED, CallSession, SessionSettings
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ class CallRuntime:
     events: list[dict[str, Any]] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     frames_received: int = 0
-    recording: wave.Wave_write | None = None
+    recording: StereoRecorder | None = None
     frames_sent: int = 0
     bridge: list[dict[str, Any]] = field(default_factory=list)  # stats per agent peer
 
@@ -584,10 +585,8 @@ class WorkerService:
         call.codec = ev.codec
         call.event("media", codec=ev.codec)
         call_logger(log, ev.call_id).info("media up (%s)", ev.codec or "unknown codec")
-        record = None
-        if self.config.worker.record_calls:
-            record = self._open_recording(call)
-        call.session = self._new_session(call, ev.inbound, ev.outbound, record)
+        call.session = self._new_session(call, ev.inbound, ev.outbound, self._count_frame(call))
+        self._open_recording(call, call.session)
         call.tasks.append(self._spawn(call.session.start()))
 
     def _on_dtmf(self, ev: CallDtmf) -> None:
@@ -627,7 +626,7 @@ class WorkerService:
             task.cancel()
         await asyncio.gather(*call.tasks, return_exceptions=True)
         if call.recording is not None:
-            call.recording.close()
+            await call.recording.close()
             call.recording = None
         by = call.hangup_by if ev.by == "system" and call.hangup_by else ev.by
         if call.end_outcome:
@@ -668,20 +667,36 @@ class WorkerService:
 
     # -- media tasks ----------------------------------------------------------------------
 
-    def _open_recording(self, call: CallRuntime) -> Callable[[bytes], None]:
-        """Open the call's WAV; the returned function records one caller frame (it runs in
-        the session's frame loop, so the 20 ms path has no extra hop)."""
-        writer = wave.open(str(self.recordings / f"{call.call_id}.wav"), "wb")  # noqa: SIM115 - closed in _on_ended
-        writer.setnchannels(1)
-        writer.setsampwidth(2)
-        writer.setframerate(self.config.worker.clock_rate)
-        call.recording = writer
-
-        def record(frame: bytes) -> None:
+    @staticmethod
+    def _count_frame(call: CallRuntime) -> Callable[[bytes], None]:
+        def count(frame: bytes) -> None:
             call.frames_received += 1
-            writer.writeframesraw(frame)
+        return count
 
-        return record
+    def _open_recording(self, call: CallRuntime, session: CallSession) -> None:
+        """The call's two-channel recording (hitl_sip.worker.recorder), as the flow says:
+        ``on`` from the first tick, ``consent`` once the notice has played, ``off`` none."""
+        mode = self.flow.record if self.flow is not None else "on"
+        if not self.config.worker.record_calls or mode == "off" or self.stack is None:
+            call.event("recording", mode="off")
+            return
+        fmt = self.config.worker.record_format
+        recorder = StereoRecorder(self.recordings / f"{call.call_id}{FORMATS[fmt]}",
+                                  self.config.worker.clock_rate, fmt, armed=mode == "on")
+        recorder.start()
+        if not self.stack.set_recorder(call.call_id, recorder):
+            call_logger(log, call.call_id).warning("no media port to record")
+        call.recording = recorder
+        call.event("recording", mode=mode, format=fmt)
+        if mode == "consent" and self.flow is not None and self.flow.consent is not None:
+            consent = self.flow.consent
+
+            def arm() -> None:
+                recorder.armed = True
+                call.event("recording", mode="started")
+            session.consent = Say(text=consent.text, audio=consent.audio, barge_in=False,
+                                  node_id="consent")
+            session.on_consent = arm
 
     def _new_session(
         self,

@@ -160,6 +160,9 @@ class CallSession:
         self._agent_standing = 0  # consecutive agent frames that found one still queued
         self._agent_stt: SttStream | None = None
         self._agent_stt_task: asyncio.Task[None] | None = None
+        # a flow's recording consent notice, played before the flow; then on_consent
+        self.consent: Say | None = None
+        self.on_consent: Callable[[], None] = lambda: None
         # supervisors and a transfer's target: extra legs (hitl_sip.worker.mix)
         self.conference = Conference(self._to_caller, self._primary_driving)
 
@@ -173,6 +176,13 @@ class CallSession:
         self._tasks.append(loop.create_task(self._feed(), name=f"feed-{self.call_id}"))
         self._tasks.append(loop.create_task(self.player.run(), name=f"play-{self.call_id}"))
         self._notify_state()
+        if self.consent is not None:  # recording starts once the caller has heard it
+            await self._say(self.consent)
+            await self.player.wait_done()
+            if self.ended:
+                return
+            self.log.info("recording consent notice played: recording starts")
+            self.on_consent()
         if self.runner is not None:
             await self._run(self.runner.start())
 
@@ -714,6 +724,7 @@ class CallSession:
             transcript=[wire.TranscriptLine.model_validate(t) for t in self.transcript
                         if t["role"] in ("caller", "bot")],
             queue=handoff.queue, skill=handoff.skill, reason=handoff.reason, at=now_iso(),
+            answers={name: value[:256] for name, value in handoff.answers[:64]},
         ))
 
     def _stop_hold(self) -> None:

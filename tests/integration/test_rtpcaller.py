@@ -17,7 +17,7 @@ import pytest
 
 from hitl_sip.media.rtp import DtmfEvent, RtpPacket
 from hitl_sip.media.wav import read_wav, resample
-from tests.support.audio import assert_contains
+from tests.support.audio import assert_contains, caller_channel
 from tests.support.rtpcaller import FRAME_SAMPLES, FRAME_SECONDS, RtpCaller, parse_sdp_audio
 from tests.support.server import ROOT, Server, running_server
 from tests.support.sipwire import Exchange, SipRequest, SipResponse, SipWire, sdp_offer
@@ -154,7 +154,7 @@ def test_the_server_hanging_up_is_noticed_after_caller_audio_and_a_digit(
         assert [(e["digit"], e["method"]) for e in events if e["type"] == "dtmf"] == [
             ("5", "rfc4733")
         ]
-        rate, recording = read_wav(srv.data_dir / "recordings" / f"{record['callId']}.wav")
+        rate, recording = caller_channel(srv.data_dir / "recordings" / f"{record['callId']}.wav")
         assert_contains(recording, resample(utterance, 8000, rate), rate,
                         starts_within=(0.0, 1.0), what="the caller's audio in the recording")
 

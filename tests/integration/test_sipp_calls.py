@@ -12,7 +12,7 @@ import pytest
 from hitl_sip.media.rtp import RtpPacket
 from hitl_sip.media.wav import read_wav, resample
 from hitl_sip.testing.g711 import ulaw_decode
-from tests.support.audio import assert_contains
+from tests.support.audio import assert_contains, caller_channel
 from tests.support.net import UdpSniffer, free_port_pair
 from tests.support.server import ROOT, Server, running_server
 from tests.support.sipp import SippResult, finish, run_sipp
@@ -59,7 +59,7 @@ def test_basic_call_carries_audio_both_ways(server: Server, tmp_path: Path) -> N
     assert md["headers"]["X-Twilio-CallSid"] == "CA0123456789abcdef0123456789abcdef"
 
     # caller -> server: the worker's recording contains what SIPp played
-    rate, recording = read_wav(server.data_dir / "recordings" / f"{record['callId']}.wav")
+    rate, recording = caller_channel(server.data_dir / "recordings" / f"{record['callId']}.wav")
     ref_rate, utterance = read_wav(ROOT / "rtp/caller/agent_bill_8k.wav")
     assert_contains(recording, resample(utterance, ref_rate, rate), rate,
                     starts_within=(0.0, 1.0), what="caller audio in the worker's recording")

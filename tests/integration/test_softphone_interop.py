@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from hitl_sip.media.wav import read_wav, resample
-from tests.support.audio import assert_contains
+from tests.support.audio import assert_contains, caller_channel
 from tests.support.baresip import running_softphone
 from tests.support.server import ROOT, running_server
 
@@ -87,7 +87,7 @@ def test_softphone_hears_the_whole_greeting_from_the_answer(call: Call) -> None:
 
 
 def test_server_records_what_the_softphone_said(call: Call) -> None:
-    rate, recording = read_wav(call.server_recording)
+    rate, recording = caller_channel(call.server_recording)
     u_rate, utterance = read_wav(UTTERANCE)
     assert_contains(
         recording,

@@ -25,7 +25,7 @@ import pytest
 
 from hitl_sip.media.rtp import RtpPacket
 from hitl_sip.media.wav import read_wav, resample
-from tests.support.audio import assert_contains
+from tests.support.audio import assert_contains, caller_channel
 from tests.support.baresip import running_softphone
 from tests.support.net import UdpSniffer
 from tests.support.server import ROOT, Server, running_server
@@ -180,7 +180,7 @@ def test_the_softphone_hears_the_whole_greeting(call: Call) -> None:
 
 
 def test_the_server_records_what_the_softphone_said(call: Call) -> None:
-    rate, recording = read_wav(call.server_recording)
+    rate, recording = caller_channel(call.server_recording)
     u_rate, utterance = read_wav(UTTERANCE)
     assert_contains(
         recording,

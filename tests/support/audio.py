@@ -9,7 +9,11 @@ and 0.79 seen on loopback) although every word arrived. Each intact piece still 
 
 from __future__ import annotations
 
+import wave
 from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
 
 from hitl_sip.testing.analysis import best_correlation, rms_dbfs
 
@@ -59,3 +63,19 @@ def assert_contains(
     assert low <= delays[0] <= high, f"starts at {delays[0]:.2f} s; {report}"
 
 
+
+
+def recording_channels(path: Path) -> tuple[int, bytes, bytes]:
+    """A call's two-channel recording (hitl_sip.worker.recorder, WAV): its rate, what the
+    caller sent (left) and what the caller heard (right), each mono s16le."""
+    with wave.open(str(path), "rb") as w:
+        assert w.getnchannels() == 2, f"{path}: {w.getnchannels()} channels, not 2"
+        rate, data = w.getframerate(), w.readframes(w.getnframes())
+    both = np.frombuffer(data, dtype="<i2").reshape(-1, 2)
+    return rate, both[:, 0].tobytes(), both[:, 1].tobytes()
+
+
+def caller_channel(path: Path) -> tuple[int, bytes]:
+    """The recording's left channel: what the caller sent."""
+    rate, left, _ = recording_channels(path)
+    return rate, left

@@ -522,3 +522,28 @@ def test_a_problem_with_a_whole_block_node_points_at_its_id(tmp_path: Path) -> N
 
     assert (issue.node_id, issue.line) == ("a", 4)
     assert issue.message == "missing required key 'fallback'"
+
+
+@pytest.mark.parametrize(("header", "record", "consent"), [
+    ("", "on", None),
+    ("record: off\n", "off", None),
+    ("record: on\n", "on", None),
+    ("record: consent\n", "consent", "This call may be recorded for quality and training."),
+    ('record: consent\nconsent: "We record calls."\n', "consent", "We record calls."),
+])
+def test_the_recording_mode_and_its_consent_notice(tmp_path: Path, header: str, record: str,
+                                                  consent: str | None) -> None:
+    flow = load_flow(write(tmp_path, "  a: {type: hangup}\n", "name: t\nstart: a\n" + header
+                           + "nodes:\n"), project_root=tmp_path)
+    assert flow.record == record
+    assert (flow.consent.text if flow.consent else None) == consent
+
+
+@pytest.mark.parametrize(("header", "message"), [
+    ("record: maybe\n", "'record' must be one of on, consent, off"),
+    ('consent: "hi"\n', "'consent' needs record: consent"),
+])
+def test_a_bad_recording_mode_is_named(tmp_path: Path, header: str, message: str) -> None:
+    issue = only_issue(tmp_path, "  a: {type: hangup}\n", "name: t\nstart: a\n" + header
+                       + "nodes:\n")
+    assert issue.line == 3 and message in issue.message

@@ -1,0 +1,213 @@
+"""The two-channel call recording (hitl_sip.worker.recorder) on a real server: caller left,
+what the caller heard right, time-aligned across the bot and human phases.
+
+The flow asks for consent (``record: consent``): its notice plays first, then a bot prompt of
+beeps (3 kHz), then the agent node. The caller (``tests/support/rtpcaller.py``) sends 440 Hz
+bursts every 500 ms from start to end; the agent (aiortc) sends 1 kHz bursts. In the file:
+
+* nothing before the notice has ended (the caller heard speech there; the right channel
+  starts silent until the beeps);
+* the left channel has every caller burst after that; the right channel the beeps, then the
+  agent's bursts;
+* each channel keeps one offset to the caller's own clock through the whole call (the
+  hand-over from bot to agent moves neither by more than 20 ms), and the two channels'
+  offsets differ by no more than the path they cannot see (≤ 20 ms + the measured uplink).
+
+With ``record: off`` the same call writes no audio file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import statistics
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from hitl_sip.media.ice import install_host_filter
+from hitl_sip.testing.agent import TestAgent
+from hitl_sip.testing.analysis import rms_dbfs
+from hitl_sip.testing.bursts import CYCLE, agent_source, caller_source, onsets
+from tests.integration.test_agents import PASSWORD, add_agent
+from tests.support.audio import recording_channels
+from tests.support.rtpcaller import RtpCaller
+from tests.support.server import Server, running_server
+
+FLOW = """
+name: recorded
+start: beeps
+record: {mode}
+{consent}
+nodes:
+  beeps:
+    type: say
+    audio: {beeps}
+    barge_in: false
+    next: agent
+  agent:
+    type: agent
+    fallback: bye
+  bye:
+    type: hangup
+"""
+BEEP_HZ = 3000
+ALIGN_BOUND = 0.02
+
+
+def beeps_wav(path: Path) -> Path:
+    """Three 200 ms beeps, 600 ms apart, at 8 kHz."""
+    rate = 8000
+    t = np.arange(int(0.2 * rate)) / rate
+    beep = (np.sin(2 * math.pi * BEEP_HZ * t) * 0.3 * 32767).astype("<i2")
+    gap = np.zeros(int(0.6 * rate), dtype="<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(np.concatenate([gap, beep, gap, beep, gap, beep, gap]).tobytes())
+    return path
+
+
+def recorded_server(home: Path, mode: str) -> Any:
+    consent = 'consent: "This call is recorded for quality."' if mode == "consent" else ""
+    flow = home / "flow.yaml"
+    flow.write_text(FLOW.format(mode=mode, consent=consent, beeps=beeps_wav(home / "beeps.wav")))
+    return running_server(home, extra={
+        "bot": {"flow": str(flow)},
+        "routing": {"queue_timeout": 60},
+        "webrtc": {"codecs": ["pcmu"], "host_addresses": ["127.0.0.1"]},
+    })
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    install_host_filter(["127.0.0.1"])
+    with recorded_server(tmp_path_factory.mktemp("recorded"), "consent") as server:
+        add_agent(server.data_dir, "alice")
+        yield server
+
+
+async def bot_then_agent(srv: Server, human_seconds: float = 3.0) -> tuple[RtpCaller,
+                                                                        TestAgent, str]:
+    """A call through the beeps to alice; both sides talking in bursts; the caller hangs up."""
+    agent = TestAgent(srv.http_url, "alice", PASSWORD, source=agent_source, codecs=("pcmu",))
+    await agent.connect()
+    caller = RtpCaller(srv.sip_port())
+    try:
+        await asyncio.to_thread(caller.call, 10)
+        caller.start_media(caller_source)
+        offer = await agent.answer_next_call(limit=30, delay=3.0)  # after the beeps
+        await agent.wait("call_connected", limit=15)
+        await asyncio.sleep(human_seconds)  # bursts both ways
+        await asyncio.to_thread(caller.hangup)
+        await agent.wait("call_ended", limit=10)
+    finally:
+        await agent.close()
+        await asyncio.to_thread(caller.close)
+    return caller, agent, str(offer["callId"])
+
+
+def frames_of(pcm: bytes, rate: int) -> list[tuple[float, bytes]]:
+    """A channel as (time in the file, 20 ms frame)."""
+    size = rate // 50 * 2
+    return [(i / size * 0.02, pcm[i:i + size]) for i in range(0, len(pcm) - size + 1, size)]
+
+
+def tone_onsets(frames: list[tuple[float, bytes]], freq: float, rate: int) -> list[float]:
+    """Onsets (as :func:`onsets`) of frames whose energy is mostly ``freq``."""
+    def share(pcm: bytes) -> float:
+        x = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+        spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x)))) ** 2
+        bins = np.fft.rfftfreq(len(x), 1 / rate)
+        total = float(spectrum[1:].sum()) or 1.0
+        return float(spectrum[(bins > freq - 100) & (bins < freq + 100)].sum()) / total
+    tonal = [(t, pcm if share(pcm) > 0.5 else bytes(len(pcm))) for t, pcm in frames]
+    return onsets(tonal)[0]
+
+
+def offsets(file_onsets: list[float], clock: list[float], anchor: float) -> list[float]:
+    """For each onset in the file (time ``t``), the matching event on the caller's clock
+    (the nearest to ``anchor + t``, within 200 ms) minus ``t``."""
+    out = []
+    for t in file_onsets:
+        nearest = min(clock, key=lambda c: abs(c - (anchor + t)))
+        if abs(nearest - (anchor + t)) < 0.2:
+            out.append(nearest - t)
+    return out
+
+
+def test_both_sides_recorded_aligned_after_the_consent_notice(srv: Server) -> None:
+    caller, _, call_id = asyncio.run(bot_then_agent(srv))
+    path = srv.data_dir / "recordings" / f"{call_id}.wav"
+    srv.wait_for(lambda: any(r["callId"] == call_id for r in srv.call_records()), 15,
+                 what="the call record")
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    rate, left, right = recording_channels(path)
+    assert rate == 8000
+    lframes, rframes = frames_of(left, rate), frames_of(right, rate)
+
+    # the caller's clock: packets it sent (bursts) and what it heard (arrival times)
+    heard = [(p.arrival, p.pcm) for p in sorted(caller.received, key=lambda p: p.arrival)
+             if p.pcm]
+    sent_bursts = [t for n, t in caller.sent if n % CYCLE == 0]
+    heard_beeps = tone_onsets(heard, BEEP_HZ, rate)
+    heard_agent = tone_onsets(heard, 1000, rate)
+    assert len(heard_beeps) == 3 and len(heard_agent) >= 4, (
+        heard_beeps, heard_agent, len(heard), [round(rms_dbfs(p)) for _, p in heard[::25]])
+
+    # consent: the caller heard speech before the beeps; the file starts after it
+    before_beeps = [pcm for at, pcm in heard if at < heard_beeps[0] - 0.3]
+    assert max(rms_dbfs(pcm) for pcm in before_beeps) > -30, "no consent notice heard"
+    file_beeps = tone_onsets(rframes, BEEP_HZ, rate)
+    assert len(file_beeps) == 3, file_beeps
+    assert max(rms_dbfs(pcm) for t, pcm in rframes if t < file_beeps[0] - 0.05) < -45
+    recorded_from = heard_beeps[0] - file_beeps[0]  # the caller's clock at file time 0
+    first_heard = heard[0][0]
+    assert recorded_from - first_heard > 1.0, "the recording began before the notice ended"
+
+    # right: the beeps, then the agent's bursts, on one clock
+    file_agent = tone_onsets(rframes, 1000, rate)
+    assert len(file_agent) >= 4 and file_agent[0] > file_beeps[-1]
+    bot_phase = offsets(file_beeps, heard_beeps, recorded_from)
+    human_phase = offsets(file_agent, heard_agent, recorded_from)
+    assert len(bot_phase) == 3 and len(human_phase) >= 4
+    right_drift = abs(statistics.median(bot_phase) - statistics.median(human_phase))
+
+    # left: every caller burst after the notice, on one clock through the hand-over
+    file_caller = tone_onsets(lframes, 440, rate)
+    left_off = offsets(file_caller, sent_bursts, recorded_from)
+    assert len(left_off) >= len(file_caller) - 1 >= 8, (file_caller, left_off)
+    handover = file_agent[0]
+    left_bot = [o for o, t in zip(left_off, file_caller, strict=False) if t < handover]
+    left_human = [o for o, t in zip(left_off, file_caller, strict=False) if t >= handover]
+    left_drift = abs(statistics.median(left_bot) - statistics.median(left_human))
+    # the two channels: the caller's own timeline (what it said vs what it heard) is kept
+    # up to the trunk's uplink (its RTP and pjmedia's jitter buffer), which the file
+    # cannot see
+    between = statistics.median(human_phase) - statistics.median(left_off)
+    print(f"recording alignment: right channel drift across the hand-over "
+          f"{right_drift * 1000:.1f} ms, left {left_drift * 1000:.1f} ms; "
+          f"left vs right {between * 1000:.1f} ms")
+    assert right_drift <= ALIGN_BOUND and left_drift <= ALIGN_BOUND
+    assert abs(between) <= ALIGN_BOUND, between
+    assert max(left_off) - min(left_off) <= ALIGN_BOUND, left_off
+    assert max(human_phase) - min(human_phase) <= ALIGN_BOUND, human_phase
+
+
+def test_record_off_writes_no_audio(tmp_path: Path) -> None:
+    install_host_filter(["127.0.0.1"])
+    with recorded_server(tmp_path, "off") as srv:
+        add_agent(srv.data_dir, "alice")
+        _, _, call_id = asyncio.run(bot_then_agent(srv, human_seconds=1.0))
+        srv.wait_for(lambda: any(r["callId"] == call_id for r in srv.call_records()), 15,
+                     what="the call record")
+        assert [p.name for p in (srv.data_dir / "recordings").iterdir()
+                if p.suffix != ".json"] == []
+        record = next(r for r in srv.call_records() if r["callId"] == call_id)
+        assert {"type": "recording", "mode": "off"}.items() <= next(
+            e for e in record["events"] if e["type"] == "recording").items()
