@@ -24,6 +24,7 @@ from dataclasses import field, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic.dataclasses import dataclass
@@ -330,6 +331,23 @@ class ClusterConfig:
     secret: _Str = ""
 
 
+SUMMARY_ENGINES = ("embedded", "openai")
+
+
+@dataclass(frozen=True, config=_SECTION)
+class SummaryConfig:
+    """The agent briefing on ``incoming_call`` (hitl_sip/hub/summary.py)."""
+
+    # "embedded": extractive, offline; "openai": any OpenAI-compatible chat-completions
+    # endpoint, with the embedded summary as the fallback
+    engine: _Str = "embedded"
+    url: _Str = ""  # the API base: POST {url}/chat/completions (e.g. https://api.openai.com/v1)
+    model: _Str = ""
+    api_key: _Str = ""  # sent only as "Authorization: Bearer"; prefer HITL_SIP_SUMMARY_API_KEY
+    budget: _Float = 0.3  # seconds after the handoff the first ring may wait for the endpoint
+    timeout: _Float = 5.0  # the endpoint's whole request, seconds (late: serves later rings)
+
+
 @dataclass(frozen=True, config=_SECTION)
 class LogConfig:
     level: _Str = "info"
@@ -350,6 +368,7 @@ class Config:
     alive5: Alive5Config = field(default_factory=Alive5Config)
     front: FrontConfig = field(default_factory=FrontConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    summary: SummaryConfig = field(default_factory=SummaryConfig)
     data_dir: _Str = "data"
     profiles_dir: _Str = str(PROJECT_ROOT / "sip_profiles")
     # days recordings, call records and local threads are kept (swept hourly by the hub)
@@ -377,6 +396,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "alive5": Alive5Config,
     "front": FrontConfig,
     "cluster": ClusterConfig,
+    "summary": SummaryConfig,
 }
 _TOP_LEVEL = ("data_dir", "profiles_dir", "retention_days")
 # Environment names read when the HITL_SIP_* form of their key is not set.
@@ -471,6 +491,7 @@ class _Layers(BaseSettings):
     alive5: Alive5Config = Field(default_factory=Alive5Config)
     front: FrontConfig = Field(default_factory=FrontConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    summary: SummaryConfig = Field(default_factory=SummaryConfig)
     data_dir: _Str = Config.data_dir
     profiles_dir: _Str = Config.profiles_dir
     retention_days: _Int = Config.retention_days
@@ -648,6 +669,7 @@ def validate(config: Config) -> None:
         raise ConfigError("alive5.ack_timeout", "expected 0.5..120 seconds")
     if not 0.5 <= a5.max_backoff <= 600:
         raise ConfigError("alive5.max_backoff", "expected 0.5..600 seconds")
+    _validate_summary(config.summary)
     _validate_front(config)
     url = config.cluster.redis_url
     if url and not url.startswith(("redis://", "rediss://", "unix://")):
@@ -716,6 +738,30 @@ def _validate_front(config: Config) -> None:
     if f.worker_rtp_port_end - f.worker_rtp_port_start + 1 < 8 * config.worker.count:
         raise ConfigError("front.worker_rtp_port_end",
                           "expected at least 8 ports per worker above front.worker_rtp_port_start")
+
+
+def _validate_summary(s: SummaryConfig) -> None:
+    """The messages never quote the URL or the key (either may carry a secret)."""
+    if s.engine not in SUMMARY_ENGINES:
+        raise ConfigError("summary.engine", f"expected one of {', '.join(SUMMARY_ENGINES)}")
+    if s.url:
+        parts = urlsplit(s.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError("summary.url", "expected an http(s) URL, the API base "
+                              "(e.g. https://api.openai.com/v1)")
+        if parts.username or parts.password or parts.query or parts.fragment:
+            raise ConfigError("summary.url", "expected a plain API base without credentials, "
+                              "query or fragment (the key goes in summary.api_key)")
+    if s.engine == "openai":
+        if not s.url:
+            raise ConfigError("summary.url", "summary.engine = openai needs the endpoint's "
+                              "API base (e.g. https://api.openai.com/v1)")
+        if not s.model:
+            raise ConfigError("summary.model", "summary.engine = openai needs a model name")
+    if not 0 <= s.budget <= 10:
+        raise ConfigError("summary.budget", "expected 0..10 seconds")
+    if not 0.1 <= s.timeout <= 120:
+        raise ConfigError("summary.timeout", "expected 0.1..120 seconds")
 
 
 def _validate_tls(config: Config) -> None:

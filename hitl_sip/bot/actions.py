@@ -78,12 +78,16 @@ class Handoff:
     ``no match at menu`` (retries exhausted), ``queue timeout at agent``, ``resumed at
     agent``, or ``flow`` (reached without a caller choice). Never caller speech or digits
     beyond the flow's own branch values.
+
+    ``answers``: the ``store_as`` answers so far, for the agent briefing — digits collected
+    at a node that does not say ``safe_digits`` are left out (like ``[pressed •]``).
     """
 
     queue: str | None
     skill: str | None
     reason: str
     node_id: str
+    answers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,8 @@ class FlowRunner:
         self._retries_used = 0
         self._digits = ""
         self._reason = "flow"
+        # store_as answers an agent may read (Handoff.answers): not a number typed in
+        self._answers: dict[str, str] = {}
 
     @property
     def state(self) -> RunnerState:
@@ -171,15 +173,20 @@ class FlowRunner:
         digits, self._digits = self._digits, ""
         for branch in node.branches:
             if digits and branch.dtmf == digits:
-                return self._take(node, branch, digits, f"dtmf '{digits}'")
+                return self._take(node, branch, digits, f"dtmf '{digits}'", typed=True)
             if branch.any_input:
-                return self._take(node, branch, digits, "any input")
+                return self._take(node, branch, digits, "any input", typed=True)
         return self._retry(node, node.no_match, "no match")
 
-    def _take(self, node: AskNode, branch: Branch, answer: str, why: str) -> list[Action]:
+    def _take(self, node: AskNode, branch: Branch, answer: str, why: str, *,
+              typed: bool = False) -> list[Action]:
         self._log.debug("flow %s: node %s matched %s", self.flow.name, node.id, why)
         if node.store_as is not None:
             self._variables[node.store_as] = answer
+            if typed and not node.safe_digits:
+                self._answers.pop(node.store_as, None)
+            else:
+                self._answers[node.store_as] = answer
         self._reason = f"{why} at {node.id}"
         return self._run(branch.next)
 
@@ -240,7 +247,8 @@ class FlowRunner:
                     )
                     actions.append(
                         Handoff(
-                            queue=node.queue, skill=node.skill, reason=self._reason, node_id=node.id
+                            queue=node.queue, skill=node.skill, reason=self._reason,
+                            node_id=node.id, answers=tuple(self._answers.items()),
                         )
                     )
                     self._state = RunnerState.HANDED_OFF

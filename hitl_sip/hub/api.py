@@ -9,6 +9,7 @@ which see all and alone trigger a handoff.
 from __future__ import annotations
 
 import hmac
+import re
 from dataclasses import dataclass
 from typing import Annotated, TypeVar
 
@@ -133,8 +134,37 @@ async def handoff(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
+RECORDING_TYPES = {".wav": "audio/wav", ".flac": "audio/flac", ".ogg": "audio/ogg"}
+CALL_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+async def get_recording(request: web.Request) -> web.StreamResponse:
+    """``GET /api/recordings/{callId}`` (supervisor, admin or an API key): the call's
+    two-channel recording, streamed (hitl_sip.worker.recorder)."""
+    who = await reader(request)
+    if who is None:
+        return error("unauthorized", "an agent token or an API key is required", 401)
+    if not who.sees_all:
+        return error("forbidden", "recordings are for supervisors and admins", 403)
+    call_id = request.match_info["call_id"]
+    if not CALL_ID.fullmatch(call_id):
+        return error("bad_request", "callId: letters, digits, '_' or '-'", 400)
+    hub = request.app[HUB]
+    folder = hub.config.resolve_path(hub.config.data_dir) / "recordings"
+    path = next((folder / f"{call_id}{ext}" for ext in RECORDING_TYPES
+                 if (folder / f"{call_id}{ext}").is_file()), None)
+    if path is None:
+        return error("not_found", f"no recording of call {call_id}", 404)
+    if who.agent_id:
+        audit("recording_read", agent=who.agent_id, call=call_id)
+    return web.FileResponse(path, headers={
+        "Content-Type": RECORDING_TYPES[path.suffix], "Cache-Control": "no-store",
+        "Content-Disposition": f'inline; filename="{call_id}{path.suffix}"'})
+
+
 def setup_api(app: web.Application, hub: Hub) -> None:
     app[HUB] = hub
     app.router.add_get("/api/calls", list_calls)
     app.router.add_get("/api/threads/{thread_id}", get_thread)
     app.router.add_post("/api/calls/{call_id}/handoff", handoff)
+    app.router.add_get("/api/recordings/{call_id}", get_recording)

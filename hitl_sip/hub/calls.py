@@ -4,11 +4,14 @@ owning hub) reported and changed only through the hub's handlers."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import JsonValue
 
 from hitl_sip.protocol.worker import Caller, CallState, CallSummary, TranscriptLine
+
+if TYPE_CHECKING:
+    from hitl_sip.hub.summary import BriefingSlot
 
 
 @dataclass
@@ -16,6 +19,7 @@ class Handoff:
     queue: str | None = None
     skill: str | None = None
     reason: str = ""
+    answers: dict[str, str] = field(default_factory=dict)  # the flow's store_as answers
 
 
 @dataclass
@@ -38,6 +42,8 @@ class CallRecord:
     # what was said while agents held it (a transfer's target gets it with the call)
     human_transcript: list[TranscriptLine] = field(default_factory=list)
     handoff: Handoff | None = None
+    # the agent briefing, from the handoff on (hitl_sip.hub.summary)
+    summary: BriefingSlot | None = field(default=None, repr=False)
 
     @classmethod
     def from_summary(cls, summary: CallSummary, worker_id: str, *,

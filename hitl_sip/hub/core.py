@@ -28,6 +28,7 @@ from hitl_sip.hub.cluster import HEARTBEAT, Cluster, RedisError
 from hitl_sip.hub.registry import WorkerRegistry
 from hitl_sip.hub.retention import sweep_forever
 from hitl_sip.hub.sessions import audit
+from hitl_sip.hub.summary import Summaries, config_secrets
 from hitl_sip.hub.threads import ThreadStore, Turn, WrapUpRecord
 from hitl_sip.hub.tokens import parse_secret
 from hitl_sip.protocol.cluster import Accepted, HubEvent, replicated
@@ -107,6 +108,18 @@ class Hub:
         self.task_restarts = restart_counter(m)
         self.outbox = (Outbox(store, config.alive5, restarts=self.task_restarts)
                        if config.alive5.url else None)
+        self.briefings = briefings = m.counter(
+            "hitl_sip_hub_briefings_total",
+            "Agent briefings by the source the call was first offered with (llm, embedded)",
+            ["source"])
+        self.briefing_failures = briefing_failures = m.counter(
+            "hitl_sip_hub_briefing_failures_total",
+            "Summary endpoint requests that gave no summary (the embedded one stood), by "
+            "reason: timeout, http, network, malformed", ["reason"])
+        self.summaries = Summaries(
+            config.summary, secrets=config_secrets(config),
+            on_first_ring=lambda b: briefings.inc(source=b.source.value),
+            on_failure=lambda reason: briefing_failures.inc(reason=reason))
 
     async def start(self) -> None:
         """Join the cluster (when ``cluster.redis_url`` is set); resume alive5 delivery of
@@ -210,6 +223,7 @@ class Hub:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.summaries.aclose()
 
     async def wrap_up(self, wrapup: WrapUpRecord) -> None:
         """Store the agent's wrap-up with the call; alive5 gets it as CRM data."""
@@ -312,6 +326,7 @@ class Hub:
                 await self._publish("call_started", data)
             case CallEndedMsg():
                 self._cancel_queue_timer(typed.call_id)
+                self._drop_summary(typed.call_id)
                 await self._end_thread(typed)
                 self.registry.handle(worker_id, typed)
                 await self._publish("call_ended", data)
@@ -353,6 +368,7 @@ class Hub:
                 calls[call_id].state = message.state
             case CallEndedMsg():
                 await self._publish(message.type, data)
+                self._drop_summary(call_id)
                 calls.pop(call_id, None)
                 return
             case _:
@@ -493,12 +509,20 @@ class Hub:
             self._cancel_queue_timer(m.call_id)
         await self._publish("session_state", data)
 
-    @staticmethod
-    def _queued(call: CallRecord, handoff: HandoffRequested) -> None:
+    def _queued(self, call: CallRecord, handoff: HandoffRequested) -> None:
         call.state = CallState.QUEUED
         call.queued_at = time.monotonic()
-        call.handoff = Handoff(handoff.queue, handoff.skill, handoff.reason)
+        call.handoff = Handoff(handoff.queue, handoff.skill, handoff.reason,
+                               dict(handoff.answers))
         call.bot_transcript = list(handoff.transcript)
+        # the agent briefing starts now; the first ring waits for it summary.budget at most
+        self.summaries.start(call)
+
+    def _drop_summary(self, call_id: str) -> None:
+        """The call is over: its summary request, if still under way, is not needed."""
+        call = self.registry.calls.get(call_id)
+        if call is not None and call.summary is not None:
+            call.summary.cancel()
 
     async def _on_handoff(self, typed: HandoffRequested, data: dict[str, Any]) -> None:
         call_id = typed.call_id

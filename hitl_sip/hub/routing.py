@@ -39,7 +39,7 @@ from hitl_sip.protocol.agent import (
     refuse,
 )
 from hitl_sip.protocol.cluster import Accepted
-from hitl_sip.protocol.worker import AgentJoined, AgentLeft
+from hitl_sip.protocol.worker import AgentJoined, AgentLeft, CallState
 
 if TYPE_CHECKING:
     from hitl_sip.hub.core import Hub as HubLike
@@ -198,6 +198,8 @@ class Router:
             ring_timeout_sec=self.ring_timeout,
             bot_transcript=call.bot_transcript,
             metadata=call.metadata,
+            # the best briefing now: the endpoint's once it answered, else the embedded one
+            summary=call.summary.best if call.summary is not None else None,
         )
 
     async def _ring(self, offer: Offer, agent: AgentPresence) -> None:
@@ -241,10 +243,25 @@ class Router:
             await self._ring(offer, candidates[0])
 
     async def offer(self, call_id: str) -> None:
+        call = self.hub.registry.calls.get(call_id)
+        # the first ring waits for the agent briefing, summary.budget after the handoff at
+        # most (hitl_sip.hub.summary); the call may have moved on meanwhile
+        if call is not None and call.summary is not None and (
+                await call.summary.settle(call_id)) and (
+                self.hub.registry.calls.get(call_id) is not call
+                or call.state is not CallState.QUEUED):
+            return
         offer = self.offers.setdefault(call_id, Offer(call_id))
         offer.accepted_by = None
         offer.offered = set(offer.ringing)  # a re-queued call may ring everyone again
         await self._advance(offer)
+
+    async def _offer_briefed(self, call_id: str) -> None:
+        """:meth:`offer` in a task of its own (its failure logged like a listener's)."""
+        try:
+            await self.offer(call_id)
+        except Exception:
+            log.exception("[call %s] the call was not offered", call_id)
 
     async def _offer_waiting(self, agent: AgentPresence) -> None:
         for offer in list(self.offers.values()):
@@ -427,7 +444,12 @@ class Router:
     async def _on_call_event(self, event: str, data: dict[str, Any]) -> None:
         call_id = str(data.get("callId", ""))
         if event == "handoff_requested":
-            await self.offer(call_id)
+            call = self.hub.registry.calls.get(call_id)
+            if call is not None and call.summary is not None and call.summary.pending:
+                # the ring waits for the briefing; the hub's other events do not
+                self._spawn(self._offer_briefed(call_id))
+            else:
+                await self.offer(call_id)
         elif event == "peer_lost":
             offer = self.offers.get(call_id)
             if offer is not None and offer.accepted_by is not None:

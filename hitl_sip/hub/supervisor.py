@@ -12,7 +12,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from hitl_sip.config import Config
+from hitl_sip.config import Config, env_key
 from hitl_sip.hub.registry import WorkerRegistry
 from hitl_sip.hub.tokens import load_or_create_secret, parse_secret
 
@@ -78,7 +78,11 @@ class Supervisor:
 
     async def _spawn(self, slot: _Slot) -> asyncio.subprocess.Process:
         env = dict(os.environ)
-        env["HITL_SIP_WORKER_CONFIG"] = json.dumps(self.config.to_dict())
+        worker_config = self.config.to_dict()
+        # the summary endpoint's key is the hub's alone (workers never call it)
+        worker_config["summary"]["api_key"] = ""
+        env.pop(env_key("summary.api_key"), None)
+        env["HITL_SIP_WORKER_CONFIG"] = json.dumps(worker_config)
         env["HITL_SIP_WORKER_TOKEN"] = self.token
         if self.digest_secret is not None:
             # In the child's environment, like the hub-link token: /proc/<pid>/environ is

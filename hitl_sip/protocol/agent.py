@@ -248,6 +248,23 @@ class TransferInfo(Event):
     note: str
 
 
+class SummarySource(StrEnum):
+    """Who wrote an agent briefing: the configured chat-completions endpoint, or the
+    embedded extractive engine (offline, and the fallback when the endpoint is slow or
+    fails)."""
+
+    LLM = "llm"
+    EMBEDDED = "embedded"
+
+
+class Briefing(Event):
+    """The agent briefing on ``incoming_call`` (issue 17): a few sentences on who is
+    calling, what they want and what the bot already tried."""
+
+    text: str
+    source: SummarySource
+
+
 class IncomingCall(Event):
     event: ClassVar[str] = "incoming_call"
     call_id: str
@@ -262,6 +279,8 @@ class IncomingCall(Event):
     # §6: a transfer's target also gets what the agents said so far (null / [] otherwise)
     transfer: TransferInfo | None = None
     human_transcript: list[TranscriptLine] = Field(default_factory=list)
+    # extension: the agent briefing (hitl_sip.hub.summary); null when none was made
+    summary: Briefing | None = None
 
 
 class CallCancelled(Event):

@@ -219,6 +219,9 @@ class HandoffRequested(Reliable):
     skill: Short | None = None
     reason: Short = ""
     at: Short
+    # the flow's ``store_as`` answers so far (the agent briefing); digits typed at a node
+    # that does not say ``safe_digits`` are never among them
+    answers: dict[Short, Short] = Field(default_factory=dict, max_length=64)
 
 
 class CallerSaid(Reliable):

@@ -197,6 +197,7 @@ class RtpCaller:
         self.ended_by_server = False
         self.ended_at: float | None = None  # our BYE answered, or the server's BYE arrived
         self.media_error: BaseException | None = None
+        self.receive_error: OSError | None = None  # the receiver stopped on it
 
         self._wire = SipWire(sip_port, "udp", HOST, caller=caller, service=service)
         self._rtp, self._rtcp = _bind_rtp_pair()
@@ -569,7 +570,9 @@ class RtpCaller:
                 data = self._rtp.recv(65535)
             except TimeoutError:
                 continue
-            except OSError:
+            except OSError as e:
+                if not self._stop.is_set():
+                    self.receive_error = e
                 return
             arrival = time.monotonic()
             try:

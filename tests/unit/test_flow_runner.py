@@ -81,8 +81,9 @@ MENU_LISTEN = Listen(5.0, 1, "menu")
 TO_AGENT = Say("Please hold.", None, False, "agent")
 
 
-def handoff(reason: str) -> Handoff:
-    return Handoff(queue="sales", skill="billing", reason=reason, node_id="agent")
+def handoff(reason: str, *answers: tuple[str, str]) -> Handoff:
+    return Handoff(queue="sales", skill="billing", reason=reason, node_id="agent",
+                   answers=answers)
 
 
 def started(variables: dict[str, str] | None = None) -> FlowRunner:
@@ -122,7 +123,7 @@ def test_a_keyword_matches_as_a_whole_word_in_any_case_and_punctuation() -> None
 
     assert runner.speech("I'd like an AGENT, please!") == [
         TO_AGENT,
-        handoff("keyword 'agent' at menu"),
+        handoff("keyword 'agent' at menu", ("choice", "I'd like an AGENT, please!")),
     ]
 
 
@@ -130,7 +131,7 @@ def test_a_multi_word_keyword_matches_across_punctuation() -> None:
     runner = started()
 
     assert runner.speech("Customer... service?")[-1] == handoff(
-        "keyword 'customer service' at menu"
+        "keyword 'customer service' at menu", ("choice", "Customer... service?")
     )
 
 
@@ -162,7 +163,53 @@ def test_the_first_matching_branch_wins_in_file_order() -> None:
     runner = started()
 
     # "agent" (branch 2) and "my bill" (branch 3) both match
-    assert runner.speech("my bill agent")[-1] == handoff("keyword 'agent' at menu")
+    assert runner.speech("my bill agent")[-1] == handoff("keyword 'agent' at menu",
+                                                         ("choice", "my bill agent"))
+
+
+def test_the_handoff_carries_spoken_answers_never_digits_typed_at_a_node_not_safe() -> None:
+    flow = parse_flow("""\
+name: answers
+start: why
+nodes:
+  why:
+    type: ask
+    prompt: "Why do you call?"
+    branches: [{any: true, next: account}]
+    fail: account
+    store_as: reason
+  account:
+    type: ask
+    prompt: "Your account number?"
+    dtmf_max: 4
+    branches: [{any: true, next: tier}]
+    fail: tier
+    store_as: account
+  tier:
+    type: ask
+    prompt: "Press 1 for home, 2 for business."
+    safe_digits: true
+    branches: [{any: true, next: agent}]
+    fail: agent
+    store_as: tier
+  agent: {type: agent, fallback: bye}
+  bye: {type: hangup}
+""")
+    runner = FlowRunner(flow, {})
+    runner.start()
+    runner.speech("my router is broken")
+    for digit in "4711":
+        runner.dtmf(digit)
+    handed = runner.dtmf("2")[-1]
+    assert runner.variables["account"] == "4711"  # the flow may use it
+    assert isinstance(handed, Handoff)
+    assert handed.answers == (("reason", "my router is broken"), ("tier", "2"))
+    runner = started()
+    runner.speech("my bill")
+    assert runner.dtmf("0")[-1] == handoff("dtmf '0' at menu")  # a typed choice replaces it
+    runner = started()
+    runner.speech("my bill")
+    assert runner.speech("agent")[-1] == handoff("keyword 'agent' at menu", ("choice", "agent"))
 
 
 def test_a_branch_with_several_matchers_matches_on_any_of_them() -> None:

@@ -20,6 +20,7 @@ from hitl_sip.hub.agents import Agent
 from hitl_sip.hub.botns import BotNamespace
 from hitl_sip.hub.calls import CallRecord
 from hitl_sip.hub.sessions import Session
+from hitl_sip.hub.summary import Summaries
 from hitl_sip.hub.tokens import TokenClaims
 from hitl_sip.metrics import Registry
 from hitl_sip.protocol import agent as a
@@ -79,7 +80,8 @@ EVENTS: list[SocketModel] = [
                    received_at="x", ring_timeout_sec=20.0, bot_transcript=[], metadata={},
                    transfer=a.TransferInfo(from_agent_id="alice", from_name="Alice",
                                            mode=a.TransferMode.COLD, note="VIP"),
-                   human_transcript=[TranscriptLine(role=Role.AGENT, text="Hi", at="x")]),
+                   human_transcript=[TranscriptLine(role=Role.AGENT, text="Hi", at="x")],
+                   summary=a.Briefing(text="Ann wants a refund.", source=a.SummarySource.LLM)),
     b.CallStarted(call_id="c1", thread_id="t1", caller=CALLER, called=None, metadata={}),
     b.CallerSaid(call_id="c1", text="agent please", final=True, at="x"),
     b.Dtmf(call_id="c1", digits="0"),
@@ -116,7 +118,8 @@ def test_event_and_field_names_are_those_of_the_protocol() -> None:
         ("agent_state", ["agentId", "name", "status", "activeCallId", "role"]),  # §6: role
         ("incoming_call", ["callId", "threadId", "caller", "called", "trunk", "receivedAt",
                            "ringTimeoutSec", "botTranscript", "metadata",
-                           "transfer", "humanTranscript"]),  # §6: a transfer's
+                           "transfer", "humanTranscript",  # §6: a transfer's
+                           "summary"]),  # an extension: the agent briefing (issue 17)
         ("call_cancelled", ["callId", "reason"]),
         ("webrtc_candidate", ["callId", "candidate", "sdpMid", "sdpMLineIndex"]),
         ("call_connected", ["callId", "at"]),
@@ -130,6 +133,8 @@ def test_event_and_field_names_are_those_of_the_protocol() -> None:
         "agentId", "queue", "number"]
     assert [f.alias for f in a.TransferInfo.model_fields.values()] == [
         "fromAgentId", "fromName", "mode", "note"]
+    assert [f.alias for f in a.Briefing.model_fields.values()] == ["text", "source"]
+    assert [s.value for s in a.SummarySource] == ["llm", "embedded"]
     assert wire_names(b.REQUESTS) == [("say", ["callId", "text"]),
                                       ("handoff", ["callId", "reason", "context"]),
                                       ("hangup", ["callId"])]
@@ -381,6 +386,8 @@ class Rig:
             called="+1556", received_at="2026-12-04T20:00:00Z", state=CallState.QUEUED,
             metadata={"X-Twilio-CallSid": "CA1"},
             bot_transcript=[TranscriptLine(role=Role.CALLER, text="agent", at="x")])
+        # the hub starts the agent briefing at the handoff (the embedded engine here)
+        Summaries(self.hub.config.summary).start(self.hub.registry.calls[call_id])
         await self.hub.publish("handoff_requested", {"callId": call_id})
 
     async def ask(self, event: str, payload: Any, sid: str = "sid-alice") -> Any:
@@ -409,7 +416,9 @@ async def test_the_agent_gets_exactly_the_shapes_the_dashboard_reads(rig: Rig) -
         '"called": "+1556", "trunk": null, "receivedAt": "2026-12-04T20:00:00Z", '
         '"ringTimeoutSec": 20.0, "botTranscript": [{"role": "caller", "text": "agent", '
         '"at": "x"}], "metadata": {"X-Twilio-CallSid": "CA1"}, "transfer": null, '
-        '"humanTranscript": []}']
+        '"humanTranscript": [], "summary": {"text": "+1555 is calling; they gave the bot no '
+        'reason. The bot handed the call over when its flow reached the agent step.", '
+        '"source": "embedded"}}']
     assert await rig.ask("accept_call", {"callId": "c1"}) == {"ok": True}
     await rig.hub.publish("interim", {"type": "interim", "callId": "c1", "threadId": "t1",
                                       "role": "caller", "text": "hel", "at": "x", "seq": 2})

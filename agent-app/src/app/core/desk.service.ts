@@ -6,6 +6,7 @@ import {
   Ack,
   AgentState,
   BotTurn,
+  Briefing,
   CancelReason,
   Caller,
   IncomingCall,
@@ -54,6 +55,8 @@ export interface ActiveCall {
   /** A transferred call: what the agents before us said (§6), and who handed it over. */
   humanTranscript: TranscriptLine[];
   transfer: TransferInfo | null;
+  /** The briefing the call rang with (null after a reload: the hub sends it only then). */
+  summary: Briefing | null;
   acceptedAt: number;
   connectedAt: number | null;
   endedAt: number | null;
@@ -112,6 +115,7 @@ function newCall(
     botTranscript: BotTurn[];
     humanTranscript?: TranscriptLine[];
     transfer?: TransferInfo | null;
+    summary?: Briefing | null;
   },
 ): ActiveCall {
   const now = Date.now();
@@ -123,6 +127,7 @@ function newCall(
     botTranscript: from.botTranscript,
     humanTranscript: from.humanTranscript ?? [],
     transfer: from.transfer ?? null,
+    summary: from.summary ?? null,
     acceptedAt: now,
     connectedAt: null,
     endedAt: null,

@@ -35,6 +35,18 @@ describe('protocol parsing', () => {
     expect(parseTranscript({ callId: 'c', text: 'x', role: 'supervisor' })?.role).toBe('supervisor');
   });
 
+  it('reads the agent briefing: text and source, null when absent or empty', () => {
+    const summary = { text: 'Ada wants a refund; the bot could not help.', source: 'llm' };
+    expect(parseIncoming({ callId: 'c1', summary })?.summary).toEqual(summary);
+    expect(parseIncoming({ callId: 'c1', summary: { text: 'x', source: 'oracle' } })?.summary).toEqual({
+      text: 'x', source: 'embedded',
+    });
+    expect(parseIncoming({ callId: 'c1', summary: null })?.summary).toBeNull();
+    expect(parseIncoming({ callId: 'c1', summary: { text: '  ', source: 'llm' } })?.summary).toBeNull();
+    expect(parseIncoming({ callId: 'c1', summary: 'text' })?.summary).toBeNull();
+    expect(parseIncoming({ callId: 'c1' })?.summary).toBeNull();
+  });
+
   it('reads board, desk options and call_monitored defensively', () => {
     const board = parseBoard({
       calls: [{ callId: 'c1', state: 'human', waitingSec: 'x', monitors: [{ agentId: 's1', mode: 'listen' }] }, { callId: 5 }],

@@ -42,6 +42,15 @@ export interface TransferInfo {
   note: string;
 }
 
+/** Who wrote a briefing: the configured LLM endpoint, or the hub's extractive engine. */
+export type SummarySource = 'llm' | 'embedded';
+
+/** Extension: the agent briefing on `incoming_call` — who calls, why, what the bot tried. */
+export interface Briefing {
+  text: string;
+  source: SummarySource;
+}
+
 export interface IncomingCall {
   callId: string;
   threadId: string;
@@ -54,6 +63,8 @@ export interface IncomingCall {
   metadata: Record<string, unknown>;
   transfer: TransferInfo | null;
   humanTranscript: TranscriptLine[];
+  /** null when the hub made none (an older hub, a call it did not see handed off). */
+  summary: Briefing | null;
 }
 
 export type CancelReason = 'answered_elsewhere' | 'caller_hangup' | 'ring_timeout' | 'declined';
@@ -202,6 +213,11 @@ function parseTransferInfo(v: unknown): TransferInfo | null {
   };
 }
 
+export function parseBriefing(v: unknown): Briefing | null {
+  if (!isObject(v) || typeof v['text'] !== 'string' || !v['text'].trim()) return null;
+  return { text: v['text'], source: v['source'] === 'llm' ? 'llm' : 'embedded' };
+}
+
 function parseLines(v: unknown): TranscriptLine[] {
   if (!Array.isArray(v)) return [];
   const lines: TranscriptLine[] = [];
@@ -236,6 +252,7 @@ export function parseIncoming(v: unknown): IncomingCall | null {
     metadata: isObject(v['metadata']) ? v['metadata'] : {},
     transfer: parseTransferInfo(v['transfer']),
     humanTranscript: parseLines(v['humanTranscript']),
+    summary: parseBriefing(v['summary']),
   };
 }
 

@@ -133,6 +133,7 @@ export const INCOMING = {
   metadata: {},
   transfer: null,
   humanTranscript: [],
+  summary: null,
 };
 
 /** A `board` as the hub sends it (§6): one call with Alice, one waiting. */

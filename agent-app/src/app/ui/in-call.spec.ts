@@ -62,4 +62,32 @@ describe('InCall', () => {
     vi.useRealTimers();
     desk.stop();
   });
+
+  it('keeps the briefing the call rang with above the transcript', async () => {
+    const socket = new FakeSocket();
+    TestBed.configureTestingModule({
+      providers: [
+        { provide: SOCKET_FACTORY, useValue: () => socket },
+        { provide: MediaService, useValue: new FakeMedia() },
+        { provide: RingerService, useValue: new FakeRinger() },
+      ],
+    });
+    const desk = TestBed.inject(DeskService);
+    desk.start('tok');
+    socket.open();
+    const summary = { text: 'Ada wants to move her delivery; the bot could not help.', source: 'embedded' };
+    socket.serverEmit('incoming_call', { ...INCOMING, summary });
+    socket.replies.set('webrtc_offer', () => ({ ok: true, sdp: 'v=0 a' }));
+    await desk.accept('c1');
+    const fixture = TestBed.createComponent(InCall);
+    await fixture.whenStable();
+    const el: HTMLElement = fixture.nativeElement;
+    const shown = el.querySelector('[data-testid="summary"]') as HTMLElement;
+    expect(shown.dataset['source']).toBe('embedded');
+    expect(shown.querySelector('[data-testid="summary-text"]')?.textContent).toContain('move her delivery');
+    expect(shown.querySelector('[data-testid="summary-source"]')?.textContent?.trim()).toBe('From the bot transcript');
+    const transcript = el.querySelector('#transcript-title') as HTMLElement;
+    expect(shown.compareDocumentPosition(transcript) & Node.DOCUMENT_POSITION_FOLLOWING).toBeTruthy();
+    desk.stop();
+  });
 });

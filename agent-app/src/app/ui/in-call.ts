@@ -10,6 +10,7 @@ import {
 import { DeskService, endReasonText } from '../core/desk.service';
 import { MonitorMode } from '../core/protocol';
 import { TransferService } from '../core/transfer.service';
+import { BriefingCard } from './briefing';
 import { LevelMeter } from './level-meter';
 import { TransferDialog } from './transfer-dialog';
 import { WrapUp } from './wrap-up';
@@ -33,7 +34,7 @@ const PEER_TEXT: Record<string, string> = {
 
 @Component({
   selector: 'app-in-call',
-  imports: [LevelMeter, TransferDialog, WrapUp],
+  imports: [BriefingCard, LevelMeter, TransferDialog, WrapUp],
   changeDetection: ChangeDetectionStrategy.OnPush,
   template: `
     @if (desk.call(); as call) {
@@ -113,6 +114,9 @@ const PEER_TEXT: Record<string, string> = {
             <button type="button" data-testid="dismiss-ended" (click)="desk.dismissEnded()">Close</button>
           </div>
           <app-wrap-up [callId]="call.callId" />
+        }
+        @if (call.summary; as s) {
+          <app-briefing [summary]="s" />
         }
         <h3 id="transcript-title">Live transcript</h3>
         <ol class="transcript" aria-labelledby="transcript-title" aria-live="polite" #transcript>

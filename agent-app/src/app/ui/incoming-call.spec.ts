@@ -52,6 +52,31 @@ describe('IncomingCallCard', () => {
     expect(human).toEqual(['Agent let me get billing', 'Caller ok thanks']);
   });
 
+  it('shows the briefing above the bot transcript, with its source as a label', async () => {
+    const fixture = TestBed.createComponent(IncomingCallCard);
+    fixture.componentRef.setInput('offer', {
+      ...INCOMING,
+      ringsUntil: Date.now() + 5000,
+      summary: { text: 'Ada (+14155550100) wants a refund; the bot could not help.', source: 'llm' },
+    });
+    fixture.componentRef.setInput('now', Date.now());
+    await fixture.whenStable();
+    const el: HTMLElement = fixture.nativeElement;
+    const summary = el.querySelector('[data-testid="summary"]') as HTMLElement;
+    expect(summary.dataset['source']).toBe('llm');
+    expect(summary.querySelector('[data-testid="summary-text"]')?.textContent).toContain('wants a refund');
+    expect(summary.querySelector('[data-testid="summary-source"]')?.textContent?.trim()).toBe('AI summary');
+    const transcript = el.querySelector('[data-testid="incoming-bot-transcript"]') as HTMLElement;
+    expect(summary.compareDocumentPosition(transcript) & Node.DOCUMENT_POSITION_FOLLOWING).toBeTruthy();
+    fixture.componentRef.setInput('offer', {
+      ...INCOMING,
+      ringsUntil: Date.now() + 5000,
+      summary: { text: 'Ada is calling about a refund.', source: 'embedded' },
+    });
+    await fixture.whenStable();
+    expect(el.querySelector('[data-testid="summary-source"]')?.textContent?.trim()).toBe('From the bot transcript');
+  });
+
   it('an ordinary call shows no transfer information', async () => {
     const fixture = TestBed.createComponent(IncomingCallCard);
     fixture.componentRef.setInput('offer', { ...INCOMING, ringsUntil: Date.now() + 5000 });
@@ -60,5 +85,6 @@ describe('IncomingCallCard', () => {
     const el: HTMLElement = fixture.nativeElement;
     expect(el.querySelector('[data-testid="transfer-info"]')).toBeNull();
     expect(el.querySelector('[data-testid="incoming-human-transcript"]')).toBeNull();
+    expect(el.querySelector('[data-testid="summary"]')).toBeNull(); // none: nothing shown
   });
 });

@@ -1,9 +1,11 @@
 import { ChangeDetectionStrategy, Component, computed, input, output } from '@angular/core';
 import { Offer } from '../core/desk.service';
+import { BriefingCard } from './briefing';
 import { roleLabel } from './format';
 
 @Component({
   selector: 'app-incoming-call',
+  imports: [BriefingCard],
   changeDetection: ChangeDetectionStrategy.OnPush,
   template: `
     <article class="card incoming" data-testid="incoming-call" [attr.data-call-id]="offer().callId"
@@ -33,6 +35,9 @@ import { roleLabel } from './format';
             <p class="transfer-note" data-testid="transfer-info-note"><span class="who">Note</span>{{ t.note }}</p>
           }
         </div>
+      }
+      @if (offer().summary; as s) {
+        <app-briefing [summary]="s" />
       }
       <section aria-label="What the bot learned">
         <h3>Bot conversation</h3>
