@@ -18,7 +18,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from hitl_sip.protocol.agent import Board, BoardAgent, BoardCall, BoardMonitor
+from hitl_sip.protocol.agent import (
+    Board,
+    BoardAgent,
+    BoardCall,
+    BoardMonitor,
+    call_quality_now,
+)
 from hitl_sip.protocol.worker import CallState
 
 if TYPE_CHECKING:
@@ -53,7 +59,8 @@ class BoardFeed:
                 waiting_sec=(round(now - c.queued_at, 1) if c.state is CallState.QUEUED
                              and c.queued_at is not None else None),
                 queue=c.handoff.queue if c.handoff else None,
-                monitors=self.monitors(c.call_id))
+                monitors=self.monitors(c.call_id),
+                quality=call_quality_now(c.quality))
             for c in self.hub.registry.calls.values() if c.state is not CallState.ENDED]
         agents = [BoardAgent(**a.model().model_dump())
                   for a in self.router.agents.values() if a.sids]

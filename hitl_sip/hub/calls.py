@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import JsonValue
 
-from hitl_sip.protocol.worker import Caller, CallState, CallSummary, TranscriptLine
+from hitl_sip.protocol.worker import Caller, CallState, CallSummary, LegQuality, TranscriptLine
 
 if TYPE_CHECKING:
     from hitl_sip.hub.summary import BriefingSlot
@@ -41,6 +41,7 @@ class CallRecord:
     bot_transcript: list[TranscriptLine] = field(default_factory=list)
     # what was said while agents held it (a transfer's target gets it with the call)
     human_transcript: list[TranscriptLine] = field(default_factory=list)
+    quality: list[LegQuality] = field(default_factory=list)  # its worker's latest figures
     handoff: Handoff | None = None
     # the agent briefing, from the handoff on (hitl_sip.hub.summary)
     summary: BriefingSlot | None = field(default=None, repr=False)

@@ -46,6 +46,7 @@ from hitl_sip.protocol.worker import (
     Interim,
     LegMedia,
     PeerLost,
+    Quality,
     QueueTimeout,
     Reply,
     SessionStateMsg,
@@ -315,6 +316,11 @@ class Hub:
             case (CallerSaid() | DtmfMsg() | CallConnected() | PeerLost() | Interim()
                   | Whispered() | LegMedia()):
                 await self._publish(typed.type, data)
+            case Quality():
+                call = self.registry.calls.get(typed.call_id)
+                if call is not None:
+                    call.quality = list(typed.legs)
+                    await self._publish("quality", data)
             case CallStarted():
                 if self.outbox is not None:
                     headers, caller = typed.metadata, typed.caller

@@ -29,12 +29,14 @@ from hitl_sip.protocol.agent import (
     CallCancelled,
     CallConnected,
     CallEnded,
+    CallQuality,
     CancelReason,
     EndedBy,
     ErrorCode,
     Event,
     IncomingCall,
     Transcript,
+    call_quality_now,
     ok,
     refuse,
 )
@@ -462,6 +464,19 @@ class Router:
                 if timer is not None:  # the agent's media came back within the grace
                     timer.cancel()
                 await self._to_agent(agent, CallConnected(call_id=call_id, at=data["at"]))
+        elif event == "quality":
+            call = self.hub.registry.calls.get(call_id)
+            now = call_quality_now(call.quality) if call is not None else None
+            offer = self.offers.get(call_id)
+            ids = [offer.accepted_by] if offer and offer.accepted_by else []
+            if self.supervision is not None:
+                ids += self.supervision.listeners(call_id)
+            if now is not None:
+                quality = CallQuality(call_id=call_id, mos=now.mos, legs=now.legs)
+                for agent_id in ids:
+                    agent = self.agents.get(agent_id)
+                    if agent is not None:
+                        await self._to_agent(agent, quality)
         elif event in ("turn", "interim"):
             offer = self.offers.get(call_id)
             ids = [offer.accepted_by] if offer and offer.accepted_by else []

@@ -38,6 +38,7 @@ from hitl_sip.protocol.worker import (
     MAX_SDP,
     Caller,
     Id,
+    LegQuality,
     LegRole,
     Role,
     Short,
@@ -330,6 +331,38 @@ class BoardSubscribe(Request):
     event: ClassVar[str] = "board_subscribe"
 
 
+class QualityLeg(Event):
+    leg: str  # caller | agent | a supervisor's or transfer target's leg
+    loss_pct: float
+    late_pct: float
+    jitter_ms: float
+    mos: float
+
+
+class CallQualityNow(Event):
+    """A live call's quality; ``mos`` is its worst leg's (1.0 … 4.5)."""
+
+    mos: float
+    legs: list[QualityLeg]
+
+
+def call_quality_now(legs: list[LegQuality]) -> CallQualityNow | None:
+    """A worker's quality figures as the dashboard reads them (None before the first)."""
+    if not legs:
+        return None
+    return CallQualityNow(mos=min(leg.mos for leg in legs), legs=[
+        QualityLeg(leg=leg.leg, loss_pct=leg.loss_pct, late_pct=leg.late_pct,
+                   jitter_ms=leg.jitter_ms, mos=leg.mos) for leg in legs])
+
+
+class CallQuality(CallQualityNow):
+    """Extension (issue 17): about every 2 s of a call, to the agent holding it and the
+    supervisors on it."""
+
+    event: ClassVar[str] = "call_quality"
+    call_id: str
+
+
 class BoardMonitor(Event):
     agent_id: str
     mode: str  # listen | whisper | barge
@@ -352,6 +385,7 @@ class BoardCall(Event):
     queue: str | None = None  # extension: the queue the flow's agent node named
     # extension: the supervisors on the call and their modes
     monitors: list[BoardMonitor] = Field(default_factory=list)
+    quality: CallQualityNow | None = None  # extension: its latest call_quality
 
 
 class BoardAgent(Event):
@@ -517,7 +551,7 @@ REQUESTS: tuple[type[Request], ...] = (SetStatus, AcceptCall, DeclineCall, Webrt
                                        MonitorStop, TransferCall, DeskOptions)
 EVENTS: tuple[type[Event], ...] = (AgentState, IncomingCall, CallCancelled, ServerCandidate,
                                    CallConnected, Transcript, CallEnded, Board, Monitored,
-                                   TransferFailed, TransferJoined)
+                                   TransferFailed, TransferJoined, CallQuality)
 
 
 # -- the edge -------------------------------------------------------------------------------

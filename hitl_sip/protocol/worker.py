@@ -198,6 +198,25 @@ class Whispered(Words):
     type: Literal["whispered"] = "whispered"
 
 
+class LegQuality(Msg):
+    """One leg's audio as the server received it over the last interval."""
+
+    leg: Short  # "caller", "agent", or an extra leg's name
+    loss_pct: float = Field(ge=0, le=100)
+    late_pct: float = Field(ge=0, le=100)
+    jitter_ms: float = Field(ge=0, le=60_000)
+    mos: float = Field(ge=1, le=5)
+
+
+class Quality(Msg):
+    """Every few seconds of a live call: each leg's quality (hitl_sip.media.quality); not
+    kept for a lost hub link — the next one replaces it."""
+
+    type: Literal["quality"] = "quality"
+    call_id: Id
+    legs: list[LegQuality] = Field(max_length=16)
+
+
 class LegMedia(Reliable):
     """An extra leg's audio started or stopped flowing; ``primary`` when the leg has just
     become the call's agent (a transfer completed: the previous agent's leg is closed)."""
@@ -274,7 +293,7 @@ class Reply(Reliable):
 WorkerMessage = Annotated[
     Hello | Status | CallStarted | CallEndedMsg | CallRejectedMsg | RegistrationMsg
     | SessionStateMsg | TurnMsg | Interim | HandoffRequested | CallerSaid | DtmfMsg
-    | CallConnected | PeerLost | CallHoldMsg | Reply | Whispered | LegMedia,
+    | CallConnected | PeerLost | CallHoldMsg | Reply | Whispered | LegMedia | Quality,
     Field(discriminator="type"),
 ]
 

@@ -155,7 +155,7 @@ class TestAgent:
         self.hearing = asyncio.Event()  # the first frame of the server's audio arrived
         for event in ("agent_state", "incoming_call", "call_cancelled", "call_ended",
                       "call_connected", "transcript", "webrtc_candidate", "call_monitored",
-                      "transfer_failed", "board"):
+                      "transfer_failed", "board", "call_quality"):
             self.sio.on(event, self._recorder(event), namespace="/agent")
 
     def _recorder(self, event: str) -> Callable[[Any], Any]:

@@ -49,6 +49,16 @@ class WorkerMetrics:
             "Times the worker's event loop was blocked for more than 5 s (the log has stacks)",
         )
         self.draining = r.gauge("hitl_sip_worker_draining", "1 while the worker drains")
+        # per call and leg, at its end: the mean of its quality intervals (issue 17)
+        self.call_mos = r.histogram(
+            "hitl_sip_call_mos", "Estimated MOS of each call's legs (mean over the call)",
+            ["leg"], buckets=(1.0, 2.0, 2.5, 3.0, 3.5, 3.8, 4.0, 4.2, 4.4))
+        self.call_loss = r.histogram(
+            "hitl_sip_call_loss_percent", "Packets lost on each call's legs, percent",
+            ["leg"], buckets=(0.1, 0.5, 1, 2, 5, 10, 20))
+        self.call_jitter = r.histogram(
+            "hitl_sip_call_jitter_ms", "Interarrival jitter of each call's legs, ms (mean)",
+            ["leg"], buckets=(1, 2, 5, 10, 20, 30, 50, 100))
         self.bridge_frames = r.counter(
             "hitl_sip_bridge_frames_total",
             "Agent bridge frames by kind (counted when a peer closes): to_agent_frames / "

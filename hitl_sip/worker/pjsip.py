@@ -98,6 +98,17 @@ def select_vector_reader() -> Callable[[Any], bytes]:
 # --- the PCM port ----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class TrunkLegStats:
+    """Cumulative figures of the caller's audio stream (pjmedia's RTCP and jitter buffer)."""
+
+    received: int
+    lost: int
+    late: int  # frames the jitter buffer discarded: too late to play
+    jitter_ms: float
+    delay_ms: float  # the jitter buffer's average delay
+
+
 @dataclass
 class PortTimings:
     """Recent callback durations in nanoseconds (bounded), for the benchmark."""
@@ -408,6 +419,27 @@ class PjStack:
         call = self._calls.get(call_id)
         if call is not None and call.port is not None:
             call.port.source_active = active
+
+    async def stream_stats(self, call_id: str) -> TrunkLegStats | None:
+        """What pjmedia measured of the caller's audio so far (None: no audio stream)."""
+        def do() -> TrunkLegStats | None:
+            call = self._calls.get(call_id)
+            if call is None or call.ended or call.port is None:
+                return None
+            info = call.getInfo()  # kept: its media vector dies with it
+            try:
+                index = next(i for i, mi in enumerate(info.media)
+                             if mi.type == pj.PJMEDIA_TYPE_AUDIO)
+                stat = call.getStreamStat(index)
+            except (StopIteration, pj.Error):
+                return None
+            rx, jb = stat.rtcp.rxStat, stat.jbuf
+            return TrunkLegStats(received=int(rx.pkt), lost=int(rx.loss),
+                                 late=int(jb.discard),
+                                 jitter_ms=float(rx.jitterUsec.last) / 1000.0,
+                                 delay_ms=float(jb.avgDelayMsec))
+
+        return await self.submit(do)
 
     def set_recorder(self, call_id: str, recorder: StereoRecorder | None) -> bool:
         """Record both sides of the call's port from its next tick (False: no port)."""

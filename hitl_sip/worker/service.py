@@ -23,9 +23,11 @@ from typing import Any
 from hitl_sip.bot.actions import Say
 from hitl_sip.bot.runner import FlowRunner
 from hitl_sip.config import PROJECT_ROOT, Config, uses_rtpengine, worker_transports
+from hitl_sip.errors import SipError
 from hitl_sip.log import call_logger, now_iso
 from hitl_sip.media.buffers import FrameBuffer
 from hitl_sip.media.ice import install_host_filter, rtc_configuration
+from hitl_sip.media.quality import LegMeter, LegQualityFigures
 from hitl_sip.media.wav import read_wav, resample
 from hitl_sip.protocol.worker import (
     AgentLeft,
@@ -41,9 +43,11 @@ from hitl_sip.protocol.worker import (
     HubCommand,
     Leg,
     LegMedia,
+    LegQuality,
     LegRole,
     Msg,
     PeerLost,
+    Quality,
     RegistrationMsg,
     Reply,
     Resume,
@@ -75,6 +79,15 @@ from hitl_sip.worker.session import MASKED, CallSession, SessionSettings
 
 log = logging.getLogger(__name__)
 
+QUALITY_INTERVAL = 2.0  # seconds between a call's quality reports
+
+
+def _leg(name: str, figures: LegQualityFigures | None) -> LegQuality | None:
+    if figures is None:
+        return None
+    return LegQuality(leg=name, loss_pct=figures.loss_pct, late_pct=figures.late_pct,
+                      jitter_ms=figures.jitter_ms, mos=figures.mos)
+
 
 @dataclass
 class CallRuntime:
@@ -94,6 +107,9 @@ class CallRuntime:
     legs: dict[str, AgentPeer] = field(default_factory=dict)
     leg_roles: dict[str, LegRole] = field(default_factory=dict)
     promote: str | None = None
+    # call quality (hitl_sip.media.quality): a meter per leg, and every interval's figures
+    meters: dict[str, LegMeter] = field(default_factory=dict)
+    quality: dict[str, list[LegQuality]] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     frames_received: int = 0
@@ -588,6 +604,7 @@ class WorkerService:
         call.session = self._new_session(call, ev.inbound, ev.outbound, self._count_frame(call))
         self._open_recording(call, call.session)
         call.tasks.append(self._spawn(call.session.start()))
+        call.tasks.append(self._spawn(self._measure_quality(call)))
 
     def _on_dtmf(self, ev: CallDtmf) -> None:
         call = self.calls.get(ev.call_id)
@@ -652,6 +669,7 @@ class WorkerService:
                 "framesSent": call.frames_sent,
                 "threadId": call.thread_id,
                 "bridge": call.bridge,
+                "quality": self._quality_record(call),
                 "responseLatencies": [
                     {"input": kind, "seconds": seconds}
                     for kind, seconds in (call.session.response_latencies if call.session else [])
@@ -666,6 +684,74 @@ class WorkerService:
             self._idle.set()
 
     # -- media tasks ----------------------------------------------------------------------
+
+    # -- call quality (hitl_sip.media.quality) ---------------------------------------------
+
+    async def _measure_quality(self, call: CallRuntime) -> None:
+        """Every QUALITY_INTERVAL: each leg's loss, late frames, jitter and MOS, to the hub
+        (the agent's badge, the board) and kept for the call record."""
+        while True:
+            await asyncio.sleep(QUALITY_INTERVAL)
+            legs = [q for q in [await self._trunk_quality(call),
+                                *[await self._peer_quality(call, name, peer)
+                                  for name, peer in [("agent", call.peer),
+                                                     *call.legs.items()]]] if q is not None]
+            if legs:
+                for q in legs:
+                    call.quality.setdefault(q.leg, []).append(q)
+                self._notify(Quality(call_id=call.call_id, legs=legs))
+
+    async def _trunk_quality(self, call: CallRuntime) -> LegQuality | None:
+        if self.stack is None:
+            return None
+        with contextlib.suppress(SipError):
+            stats = await self.stack.stream_stats(call.call_id)
+            if stats is not None:
+                meter = call.meters.setdefault("caller", LegMeter("pcmu"))
+                figures = meter.read(expected=stats.received + stats.lost, lost=stats.lost,
+                                     frames=stats.received, late=stats.late,
+                                     jitter_ms=stats.jitter_ms, delay_ms=stats.delay_ms)
+                return _leg("caller", figures)
+        return None
+
+    async def _peer_quality(self, call: CallRuntime, name: str,
+                            peer: AgentPeer | None) -> LegQuality | None:
+        """A WebRTC leg: aiortc's receiver figures; for the agent, its frames dropped on
+        the way to the caller count as late."""
+        if peer is None or not peer.codec:
+            return None
+        try:
+            report = await peer.pc.getStats()
+        except Exception:  # a peer closing under us
+            return None
+        inbound = [s for s in report.values() if getattr(s, "type", "") == "inbound-rtp"]
+        if not inbound:
+            return None
+        rx = inbound[0]
+        rate = 48000 if peer.codec == "opus" else 8000
+        received, lost = int(rx.packetsReceived), max(0, int(rx.packetsLost))
+        late = peer.stats.from_agent_dropped
+        if name == "agent" and call.session is not None:
+            late += call.session.agent_frames_dropped
+        meter = call.meters.setdefault(f"{name}:{id(peer)}", LegMeter(peer.codec))
+        figures = meter.read(expected=received + lost, lost=lost,
+                             frames=peer.stats.from_agent_frames + late, late=late,
+                             jitter_ms=1000.0 * int(rx.jitter) / rate)
+        return _leg(name, figures)
+
+    def _quality_record(self, call: CallRuntime) -> dict[str, dict[str, float]]:
+        """Per leg, the call's means (for the call record and the histograms)."""
+        out = {}
+        for leg, figures in call.quality.items():
+            n = len(figures)
+            out[leg] = {key: round(sum(getattr(f, key) for f in figures) / n, 2)
+                        for key in ("loss_pct", "late_pct", "jitter_ms", "mos")}
+            out[leg]["intervals"] = n
+            kind = leg if leg in ("caller", "agent") else "extra"
+            self.metrics.call_mos.observe(out[leg]["mos"], leg=kind)
+            self.metrics.call_loss.observe(out[leg]["loss_pct"], leg=kind)
+            self.metrics.call_jitter.observe(out[leg]["jitter_ms"], leg=kind)
+        return out
 
     @staticmethod
     def _count_frame(call: CallRuntime) -> Callable[[bytes], None]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import random
 import secrets
 import socket
 import threading
@@ -180,10 +181,20 @@ class RtpCaller:
         service: str = SERVICE_NUMBER,
         headers: dict[str, str] | None = None,
         payload_type: int = 0,
+        loss: float = 0.0,
+        jitter: float = 0.0,
+        seed: int = 1,
     ) -> None:
         if payload_type not in _ENCODERS:
             raise ValueError(f"payload_type must be 0 (PCMU) or 8 (PCMA), got {payload_type}")
         self.payload_type = payload_type
+        # a lossy line: each packet dropped with probability ``loss``; each sent up to
+        # 2 x ``jitter`` seconds after its slot (in order), so the RFC 3550 interarrival
+        # jitter the server measures is about ``jitter``
+        self.loss = loss
+        self.jitter = jitter
+        self._rng = random.Random(seed)
+        self.dropped = 0
         self.headers = dict(headers or {})
         self.received: list[RxPacket] = []
         self.sent: list[tuple[int, float]] = []
@@ -521,7 +532,8 @@ class RtpCaller:
         n = 0
         try:
             while not (self._media_stop.is_set() or self._stop.is_set()):
-                delay = anchor + n * FRAME_SECONDS - time.monotonic()
+                late = self._rng.uniform(0.0, 2 * self.jitter) if self.jitter else 0.0
+                delay = anchor + n * FRAME_SECONDS + late - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
                     if self._media_stop.is_set() or self._stop.is_set():
@@ -547,7 +559,10 @@ class RtpCaller:
                 remote = self.remote_rtp
                 assert remote is not None
                 sent_at = time.monotonic()
-                self._rtp.sendto(packet.serialize(), remote)
+                if self.loss and job is None and self._rng.random() < self.loss:
+                    self.dropped += 1  # lost on the way: never sent
+                else:
+                    self._rtp.sendto(packet.serialize(), remote)
                 self.sent.append((n, sent_at))
                 if job is not None and not job.payloads:
                     job.completed = True

@@ -43,6 +43,8 @@ EXAMPLES: list[w.Msg] = [
     w.Whispered(call_id="c1", thread_id="t1", role=w.Role.SUPERVISOR, text="ask for the id",
                 at="now", seq=4),
     w.LegMedia(call_id="c1", leg="sup-1", flowing=True, primary=False),
+    w.Quality(call_id="c1", legs=[w.LegQuality(leg="caller", loss_pct=4.8, late_pct=0.0,
+                                               jitter_ms=16.1, mos=3.84)]),
     w.HandoffRequested(call_id="c1", thread_id="t1", caller=CALLER, queue="default",
                        transcript=[w.TranscriptLine(role=w.Role.BOT, text="Hi", at="now")],
                        reason="dtmf '0' at menu", at="now"),

@@ -76,6 +76,8 @@ EVENTS: list[SocketModel] = [
     a.Monitored(call_id="c1", mode=a.MonitorMode.WHISPER, monitors=1),
     a.TransferFailed(call_id="c1", reason="no_answer"),
     a.TransferJoined(call_id="c1", agent_id="bob", name="Bob", mode=a.TransferMode.WARM),
+    a.CallQuality(call_id="c1", mos=3.84, legs=[a.QualityLeg(
+        leg="caller", loss_pct=4.8, late_pct=0.0, jitter_ms=16.1, mos=3.84)]),
     a.IncomingCall(call_id="c1", thread_id="t1", caller=CALLER, called=None, trunk=None,
                    received_at="x", ring_timeout_sec=20.0, bot_transcript=[], metadata={},
                    transfer=a.TransferInfo(from_agent_id="alice", from_name="Alice",
@@ -128,7 +130,8 @@ def test_event_and_field_names_are_those_of_the_protocol() -> None:
         ("board", ["calls", "agents"]),
         ("call_monitored", ["callId", "mode", "monitors"]),  # an extension
         ("transfer_failed", ["callId", "reason"]),
-        ("transfer_joined", ["callId", "agentId", "name", "mode"])]  # an extension
+        ("transfer_joined", ["callId", "agentId", "name", "mode"]),  # an extension
+        ("call_quality", ["mos", "legs", "callId"])]  # an extension (issue 17)
     assert [f.alias for f in a.TransferTarget.model_fields.values()] == [
         "agentId", "queue", "number"]
     assert [f.alias for f in a.TransferInfo.model_fields.values()] == [
@@ -586,7 +589,7 @@ async def test_the_board_is_for_supervisors_and_follows_every_change(rig: Rig) -
         ("c1", "queued", None)]
     assert set(ack["calls"][0]) == {
         "callId", "threadId", "state", "caller", "called", "trunk", "receivedAt", "workerId",
-        "agentId", "metadata", "waitingSec", "queue", "monitors"}
+        "agentId", "metadata", "waitingSec", "queue", "monitors", "quality"}
     assert sorted((g["agentId"], g["role"], g["status"]) for g in ack["agents"]) == [
         ("alice", "agent", "available"), ("sue", "supervisor", "available")]
     assert await rig.ask("accept_call", {"callId": "c1"}) == {"ok": True}
