@@ -72,6 +72,21 @@ export class AuthService {
     return response.json();
   }
 
+  /** `GET /api/recordings/{callId}` (supervisors and admins): the call's recording as a
+   * blob; an ApiError with the HTTP status (0: unreachable) when it cannot be had. */
+  async recording(callId: string): Promise<Blob> {
+    let response: Response;
+    try {
+      response = await fetch(`/api/recordings/${encodeURIComponent(callId)}`, {
+        headers: { Authorization: `Bearer ${this.token() ?? ''}` },
+      });
+    } catch {
+      throw new ApiError(0, 'The server cannot be reached.');
+    }
+    if (!response.ok) throw new ApiError(response.status, `Recording: HTTP ${response.status}`);
+    return response.blob();
+  }
+
   async call(callId: string): Promise<CallSummary | null> {
     const body = await this.get('/api/calls');
     const calls = isObject(body) && Array.isArray(body['calls']) ? body['calls'] : [];

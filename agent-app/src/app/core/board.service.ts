@@ -1,7 +1,19 @@
 import { Injectable, InjectionToken, computed, inject, signal } from '@angular/core';
 import { DeskService } from './desk.service';
 import { MediaProblem, MediaService } from './media.service';
-import { Board, MonitorMode, isObject, parseBoard } from './protocol';
+import { Board, BoardCall, MonitorMode, Quality, isObject, parseBoard, parseCallQuality } from './protocol';
+
+/** A call that left the board (or that the board lists as ended): its recording can be played. */
+export interface EndedCall {
+  call: BoardCall;
+  /** Date.now() when the board stopped showing it live. */
+  endedAt: number;
+  /** The last quality measured (null: none). */
+  quality: Quality | null;
+}
+
+/** How many ended calls the board keeps (this session, newest first). */
+export const MAX_ENDED = 20;
 
 /** The supervisor's monitoring audio: a peer connection of its own, apart from the one of
  * the supervisor's own call (a supervisor also takes calls). */
@@ -36,11 +48,21 @@ export class BoardService {
     (this.board()?.calls ?? []).filter((c) => c.state === 'queued' || c.state === 'ringing'),
   );
   readonly live = computed(() => (this.board()?.calls ?? []).filter((c) => c.state !== 'ended'));
+  /** Per call, the quality most recently heard: a board's `quality` or a `call_quality`. */
+  readonly qualities = signal<Record<string, Quality>>({});
+  /** Calls that have ended while the board was shown, newest first. */
+  readonly ended = signal<EndedCall[]>([]);
 
   private wanted = false;
 
   constructor() {
     this.desk.on('board', (p) => this.apply(p));
+    this.desk.on('call_quality', (p) => {
+      const q = parseCallQuality(p);
+      if (!q) return;
+      const { callId, ...quality } = q;
+      this.qualities.update((all) => ({ ...all, [callId]: quality }));
+    });
     this.desk.on('connect', () => {
       if (this.wanted) void this.fetch();
     });
@@ -71,10 +93,40 @@ export class BoardService {
   private apply(payload: unknown): void {
     const board = parseBoard(payload);
     if (!board) return;
+    this.track(board);
     this.board.set(board);
     this.receivedAt.set(Date.now());
     const m = this.monitoring();
     if (m && !board.calls.some((c) => c.callId === m.callId && c.state !== 'ended')) this.drop();
+  }
+
+  /** Before a new board replaces the last: the calls that left it (or it lists as ended)
+   * go to `ended`; the qualities follow the calls still on it. */
+  private track(board: Board): void {
+    const before = this.qualities();
+    const now = Date.now();
+    const live = new Set(board.calls.filter((c) => c.state !== 'ended').map((c) => c.callId));
+    const gone = [
+      ...(this.board()?.calls ?? []).filter((c) => c.state !== 'ended' && !live.has(c.callId)),
+      ...board.calls.filter((c) => c.state === 'ended'),
+    ];
+    if (this.ended().some((e) => live.has(e.call.callId))) {
+      this.ended.update((list) => list.filter((e) => !live.has(e.call.callId)));
+    }
+    if (gone.length) {
+      const known = new Set(this.ended().map((e) => e.call.callId));
+      const fresh = gone
+        .filter((c, i) => !known.has(c.callId) && gone.findIndex((g) => g.callId === c.callId) === i)
+        .map((c) => ({ call: c, endedAt: now, quality: c.quality ?? before[c.callId] ?? null }));
+      if (fresh.length) this.ended.update((list) => [...fresh, ...list].slice(0, MAX_ENDED));
+    }
+    const qualities: Record<string, Quality> = {};
+    for (const c of board.calls) {
+      if (!live.has(c.callId)) continue;
+      const q = c.quality ?? before[c.callId];
+      if (q) qualities[c.callId] = q;
+    }
+    this.qualities.set(qualities);
   }
 
   /** A Listen / Whisper / Barge button: the first joins the call, the next ones switch. */
@@ -150,6 +202,8 @@ export class BoardService {
   private reset(): void {
     this.wanted = false;
     this.board.set(null);
+    this.qualities.set({});
+    this.ended.set([]);
     this.pending.set(false);
     this.drop();
   }

@@ -11,11 +11,13 @@ import {
   Caller,
   IncomingCall,
   MonitorMode,
+  Quality,
   Role,
   TranscriptLine,
   TransferInfo,
   isObject,
   parseAgentState,
+  parseCallQuality,
   parseIncoming,
   parseMonitored,
   parseTranscript,
@@ -68,6 +70,8 @@ export interface ActiveCall {
   ended: { reason: string; by: string } | null;
   /** `call_monitored`: how a supervisor is on this call now (null: nobody). */
   monitor: MonitorMode | null;
+  /** The latest `call_quality` (null until the first; the last one stays after the end). */
+  quality: Quality | null;
 }
 
 export interface HistoryItem {
@@ -138,6 +142,7 @@ function newCall(
     interim: {},
     ended: null,
     monitor: null,
+    quality: null,
   };
 }
 
@@ -208,6 +213,7 @@ export class DeskService implements OnDestroy {
     socket.on('call_ended', (p: unknown) => this.onEnded(p));
     socket.on('webrtc_candidate', (p: unknown) => this.onServerCandidate(p));
     socket.on('call_monitored', (p: unknown) => this.onMonitored(p));
+    socket.on('call_quality', (p: unknown) => this.onQuality(p));
     for (const [event, listener] of this.listeners) socket.on(event, listener);
     this.ticker = setInterval(() => this.tick(), 250);
   }
@@ -514,6 +520,14 @@ export class DeskService implements OnDestroy {
     const m = parseMonitored(payload);
     if (!m) return;
     this.updateCall(m.callId, (c) => (c.state === 'ended' ? c : { ...c, monitor: m.mode }));
+  }
+
+  /** `call_quality` (issue 17): the badge shows the latest; late ones after the end are ignored. */
+  private onQuality(payload: unknown): void {
+    const q = parseCallQuality(payload);
+    if (!q) return;
+    const { callId, ...quality } = q;
+    this.updateCall(callId, (c) => (c.state === 'ended' ? c : { ...c, quality }));
   }
 
   private onTranscript(payload: unknown): void {

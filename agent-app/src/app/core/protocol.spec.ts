@@ -1,4 +1,13 @@
-import { parseAgentState, parseBoard, parseDeskOptions, parseIncoming, parseMonitored, parseTranscript } from './protocol';
+import {
+  parseAgentState,
+  parseBoard,
+  parseCallQuality,
+  parseDeskOptions,
+  parseIncoming,
+  parseMonitored,
+  parseQuality,
+  parseTranscript,
+} from './protocol';
 
 describe('protocol parsing', () => {
   it('fills defaults for missing incoming_call fields and drops bad transcript turns', () => {
@@ -61,5 +70,45 @@ describe('protocol parsing', () => {
     expect(parseMonitored({ callId: 'c', mode: 'whisper', monitors: 1 })).toEqual({ callId: 'c', mode: 'whisper', monitors: 1 });
     expect(parseMonitored({ callId: 'c', mode: null, monitors: 0 })?.mode).toBeNull();
     expect(parseMonitored({ mode: 'listen' })).toBeNull();
+  });
+
+  it('reads call quality defensively: clamps, drops bad legs, the lowest leg when no MOS', () => {
+    const caller = { leg: 'caller', lossPct: 5, latePct: 1.5, jitterMs: 30, mos: 3.4 };
+    const agent = { leg: 'agent', lossPct: 0, latePct: 0, jitterMs: 2, mos: 4.4 };
+    expect(parseQuality({ mos: 3.4, legs: [caller, agent] })).toEqual({ mos: 3.4, legs: [caller, agent] });
+    expect(parseQuality({ legs: [caller, agent] })?.mos).toBe(3.4);
+    const odd = parseQuality({
+      mos: 9,
+      legs: [
+        { leg: 'caller', lossPct: -3, latePct: 400, jitterMs: 'x', mos: 0.2 },
+        { leg: '', mos: 4 },
+        { leg: 'agent' },
+        { leg: 'sup-1', mos: Number.NaN },
+        'caller',
+      ],
+    });
+    expect(odd).toEqual({ mos: 4.5, legs: [{ leg: 'caller', lossPct: 0, latePct: 100, jitterMs: 0, mos: 1 }] });
+    expect(parseQuality(null)).toBeNull();
+    expect(parseQuality({ legs: [] })).toBeNull();
+    expect(parseQuality({ mos: '4.2', legs: [] })).toBeNull();
+    expect(parseQuality({ mos: 4.2 })).toEqual({ mos: 4.2, legs: [] });
+
+    expect(parseCallQuality({ callId: 'c1', mos: 4.1, legs: [agent] })).toEqual({ callId: 'c1', mos: 4.1, legs: [agent] });
+    expect(parseCallQuality({ mos: 4.1, legs: [] })).toBeNull();
+    expect(parseCallQuality({ callId: 'c1', legs: 'x' })).toBeNull();
+  });
+
+  it('reads a board call quality: null when absent or garbled', () => {
+    const board = parseBoard({
+      calls: [
+        { callId: 'c1', quality: { mos: 3.9, legs: [{ leg: 'caller', lossPct: 1, latePct: 0, jitterMs: 8, mos: 3.9 }] } },
+        { callId: 'c2', quality: null },
+        { callId: 'c3', quality: 'good' },
+        { callId: 'c4' },
+      ],
+      agents: [],
+    });
+    expect(board?.calls.map((c) => c.quality?.mos ?? null)).toEqual([3.9, null, null, null]);
+    expect(board?.calls[0].quality?.legs[0]).toEqual({ leg: 'caller', lossPct: 1, latePct: 0, jitterMs: 8, mos: 3.9 });
   });
 });

@@ -123,6 +123,8 @@ export interface BoardCall {
   /** Queued: seconds since the handoff when the board was sent; else null. */
   waitingSec: number | null;
   monitors: { agentId: string; mode: string }[];
+  /** Extension (issue 17): the call's measured quality; null until measured (or an older hub). */
+  quality: Quality | null;
 }
 
 export interface BoardAgent {
@@ -161,6 +163,29 @@ export interface CallSummary {
   caller: Caller;
   called: string;
   agentId: string | null;
+}
+
+/** One leg of a call as the media measures it (extension, issue 17 `call_quality`):
+ * `leg` is "caller", "agent" or a supervisor leg's id. */
+export interface LegQuality {
+  leg: string;
+  lossPct: number;
+  latePct: number;
+  jitterMs: number;
+  /** Estimated MOS (simplified ITU-T G.107 E-model), 1.0–4.5. */
+  mos: number;
+}
+
+/** A call's quality: `mos` is the lowest leg's. */
+export interface Quality {
+  mos: number;
+  legs: LegQuality[];
+}
+
+/** The `call_quality` event (about every 2 s): to the agent holding the call and the
+ * supervisors monitoring it. */
+export interface CallQuality extends Quality {
+  callId: string;
 }
 
 export interface ThreadTurn {
@@ -302,7 +327,46 @@ function parseBoardCall(v: Record<string, unknown>): BoardCall | null {
     monitors: (Array.isArray(v['monitors']) ? v['monitors'] : [])
       .filter(isObject)
       .map((m) => ({ agentId: str(m['agentId']), mode: str(m['mode']) })),
+    quality: parseQuality(v['quality']),
   };
+}
+
+function finite(v: unknown): number | null {
+  return typeof v === 'number' && Number.isFinite(v) ? v : null;
+}
+
+function clamp(v: number, lo: number, hi: number): number {
+  return Math.min(hi, Math.max(lo, v));
+}
+
+function parseLeg(v: unknown): LegQuality | null {
+  if (!isObject(v) || typeof v['leg'] !== 'string' || !v['leg']) return null;
+  const mos = finite(v['mos']);
+  if (mos === null) return null;
+  return {
+    leg: v['leg'],
+    lossPct: clamp(finite(v['lossPct']) ?? 0, 0, 100),
+    latePct: clamp(finite(v['latePct']) ?? 0, 0, 100),
+    jitterMs: Math.max(0, finite(v['jitterMs']) ?? 0),
+    mos: clamp(mos, 1, 4.5),
+  };
+}
+
+/** A call's `quality` (board calls, `call_quality`): legs without a name or a MOS are
+ * dropped; a missing overall MOS is the lowest leg's; null when there is no MOS at all. */
+export function parseQuality(v: unknown): Quality | null {
+  if (!isObject(v)) return null;
+  const legs = (Array.isArray(v['legs']) ? v['legs'] : []).flatMap((l) => parseLeg(l) ?? []);
+  const top = finite(v['mos']);
+  const mos = top ?? (legs.length ? Math.min(...legs.map((l) => l.mos)) : null);
+  return mos === null ? null : { mos: clamp(mos, 1, 4.5), legs };
+}
+
+/** The `call_quality` event: null when it names no call or carries no MOS. */
+export function parseCallQuality(v: unknown): CallQuality | null {
+  if (!isObject(v) || typeof v['callId'] !== 'string' || !v['callId']) return null;
+  const q = parseQuality(v);
+  return q ? { callId: v['callId'], ...q } : null;
 }
 
 /** The `board` event and the `board_subscribe` answer (§6): null when it is not a board. */

@@ -1,6 +1,7 @@
 import { TestBed } from '@angular/core/testing';
 import { BoardView } from './board';
 import { MONITOR_MEDIA } from '../core/board.service';
+import { AuthService } from '../core/auth.service';
 import { DeskService } from '../core/desk.service';
 import { MediaService } from '../core/media.service';
 import { RingerService } from '../core/ringer.service';
@@ -113,5 +114,82 @@ describe('BoardView', () => {
     await fixture.whenStable();
     expect(q('[data-testid="board-call-c1"]')).toBeNull();
     expect(q('[data-testid="board-calls"]')?.textContent).toContain('No live call');
+  });
+
+  const GOOD = { mos: 4.3, legs: [{ leg: 'caller', lossPct: 0.2, latePct: 0, jitterMs: 4, mos: 4.3 }] };
+  const POOR = { mos: 3.1, legs: [{ leg: 'caller', lossPct: 5, latePct: 2, jitterMs: 30, mos: 3.1 }] };
+
+  it('shows the MOS of each live call, from the board and from call_quality', async () => {
+    socket.replies.set('board_subscribe', () => ({
+      ok: true,
+      calls: [{ ...BOARD.calls[0], quality: GOOD }, { ...BOARD.calls[1], quality: null }],
+      agents: BOARD.agents,
+    }));
+    const { fixture, q } = await render();
+    const c1 = q('[data-testid="board-quality-c1"]')!;
+    expect(c1.dataset['mos']).toBe('4.3');
+    expect(c1.getAttribute('aria-label')).toBe('Call quality: good, MOS 4.3');
+    expect(c1.title).toContain('Caller: loss 0.2 %');
+    const c2 = q('[data-testid="board-quality-c2"]')!;
+    expect(c2.dataset['mos']).toBeUndefined();
+    expect(c2.textContent).toContain('—');
+    expect(c2.textContent).toContain('not measured');
+
+    socket.serverEmit('call_quality', { callId: 'c1', ...POOR });
+    await fixture.whenStable();
+    expect(q('[data-testid="board-quality-c1"]')?.dataset['mos']).toBe('3.1');
+    expect(q('[data-testid="board-quality-c1"]')?.dataset['level']).toBe('poor');
+
+    socket.serverEmit('board', { calls: [{ ...BOARD.calls[0], quality: { ...GOOD, mos: 4.1 } }, BOARD.calls[1]], agents: BOARD.agents });
+    await fixture.whenStable();
+    expect(q('[data-testid="board-quality-c1"]')?.dataset['mos']).toBe('4.1');
+    expect(q('[data-testid="board-quality-c2"]')?.dataset['mos']).toBeUndefined();
+  });
+
+  it('lists calls that ended with their last MOS and plays their recording', async () => {
+    const fetchMock = vi.fn(async () => ({ ok: true, status: 200, blob: async () => new Blob(['OggS']) }));
+    vi.stubGlobal('fetch', fetchMock);
+    const original = { create: URL.createObjectURL, revoke: URL.revokeObjectURL };
+    const revoked: string[] = [];
+    URL.createObjectURL = (() => 'blob:http://localhost/c1') as typeof URL.createObjectURL;
+    URL.revokeObjectURL = ((u: string) => void revoked.push(u)) as typeof URL.revokeObjectURL;
+    const play = vi.spyOn(HTMLMediaElement.prototype, 'play').mockImplementation(() => Promise.resolve());
+    TestBed.inject(AuthService).token.set('tok');
+    try {
+      socket.replies.set('board_subscribe', () => ({
+        ok: true, calls: [{ ...BOARD.calls[0], quality: POOR }, BOARD.calls[1]], agents: BOARD.agents,
+      }));
+      const { fixture, q } = await render();
+      expect(q('[data-testid="board-ended"]')?.textContent).toContain('No call has ended');
+      socket.serverEmit('board', { calls: [BOARD.calls[1]], agents: BOARD.agents });
+      await fixture.whenStable();
+      const ended = q('[data-testid="board-ended-c1"]')!;
+      expect(ended.textContent).toContain('+14155550100');
+      expect(ended.textContent).toContain('Alice');
+      expect(ended.textContent).toContain('Poor quality · MOS 3.1');
+      expect(q('[data-testid="board-ended-c2"]')).toBeNull();
+      expect(q('[data-testid="board-call-c1"]')).toBeNull();
+
+      // a board that lists an ended call keeps it out of the live calls, in the ended ones
+      socket.serverEmit('board', { calls: [{ ...BOARD.calls[1], state: 'ended' }], agents: BOARD.agents });
+      await fixture.whenStable();
+      expect(q('[data-testid="board-call-c2"]')).toBeNull();
+      expect(
+        [...fixture.nativeElement.querySelectorAll('[data-testid^="board-ended-c"]')].map((e: HTMLElement) => e.dataset['callId']),
+      ).toEqual(['c2', 'c1']);
+
+      (q('[data-testid="board-ended-c1"] [data-testid="recording-play-c1"]') as HTMLElement).click();
+      await vi.waitFor(() => expect(q('[data-testid="recording-audio-c1"]')).not.toBeNull());
+      expect(fetchMock).toHaveBeenCalledWith('/api/recordings/c1', { headers: { Authorization: 'Bearer tok' } });
+      expect(q('[data-testid="recording-audio-c1"]')?.getAttribute('src')).toBe('blob:http://localhost/c1');
+      desk.stop(); // signing out empties the board: the player goes, its URL is revoked
+      await fixture.whenStable();
+      expect(revoked).toEqual(['blob:http://localhost/c1']);
+    } finally {
+      URL.createObjectURL = original.create;
+      URL.revokeObjectURL = original.revoke;
+      play.mockRestore();
+      vi.unstubAllGlobals();
+    }
   });
 });

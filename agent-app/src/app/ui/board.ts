@@ -2,7 +2,10 @@ import { ChangeDetectionStrategy, Component, computed, inject } from '@angular/c
 import { BoardService } from '../core/board.service';
 import { DeskService } from '../core/desk.service';
 import { BoardCall, MONITOR_MODES, MonitorMode } from '../core/protocol';
+import { DatePipe } from '@angular/common';
 import { LevelMeter } from './level-meter';
+import { QualityBadge, mosText, qualityLevel } from './quality-badge';
+import { RecordingPlayer } from './recording-player';
 import { STATUS_TEXT, clock } from './format';
 
 const MODE_TEXT: Record<MonitorMode, string> = { listen: 'Listen', whisper: 'Whisper', barge: 'Barge' };
@@ -22,7 +25,7 @@ const STATE_TEXT: Record<string, string> = {
 /** The supervisors' view (PROTOCOL.md §6): waiting calls, agents, live calls, monitoring. */
 @Component({
   selector: 'app-board',
-  imports: [LevelMeter],
+  imports: [DatePipe, LevelMeter, QualityBadge, RecordingPlayer],
   changeDetection: ChangeDetectionStrategy.OnPush,
   template: `
     <section class="card board" data-testid="board" aria-labelledby="board-title">
@@ -71,7 +74,7 @@ const STATE_TEXT: Record<string, string> = {
         <table class="board-table" data-testid="board-calls" aria-labelledby="board-calls-title">
           <thead>
             <tr><th scope="col">Caller</th><th scope="col">State</th><th scope="col">Agent</th>
-                <th scope="col">Duration</th><th scope="col">Monitor</th></tr>
+                <th scope="col">Duration</th><th scope="col">Quality</th><th scope="col">Monitor</th></tr>
           </thead>
           <tbody>
             @for (c of board.live(); track c.callId) {
@@ -81,6 +84,14 @@ const STATE_TEXT: Record<string, string> = {
                   <span class="muted"> · {{ c.monitors.length }} supervising</span> }</td>
                 <td>{{ agentName(c.agentId) }}</td>
                 <td class="dur">{{ duration(c) }}</td>
+                <td>
+                  @if (board.qualities()[c.callId]; as q) {
+                    <app-quality-badge [quality]="q" [testid]="'board-quality-' + c.callId" />
+                  } @else {
+                    <span class="muted" [attr.data-testid]="'board-quality-' + c.callId">—<span class="sr-only">
+                      quality not measured</span></span>
+                  }
+                </td>
                 <td>
                   @if (c.state === 'human' && c.agentId !== me()) {
                     <div class="monitor-buttons" role="group" [attr.aria-label]="'Monitor the call from ' + who(c)">
@@ -97,10 +108,26 @@ const STATE_TEXT: Record<string, string> = {
                 </td>
               </tr>
             } @empty {
-              <tr><td colspan="5" class="muted">No live call.</td></tr>
+              <tr><td colspan="6" class="muted">No live call.</td></tr>
             }
           </tbody>
         </table>
+
+        <h3 id="board-ended-title">Recently ended</h3>
+        <ul class="board-list" data-testid="board-ended" aria-labelledby="board-ended-title">
+          @for (e of board.ended(); track e.call.callId) {
+            <li [attr.data-testid]="'board-ended-' + e.call.callId" [attr.data-call-id]="e.call.callId">
+              <strong>{{ e.call.caller.number || 'unknown number' }}</strong> {{ e.call.caller.name }}
+              <span class="muted">{{ e.call.agentId ? agentName(e.call.agentId) + ' · ' : '' }}ended {{ e.endedAt | date: 'HH:mm' }}</span>
+              @if (e.quality; as q) {
+                <span class="muted" [attr.data-mos]="q.mos">{{ qualityText(q.mos) }}</span>
+              }
+              <app-recording [callId]="e.call.callId" [who]="who(e.call)" />
+            </li>
+          } @empty {
+            <li class="muted">No call has ended since the board opened.</li>
+          }
+        </ul>
       }
     </section>
   `,
@@ -125,6 +152,12 @@ export class BoardView {
 
   protected stateText(state: string): string {
     return STATE_TEXT[state] ?? state;
+  }
+
+  /** An ended call's last quality: the word first, then the MOS. */
+  protected qualityText(mos: number): string {
+    const level = qualityLevel(mos);
+    return `${level[0].toUpperCase()}${level.slice(1)} quality · MOS ${mosText(mos)}`;
   }
 
   protected who(c: BoardCall): string {

@@ -2,10 +2,11 @@ import { ChangeDetectionStrategy, Component, inject } from '@angular/core';
 import { DatePipe } from '@angular/common';
 import { DeskService } from '../core/desk.service';
 import { clock } from './format';
+import { RecordingPlayer } from './recording-player';
 
 @Component({
   selector: 'app-history',
-  imports: [DatePipe],
+  imports: [DatePipe, RecordingPlayer],
   changeDetection: ChangeDetectionStrategy.OnPush,
   template: `
     <section class="card history" aria-labelledby="history-title">
@@ -20,6 +21,9 @@ import { clock } from './format';
               <span class="dur">{{ clock(h.seconds) }}</span>
             }
             <code class="thread" title="alive5 thread">{{ h.threadId }}</code>
+            @if (desk.supervises()) {
+              <app-recording [callId]="h.callId" [who]="h.caller.number || h.caller.name || 'an unknown number'" />
+            }
           </li>
         } @empty {
           <li class="muted">No calls yet.</li>

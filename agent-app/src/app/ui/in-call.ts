@@ -12,6 +12,7 @@ import { MonitorMode } from '../core/protocol';
 import { TransferService } from '../core/transfer.service';
 import { BriefingCard } from './briefing';
 import { LevelMeter } from './level-meter';
+import { QualityBadge } from './quality-badge';
 import { TransferDialog } from './transfer-dialog';
 import { WrapUp } from './wrap-up';
 import { clock, roleLabel } from './format';
@@ -34,7 +35,7 @@ const PEER_TEXT: Record<string, string> = {
 
 @Component({
   selector: 'app-in-call',
-  imports: [BriefingCard, LevelMeter, TransferDialog, WrapUp],
+  imports: [BriefingCard, LevelMeter, QualityBadge, TransferDialog, WrapUp],
   changeDetection: ChangeDetectionStrategy.OnPush,
   template: `
     @if (desk.call(); as call) {
@@ -47,6 +48,9 @@ const PEER_TEXT: Record<string, string> = {
           <span class="timer" data-testid="call-timer" [attr.data-seconds]="seconds()" aria-label="Call duration">
             {{ clockText() }}
           </span>
+          @if (call.quality; as q) {
+            <app-quality-badge [quality]="q" agentLabel="You" [announce]="call.state !== 'ended'" />
+          }
         </header>
         <div aria-live="polite">
           @if (call.monitor && call.state !== 'ended') {
