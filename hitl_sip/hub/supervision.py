@@ -443,6 +443,8 @@ class Supervision:
                 await self.router._to_agent(agent, CallCancelled(
                     call_id=call_id, reason=CancelReason.CALLER_HANGUP))
         if transfer.joined is not None:
+            if ended is None:  # the call lives on (back to the bot, or queued): close the leg
+                await self.hub.command(Leg(call_id=call_id, leg=transfer.joined, role=None))
             await self._release(transfer.joined, call_id, ended or "returned",
                                 EndedBy.CALLER if ended else EndedBy.SYSTEM)
         self.transfers.pop(call_id, None)

@@ -137,3 +137,16 @@ async def test_a_declined_transfer_fails_and_the_first_agent_keeps_the_call(rig:
     assert rig.agents.router.offers["c1"].accepted_by == "alice"
     assert not legs(rig)
     assert rig.agents.supervision.transfers_done.get(mode="warm", outcome="declined") == 1
+
+
+async def test_a_call_back_with_the_bot_closes_a_joined_target_s_leg(rig: Rig) -> None:
+    await held_by_alice(rig)
+    bob = await rig.agent("bob")
+    await rig.ask("transfer_call", {"callId": "c1", "to": {"agentId": "bob"}, "mode": "warm"})
+    await rig.ask("accept_call", {"callId": "c1"}, sid=bob)
+    await rig.hub.publish("session_state", {"type": "session_state", "callId": "c1",
+                                            "state": "bot"})
+    assert legs(rig) == [("bob", "agent", False), ("bob", None, False)]
+    assert [(e["reason"], e["by"]) for e in got(rig, "call_ended", bob)] == [
+        ("returned", "system")]
+    assert rig.agents.router.agents["bob"].active_call is None
