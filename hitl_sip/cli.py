@@ -36,6 +36,7 @@ from hitl_sip.front.rtpengine import RtpEngine, check_media_ranges, free_ng_port
 from hitl_sip.front.rtpengine import write_config as write_rtpengine_config
 from hitl_sip.hub.agents import AgentStore
 from hitl_sip.hub.app import create_app, create_internal_app
+from hitl_sip.hub.carrier import resolve_sip_uri
 from hitl_sip.hub.core import Hub
 from hitl_sip.hub.registry import WorkerRegistry
 from hitl_sip.hub.sessions import Sessions
@@ -241,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
             config = load_config(args.config, overrides=overrides)
             profile = load_profile(config.sip.profile, config.resolve_path(config.profiles_dir))
             check_media_ranges(config, profile)
+            config = resolve_sip_uri(config, profile)  # the carriers' webhooks dial it
             build_flow(config)
             data_dir = private_dir(config.resolve_path(config.data_dir))
             tls = None

@@ -39,6 +39,7 @@ from pydantic_settings import (
 
 from hitl_sip.errors import ConfigError
 from hitl_sip.hub.tokens import parse_secret
+from hitl_sip.sip.uri import SipUri
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 PROJECT_ROOT = PACKAGE_ROOT.parent
@@ -349,6 +350,22 @@ class SummaryConfig:
 
 
 @dataclass(frozen=True, config=_SECTION)
+class CarrierConfig:
+    """Voice webhooks for phone numbers on Twilio / Vonage (hitl_sip/hub/carrier.py). Each
+    carrier's routes exist only when its secret is set; the secrets stay in the hub."""
+
+    # the hub's base URL as the carrier calls it (behind a proxy: the public one), e.g.
+    # https://hub.example.com; Twilio signs the URL it calls, so its webhook needs it
+    public_url: _Str = ""
+    # our SIP URI the carrier dials (sip:host[:port][;transport=tcp], no user: the dialled
+    # number goes there); "" = sip:<profile [nat] public_address>:<sip.port>
+    sip_uri: _Str = ""
+    # out of the repr: a logged configuration never shows them
+    twilio_auth_token: _Str = field(default="", repr=False)  # HITL_SIP_CARRIER_TWILIO_AUTH_TOKEN
+    vonage_signature_secret: _Str = field(default="", repr=False)  # ..._VONAGE_SIGNATURE_SECRET
+
+
+@dataclass(frozen=True, config=_SECTION)
 class LogConfig:
     level: _Str = "info"
     sip_trace: _Bool = False
@@ -369,6 +386,7 @@ class Config:
     front: FrontConfig = field(default_factory=FrontConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     summary: SummaryConfig = field(default_factory=SummaryConfig)
+    carrier: CarrierConfig = field(default_factory=CarrierConfig)
     data_dir: _Str = "data"
     profiles_dir: _Str = str(PROJECT_ROOT / "sip_profiles")
     # days recordings, call records and local threads are kept (swept hourly by the hub)
@@ -397,6 +415,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "front": FrontConfig,
     "cluster": ClusterConfig,
     "summary": SummaryConfig,
+    "carrier": CarrierConfig,
 }
 _TOP_LEVEL = ("data_dir", "profiles_dir", "retention_days")
 # Environment names read when the HITL_SIP_* form of their key is not set.
@@ -492,6 +511,7 @@ class _Layers(BaseSettings):
     front: FrontConfig = Field(default_factory=FrontConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     summary: SummaryConfig = Field(default_factory=SummaryConfig)
+    carrier: CarrierConfig = Field(default_factory=CarrierConfig)
     data_dir: _Str = Config.data_dir
     profiles_dir: _Str = Config.profiles_dir
     retention_days: _Int = Config.retention_days
@@ -670,6 +690,7 @@ def validate(config: Config) -> None:
     if not 0.5 <= a5.max_backoff <= 600:
         raise ConfigError("alive5.max_backoff", "expected 0.5..600 seconds")
     _validate_summary(config.summary)
+    _validate_carrier(config.carrier)
     _validate_front(config)
     url = config.cluster.redis_url
     if url and not url.startswith(("redis://", "rediss://", "unix://")):
@@ -762,6 +783,41 @@ def _validate_summary(s: SummaryConfig) -> None:
         raise ConfigError("summary.budget", "expected 0..10 seconds")
     if not 0.1 <= s.timeout <= 120:
         raise ConfigError("summary.timeout", "expected 0.1..120 seconds")
+
+
+CARRIER_SECRET_MIN = 16
+SIP_URI_MAX = 255  # Twilio's limit for a <Sip> URI (the headers after it are counted apart)
+
+
+def _validate_carrier(c: CarrierConfig) -> None:
+    """The messages never quote a secret."""
+    for key, secret in (("twilio_auth_token", c.twilio_auth_token),
+                        ("vonage_signature_secret", c.vonage_signature_secret)):
+        if secret and (len(secret) < CARRIER_SECRET_MIN or any(ch.isspace() for ch in secret)):
+            raise ConfigError(f"carrier.{key}", f"expected the secret as the carrier's console "
+                              f"shows it: at least {CARRIER_SECRET_MIN} characters, no spaces")
+    if c.public_url:
+        parts = urlsplit(c.public_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError("carrier.public_url", "expected the hub's base URL as the carrier "
+                              "calls it, e.g. https://hub.example.com")
+        if parts.username or parts.password or parts.query or parts.fragment:
+            raise ConfigError("carrier.public_url", "expected a plain base URL without "
+                              "credentials, query or fragment")
+    elif c.twilio_auth_token:
+        raise ConfigError("carrier.public_url", "Twilio signs the URL it calls: set the hub's "
+                          "public base URL (e.g. https://hub.example.com) to check it")
+    if c.sip_uri:
+        try:
+            uri = SipUri.parse(c.sip_uri)
+        except ValueError as e:
+            raise ConfigError("carrier.sip_uri", f"expected sip:host[:port]: {e}") from e
+        if uri.scheme != "sip" or uri.headers or "?" in c.sip_uri:
+            raise ConfigError("carrier.sip_uri", "expected a sip: URI without headers "
+                              "(carriers dial sip:, with ;transport=tls for TLS)")
+        if len(c.sip_uri) > SIP_URI_MAX - 40:
+            raise ConfigError("carrier.sip_uri", f"expected at most {SIP_URI_MAX - 40} "
+                              "characters (the dialled number goes before the host)")
 
 
 def _validate_tls(config: Config) -> None:

@@ -19,6 +19,7 @@ from hitl_sip.hub.accounts import setup_accounts
 from hitl_sip.hub.agentns import AgentNamespace
 from hitl_sip.hub.api import HUB, setup_api
 from hitl_sip.hub.botns import BotNamespace
+from hitl_sip.hub.carrier import setup_carrier
 from hitl_sip.hub.core import Hub
 from hitl_sip.hub.dashboard import setup_dashboard
 from hitl_sip.hub.login import setup_login
@@ -192,6 +193,8 @@ def create_app(
     app[REGISTRY] = registry
     app[WORKER_TOKEN] = worker_token
     app.router.add_get("/healthz", public_healthz)
+    # the carriers' voice webhooks (each only with its secret set)
+    setup_carrier(app, config.carrier, registry.metrics)
     if hub is not None:
         setup_api(app, hub)
         # by default a browser page may connect from the hub's own origin only

@@ -82,6 +82,10 @@ class Supervisor:
         # the summary endpoint's key is the hub's alone (workers never call it)
         worker_config["summary"]["api_key"] = ""
         env.pop(env_key("summary.api_key"), None)
+        # so are the carriers' webhook secrets (the hub alone answers webhooks)
+        for key in ("twilio_auth_token", "vonage_signature_secret"):
+            worker_config["carrier"][key] = ""
+            env.pop(env_key(f"carrier.{key}"), None)
         env["HITL_SIP_WORKER_CONFIG"] = json.dumps(worker_config)
         env["HITL_SIP_WORKER_TOKEN"] = self.token
         if self.digest_secret is not None:
