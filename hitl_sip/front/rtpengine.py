@@ -18,6 +18,16 @@ started with
   ``front.worker_rtp_port_*``); userspace forwarding only (``table = -1``: no kernel
   module), the ng control protocol on a loopback port chosen at start.
 
+rtpengine opens every media socket with ``SO_REUSEADDR``: a second rtpengine on the same
+address with an overlapping range binds the very ports of the first one's live calls without
+an error, and from then on Linux hands their packets to the later socket, so a call's audio
+stops mid-call while its dialog stays up. Both sides count: the ``internal`` one is on
+``front.worker_host`` with the same range, so two servers on one host whose public
+addresses differ still collide there. Before it starts rtpengine, :class:`RtpEngine` claims
+its addresses and range host-wide (:class:`PortClaim`: an abstract Unix socket per address,
+named after it, which the kernel removes with the process) and refuses to start when another
+live claim overlaps: two servers on one host need disjoint ``[rtp]`` ranges.
+
 :class:`RtpEngine` runs it like :class:`~hitl_sip.front.kamailio.KamailioFront` runs
 Kamailio: a child of the hub in its own session, SIGTERM'd when the hub dies, restarted with
 a backoff when it exits or stops answering the ng ``ping``. A restart loses the live calls'
@@ -28,11 +38,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
+import secrets
 import signal
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from hitl_sip.config import Config, uses_rtpengine
@@ -127,6 +140,142 @@ def check_media_ranges(config: Config, profile: TrunkProfile) -> None:
             f"the profile's [rtp] range {profile.rtp.start}-{profile.rtp.end} (rtpengine's)")
 
 
+CLAIM_PREFIX = "hitl-sip-media-relay"  # the abstract Unix socket names of the claims
+UNIX_SOCKETS = Path("/proc/net/unix")  # every Unix socket of this network namespace
+WILDCARDS = ("0.0.0.0", "::")
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """One address and port range a live media relay on this host binds."""
+
+    address: str
+    start: int
+    end: int
+    pid: int  # the process holding the claim (the relay's hub)
+    name: str = ""
+
+    def overlaps(self, other: Claimed) -> bool:
+        if not (self.start <= other.end and other.start <= self.end):
+            return False
+        if self.address == other.address:
+            return True
+        wild = {self.address, other.address} & set(WILDCARDS)
+        return bool(wild) and _family(self.address) == _family(other.address)
+
+
+def _family(address: str) -> int:
+    try:
+        return ipaddress.ip_address(address).version
+    except ValueError:
+        return 0
+
+
+def live_claims(table: Path = UNIX_SOCKETS) -> list[Claimed]:
+    """The claims held on this host (in this network namespace, where ports are shared)."""
+    try:
+        lines = table.read_text().splitlines()[1:]
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 8 or not fields[-1].startswith(f"@{CLAIM_PREFIX}/"):
+            continue
+        name = fields[-1][1:]
+        try:
+            _, address, ports, pid, _token = name.split("/")
+            start, end = (int(p) for p in ports.split("-"))
+            found.append(Claimed(address, start, end, int(pid), name))
+        except ValueError:
+            continue
+    return found
+
+
+def relay_ports(conf_file: Path) -> tuple[tuple[str, ...], int, int] | None:
+    """The addresses and port range a generated ``rtpengine.conf`` binds (its ``interface``,
+    ``port-min`` and ``port-max``); None when the file does not say."""
+    try:
+        text = conf_file.read_text()
+    except OSError:
+        return None
+    values = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.lstrip().startswith("#"):
+            values[key.strip()] = value.strip()
+    try:
+        start, end = int(values["port-min"]), int(values["port-max"])
+        interfaces = values["interface"].split(";")
+    except (KeyError, ValueError):
+        return None
+    # NAME/ADDRESS[!ADVERTISED]: the address bound, not the one advertised
+    addresses = {i.split("/", 1)[-1].split("!", 1)[0].strip() for i in interfaces}
+    return tuple(sorted(a for a in addresses if a)), start, end
+
+
+class PortClaim:
+    """This process's claim of ``addresses`` × ``start..end`` for one media relay: an abstract
+    Unix socket per address, ``hitl-sip-media-relay/ADDRESS/START-END/PID/TOKEN``, which other
+    hubs see in ``/proc/net/unix`` until it is released or this process ends."""
+
+    def __init__(self, addresses: tuple[str, ...], start: int, end: int) -> None:
+        self.claims: list[Claimed] = []
+        self._sockets: list[socket.socket] = []
+        token = secrets.token_hex(4)
+        for address in addresses:
+            name = f"{CLAIM_PREFIX}/{address}/{start}-{end}/{os.getpid()}/{token}"
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            try:
+                sock.bind("\0" + name)
+            except OSError:
+                sock.close()
+                self.release()
+                raise
+            self._sockets.append(sock)
+            self.claims.append(Claimed(address, start, end, os.getpid(), name))
+
+    def conflicts(self, table: Path = UNIX_SOCKETS) -> list[tuple[Claimed, Claimed]]:
+        """(ours, theirs) for every live claim of another relay that overlaps one of ours."""
+        own = {c.name for c in self.claims}
+        return [(mine, other) for other in live_claims(table) if other.name not in own
+                for mine in self.claims if mine.overlaps(other)]
+
+    def release(self) -> None:
+        for sock in self._sockets:
+            sock.close()
+        self._sockets.clear()
+
+
+def claim_relay_ports(conf_file: Path) -> tuple[PortClaim | None, str | None]:
+    """Claims the addresses and range of ``conf_file`` for this relay: (the claim, None),
+    or (None, why not) when another live relay on this host has an overlapping one
+    (rtpengine binds with ``SO_REUSEADDR``: both would bind the same ports and one would
+    take the other's calls' packets). (None, None) when the file names no ports."""
+    ports = relay_ports(conf_file)
+    if ports is None:
+        return None, None
+    addresses, start, end = ports
+    try:
+        claim = PortClaim(addresses, start, end)
+    except OSError as e:  # no abstract Unix sockets here: nothing to compare with
+        log.warning("cannot claim the media relay's ports host-wide: %s", e)
+        return None, None
+    # looked up after our own bind: of two relays starting at once, each sees the other
+    # (both refuse) rather than neither
+    conflicts = claim.conflicts()
+    if not conflicts:
+        return claim, None
+    claim.release()
+    mine, theirs = conflicts[0]
+    return None, (
+        f"its ports {mine.start}-{mine.end} on {mine.address} overlap "
+        f"{theirs.start}-{theirs.end}, those of another media relay on this host (hitl-sip "
+        f"pid {theirs.pid}): rtpengine binds its ports with SO_REUSEADDR, so both would "
+        f"bind the same ones and one would receive the other's calls' packets (their audio "
+        f"stops mid-call); give each server its own [rtp] range in its trunk profile")
+
+
 class RtpEngine:
     """Runs rtpengine in the foreground as a child of the hub; restarts it when it exits or
     stops answering ``ping`` (``front.probe_interval`` apart, :data:`PING_FAILURES` in a
@@ -141,6 +290,7 @@ class RtpEngine:
         self._stopping = False
         self.restarts = 0
         self.last_pong = 0.0  # time.monotonic() of the last pong
+        self.claim: PortClaim | None = None  # its addresses and range, held until stop()
 
     async def _spawn(self) -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(
@@ -169,7 +319,11 @@ class RtpEngine:
 
     async def start(self, within: float = 10.0) -> str | None:
         """Start rtpengine and wait for its first pong: None when it answers, else why not
-        (it is then stopped)."""
+        (it is then stopped). It does not start while another live relay on this host
+        binds an overlapping range on one of its addresses (:func:`claim_relay_ports`)."""
+        self.claim, conflict = claim_relay_ports(self.conf_file)
+        if conflict is not None:
+            return conflict
         self.process = await self._spawn()
         if not await self._ready(within):
             code = self.process.returncode
@@ -237,3 +391,6 @@ class RtpEngine:
             await asyncio.gather(self._task, return_exceptions=True)
         if self.process is not None:
             await stop_group(self.process, "the media relay")
+        if self.claim is not None:  # its ports are free once the process is gone
+            self.claim.release()
+            self.claim = None

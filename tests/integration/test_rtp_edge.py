@@ -29,7 +29,6 @@ from tests.support.server import Server, running_server
 
 pytestmark = pytest.mark.sipp
 
-LOCAL_RTP = range(20000, 21000)  # sip_profiles/local.toml's [rtp]: rtpengine's public range
 WORKER_RTP = range(30000, 31000)  # front.worker_rtp_port_start..end (defaults)
 TONE = bytes([0x00, 0x80] * 80)  # a loud PCMU square wave, 160 samples
 
@@ -40,6 +39,12 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         server.wait_for(lambda: bool(media_state(server).get("responding")), 15,
                         what="rtpengine answering ping")
         yield server
+
+
+def relay_range(srv: Server) -> range:
+    """rtpengine's public range: its profile's [rtp] (a block of the server's own in tests)."""
+    assert srv.media_ports is not None
+    return srv.media_ports
 
 
 def media_state(srv: Server) -> dict[str, object]:
@@ -145,7 +150,7 @@ def test_the_caller_gets_rtpengine_ports_and_successive_calls_are_not_consecutiv
             assert caller.remote_rtp is not None
             ports.append(caller.remote_rtp[1])
             caller.hangup()
-    assert all(port in LOCAL_RTP and port not in WORKER_RTP for port in ports), ports
+    assert all(port in relay_range(srv) and port not in WORKER_RTP for port in ports), ports
     steps = [b - a for a, b in itertools.pairwise(ports)]
     assert all(abs(step) > 4 for step in steps), f"predictable media ports: {ports}"
 
@@ -159,7 +164,7 @@ def test_a_killed_rtpengine_is_restarted_and_carries_the_next_call(srv: Server) 
     # no call met the dead relay, so Kamailio never marked it disabled: the next call works
     with RtpCaller(srv.sip_port()) as caller:
         caller.call()
-        assert caller.remote_rtp is not None and caller.remote_rtp[1] in LOCAL_RTP
+        assert caller.remote_rtp is not None and caller.remote_rtp[1] in relay_range(srv)
         caller.start_media()
         srv.wait_for(lambda: len(caller.received) > 10, 10, what="audio after the restart")
         caller.hangup()

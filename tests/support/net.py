@@ -1,13 +1,21 @@
-"""Loopback helpers: free ports chosen at run time and a root-only RTP sniffer."""
+"""Loopback helpers: free ports chosen at run time, a block of media ports per test server
+and a root-only RTP sniffer."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import socket
 import struct
+import tempfile
 import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from hitl_sip.front.rtpengine import live_claims
 
 
 def free_port(kind: int = socket.SOCK_DGRAM, host: str = "127.0.0.1") -> int:
@@ -40,6 +48,48 @@ def free_port_pair() -> int:
                     continue
             return port
     raise RuntimeError("no free port pair found")
+
+
+#: The blocks a test server's media relay may get (:func:`media_ports`): below the ephemeral
+#: range (callers' free ports), clear of sip_profiles/local.toml's 20000-20999 (servers
+#: started by hand) and of the workers' default 30000-30999 behind rtpengine.
+MEDIA_BLOCK = 1000
+MEDIA_BLOCKS = (*range(10000, 20000, MEDIA_BLOCK), *range(21000, 30000, MEDIA_BLOCK))
+MEDIA_LOCKS = Path(tempfile.gettempdir()) / "hitl-sip-test-media-ports"
+
+
+@contextlib.contextmanager
+def media_ports(timeout: float = 120.0) -> Iterator[range]:
+    """A block of :data:`MEDIA_BLOCK` ports that no other test server on this host has while
+    the ``with`` lasts: an ``flock`` on ``MEDIA_LOCKS/<start>.lock`` (released with the
+    process), skipping blocks a live media relay outside the tests claims.
+
+    rtpengine binds its ports with ``SO_REUSEADDR``: two servers whose relays share a range
+    on 127.0.0.1 bind the same ports, and one takes the other's calls' packets (their audio
+    stops mid-call). Every test server runs on 127.0.0.1, so each needs a range of its own;
+    waits up to ``timeout`` seconds for one."""
+    MEDIA_LOCKS.mkdir(exist_ok=True)
+    deadline = time.monotonic() + timeout
+    while True:
+        claimed = live_claims()
+        for start in MEDIA_BLOCKS:
+            block = range(start, start + MEDIA_BLOCK)
+            if any(c.start < block.stop and block.start <= c.end for c in claimed):
+                continue
+            fd = os.open(MEDIA_LOCKS / f"{start}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            try:
+                yield block
+            finally:
+                os.close(fd)
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"every block of media ports in {MEDIA_LOCKS} is taken")
+        time.sleep(0.5)
 
 
 ETH_P_ALL = 0x0003

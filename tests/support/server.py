@@ -4,22 +4,24 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import ssl
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.net import free_port
+from tests.support.net import free_port, media_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,6 +36,9 @@ class Server:
     env: dict[str, str] = field(default_factory=dict)
     workers: int = 1
     internal_url: str = ""  # /metrics, the detailed /healthz (http.internal_port)
+    # the [rtp] range of its trunk profile, rtpengine's, when rtpengine relays its media:
+    # a block of its own (tests.support.net.media_ports); None with direct media
+    media_ports: range | None = None
 
     @property
     def ssl_context(self) -> ssl.SSLContext | None:
@@ -153,6 +158,43 @@ def write_config(path: Path, sections: dict[str, dict[str, Any]], top: dict[str,
     path.write_text("\n".join(lines) + "\n")
 
 
+PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # hitl_sip.sip.profile's
+TABLE = re.compile(r"\s*\[([^\[\]]+)\]\s*(#.*)?$")
+RANGE_KEY = re.compile(r"\s*port_(start|end)\s*=")
+
+
+def with_rtp_range(text: str, ports: range) -> str:
+    """The trunk profile ``text`` with ``ports`` as its ``[rtp]`` range (its other keys kept)."""
+    out: list[str] = []
+    table, placed = "", False
+    lines = [f"port_start = {ports.start}", f"port_end = {ports.stop - 1}"]
+    for line in text.splitlines():
+        header = TABLE.match(line)
+        if header:
+            table = header.group(1).strip()
+            out.append(line)
+            if table == "rtp":
+                out += lines
+                placed = True
+        elif not (table == "rtp" and RANGE_KEY.match(line)):
+            out.append(line)
+    if not placed:
+        out += ["", "[rtp]", *lines]
+    result = "\n".join(out) + "\n"
+    rtp = tomllib.loads(result).get("rtp", {})
+    if (rtp.get("port_start"), rtp.get("port_end")) != (ports.start, ports.stop - 1):
+        raise ValueError(f"cannot set the [rtp] range of this profile:\n{text}")
+    return result
+
+
+def _relayed(extra: dict[str, dict[str, Any]], env: dict[str, str]) -> bool:
+    """Whether the server's media passes rtpengine (the default front and media)."""
+    front = extra.get("front", {})
+    mode = str(front.get("mode", env.get("HITL_SIP_FRONT_MODE", "")))
+    media = str(front.get("media", env.get("HITL_SIP_FRONT_MEDIA", "rtpengine")))
+    return mode != "none" and media == "rtpengine"
+
+
 @contextmanager
 def running_server(
     tmp: Path,
@@ -169,7 +211,55 @@ def running_server(
 ) -> Iterator[Server]:
     """``args``: more ``hitl-sip serve`` flags, after ``--config`` (flags override the file).
     ``profiles``: trunk profiles (name -> TOML text) in a profiles directory of their own,
-    with the stock ones (name ``profile`` to use one)."""
+    with the stock ones (name ``profile`` to use one).
+
+    With rtpengine on the media path (the default) the server uses a copy of its profile
+    whose ``[rtp]`` range is a block no other test server on the host has meanwhile
+    (:func:`tests.support.net.media_ports`, :attr:`Server.media_ports`): rtpengine binds
+    with ``SO_REUSEADDR``, so two servers' relays on one range would take each other's
+    calls' packets (hitl-sip refuses to start a second one)."""
+    with ExitStack() as stack:
+        ports = None
+        full_env = {**os.environ, **(env or {})}
+        if _relayed(extra or {}, full_env):
+            ports = stack.enter_context(media_ports())
+            chosen = str((sip or {}).get("profile", profile))  # sip.profile wins, as in the file
+            profile = _own_range_profile(tmp, chosen, profiles, ports)
+            if sip and "profile" in sip:
+                sip = {**sip, "profile": profile}
+        yield from _run(tmp, worker=worker, sip=sip, profile=profile, workers=workers,
+                        env=full_env, ready_timeout=ready_timeout, extra=extra, args=args,
+                        profiles=profiles, ports=ports)
+
+
+def _own_range_profile(tmp: Path, profile: str, profiles: dict[str, str] | None,
+                       ports: range) -> str:
+    """The path of a copy of ``profile`` (a name: from ``profiles`` or the stock ones; else a
+    path) with ``ports`` as its ``[rtp]`` range, written in ``tmp``."""
+    if PROFILE_NAME.fullmatch(profile):
+        name = profile
+        text = (profiles or {}).get(name) or (ROOT / "sip_profiles" / f"{name}.toml").read_text()
+    else:
+        name, text = Path(profile).stem, Path(profile).read_text()
+    own = tmp / f"{name}.rtp-{ports.start}.toml"
+    own.write_text(with_rtp_range(text, ports))
+    return str(own)
+
+
+def _run(
+    tmp: Path,
+    *,
+    worker: dict[str, Any] | None,
+    sip: dict[str, Any] | None,
+    profile: str,
+    workers: int,
+    env: dict[str, str],  # the whole environment of the server
+    ready_timeout: float,
+    extra: dict[str, dict[str, Any]] | None,
+    args: list[str] | None,
+    profiles: dict[str, str] | None,
+    ports: range | None,
+) -> Iterator[Server]:
     http_port, internal_port = free_port(), free_port()
     data_dir = tmp / "data"
     extra = dict(extra or {})
@@ -195,16 +285,15 @@ def running_server(
         top["profiles_dir"] = str(directory)
     write_config(config, sections, top)
     log_path = tmp / "server.log"
-    full_env = {**os.environ, **(env or {})}
     command = [sys.executable, "-m", "hitl_sip.cli", "serve", "--config", str(config),
                *(args or [])]
     log_path.write_bytes(b"")  # several processes (a restarted hub, its old workers) append
     with open(log_path, "ab") as logf:
         proc = subprocess.Popen(command, cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT,
-                                env=full_env)
+                                env=env)
     scheme = "https" if http.get("tls") else "http"
     server = Server(proc, f"{scheme}://127.0.0.1:{http_port}", data_dir, log_path, command,
-                    full_env, workers, f"http://127.0.0.1:{internal_port}")
+                    env, workers, f"http://127.0.0.1:{internal_port}", ports)
     try:
         server.wait_ready(ready_timeout)
         yield server
