@@ -37,6 +37,7 @@ from hitl_sip.front.rtpengine import write_config as write_rtpengine_config
 from hitl_sip.hub.agents import AgentStore
 from hitl_sip.hub.app import create_app, create_internal_app
 from hitl_sip.hub.carrier import resolve_sip_uri
+from hitl_sip.hub.carrier_control import CarrierControl
 from hitl_sip.hub.core import Hub
 from hitl_sip.hub.registry import WorkerRegistry
 from hitl_sip.hub.sessions import Sessions
@@ -170,7 +171,8 @@ async def serve(config: Config, token_secret: bytes, digest_secret: bytes,
                 ng_port=ng_port)
             relay = RtpEngine(config, conf, ng_port)
         files = write_files(config, data_dir / "front", profile.allow_list,
-                            profile.public_address, sip_ports, tls=tls, rtpengine_ng=ng_port)
+                            profile.public_address, sip_ports, tls=tls, rtpengine_ng=ng_port,
+                            refer=profile.transfer.refer)
         front = KamailioFront(config, files, data_dir / "front" / "run")
         problem = await front.check()
         if problem:
@@ -243,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             profile = load_profile(config.sip.profile, config.resolve_path(config.profiles_dir))
             check_media_ranges(config, profile)
             config = resolve_sip_uri(config, profile)  # the carriers' webhooks dial it
+            CarrierControl.from_config(config)  # the Vonage key, read and checked now
             build_flow(config)
             data_dir = private_dir(config.resolve_path(config.data_dir))
             tls = None

@@ -363,6 +363,17 @@ class CarrierConfig:
     # out of the repr: a logged configuration never shows them
     twilio_auth_token: _Str = field(default="", repr=False)  # HITL_SIP_CARRIER_TWILIO_AUTH_TOKEN
     vonage_signature_secret: _Str = field(default="", repr=False)  # ..._VONAGE_SIGNATURE_SECRET
+    # carrier call control (hitl_sip/hub/carrier_control.py): an agent's transfer to a phone
+    # number, and hanging up the carrier's leg, through the carrier's REST API; the hub's
+    # alone (never given to workers). Twilio: the account SID (AC…) with twilio_auth_token.
+    twilio_account_sid: _Str = ""
+    twilio_api_url: _Str = "https://api.twilio.com"  # another base: a stand-in in tests
+    # Vonage Voice API: the application's id and its private key (a PEM file, 0600)
+    vonage_application_id: _Str = ""
+    vonage_private_key_path: _Str = field(default="", repr=False)
+    vonage_api_url: _Str = "https://api.nexmo.com"  # https only (the vonage SDK's)
+    # seconds a REFER to the trunk waits for the carrier's final NOTIFY (the number answers)
+    refer_timeout: _Float = 60.0
 
 
 @dataclass(frozen=True, config=_SECTION)
@@ -691,6 +702,7 @@ def validate(config: Config) -> None:
         raise ConfigError("alive5.max_backoff", "expected 0.5..600 seconds")
     _validate_summary(config.summary)
     _validate_carrier(config.carrier)
+    _validate_carrier_control(config)
     _validate_front(config)
     url = config.cluster.redis_url
     if url and not url.startswith(("redis://", "rediss://", "unix://")):
@@ -818,6 +830,43 @@ def _validate_carrier(c: CarrierConfig) -> None:
         if len(c.sip_uri) > SIP_URI_MAX - 40:
             raise ConfigError("carrier.sip_uri", f"expected at most {SIP_URI_MAX - 40} "
                               "characters (the dialled number goes before the host)")
+
+
+def _validate_carrier_control(config: Config) -> None:
+    """The REST API credentials of carrier call control; the messages quote no secret."""
+    c = config.carrier
+    sid = c.twilio_account_sid
+    if sid:
+        if len(sid) != 34 or not sid.startswith("AC") or any(
+                ch not in "0123456789abcdefABCDEF" for ch in sid[2:]):
+            raise ConfigError("carrier.twilio_account_sid", "expected the account SID as "
+                              "Twilio's console shows it: AC and 32 hexadecimal digits")
+        if not c.twilio_auth_token:
+            raise ConfigError("carrier.twilio_auth_token", "Twilio's REST API "
+                              "(carrier.twilio_account_sid) needs the account's Auth Token")
+    if bool(c.vonage_application_id) != bool(c.vonage_private_key_path):
+        key = "vonage_private_key_path" if c.vonage_application_id else "vonage_application_id"
+        raise ConfigError(f"carrier.{key}", "Vonage's Voice API needs both the application "
+                          "id and the path of its private key (PEM)")
+    if c.vonage_application_id and any(ch.isspace() or ch in "/?#" for ch in
+                                       c.vonage_application_id):
+        raise ConfigError("carrier.vonage_application_id", "expected the application id "
+                          "(a UUID) as Vonage's dashboard shows it")
+    if c.vonage_private_key_path:
+        path = config.resolve_path(c.vonage_private_key_path)
+        if not path.is_file() or not os.access(path, os.R_OK):
+            raise ConfigError("carrier.vonage_private_key_path",
+                              f"not a readable file: {c.vonage_private_key_path}")
+    for key, url, schemes in (("twilio_api_url", c.twilio_api_url, ("http", "https")),
+                              ("vonage_api_url", c.vonage_api_url, ("https",))):
+        parts = urlsplit(url)
+        if (parts.scheme not in schemes or not parts.hostname or parts.username
+                or parts.password or parts.query or parts.fragment
+                or parts.path.strip("/")):
+            raise ConfigError(f"carrier.{key}", f"expected a base URL ({' or '.join(schemes)}"
+                              "://host[:port], no path, query or credentials)")
+    if not 1 <= c.refer_timeout <= 600:
+        raise ConfigError("carrier.refer_timeout", "expected 1..600 seconds")
 
 
 def _validate_tls(config: Config) -> None:

@@ -41,6 +41,9 @@ def setup_logging(level: str, process_name: str | None = None) -> None:
     root.setLevel(level.upper())
     for noisy in ("aiohttp.access", "aioice", "aiortc"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # the vonage SDK logs its Authorization header and the numbers it sends (debug) and the
+    # API's answers (warning): hitl_sip.hub.carrier_control reports its errors itself
+    logging.getLogger("vonage").setLevel(logging.ERROR)
 
 
 class CallLogger(logging.LoggerAdapter[logging.Logger]):

@@ -10,7 +10,9 @@ The script follows the layout of Kamailio's stock ``kamailio.cfg``. For every re
    ``front.pike_density`` requests per ``front.pike_window`` seconds (dropped silently until
    it calms down) — a trunk is never cut off by its own burst; methods other than
    INVITE/ACK/BYE/CANCEL/OPTIONS/INFO/UPDATE/PRACK get 405 with ``Allow`` (a stranger gets
-   403, whatever it sends);
+   403, whatever it sends) — but for REFER and NOTIFY inside a dialog when the trunk profile
+   says ``[transfer] refer = true`` (a worker's transfer to a phone number, and the trunk's
+   NOTIFYs of its progress; a REFER *to* a worker is declined there);
 3. WITHINDLG: an in-dialog request is routed only in a dialog this front created: its first
    Route is this front and carries the dialog's token (``hs``: a hash of the Call-ID under
    the front's key, ``<data_dir>/front/front.key``, so dialogs survive a restart of the
@@ -304,11 +306,13 @@ modparam("rtpengine", "rtpengine_retr", 1)""",
 
 def render_config(config: Config, allow: AllowList, public_address: str | None,
                   dispatcher_file: Path, address_file: Path, *, secret: str,
-                  tls_config: Path | None = None, rtpengine_ng: int | None = None) -> str:
+                  tls_config: Path | None = None, rtpengine_ng: int | None = None,
+                  refer: bool = False) -> str:
     """The Kamailio script (module docstring). ``secret``: hex, the key of the dialog
     tokens in this front's Record-Route (the file is written 0600). ``tls_config``: the tls
     module's file (:func:`render_tls`), required when ``sip.transports`` has ``tls``.
-    ``rtpengine_ng``: rtpengine's ng port on 127.0.0.1, with ``front.media = rtpengine``."""
+    ``rtpengine_ng``: rtpengine's ng port on 127.0.0.1, with ``front.media = rtpengine``.
+    ``refer``: the trunk profile's ``[transfer] refer`` (REFER and NOTIFY pass in dialogs)."""
     if ("tls" in config.sip.transports) != (tls_config is not None):
         raise ValueError("tls_config goes with 'tls' in sip.transports, and only with it")
     tls_core, tls_module = _tls_lines(tls_config)
@@ -316,6 +320,8 @@ def render_config(config: Config, allow: AllowList, public_address: str | None,
     f = config.front
     level = {"debug": 3, "info": 2, "warning": 1, "error": -1}.get(config.log.level, 2)
     methods = "|".join(ALLOWED_METHODS)
+    # a transfer by REFER: the REFER and the trunk's NOTIFYs exist only inside a dialog
+    in_dialog = ' && !(has_totag() && is_method("REFER|NOTIFY"))' if refer else ""
     if allow.allow_any:
         # no allow-list: every source may call, and every one is flood-limited
         trunk_check = """
@@ -481,7 +487,7 @@ route[REQINIT] {{
         xlog("L_WARN", "front: malformed $rm from $si dropped\n");
         exit;
     }}{trunk_check}{stranger_pike}
-    if (!is_method("{methods}")) {{
+    if (!is_method("{methods}"){in_dialog}) {{
         if ($var(trunk) == 1) {{
             append_to_reply("Allow: {", ".join(ALLOWED_METHODS)}\r\n");
             send_reply("405", "Method Not Allowed");
@@ -674,10 +680,10 @@ def _private(path: Path, text: str) -> None:
 
 def write_files(config: Config, directory: Path, allow: AllowList, public_address: str | None,
                 ports: list[int], *, tls: TlsPair | None = None,
-                rtpengine_ng: int | None = None) -> FrontFiles:
+                rtpengine_ng: int | None = None, refer: bool = False) -> FrontFiles:
     """``tls``: the certificate and key (:func:`hitl_sip.front.certs.tls_pair`), required
     when ``sip.transports`` has ``tls``. ``rtpengine_ng``: rtpengine's ng port, with
-    rtpengine on the media path."""
+    rtpengine on the media path. ``refer``: the trunk profile's ``[transfer] refer``."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
     files = FrontFiles(directory / "kamailio.cfg", directory / "dispatcher.list",
@@ -691,7 +697,8 @@ def write_files(config: Config, directory: Path, allow: AllowList, public_addres
     _private(files.addresses, render_addresses(allow))
     _private(files.cfg, render_config(config, allow, public_address, files.dispatcher,
                                       files.addresses, secret=front_secret(directory),
-                                      tls_config=files.tls, rtpengine_ng=rtpengine_ng))
+                                      tls_config=files.tls, rtpengine_ng=rtpengine_ng,
+                                      refer=refer))
     return files
 
 

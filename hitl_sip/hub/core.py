@@ -48,6 +48,7 @@ from hitl_sip.protocol.worker import (
     PeerLost,
     Quality,
     QueueTimeout,
+    Refer,
     Reply,
     SessionStateMsg,
     TranscriptLine,
@@ -63,7 +64,7 @@ log = logging.getLogger(__name__)
 
 Listener = Callable[[str, dict[str, Any]], Awaitable[None]]  # event, its wire form
 #: the commands a worker answers with a Reply (they carry a requestId)
-Request = WebrtcOffer | WebrtcCandidate
+Request = WebrtcOffer | WebrtcCandidate | Refer
 
 HUMAN_TRANSCRIPT_MAX = 2000  # lines kept per call for a transfer's target
 ORPHAN_WORKERS_WAIT = 120.0  # seconds a restarted hub waits for its workers before sweeping
@@ -445,10 +446,11 @@ class Hub:
         if self._owner(call_id) is not None or call_id not in self.registry.calls:
             return None if want_reply else False
         if want_reply:
-            if not isinstance(command, WebrtcOffer | WebrtcCandidate):
+            if not isinstance(command, WebrtcOffer | WebrtcCandidate | Refer):
                 log.warning("[call %s] cluster: no reply exists for %s", call_id, command.type)
                 return None
-            return await self.request(command.model_copy(update={"request_id": None}))
+            wait = command.timeout + 5 if isinstance(command, Refer) else 10.0
+            return await self.request(command.model_copy(update={"request_id": None}), wait)
         return await self.command(command)
 
     async def worker_lost(self, worker_id: str) -> None:

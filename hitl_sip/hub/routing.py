@@ -519,9 +519,14 @@ class Router:
             winner.active_call = None
             winner.idle_since = time.monotonic()
             if ended is not None:
-                await self._to_agent(winner, CallEnded(
-                    call_id=call_id, reason=ended.get("outcome", "ended"),
-                    by=_ended_by(ended.get("by", "caller"))))
+                outcome = str(ended.get("outcome", "ended"))
+                by = _ended_by(ended.get("by", "caller"))
+                # a transfer to a phone number: the carrier's BYE may end our leg before we
+                # do (the supervision hears of the call's end after the router)
+                if self.supervision is not None and self.supervision.phone.left_by_transfer(
+                        call_id):
+                    outcome, by = "transferred", EndedBy.AGENT
+                await self._to_agent(winner, CallEnded(call_id=call_id, reason=outcome, by=by))
             await self._push_state(winner)
             await self._offer_waiting(winner)
 

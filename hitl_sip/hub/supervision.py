@@ -21,6 +21,9 @@ the first agent ``transfer_failed`` and it keeps the call.
 
 Queues: hitl-sip has one pool of agents; a transfer to one of ``routing.queues`` rings every
 available agent but the one transferring, per ``routing.strategy``'s order, all at once.
+
+A cold transfer to a phone number (``to: {number}``) leaves the server: by REFER to the trunk
+or the carrier's REST API (:mod:`hitl_sip.hub.phone_transfer`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from hitl_sip.hub.phone_transfer import PhoneTransfers
 from hitl_sip.hub.sessions import audit
 from hitl_sip.hub.threads import Turn
 from hitl_sip.log import now_iso
@@ -91,10 +95,11 @@ class Supervision:
         self.transfers_done = m.counter(
             "hitl_sip_hub_transfers_total",
             "Transfers by mode and outcome (completed, no_answer, declined, caller_hangup, "
-            "target_left)", ["mode", "outcome"])
+            "target_left, call_moved; to a phone number also failed)", ["mode", "outcome"])
         for mode in MonitorMode:
             self.monitoring.set(0, mode=mode.value)
         hub.subscribe(self._on_call_event)
+        self.phone = PhoneTransfers(hub, router, self.transfers_done, self._notice)
 
     # -- who is on a call -----------------------------------------------------------------
 
@@ -206,12 +211,11 @@ class Supervision:
         call = self.hub.registry.calls.get(call_id)
         if call is None or call.state is not CallState.HUMAN:
             return refuse(ErrorCode.INVALID_STATE, "only a call in progress with you can move")
-        if call_id in self.transfers:
+        if call_id in self.transfers or self.phone.busy(call_id):
             return refuse(ErrorCode.INVALID_STATE, "a transfer of this call is under way")
         to = request.to
         if to.number is not None:
-            return refuse(ErrorCode.UNAVAILABLE,
-                          "transfer to a phone number is not available on this server")
+            return self.phone.start(agent_id, call, to.number)
         if to.agent_id is not None:
             target = self.router.agents.get(to.agent_id)
             if to.agent_id == agent_id:
@@ -385,13 +389,15 @@ class Supervision:
         await self._release(transfer.from_agent, call_id, "transferred")
         await self._tell_agent(call_id)
 
-    async def _notice(self, call_id: str, text: str) -> None:
-        """A line of the thread, posted like a bot turn, shown to the call's agents."""
+    async def _notice(self, call_id: str, text: str, thread_id: str | None = None) -> None:
+        """A line of the thread, posted like a bot turn, shown to the call's agents;
+        ``thread_id``: the call's, when the call may be over already."""
         call = self.hub.registry.calls.get(call_id)
-        if call is None:
+        thread_id = call.thread_id if call is not None else thread_id
+        if thread_id is None:
             return
         at = now_iso()
-        await self.hub.notice(Turn(thread_id=call.thread_id, call_id=call_id,
+        await self.hub.notice(Turn(thread_id=thread_id, call_id=call_id,
                                    key=f"{call_id}:notice:{uuid.uuid4().hex[:12]}",
                                    role=Role.BOT.value, text=text, at=at,
                                    delivery="pending" if self.hub.outbox else "local"))
@@ -427,6 +433,7 @@ class Supervision:
     async def _call_left_human(self, call_id: str, *, ended: str | None) -> None:
         """The call ended (``ended``: its outcome) or left the human phase: supervisors and
         transfers are over."""
+        self.phone.call_left(call_id, ended=ended)
         for agent_id in list(self.monitors.get(call_id, {})):
             await self._drop_monitor(agent_id, call_id, command=ended is None)
             agent = self.router.agents.get(agent_id)

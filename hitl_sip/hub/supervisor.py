@@ -82,8 +82,10 @@ class Supervisor:
         # the summary endpoint's key is the hub's alone (workers never call it)
         worker_config["summary"]["api_key"] = ""
         env.pop(env_key("summary.api_key"), None)
-        # so are the carriers' webhook secrets (the hub alone answers webhooks)
-        for key in ("twilio_auth_token", "vonage_signature_secret"):
+        # so are the carriers' webhook secrets and REST credentials (the hub alone answers
+        # webhooks and calls the carriers' APIs)
+        for key in ("twilio_auth_token", "vonage_signature_secret", "twilio_account_sid",
+                    "vonage_application_id", "vonage_private_key_path"):
             worker_config["carrier"][key] = ""
             env.pop(env_key(f"carrier.{key}"), None)
         env["HITL_SIP_WORKER_CONFIG"] = json.dumps(worker_config)

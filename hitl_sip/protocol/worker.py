@@ -32,6 +32,7 @@ Text = Annotated[str, Field(max_length=20_000)]
 Short = Annotated[str, Field(max_length=256)]
 MAX_SDP = 64 * 1024
 MAX_CANDIDATE = 2048
+E164 = Annotated[str, Field(pattern=r"^\+[1-9][0-9]{6,14}$")]  # a phone number, +E.164
 
 
 class CallState(StrEnum):
@@ -328,6 +329,22 @@ class Handoff(Command):
 class Hangup(Command):
     type: Literal["hangup"] = "hangup"
     by: Literal["agent", "system", "engine"] | None = None
+    # what the call's end reports instead of the SIP stack's outcome (``transferred``: the
+    # carrier keeps the caller, our leg leaves)
+    outcome: Literal["transferred"] | None = None
+
+
+class Refer(Command):
+    """A blind transfer of the caller to ``number`` by SIP REFER on the trunk leg
+    (``Refer-To: <sip:number@host>``, the host per the trunk profile's ``[transfer]``). The
+    worker answers with a :class:`Reply` once the carrier's NOTIFY gives a final status
+    (``ok``: a 2xx; otherwise ``error.code`` ``refer_failed`` with the status) or after
+    ``timeout`` seconds; it does not hang up (the hub does, with ``Hangup.outcome``)."""
+
+    type: Literal["refer"] = "refer"
+    number: E164
+    timeout: float = Field(60.0, ge=1, le=600)
+    request_id: Id | None = None
 
 
 class AgentJoined(Command):
@@ -378,7 +395,7 @@ class WebrtcCandidate(Command):
 
 HubCommand = Annotated[
     QueueTimeout | Say | Handoff | Hangup | AgentJoined | AgentLeft | Resume | Mute
-    | WebrtcOffer | WebrtcCandidate | Leg,
+    | WebrtcOffer | WebrtcCandidate | Leg | Refer,
     Field(discriminator="type"),
 ]
 HubMessage = Annotated[Ack | HubCommand, Field(discriminator="type")]

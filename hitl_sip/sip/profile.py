@@ -37,6 +37,11 @@ not pass silently), and every error is a ``ConfigError`` naming the key (``profi
     default_country_code = ""    # 1–3 digits ("1", "44", "49"); "" = national numbers stay raw
     [dtmf]
     payload_types = [101]        # 96–127; informative only, the PT negotiated in SDP counts
+    [transfer]                   # an agent's transfer to a phone number (transfer_call)
+    refer = false                # the carrier takes a blind REFER on our leg (Twilio: only
+                                 # when enabled on the trunk, else 603)
+    refer_host = ""              # the Refer-To host[:port] (sip:+E164@host); "" = the host
+                                 # of the trunk's Contact in the call
 """
 
 from __future__ import annotations
@@ -119,6 +124,14 @@ class RtpPortRange:
 
 
 @dataclass(frozen=True)
+class TransferSettings:
+    """``[transfer]``: how an agent's transfer to a phone number may leave by SIP."""
+
+    refer: bool = False
+    refer_host: str | None = None  # None: the host of the trunk's Contact in the call
+
+
+@dataclass(frozen=True)
 class TrunkProfile:
     """A validated trunk profile; see the module docstring for the TOML schema."""
 
@@ -133,6 +146,7 @@ class TrunkProfile:
     header_mapping: HeaderMapping = field(default_factory=HeaderMapping)
     default_country_code: str | None = None
     dtmf_payload_types: tuple[int, ...] = (101,)
+    transfer: TransferSettings = field(default_factory=TransferSettings)
     source: Path | None = None
 
     def authenticator(
@@ -188,7 +202,8 @@ def profile_from_dict(
     environ: Mapping[str, str] = os.environ if env is None else env
     root = _Table(data, "profile")
     root.check_keys(
-        "name", "allow", "auth", "register", "codecs", "nat", "rtp", "headers", "numbers", "dtmf"
+        "name", "allow", "auth", "register", "codecs", "nat", "rtp", "headers", "numbers", "dtmf",
+        "transfer",
     )
     if "name" not in data:
         raise ConfigError("profile.name", 'required: the profile name, e.g. name = "twilio"')
@@ -207,6 +222,7 @@ def profile_from_dict(
         header_mapping=_headers(root.table("headers")),
         default_country_code=_numbers(root.table("numbers")),
         dtmf_payload_types=_dtmf(root.table("dtmf")),
+        transfer=_transfer(root.table("transfer")),
         source=source,
     )
 
@@ -484,3 +500,28 @@ def _dtmf(section: _Table) -> tuple[int, ...]:
             )
         out.append(value)
     return tuple(out)
+
+
+def _transfer(section: _Table) -> TransferSettings:
+    section.check_keys("refer", "refer_host")
+    host = section.get("refer_host", str, "").strip().lower()
+    if host:
+        problem = 'must be a host name or IP address with an optional port ("example.pstn' \
+                  '.twilio.com", "203.0.113.7:5060", "[2001:db8::1]:5060")'
+        try:
+            uri = SipUri.parse(f"sip:{host}")
+        except ValueError as e:
+            raise ConfigError(section.sub("refer_host"), problem) from e
+        if uri.user is not None or uri.params or uri.headers or uri.serialize() != f"sip:{host}":
+            raise ConfigError(section.sub("refer_host"), problem)
+        if not (_HOSTNAME_RE.fullmatch(uri.host) or _is_ip(uri.host)) or len(uri.host) > 253:
+            raise ConfigError(section.sub("refer_host"), problem)
+    return TransferSettings(section.get("refer", bool, False), host or None)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True

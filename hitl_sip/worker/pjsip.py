@@ -36,6 +36,7 @@ import pjsua2 as pj
 
 from hitl_sip.errors import SipError
 from hitl_sip.media.buffers import FrameBuffer
+from hitl_sip.sip.uri import NameAddr
 from hitl_sip.worker.decision import Admit, Decision
 from hitl_sip.worker.events import (
     CallDtmf,
@@ -287,6 +288,25 @@ class _LogWriter(pj.LogWriter):  # type: ignore[misc]
             pass
 
 
+def contact_host(contact: str) -> str:
+    """``host[:port]`` of a Contact header value (``<sip:x@203.0.113.7:5060;transport=udp>``):
+    where a REFER's target goes when the profile names no ``refer_host``."""
+    try:
+        uri = NameAddr.parse(contact).uri
+    except ValueError as e:
+        raise SipError("the remote party's Contact has no host to transfer to") from e
+    if not uri.host:
+        raise SipError("the remote party's Contact has no host to transfer to")
+    host = f"[{uri.host}]" if ":" in uri.host else uri.host
+    return host if uri.port is None else f"{host}:{uri.port}"
+
+
+def settle(outcome: concurrent.futures.Future[tuple[int, str]], code: int, reason: str) -> None:
+    """Complete a REFER's outcome once (the loop may have given up on it meanwhile)."""
+    with contextlib.suppress(concurrent.futures.InvalidStateError):
+        outcome.set_result((code, reason))
+
+
 class _Call(pj.Call):  # type: ignore[misc]
     def __init__(self, stack: PjStack, account: Any, pj_call_id: int, call_id: str) -> None:
         super().__init__(account, pj_call_id)
@@ -301,9 +321,26 @@ class _Call(pj.Call):  # type: ignore[misc]
         self.hangup_by_system = False
         self.admitted = False
         self.ended = False
+        # our REFER's outcome: (final status, reason) from the carrier's NOTIFY (sipfrag) or
+        # the REFER's own failure; completed on the pj thread, awaited on the loop
+        self.refer: concurrent.futures.Future[tuple[int, str]] | None = None
 
     def onCallState(self, prm: Any) -> None:
         self.stack._guard(self._on_state)
+
+    def onCallTransferStatus(self, prm: Any) -> None:
+        """Progress of our REFER: pjsua reports 100 when it is accepted (202), then each
+        NOTIFY's sipfrag status; a failed REFER comes as its final status."""
+        code, final = int(prm.statusCode), bool(prm.finalNotify)
+        refer = self.refer
+        if refer is None or refer.done() or (code < 200 and not final):
+            return
+        prm.cont = False  # no more NOTIFYs wanted: the outcome is known
+        settle(refer, code if code >= 200 else 500, str(prm.reason))
+
+    def onCallTransferRequest(self, prm: Any) -> None:
+        # a REFER *to us* (the trunk asking our worker to call someone): never followed
+        prm.statusCode = 603
 
     def _on_state(self) -> None:
         ci = self.getInfo()
@@ -413,6 +450,34 @@ class PjStack:
             return True
 
         return await self.submit(do)
+
+    async def refer(self, call_id: str, user: str, host: str | None,
+                    wait: float) -> tuple[int, str]:
+        """A blind transfer of the call to ``sip:<user>@<host>`` (``host`` None: the host and
+        port of the remote party's Contact) by REFER; the final status and reason of the
+        carrier's NOTIFY (or of the REFER itself), ``(408, ...)`` after ``wait`` seconds.
+        :class:`SipError` when the call is gone or a transfer is under way."""
+        outcome: concurrent.futures.Future[tuple[int, str]] = concurrent.futures.Future()
+
+        def do() -> None:
+            call = self._calls.get(call_id)
+            if call is None or call.ended:
+                raise SipError("the call is over")
+            if call.refer is not None and not call.refer.done():
+                raise SipError("a transfer of this call is under way")
+            target = host or contact_host(str(call.getInfo().remoteContact))
+            call.refer = outcome
+            try:
+                call.xfer(f"<sip:{user}@{target}>", pj.CallOpParam(True))
+            except pj.Error as e:
+                call.refer = None
+                raise SipError(f"REFER not sent: {e.reason}") from e  # no URI: a number
+
+        await self.submit(do)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(outcome, loop=self.loop), wait)
+        except TimeoutError:
+            return 408, "no final NOTIFY in time"
 
     def set_source_active(self, call_id: str, active: bool) -> None:
         """Tell the port whether silence now is an underrun (read by the clock thread)."""
@@ -639,6 +704,8 @@ class PjStack:
 
     def _on_call_disconnected(self, call: _Call, status: int, reason: str) -> None:
         self._calls.pop(call.call_id, None)
+        if call.refer is not None:
+            settle(call.refer, 487, "the call ended")
         self._release_media(call)
         self._graveyard.append(call)
         if call.rejection is not None:

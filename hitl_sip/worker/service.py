@@ -48,6 +48,7 @@ from hitl_sip.protocol.worker import (
     Msg,
     PeerLost,
     Quality,
+    Refer,
     RegistrationMsg,
     Reply,
     Resume,
@@ -367,10 +368,15 @@ class WorkerService:
         if isinstance(command, Leg):
             self._spawn(self._leg(call, command))
             return
+        if isinstance(command, Refer):
+            self._spawn(self._refer(call, command))
+            return
         if isinstance(command, AgentLeft | Resume) and call.peer is not None:
             self._spawn(self._close_peer(call))
         if isinstance(command, Hangup) and command.by in ("agent", "system"):
             call.hangup_by = command.by
+        if isinstance(command, Hangup) and command.outcome is not None:
+            call.end_outcome = command.outcome
         if call.session is not None:
             self._spawn(call.session.on_command(command))
         elif isinstance(command, Hangup) and self.stack is not None:
@@ -579,6 +585,34 @@ class WorkerService:
         for key in ("to_agent_frames", "to_agent_silence", "to_agent_trimmed",
                     "from_agent_frames", "from_agent_dropped"):
             self.metrics.bridge_frames.inc(stats[key], kind=key)
+
+    # -- transfer to a phone number (PROTOCOL.md §6; the hub decides the means) ----------
+
+    async def _refer(self, call: CallRuntime, command: Refer) -> None:
+        """REFER the caller to the number; the hub gets the outcome (it hangs up after)."""
+        clog = call_logger(log, call.call_id)
+        transfer = self.profile.transfer
+        error: ErrorBody | None = None
+        if not transfer.refer:
+            error = ErrorBody(code="unavailable",
+                              message=f"trunk profile {self.profile.name} has refer = false")
+        elif self.stack is None:
+            error = ErrorBody(code="unavailable", message="the SIP stack is not running")
+        else:
+            call.event("refer")  # the number stays out of the call record's events
+            clog.info("REFER to the trunk", extra={"redact": {"number": command.number}})
+            try:
+                status, reason = await self.stack.refer(call.call_id, command.number,
+                                                        transfer.refer_host, command.timeout)
+            except SipError as e:
+                status, reason = 0, str(e)
+            call.event("refer_outcome", status=status)
+            clog.info("REFER outcome: %s %s", status or "-", reason)
+            if not 200 <= status < 300:
+                error = ErrorBody(code="refer_failed", message=f"{status} {reason}"[:200])
+        if command.request_id is not None:
+            self._notify(Reply(request_id=command.request_id, call_id=call.call_id,
+                               ok=error is None, error=error))
 
     async def _answer(self, call: CallRuntime) -> None:
         assert self.stack is not None

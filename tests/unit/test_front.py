@@ -87,6 +87,18 @@ def test_kamailio_itself_accepts_the_generated_configuration(tmp_path: Path,
     assert asyncio.run(KamailioFront(c, files, tmp_path / "run").check())
 
 
+def test_refer_and_notify_pass_inside_dialogs_only_when_the_profile_transfers_by_refer(
+    tmp_path: Path,
+) -> None:
+    c = config()
+    allow = AllowList.from_cidrs(["127.0.0.0/8"])
+    passing = '!(has_totag() && is_method("REFER|NOTIFY"))'
+    assert passing not in render_config(c, allow, None, Path("/d"), Path("/a"), secret="0" * 32)
+    files = write_files(c, tmp_path, allow, None, [6001], refer=True)
+    assert passing in files.cfg.read_text()
+    assert asyncio.run(KamailioFront(c, files, tmp_path / "run").check()) is None
+
+
 def test_the_front_is_on_for_every_worker_count_unless_switched_off() -> None:
     for count in ("1", "2"):
         assert uses_front(config(**{"worker.count": count}))

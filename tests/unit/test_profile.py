@@ -13,6 +13,7 @@ from hitl_sip.sip.profile import (
     PASSWORD_ENV,
     Codec,
     Srtp,
+    TransferSettings,
     TrunkProfile,
     load_profile,
     parse_profile,
@@ -20,7 +21,8 @@ from hitl_sip.sip.profile import (
 
 PROFILES = Path(__file__).parents[2] / "sip_profiles"
 SHIPPED = sorted(PROFILES.glob("*.toml"))
-SECTIONS = ("allow", "auth", "register", "codecs", "nat", "rtp", "headers", "numbers", "dtmf")
+SECTIONS = ("allow", "auth", "register", "codecs", "nat", "rtp", "headers", "numbers", "dtmf",
+            "transfer")
 SECRET = b"test-secret-0123456789"
 
 
@@ -357,3 +359,28 @@ def test_a_path_outside_the_profiles_dir(tmp_path: Path) -> None:
 
     assert p.name == "carrier"
     assert p.allow_list.allows("203.0.113.50")
+
+
+def test_transfer_by_refer_is_off_unless_the_profile_says_the_carrier_takes_it() -> None:
+    for path in SHIPPED:
+        assert load_profile(str(path), PROFILES, env={}).transfer == TransferSettings()
+    on = parse_profile('name = "x"\n[transfer]\nrefer = true\nrefer_host = "Example.PSTN.'
+                       'twilio.com"\n')
+    assert on.transfer == TransferSettings(refer=True, refer_host="example.pstn.twilio.com")
+    for host in ("203.0.113.7:5060", "[2001:db8::1]:5061"):
+        text = f'name = "x"\n[transfer]\nrefer_host = "{host}"\n'
+        assert parse_profile(text).transfer.refer_host == host
+
+
+@pytest.mark.parametrize(("body", "key"), [
+    ('refer = "yes"', "profile.transfer.refer"),
+    ('refer_host = "user@host"', "profile.transfer.refer_host"),
+    ('refer_host = "host;transport=tcp"', "profile.transfer.refer_host"),
+    ('refer_host = "host:0"', "profile.transfer.refer_host"),
+    ('refer_host = "bad_host!"', "profile.transfer.refer_host"),
+    ('refer_to = "x"', "profile.transfer.refer_to"),
+])
+def test_a_bad_transfer_section_names_its_key(body: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_profile(f'name = "x"\n[transfer]\n{body}\n')
+    assert info.value.key == key

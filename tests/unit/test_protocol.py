@@ -62,6 +62,8 @@ COMMANDS: list[w.Msg] = [
     w.Say(call_id="c1", text="One moment."),
     w.Handoff(call_id="c1", reason="api"),
     w.Hangup(call_id="c1", by="agent"),
+    w.Hangup(call_id="c1", by="agent", outcome="transferred"),
+    w.Refer(call_id="c1", number="+15551234567", timeout=30, request_id="r3"),
     w.AgentJoined(call_id="c1", agent_id="alice"),
     w.AgentLeft(call_id="c1", agent_id="alice"),
     w.Resume(call_id="c1"),

@@ -310,6 +310,7 @@ class FakeHub:
         self.commands: list[w.HubCommand] = []
         self.listeners: list[Any] = []
         self.reply: w.Reply | None = None
+        self.before_reply: asyncio.Event | None = None  # set: the worker answers then
 
     def subscribe(self, listener: Any) -> None:
         self.listeners.append(listener)
@@ -331,8 +332,11 @@ class FakeHub:
         self.commands.append(command)
         return command.call_id in self.registry.calls
 
-    async def request(self, command: w.WebrtcOffer | w.WebrtcCandidate) -> w.Reply | None:
+    async def request(self, command: w.WebrtcOffer | w.WebrtcCandidate | w.Refer,
+                      wait: float = 10.0) -> w.Reply | None:
         self.commands.append(command)
+        if self.before_reply is not None:
+            await self.before_reply.wait()
         return self.reply
 
 

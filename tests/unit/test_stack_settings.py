@@ -4,10 +4,12 @@ at the front, and the profile's SRTP policy becomes pjmedia's."""
 from __future__ import annotations
 
 import pjsua2 as pj
+import pytest
 
 from hitl_sip.config import load_config
+from hitl_sip.errors import SipError
 from hitl_sip.sip.profile import Srtp, parse_profile
-from hitl_sip.worker.pjsip import SRTP_USE
+from hitl_sip.worker.pjsip import SRTP_USE, contact_host
 from hitl_sip.worker.service import stack_settings
 
 
@@ -26,3 +28,12 @@ def test_a_worker_behind_a_tls_front_listens_on_udp_and_tcp_only() -> None:
     assert stack_settings(config, profile, 0, sip_port=6001).transports == ("udp", "tcp")
     only_tls = load_config(None, env={}, overrides={"sip.transports": "tls"})
     assert stack_settings(only_tls, profile, 0, sip_port=6001).transports == ("udp",)
+
+
+def test_a_refer_goes_to_the_host_of_the_trunk_s_contact_by_default() -> None:
+    assert contact_host("<sip:sipp@127.0.0.1:5061;transport=UDP>") == "127.0.0.1:5061"
+    assert contact_host('"Twilio" <sip:+14155550100@54.172.60.1>;expires=60') == "54.172.60.1"
+    assert contact_host("<sip:[2001:db8::7]:5060>") == "[2001:db8::7]:5060"
+    for bad in ("", "<>", "garbage"):
+        with pytest.raises(SipError):
+            contact_host(bad)
