@@ -13,8 +13,8 @@
 // and exits when stdin closes.
 //
 // Selectors are Playwright selectors (CSS by default: [data-testid="x"]). Actions on one
-// element (click, fill, press, text, attr) are strict: more than one match is an error;
-// pick one with `>> nth=0`. `query` and `count` look without waiting.
+// element (click, fill, press, selectOption, text, attr) are strict: more than one match is
+// an error; pick one with `>> nth=0`. `query` and `count` look without waiting.
 //
 // playwright-core resolves from agent-app/node_modules (next to this file), whatever the
 // working directory. `npx playwright install` is not used: the browser is /usr/bin/chromium.
@@ -144,6 +144,12 @@ const ops = {
     need(p, 'selector', 'key');
     await pageOf(p).locator(p.selector).press(String(p.key), { timeout: timeoutOf(p) });
     return null;
+  },
+
+  // A <select>'s option by value (or label): the select's input and change events fire.
+  async selectOption(p) {
+    need(p, 'selector', 'value');
+    return await pageOf(p).locator(p.selector).selectOption(String(p.value), { timeout: timeoutOf(p) });
   },
 
   async waitFor(p) {

@@ -267,8 +267,8 @@ class AgentNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
 
     @handles(WrapUp)
     async def on_wrap_up(self, agent_id: str, request: WrapUp) -> dict[str, Any]:
-        held_by, thread_id = self.router.held.get(request.call_id, ("", ""))
-        if held_by != agent_id:
+        thread_id = self.router.may_wrap_up(agent_id, request.call_id)
+        if thread_id is None:
             return refuse(ErrorCode.FORBIDDEN, "wrap up only a call you took")
         dispositions = self.hub.config.routing.dispositions
         if request.disposition not in dispositions:

@@ -107,6 +107,8 @@ class Router:
         self.on_change: Callable[[], None] | None = None  # an agent's state changed (board)
         # call id -> (the agent who took it, its thread)
         self.held: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        # call id -> the agents who held it before a transfer (they may wrap it up too)
+        self.held_before: OrderedDict[str, set[str]] = OrderedDict()
         self.supervision: Supervision | None = None  # transfers ring through it
         hub.subscribe(self._on_call_event)
 
@@ -286,6 +288,19 @@ class Router:
             await self._to_agent(agent, CallCancelled(call_id=call_id,
                                                       reason=CancelReason.RING_TIMEOUT))
         await self._advance(offer)
+
+    def handed_over(self, call_id: str, agent_id: str) -> None:
+        """``agent_id`` held the call until a transfer: its wrap-up is still welcome."""
+        self.held_before.setdefault(call_id, set()).add(agent_id)
+        while len(self.held_before) > HELD_MAX:
+            self.held_before.popitem(last=False)
+
+    def may_wrap_up(self, agent_id: str, call_id: str) -> str | None:
+        """The call's thread when ``agent_id`` took it (or held it before a transfer)."""
+        held_by, thread_id = self.held.get(call_id, ("", ""))
+        if held_by == agent_id or agent_id in self.held_before.get(call_id, ()):
+            return thread_id
+        return None
 
     def may_act(self, agent_id: str, call_id: str) -> bool:
         """An agent may act only on calls offered to it or accepted by it."""

@@ -42,6 +42,7 @@ from hitl_sip.log import now_iso
 from hitl_sip.protocol.agent import (
     BoardMonitor,
     CallCancelled,
+    CallConnected,
     CallEnded,
     CancelReason,
     EndedBy,
@@ -381,6 +382,7 @@ class Supervision:
         call = self.hub.registry.calls.get(call_id)
         if call is not None:
             call.agent_id = leg
+            self.router.handed_over(call_id, transfer.from_agent)  # it may still wrap up
             self.router.held[call_id] = (leg, call.thread_id)
         self.transfers_done.inc(mode=transfer.mode.value, outcome="completed")
         log.info("[call %s] transferred from %s to %s (%s, %.1fs)", call_id,
@@ -408,6 +410,13 @@ class Supervision:
         call_id = str(data.get("callId", ""))
         if event == "leg_media" and data.get("primary"):
             await self._completed(call_id, str(data.get("leg")))
+        elif event == "leg_media" and data.get("flowing"):
+            # a transfer's target hears the call now: its dashboard shows it connected
+            transfer = self.transfers.get(call_id)
+            target = self.router.agents.get(transfer.joined or "") if transfer else None
+            if target is not None and transfer is not None and transfer.joined == data.get("leg"):
+                await self.router._to_agent(target, CallConnected(call_id=call_id,
+                                                                  at=now_iso()))
         elif event == "whispered":
             await self._to_agents(call_id, Transcript(
                 call_id=call_id, thread_id=data["threadId"], role=data["role"],

@@ -306,6 +306,13 @@ class Page:
     async def fill(self, selector: str, value: str, limit: float = 10.0) -> None:
         await self._do("fill", selector=selector, value=value, timeout=_ms(limit))
 
+    async def select_option(self, selector: str, value: str, limit: float = 10.0) -> list[str]:
+        """Picks the option whose value (or else label) is ``value`` in the ``<select>``
+        matching ``selector``; returns the values now selected."""
+        result = await self._do("selectOption", selector=selector, value=value,
+                                timeout=_ms(limit))
+        return [str(v) for v in result or []]
+
     async def press(self, selector: str, key: str, limit: float = 10.0) -> None:
         await self._do("press", selector=selector, key=key, timeout=_ms(limit))
 

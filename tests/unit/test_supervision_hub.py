@@ -97,12 +97,17 @@ async def test_a_cold_transfer_rings_the_target_with_the_conversation(rig: Rig) 
     await rig.ask("webrtc_offer", {"callId": "c1", "sdp": "v=0\r\n"}, sid=bob)
     assert rig.hub.commands[-1].leg == "bob"  # type: ignore[union-attr]
     await rig.hub.publish("leg_media", {"type": "leg_media", "callId": "c1", "leg": "bob",
+                                        "flowing": True, "primary": False})
+    assert len(got(rig, "call_connected", bob)) == 1  # bob hears the call: connected
+    await rig.hub.publish("leg_media", {"type": "leg_media", "callId": "c1", "leg": "bob",
                                         "flowing": True, "primary": True})
     assert [e["reason"] for e in got(rig, "call_ended", "sid-alice")] == ["transferred"]
     assert rig.agents.router.offers["c1"].accepted_by == "bob"
     assert call.agent_id == "bob"
     wrap = await rig.ask("wrap_up", {"callId": "c1", "disposition": "resolved"}, sid=bob)
     assert wrap == {"ok": True}  # the call is bob's now
+    first = await rig.ask("wrap_up", {"callId": "c1", "disposition": "follow_up"})
+    assert first == {"ok": True}  # and alice, who handed it over, wraps up her part
     hangup = await rig.ask("hangup", {"callId": "c1"}, sid="sid-alice")
     assert hangup["error"]["code"] in ("forbidden", "invalid_state")
 
