@@ -16,6 +16,9 @@
 // element (click, fill, press, selectOption, text, attr) are strict: more than one match is
 // an error; pick one with `>> nth=0`. `query` and `count` look without waiting.
 //
+// Each page keeps the text frames its WebSockets received (the last FRAMES_KEPT): `wsFrames`
+// returns them, e.g. to count the Socket.IO events a page was sent.
+//
 // playwright-core resolves from agent-app/node_modules (next to this file), whatever the
 // working directory. `npx playwright install` is not used: the browser is /usr/bin/chromium.
 
@@ -24,6 +27,7 @@ import { chromium } from 'playwright-core';
 
 const EXECUTABLE = process.env.E2E_CHROMIUM || '/usr/bin/chromium';
 const DEFAULT_TIMEOUT = 10_000; // ms, for actions that wait for their element
+const FRAMES_KEPT = 2000; // received WebSocket text frames kept per page
 
 let browser = null;
 const pages = new Map(); // name -> {page, context}
@@ -112,7 +116,15 @@ const ops = {
     });
     const page = await context.newPage();
     const name = p.name;
-    pages.set(name, { page, context });
+    const frames = [];
+    pages.set(name, { page, context, frames });
+    page.on('websocket', (ws) => {
+      ws.on('framereceived', ({ payload }) => {
+        if (typeof payload !== 'string') return;
+        frames.push({ at: Date.now(), url: ws.url(), payload });
+        if (frames.length > FRAMES_KEPT) frames.splice(0, frames.length - FRAMES_KEPT);
+      });
+    });
     page.on('console', (msg) => event(name, msg.type(), msg.text()));
     page.on('pageerror', (err) => event(name, 'pageerror', err.stack || err.message));
     page.on('crash', () => event(name, 'crash', 'the page crashed'));
@@ -202,6 +214,15 @@ const ops = {
       );
     }
     return await page.evaluate(String(p.expression));
+  },
+
+  // The text frames the page's WebSockets received so far, oldest first; with `contains`,
+  // those that include it: [{at (ms since the epoch), url, payload}].
+  async wsFrames(p) {
+    pageOf(p);
+    const { frames } = pages.get(p.page);
+    const part = p.contains === undefined || p.contains === null ? null : String(p.contains);
+    return frames.filter((f) => part === null || f.payload.includes(part));
   },
 
   async screenshot(p) {

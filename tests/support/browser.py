@@ -345,6 +345,13 @@ class Page:
             params["arg"] = arg
         return await self._do("evaluate", **params)
 
+    async def ws_frames(self, contains: str | None = None) -> list[dict[str, Any]]:
+        """The text frames the page's WebSockets have received so far (the driver keeps the
+        last 2000), oldest first, those including ``contains`` when given:
+        ``[{"at": ms since the epoch, "url": ..., "payload": ...}]``."""
+        params: dict[str, Any] = {} if contains is None else {"contains": contains}
+        return list(await self._do("wsFrames", **params))
+
     async def screenshot(self, path: Path, full_page: bool = True) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         await self._do("screenshot", path=str(path), fullPage=full_page, timeout=15_000)
