@@ -773,18 +773,28 @@ def _validate_front(config: Config) -> None:
                           "expected at least 8 ports per worker above front.worker_rtp_port_start")
 
 
+def _url_fault(url: str, schemes: tuple[str, ...] = ("http", "https")) -> str | None:
+    """What is wrong with ``url`` as a service's base URL: ``form`` (not one of ``schemes``
+    with a host), ``extras`` (credentials, a query or a fragment), or nothing."""
+    parts = urlsplit(url)
+    if parts.scheme not in schemes or not parts.hostname:
+        return "form"
+    if parts.username or parts.password or parts.query or parts.fragment:
+        return "extras"
+    return None
+
+
 def _validate_summary(s: SummaryConfig) -> None:
     """The messages never quote the URL or the key (either may carry a secret)."""
     if s.engine not in SUMMARY_ENGINES:
         raise ConfigError("summary.engine", f"expected one of {', '.join(SUMMARY_ENGINES)}")
-    if s.url:
-        parts = urlsplit(s.url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError("summary.url", "expected an http(s) URL, the API base "
-                              "(e.g. https://api.openai.com/v1)")
-        if parts.username or parts.password or parts.query or parts.fragment:
-            raise ConfigError("summary.url", "expected a plain API base without credentials, "
-                              "query or fragment (the key goes in summary.api_key)")
+    fault = _url_fault(s.url) if s.url else None
+    if fault == "form":
+        raise ConfigError("summary.url", "expected an http(s) URL, the API base "
+                          "(e.g. https://api.openai.com/v1)")
+    if fault == "extras":
+        raise ConfigError("summary.url", "expected a plain API base without credentials, "
+                          "query or fragment (the key goes in summary.api_key)")
     if s.engine == "openai":
         if not s.url:
             raise ConfigError("summary.url", "summary.engine = openai needs the endpoint's "
@@ -809,11 +819,11 @@ def _validate_carrier(c: CarrierConfig) -> None:
             raise ConfigError(f"carrier.{key}", f"expected the secret as the carrier's console "
                               f"shows it: at least {CARRIER_SECRET_MIN} characters, no spaces")
     if c.public_url:
-        parts = urlsplit(c.public_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        fault = _url_fault(c.public_url)
+        if fault == "form":
             raise ConfigError("carrier.public_url", "expected the hub's base URL as the carrier "
                               "calls it, e.g. https://hub.example.com")
-        if parts.username or parts.password or parts.query or parts.fragment:
+        if fault == "extras":
             raise ConfigError("carrier.public_url", "expected a plain base URL without "
                               "credentials, query or fragment")
     elif c.twilio_auth_token:
@@ -859,10 +869,7 @@ def _validate_carrier_control(config: Config) -> None:
                               f"not a readable file: {c.vonage_private_key_path}")
     for key, url, schemes in (("twilio_api_url", c.twilio_api_url, ("http", "https")),
                               ("vonage_api_url", c.vonage_api_url, ("https",))):
-        parts = urlsplit(url)
-        if (parts.scheme not in schemes or not parts.hostname or parts.username
-                or parts.password or parts.query or parts.fragment
-                or parts.path.strip("/")):
+        if _url_fault(url, schemes) or urlsplit(url).path.strip("/"):
             raise ConfigError(f"carrier.{key}", f"expected a base URL ({' or '.join(schemes)}"
                               "://host[:port], no path, query or credentials)")
     if not 1 <= c.refer_timeout <= 600:
