@@ -45,10 +45,35 @@ def find_pieces(haystack: bytes, needle: bytes, rate: int) -> list[Piece]:
     return pieces
 
 
+def unexplained(pieces: list[Piece]) -> list[Piece]:
+    """Spoiled pieces that no jitter step accounts for.
+
+    A piece spoiled by a step sits between intact neighbours found at different delays (the
+    step happened inside it). On a loaded 2-core machine pjmedia may take a 10 ms step out and
+    put it back a second later (0.025 -> 0.015 -> 0.025 s seen in CI), spoiling two pieces;
+    a spoiled piece whose neighbours agree, or that has no intact neighbour, is a real loss.
+    """
+    lost = []
+    for i, piece in enumerate(pieces):
+        if piece.score >= PIECE_MATCH:
+            continue
+        before = pieces[i - 1] if i > 0 else None
+        after = pieces[i + 1] if i + 1 < len(pieces) else None
+        stepped = (
+            before is not None and after is not None
+            and before.score >= PIECE_MATCH and after.score >= PIECE_MATCH
+            and abs(before.delay_s - after.delay_s) >= 0.005
+        )
+        if not stepped:
+            lost.append(piece)
+    return lost
+
+
 def assert_contains(
     haystack: bytes, needle: bytes, rate: int, *, starts_within: tuple[float, float], what: str
 ) -> None:
-    """``needle`` is in ``haystack`` in order, allowing one piece spoiled by a jitter step."""
+    """``needle`` is in ``haystack`` in order, allowing one spoiled piece, or more when each
+    sits on a jitter step (:func:`unexplained`)."""
     whole, _ = best_correlation(haystack, needle, rate)
     pieces = find_pieces(haystack, needle, rate)
     report = f"{what}: whole-needle corr {whole:.2f}; pieces " + ", ".join(
@@ -56,7 +81,7 @@ def assert_contains(
     )
     intact = [p for p in pieces if p.score >= PIECE_MATCH]
     assert len(pieces) >= 4, report
-    assert len(intact) >= len(pieces) - 1, report
+    assert len(intact) >= len(pieces) - 1 or not unexplained(pieces), report
     delays = [p.delay_s for p in intact]
     assert max(delays) - min(delays) <= MAX_DRIFT_S, f"pieces out of line; {report}"
     low, high = starts_within
