@@ -17,7 +17,10 @@ Measured in a steady window of ``--seconds``:
   frame dropped (too far ahead of the trunk clock) or a 20 ms tick of the trunk's clock
   with nothing to send while the agent's audio was flowing (``hitl_sip_pcm_underruns_total
   {direction="to_caller"}``); over the frames of the window;
-- and what the callers saw: RTP sequence gaps and inter-arrival gaps over 60 ms.
+- and what the callers saw: RTP sequence gaps and inter-arrival gaps over 60 ms;
+- the worker's garbage-collector pauses in the window (``hitl_sip_gc_pause_seconds``: how
+  many, how many over 5 and 20 ms); ``HITL_SIP_GC=stock`` in the environment runs the
+  server with CPython's collector settings for comparison (:mod:`hitl_sip.gctune`).
 
 The callers and agents share this machine's two cores with the server.
 
@@ -93,6 +96,14 @@ def caller_view(caller: RtpCaller, start: float, end: float) -> dict[str, int]:
     return {"packets": len(pkts), "seq_gaps": lost, "gaps_over_60ms": late}
 
 
+def gc_pauses(srv: Server) -> dict[str, float]:
+    """The worker's garbage-collector pauses so far (``hitl_sip_gc_pause_seconds``)."""
+    name = "hitl_sip_gc_pause_seconds_bucket"
+    total = srv.metric(name, le="+Inf")
+    return {"gc_pauses": total, "gc_over_5ms": total - srv.metric(name, le="0.005"),
+            "gc_over_20ms": total - srv.metric(name, le="0.02")}
+
+
 def relay_process(srv: Server) -> psutil.Process | None:
     """rtpengine's process, when the media passes it."""
     media = (srv.health()[1].get("front") or {}).get("media") or {}
@@ -132,6 +143,7 @@ async def measure(srv: Server, codec: str, seconds: float) -> dict[str, Any]:
         await asyncio.sleep(3.0)  # settle: recognisers loaded, queues at their level
         before = {
             "underruns": srv.metric("hitl_sip_pcm_underruns_total", direction="to_caller"),
+            **gc_pauses(srv),
         }
         r1 = cpu_seconds(relay) if relay else 0.0
         c1, s1, t1 = cpu_seconds(worker), children_cpu(worker), time.monotonic()
@@ -142,6 +154,7 @@ async def measure(srv: Server, codec: str, seconds: float) -> dict[str, Any]:
         await asyncio.sleep(1.5)  # the worker reports metrics every second
         underruns = srv.metric("hitl_sip_pcm_underruns_total",
                                direction="to_caller") - before["underruns"]
+        after = gc_pauses(srv)
         views = [caller_view(c, t1, t2) for c in callers]
         heard = [len(a.heard_frames) for a in agents]
     finally:
@@ -174,6 +187,9 @@ async def measure(srv: Server, codec: str, seconds: float) -> dict[str, Any]:
         "to_caller_frames": total["from_agent_frames"],
         "window_frames_per_direction": window_frames,
         "to_caller_late_pct_in_window": round(100 * underruns / window_frames, 3),
+        "gc_pauses": int(after["gc_pauses"] - before["gc_pauses"]),
+        "gc_pauses_over_5ms": int(after["gc_over_5ms"] - before["gc_over_5ms"]),
+        "gc_pauses_over_20ms": int(after["gc_over_20ms"] - before["gc_over_20ms"]),
         "callers": views,
         "agent_frames_heard": heard,
     }
@@ -228,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
               f"agent->caller underruns {r['to_caller_underruns_in_window']}/"
               f"{r['window_frames_per_direction']} ticks ({r['to_caller_late_pct_in_window']}"
               f" %), dropped {r['to_caller_dropped']}/{r['to_caller_frames']}")
+        print(f"      worker GC pauses in the window: {r['gc_pauses']}, over 5 ms "
+              f"{r['gc_pauses_over_5ms']}, over 20 ms {r['gc_pauses_over_20ms']}")
         print(f"      at the callers: {r['callers']}")
     return 0
 

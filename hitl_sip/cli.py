@@ -34,6 +34,7 @@ from hitl_sip.front.kamailio import (
 )
 from hitl_sip.front.rtpengine import RtpEngine, check_media_ranges, free_ng_port
 from hitl_sip.front.rtpengine import write_config as write_rtpengine_config
+from hitl_sip.gctune import PauseMeter, tune
 from hitl_sip.hub.agents import AgentStore
 from hitl_sip.hub.app import create_app, create_internal_app
 from hitl_sip.hub.carrier import resolve_sip_uri
@@ -200,6 +201,8 @@ async def serve(config: Config, token_secret: bytes, digest_secret: bytes,
         await front.start()
         registry.front = _front_health(front, relay)
     await hub.start()
+    PauseMeter(registry.metrics, "hitl_sip_hub_gc_pause_seconds").install()
+    tune("hub")
     stop_wait = asyncio.create_task(stop.wait())
     fail_wait = asyncio.create_task(supervisor.failed.wait())
     await asyncio.wait({stop_wait, fail_wait}, return_when=asyncio.FIRST_COMPLETED)

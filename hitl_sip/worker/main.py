@@ -22,6 +22,7 @@ import sys
 from hitl_sip.bot.flow import FlowError
 from hitl_sip.config import config_from_dict
 from hitl_sip.errors import ConfigError, SipError
+from hitl_sip.gctune import PauseMeter, tune
 from hitl_sip.log import setup_logging
 from hitl_sip.worker.service import WorkerService
 
@@ -46,12 +47,15 @@ async def run(service: WorkerService, watch_hub: bool = False) -> int:
         stop.set()
     if watch_hub:
         loop.add_signal_handler(HUB_DIED, on_hub_death)
+    pauses = PauseMeter(service.metrics.registry)
+    pauses.install()
     try:
         await service.start()
     except SipError as e:
         log.error("%s", e)
         await service.drain_and_stop(0)
         return 1
+    tune(f"worker {service.worker_id}")  # everything is loaded: the stack, the decoders
     await stop.wait()
     if hub_died:
         # nobody routes these calls any more, and the hub's successor needs this worker's

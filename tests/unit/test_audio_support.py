@@ -13,7 +13,8 @@ RATE = 8000
 def speech_like(seconds: float, seed: int = 1) -> np.ndarray:
     rng = np.random.default_rng(seed)
     noise = rng.standard_normal(int(seconds * RATE))
-    return (noise / np.max(np.abs(noise)) * 12000).astype("<i2")
+    scaled: np.ndarray = (noise / np.max(np.abs(noise)) * 12000).astype("<i2")
+    return scaled
 
 
 def step(audio: np.ndarray, at_s: float, ms: int) -> np.ndarray:
