@@ -28,8 +28,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from hitl_sip.media.g711 import ulaw_encode  # noqa: E402
 from hitl_sip.media.wav import frames, read_wav, resample  # noqa: E402
-from hitl_sip.testing.g711 import ulaw_encode  # noqa: E402
 from hitl_sip.testing.pcap import dtmf_event_packets, rtp_stream_packets, write_udp_pcap  # noqa: E402
 from tests.support.net import free_port, free_port_pair  # noqa: E402
 from tests.support.server import running_server  # noqa: E402

@@ -45,8 +45,8 @@ import pjsua2 as pj
 import psutil
 
 from hitl_sip.media.buffers import BufferClosed, FrameBuffer
+from hitl_sip.media.g711 import ulaw_encode
 from hitl_sip.media.wav import frames, read_wav, resample
-from hitl_sip.testing.g711 import ulaw_encode
 from hitl_sip.testing.pcap import rtp_stream_packets, write_udp_pcap
 from hitl_sip.worker.decision import Decision
 from hitl_sip.worker.events import CallEnded, CallMediaReady, CallOffered, CallRejected, WorkerEvent

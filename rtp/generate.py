@@ -28,9 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from hitl_sip.media.g711 import alaw_encode, ulaw_encode  # noqa: E402
 from hitl_sip.media.rtp import DTMF_EVENTS  # noqa: E402
 from hitl_sip.media.wav import frames, read_wav, resample, write_wav  # noqa: E402
-from hitl_sip.testing.g711 import alaw_encode, ulaw_encode  # noqa: E402
 from hitl_sip.testing.pcap import dtmf_event_packets, rtp_stream_packets, write_udp_pcap  # noqa: E402
 
 CORPUS = ROOT / "rtp"

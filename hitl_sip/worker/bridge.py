@@ -18,6 +18,13 @@ most ``webrtc.max_lead_frames`` ahead of the media clock (older frames dropped).
 aiortc's stock audio receiver holds packets in a jitter buffer that releases a frame only
 after 4 more have arrived (80 ms) — :class:`ImmediateJitterBuffer` releases every in-order
 audio packet at once (``webrtc.low_latency``; the trunk's clock does the pacing).
+
+G.711 (PCMU/PCMA, the default agent codec) never leaves the event loop: aiortc encodes
+every outgoing frame in its thread pool and decodes every incoming one in a decoder thread,
+two thread hops per 20 ms that cost more than the codec (a 65536-entry encode table and a
+256-entry decode table, :mod:`hitl_sip.media.g711`). :class:`CallerTrack` hands aiortc
+ready G.711 packets (its sender only packs them) and :func:`decode_g711_inline` decodes the
+agent's packets on the loop as they arrive. Opus keeps aiortc's encoder and decoder.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import asyncio
 import contextlib
 import fractions
 import logging
+import queue
 import time
 from collections import deque
 from collections.abc import Callable
@@ -38,14 +46,19 @@ from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import RtpPacket
 from aiortc.utils import uint16_add
-from av import AudioFrame
+from av import AudioFrame, Packet
 
 from hitl_sip.media.fir import FirResampler
+from hitl_sip.media.g711 import ALAW_DECODE, ALAW_ENCODE, ULAW_DECODE, ULAW_ENCODE
 from hitl_sip.worker.mix import Taps
 
 log = logging.getLogger(__name__)
 
 FRAME_SECONDS = 0.02
+G711_RATE = 8000
+G711_TIME_BASE = fractions.Fraction(1, G711_RATE)
+#: codec name (as in the answer) → (encode table, decode table)
+G711 = {"pcmu": (ULAW_ENCODE, ULAW_DECODE), "pcma": (ALAW_ENCODE, ALAW_DECODE)}
 
 
 @dataclass
@@ -91,6 +104,7 @@ class CallerTrack(MediaStreamTrack):  # type: ignore[misc]
         self._silence = bytes(self.samples * 2)
         self._out_rate = rate
         self._stereo = False
+        self._encode: npt.NDArray[np.uint8] | None = None  # G.711: packets, not frames
         self._resampler: FirResampler | None = None
         # the other talkers this leg hears, summed in at the pull (hitl_sip.worker.mix)
         self.taps = Taps()
@@ -99,7 +113,9 @@ class CallerTrack(MediaStreamTrack):  # type: ignore[misc]
         """Hand aiortc frames in the codec's own format, so its encoder neither resamples
         (libswresample holds back a frame: 20 ms) nor upmixes (mono→stereo costs 3 dB)."""
         self._stereo = codec == "opus"
-        self._out_rate = 48000 if codec == "opus" else 8000
+        self._out_rate = 48000 if codec == "opus" else G711_RATE
+        tables = G711.get(codec)
+        self._encode = tables[0] if tables else None
         self._resampler = (FirResampler(self.rate, self._out_rate)
                            if self._out_rate != self.rate else None)
 
@@ -108,7 +124,7 @@ class CallerTrack(MediaStreamTrack):  # type: ignore[misc]
         self._queue.append((frame, time.monotonic()))
         self._arrived.set()
 
-    async def recv(self) -> AudioFrame:
+    async def recv(self) -> AudioFrame | Packet[Any]:
         if self.readyState != "live":
             raise MediaStreamError
         if self._anchor is None:
@@ -162,10 +178,15 @@ class CallerTrack(MediaStreamTrack):  # type: ignore[misc]
                 self._waits.clear()
         return frame
 
-    def _frame(self, pcm: bytes) -> AudioFrame:
+    def _frame(self, pcm: bytes) -> AudioFrame | Packet[Any]:
         samples = np.frombuffer(pcm, dtype="<i2")
         if self._resampler is not None:
             samples = self._resampler.process(samples)
+        if self._encode is not None:  # G.711: the payload itself, aiortc only packs it
+            packet = Packet(self._encode[samples.astype("<i2").view("<u2")].tobytes())
+            packet.pts = self._index * len(samples)
+            packet.time_base = G711_TIME_BASE
+            return packet
         if self._stereo:
             frame = AudioFrame.from_ndarray(np.repeat(samples, 2).reshape(1, -1),
                                             format="s16", layout="stereo")
@@ -276,4 +297,51 @@ def use_immediate_jitter_buffer(receiver: Any) -> bool:
         log.warning("aiortc's receiver has no %s: keeping its stock jitter buffer", name)
         return False
     setattr(receiver, name, ImmediateJitterBuffer())
+    return True
+
+
+class _InlineG711Queue:
+    """Stands in for an aiortc receiver's decoder queue (see :func:`decode_g711_inline`).
+
+    aiortc's decoder thread still takes from the original queue (Opus frames, and the
+    ``None`` that stops it); G.711 frames ``put`` here are decoded at once, on the loop,
+    into the queue of the receiver's track (made when the remote description is set)."""
+
+    def __init__(self, inner: queue.Queue[Any], receiver: Any) -> None:
+        self._inner = inner
+        self._receiver = receiver
+
+    def get(self, *args: Any, **kwargs: Any) -> Any:  # the decoder thread's side
+        return self._inner.get(*args, **kwargs)
+
+    def put(self, task: Any, *args: Any, **kwargs: Any) -> None:
+        if task is not None:
+            codec, encoded = task
+            tables = G711.get(str(codec.name).lower())
+            output = getattr(self._receiver._track, "_queue", None)
+            if tables is not None and isinstance(output, asyncio.Queue):
+                output.put_nowait(g711_frame(tables[1], encoded.data, encoded.timestamp))
+                return
+        self._inner.put(task, *args, **kwargs)
+
+
+def g711_frame(table: npt.NDArray[np.int16], payload: bytes, pts: int) -> AudioFrame:
+    """One G.711 payload decoded into an 8 kHz mono s16 frame."""
+    samples = table[np.frombuffer(payload, dtype=np.uint8)]
+    frame = AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+    frame.sample_rate = G711_RATE
+    frame.pts = pts
+    frame.time_base = G711_TIME_BASE
+    return frame
+
+
+def decode_g711_inline(receiver: Any) -> bool:
+    """Decode a receiver's G.711 on the event loop instead of aiortc's decoder thread (call
+    before the receiver starts); False, changing nothing, when aiortc changed shape."""
+    name = "_RTCRtpReceiver__decoder_queue"
+    inner = getattr(receiver, name, None)
+    if not isinstance(inner, queue.Queue) or not hasattr(receiver, "_track"):
+        log.warning("aiortc's receiver has no decoder queue: G.711 decodes in its thread")
+        return False
+    setattr(receiver, name, _InlineG711Queue(inner, receiver))
     return True

@@ -24,7 +24,13 @@ from aiortc.exceptions import OperationError
 from aiortc.sdp import SessionDescription, candidate_from_sdp
 
 from hitl_sip.media.ice import advertise_public
-from hitl_sip.worker.bridge import AgentAudio, BridgeStats, CallerTrack, use_immediate_jitter_buffer
+from hitl_sip.worker.bridge import (
+    AgentAudio,
+    BridgeStats,
+    CallerTrack,
+    decode_g711_inline,
+    use_immediate_jitter_buffer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +119,7 @@ class AgentPeer:
         transceiver.setCodecPreferences(codec_preferences(self.settings.codecs))
         if self.settings.low_latency:
             use_immediate_jitter_buffer(transceiver.receiver)
+        decode_g711_inline(transceiver.receiver)
         try:
             await self.pc.setRemoteDescription(
                 RTCSessionDescription(sdp=offer_sdp, type="offer"))

@@ -82,6 +82,34 @@ def _read_vector_fast(vec: Any) -> bytes:
     return ctypes.string_at(begin, end - begin)
 
 
+class VectorWriter:
+    """Fills a frame's buffer with one memmove into a reused ``ByteVector``.
+
+    ``pj.ByteVector(data)`` converts element by element (~7 µs for 160 bytes, ~25 µs for
+    640); a vector of the frame's size made once and overwritten in place with
+    ``ctypes.memmove`` costs ~1 µs, and assigning it to ``frame.buf`` is a C++ vector copy.
+    Only the media clock thread calls :meth:`fill` of a port's writer."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._vec = pj.ByteVector(bytes(size))
+        self._begin = 0
+        begin, end = _VEC_PTRS.from_address(int(self._vec.this))
+        if begin and end and end - begin == size:
+            self._begin = int(begin)
+
+    @property
+    def fast(self) -> bool:
+        return bool(self._begin)
+
+    def fill(self, frame: Any, data: bytes) -> None:
+        if self._begin and len(data) == self.size:
+            ctypes.memmove(self._begin, data, self.size)
+            frame.buf = self._vec
+        else:
+            frame.buf = pj.ByteVector(data)
+
+
 def select_vector_reader() -> Callable[[Any], bytes]:
     """Return the fast reader if it reproduces SWIG's own copy exactly, else the slow one."""
     probe = bytes(range(256)) * 3
@@ -145,6 +173,7 @@ class PcmPort(pj.AudioMediaPort):  # type: ignore[misc]
         self.metrics = metrics
         self.timings = timings
         self.buffers: tuple[FrameBuffer, FrameBuffer] | None = None
+        self.writer = VectorWriter(frame_bytes)
         self.source_active = False  # set by the loop while it feeds audio to the caller
         self.recorder: StereoRecorder | None = None  # both sides of every tick, when recorded
 
@@ -208,7 +237,7 @@ class PcmPort(pj.AudioMediaPort):  # type: ignore[misc]
             if recorder is not None:
                 recorder.right(data)
             frame.type = pj.PJMEDIA_FRAME_TYPE_AUDIO
-            frame.buf = pj.ByteVector(data)
+            self.writer.fill(frame, data)
             frame.size = len(data)
         except Exception:
             self.metrics.callback_errors.inc()

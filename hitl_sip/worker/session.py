@@ -70,10 +70,10 @@ class IllegalTransition(HitlSipError):
 
 
 def frame_dbfs(frame: bytes) -> float:
-    samples = np.frombuffer(frame, dtype="<i2").astype(np.float64)
+    samples = np.frombuffer(frame, dtype="<i2").astype(np.float32)
     if not len(samples):
         return -120.0
-    rms = math.sqrt(float(np.mean(samples * samples)))
+    rms = math.sqrt(float(samples.dot(samples)) / len(samples))
     return 20 * math.log10(rms / 32768.0) if rms > 0 else -120.0
 
 
@@ -242,7 +242,8 @@ class CallSession:
     # -- inputs ---------------------------------------------------------------------------
 
     async def _feed(self) -> None:
-        """Every caller frame goes to STT; in BOT an energy VAD drives barge-in."""
+        """Every caller frame goes to STT; while a bargeable prompt plays an energy VAD drives
+        barge-in (no per-frame level in the human phase)."""
         stream = self._stt_stream
         try:
             while True:
@@ -256,7 +257,8 @@ class CallSession:
                     self._to_agent(frame)
                 if self.conference and self.state is SessionState.HUMAN:
                     self.conference.caller_frame(frame)
-                if frame_dbfs(frame) >= self.settings.barge_in_dbfs:
+                # the energy detector runs only while a prompt the caller may cut plays
+                if self._bargeable() and frame_dbfs(frame) >= self.settings.barge_in_dbfs:
                     self._voiced_frames += 1
                     if self._voiced_frames == self.settings.barge_in_frames:
                         self._barge_in("speech")
@@ -735,9 +737,12 @@ class CallSession:
         with contextlib.suppress(Exception):
             await self.hangup_call()
 
-    def _barge_in(self, why: str) -> None:
+    def _bargeable(self) -> bool:
         current = self.player.current
-        if current is None or not current.barge_in or self.state is not SessionState.BOT:
+        return current is not None and current.barge_in and self.state is SessionState.BOT
+
+    def _barge_in(self, why: str) -> None:
+        if not self._bargeable():
             return
         self.log.info("barge-in (%s): prompt stopped", why)
         self.player.stop_bargeable()

@@ -22,12 +22,12 @@ import pytest
 from aiohttp import WSMsgType, web
 
 from hitl_sip.errors import SpeechError
+from hitl_sip.media.g711 import ulaw_decode, ulaw_encode
 from hitl_sip.media.wav import read_wav, resample
 from hitl_sip.speech.base import SpeechEvent, SpeechEventType, SttStream
 from hitl_sip.speech.stt.azure_engine import AzureStt
 from hitl_sip.speech.stt.fake import silence_frame, speech_frame
 from hitl_sip.speech.stt.resilient import ResilientStream
-from hitl_sip.testing.g711 import ulaw_decode, ulaw_encode
 from hitl_sip.testing.wer import word_error_rate
 from tests.support.net import free_port
 

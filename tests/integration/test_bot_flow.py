@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
+from hitl_sip.media.g711 import ulaw_decode, ulaw_encode
 from hitl_sip.media.rtp import RtpPacket
 from hitl_sip.media.wav import frames, resample
 from hitl_sip.speech.tts.espeak_engine import EspeakTts
-from hitl_sip.testing.g711 import ulaw_decode, ulaw_encode
 from hitl_sip.testing.pcap import rtp_stream_packets, write_udp_pcap
 from tests.support.audio import assert_contains
 from tests.support.net import UdpSniffer, free_port_pair

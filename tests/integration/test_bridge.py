@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from hitl_sip.media.g711 import ulaw_decode
 from hitl_sip.media.rtp import RtpPacket
 from hitl_sip.testing.agent import RECORD_RATE, TestAgent, tone
 from hitl_sip.testing.analysis import dominant_frequency, rms_dbfs
-from hitl_sip.testing.g711 import ulaw_decode
 from tests.integration.test_agents import PASSWORD, add_agent
 from tests.support.net import UdpSniffer, free_port_pair
 from tests.support.server import ROOT, Server, running_server

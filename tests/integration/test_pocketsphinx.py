@@ -25,10 +25,10 @@ import numpy as np
 import pytest
 
 from hitl_sip.errors import SpeechError
+from hitl_sip.media.g711 import ulaw_decode, ulaw_encode
 from hitl_sip.media.wav import read_wav, resample
 from hitl_sip.speech.base import SpeechEvent, SpeechEventType, SttStream
 from hitl_sip.speech.stt.pocketsphinx_engine import PocketsphinxStt
-from hitl_sip.testing.g711 import ulaw_decode, ulaw_encode
 from hitl_sip.testing.wer import corpus_word_error_rate, word_error_rate
 
 DATA = Path("/usr/share/pocketsphinx/test/data")

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from hitl_sip.media.g711 import ulaw_decode
 from hitl_sip.media.rtp import RtpPacket
 from hitl_sip.media.wav import read_wav, resample
-from hitl_sip.testing.g711 import ulaw_decode
 from tests.support.audio import assert_contains, caller_channel
 from tests.support.net import UdpSniffer, free_port_pair
 from tests.support.server import ROOT, Server, running_server

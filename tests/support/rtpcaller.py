@@ -28,8 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 
+from hitl_sip.media.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 from hitl_sip.media.rtp import DtmfEvent, RtpPacket, dtmf_event_code
-from hitl_sip.testing.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 from tests.support.net import free_port_pair
 from tests.support.sipwire import (
     CALLER_NUMBER,

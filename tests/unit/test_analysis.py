@@ -8,9 +8,9 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from hitl_sip.media.g711 import ulaw_decode, ulaw_encode
 from hitl_sip.media.wav import resample
 from hitl_sip.testing.analysis import best_correlation, dominant_frequency, rms_dbfs
-from hitl_sip.testing.g711 import ulaw_decode, ulaw_encode
 
 RATE = 8000
 

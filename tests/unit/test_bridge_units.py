@@ -3,19 +3,34 @@ jitter buffer, the agent audio's conversion to the call's frames, the ICE addres
 
 from __future__ import annotations
 
+import asyncio
 import fractions
 import math
+import queue
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
+from aiortc import RTCRtpCodecParameters
+from aiortc.codecs import get_encoder
+from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtp import RtpPacket
-from av import AudioFrame
+from av import AudioFrame, Packet
 
 from hitl_sip.config import load_config
 from hitl_sip.errors import ConfigError
+from hitl_sip.media.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 from hitl_sip.media.ice import advertise_public, host_addresses
 from hitl_sip.testing.analysis import dominant_frequency, rms_dbfs
-from hitl_sip.worker.bridge import AgentAudio, CallerTrack, ImmediateJitterBuffer
+from hitl_sip.worker.bridge import (
+    AgentAudio,
+    CallerTrack,
+    ImmediateJitterBuffer,
+    _InlineG711Queue,
+    decode_g711_inline,
+)
 
 
 def pcm(value: int, samples: int = 160) -> bytes:
@@ -26,13 +41,20 @@ def samples_of(frame: AudioFrame) -> np.ndarray:
     return frame.to_ndarray().reshape(-1)
 
 
+async def audio(track: CallerTrack) -> AudioFrame:
+    """The next pull of a track that hands out frames (no codec, or Opus)."""
+    frame = await track.recv()
+    assert isinstance(frame, AudioFrame)
+    return frame
+
+
 async def test_underrun_is_silence_and_timestamps_stay_continuous() -> None:
     track = CallerTrack(8000, first_frame_wait=0.01)
     track.push(pcm(100))
-    first = await track.recv()
-    second = await track.recv()  # nothing pushed: silence, counted
+    first = await audio(track)
+    second = await audio(track)  # nothing pushed: silence, counted
     track.push(pcm(300))
-    third = await track.recv()
+    third = await audio(track)
     assert samples_of(first)[0] == 100 and not samples_of(second).any()
     assert samples_of(third)[0] == 300
     assert [first.pts, second.pts, third.pts] == [0, 160, 320]
@@ -44,19 +66,19 @@ async def test_frames_queued_before_the_first_pull_are_stale_and_dropped() -> No
     track = CallerTrack(8000)
     for value in (1, 2, 3, 4):
         track.push(pcm(value))
-    frame = await track.recv()
+    frame = await audio(track)
     assert samples_of(frame)[0] == 4  # the newest: the agent does not hear 60 ms late
 
 
 async def test_a_standing_queue_is_trimmed_so_latency_cannot_creep() -> None:
     track = CallerTrack(8000)
     track.push(pcm(0))
-    await track.recv()
+    await audio(track)
     track.push(pcm(1))
     track.push(pcm(2))  # a burst after a stall: one frame more than the pull rate
     for i in range(3, 15):  # then one frame per pull: the extra frame would stay forever
         track.push(pcm(i))
-        await track.recv()
+        await audio(track)
     assert track.stats.to_agent_trimmed == 1
     assert len(track._queue) == 1 and track.stats.to_agent_silence == 0
 
@@ -66,7 +88,7 @@ async def test_the_opus_track_hands_out_48khz_stereo_at_full_level() -> None:
     track.set_codec("opus")
     for _ in range(3):
         track.push(pcm(3000))
-        frame = await track.recv()
+        frame = await audio(track)
     # 48 kHz stereo, L = R, one output frame per input frame (no frame held back)
     assert (frame.layout.name, frame.sample_rate, frame.samples) == ("stereo", 48000, 960)
     pairs = samples_of(frame).reshape(-1, 2)
@@ -74,13 +96,75 @@ async def test_the_opus_track_hands_out_48khz_stereo_at_full_level() -> None:
     assert abs(int(pairs[-100:, 0].mean()) - 3000) <= 3  # a DC level passes at full level
 
 
-async def test_the_g711_track_at_8khz_is_passed_through() -> None:
-    track = CallerTrack(8000)
+@pytest.mark.parametrize(("codec", "decode"), [("pcmu", ulaw_decode), ("pcma", alaw_decode)])
+async def test_the_g711_track_hands_aiortc_encoded_packets(
+        codec: str, decode: Callable[[bytes], bytes]) -> None:
+    """No frame for aiortc's encoder (a thread-pool hop per frame): the payload itself,
+    bit-exact G.711 of the caller's samples, with continuous 8 kHz timestamps."""
+    track = CallerTrack(8000, first_frame_wait=0.01)
+    track.set_codec(codec)
+    caller = np.linspace(-20000, 20000, 160).astype("<i2").tobytes()
+    track.push(caller)
+    first = await track.recv()
+    second = await track.recv()  # nothing queued: encoded silence
+    assert isinstance(first, Packet) and isinstance(second, Packet)
+    assert bytes(first) == (ulaw_encode if codec == "pcmu" else alaw_encode)(caller)
+    assert len(bytes(first)) == 160
+    assert np.abs(np.frombuffer(decode(bytes(second)), "<i2")).max() <= 8  # A-law: ±8
+    assert [first.pts, second.pts] == [0, 160]
+    assert first.time_base == fractions.Fraction(1, 8000)
+    # aiortc's own packer takes it as is
+    encoder = get_encoder(RTCRtpCodecParameters(mimeType=f"audio/{codec.upper()}",
+                                                clockRate=8000, payloadType=0))
+    assert encoder.pack(first) == ([bytes(first)], 0)
+
+
+async def test_a_16khz_call_is_resampled_before_g711() -> None:
+    track = CallerTrack(16000, first_frame_wait=0.01)
     track.set_codec("pcmu")
-    track.push(pcm(77))
-    frame = await track.recv()
-    assert (frame.layout.name, frame.sample_rate, frame.samples) == ("mono", 8000, 160)
-    assert set(samples_of(frame).tolist()) == {77}
+    t = np.arange(320) / 16000
+    for _ in range(3):
+        track.push((np.sin(2 * math.pi * 1000 * t) * 8000).astype("<i2").tobytes())
+        packet = await track.recv()
+    assert isinstance(packet, Packet) and len(bytes(packet)) == 160
+    decoded = np.frombuffer(ulaw_decode(bytes(packet)), "<i2")
+    assert abs(dominant_frequency(decoded.tobytes(), 8000) - 1000) < 30
+
+
+@pytest.mark.parametrize(("codec", "encode", "decode"),
+                         [("PCMU", ulaw_encode, ulaw_decode), ("PCMA", alaw_encode, alaw_decode)])
+async def test_the_agents_g711_decodes_on_the_loop(
+        codec: str, encode: Callable[[bytes], bytes], decode: Callable[[bytes], bytes]) -> None:
+    """The receiver's decoder queue stand-in: G.711 straight into the track's queue as
+    8 kHz mono frames; anything else, and the thread's stop, reach aiortc's queue."""
+    inner: queue.Queue[Any] = queue.Queue()
+    output: asyncio.Queue[object] = asyncio.Queue()
+    shim = _InlineG711Queue(inner, SimpleNamespace(_track=SimpleNamespace(_queue=output)))
+    payload = encode(np.linspace(-9000, 9000, 160).astype("<i2").tobytes())
+    g711 = RTCRtpCodecParameters(mimeType=f"audio/{codec}", clockRate=8000, payloadType=0)
+    shim.put((g711, JitterFrame(data=payload, timestamp=480)))
+    frame = output.get_nowait()
+    assert isinstance(frame, AudioFrame) and inner.empty()
+    assert (frame.layout.name, frame.sample_rate, frame.samples, frame.pts) == (
+        "mono", 8000, 160, 480)
+    assert samples_of(frame).astype("<i2").tobytes() == decode(payload)
+    opus = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2,
+                                 payloadType=111)
+    shim.put((opus, JitterFrame(data=b"\x01", timestamp=0)))
+    shim.put(None)
+    assert inner.get_nowait()[0] is opus and shim.get() is None and output.empty()
+
+
+async def test_the_stand_in_goes_where_aiortc_keeps_its_decoder_queue() -> None:
+    from aiortc import RTCPeerConnection  # noqa: PLC0415
+
+    pc = RTCPeerConnection()
+    try:
+        receiver = pc.addTransceiver("audio").receiver
+        assert decode_g711_inline(receiver)
+        assert isinstance(vars(receiver)["_RTCRtpReceiver__decoder_queue"], _InlineG711Queue)
+    finally:
+        await pc.close()
 
 
 async def test_a_closed_track_raises_for_the_sender() -> None:
@@ -89,7 +173,7 @@ async def test_a_closed_track_raises_for_the_sender() -> None:
     track = CallerTrack(8000)
     track.stop()
     with pytest.raises(MediaStreamError):
-        await track.recv()
+        await audio(track)
 
 
 def rtp(seq: int, ts: int, payload: bytes = b"x") -> RtpPacket:

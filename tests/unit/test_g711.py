@@ -8,7 +8,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from hitl_sip.testing.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
+from hitl_sip.media.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hitl_sip.media.g711 import ulaw_decode
 from hitl_sip.media.rtp import DtmfEvent, RtpPacket
 from hitl_sip.media.wav import read_wav
 from hitl_sip.testing.analysis import best_correlation
-from hitl_sip.testing.g711 import ulaw_decode
 from hitl_sip.testing.pcap import (
     dtmf_event_packets,
     read_udp_pcap,

@@ -9,7 +9,7 @@ import pytest
 from hitl_sip.config import load_config
 from hitl_sip.errors import SipError
 from hitl_sip.sip.profile import Srtp, parse_profile
-from hitl_sip.worker.pjsip import SRTP_USE, contact_host
+from hitl_sip.worker.pjsip import SRTP_USE, VectorWriter, contact_host
 from hitl_sip.worker.service import stack_settings
 
 
@@ -37,3 +37,18 @@ def test_a_refer_goes_to_the_host_of_the_trunk_s_contact_by_default() -> None:
     for bad in ("", "<>", "garbage"):
         with pytest.raises(SipError):
             contact_host(bad)
+
+
+def test_vector_writer_fills_frames_in_place() -> None:
+    """One reused vector, overwritten with memmove: each frame gets exactly its bytes, and
+    the frame keeps them when the writer moves on (frame.buf is a copy)."""
+    writer = VectorWriter(160)
+    assert writer.fast
+    first, second = pj.MediaFrame(), pj.MediaFrame()
+    writer.fill(first, bytes(range(160)))
+    writer.fill(second, bytes(reversed(range(160))))
+    assert bytes(first.buf) == bytes(range(160))
+    assert bytes(second.buf) == bytes(reversed(range(160)))
+    odd = pj.MediaFrame()
+    writer.fill(odd, b"\x01\x02\x03")  # another size: the slow path, still exact
+    assert bytes(odd.buf) == b"\x01\x02\x03"

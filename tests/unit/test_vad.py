@@ -17,12 +17,12 @@ import pytest
 
 from hitl_sip.config import load_config
 from hitl_sip.errors import ConfigError
+from hitl_sip.media.g711 import ulaw_decode, ulaw_encode
 from hitl_sip.media.wav import resample
 from hitl_sip.speech.base import SpeechEvent, SpeechEventType, SttStream
 from hitl_sip.speech.stt.fake import FakeStt, FakeSttStream, silence_frame, speech_frame
 from hitl_sip.speech.stt.resilient import ResilientStt
 from hitl_sip.speech.stt.vad import SileroDetector, VadGatedStream, VadGatedStt, VadSettings
-from hitl_sip.testing.g711 import ulaw_decode, ulaw_encode
 from hitl_sip.worker.engines import build_stt
 
 #: DTMF keys: (row, column) frequencies in Hz (ITU-T Q.23).

@@ -3,7 +3,8 @@
 Bit-compatible with ITU-T G.711 as implemented by the classic Sun reference code (and by
 CPython's ``audioop``). The tables are built once at import: a 65536-entry encode table
 indexed by the sample's unsigned bit pattern and a 256-entry decode table per law, so a
-20 ms frame costs two numpy gathers.
+20 ms frame costs two numpy gathers. The media bridge uses the tables directly on a G.711
+agent leg (:mod:`hitl_sip.worker.bridge`); tests and the corpus script use the functions.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["alaw_decode", "alaw_encode", "ulaw_decode", "ulaw_encode"]
+__all__ = ["ALAW_DECODE", "ALAW_ENCODE", "ULAW_DECODE", "ULAW_ENCODE", "alaw_decode",
+           "alaw_encode", "ulaw_decode", "ulaw_encode"]
 
 _PCM_DTYPE = np.dtype("<i2")
 
@@ -64,10 +66,10 @@ def _build_alaw_decode() -> npt.NDArray[np.int16]:
     return linear.astype(_PCM_DTYPE)
 
 
-_ULAW_ENCODE = _build_ulaw_encode()
-_ALAW_ENCODE = _build_alaw_encode()
-_ULAW_DECODE = _build_ulaw_decode()
-_ALAW_DECODE = _build_alaw_decode()
+ULAW_ENCODE = _build_ulaw_encode()
+ALAW_ENCODE = _build_alaw_encode()
+ULAW_DECODE = _build_ulaw_decode()
+ALAW_DECODE = _build_alaw_decode()
 
 
 def _pcm_indices(pcm: bytes) -> npt.NDArray[np.uint16]:
@@ -80,19 +82,19 @@ def _pcm_indices(pcm: bytes) -> npt.NDArray[np.uint16]:
 
 def ulaw_encode(pcm: bytes) -> bytes:
     """Encode s16le PCM to µ-law, one byte per sample."""
-    return _ULAW_ENCODE[_pcm_indices(pcm)].tobytes()
+    return ULAW_ENCODE[_pcm_indices(pcm)].tobytes()
 
 
 def ulaw_decode(data: bytes) -> bytes:
     """Decode µ-law bytes to s16le PCM."""
-    return _ULAW_DECODE[np.frombuffer(data, dtype=np.uint8)].tobytes()
+    return ULAW_DECODE[np.frombuffer(data, dtype=np.uint8)].tobytes()
 
 
 def alaw_encode(pcm: bytes) -> bytes:
     """Encode s16le PCM to A-law, one byte per sample."""
-    return _ALAW_ENCODE[_pcm_indices(pcm)].tobytes()
+    return ALAW_ENCODE[_pcm_indices(pcm)].tobytes()
 
 
 def alaw_decode(data: bytes) -> bytes:
     """Decode A-law bytes to s16le PCM."""
-    return _ALAW_DECODE[np.frombuffer(data, dtype=np.uint8)].tobytes()
+    return ALAW_DECODE[np.frombuffer(data, dtype=np.uint8)].tobytes()
