@@ -47,6 +47,7 @@ bench: setup
 	$(PY) bench/handoff_fanout.py
 	$(PY) bench/bridge_latency.py
 	$(PY) bench/bridge_capacity.py
+	$(PY) bench/peer.py
 	$(PY) bench/supervision.py
 	$(PY) bench/transcript_lag.py
 	$(PY) bench/system_capacity.py
