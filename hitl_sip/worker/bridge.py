@@ -2,10 +2,10 @@
 
 Caller → agent: :class:`CallerTrack` is the track the peer sends. The session pushes each
 caller frame into it (20 ms of s16le at the call's rate, straight from the pjsua2 port) and
-aiortc pulls: ``recv`` is paced on a monotonic anchor whose phase follows the frames'
-arrivals, so a frame waits only a few ms for its pull, never up to 20 ms on a clock of its
-own. An empty queue at a pull yields silence (counted); a queue that stays longer than one
-frame is trimmed so latency cannot creep up. The frame goes out at the call's rate: aiortc's
+aiortc pulls: ``recv`` returns as soon as a frame is queued, so a frame never waits for a
+clock of the bridge's own. A frame that does not come within 10 ms of its time yields
+silence (counted); a queue that stays longer than one frame is trimmed so latency cannot
+creep up. The frame goes out at the call's rate: aiortc's
 Frames go out in the codec's own format (8 kHz mono for G.711, 48 kHz stereo for
 Opus, converted by :mod:`hitl_sip.media.fir`): aiortc's encoders would resample with a
 frame of delay and upmix with a 3 dB loss.
@@ -75,18 +75,18 @@ class BridgeStats:
 class CallerTrack(MediaStreamTrack):  # type: ignore[misc]
     """The caller's audio as an aiortc track, pulled by the peer's RTP sender.
 
-    Pulls are paced on a monotonic anchor (pts advance 20 ms per pull whatever happens, so
-    RTP timestamps stay continuous). With ``align`` the anchor's phase follows the trunk's
-    clock: a pull is due ``margin`` after a caller frame arrives; when frames wait longer
-    than that for a whole window, the anchor moves earlier, and a pull that finds nothing
-    moves it later. Without ``align`` it is a plain clock from the first pull.
+    Every pull advances pts by 20 ms whatever happens, so RTP timestamps stay continuous.
+    With ``align`` the pulls are frame-driven: a pull returns as soon as a caller frame is
+    queued (the sender encrypts and sends it at once, as a relay forwards a packet); when
+    none has come ``grace`` after it was due (20 ms after the last one), the pull yields
+    silence (counted) so the agent's stream keeps going. Without ``align`` the pulls are a
+    plain 20 ms clock from the first one.
     """
 
     kind = "audio"
-    WINDOW = 25  # pulls (500 ms) between phase corrections
 
     def __init__(self, rate: int, stats: BridgeStats | None = None, *,
-                 margin: float = 0.003, first_frame_wait: float = 0.1,
+                 grace: float = 0.01, first_frame_wait: float = 0.1,
                  align: bool = True) -> None:
         super().__init__()
         self.rate = rate
@@ -94,13 +94,13 @@ class CallerTrack(MediaStreamTrack):  # type: ignore[misc]
         self.stats = stats or BridgeStats()
         self._queue: deque[tuple[bytes, float]] = deque(maxlen=8)
         self._arrived = asyncio.Event()
-        self._margin = margin  # after the frame's arrival: absorbs loop jitter
+        self._waiter: asyncio.Future[None] | None = None
+        self._grace = grace  # after a frame was due: absorbs the trunk clock's jitter
         self._first_wait = first_frame_wait
         self._align = align
-        self._anchor: float | None = None
+        self._anchor: float | None = None  # pull ``index`` is due at anchor + index × 20 ms
         self._index = 0
         self._long = 0  # consecutive pulls that left more than one frame queued
-        self._waits: list[float] = []  # how long popped frames waited, this window
         self._silence = bytes(self.samples * 2)
         self._out_rate = rate
         self._stereo = False
@@ -123,6 +123,9 @@ class CallerTrack(MediaStreamTrack):  # type: ignore[misc]
         """A caller frame (loop side, from the session's frame loop)."""
         self._queue.append((frame, time.monotonic()))
         self._arrived.set()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def recv(self) -> AudioFrame | Packet[Any]:
         if self.readyState != "live":
@@ -132,32 +135,46 @@ class CallerTrack(MediaStreamTrack):  # type: ignore[misc]
         else:
             self._index += 1
             due = self._anchor + self._index * FRAME_SECONDS
-            now = time.monotonic()
-            if due > now:
-                await asyncio.sleep(due - now)
-            elif now - due > 0.2:  # the loop stalled: start a new anchor, do not burst
-                self._anchor = now - self._index * FRAME_SECONDS
+            if self._align:
+                await self._frame_or_timeout(due + self._grace)
+            else:
+                now = time.monotonic()
+                if due > now:
+                    await asyncio.sleep(due - now)
+                elif now - due > 0.2:  # the loop stalled: start a new anchor, do not burst
+                    self._anchor = now - self._index * FRAME_SECONDS
         return self._frame(self.taps.mix(self._take()) or self._silence)
+
+    async def _frame_or_timeout(self, deadline: float) -> None:
+        if self._queue:
+            return
+        delay = deadline - time.monotonic()
+        if delay <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiter = waiter
+        timer = loop.call_later(delay, _settle, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
 
     async def _first_pull(self) -> None:
         if self._align and not self._queue:
             self._arrived.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), self._first_wait)
-        now = time.monotonic()
-        if self._align and self._queue:
+        if self._align:
             while len(self._queue) > 1:  # queued before the peer was up: stale
                 self._queue.popleft()
-            self._anchor = max(self._queue[-1][1] + self._margin, now - FRAME_SECONDS / 2)
-        else:
-            self._anchor = now
+        self._anchor = time.monotonic()
 
     def _take(self) -> bytes:
         queue = self._queue
         if not queue:
             self.stats.to_agent_silence += 1
-            if self._align and self._anchor is not None:
-                self._anchor += 0.002  # the trunk's frames come later than we pull
             return self._silence
         if len(queue) > 1:
             self._long += 1
@@ -169,13 +186,8 @@ class CallerTrack(MediaStreamTrack):  # type: ignore[misc]
             self._long = 0
         frame, arrived = queue.popleft()
         self.stats.to_agent_frames += 1
-        if self._align and self._anchor is not None:
-            self._waits.append(time.monotonic() - arrived)
-            if len(self._waits) >= self.WINDOW:
-                early = min(self._waits) - self._margin
-                if early > 0.002:  # every frame of the window waited: pull earlier
-                    self._anchor -= early
-                self._waits.clear()
+        if self._align:  # the next frame is due 20 ms after this one came
+            self._anchor = arrived - self._index * FRAME_SECONDS
         return frame
 
     def _frame(self, pcm: bytes) -> AudioFrame | Packet[Any]:
@@ -197,6 +209,11 @@ class CallerTrack(MediaStreamTrack):  # type: ignore[misc]
         frame.pts = self._index * len(samples)
         frame.time_base = fractions.Fraction(1, self._out_rate)
         return frame
+
+
+def _settle(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class AgentAudio:

@@ -7,6 +7,7 @@ import asyncio
 import fractions
 import math
 import queue
+import time
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
@@ -60,6 +61,27 @@ async def test_underrun_is_silence_and_timestamps_stay_continuous() -> None:
     assert [first.pts, second.pts, third.pts] == [0, 160, 320]
     assert first.time_base == fractions.Fraction(1, 8000) and first.sample_rate == 8000
     assert track.stats.to_agent_silence == 1 and track.stats.to_agent_frames == 2
+
+
+async def test_a_waiting_pull_returns_when_the_frame_arrives_not_on_a_clock() -> None:
+    """Frame-driven pulls: the frame goes on as it comes; a frame that does not come within
+    the grace after its time becomes silence, and the pull after it waits again."""
+    track = CallerTrack(8000, grace=0.01)
+    track.push(pcm(1))
+    await audio(track)
+    pull = asyncio.ensure_future(audio(track))
+    await asyncio.sleep(0)  # the pull is now waiting for a frame
+    assert not pull.done()
+    pushed = time.monotonic()
+    track.push(pcm(2))
+    frame = await pull
+    assert time.monotonic() - pushed < 0.01 and samples_of(frame)[0] == 2
+    started = time.monotonic()
+    silence = await audio(track)  # nothing comes: due 20 ms after frame 2, + 10 ms grace
+    waited = time.monotonic() - started
+    assert not samples_of(silence).any() and track.stats.to_agent_silence == 1
+    assert 0.02 <= waited < 0.2
+    assert [frame.pts, silence.pts] == [160, 320]
 
 
 async def test_frames_queued_before_the_first_pull_are_stale_and_dropped() -> None:
