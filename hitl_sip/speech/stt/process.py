@@ -14,7 +14,11 @@ child → parent ``("event", id, type, text, confidence, audio_time)``, ``("flus
 ``("done", id, error or None, retryable)``.
 
 A writer thread sends (``push_frame`` never blocks the loop) and a reader thread delivers
-to the streams' event queues. If the child dies, every open stream ends with a retryable
+to the streams' event queues. Audio goes in batches of :data:`BATCH_SECONDS` (80 ms: four
+frames per message); a flush or the end of input sends what is pending first, so the
+recogniser sees every sample in order and a phase change's FINAL is not held back.
+
+If the child dies, every open stream ends with a retryable
 :class:`SpeechError` (the call's :class:`ResilientStt` opens a new one) and the next
 ``stream()`` starts a new child.
 """
@@ -35,6 +39,10 @@ from hitl_sip.errors import SpeechError
 from hitl_sip.speech.base import QueuedEvents, SpeechEvent, SpeechEventType, SttStream
 
 log = logging.getLogger(__name__)
+
+#: audio crosses to the speech process in batches of this much (issue 19: one message per
+#: 20 ms frame cost a writer-thread wake-up, a pickle and a pipe write per frame and stream)
+BATCH_SECONDS = 0.08
 
 
 class ProcessStt:
@@ -145,6 +153,8 @@ class _RemoteStream(QueuedEvents):
         self._loop = loop
         self._events = asyncio.Queue()
         self._flushes: list[asyncio.Future[None]] = []
+        self._pending = bytearray()
+        self._batch_bytes = max(2, int(sample_rate * BATCH_SECONDS) * 2)
         self._closed = False
         self._ended = False
         self._done = False
@@ -155,26 +165,38 @@ class _RemoteStream(QueuedEvents):
     def push_frame(self, pcm: bytes) -> None:
         if len(pcm) % 2:
             raise ValueError(f"PCM length must be whole 16-bit samples, got {len(pcm)} bytes")
-        if not (self._ended or self._closed or self._done):
-            self.engine._send(("audio", self.id, bytes(pcm)))
+        if self._ended or self._closed or self._done:
+            return
+        # batched: one message (one writer wake-up, one pipe write) per BATCH_SECONDS
+        self._pending += pcm
+        if len(self._pending) >= self._batch_bytes:
+            self._send_pending()
+
+    def _send_pending(self) -> None:
+        if self._pending:
+            self.engine._send(("audio", self.id, bytes(self._pending)))
+            self._pending.clear()
 
     async def flush(self) -> None:
         if self._ended or self._closed or self._done:
             return
         future: asyncio.Future[None] = self._loop.create_future()
         self._flushes.append(future)
+        self._send_pending()
         self.engine._send(("flush", self.id))
         await future
 
     def end_input(self) -> None:
         if not self._ended:
             self._ended = True
+            self._send_pending()
             self.engine._send(("end", self.id))
 
     async def aclose(self) -> None:
         if self._closed:
             return
         self._closed = True
+        self._pending.clear()
         self.engine._send(("close", self.id))
         self._finish(None)
 

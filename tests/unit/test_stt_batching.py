@@ -1,0 +1,65 @@
+"""Audio crosses to the speech process in 80 ms batches, in order, flushed at phase changes."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from hitl_sip.speech.stt.process import BATCH_SECONDS, ProcessStt, _RemoteStream
+
+RATE = 8000
+FRAME = 320  # 20 ms at 8 kHz
+
+
+class Recorder(ProcessStt):
+    """The parent side only: what would go down the pipe."""
+
+    def __init__(self) -> None:
+        super().__init__(pool_size=1)
+        self.sent: list[Any] = []
+
+    def _send(self, message: Any) -> None:
+        self.sent.append(message)
+
+
+def frame(n: int) -> bytes:
+    return bytes([n]) * FRAME
+
+
+async def test_frames_go_four_at_a_time_in_order() -> None:
+    engine = Recorder()
+    stream = _RemoteStream(engine, 7, RATE, None, asyncio.get_running_loop())  # type: ignore[arg-type]
+    per_batch = round(BATCH_SECONDS / 0.02)
+    for n in range(per_batch * 2 + 1):
+        stream.push_frame(frame(n))
+    audio = [m for m in engine.sent if m[0] == "audio"]
+    assert len(audio) == 2  # the odd frame waits for its batch
+    assert b"".join(m[2] for m in audio) == b"".join(frame(n) for n in range(per_batch * 2))
+    assert all(m[1] == 7 for m in audio)
+
+
+async def test_a_flush_and_the_end_send_what_is_pending_first() -> None:
+    engine = Recorder()
+    loop = asyncio.get_running_loop()
+    stream = _RemoteStream(engine, 1, RATE, None, loop)  # type: ignore[arg-type]
+    stream.push_frame(frame(1))
+    flushing = loop.create_task(stream.flush())
+    await asyncio.sleep(0)
+    assert [m[0] for m in engine.sent] == ["audio", "flush"]
+    assert engine.sent[0][2] == frame(1)
+    stream._on_message(("flushed", 1))
+    await flushing
+    stream.push_frame(frame(2))
+    stream.end_input()
+    assert [m[0] for m in engine.sent[2:]] == ["audio", "end"]
+    assert engine.sent[2][2] == frame(2)
+    stream.push_frame(frame(3))  # after the end: nothing more goes
+    assert len(engine.sent) == 4
+
+
+async def test_closing_drops_what_is_pending() -> None:
+    engine = Recorder()
+    stream = _RemoteStream(engine, 1, RATE, None, asyncio.get_running_loop())  # type: ignore[arg-type]
+    stream.push_frame(frame(1))
+    await stream.aclose()
+    assert [m[0] for m in engine.sent] == ["close"]
