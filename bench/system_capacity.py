@@ -4,7 +4,8 @@ For each N in ``--workers``, a real ``hitl-sip serve --workers N`` (hub, N worke
 speech processes, Kamailio; embedded engines) runs ``bench/flows/latency.yaml``: the bot
 listens, answers every utterance, listens again, so every call keeps a recogniser busy. The
 bench fills every worker: 3 × N callers (``tests/support/rtpcaller.py``, PCMU RTP paced on a
-monotonic clock, looped human-like speech) call the front one after the other.
+monotonic clock, a 3.9 s utterance looped with silence so that they talk ``--speech-share``
+of the time, 40 % by default) call the front one after the other.
 
 Measured in a steady window of ``--seconds``, after an idle baseline:
 
@@ -57,14 +58,18 @@ from tests.support.server import Server, running_server  # noqa: E402
 CALLER_WAV = ROOT / "rtp/caller/agent_bill_8k.wav"
 AGENT_WAV = ROOT / "rtp/caller/hello_hear_me_16k.wav"
 LIMIT_PCT = 0.5
+SPEECH_SHARE = 0.4  # of the time the callers talk (issue 19: "speaking 40 % of the time")
 
 
-def speech_source(offset: int) -> Any:
+def speech_source(offset: int, share: float = SPEECH_SHARE) -> Any:
+    """The caller's utterance (3.9 s), then silence so that it talks ``share`` of the time
+    (at least 1 s: the bot answers in the pause)."""
     rate, pcm = read_wav(CALLER_WAV)
     if rate != 8000:
         pcm = resample(pcm, rate, 8000)
     frames = [pcm[i:i + 320].ljust(320, b"\0") for i in range(0, len(pcm), 320)]
-    frames += [bytes(320)] * 50  # a second of silence: an utterance, then the bot answers
+    quiet = max(50, round(len(frames) * (1 - share) / share))
+    frames += [bytes(320)] * quiet
     return lambda n: frames[(n + offset) % len(frames)]
 
 
@@ -95,7 +100,8 @@ def late_or_lost(caller: RtpCaller, start: float, end: float) -> tuple[int, int]
     return lost + late, int((end - start) / 0.02)
 
 
-def measure(srv: Server, port: int, calls: int, workers: int, seconds: float) -> dict[str, Any]:
+def measure(srv: Server, port: int, calls: int, workers: int, seconds: float, *,
+            share: float = SPEECH_SHARE) -> dict[str, Any]:
     procs = tree(psutil.Process(srv.process.pid))
     for p in procs:
         p.cpu_percent()
@@ -111,7 +117,7 @@ def measure(srv: Server, port: int, calls: int, workers: int, seconds: float) ->
             caller = RtpCaller(port)
             callers.append(caller)
             caller.call(timeout=10)
-            caller.start_media(speech_source(offset=37 * i))
+            caller.start_media(speech_source(offset=37 * i, share=share))
         time.sleep(4.0)  # settle: greetings done, recognisers loaded
         answered = {w["workerId"]: w["activeCalls"] for w in srv.health()[1]["workers"]}
         procs = tree(psutil.Process(srv.process.pid))
@@ -147,7 +153,8 @@ def measure(srv: Server, port: int, calls: int, workers: int, seconds: float) ->
     }
 
 
-async def bridge_calls(srv: Server, port: int, calls: int) -> tuple[
+async def bridge_calls(srv: Server, port: int, calls: int, *,
+                       share: float = SPEECH_SHARE) -> tuple[
         list[RtpCaller], list[TestAgent]]:
     """``calls`` callers, each accepted by its own agent (ring-all offers every call to every
     free agent: the next agent in line takes it)."""
@@ -161,7 +168,7 @@ async def bridge_calls(srv: Server, port: int, calls: int) -> tuple[
         caller = RtpCaller(port)
         callers.append(caller)
         await asyncio.to_thread(caller.call, 10)
-        caller.start_media(speech_source(offset=37 * i))
+        caller.start_media(speech_source(offset=37 * i, share=share))
         seen = len(agent.events.get("incoming_call", []))
         offer = await agent.wait("incoming_call", max(seen, 1))
         while str(offer["callId"]) in taken:
@@ -185,7 +192,7 @@ def bridge_late_or_lost(srv: Server) -> tuple[int, int]:
 
 
 def measure_bridged(srv: Server, port: int, calls: int, workers: int,
-                    seconds: float) -> dict[str, Any]:
+                    seconds: float, *, share: float = SPEECH_SHARE) -> dict[str, Any]:
 
     async def session() -> dict[str, Any]:
         procs = tree(psutil.Process(srv.process.pid))
@@ -194,7 +201,7 @@ def measure_bridged(srv: Server, port: int, calls: int, workers: int,
         await asyncio.sleep(4.0)
         c1, _ = cpu_and_rss(procs)
         idle = (c1 - c0) / (time.monotonic() - t0) * 100
-        callers, agents = await bridge_calls(srv, port, calls)
+        callers, agents = await bridge_calls(srv, port, calls, share=share)
         try:
             await asyncio.sleep(4.0)
             procs = tree(psutil.Process(srv.process.pid))
@@ -237,7 +244,8 @@ def measure_bridged(srv: Server, port: int, calls: int, workers: int,
     }
 
 
-def run(workers: int, per_worker: int, seconds: float, bridged: bool = False) -> dict[str, Any]:
+def run(workers: int, per_worker: int, seconds: float, bridged: bool = False,
+        share: float = SPEECH_SHARE) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="hitl-bench-") as tmp:
         port = free_port()
         flow = "bridge.yaml" if bridged else "latency.yaml"
@@ -257,8 +265,8 @@ def run(workers: int, per_worker: int, seconds: float, bridged: bool = False) ->
             if bridged:
                 for i in range(calls):
                     add_agent(srv.data_dir, f"agent{i}")
-                return measure_bridged(srv, port, calls, workers, seconds)
-            return measure(srv, port, calls, workers, seconds)
+                return measure_bridged(srv, port, calls, workers, seconds, share=share)
+            return measure(srv, port, calls, workers, seconds, share=share)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -268,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calls-per-worker", type=int, default=3, choices=[1, 2, 3])
     p.add_argument("--bridged", action="store_true",
                    help="every call bridged to an agent, shadow STT on both legs")
+    p.add_argument("--speech-share", type=float, default=SPEECH_SHARE,
+                   help="share of the time the callers talk (default 0.4)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     install_host_filter(["127.0.0.1"])
@@ -276,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     for n in args.workers:
         print(f"{n} worker(s), {n * args.calls_per_worker} {kind} calls, "
               f"{args.seconds:.0f} s window", file=sys.stderr)
-        results.append(run(n, args.calls_per_worker, args.seconds, args.bridged))
+        results.append(run(n, args.calls_per_worker, args.seconds, args.bridged,
+                           args.speech_share))
         print(f"  {results[-1]}", file=sys.stderr)
     if args.json:
         print(json.dumps(results, indent=2))
