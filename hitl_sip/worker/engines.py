@@ -30,10 +30,17 @@ def build_tts(config: Config) -> TtsEngine:
 
 def build_stt(config: Config) -> SttEngine:
     """The configured engine behind the voice-activity gate (``speech.vad``: only speech
-    reaches it, on every leg), restarted with backoff when a stream fails (retryable)."""
+    reaches it, on every leg), restarted with backoff when a stream fails (retryable).
+
+    The embedded recogniser's gate runs in its speech process (:class:`ProcessStt`), off the
+    media worker's cores and GIL; Azure's runs here, so only speech is sent out."""
+    gate = VadSettings(threshold=config.speech.vad_threshold) if config.speech.vad else None
+    if config.speech.stt != "azure":
+        # in a child process: pocketsphinx holds the GIL while it decodes (see process.py)
+        return ResilientStt(ProcessStt(pool_size=2 * config.worker.max_calls, gate=gate))
     engine = _base_stt(config)
-    if config.speech.vad:
-        engine = VadGatedStt(engine, VadSettings(threshold=config.speech.vad_threshold))
+    if gate is not None:
+        engine = VadGatedStt(engine, gate)
     return ResilientStt(engine)
 
 
@@ -46,8 +53,8 @@ def preload_stt(config: Config, engine: SttEngine) -> None:
     while layer is not None:
         # decoders: one per call for the bot phase; the agents' streams (a bridged call has
         # two) load on demand in the speech process, where loading stalls no media. The
-        # gate's detectors load in this process (~40-70 ms of the event loop each): one for
-        # every stream a full worker can hold, caller and agent legs
+        # gate's detectors load where the gate runs (~40-70 ms each): one for every stream a
+        # full worker can hold, caller and agent legs (ProcessStt: in its child)
         if isinstance(layer, VadGatedStt):
             layer.preload(rate, count=2 * calls)
         elif isinstance(layer, PocketsphinxStt | ProcessStt):
@@ -57,11 +64,8 @@ def preload_stt(config: Config, engine: SttEngine) -> None:
 
 def _base_stt(config: Config) -> SttEngine:
     s = config.speech
-    if s.stt == "azure":
-        region = "" if s.azure_endpoint else s.azure_region
-        return AzureStt(key=s.azure_key, region=region, endpoint=s.azure_endpoint)
-    # in a child process: pocketsphinx holds the GIL while it decodes (see process.py)
-    return ProcessStt(pool_size=2 * config.worker.max_calls)
+    region = "" if s.azure_endpoint else s.azure_region
+    return AzureStt(key=s.azure_key, region=region, endpoint=s.azure_endpoint)
 
 
 def build_flow(config: Config) -> Flow | None:

@@ -120,12 +120,13 @@ async def test_human_speech_is_transcribed_through_the_gate_on_its_clock(rate: i
 
 
 async def test_the_worker_stack_gates_the_speech_process_and_keeps_the_caller_clock() -> None:
-    """build_stt as the worker has it: ResilientStt(VadGatedStt(ProcessStt)) at 8 kHz."""
+    """build_stt as the worker has it: ResilientStt(ProcessStt), the gate in the speech
+    process in front of its decoders, at 8 kHz."""
     config = load_config(None, env={})
     engine = build_stt(config)
-    assert isinstance(engine, ResilientStt) and isinstance(engine.engine, VadGatedStt)
-    process = engine.engine.engine
-    assert isinstance(process, ProcessStt)
+    assert isinstance(engine, ResilientStt) and isinstance(engine.engine, ProcessStt)
+    process = engine.engine
+    assert process.gate is not None
     try:
         rate = config.worker.clock_rate
         forward = _go_forward()

@@ -21,6 +21,7 @@ from hitl_sip.media.g711 import ulaw_decode, ulaw_encode
 from hitl_sip.media.wav import resample
 from hitl_sip.speech.base import SpeechEvent, SpeechEventType, SttStream
 from hitl_sip.speech.stt.fake import FakeStt, FakeSttStream, silence_frame, speech_frame
+from hitl_sip.speech.stt.process import ProcessStt
 from hitl_sip.speech.stt.resilient import ResilientStt
 from hitl_sip.speech.stt.vad import SileroDetector, VadGatedStream, VadGatedStt, VadSettings
 from hitl_sip.worker.engines import build_stt
@@ -469,16 +470,25 @@ async def test_inner_times_map_to_the_gate_clock_and_seams_go_by_event_type() ->
 
 
 def test_the_gate_is_on_by_default_and_can_be_switched_off() -> None:
+    """The embedded recogniser's gate runs in its speech process (ProcessStt.gate)."""
     default = build_stt(load_config(None, env={}))
     assert isinstance(default, ResilientStt)
-    assert isinstance(default.engine, VadGatedStt)
-    assert default.engine.settings.threshold == 0.5
+    assert isinstance(default.engine, ProcessStt) and default.engine.gate is not None
+    assert default.engine.gate.threshold == 0.5
     tuned = build_stt(load_config(None, env={"HITL_SIP_SPEECH_VAD_THRESHOLD": "0.7"}))
-    assert isinstance(tuned, ResilientStt) and isinstance(tuned.engine, VadGatedStt)
-    assert tuned.engine.settings.threshold == 0.7
+    assert isinstance(tuned, ResilientStt) and isinstance(tuned.engine, ProcessStt)
+    assert tuned.engine.gate is not None and tuned.engine.gate.threshold == 0.7
     off = build_stt(load_config(None, env={}, overrides={"speech.vad": "false"}))
     assert isinstance(off, ResilientStt)
-    assert not isinstance(off.engine, VadGatedStt)
+    assert isinstance(off.engine, ProcessStt) and off.engine.gate is None
+
+
+def test_azures_gate_runs_in_the_worker_so_only_speech_is_sent() -> None:
+    env = {"HITL_SIP_SPEECH_STT": "azure", "HITL_SIP_SPEECH_AZURE_KEY": "k",
+           "HITL_SIP_SPEECH_AZURE_REGION": "westeurope"}
+    engine = build_stt(load_config(None, env=env))
+    assert isinstance(engine, ResilientStt) and isinstance(engine.engine, VadGatedStt)
+    assert engine.engine.settings.threshold == 0.5
 
 
 @pytest.mark.parametrize(

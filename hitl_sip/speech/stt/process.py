@@ -6,7 +6,11 @@ pjmedia's clock callbacks and the event loop: with three bridged calls (six stre
 worker saturated one core and dropped 9–18 % of its frames, and bridge latency went from
 ~20 ms to 40–80 ms (bench/README.md). :class:`ProcessStt` keeps the same
 :class:`~hitl_sip.speech.base.SttEngine` seam but runs the engine's streams in one child
-process (``spawn``: the parent has pjsua2's threads), talking over a pipe:
+process (``spawn``: the parent has pjsua2's threads), talking over a pipe. With ``gate``
+the voice-activity gate (:class:`~hitl_sip.speech.stt.vad.VadGatedStt`) runs there too, in
+front of the decoders: Silero's scoring was a third of a full worker's CPU (issue 19), and
+what the gate drops never had to cross anyway once audio goes in batches.
+
 
 parent → child ``("open", id, rate)``, ``("audio", id, pcm)``, ``("flush", id)``,
 ``("end", id)``, ``("close", id)``, ``("preload", rate, count)``;
@@ -36,7 +40,14 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from hitl_sip.errors import SpeechError
-from hitl_sip.speech.base import QueuedEvents, SpeechEvent, SpeechEventType, SttStream
+from hitl_sip.speech.base import (
+    QueuedEvents,
+    SpeechEvent,
+    SpeechEventType,
+    SttEngine,
+    SttStream,
+)
+from hitl_sip.speech.stt.vad import VadGatedStt, VadSettings
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +61,9 @@ class ProcessStt:
 
     name = "pocketsphinx"
 
-    def __init__(self, pool_size: int = 2) -> None:
+    def __init__(self, pool_size: int = 2, gate: VadSettings | None = None) -> None:
         self.pool_size = pool_size
+        self.gate = gate  # the voice-activity gate, run in the child in front of the decoders
         self._lock = threading.Lock()
         self._proc: Any = None
         self._conn: Connection | None = None
@@ -68,7 +80,7 @@ class ProcessStt:
                 return self._conn
             ctx = multiprocessing.get_context("spawn")
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_child_main, args=(child, self.pool_size),
+            proc = ctx.Process(target=_child_main, args=(child, self.pool_size, self.gate),
                                name="hitl-sip-stt", daemon=True)
             proc.start()
             child.close()
@@ -235,16 +247,19 @@ class _RemoteStream(QueuedEvents):
 # -- the child process ------------------------------------------------------------------------
 
 
-def _child_main(conn: Connection, pool_size: int) -> None:
+def _child_main(conn: Connection, pool_size: int, gate: VadSettings | None = None) -> None:
     """Entry point of the speech process: serve streams until the pipe closes."""
-    asyncio.run(_serve(conn, pool_size))
+    asyncio.run(_serve(conn, pool_size, gate))
 
 
-async def _serve(conn: Connection, pool_size: int) -> None:
+async def _serve(conn: Connection, pool_size: int, gate: VadSettings | None = None) -> None:
     from hitl_sip.speech.stt.pocketsphinx_engine import PocketsphinxStt  # noqa: PLC0415
 
     loop = asyncio.get_running_loop()
-    engine = PocketsphinxStt(pool_size=pool_size)
+    decoders = PocketsphinxStt(pool_size=pool_size)
+    engine: SttEngine = decoders
+    if gate is not None:
+        engine = VadGatedStt(decoders, gate)
     streams: dict[int, SttStream] = {}
     tasks: dict[int, asyncio.Task[None]] = {}
     inbox: asyncio.Queue[Any] = asyncio.Queue()
@@ -290,8 +305,10 @@ async def _serve(conn: Connection, pool_size: int) -> None:
         if message is None:
             break
         kind = message[0]
-        if kind == "preload":
-            await asyncio.to_thread(engine.preload, message[1], message[2])
+        if kind == "preload":  # decoders for the bot phase; detectors for both legs
+            await asyncio.to_thread(decoders.preload, message[1], message[2])
+            if isinstance(engine, VadGatedStt):
+                await asyncio.to_thread(engine.preload, message[1], 2 * message[2])
             continue
         stream_id = message[1]
         if kind == "open":
