@@ -241,19 +241,30 @@ class AgentAudio:
         both = samples.reshape(-1, channels)
         mono: npt.NDArray[np.int16] = (both[:, 0] if channels == 1
                                        else both.mean(axis=1)).astype(np.int16)
-        if frame.sample_rate != self.rate:
-            if self._resampler is None or frame.sample_rate != self._source_rate:
-                self._resampler = FirResampler(frame.sample_rate, self.rate)
-                self._source_rate = frame.sample_rate
+        return self._resampled(mono, frame.sample_rate)
+
+    def _resampled(self, mono: npt.NDArray[np.int16], rate: int) -> bytes:
+        if rate != self.rate:
+            if self._resampler is None or rate != self._source_rate:
+                self._resampler = FirResampler(rate, self.rate)
+                self._source_rate = rate
             mono = self._resampler.process(mono)
         return mono.astype("<i2").tobytes()
 
     def feed(self, frame: AudioFrame) -> None:
         """One decoded frame from the browser (any rate/layout)."""
+        self._take(self._to_call_rate(frame))
+
+    def feed_g711(self, samples: npt.NDArray[np.int16]) -> None:
+        """One G.711 packet's samples (8 kHz mono), decoded on the loop as it arrived."""
+        self._take(samples.tobytes() if self.rate == G711_RATE
+                   else self._resampled(samples, G711_RATE))
+
+    def _take(self, pcm: bytes) -> None:
         if self.last_frame_at is None and self.on_first_frame is not None:
             self.on_first_frame()
         self.last_frame_at = time.monotonic()
-        self._pending += self._to_call_rate(frame)
+        self._pending += pcm
         size = self.frame_bytes
         while len(self._pending) >= size:
             chunk = bytes(self._pending[:size])
@@ -324,9 +335,12 @@ class _InlineG711Queue:
     ``None`` that stops it); G.711 frames ``put`` here are decoded at once, on the loop,
     into the queue of the receiver's track (made when the remote description is set)."""
 
-    def __init__(self, inner: queue.Queue[Any], receiver: Any) -> None:
+    def __init__(self, inner: queue.Queue[Any], receiver: Any,
+                 sink: Callable[[npt.NDArray[np.int16]], None] | None = None) -> None:
         self._inner = inner
         self._receiver = receiver
+        self._sink = sink
+        self.errors = 0
 
     def get(self, *args: Any, **kwargs: Any) -> Any:  # the decoder thread's side
         return self._inner.get(*args, **kwargs)
@@ -335,6 +349,14 @@ class _InlineG711Queue:
         if task is not None:
             codec, encoded = task
             tables = G711.get(str(codec.name).lower())
+            if tables is not None and self._sink is not None:
+                try:  # this runs inside aiortc's receive path: nothing may unwind into it
+                    self._sink(tables[1][np.frombuffer(encoded.data, dtype=np.uint8)])
+                except Exception:
+                    self.errors += 1
+                    if self.errors == 1:
+                        log.exception("agent audio frame lost")
+                return
             output = getattr(self._receiver._track, "_queue", None)
             if tables is not None and isinstance(output, asyncio.Queue):
                 output.put_nowait(g711_frame(tables[1], encoded.data, encoded.timestamp))
@@ -352,13 +374,16 @@ def g711_frame(table: npt.NDArray[np.int16], payload: bytes, pts: int) -> AudioF
     return frame
 
 
-def decode_g711_inline(receiver: Any) -> bool:
+def decode_g711_inline(receiver: Any,
+                       sink: Callable[[npt.NDArray[np.int16]], None] | None = None) -> bool:
     """Decode a receiver's G.711 on the event loop instead of aiortc's decoder thread (call
-    before the receiver starts); False, changing nothing, when aiortc changed shape."""
+    before the receiver starts); with ``sink``, each packet's samples go straight to it
+    (no frame object, no track queue: :meth:`AgentAudio.feed_g711`), else into the track.
+    False, changing nothing, when aiortc changed shape."""
     name = "_RTCRtpReceiver__decoder_queue"
     inner = getattr(receiver, name, None)
     if not isinstance(inner, queue.Queue) or not hasattr(receiver, "_track"):
         log.warning("aiortc's receiver has no decoder queue: G.711 decodes in its thread")
         return False
-    setattr(receiver, name, _InlineG711Queue(inner, receiver))
+    setattr(receiver, name, _InlineG711Queue(inner, receiver, sink))
     return True

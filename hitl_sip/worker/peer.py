@@ -119,7 +119,7 @@ class AgentPeer:
         transceiver.setCodecPreferences(codec_preferences(self.settings.codecs))
         if self.settings.low_latency:
             use_immediate_jitter_buffer(transceiver.receiver)
-        decode_g711_inline(transceiver.receiver)
+        decode_g711_inline(transceiver.receiver, self.agent_audio.feed_g711)
         try:
             await self.pc.setRemoteDescription(
                 RTCSessionDescription(sdp=offer_sdp, type="offer"))

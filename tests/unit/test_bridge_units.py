@@ -177,6 +177,37 @@ async def test_the_agents_g711_decodes_on_the_loop(
     assert inner.get_nowait()[0] is opus and shim.get() is None and output.empty()
 
 
+def test_with_a_sink_the_agents_g711_skips_frames_and_queues() -> None:
+    """The bridge's own path: each packet's samples straight to AgentAudio, which cuts the
+    call's 20 ms frames; a failing sink is counted, never raised into aiortc."""
+    inner: queue.Queue[Any] = queue.Queue()
+    delivered: list[bytes] = []
+    audio = AgentAudio(8000, delivered.append)
+    shim = _InlineG711Queue(inner, SimpleNamespace(_track=None), audio.feed_g711)
+    pcmu = RTCRtpCodecParameters(mimeType="audio/PCMU", clockRate=8000, payloadType=0)
+    speech = np.linspace(-9000, 9000, 160).astype("<i2").tobytes()
+    shim.put((pcmu, JitterFrame(data=ulaw_encode(speech), timestamp=0)))
+    assert delivered == [ulaw_decode(ulaw_encode(speech))] and inner.empty()
+    assert audio.last_frame_at is not None and audio.stats.from_agent_frames == 1
+
+    def broken(_: Any) -> None:
+        raise RuntimeError("boom")
+
+    failing = _InlineG711Queue(inner, SimpleNamespace(_track=None), broken)
+    failing.put((pcmu, JitterFrame(data=ulaw_encode(speech), timestamp=160)))
+    assert failing.errors == 1
+
+
+def test_g711_at_a_16khz_call_rate_is_resampled() -> None:
+    delivered: list[bytes] = []
+    audio = AgentAudio(16000, delivered.append)
+    t = np.arange(160) / 8000
+    for _ in range(4):
+        audio.feed_g711((np.sin(2 * math.pi * 1000 * t) * 8000).astype(np.int16))
+    assert len(delivered) == 4 and all(len(f) == 640 for f in delivered)
+    assert abs(dominant_frequency(delivered[-1], 16000) - 1000) < 30
+
+
 async def test_the_stand_in_goes_where_aiortc_keeps_its_decoder_queue() -> None:
     from aiortc import RTCPeerConnection  # noqa: PLC0415
 
