@@ -23,12 +23,13 @@ run: setup
 	$(VENV)/bin/hitl-sip serve $(ARGS)
 
 # the dashboard's unit tests (Vitest + jsdom, Angular's toolchain), then Python's suite,
-# which includes the browser end-to-end tests (tests/e2e, Debian Chromium via playwright-core)
+# which includes the browser end-to-end tests (tests/e2e, Debian Chromium via playwright-core);
+# the 30 slowest tests are listed at the end (the CI run must stay under 30 minutes)
 test: setup-test
 	$(PY) -m ruff check hitl_sip tests bench rtp
 	$(PY) -m mypy
 	cd agent-app && npx ng test --watch=false --progress=false
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q --durations=30 $(ARGS)
 
 unit: setup
 	$(PY) -m pytest -q tests/unit
