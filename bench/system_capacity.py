@@ -5,7 +5,12 @@ speech processes, Kamailio; embedded engines) runs ``bench/flows/latency.yaml``:
 listens, answers every utterance, listens again, so every call keeps a recogniser busy. The
 bench fills every worker: 3 × N callers (``tests/support/rtpcaller.py``, PCMU RTP paced on a
 monotonic clock, a 3.9 s utterance looped with silence so that they talk ``--speech-share``
-of the time, 40 % by default) call the front one after the other.
+of the time, 40 % by default) call the front one after the other. The callers run in
+⌈calls / 3⌉ child processes (``multiprocessing``, spawned; N with 3 calls per worker) of up
+to 3 callers each, so that their threads (SIP, RTP send, RTP receive: three per caller) do
+not all queue for one GIL and stamp arrivals late. Each child reports its callers'
+late/lost over the window the bench gives it (``time.monotonic`` is one clock for every
+process on Linux).
 
 Measured in a steady window of ``--seconds``, after an idle baseline:
 
@@ -34,11 +39,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
+import multiprocessing
 import sys
 import tempfile
 import time
+import traceback
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +69,7 @@ CALLER_WAV = ROOT / "rtp/caller/agent_bill_8k.wav"
 AGENT_WAV = ROOT / "rtp/caller/hello_hear_me_16k.wav"
 LIMIT_PCT = 0.5
 SPEECH_SHARE = 0.4  # of the time the callers talk (issue 19: "speaking 40 % of the time")
+CALLS_PER_CHILD = 3  # RtpCallers per load-generator process (3 threads each)
 
 
 def speech_source(offset: int, share: float = SPEECH_SHARE) -> Any:
@@ -100,24 +111,92 @@ def late_or_lost(caller: RtpCaller, start: float, end: float) -> tuple[int, int]
     return lost + late, int((end - start) / 0.02)
 
 
+def caller_process(conn: Connection, *, port: int, first: int, count: int,
+                   share: float) -> None:
+    """A child process holding callers ``first`` .. ``first + count - 1``.
+
+    Protocol on ``conn``: sends ``("ready",)`` once imported; on ``("call",)`` places its
+    calls one after the other and sends ``("up",)``; on ``("window", start, end)`` (parent's
+    ``time.monotonic()``) sends ``("views", [(late or lost, due), ...])`` after hanging up.
+    Any failure is sent as ``("error", traceback)``; the parent closing the pipe (EOF) hangs
+    the calls up too."""
+    callers: list[RtpCaller] = []
+    reply: tuple[Any, ...] | None = None
+    try:
+        conn.send(("ready",))
+        if conn.recv() == ("call",):
+            for i in range(first, first + count):
+                caller = RtpCaller(port)
+                callers.append(caller)
+                caller.call(timeout=10)
+                caller.start_media(speech_source(offset=37 * i, share=share))
+            conn.send(("up",))
+            message = conn.recv()
+            if message[0] == "window":
+                reply = ("views", [late_or_lost(c, message[1], message[2]) for c in callers])
+    except EOFError:
+        pass  # the parent gave up: hang up and go
+    except Exception:
+        reply = ("error", traceback.format_exc())
+    finally:
+        for caller in callers:
+            try:
+                caller.close()
+            except Exception:  # the sender failed: report it, hang up the others
+                reply = ("error", traceback.format_exc())
+        if reply is not None:
+            with contextlib.suppress(OSError):  # the parent is gone
+                conn.send(reply)
+        conn.close()
+
+
+def expect(conn: Connection, kind: str, timeout: float) -> tuple[Any, ...]:
+    """The next message from a caller process, which must be ``kind``."""
+    try:
+        if not conn.poll(timeout):
+            raise TimeoutError(f"no {kind!r} from a caller process in {timeout:.0f} s")
+        message: tuple[Any, ...] = conn.recv()
+    except EOFError:
+        raise RuntimeError(f"a caller process exited before {kind!r}") from None
+    if message[0] == "error":
+        raise RuntimeError(f"a caller process failed:\n{message[1]}")
+    if message[0] != kind:
+        raise RuntimeError(f"a caller process sent {message[0]!r}, not {kind!r}")
+    return message
+
+
 def measure(srv: Server, port: int, calls: int, workers: int, seconds: float, *,
             share: float = SPEECH_SHARE) -> dict[str, Any]:
-    procs = tree(psutil.Process(srv.process.pid))
-    for p in procs:
-        p.cpu_percent()
-    time.sleep(2.0)
-    c0, rss0 = cpu_and_rss(procs)
-    t0 = time.monotonic()
-    time.sleep(4.0)
-    c1, _ = cpu_and_rss(procs)
-    idle = (c1 - c0) / (time.monotonic() - t0) * 100
-    callers: list[RtpCaller] = []
+    ctx = multiprocessing.get_context("spawn")
+    groups = [(first, min(CALLS_PER_CHILD, calls - first))
+              for first in range(0, calls, CALLS_PER_CHILD)]
+    print(f"  callers in {len(groups)} child processes of up to {CALLS_PER_CHILD} calls each",
+          file=sys.stderr)
+    children: list[tuple[BaseProcess, Connection]] = []
     try:
-        for i in range(calls):
-            caller = RtpCaller(port)
-            callers.append(caller)
-            caller.call(timeout=10)
-            caller.start_media(speech_source(offset=37 * i, share=share))
+        for first, count in groups:
+            ours, theirs = ctx.Pipe()
+            child = ctx.Process(target=caller_process, args=(theirs,), daemon=True,
+                                name=f"callers-{first}-{first + count - 1}",
+                                kwargs={"port": port, "first": first, "count": count,
+                                        "share": share})
+            child.start()
+            children.append((child, ours))
+            theirs.close()
+        for _, conn in children:
+            expect(conn, "ready", 60)  # imports done before the idle baseline
+        procs = tree(psutil.Process(srv.process.pid))
+        for p in procs:
+            p.cpu_percent()
+        time.sleep(2.0)
+        c0, rss0 = cpu_and_rss(procs)
+        t0 = time.monotonic()
+        time.sleep(4.0)
+        c1, _ = cpu_and_rss(procs)
+        idle = (c1 - c0) / (time.monotonic() - t0) * 100
+        for (_, conn), (_, count) in zip(children, groups, strict=True):
+            conn.send(("call",))  # one child after the other: every call placed in turn
+            expect(conn, "up", 10 * count + 20)
         time.sleep(4.0)  # settle: greetings done, recognisers loaded
         answered = {w["workerId"]: w["activeCalls"] for w in srv.health()[1]["workers"]}
         procs = tree(psutil.Process(srv.process.pid))
@@ -129,10 +208,19 @@ def measure(srv: Server, port: int, calls: int, workers: int, seconds: float, *,
         t3 = time.monotonic()
         time.sleep(1.5)  # workers report metrics every second
         underruns = srv.metric("hitl_sip_pcm_underruns_total", direction="to_caller") - underruns0
-        views = [late_or_lost(c, t2, t3) for c in callers]
+        for _, conn in children:
+            conn.send(("window", t2, t3))
+        views: list[tuple[int, int]] = []
+        for _, conn in children:
+            views += expect(conn, "views", 30)[1]
     finally:
-        for caller in callers:
-            caller.close()
+        for _, conn in children:
+            conn.close()  # a child still waiting for a message hangs up on EOF
+        for process, _ in children:
+            process.join(15)
+            if process.is_alive():
+                process.terminate()
+                process.join(5)
     busy = (c3 - c2) / (t3 - t2) * 100
     bad = sum(v[0] for v in views)
     due = sum(v[1] for v in views)
