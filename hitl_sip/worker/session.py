@@ -36,7 +36,7 @@ import numpy as np
 from hitl_sip.bot.actions import Action, BotDialog, Handoff, Hangup, Listen, Say
 from hitl_sip.errors import HitlSipError, SpeechError
 from hitl_sip.log import call_logger, now_iso
-from hitl_sip.media.buffers import BufferClosed, FrameBuffer
+from hitl_sip.media.buffers import BufferClosed, FrameBuffer, LeadKeeper
 from hitl_sip.media.wav import read_wav, resample
 from hitl_sip.protocol import worker as wire
 from hitl_sip.protocol.worker import CallState, HubCommand, LegRole, Msg
@@ -157,7 +157,8 @@ class CallSession:
         self.agent_muted = False
         self.agent_frames_dropped = 0
         self._bot_since = 0.0  # caller audio time (s) when the bot last took the call back
-        self._agent_standing = 0  # consecutive agent frames that found one still queued
+        # the agent's audio ahead of the trunk clock, bounded and kept short
+        self._agent_lead = LeadKeeper(settings.agent_lead_frames)
         self._agent_stt: SttStream | None = None
         self._agent_stt_task: asyncio.Task[None] | None = None
         # a flow's recording consent notice, played before the flow; then on_consent
@@ -485,20 +486,8 @@ class CallSession:
     def _to_caller(self, frame: bytes) -> None:
         """One frame for the caller's ear, at most ``agent_lead_frames`` ahead of the trunk's
         media clock."""
-        outbound = self.outbound
-        waiting = len(outbound)
-        while waiting >= self.settings.agent_lead_frames:
-            outbound.pop_nowait()  # the trunk clock is behind: keep the newest audio
-            self.agent_frames_dropped += 1
-            waiting -= 1
-        # A frame still waiting when the next arrives is 20 ms of latency; if that stays
-        # so for 500 ms (no jitter used the cushion), drop one frame to win it back.
-        self._agent_standing = self._agent_standing + 1 if waiting else 0
-        if self._agent_standing >= 25:
-            outbound.pop_nowait()
-            self.agent_frames_dropped += 1
-            self._agent_standing = 0
-        outbound.push_nowait(frame)
+        self.agent_frames_dropped += self._agent_lead.admit(self.outbound)
+        self.outbound.push_nowait(frame)
         self.on_source_active(True)
 
     # -- extra legs (supervisors, a transfer's target) ----------------------------------

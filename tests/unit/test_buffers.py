@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from hitl_sip.media.buffers import BufferClosed, FrameBuffer
+from hitl_sip.media.buffers import BufferClosed, FrameBuffer, LeadKeeper
 
 
 async def test_frames_pushed_from_another_thread_reach_a_waiting_consumer() -> None:
@@ -82,3 +82,69 @@ def test_capacity_must_be_positive() -> None:
             FrameBuffer(loop, capacity=0)
     finally:
         loop.close()
+
+
+# -- LeadKeeper: the agent's audio ahead of the trunk clock ----------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def keeper_rig() -> tuple[FrameBuffer, LeadKeeper, FakeClock, list[int]]:
+    buffer = FrameBuffer(asyncio.get_running_loop(), 50)
+    clock = FakeClock()
+    return buffer, LeadKeeper(3, clock=clock), clock, [0]
+
+
+def push(buffer: FrameBuffer, keeper: LeadKeeper, dropped: list[int]) -> None:
+    dropped[0] += keeper.admit(buffer)
+    buffer.push_nowait(b"f")
+
+
+async def test_a_frame_that_stands_for_half_a_second_is_dropped() -> None:
+    buffer, keeper, clock, dropped = keeper_rig()
+    push(buffer, keeper, dropped)
+    push(buffer, keeper, dropped)  # one extra frame: 20 ms of latency from now on
+    for _ in range(30):  # then one frame per tick, the extra one never used
+        clock.now += 0.02
+        assert buffer.pop_nowait() is not None
+        push(buffer, keeper, dropped)
+    assert dropped[0] == 1 and len(buffer) == 1 and buffer.empties == 0
+
+
+async def test_a_drop_proved_wrong_doubles_the_cushion_and_a_good_one_relaxes_it() -> None:
+    buffer, keeper, clock, dropped = keeper_rig()
+    push(buffer, keeper, dropped)
+    for _ in range(25):  # a standing frame for 25 pushes: dropped
+        push(buffer, keeper, dropped)
+        clock.now += 0.02
+        buffer.pop_nowait()
+    assert dropped[0] == 1 and keeper.standing_limit == 25
+    while len(buffer):
+        buffer.pop_nowait()
+    buffer.pop_nowait()  # the next tick finds nothing: the frame was needed
+    clock.now += 0.02
+    push(buffer, keeper, dropped)
+    assert keeper.standing_limit == 50 and buffer.empties == 1
+    for _ in range(60):  # standing again: dropped after 50 this time
+        push(buffer, keeper, dropped)
+        clock.now += 0.02
+        buffer.pop_nowait()
+    assert dropped[0] == 2
+    clock.now += 2.5  # that drop held for more than 2 s
+    push(buffer, keeper, dropped)
+    assert keeper.standing_limit == 37
+
+
+async def test_the_lead_is_bounded_the_newest_kept() -> None:
+    buffer, keeper, _, dropped = keeper_rig()
+    for i in range(10):
+        dropped[0] += keeper.admit(buffer)
+        buffer.push_nowait(bytes([i]))
+    assert len(buffer) == 3 and dropped[0] == 7
+    assert [buffer.pop_nowait() for _ in range(3)] == [b"\x07", b"\x08", b"\x09"]
