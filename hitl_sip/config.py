@@ -54,6 +54,8 @@ TRANSPORTS = ("udp", "tcp", "tls")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 CLOCK_RATES = (8000, 16000)
 STT_ENGINES = ("pocketsphinx", "azure")
+# pocketsphinx search presets (SPEED_PRESETS in hitl_sip/speech/stt/pocketsphinx_engine.py)
+STT_SPEEDS = ("accurate", "balanced", "fast")
 TTS_ENGINES = ("espeak", "azure")
 
 
@@ -193,6 +195,10 @@ class SpeechConfig:
     # line noise reach no recogniser; a window opens it at this speech probability
     vad: _Bool = True
     vad_threshold: _Float = 0.5
+    # the embedded recogniser's search effort: accurate (pocketsphinx's defaults),
+    # balanced (~40 % of accurate's CPU, the same G.711 WER 0.39) or fast (~30 %, WER
+    # 0.43, and utterances it returns no words for: bench/README.md)
+    stt_speed: _Str = "balanced"
 
 
 @dataclass(frozen=True, config=_SECTION)
@@ -657,6 +663,8 @@ def validate(config: Config) -> None:
         raise ConfigError("speech.stt", f"expected one of {', '.join(STT_ENGINES)}")
     if config.speech.tts not in TTS_ENGINES:
         raise ConfigError("speech.tts", f"expected one of {', '.join(TTS_ENGINES)}")
+    if config.speech.stt_speed not in STT_SPEEDS:
+        raise ConfigError("speech.stt_speed", f"expected one of {', '.join(STT_SPEEDS)}")
     if not 0.2 <= config.speech.vad_threshold <= 0.95:
         raise ConfigError("speech.vad_threshold",
                           f"expected a speech probability in 0.2..0.95, got "

@@ -37,7 +37,8 @@ def build_stt(config: Config) -> SttEngine:
     gate = VadSettings(threshold=config.speech.vad_threshold) if config.speech.vad else None
     if config.speech.stt != "azure":
         # in a child process: pocketsphinx holds the GIL while it decodes (see process.py)
-        return ResilientStt(ProcessStt(pool_size=2 * config.worker.max_calls, gate=gate))
+        return ResilientStt(ProcessStt(pool_size=2 * config.worker.max_calls, gate=gate,
+                                       speed=config.speech.stt_speed))
     engine = _base_stt(config)
     if gate is not None:
         engine = VadGatedStt(engine, gate)

@@ -67,6 +67,7 @@ def test_env_key_is_the_dotted_name_upper_cased() -> None:
         ({"bot.hold_audio": "no/such.wav"}, "bot.hold_audio"),
         ({"speech.stt": "whisper"}, "speech.stt"),
         ({"speech.tts": "say"}, "speech.tts"),
+        ({"speech.stt_speed": "turbo"}, "speech.stt_speed"),
         ({"speech.tts": "azure"}, "speech.azure_key"),
         ({"routing.queue_timeout": "0"}, "routing.queue_timeout"),
         ({"api.keys": "short"}, "api.keys"),

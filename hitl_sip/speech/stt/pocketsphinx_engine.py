@@ -30,6 +30,10 @@ The model wants 16 kHz; 8 kHz input is upsampled on the worker with a streaming
 windowed-sinc filter (4 ms of delay, compensated in ``audio_time``). Decoders (~90 MB,
 ~0.25 s to load) are pooled per engine and input rate and reused by later streams; a new
 one starts from a cepstral mean measured for its rate (:data:`CMN_PRIORS`).
+
+Search effort is a ``speed`` preset (:data:`SPEED_PRESETS`: ``accurate`` is
+pocketsphinx's own settings, ``balanced`` and ``fast`` cap the search; the worker takes
+``speech.stt_speed``, ``balanced`` by default); explicit ``decoder_options`` override it.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ from hitl_sip.errors import SpeechError
 from hitl_sip.media.wav import resample
 from hitl_sip.speech.base import QueuedEvents, SpeechEvent, SpeechEventType
 
-__all__ = ["PocketsphinxStream", "PocketsphinxStt"]
+__all__ = ["SPEED_PRESETS", "PocketsphinxStream", "PocketsphinxStt", "speed_options"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +84,45 @@ CMN_PRIORS = {
 _stream_ids = itertools.count(1)
 
 OptionValue = str | int | float | bool
+
+# Decoder options per speed preset, chosen by measurement (bench/README.md, stt_speed.py
+# and stt_vad.py --stt-speed): the decoder's CPU on a typical G.711 call, behind the
+# voice-activity gate, against the WER of pocketsphinx-testdata's recordings (96 words).
+# pocketsphinx's defaults let the first pass keep up to 30000 HMMs active per frame with
+# no cap on word exits; ``maxhmmpf`` caps the former (and so the worst-case cost of a
+# frame), ``maxwpf`` the latter, and a narrower word-exit beam (``wbeam``, and
+# ``lponlybeam`` for the phone-lookahead pass) drops unlikely word ends early.
+# ``balanced`` decodes at ~40 % of ``accurate``'s CPU with the same G.711 WER (0.385);
+# ``fast`` also skips the flat-lexicon second pass (``fwdflat``), which end_utt runs over
+# the whole utterance: ~30 % of the CPU, G.711 WER 0.427, and some utterances it returns
+# no words for at all (tests/integration/test_alive5_faults.py's second sentence): the
+# worker's default is ``balanced``. Narrower HMM beams, ``ds`` 2-3
+# (frame downsampling), ``topn`` 2-3 or a smaller ``maxhmmpf`` cost more WER than they
+# saved (0.44-0.90 for 20-70 % less CPU).
+SPEED_PRESETS: Mapping[str, Mapping[str, OptionValue]] = {
+    "accurate": {},
+    "balanced": {"maxhmmpf": 2500, "maxwpf": 5, "wbeam": 1e-20, "lponlybeam": 1e-20},
+    "fast": {
+        "maxhmmpf": 2500,
+        "maxwpf": 5,
+        "wbeam": 1e-20,
+        "lponlybeam": 1e-20,
+        "fwdflat": False,
+    },
+}
+
+
+def speed_options(
+    speed: str, decoder_options: Mapping[str, OptionValue] | None = None
+) -> dict[str, OptionValue]:
+    """The decoder options of preset ``speed``, with ``decoder_options`` over them."""
+    try:
+        preset = SPEED_PRESETS[speed]
+    except KeyError:
+        raise ValueError(
+            f"pocketsphinx: unknown speed {speed!r}; expected one of {', '.join(SPEED_PRESETS)}"
+        ) from None
+    return {**preset, **(decoder_options or {})}
 
 
 @dataclass(frozen=True)
@@ -114,9 +157,10 @@ class EndpointSettings:
 class PocketsphinxStt:
     """The ``pocketsphinx`` engine: one decoder per stream, pooled between streams.
 
-    ``decoder_options`` go to :class:`pocketsphinx.Decoder` (e.g. ``hmm``, ``lm``,
-    ``dict`` for another model); without them the wheel's en-us model is used and only
-    English language tags are accepted.
+    ``speed`` picks the search settings from :data:`SPEED_PRESETS` (``accurate``:
+    pocketsphinx's own). ``decoder_options`` go to :class:`pocketsphinx.Decoder` over the
+    preset's (e.g. ``hmm``, ``lm``, ``dict`` for another model); without ``hmm`` the
+    wheel's en-us model is used and only English language tags are accepted.
     """
 
     name = "pocketsphinx"
@@ -133,6 +177,7 @@ class PocketsphinxStt:
         tail: float = 0.1,
         decoder_options: Mapping[str, OptionValue] | None = None,
         pool_size: int = 2,
+        speed: str = "accurate",
     ) -> None:
         self.settings = EndpointSettings(
             end_silence=end_silence,
@@ -143,8 +188,9 @@ class PocketsphinxStt:
             preroll=preroll,
             tail=tail,
         )
+        self.speed = speed
         self._decoder_options: dict[str, OptionValue] = {"loglevel": "FATAL"}
-        self._decoder_options.update(decoder_options or {})
+        self._decoder_options.update(speed_options(speed, decoder_options))
         self.builtin_model = "hmm" not in self._decoder_options
         self._pool_size = pool_size
         self._idle: dict[int, list[Any]] = {}  # by input rate: the channels differ

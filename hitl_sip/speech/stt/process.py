@@ -61,8 +61,10 @@ class ProcessStt:
 
     name = "pocketsphinx"
 
-    def __init__(self, pool_size: int = 2, gate: VadSettings | None = None) -> None:
+    def __init__(self, pool_size: int = 2, gate: VadSettings | None = None,
+                 speed: str = "accurate") -> None:
         self.pool_size = pool_size
+        self.speed = speed  # the decoders' search preset (pocketsphinx_engine.SPEED_PRESETS)
         self.gate = gate  # the voice-activity gate, run in the child in front of the decoders
         self._lock = threading.Lock()
         self._proc: Any = None
@@ -80,7 +82,8 @@ class ProcessStt:
                 return self._conn
             ctx = multiprocessing.get_context("spawn")
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_child_main, args=(child, self.pool_size, self.gate),
+            proc = ctx.Process(target=_child_main,
+                               args=(child, self.pool_size, self.gate, self.speed),
                                name="hitl-sip-stt", daemon=True)
             proc.start()
             child.close()
@@ -247,16 +250,18 @@ class _RemoteStream(QueuedEvents):
 # -- the child process ------------------------------------------------------------------------
 
 
-def _child_main(conn: Connection, pool_size: int, gate: VadSettings | None = None) -> None:
+def _child_main(conn: Connection, pool_size: int, gate: VadSettings | None = None,
+                speed: str = "accurate") -> None:
     """Entry point of the speech process: serve streams until the pipe closes."""
-    asyncio.run(_serve(conn, pool_size, gate))
+    asyncio.run(_serve(conn, pool_size, gate, speed))
 
 
-async def _serve(conn: Connection, pool_size: int, gate: VadSettings | None = None) -> None:
+async def _serve(conn: Connection, pool_size: int, gate: VadSettings | None = None,
+                 speed: str = "accurate") -> None:
     from hitl_sip.speech.stt.pocketsphinx_engine import PocketsphinxStt  # noqa: PLC0415
 
     loop = asyncio.get_running_loop()
-    decoders = PocketsphinxStt(pool_size=pool_size)
+    decoders = PocketsphinxStt(pool_size=pool_size, speed=speed)
     engine: SttEngine = decoders
     if gate is not None:
         engine = VadGatedStt(decoders, gate)
