@@ -8,11 +8,12 @@ import asyncio
 import os
 import signal
 
+import psutil
 import pytest
 
 from hitl_sip.errors import SpeechError
 from hitl_sip.speech.base import SpeechEvent, SpeechEventType, SttStream
-from hitl_sip.speech.stt.process import ProcessStt
+from hitl_sip.speech.stt.process import SPEECH_NICE, ProcessStt
 from tests.integration.test_pocketsphinx import _go_forward
 
 
@@ -34,7 +35,10 @@ def test_a_stream_in_the_speech_process_transcribes_human_speech() -> None:
         engine = ProcessStt(pool_size=1)
         engine.preload(16000, 1)
         try:
-            return await transcribe(engine.stream(16000), _go_forward().pcm)
+            events = await transcribe(engine.stream(16000), _go_forward().pcm)
+            # it yields the cores to the media worker (its parent) when they are short
+            assert psutil.Process(engine._proc.pid).nice() == os.nice(0) + SPEECH_NICE
+            return events
         finally:
             engine.close()
 

@@ -34,6 +34,7 @@ import contextlib
 import itertools
 import logging
 import multiprocessing
+import os
 import queue
 import threading
 from multiprocessing.connection import Connection
@@ -54,6 +55,8 @@ log = logging.getLogger(__name__)
 #: audio crosses to the speech process in batches of this much (issue 19: one message per
 #: 20 ms frame cost a writer-thread wake-up, a pickle and a pipe write per frame and stream)
 BATCH_SECONDS = 0.08
+#: the speech process's niceness above its worker's (CFS weight ~1/3 of the worker's)
+SPEECH_NICE = 5
 
 
 class ProcessStt:
@@ -253,6 +256,10 @@ class _RemoteStream(QueuedEvents):
 def _child_main(conn: Connection, pool_size: int, gate: VadSettings | None = None,
                 speed: str = "accurate") -> None:
     """Entry point of the speech process: serve streams until the pipe closes."""
+    # below the media worker: when the cores are short, the trunk's 20 ms clock and the
+    # bridge run first and the recogniser catches up (it buffers, pocketsphinx_engine)
+    with contextlib.suppress(OSError):
+        os.nice(SPEECH_NICE)
     asyncio.run(_serve(conn, pool_size, gate, speed))
 
 
