@@ -14,7 +14,10 @@ gate (the worker's settings), as in bench/stt_vad.py:
   machine spreads over all of them.
 * **WER** (deterministic): stt_vad.py (b) with the gate, after G.711 at 8 kHz and at
   16 kHz: the recordings as one call, 1 s of line noise between them, corpus WER of the
-  FINALs in each recording's span (96 reference words: one word is 0.010).
+  FINALs in each recording's span (96 reference words: one word is 0.010). And **cold**:
+  after G.711, each recording (1 s of line noise before it) as the first utterance of a
+  new decoder, which starts from the cepstral-mean prior rather than a mean adapted to
+  earlier utterances (a new speech process's first calls; pooled decoders keep theirs).
 
 A new engine per measurement: every decoder starts from the same cepstral mean.
 
@@ -38,7 +41,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from stt_vad import drain, frames_of, gated, transcribe, typical_call  # noqa: E402
+from stt_vad import (  # noqa: E402
+    FINAL,
+    at_rate,
+    drain,
+    frames_of,
+    gated,
+    transcribe,
+    typical_call,
+)
 
 from hitl_sip.speech.stt.pocketsphinx_engine import (  # noqa: E402
     SPEED_PRESETS,
@@ -48,6 +59,7 @@ from hitl_sip.speech.stt.pocketsphinx_engine import (  # noqa: E402
 from hitl_sip.speech.stt.vad import VadGatedStream  # noqa: E402
 from hitl_sip.testing.wer import corpus_word_error_rate  # noqa: E402
 from tests.integration.test_pocketsphinx import Clip, _corpus  # noqa: E402
+from tests.unit.test_vad import line_noise  # noqa: E402
 
 # The candidates (CMU Sphinx's decoder tuning advice: frame downsampling, fewer Gaussians,
 # narrower beams, capped HMMs and word exits per frame, phone lookahead, fewer passes),
@@ -109,6 +121,21 @@ async def wer(options: Mapping[str, OptionValue], clips: Sequence[Clip], rate: i
     return corpus_word_error_rate(zip([c.reference for c in clips], hypotheses, strict=True))
 
 
+async def cold_wer(options: Mapping[str, OptionValue], clips: Sequence[Clip]) -> float:
+    hypotheses = []
+    for index, clip in enumerate(clips):
+        pcm = line_noise(1.0, 16000, seed=50 + index) + clip.pcm
+        pcm += line_noise(1.5, 16000, seed=80 + index)
+        stream = gated(PocketsphinxStt(max_buffered=3600.0, decoder_options=options)).stream(8000)
+        for frame in frames_of(at_rate(pcm, 8000), 8000):
+            stream.push_frame(frame)
+        stream.end_input()
+        events = await drain(stream)
+        await stream.aclose()
+        hypotheses.append(" ".join(e.text for e in events if e.type is FINAL))
+    return corpus_word_error_rate(zip([c.reference for c in clips], hypotheses, strict=True))
+
+
 async def run(names: Sequence[str], rounds: int) -> dict[str, Any]:
     clips = _corpus()
     call = typical_call(clips, 8000)
@@ -125,6 +152,7 @@ async def run(names: Sequence[str], rounds: int) -> dict[str, Any]:
                     "options": dict(OPTION_SETS[name]),
                     "wer_g711": round(await wer(OPTION_SETS[name], clips, 8000), 3),
                     "wer_16k": round(await wer(OPTION_SETS[name], clips, 16000), 3),
+                    "wer_g711_cold": round(await cold_wer(OPTION_SETS[name], clips), 3),
                 }
             log(f"round {round_ + 1}/{rounds} {name}: {100 * spent / seconds:.2f} % of a core, "
                 f"WER after G.711 {results[name]['wer_g711']:.3f}")
@@ -139,11 +167,12 @@ async def run(names: Sequence[str], rounds: int) -> dict[str, Any]:
 def report(results: dict[str, Any]) -> None:
     print(f"pocketsphinx option sets: typical call {results['call_seconds']} s (G.711 8 kHz, "
           f"gated, back to back), median of {results['rounds']} rounds")
-    print(f"{'option set':24} {'CPU % core':>10} {'RTF':>6} {'WER G.711':>9} {'WER 16k':>8}"
-          "  options")
+    print(f"{'option set':28} {'CPU % core':>10} {'RTF':>6} {'WER G.711':>9} {'WER 16k':>8}"
+          f" {'cold G.711':>10}  options")
     for name, r in results["sets"].items():
-        print(f"{name:24} {r['cpu_pct']:10.2f} {r['realtime_factor']:6.3f} "
-              f"{r['wer_g711']:9.3f} {r['wer_16k']:8.3f}  {r['options'] or '(defaults)'}")
+        print(f"{name:28} {r['cpu_pct']:10.2f} {r['realtime_factor']:6.3f} "
+              f"{r['wer_g711']:9.3f} {r['wer_16k']:8.3f} {r['wer_g711_cold']:10.3f}  "
+              f"{r['options'] or '(defaults)'}")
 
 
 def main(argv: list[str] | None = None) -> int:

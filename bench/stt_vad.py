@@ -30,7 +30,7 @@ Every part decodes with the pocketsphinx search preset ``--stt-speed`` (``accura
 the recogniser's real-time factor: the speech process's CPU per second of audio that
 reached it.
 
-Usage: ``python bench/stt_vad.py [--short] [--speed 2] [--stt-speed fast] [--json]``.
+Usage: ``python bench/stt_vad.py [--short] [--speed 2] [--stt-speed balanced] [--json]``.
 ``--short``: 3 of the 11 recordings for (a), 5 s per gate-cost figure, 10 s signals for (c)
 (~3 min rather than ~6). Progress goes to stderr, the report to stdout.
 """

@@ -85,20 +85,20 @@ _stream_ids = itertools.count(1)
 
 OptionValue = str | int | float | bool
 
-# Decoder options per speed preset, chosen by measurement (bench/README.md, stt_speed.py
-# and stt_vad.py --stt-speed): the decoder's CPU on a typical G.711 call, behind the
-# voice-activity gate, against the WER of pocketsphinx-testdata's recordings (96 words).
-# pocketsphinx's defaults let the first pass keep up to 30000 HMMs active per frame with
-# no cap on word exits; ``maxhmmpf`` caps the former (and so the worst-case cost of a
-# frame), ``maxwpf`` the latter, and a narrower word-exit beam (``wbeam``, and
+# Decoder options per speed preset, chosen by measurement (bench/README.md: stt_speed.py,
+# and stt_vad.py --stt-speed): the speech process's CPU per stream on a typical G.711 call
+# behind the voice-activity gate, against the WER of pocketsphinx-testdata's recordings
+# (96 words, so 0.01 is one word). The search, not the acoustic scoring, is the cost:
+# pocketsphinx's defaults keep up to 30000 HMMs active per frame; ``maxhmmpf`` caps that
+# (and so what a frame can cost: DTMF without the gate went from ~40-50 % of a core to
+# 15 %), ``maxwpf`` caps word exits per frame, and a narrower word-exit beam (``wbeam``;
 # ``lponlybeam`` for the phone-lookahead pass) drops unlikely word ends early.
-# ``balanced`` decodes at ~40 % of ``accurate``'s CPU with the same G.711 WER (0.385);
-# ``fast`` also skips the flat-lexicon second pass (``fwdflat``), which end_utt runs over
-# the whole utterance: ~30 % of the CPU, G.711 WER 0.427, and some utterances it returns
-# no words for at all (tests/integration/test_alive5_faults.py's second sentence): the
-# worker's default is ``balanced``. Narrower HMM beams, ``ds`` 2-3
-# (frame downsampling), ``topn`` 2-3 or a smaller ``maxhmmpf`` cost more WER than they
-# saved (0.44-0.90 for 20-70 % less CPU).
+# ``balanced``: ~45 % of ``accurate``'s CPU, WER after G.711 0.385 as before (16 kHz
+# 0.271 vs 0.281). ``fast`` also skips the flat-lexicon second pass (``fwdflat``) that
+# end_utt runs over the utterance: ~a third of the CPU, the FINAL sooner, WER
+# after G.711 0.427. Both lose more on a new decoder's first utterance (cold cepstral
+# mean; after G.711 0.54 -> 0.62 / 0.64). Frame downsampling (``ds``), fewer Gaussians
+# (``topn``) or narrower HMM beams saved less CPU for more WER.
 SPEED_PRESETS: Mapping[str, Mapping[str, OptionValue]] = {
     "accurate": {},
     "balanced": {"maxhmmpf": 2500, "maxwpf": 5, "wbeam": 1e-20, "lponlybeam": 1e-20},
