@@ -177,6 +177,10 @@ def test_a_transfer_by_refer_reaches_the_trunk_and_the_call_leaves(tmp_path: Pat
         declined = run_sipp("refer_to_us", srv.sip_port(), tmp_path, timeout=20)
         assert isinstance(declined, SippResult)
         assert declined.ok, declined.explain() + srv.log()
+        # that call is over for the hub too before alice logs in: else she may be offered
+        # it while its end is on its way (a worker that just started is still loading its
+        # decoders and detectors, which delays the end of a call's recogniser)
+        srv.wait_for(lambda: len(srv.call_records()) >= 1, 15, what="the declined call's end")
         ended, result = transfer_a_call(srv, tmp_path, "transfer_refer",
                                         ["-trace_logs", "-log_file", str(log)])
         assert result.ok, result.explain() + srv.log()

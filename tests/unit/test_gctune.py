@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from hitl_sip.gctune import GEN0, PauseMeter, tune
+from hitl_sip.gctune import PauseMeter, tune
 from hitl_sip.metrics import Registry
 
 
@@ -39,10 +39,9 @@ def test_every_collection_is_timed_by_generation() -> None:
 def test_tune_freezes_the_start_up_heap(restore_gc: None,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HITL_SIP_GC", raising=False)
-    alive = [object() for _ in range(10)]
+    alive: list[list[int]] = [[] for _ in range(10)]  # containers: the collector tracks them
     assert tune("test") is True
     assert gc.get_freeze_count() >= len(alive)
-    assert gc.get_threshold()[0] == GEN0
 
 
 def test_stock_leaves_cpythons_settings(restore_gc: None,
