@@ -196,8 +196,9 @@ class SpeechConfig:
     vad: _Bool = True
     vad_threshold: _Float = 0.5
     # the embedded recogniser's search effort: accurate (pocketsphinx's defaults),
-    # balanced (~40 % of accurate's CPU, the same G.711 WER 0.39) or fast (~30 %, WER
-    # 0.43, and utterances it returns no words for: bench/README.md)
+    # balanced (~45 % of accurate's CPU, the same G.711 WER 0.39) or fast (~35 %, WER
+    # 0.43; with it test_alive5_faults' second sentence never ended its ask node in two
+    # runs: bench/README.md)
     stt_speed: _Str = "balanced"
 
 
