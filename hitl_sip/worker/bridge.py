@@ -5,12 +5,12 @@ caller frame into it (20 ms of s16le at the call's rate, straight from the pjsua
 aiortc pulls: ``recv`` returns as soon as a frame is queued, so a frame never waits for a
 clock of the bridge's own. A frame that does not come within 10 ms of its time yields
 silence (counted); a queue that stays longer than one frame is trimmed so latency cannot
-creep up. The frame goes out at the call's rate: aiortc's
-Frames go out in the codec's own format (8 kHz mono for G.711, 48 kHz stereo for
-Opus, converted by :mod:`hitl_sip.media.fir`): aiortc's encoders would resample with a
-frame of delay and upmix with a 3 dB loss.
+creep up. Frames go out already encoded (below); where a codec cannot take the call's
+rate they go out in its own format (8 kHz mono for G.711, 48 kHz stereo for Opus,
+converted by :mod:`hitl_sip.media.fir`): aiortc's encoders would resample with a frame of
+delay and upmix with a 3 dB loss.
 
-Agent → caller: :class:`AgentAudio` reads the browser's decoded track (Opus: 48 kHz stereo;
+Agent → caller: :class:`AgentAudio` takes the agent's decoded audio (Opus: 48 kHz mono;
 PCMU/PCMA: 8 kHz mono), resamples to the call's mono rate only when the rates differ, cuts
 20 ms frames and hands them to the session, which queues them for the pjsua2 port with at
 most ``webrtc.max_lead_frames`` ahead of the media clock (older frames dropped).
@@ -19,12 +19,14 @@ aiortc's stock audio receiver holds packets in a jitter buffer that releases a f
 after 4 more have arrived (80 ms) — :class:`ImmediateJitterBuffer` releases every in-order
 audio packet at once (``webrtc.low_latency``; the trunk's clock does the pacing).
 
-G.711 (PCMU/PCMA, the default agent codec) never leaves the event loop: aiortc encodes
-every outgoing frame in its thread pool and decodes every incoming one in a decoder thread,
-two thread hops per 20 ms that cost more than the codec (a 65536-entry encode table and a
-256-entry decode table, :mod:`hitl_sip.media.g711`). :class:`CallerTrack` hands aiortc
-ready G.711 packets (its sender only packs them) and :func:`decode_g711_inline` decodes the
-agent's packets on the loop as they arrive. Opus keeps aiortc's encoder and decoder.
+Neither codec leaves the event loop: aiortc encodes every outgoing frame in its thread
+pool and decodes every incoming one in a decoder thread, two thread hops per 20 ms that
+cost more than G.711 itself (a 65536-entry encode table and a 256-entry decode table,
+:mod:`hitl_sip.media.g711`). :class:`CallerTrack` hands aiortc ready packets (its sender
+only packs them): G.711, or Opus from :class:`OpusPacketizer` — libopus fed the call's
+own mono rate, where aiortc's encoder wants 48 kHz stereo at complexity 10.
+:func:`decode_on_loop` decodes the agent's packets on the loop as they arrive (Opus to
+48 kHz mono, then :mod:`hitl_sip.media.fir` to the call's rate).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import RtpPacket
 from aiortc.utils import uint16_add
-from av import AudioFrame, Packet
+from av import AudioFrame, CodecContext, Packet
 
 from hitl_sip.media.fir import FirResampler
 from hitl_sip.media.g711 import ALAW_DECODE, ALAW_ENCODE, ULAW_DECODE, ULAW_ENCODE
@@ -59,6 +61,60 @@ G711_RATE = 8000
 G711_TIME_BASE = fractions.Fraction(1, G711_RATE)
 #: codec name (as in the answer) → (encode table, decode table)
 G711 = {"pcmu": (ULAW_ENCODE, ULAW_DECODE), "pcma": (ALAW_ENCODE, ALAW_DECODE)}
+#: Opus's RTP clock is 48 kHz whatever rate its encoder runs at (RFC 7587 §4.1)
+OPUS_RATE = 48000
+OPUS_TIME_BASE = fractions.Fraction(1, OPUS_RATE)
+#: the input rates libopus encodes natively
+OPUS_INPUT_RATES = frozenset((8000, 12000, 16000, 24000, 48000))
+#: a telephone caller's voice is narrowband or wideband: 24 kbit/s of mono Opus carries it
+#: whole (aiortc's own encoder sends 96 kbit/s of stereo)
+OPUS_BITRATE = 24000
+#: libopus's search effort (0–10, FFmpeg's ``compression_level``; aiortc leaves it at 10).
+#: 5 costs ~0.3 of 10's CPU at 8 kHz mono for speech; the bench's bursts pass unchanged
+OPUS_COMPLEXITY = 5
+
+
+class OpusPacketizer:
+    """The caller's mono frames encoded with libopus (PyAV) at the call's own rate.
+
+    aiortc's Opus encoder takes 48 kHz stereo: a 8 kHz call would be upsampled, duplicated
+    into two channels and encoded at complexity 10, 96 kbit/s — a third of a worker's CPU
+    per Opus call went there. libopus encodes 8/12/16/24/48 kHz input directly, and the
+    packets are the same Opus any decoder plays at 48 kHz (the RTP clock stays 48 kHz).
+    One 20 ms frame in, one packet out (the codec's look-ahead is inside the packet's
+    pre-skip, not a held frame)."""
+
+    def __init__(self, rate: int, bitrate: int = OPUS_BITRATE,
+                 complexity: int = OPUS_COMPLEXITY) -> None:
+        if rate not in OPUS_INPUT_RATES:
+            raise ValueError(f"libopus does not encode {rate} Hz input")
+        self.rate = rate
+        self.samples = int(rate * FRAME_SECONDS)
+        codec = CodecContext.create("libopus", "w")
+        codec.bit_rate = bitrate
+        codec.format = "s16"
+        codec.layout = "mono"
+        codec.sample_rate = rate
+        codec.time_base = fractions.Fraction(1, rate)
+        codec.options = {"application": "voip", "compression_level": str(complexity),
+                         "frame_duration": "20"}
+        codec.open()
+        self._codec = codec
+        self._pts = 0
+
+    def encode(self, samples: npt.NDArray[np.int16], index: int) -> Packet[Any]:
+        """One 20 ms frame (``self.samples`` mono samples) → one packet, pts in 48 kHz."""
+        frame = AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = self.rate
+        frame.pts = self._pts
+        self._pts += len(samples)
+        packets = self._codec.encode(frame)
+        if len(packets) != 1:  # libopus returns one packet per 20 ms frame: never seen
+            raise RuntimeError(f"libopus returned {len(packets)} packets for one frame")
+        packet = packets[0]
+        packet.pts = index * OPUS_RATE // 50
+        packet.time_base = OPUS_TIME_BASE
+        return packet
 
 
 @dataclass
@@ -103,17 +159,25 @@ class CallerTrack(MediaStreamTrack):  # type: ignore[misc]
         self._long = 0  # consecutive pulls that left more than one frame queued
         self._silence = bytes(self.samples * 2)
         self._out_rate = rate
-        self._stereo = False
         self._encode: npt.NDArray[np.uint8] | None = None  # G.711: packets, not frames
+        self._opus: OpusPacketizer | None = None  # Opus at the call's rate: packets too
         self._resampler: FirResampler | None = None
         # the other talkers this leg hears, summed in at the pull (hitl_sip.worker.mix)
         self.taps = Taps()
 
     def set_codec(self, codec: str) -> None:
-        """Hand aiortc frames in the codec's own format, so its encoder neither resamples
-        (libswresample holds back a frame: 20 ms) nor upmixes (mono→stereo costs 3 dB)."""
-        self._stereo = codec == "opus"
-        self._out_rate = 48000 if codec == "opus" else G711_RATE
+        """Hand aiortc packets it only has to pack — G.711, or Opus encoded at the call's
+        rate (:class:`OpusPacketizer`) — so no frame goes through its encoders, which
+        resample with a frame of delay (libswresample holds back 20 ms), upmix to stereo
+        and run in a thread pool."""
+        self._out_rate = self.rate
+        self._opus = None
+        if codec == "opus":
+            if self.rate not in OPUS_INPUT_RATES:
+                self._out_rate = OPUS_RATE
+            self._opus = OpusPacketizer(self._out_rate)
+        elif codec in G711:
+            self._out_rate = G711_RATE
         tables = G711.get(codec)
         self._encode = tables[0] if tables else None
         self._resampler = (FirResampler(self.rate, self._out_rate)
@@ -199,12 +263,9 @@ class CallerTrack(MediaStreamTrack):  # type: ignore[misc]
             packet.pts = self._index * len(samples)
             packet.time_base = G711_TIME_BASE
             return packet
-        if self._stereo:
-            frame = AudioFrame.from_ndarray(np.repeat(samples, 2).reshape(1, -1),
-                                            format="s16", layout="stereo")
-        else:
-            frame = AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16",
-                                            layout="mono")
+        if self._opus is not None:
+            return self._opus.encode(samples, self._index)
+        frame = AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = self._out_rate
         frame.pts = self._index * len(samples)
         frame.time_base = fractions.Fraction(1, self._out_rate)
@@ -255,10 +316,11 @@ class AgentAudio:
         """One decoded frame from the browser (any rate/layout)."""
         self._take(self._to_call_rate(frame))
 
-    def feed_g711(self, samples: npt.NDArray[np.int16]) -> None:
-        """One G.711 packet's samples (8 kHz mono), decoded on the loop as it arrived."""
-        self._take(samples.tobytes() if self.rate == G711_RATE
-                   else self._resampled(samples, G711_RATE))
+    def feed_pcm(self, samples: npt.NDArray[np.int16], rate: int) -> None:
+        """One packet's mono samples at ``rate`` (G.711: 8 kHz; Opus: 48 kHz), decoded on
+        the loop as it arrived (:func:`decode_on_loop`)."""
+        self._take(samples.tobytes() if self.rate == rate
+                   else self._resampled(samples, rate))
 
     def _take(self, pcm: bytes) -> None:
         if self.last_frame_at is None and self.on_first_frame is not None:
@@ -328,38 +390,63 @@ def use_immediate_jitter_buffer(receiver: Any) -> bool:
     return True
 
 
-class _InlineG711Queue:
-    """Stands in for an aiortc receiver's decoder queue (see :func:`decode_g711_inline`).
+class _InlineDecodeQueue:
+    """Stands in for an aiortc receiver's decoder queue (see :func:`decode_on_loop`).
 
-    aiortc's decoder thread still takes from the original queue (Opus frames, and the
-    ``None`` that stops it); G.711 frames ``put`` here are decoded at once, on the loop,
-    into the queue of the receiver's track (made when the remote description is set)."""
+    aiortc's decoder thread still takes from the original queue (other codecs, and the
+    ``None`` that stops it). With a sink, G.711 and Opus frames ``put`` here are decoded at
+    once, on the loop, and their mono samples go to the sink with their rate; without one,
+    G.711 frames go into the queue of the receiver's track (made when the remote
+    description is set) and Opus to aiortc's thread."""
 
     def __init__(self, inner: queue.Queue[Any], receiver: Any,
-                 sink: Callable[[npt.NDArray[np.int16]], None] | None = None) -> None:
+                 sink: Callable[[npt.NDArray[np.int16], int], None] | None = None) -> None:
         self._inner = inner
         self._receiver = receiver
         self._sink = sink
+        self._codec: Any = None  # the last codec seen, and what decodes it
+        self._table: npt.NDArray[np.int16] | None = None
+        self._opus: Any = None
         self.errors = 0
 
     def get(self, *args: Any, **kwargs: Any) -> Any:  # the decoder thread's side
         return self._inner.get(*args, **kwargs)
 
+    def _learn(self, codec: Any) -> None:
+        name = str(codec.name).lower()
+        tables = G711.get(name)
+        self._table = tables[1] if tables else None
+        self._opus = None
+        if name == "opus" and self._sink is not None:
+            # mono s16 straight from libopus: no stereo to fold, no float to convert
+            decoder = CodecContext.create("libopus", "r")
+            decoder.format = "s16"
+            decoder.layout = "mono"
+            decoder.sample_rate = OPUS_RATE
+            self._opus = decoder
+        self._codec = codec
+
     def put(self, task: Any, *args: Any, **kwargs: Any) -> None:
         if task is not None:
             codec, encoded = task
-            tables = G711.get(str(codec.name).lower())
-            if tables is not None and self._sink is not None:
+            if codec is not self._codec:
+                self._learn(codec)
+            table, sink = self._table, self._sink
+            if sink is not None and (table is not None or self._opus is not None):
                 try:  # this runs inside aiortc's receive path: nothing may unwind into it
-                    self._sink(tables[1][np.frombuffer(encoded.data, dtype=np.uint8)])
+                    if table is not None:
+                        sink(table[np.frombuffer(encoded.data, dtype=np.uint8)], G711_RATE)
+                    else:
+                        for frame in self._opus.decode(Packet(encoded.data)):
+                            sink(frame.to_ndarray()[0], frame.sample_rate)
                 except Exception:
                     self.errors += 1
                     if self.errors == 1:
                         log.exception("agent audio frame lost")
                 return
             output = getattr(self._receiver._track, "_queue", None)
-            if tables is not None and isinstance(output, asyncio.Queue):
-                output.put_nowait(g711_frame(tables[1], encoded.data, encoded.timestamp))
+            if table is not None and isinstance(output, asyncio.Queue):
+                output.put_nowait(g711_frame(table, encoded.data, encoded.timestamp))
                 return
         self._inner.put(task, *args, **kwargs)
 
@@ -374,16 +461,17 @@ def g711_frame(table: npt.NDArray[np.int16], payload: bytes, pts: int) -> AudioF
     return frame
 
 
-def decode_g711_inline(receiver: Any,
-                       sink: Callable[[npt.NDArray[np.int16]], None] | None = None) -> bool:
-    """Decode a receiver's G.711 on the event loop instead of aiortc's decoder thread (call
-    before the receiver starts); with ``sink``, each packet's samples go straight to it
-    (no frame object, no track queue: :meth:`AgentAudio.feed_g711`), else into the track.
+def decode_on_loop(receiver: Any,
+                   sink: Callable[[npt.NDArray[np.int16], int], None] | None = None) -> bool:
+    """Decode a receiver's G.711 (and, with ``sink``, Opus) on the event loop instead of
+    aiortc's decoder thread (call before the receiver starts); with ``sink``, each packet's
+    mono samples and their rate go straight to it (no frame object, no track queue, no
+    thread hop: :meth:`AgentAudio.feed_pcm`), else G.711 goes into the track.
     False, changing nothing, when aiortc changed shape."""
     name = "_RTCRtpReceiver__decoder_queue"
     inner = getattr(receiver, name, None)
     if not isinstance(inner, queue.Queue) or not hasattr(receiver, "_track"):
         log.warning("aiortc's receiver has no decoder queue: G.711 decodes in its thread")
         return False
-    setattr(receiver, name, _InlineG711Queue(inner, receiver, sink))
+    setattr(receiver, name, _InlineDecodeQueue(inner, receiver, sink))
     return True

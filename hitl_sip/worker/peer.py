@@ -28,7 +28,7 @@ from hitl_sip.worker.bridge import (
     AgentAudio,
     BridgeStats,
     CallerTrack,
-    decode_g711_inline,
+    decode_on_loop,
     use_immediate_jitter_buffer,
 )
 
@@ -119,7 +119,7 @@ class AgentPeer:
         transceiver.setCodecPreferences(codec_preferences(self.settings.codecs))
         if self.settings.low_latency:
             use_immediate_jitter_buffer(transceiver.receiver)
-        decode_g711_inline(transceiver.receiver, self.agent_audio.feed_g711)
+        decode_on_loop(transceiver.receiver, self.agent_audio.feed_pcm)
         try:
             await self.pc.setRemoteDescription(
                 RTCSessionDescription(sdp=offer_sdp, type="offer"))

@@ -18,7 +18,7 @@ from aiortc import RTCRtpCodecParameters
 from aiortc.codecs import get_encoder
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtp import RtpPacket
-from av import AudioFrame, Packet
+from av import AudioFrame, CodecContext, Packet
 
 from hitl_sip.config import load_config
 from hitl_sip.errors import ConfigError
@@ -29,8 +29,9 @@ from hitl_sip.worker.bridge import (
     AgentAudio,
     CallerTrack,
     ImmediateJitterBuffer,
-    _InlineG711Queue,
-    decode_g711_inline,
+    OpusPacketizer,
+    _InlineDecodeQueue,
+    decode_on_loop,
 )
 
 
@@ -105,17 +106,49 @@ async def test_a_standing_queue_is_trimmed_so_latency_cannot_creep() -> None:
     assert len(track._queue) == 1 and track.stats.to_agent_silence == 0
 
 
-async def test_the_opus_track_hands_out_48khz_stereo_at_full_level() -> None:
-    track = CallerTrack(8000)
+def opus_decoded(packets: list[bytes]) -> np.ndarray:
+    """What a receiver hears: libopus at 48 kHz mono, as a browser decodes (any rate)."""
+    decoder = CodecContext.create("libopus", "r")
+    decoder.format = "s16"
+    decoder.layout = "mono"
+    decoder.sample_rate = 48000
+    frames = [f for p in packets for f in decoder.decode(Packet(p))]
+    return np.concatenate([samples_of(f) for f in frames])
+
+
+@pytest.mark.parametrize("rate", [8000, 16000])
+async def test_the_opus_track_hands_aiortc_packets_encoded_at_the_calls_rate(
+        rate: int) -> None:
+    """No 48 kHz stereo frame for aiortc's encoder (upsampled, duplicated, complexity 10):
+    Opus packets of the caller's mono audio, one per pull, 48 kHz timestamps, and the
+    tone comes out of a stock decoder at its pitch and level."""
+    track = CallerTrack(rate, first_frame_wait=0.01)
     track.set_codec("opus")
-    for _ in range(3):
-        track.push(pcm(3000))
-        frame = await audio(track)
-    # 48 kHz stereo, L = R, one output frame per input frame (no frame held back)
-    assert (frame.layout.name, frame.sample_rate, frame.samples) == ("stereo", 48000, 960)
-    pairs = samples_of(frame).reshape(-1, 2)
-    assert (pairs[:, 0] == pairs[:, 1]).all()
-    assert abs(int(pairs[-100:, 0].mean()) - 3000) <= 3  # a DC level passes at full level
+    n = rate // 50
+    packets: list[Packet[Any]] = []
+    for i in range(50):
+        t = (np.arange(n) + i * n) / rate
+        track.push((np.sin(2 * math.pi * 1000 * t) * 8000).astype("<i2").tobytes())
+        packet = await track.recv()
+        assert isinstance(packet, Packet)
+        packets.append(packet)
+    assert [p.pts for p in packets[:3]] == [0, 960, 1920]
+    assert all(p.time_base == fractions.Fraction(1, 48000) for p in packets)
+    assert all(len(bytes(p)) < 160 for p in packets[5:])  # ~24 kbit/s, not 96
+    encoder = get_encoder(RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000,
+                                                channels=2, payloadType=111))
+    assert encoder.pack(packets[2]) == ([bytes(packets[2])], 1920)
+    heard = opus_decoded([bytes(p) for p in packets])
+    assert len(heard) == 50 * 960
+    tail = heard[-9600:].astype("<i2").tobytes()
+    assert abs(dominant_frequency(tail, 48000) - 1000) < 20
+    sent = 20 * math.log10(8000 / math.sqrt(2) / 32768)
+    assert abs(rms_dbfs(tail) - sent) < 1.5
+
+
+def test_the_opus_packetizer_refuses_a_rate_libopus_does_not_take() -> None:
+    with pytest.raises(ValueError, match="44100"):
+        OpusPacketizer(44100)
 
 
 @pytest.mark.parametrize(("codec", "decode"), [("pcmu", ulaw_decode), ("pcma", alaw_decode)])
@@ -161,7 +194,7 @@ async def test_the_agents_g711_decodes_on_the_loop(
     8 kHz mono frames; anything else, and the thread's stop, reach aiortc's queue."""
     inner: queue.Queue[Any] = queue.Queue()
     output: asyncio.Queue[object] = asyncio.Queue()
-    shim = _InlineG711Queue(inner, SimpleNamespace(_track=SimpleNamespace(_queue=output)))
+    shim = _InlineDecodeQueue(inner, SimpleNamespace(_track=SimpleNamespace(_queue=output)))
     payload = encode(np.linspace(-9000, 9000, 160).astype("<i2").tobytes())
     g711 = RTCRtpCodecParameters(mimeType=f"audio/{codec}", clockRate=8000, payloadType=0)
     shim.put((g711, JitterFrame(data=payload, timestamp=480)))
@@ -183,19 +216,43 @@ def test_with_a_sink_the_agents_g711_skips_frames_and_queues() -> None:
     inner: queue.Queue[Any] = queue.Queue()
     delivered: list[bytes] = []
     audio = AgentAudio(8000, delivered.append)
-    shim = _InlineG711Queue(inner, SimpleNamespace(_track=None), audio.feed_g711)
+    shim = _InlineDecodeQueue(inner, SimpleNamespace(_track=None), audio.feed_pcm)
     pcmu = RTCRtpCodecParameters(mimeType="audio/PCMU", clockRate=8000, payloadType=0)
     speech = np.linspace(-9000, 9000, 160).astype("<i2").tobytes()
     shim.put((pcmu, JitterFrame(data=ulaw_encode(speech), timestamp=0)))
     assert delivered == [ulaw_decode(ulaw_encode(speech))] and inner.empty()
     assert audio.last_frame_at is not None and audio.stats.from_agent_frames == 1
 
-    def broken(_: Any) -> None:
+    def broken(_: Any, __: int) -> None:
         raise RuntimeError("boom")
 
-    failing = _InlineG711Queue(inner, SimpleNamespace(_track=None), broken)
+    failing = _InlineDecodeQueue(inner, SimpleNamespace(_track=None), broken)
     failing.put((pcmu, JitterFrame(data=ulaw_encode(speech), timestamp=160)))
     assert failing.errors == 1
+
+
+@pytest.mark.parametrize("rate", [8000, 16000])
+def test_with_a_sink_the_agents_opus_decodes_on_the_loop_to_the_calls_rate(rate: int) -> None:
+    """Opus leaves aiortc's decoder thread too: each packet decoded to 48 kHz mono on the
+    loop, brought to the call's rate, cut into its 20 ms frames — pitch and level kept."""
+    inner: queue.Queue[Any] = queue.Queue()
+    delivered: list[bytes] = []
+    audio = AgentAudio(rate, delivered.append)
+    shim = _InlineDecodeQueue(inner, SimpleNamespace(_track=None), audio.feed_pcm)
+    opus = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2,
+                                 payloadType=111)
+    browser = OpusPacketizer(48000)  # a browser's packets: 48 kHz input
+    for i in range(50):
+        t = (np.arange(960) + i * 960) / 48000
+        packet = browser.encode((np.sin(2 * math.pi * 1000 * t) * 8000).astype(np.int16), i)
+        shim.put((opus, JitterFrame(data=bytes(packet), timestamp=i * 960)))
+    assert inner.empty() and shim.errors == 0
+    assert len(delivered) == 50 and all(len(f) == rate // 50 * 2 for f in delivered)
+    tail = b"".join(delivered[-10:])
+    assert abs(dominant_frequency(tail, rate) - 1000) < 30
+    assert abs(rms_dbfs(tail) - 20 * math.log10(8000 / math.sqrt(2) / 32768)) < 1.5
+    shim.put((opus, JitterFrame(data=b"\xff\xff\xff", timestamp=0)))  # not Opus
+    assert shim.errors == 1 and len(delivered) == 50
 
 
 def test_g711_at_a_16khz_call_rate_is_resampled() -> None:
@@ -203,7 +260,7 @@ def test_g711_at_a_16khz_call_rate_is_resampled() -> None:
     audio = AgentAudio(16000, delivered.append)
     t = np.arange(160) / 8000
     for _ in range(4):
-        audio.feed_g711((np.sin(2 * math.pi * 1000 * t) * 8000).astype(np.int16))
+        audio.feed_pcm((np.sin(2 * math.pi * 1000 * t) * 8000).astype(np.int16), 8000)
     assert len(delivered) == 4 and all(len(f) == 640 for f in delivered)
     assert abs(dominant_frequency(delivered[-1], 16000) - 1000) < 30
 
@@ -214,8 +271,8 @@ async def test_the_stand_in_goes_where_aiortc_keeps_its_decoder_queue() -> None:
     pc = RTCPeerConnection()
     try:
         receiver = pc.addTransceiver("audio").receiver
-        assert decode_g711_inline(receiver)
-        assert isinstance(vars(receiver)["_RTCRtpReceiver__decoder_queue"], _InlineG711Queue)
+        assert decode_on_loop(receiver)
+        assert isinstance(vars(receiver)["_RTCRtpReceiver__decoder_queue"], _InlineDecodeQueue)
     finally:
         await pc.close()
 
