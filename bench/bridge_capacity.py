@@ -52,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 from hitl_sip.media.ice import install_host_filter  # noqa: E402
 from hitl_sip.media.wav import read_wav, resample  # noqa: E402
 from hitl_sip.testing.agent import TestAgent, wav_source  # noqa: E402
+from hitl_sip.testing.procstat import children_cpu, cpu_seconds  # noqa: E402
 from tests.integration.test_agents import PASSWORD, add_agent  # noqa: E402
 from tests.support.rtpcaller import RtpCaller  # noqa: E402
 from tests.support.server import Server, running_server  # noqa: E402
@@ -67,22 +68,6 @@ def caller_source() -> Any:
         pcm = resample(pcm, rate, 8000)
     frames = [pcm[i:i + 320].ljust(320, b"\0") for i in range(0, len(pcm), 320)]
     return lambda n: frames[n % len(frames)]
-
-
-def cpu_seconds(proc: psutil.Process) -> float:
-    t = proc.cpu_times()
-    return float(t.user + t.system)
-
-
-def children_cpu(proc: psutil.Process) -> float:
-    """The worker's children: the speech process (pocketsphinx for every stream)."""
-    total = 0.0
-    for child in proc.children(recursive=True):
-        try:
-            total += cpu_seconds(child)
-        except psutil.NoSuchProcess:
-            continue
-    return total
 
 
 def caller_view(caller: RtpCaller, start: float, end: float) -> dict[str, int]:
@@ -130,15 +115,7 @@ async def measure(srv: Server, codec: str, seconds: float) -> dict[str, Any]:
             callers.append(caller)
             await asyncio.to_thread(caller.call)
             caller.start_media(caller_source())
-            # ring-all offers each new call to every free agent: this one takes it
-            offer = await agent.wait("incoming_call", len(agent.events.get("incoming_call",
-                                                                            [])) or 1)
-            while str(offer["callId"]) in taken:
-                offer = await agent.wait("incoming_call",
-                                         len(agent.events["incoming_call"]) + 1)
-            taken.add(str(offer["callId"]))
-            await agent.accept(str(offer["callId"]))
-            await agent.wait("call_connected", limit=15)
+            await agent.take_new_call(taken)
             print(f"  call {i + 1} bridged ({agent.codec})", file=sys.stderr)
         await asyncio.sleep(3.0)  # settle: recognisers loaded, queues at their level
         before = {

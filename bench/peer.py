@@ -91,6 +91,7 @@ from hitl_sip.testing.bursts import (  # noqa: E402
     caller_source,
     onsets,
 )
+from hitl_sip.testing.procstat import children_cpu, cpu_seconds  # noqa: E402
 from hitl_sip.worker.bridge import use_immediate_jitter_buffer  # noqa: E402
 from hitl_sip.worker.peer import answer_codec, codec_preferences  # noqa: E402
 from tests.integration.test_agents import PASSWORD, add_agent  # noqa: E402
@@ -120,19 +121,6 @@ ANSWER_FLAGS: dict[str, Any] = {
 
 def progress(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
-
-
-def cpu_seconds(proc: psutil.Process) -> float:
-    t = proc.cpu_times()
-    return float(t.user + t.system)
-
-
-def children_cpu(proc: psutil.Process) -> float:
-    total = 0.0
-    for child in proc.children(recursive=True):
-        with contextlib.suppress(psutil.NoSuchProcess):
-            total += cpu_seconds(child)
-    return total
 
 
 # -- the two ends of a call ----------------------------------------------------------------
@@ -341,15 +329,7 @@ async def hitl_calls(srv: Server, codec: str, calls: int, seconds: float) -> dic
             made.append(Call(caller, agent))
             await asyncio.to_thread(caller.call)
             caller.start_media(caller_source)
-            # ring-all offers each new call to every free agent: this one takes it
-            offer = await agent.wait("incoming_call",
-                                     len(agent.events.get("incoming_call", [])) or 1)
-            while str(offer["callId"]) in taken:
-                offer = await agent.wait("incoming_call",
-                                         len(agent.events["incoming_call"]) + 1)
-            taken.add(str(offer["callId"]))
-            await agent.accept(str(offer["callId"]))
-            await agent.wait("call_connected", limit=15)
+            await agent.take_new_call(taken)
             progress(f"  hitl-sip call {i + 1} bridged ({agent.codec})")
         t1, t2, (busy, speech) = await window(
             [lambda: cpu_seconds(worker), lambda: children_cpu(worker)], seconds)

@@ -40,7 +40,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bridge_capacity import children_cpu, cpu_seconds  # noqa: E402
 from bridge_latency import match, summary  # noqa: E402
 
 from hitl_sip.media.ice import install_host_filter  # noqa: E402
@@ -52,6 +51,7 @@ from hitl_sip.testing.bursts import (  # noqa: E402
     caller_source,
     onsets,
 )
+from hitl_sip.testing.procstat import children_cpu, cpu_seconds  # noqa: E402
 from tests.integration.test_agents import PASSWORD, add_agent  # noqa: E402
 from tests.support.rtpcaller import RtpCaller  # noqa: E402
 from tests.support.server import Server, running_server  # noqa: E402

@@ -198,6 +198,18 @@ class TestAgent:
         await self.accept(str(offer["callId"]))
         return offer
 
+    async def take_new_call(self, taken: set[str], limit: float = 15) -> str:
+        """Accept the first offered call not in ``taken`` (ring-all offers each new call to
+        every free agent), wait until it is bridged; its id is added to ``taken``."""
+        offer = await self.wait("incoming_call", len(self.events.get("incoming_call", [])) or 1)
+        while str(offer["callId"]) in taken:
+            offer = await self.wait("incoming_call", len(self.events["incoming_call"]) + 1)
+        call_id = str(offer["callId"])
+        taken.add(call_id)
+        await self.accept(call_id)
+        await self.wait("call_connected", limit=limit)
+        return call_id
+
     async def accept(self, call_id: str) -> None:
         self.call_id = call_id
         ack = await self.call("accept_call", {"callId": call_id})
