@@ -63,3 +63,40 @@ async def test_closing_drops_what_is_pending() -> None:
     stream.push_frame(frame(1))
     await stream.aclose()
     assert [m[0] for m in engine.sent] == ["close"]
+
+
+def test_a_stream_is_served_while_the_child_preloads(monkeypatch: Any) -> None:
+    """The child's preload (seconds of decoders and detectors at a worker's start) runs
+    beside its message loop: a call that opens, speaks nothing and ends meanwhile gets its
+    ``done`` at once, not after the preload (it held the first calls' ends back)."""
+    import multiprocessing  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    from hitl_sip.speech.stt import process  # noqa: PLC0415
+    from hitl_sip.speech.stt.pocketsphinx_engine import PocketsphinxStt  # noqa: PLC0415
+
+    release = threading.Event()
+    started = threading.Event()
+
+    def slow_preload(self: PocketsphinxStt, sample_rate: int, count: int = 1) -> None:
+        started.set()
+        release.wait(30)
+
+    monkeypatch.setattr(PocketsphinxStt, "preload", slow_preload)
+    parent, child = multiprocessing.Pipe()
+    server = threading.Thread(target=asyncio.run, args=(process._serve(child, 1),),
+                              daemon=True)
+    server.start()
+    try:
+        parent.send(("preload", RATE, 1))
+        assert started.wait(10)
+        parent.send(("open", 1, RATE))
+        parent.send(("end", 1))
+        assert parent.poll(20)
+        assert parent.recv()[:2] == ("done", 1)
+        assert not release.is_set()  # the preload is still running
+    finally:
+        release.set()
+        parent.close()
+        server.join(20)
+    assert not server.is_alive()

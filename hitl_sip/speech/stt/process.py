@@ -21,6 +21,8 @@ A writer thread sends (``push_frame`` never blocks the loop) and a reader thread
 to the streams' event queues. Audio goes in batches of :data:`BATCH_SECONDS` (80 ms: four
 frames per message); a flush or the end of input sends what is pending first, so the
 recogniser sees every sample in order and a phase change's FINAL is not held back.
+A preload (the worker's decoders and detectors, seconds of work at its start) runs beside
+the child's message loop: a call that opens and ends meanwhile is served at once.
 
 If the child dies, every open stream ends with a retryable
 :class:`SpeechError` (the call's :class:`ResilientStt` opens a new one) and the next
@@ -311,16 +313,26 @@ async def _serve(conn: Connection, pool_size: int, gate: VadSettings | None = No
             await stream.flush()
         send(("flushed", stream_id))
 
+    async def preload(rate: int, count: int) -> None:
+        """Decoders for the bot phase, detectors for both legs (the pools take locks)."""
+        try:
+            await asyncio.to_thread(decoders.preload, rate, count)
+            if isinstance(engine, VadGatedStt):
+                await asyncio.to_thread(engine.preload, rate, 2 * count)
+        except Exception:  # streams still get theirs, loaded when they open
+            log.exception("speech preload failed")
+
+    background: set[asyncio.Task[None]] = set()
     threading.Thread(target=read, name="stt-child-reader", daemon=True).start()
     while True:
         message = await inbox.get()
         if message is None:
             break
         kind = message[0]
-        if kind == "preload":  # decoders for the bot phase; detectors for both legs
-            await asyncio.to_thread(decoders.preload, message[1], message[2])
-            if isinstance(engine, VadGatedStt):
-                await asyncio.to_thread(engine.preload, message[1], 2 * message[2])
+        if kind == "preload":  # in the background: a call's stream must not wait for it
+            task = loop.create_task(preload(message[1], message[2]))
+            background.add(task)
+            task.add_done_callback(background.discard)
             continue
         stream_id = message[1]
         if kind == "open":
