@@ -330,9 +330,9 @@ async def _serve(conn: Connection, pool_size: int, gate: VadSettings | None = No
             break
         kind = message[0]
         if kind == "preload":  # in the background: a call's stream must not wait for it
-            task = loop.create_task(preload(message[1], message[2]))
-            background.add(task)
-            task.add_done_callback(background.discard)
+            loading = loop.create_task(preload(message[1], message[2]))
+            background.add(loading)
+            loading.add_done_callback(background.discard)
             continue
         stream_id = message[1]
         if kind == "open":
