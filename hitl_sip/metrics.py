@@ -119,6 +119,10 @@ class Gauge(_Metric):
     def dec(self, amount: float = 1.0, **labels: str) -> None:
         self._child(labels).dec(amount)
 
+    def set_function(self, read: Callable[[], float]) -> None:
+        """An unlabelled gauge read at each scrape (a size someone else keeps)."""
+        self._child({}).set_function(read)
+
     def snapshot(self) -> dict[str, Any]:
         return {"name": self.name, "help": self.help, "kind": self.kind,
                 "labels": list(self.labels), "samples": self._plain_samples(self._metric)}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -218,6 +219,12 @@ def create_app(
                                    max_http_buffer_size=4 * MAX_SOCKET_BYTES)
         if manager is not None:  # set_server() gave it the packets' JSON module: seal it
             manager.json = SealedJson
+        registry.metrics.gauge(
+            "hitl_sip_hub_socket_sessions", "Engine.IO sessions open on the hub (/agent, /bot)",
+        ).set_function(lambda: len(sio.eio.sockets))
+        registry.metrics.gauge(
+            "hitl_sip_hub_tasks", "asyncio tasks alive in the hub (one that only grows leaks)",
+        ).set_function(_tasks_alive)
         sio.register_namespace(BotNamespace(hub))
         if sessions is not None:
             setup_login(app, sessions)
@@ -232,3 +239,11 @@ def create_app(
     if config.http.dashboard_dir:
         setup_dashboard(app, config.resolve_path(config.http.dashboard_dir))
     return app
+
+
+def _tasks_alive() -> float:
+    """Tasks of the running loop (a scrape runs on it); NaN when read off the loop."""
+    try:
+        return float(len(asyncio.all_tasks()))
+    except RuntimeError:
+        return math.nan
