@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
@@ -112,16 +113,22 @@ def test_one_hundred_sequential_calls_leave_rss_and_open_fds_stable(tmp_path: Pa
 
         hundred_calls()  # warm-up: pools, codecs, conference ports, malloc arenas
         time.sleep(PJSIP_TRANSACTION_LINGER)
-        fds_before, rss_before = worker.num_fds(), worker.memory_info().rss
-        hundred_calls()
-        time.sleep(PJSIP_TRANSACTION_LINGER)
-        srv.wait_for(lambda: srv.metric("hitl_sip_calls_total", outcome="completed") == 200,
-                     what="200 completed calls counted")
-        fds_after, rss_after = worker.num_fds(), worker.memory_info().rss
-        growth_mib = (rss_after - rss_before) / 2**20
-        print(f"worker fds {fds_before} -> {fds_after}, rss growth {growth_mib:.2f} MiB")
-        assert fds_after <= fds_before, f"fd leak: {fds_before} -> {fds_after}"
-        assert growth_mib < 1.0, f"RSS grew {growth_mib:.2f} MiB over 100 calls"
+        fds = [worker.num_fds()]
+        rss = [worker.memory_info().rss]
+        # Two measured rounds: a leak grows RSS in each, while a one-off step (a thread's
+        # malloc arena, a pool that doubles once: ~3 MiB in some runs) shows in one only.
+        for done in (200, 300):
+            hundred_calls()
+            time.sleep(PJSIP_TRANSACTION_LINGER)
+            srv.wait_for(lambda n=done: srv.metric("hitl_sip_calls_total",
+                                                   outcome="completed") == n,
+                         what=f"{done} completed calls counted")
+            fds.append(worker.num_fds())
+            rss.append(worker.memory_info().rss)
+        growth = [(b - a) / 2**20 for a, b in itertools.pairwise(rss)]
+        print(f"worker fds {fds}, rss growth per 100 calls {[round(g, 2) for g in growth]} MiB")
+        assert fds[-1] <= fds[0], f"fd leak: {fds}"
+        assert min(growth) < 1.0, f"RSS grew {growth} MiB per 100 calls, both rounds"
 
 
 def test_workers_stop_when_the_hub_is_killed(tmp_path: Path) -> None:
