@@ -89,7 +89,6 @@ class OpusPacketizer:
         if rate not in OPUS_INPUT_RATES:
             raise ValueError(f"libopus does not encode {rate} Hz input")
         self.rate = rate
-        self.samples = int(rate * FRAME_SECONDS)
         codec = CodecContext.create("libopus", "w")
         codec.bit_rate = bitrate
         codec.format = "s16"
@@ -103,7 +102,7 @@ class OpusPacketizer:
         self._pts = 0
 
     def encode(self, samples: npt.NDArray[np.int16], index: int) -> Packet[Any]:
-        """One 20 ms frame (``self.samples`` mono samples) → one packet, pts in 48 kHz."""
+        """One 20 ms frame of mono samples at ``rate`` → one packet, pts in 48 kHz."""
         frame = AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = self.rate
         frame.pts = self._pts
