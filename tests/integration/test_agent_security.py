@@ -142,18 +142,17 @@ def test_a_thousand_connects_and_disconnects_leave_the_hub_clean(tmp_path: Path)
         hub = psutil.Process(srv.process.pid)
         samples = []
         base = srv.metric("hitl_sip_hub_tasks")
-        settled = []
         for _ in range(2):
             asyncio.run(churn(srv, token))
             assert srv.metric("hitl_sip_hub_socket_sessions") == 0
             # each closed engine.io session lives on in its ping task until that task's
             # next tick (the 25 s ping interval): a thousand tasks must go (three stay for
-            # good from the first connect on, engine.io's service task among them)
+            # good from the first connect on, engine.io's service task among them). That
+            # bound, every round, is the leak check: the hub's own timers or the scrape's
+            # connection may add a task to any one reading, so rounds are not compared
             srv.wait_for(lambda: srv.metric("hitl_sip_hub_tasks") <= base + 5,
                          timeout=ENGINEIO_PURGE, what="the sessions' tasks ended")
-            settled.append(srv.metric("hitl_sip_hub_tasks"))
             samples.append(hub.memory_info().rss / 2**20)
-        assert settled[1] <= settled[0], f"tasks left behind per round: {settled}"
         print("hub RSS after each 1000 connect/disconnects (MiB):", samples)
         assert samples[1] - samples[0] < 2, f"hub RSS keeps growing: {samples}"
         assert srv.health()[0] == 200

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -108,6 +108,26 @@ def tone_share(pcm: bytes, freq: float, rate: int = 8000) -> float:
 
 def windows(ear: CallerEar, start: int, end: int, size: int = 10) -> list[bytes]:
     return [ear.pcm(i, i + size) for i in range(start, end - size + 1, size)]
+
+
+def wait_heard(ear: CallerEar, ok: Callable[[bytes], bool], packets: int, what: str,
+               timeout: float = 15.0) -> None:
+    """Wait until every 10-packet window of the last ``packets`` packets the caller got
+    passes ``ok``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        n = len(ear.packets())
+        if n >= packets and all(ok(w) for w in windows(ear, n - packets, n)):
+            return
+        assert time.monotonic() < deadline, f"the caller never heard {what}"
+        time.sleep(0.05)
+
+
+def wait_packets(ear: CallerEar, count: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len(ear.sniffer.packets) < count:
+        assert time.monotonic() < deadline, f"the caller got {len(ear.sniffer.packets)} packets"
+        time.sleep(0.05)
 
 
 def record_of(srv: Server) -> dict[str, Any]:
@@ -292,11 +312,12 @@ def test_a_killed_agent_leaves_the_caller_on_hold_and_the_call_is_queued_again(
                 assert agent.stdout is not None
                 lines = [json.loads(agent.stdout.readline()) for _ in range(2)]
                 assert lines[0] == {"ready": True} and "accepted" in lines[1], lines
-                time.sleep(2.5)  # accepted: the media is up well within this
+                # the agent's tone has reached the caller for 0.8 s on end
+                wait_heard(ear, lambda w: tone_share(w, 1000) > 0.97, 40, "the agent's tone")
                 ear.mark("kill")
                 agent.send_signal(signal.SIGKILL)
                 agent.wait(5)
-                time.sleep(4.0)
+                wait_packets(ear, ear.marks["kill"] + 200)  # 4 s of what the caller hears
                 ear.mark("later")
             finally:
                 if agent.poll() is None:
