@@ -890,8 +890,11 @@ class PjStack:
         ep = self._ep
         if ep is None:
             return
+        # pjsua waits a second after unregistering for the answers (and whatever else
+        # comes); with no registration there is nothing to wait for
+        flags = 0 if self.settings.register else pj.PJSUA_DESTROY_NO_RX_MSG
         try:
-            ep.libDestroy()
+            ep.libDestroy(flags)
         except pj.Error as e:
             log.warning("libDestroy failed: %s", e.info())
         self._ep = None

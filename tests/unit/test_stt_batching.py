@@ -100,3 +100,23 @@ def test_a_stream_is_served_while_the_child_preloads(monkeypatch: Any) -> None:
         parent.close()
         server.join(20)
     assert not server.is_alive()
+
+
+def test_close_lets_the_speech_process_exit_by_itself() -> None:
+    """close() asks the child to stop and waits for it: before, closing our end of the pipe
+    was no EOF for the child while our reader thread sat in recv() on it, and every
+    worker's stop waited out the 2 s join and killed the child."""
+    engine = ProcessStt(pool_size=1)
+
+    async def one_stream() -> None:
+        stream = engine.stream(RATE)
+        stream.push_frame(frame(0))
+        stream.end_input()
+        async for _ in stream:
+            pass
+
+    asyncio.run(one_stream())
+    proc = engine._proc
+    assert proc is not None and proc.is_alive()
+    engine.close()
+    assert proc.exitcode == 0  # ended on its own, not killed (-9)

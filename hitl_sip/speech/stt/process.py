@@ -13,7 +13,7 @@ what the gate drops never had to cross anyway once audio goes in batches.
 
 
 parent → child ``("open", id, rate)``, ``("audio", id, pcm)``, ``("flush", id)``,
-``("end", id)``, ``("close", id)``, ``("preload", rate, count)``;
+``("end", id)``, ``("close", id)``, ``("preload", rate, count)``, ``("stop",)``;
 child → parent ``("event", id, type, text, confidence, audio_time)``, ``("flushed", id)``,
 ``("done", id, error or None, retryable)``.
 
@@ -78,6 +78,7 @@ class ProcessStt:
         self._streams: dict[int, _RemoteStream] = {}
         self._ids = itertools.count(1)
         self._preloads: list[tuple[int, int]] = []
+        self._writer: threading.Thread | None = None
 
     # -- the child ------------------------------------------------------------------------
 
@@ -96,8 +97,9 @@ class ProcessStt:
             self._outbox = queue.SimpleQueue()
             for rate, count in self._preloads:
                 self._outbox.put(("preload", rate, count))
-            threading.Thread(target=self._write, args=(parent, self._outbox),
-                             name="stt-proc-writer", daemon=True).start()
+            self._writer = threading.Thread(target=self._write, args=(parent, self._outbox),
+                                            name="stt-proc-writer", daemon=True)
+            self._writer.start()
             threading.Thread(target=self._read, args=(parent, self._outbox),
                              name="stt-proc-reader", daemon=True).start()
             log.info("speech recognition runs in process %d", proc.pid)
@@ -153,14 +155,23 @@ class ProcessStt:
         with self._lock:
             proc, self._proc = self._proc, None
             conn, self._conn = self._conn, None
+        # Ask the child to stop, after whatever is queued, and close our end only once it
+        # has gone: closing it is no EOF for the child while our reader thread sits in
+        # recv() on that socket (the kernel keeps it open for the blocked call), so the
+        # child held on until the kill below — 2 s of every worker's stop.
+        self._outbox.put(("stop",))
         self._outbox.put(None)
-        if conn is not None:
-            with contextlib.suppress(OSError):
-                conn.close()
+        writer = self._writer
+        if writer is not None:
+            writer.join(1)
         if proc is not None:
             proc.join(2)
             if proc.is_alive():
                 proc.kill()
+                proc.join(1)
+        if conn is not None:
+            with contextlib.suppress(OSError):
+                conn.close()
 
 
 class _RemoteStream(QueuedEvents):
@@ -329,6 +340,8 @@ async def _serve(conn: Connection, pool_size: int, gate: VadSettings | None = No
         if message is None:
             break
         kind = message[0]
+        if kind == "stop":
+            break
         if kind == "preload":  # in the background: a call's stream must not wait for it
             loading = loop.create_task(preload(message[1], message[2]))
             background.add(loading)
