@@ -35,7 +35,10 @@ calls completed (bot, agent, caller's hang-up) and the calls lost with their kil
    their calls (``hub_lost``, by ``system``) and keep what it never acknowledged, which
    their successors send to the new hub; every thread of those calls ends in alive5 once
    (``call ended (hub_lost)``, or ``(hub_restart)`` when the new hub had to end it itself),
-   with every turn the old hub stored. The observer and the agents log in again.
+   with every turn the old hub stored. The observer and the agents log in again. What
+   alive5 took in the second before the SIGKILL but whose acknowledgement the hub had not
+   stored yet is sent again by its successor (at-least-once: a post carries its key): such
+   a copy is reported apart, never as a duplicate; any other second copy is one.
 
 6. ``redis`` — with two hubs on one Redis (hub A takes the calls; the last agent works on
    hub B, offered A's calls through the cluster): SIGKILL redis-server for a few seconds,
@@ -70,7 +73,7 @@ import urllib.error
 import urllib.request
 import wave
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -162,6 +165,7 @@ class Kill:
     recovery_s: float = 0.0
     detail: str = ""
     calls_on_target: list[str] = field(default_factory=list)  # callIds, at the kill
+    at: float = 0.0  # time.monotonic() of the SIGKILL
 
 
 @dataclass
@@ -171,7 +175,7 @@ class ThreadCheck:
     thread_id: str
     expected: int  # turns in the hub's local store
     delivered: int  # of those, in the stand-in (same message_key)
-    duplicated: int  # a key posted twice, or a second end_voice_chat
+    duplicated: int  # a key posted twice, or a second end_voice_chat (but for those below)
     lost: int  # in the hub, not in alive5
     unexpected: int  # in alive5, not in the hub
     in_order: bool
@@ -181,6 +185,10 @@ class ThreadCheck:
     local_end: str  # the hub's stored end ("" when none) and whether alive5 acknowledged it
     first_bad: str = ""  # the first lost / out-of-order turn, for the report
     roles: dict[str, int] = field(default_factory=dict)  # local turns per role
+    # sent again by the restarted hub because the killed one died between alive5 taking it
+    # and storing the acknowledgement: the first copy came in the IN_FLIGHT seconds before
+    # the SIGKILL, the second after it (at-least-once; a post's key makes it recognisable)
+    resent_over_kill: int = 0
 
     @property
     def equal(self) -> bool:
@@ -606,6 +614,7 @@ class Soak:
         pid = self.srv.process.pid
         kill = Kill("hub", f"hub pid {pid}", self.phase, calls_on_target=live)
         self.with_hub.update(live)
+        kill.at = time.monotonic()
         self.srv.process.kill()
         await asyncio.to_thread(self.srv.process.wait)
         for run in self.runs:
@@ -705,9 +714,22 @@ class Soak:
 SENDERS = {"caller": "person", "bot": "voice_agent", "agent": "human_agent"}
 
 
-def compare(db: Path, a5: Alive5StandIn) -> list[ThreadCheck]:
+#: how long before a hub's SIGKILL a message may have reached alive5 and still be in flight
+#: (its acknowledgement not yet stored): the ack comes back and is stored within
+#: milliseconds on a live hub
+IN_FLIGHT = 1.0
+
+
+def over_a_kill(first: float, again: float, kills: list[float]) -> bool:
+    """A second copy that is the restarted hub's resend of one in flight at a SIGKILL."""
+    return any(first <= k <= again and k - first <= IN_FLIGHT for k in kills)
+
+
+def compare(db: Path, a5: Alive5StandIn,
+            hub_kills: Sequence[float] = ()) -> list[ThreadCheck]:
     """Every thread of the hub's local store against the stand-in's (read after the hub
-    stopped)."""
+    stopped). ``hub_kills``: when the hub was SIGKILLed (time.monotonic())."""
+    kills = list(hub_kills)
     con = sqlite3.connect(str(db))
     try:
         turns: dict[str, list[tuple[str, str, str]]] = {}
@@ -733,8 +755,16 @@ def compare(db: Path, a5: Alive5StandIn) -> list[ThreadCheck]:
             by_key[k].get("message_content") != text
             or by_key[k].get("sender") != SENDERS.get(role, role))]
         in_order = delivered == [k for k in local_keys if k in set(remote_keys)] and not wrong
+        first_at = {m.get("message_key"): m.get("_received", 0.0) for m in messages}
+        posts_resent = sum(
+            over_a_kill(first_at.get(key, 0.0), at, kills)
+            for key, at in zip(remote.resent, remote.resent_at, strict=True)) if remote else 0
         ended = remote.ended if remote else []
-        duplicated = (remote.duplicates if remote else 0) + max(0, len(ended) - 1)
+        ended = ended[:1] + [e for e in ended[1:]  # an end resent over a kill counts once
+                             if not over_a_kill(ended[0]["_received"], e["_received"], kills)]
+        ends_resent = (len(remote.ended) if remote else 0) - len(ended)
+        duplicated = ((remote.duplicates if remote else 0) - posts_resent
+                      + max(0, len(ended) - 1))
         first_bad = ""
         if lost:
             k = lost[0]
@@ -752,7 +782,8 @@ def compare(db: Path, a5: Alive5StandIn) -> list[ThreadCheck]:
             local_end=(f"{local_end[0]}, {'acknowledged' if local_end[1] else 'NOT acknowledged'}"
                        if local_end else ""),
             first_bad=first_bad, roles={r: sum(1 for _, rr, _ in local if rr == r)
-                                        for r in SENDERS}))
+                                        for r in SENDERS},
+            resent_over_kill=posts_resent + ends_resent))
     return checks
 
 
@@ -787,6 +818,7 @@ def summarize(runs: list[CallRun], kills: list[Kill], checks: list[ThreadCheck],
             "turns_expected": sum(c.expected for c in kept),
             "turns_delivered": sum(c.delivered for c in kept),
             "turns_duplicated": sum(c.duplicated for c in kept),
+            "resent_over_kill": sum(c.resent_over_kill for c in [*kept, *lost_checks]),
             "turns_lost": sum(c.lost for c in kept),
             "threads_unequal": sum(not c.equal for c in kept),
             "lost_calls_turns": [sum(c.expected for c in lost_checks),
@@ -882,6 +914,9 @@ def print_report(result: dict[str, Any], seconds: float) -> None:
         print(f"  their threads: turns expected {e} delivered {d} duplicated {dup} lost {lost}"
               f" (each ended in alive5 once by the voice agent: 'call ended ({LOST})', or "
               f"'({HUB_LOST})' / '(hub_restart)' for a killed hub)")
+    if total["resent_over_kill"]:
+        print(f"sent again by the restarted hub, in flight when the hub was killed (alive5 "
+              f"had it, its ack was not stored yet): {total['resent_over_kill']}")
     reasons = Counter(f"{x['phase']}: {x['why']}" for x in result["refused"])
     if reasons:
         print("INVITEs not answered (the caller tried again):")
@@ -967,7 +1002,8 @@ def soak(plan: list[str], seconds: float | None, keep: Path | None = None) -> di
                 asyncio.run(run.run(plan, seconds))
             finally:
                 srv.stop()
-        checks = compare(srv.data_dir / "threads.sqlite", a5)
+        checks = compare(srv.data_dir / "threads.sqlite", a5,
+                         [k.at for k in run.kills if k.kind == "hub"])
     result = summarize(run.runs, run.kills, checks, run.refused)
     result["date"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     result["machine"] = (f"{psutil.cpu_count()} cores, {platform.system()} "

@@ -39,6 +39,7 @@ class Alive5Thread:
     messages: list[dict[str, Any]] = field(default_factory=list)
     duplicates: int = 0
     resent: list[str] = field(default_factory=list)  # the message_key of each duplicate
+    resent_at: list[float] = field(default_factory=list)  # time.monotonic() of each duplicate
     crm: dict[str, Any] = field(default_factory=dict)
     ended: list[dict[str, Any]] = field(default_factory=list)
     connections: int = 0
@@ -210,6 +211,7 @@ class Alive5StandIn:
                 if key and any(m.get("message_key") == key for m in thread.messages):
                     thread.duplicates += 1
                     thread.resent.append(str(key))
+                    thread.resent_at.append(time.monotonic())
                 else:  # when it arrived, for the transcript-lag benchmark
                     thread.messages.append({**data, "_received": time.monotonic()})
                 message_id = f"m-{next(self._ids)}"
@@ -237,7 +239,7 @@ class Alive5StandIn:
                 return
             thread = self.thread(str(data.get("thread_id")))
             with self._lock:
-                thread.ended.append(dict(data))
+                thread.ended.append({**data, "_received": time.monotonic()})
                 if fault != "silent":
                     thread.end_acks += 1
             if fault == "silent":
