@@ -171,6 +171,10 @@ class WorkerConfig:
     clock_rate: _Int = 8000
     buffer_frames: _Int = 50
     restart_backoff: _Float = 1.0
+    # a relay of the worker's own in front of pjmedia for each plain-RTP G.711 call at
+    # 8 kHz (hitl_sip/worker/relay.py): the bridged call's audio skips the conference tick
+    # (0-20 ms each way), foreign sources are dropped; SRTP calls go through pjmedia alone
+    trunk_relay: _Bool = False
 
 
 @dataclass(frozen=True, config=_SECTION)

@@ -37,6 +37,10 @@ class WorkerMetrics:
                         "rejected_forbidden"):
             self.calls.inc(0, outcome=outcome)
         self.dtmf = r.counter("hitl_sip_dtmf_events_total", "DTMF digits received")
+        self.relay_refused = r.counter(
+            "hitl_sip_relay_refused_packets_total",
+            "RTP/RTCP packets a call's relay dropped: their source is not the address the "
+            "trunk's SDP names (counted when the call ends)")
         self.callback_errors = r.counter(
             "hitl_sip_media_callback_errors_total", "Exceptions caught in media callbacks"
         )

@@ -50,6 +50,7 @@ from hitl_sip.worker.events import (
 )
 from hitl_sip.worker.metrics import WorkerMetrics
 from hitl_sip.worker.recorder import StereoRecorder
+from hitl_sip.worker.relay import TrunkRelay, rewrite, sdp_media
 
 log = logging.getLogger(__name__)
 pjlog = logging.getLogger("hitl_sip.pjsip.lib")
@@ -267,6 +268,9 @@ class StackSettings:
     sip_trace: bool = False
     register: dict[str, Any] | None = None
     collect_timings: bool = False
+    # a relay of the worker's own in front of pjmedia for plain-RTP G.711 calls
+    # (hitl_sip/worker/relay.py): the human phase without the conference tick
+    trunk_relay: bool = False
 
 
 @dataclass(frozen=True)
@@ -353,6 +357,7 @@ class _Call(pj.Call):  # type: ignore[misc]
         # our REFER's outcome: (final status, reason) from the carrier's NOTIFY (sipfrag) or
         # the REFER's own failure; completed on the pj thread, awaited on the loop
         self.refer: concurrent.futures.Future[tuple[int, str]] | None = None
+        self.relay: TrunkRelay | None = None  # with trunk_relay: in front of pjmedia
 
     def onCallState(self, prm: Any) -> None:
         self.stack._guard(self._on_state)
@@ -381,6 +386,9 @@ class _Call(pj.Call):  # type: ignore[misc]
 
     def onCallMediaState(self, prm: Any) -> None:
         self.stack._guard(lambda: self.stack._on_media_state(self))
+
+    def onCallSdpCreated(self, prm: Any) -> None:
+        self.stack._guard(lambda: self.stack._on_sdp_created(self, prm))
 
     def onDtmfDigit(self, prm: Any) -> None:
         self.stack._guard(lambda: self.stack._on_dtmf(self, str(prm.digit), "rfc4733"))
@@ -432,6 +440,7 @@ class PjStack:
         self._graveyard: list[Any] = []
         self._free_ports: list[PcmPort] = []
         self._after_callbacks: list[Callable[[], None]] = []
+        self._relay_tasks: set[asyncio.Task[None]] = set()
         self._all_ports: list[PcmPort] = []
         self._accounts: list[_Account] = []
         self._ep: Any = None
@@ -731,8 +740,51 @@ class PjStack:
         while self._after_callbacks:
             self._guard(self._after_callbacks.pop(0))
 
+    def relay_of(self, call_id: str) -> TrunkRelay | None:
+        """The call's relay (set on the pj thread before its media is up; read here)."""
+        call = self._calls.get(call_id)
+        return None if call is None else call.relay
+
+    def _on_sdp_created(self, call: _Call, prm: Any) -> None:
+        """With ``trunk_relay``, our SDP names the call's relay in front of pjmedia
+        (hitl_sip/worker/relay.py); a re-INVITE's SDP keeps naming it."""
+        if not self.settings.trunk_relay or self.settings.clock_rate != 8000:
+            return
+        local = sdp_media(prm.sdp.wholeSdp)
+        remote = sdp_media(prm.remSdp.wholeSdp) if prm.remSdp.wholeSdp else None
+        if local is None or remote is None or "SAVP" in local[3] or "SAVP" in remote[3]:
+            return  # SRTP (its payloads are not ours to read), or no audio
+        relay = call.relay
+        if relay is None:
+            if not remote[1] or remote[0] == "0.0.0.0":
+                return
+            pj_host = "127.0.0.1" if self.settings.host in ("", "0.0.0.0") else self.settings.host
+            try:
+                relay = TrunkRelay(self.settings.host, (pj_host, local[1]),
+                                   (remote[0], remote[1]), (remote[0], remote[2]))
+            except OSError as e:
+                log.warning("[call %s] no relay, the call goes through pjmedia alone: %s",
+                            call.call_id, e)
+                return
+            call.relay = relay
+            self.loop.call_soon_threadsafe(self._spawn_relay, relay)
+        elif remote[1] and remote[0] != "0.0.0.0":
+            target = (remote[0], remote[1]), (remote[0], remote[2])
+            self.loop.call_soon_threadsafe(relay.update_trunk, *target)
+        prm.sdp.wholeSdp = rewrite(prm.sdp.wholeSdp,
+                                   self.settings.public_address or self.settings.host,
+                                   relay.port)
+
+    def _spawn_relay(self, relay: TrunkRelay) -> None:
+        task = self.loop.create_task(relay.start())
+        self._relay_tasks.add(task)
+        task.add_done_callback(self._relay_tasks.discard)
+
     def _on_call_disconnected(self, call: _Call, status: int, reason: str) -> None:
         self._calls.pop(call.call_id, None)
+        if call.relay is not None:
+            self.loop.call_soon_threadsafe(call.relay.close)
+            self.metrics.relay_refused.inc(call.relay.refused)
         if call.refer is not None:
             settle(call.refer, 487, "the call ended")
         self._release_media(call)

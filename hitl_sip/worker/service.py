@@ -180,6 +180,7 @@ def stack_settings(config: Config, profile: TrunkProfile, index: int,
         rtp_port_end=rtp_end,
         srtp=profile.srtp.value,
         buffer_frames=config.worker.buffer_frames,
+        trunk_relay=config.worker.trunk_relay,
         sip_trace=config.log.sip_trace,
         register=register,
     )
@@ -500,6 +501,18 @@ class WorkerService:
             if peer is not None and peer.flowing:
                 self._promote(call, command.leg)
 
+    def _relay_human(self, call: Any, session: CallSession) -> None:
+        """With the call's relay (``worker.trunk_relay``) the bridged call's caller frames
+        come from the relay as the trunk's packets arrive, and the agent's go out through
+        it; pjmedia's tick carries the rest (transcription, recording, supervisors)."""
+        relay = self.stack.relay_of(call.call_id) if self.stack is not None else None
+        if relay is None or str(call.codec or "").upper() not in ("PCMU", "PCMA"):
+            return
+        relay.to_agent = session.relay_caller_frame
+        session.relay = relay
+        call_logger(log, call.call_id).info("relay in front of pjmedia: the bridged audio "
+                                            "skips the conference tick")
+
     async def _leg_offer(self, call: CallRuntime, name: str, sdp: str,
                          request_id: str) -> Reply:
         clog = call_logger(log, call.call_id)
@@ -636,6 +649,7 @@ class WorkerService:
         call.event("media", codec=ev.codec)
         call_logger(log, ev.call_id).info("media up (%s)", ev.codec or "unknown codec")
         call.session = self._new_session(call, ev.inbound, ev.outbound, self._count_frame(call))
+        self._relay_human(call, call.session)
         self._open_recording(call, call.session)
         call.tasks.append(self._spawn(call.session.start()))
         call.tasks.append(self._spawn(self._measure_quality(call)))

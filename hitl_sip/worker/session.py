@@ -43,6 +43,7 @@ from hitl_sip.protocol.worker import CallState, HubCommand, LegRole, Msg
 from hitl_sip.speech.base import SpeechEventType, SttEngine, SttStream, TtsEngine
 from hitl_sip.worker.mix import Conference, Leg, Taps
 from hitl_sip.worker.player import Prompt, PromptPlayer
+from hitl_sip.worker.relay import TrunkRelay
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +154,9 @@ class CallSession:
         # the human phase: the bridge's caller-audio input, whether the agent's audio is
         # flowing, mute, and the agent's own recogniser
         self._to_agent: Callable[[bytes], None] | None = None
+        # with worker.trunk_relay: the caller's frames for the agent come from the relay as
+        # the trunk's packets arrive, and the agent's go to the trunk through it
+        self.relay: TrunkRelay | None = None
         self._agent_media = False
         self.agent_muted = False
         self.agent_frames_dropped = 0
@@ -254,7 +258,8 @@ class CallSession:
                 self._fed_seconds += len(frame) / 2 / self.settings.clock_rate
                 if stream is not None:
                     stream.push_frame(frame)
-                if self._to_agent is not None and self.state is SessionState.HUMAN:
+                if (self._to_agent is not None and self.state is SessionState.HUMAN
+                        and self.relay is None):
                     self._to_agent(frame)
                 if self.conference and self.state is SessionState.HUMAN:
                     self.conference.caller_frame(frame)
@@ -485,10 +490,18 @@ class CallSession:
 
     def _to_caller(self, frame: bytes) -> None:
         """One frame for the caller's ear, at most ``agent_lead_frames`` ahead of the trunk's
-        media clock."""
+        media clock; with a relay it reaches the trunk now, and pjmedia's copy (what the
+        recording and the quality figures see) is dropped at the relay."""
+        if self.relay is not None:
+            self.relay.send_pcm(frame)
         self.agent_frames_dropped += self._agent_lead.admit(self.outbound)
         self.outbound.push_nowait(frame)
         self.on_source_active(True)
+
+    def relay_caller_frame(self, pcm: bytes) -> None:
+        """A caller frame from the relay, as its packet arrived (8 kHz s16le)."""
+        if self._to_agent is not None and self.state is SessionState.HUMAN:
+            self._to_agent(pcm)
 
     # -- extra legs (supervisors, a transfer's target) ----------------------------------
 

@@ -1,0 +1,242 @@
+"""A per-call RTP relay in front of pjmedia: the human phase without the conference tick.
+
+pjmedia hands every frame through its 20 ms conference clock, and each direction of a
+bridged call waits for that tick once (0–20 ms, at a phase fixed per call; bench/README.md,
+"After issue 19"). With ``worker.trunk_relay`` the worker answers every plain-RTP G.711 call
+with a relay of its own in front of pjmedia:
+
+    trunk (or rtpengine) ⇄ relay sockets (named in our SDP) ⇄ pjmedia's sockets
+
+* Our SDP names the relay (``on_call_sdp_created``: pjsua2 parses the rewritten text
+  back). pjmedia hears only the relay, so its stream latches onto it at the first forwarded
+  packet (it switches at once from an address it never heard with a good SSRC).
+* Every packet is forwarded both ways, RTCP too: the bot phase, DTMF, recording, the shadow
+  transcription and the quality figures keep running on pjmedia's stream.
+* Strict source: a packet from any address but the one the trunk's SDP names is dropped
+  and counted (what rtpengine's ``strict-source`` does on the default edge).
+* The caller's G.711 payloads are decoded as they arrive and handed to
+  :attr:`to_agent` (the session's current agent track) — no tick to wait for.
+* While the agent's frames come (:meth:`send_pcm`), they go to the trunk from here,
+  encoded with the call's G.711 law, and pjmedia's own packets are dropped; when they stop
+  for :data:`HANDBACK` (hold audio, a mute, the bot again) pjmedia's packets flow again.
+  Everything we send carries one SSRC (pjmedia's), a sequence of our own and timestamps
+  that advance with the audio, so the trunk sees one continuous stream.
+
+SDES-SRTP calls are not relayed (the payloads are encrypted); nor calls at a 16 kHz clock
+rate (the caller track takes the call's rate).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import socket
+import struct
+import time
+from collections.abc import Callable
+
+import numpy as np
+import numpy.typing as npt
+
+from hitl_sip.media.g711 import ALAW_DECODE, ALAW_ENCODE, ULAW_DECODE, ULAW_ENCODE
+
+log = logging.getLogger(__name__)
+
+Addr = tuple[str, int]
+
+#: payload type → (decode table, encode table) of the G.711 laws (RFC 3551 static types)
+LAWS: dict[int, tuple[npt.NDArray[np.int16], npt.NDArray[np.uint8]]] = {
+    0: (ULAW_DECODE, ULAW_ENCODE), 8: (ALAW_DECODE, ALAW_ENCODE)}
+#: how long after the agent's last frame pjmedia's own packets reach the trunk again
+HANDBACK = 0.06
+SAMPLES_PER_FRAME = 160
+
+
+class _Socket(asyncio.DatagramProtocol):
+    def __init__(self, on: Callable[[bytes, Addr], None]) -> None:
+        self.on = on
+
+    def datagram_received(self, data: bytes, addr: Addr) -> None:  # type: ignore[override]
+        self.on(data, addr)
+
+    def error_received(self, exc: Exception) -> None:  # an ICMP unreachable: not fatal
+        log.debug("relay socket: %s", exc)
+
+
+class TrunkRelay:
+    """One call's relay (created on the pj thread, started and used on the loop)."""
+
+    def __init__(self, host: str, pj_rtp: Addr, trunk: Addr, trunk_rtcp: Addr) -> None:
+        self.rtp, self.rtcp = bind_pair(host)
+        self.port = int(self.rtp.getsockname()[1])
+        self.pj_rtp = pj_rtp
+        self.pj_rtcp: Addr = (pj_rtp[0], pj_rtp[1] + 1)
+        self.trunk = trunk
+        self.trunk_rtcp = trunk_rtcp
+        self._rtp_t: asyncio.DatagramTransport | None = None
+        self._rtcp_t: asyncio.DatagramTransport | None = None
+        self._closed = False
+        #: the caller's decoded audio (8 kHz s16le, 20 ms) while the call is bridged
+        self.to_agent: Callable[[bytes], None] | None = None
+        self.refused = 0  # packets from a source the SDP does not name
+        self.from_agent = 0  # agent frames sent to the trunk by the relay
+        self._law: int | None = None  # the trunk's G.711 payload type, from pjmedia's packets
+        self._ssrc = 0
+        self._seq = 0  # the last sequence number we sent
+        self._ts = 0  # the timestamp of the last packet we sent
+        self._sent = False
+        self._pj_ts: int | None = None  # pjmedia's last timestamp (for its deltas)
+        self._agent_at = 0.0  # time.monotonic() of the agent's last frame
+
+    async def start(self) -> None:
+        if self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        self._rtp_t, _ = await loop.create_datagram_endpoint(
+            lambda: _Socket(self._on_rtp), sock=self.rtp)
+        self._rtcp_t, _ = await loop.create_datagram_endpoint(
+            lambda: _Socket(self._on_rtcp), sock=self.rtcp)
+
+    def close(self) -> None:
+        self._closed = True
+        self.to_agent = None
+        if self._rtp_t is None:
+            self.rtp.close()
+        else:
+            self._rtp_t.close()
+        if self._rtcp_t is None:
+            self.rtcp.close()
+        else:
+            self._rtcp_t.close()
+
+    def update_trunk(self, trunk: Addr, trunk_rtcp: Addr) -> None:
+        """A new SDP from the trunk (a re-INVITE) may name another address."""
+        self.trunk, self.trunk_rtcp = trunk, trunk_rtcp
+
+    # -- packets ----------------------------------------------------------------------------
+
+    def _on_rtp(self, data: bytes, addr: Addr) -> None:
+        t = self._rtp_t
+        if t is None or len(data) < 12 or data[0] >> 6 != 2:
+            return
+        if addr == self.pj_rtp:
+            self._from_pjmedia(t, data)
+        elif addr == self.trunk:
+            t.sendto(data, self.pj_rtp)
+            sink = self.to_agent
+            law = LAWS.get(data[1] & 0x7F)
+            if sink is not None and law is not None:
+                payload = rtp_payload(data)
+                if payload:
+                    sink(law[0][np.frombuffer(payload, np.uint8)].tobytes())
+        else:
+            self.refused += 1
+
+    def _from_pjmedia(self, t: asyncio.DatagramTransport, data: bytes) -> None:
+        pt = data[1] & 0x7F
+        seq, ts, ssrc = struct.unpack_from("!HII", data, 2)
+        if pt in LAWS:
+            self._law = pt
+        step = 0 if self._pj_ts is None else (ts - self._pj_ts) & 0xFFFFFFFF
+        self._pj_ts = ts
+        if not self._sent:  # pjmedia's numbering until we first send ourselves
+            self._ssrc, self._seq, self._ts = ssrc, seq, ts
+            t.sendto(data, self.trunk)
+            return
+        if time.monotonic() - self._agent_at < HANDBACK:
+            return  # the agent's frames go out instead
+        # pjmedia again (hold audio, the bot, DTMF): our SSRC, sequence and clock
+        self._seq = (self._seq + 1) & 0xFFFF
+        if data[1] & 0x7F != 101 or step:  # an RFC 4733 event's packets share one timestamp
+            self._ts = (self._ts + (step or SAMPLES_PER_FRAME)) & 0xFFFFFFFF
+        t.sendto(data[:2] + struct.pack("!HII", self._seq, self._ts, self._ssrc) + data[12:],
+                 self.trunk)
+
+    def _on_rtcp(self, data: bytes, addr: Addr) -> None:
+        t = self._rtcp_t
+        if t is None:
+            return
+        if addr == self.pj_rtcp:
+            t.sendto(data, self.trunk_rtcp)
+        elif addr == self.trunk_rtcp:
+            t.sendto(data, self.pj_rtcp)
+        else:
+            self.refused += 1
+
+    def send_pcm(self, frame: bytes) -> None:
+        """One 20 ms frame for the caller (8 kHz s16le), to the trunk now."""
+        t = self._rtp_t
+        law = LAWS.get(self._law) if self._law is not None else None
+        if t is None or law is None or not self._ssrc:
+            return  # pjmedia has not sent yet: its path carries the frame
+        self._sent = True
+        self._agent_at = time.monotonic()
+        self._seq = (self._seq + 1) & 0xFFFF
+        self._ts = (self._ts + len(frame) // 2) & 0xFFFFFFFF
+        payload = law[1][np.frombuffer(frame, "<i2").view("<u2")].tobytes()
+        t.sendto(struct.pack("!BBHII", 0x80, self._law, self._seq, self._ts, self._ssrc)
+                 + payload, self.trunk)
+        self.from_agent += 1
+
+    @property
+    def agent_driving(self) -> bool:
+        return time.monotonic() - self._agent_at < HANDBACK
+
+
+def rtp_payload(data: bytes) -> bytes:
+    """The payload of an RTP packet (CSRCs, a header extension and padding skipped)."""
+    off = 12 + 4 * (data[0] & 0x0F)
+    if data[0] & 0x10:
+        if len(data) < off + 4:
+            return b""
+        off += 4 + 4 * struct.unpack_from("!H", data, off + 2)[0]
+    end = len(data)
+    if data[0] & 0x20 and end > off:
+        end -= data[-1]
+    return data[off:end] if end > off else b""
+
+
+def bind_pair(host: str) -> tuple[socket.socket, socket.socket]:
+    """Two UDP sockets on ``host``, RTP on an even port and RTCP on the next one."""
+    for _ in range(64):
+        rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        rtp.bind((host, 0))
+        port = rtp.getsockname()[1]
+        if port % 2 == 0 and port < 65535:
+            rtcp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                rtcp.bind((host, port + 1))
+            except OSError:
+                rtcp.close()
+            else:
+                rtp.setblocking(False)
+                rtcp.setblocking(False)
+                return rtp, rtcp
+        rtp.close()
+    raise OSError(f"no free even/odd port pair on {host} for a relay")
+
+
+# -- SDP --------------------------------------------------------------------------------------
+
+_M_AUDIO = re.compile(r"^m=audio (\d+) (\S+)", re.M)
+_C_IN = re.compile(r"^c=IN IP4 (\S+)", re.M)
+_A_RTCP = re.compile(r"^a=rtcp:(\d+)([^\r\n]*)", re.M)
+
+
+def sdp_media(sdp: str) -> tuple[str, int, int, str] | None:
+    """(address, RTP port, RTCP port, transport) of an SDP's first audio stream."""
+    m, c = _M_AUDIO.search(sdp), _C_IN.search(sdp)
+    if m is None or c is None:
+        return None
+    port = int(m.group(1))
+    rtcp = _A_RTCP.search(sdp)
+    return c.group(1), port, int(rtcp.group(1)) if rtcp else port + 1, m.group(2)
+
+
+def rewrite(sdp: str, host: str, port: int) -> str:
+    """Our SDP with its audio stream (and its RTCP) at the relay's ``host``:``port``."""
+    sdp = _M_AUDIO.sub(lambda m: f"m=audio {port} {m.group(2)}", sdp, count=1)
+    sdp = _C_IN.sub(f"c=IN IP4 {host}", sdp)
+    return _A_RTCP.sub(lambda m: f"a=rtcp:{port + 1}"
+                       + re.sub(r"IN IP4 \S+", f"IN IP4 {host}", m.group(2)), sdp)

@@ -1,0 +1,131 @@
+"""The per-call relay in front of pjmedia (hitl_sip/worker/relay.py), on loopback sockets:
+forwarding both ways, strict source, the caller's audio tapped as it arrives, and one
+continuous RTP stream to the trunk across the agent's frames and pjmedia's."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+
+import numpy as np
+import pytest
+
+from hitl_sip.media.g711 import ULAW_DECODE, ULAW_ENCODE
+from hitl_sip.worker.relay import TrunkRelay, rewrite, rtp_payload, sdp_media
+
+OFFER = ("v=0\r\no=- 1 2 IN IP4 10.0.0.9\r\ns=-\r\nc=IN IP4 10.0.0.9\r\nt=0 0\r\n"
+         "m=audio 4000 RTP/AVP 0 101\r\na=rtcp:4001 IN IP4 10.0.0.9\r\na=sendrecv\r\n")
+
+
+def test_sdp_media_and_rewrite() -> None:
+    assert sdp_media(OFFER) == ("10.0.0.9", 4000, 4001, "RTP/AVP")
+    out = rewrite(OFFER, "192.0.2.7", 31000)
+    assert sdp_media(out) == ("192.0.2.7", 31000, 31001, "RTP/AVP")
+    assert "a=rtcp:31001 IN IP4 192.0.2.7\r\n" in out and "m=audio 31000 RTP/AVP 0 101\r\n" in out
+    assert sdp_media("v=0\r\nm=video 5 RTP/AVP 96\r\n") is None
+
+
+def rtp(seq: int, ts: int, ssrc: int, payload: bytes, *, pt: int = 0) -> bytes:
+    return struct.pack("!BBHII", 0x80, pt, seq, ts, ssrc) + payload
+
+
+def test_rtp_payload_skips_csrcs_extension_and_padding() -> None:
+    body = bytes(range(10))
+    assert rtp_payload(rtp(1, 2, 3, body)) == body
+    with_csrc = struct.pack("!BBHII", 0x81, 0, 1, 2, 3) + b"CSRC" + body
+    assert rtp_payload(with_csrc) == body
+    ext = struct.pack("!HH", 0xBEDE, 1) + b"\x10abc"
+    assert rtp_payload(struct.pack("!BBHII", 0x90, 0, 1, 2, 3) + ext + body) == body
+    padded = struct.pack("!BBHII", 0xA0, 0, 1, 2, 3) + body + b"\x00\x00\x03"
+    assert rtp_payload(padded) == body
+
+
+def udp() -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    s.settimeout(2)
+    return s
+
+
+def tone_frame() -> bytes:
+    t = np.arange(160) / 8000
+    return (np.sin(2 * np.pi * 1000 * t) * 8000).astype("<i2").tobytes()
+
+
+def test_the_relay_forwards_refuses_strangers_taps_the_caller_and_keeps_one_stream() -> None:
+    async def scenario() -> None:
+        trunk, trunk_rtcp, pj, pj_rtcp, stranger = (udp() for _ in range(5))
+        # pjmedia's RTCP is its RTP port + 1: take that pair for the stand-in
+        pj.close()
+        pj, pj_rtcp = _pair()
+        relay = TrunkRelay("127.0.0.1", pj.getsockname(), trunk.getsockname(),
+                           trunk_rtcp.getsockname())
+        here = ("127.0.0.1", relay.port)
+        tapped: list[bytes] = []
+        try:
+            await relay.start()
+
+            async def recv(sock: socket.socket) -> tuple[bytes, tuple[str, int]]:
+                return await asyncio.to_thread(sock.recvfrom, 2048)
+
+            # bot phase: pjmedia's packets reach the trunk as they are
+            first = rtp(100, 16000, 0xABC, bytes(160))
+            pj.sendto(first, here)
+            data, src = await recv(trunk)
+            assert data == first and src == here
+            # the trunk's reach pjmedia, from the relay (pjmedia latches onto it)
+            caller = ULAW_ENCODE[np.frombuffer(tone_frame(), "<i2").view("<u2")].tobytes()
+            trunk.sendto(rtp(7, 320, 0x1, caller), here)
+            data, src = await recv(pj)
+            assert rtp_payload(data) == caller and src == here
+            # a stranger's packet goes nowhere and is counted
+            stranger.sendto(rtp(1, 1, 0x666, bytes(160)), here)
+            trunk_rtcp.sendto(b"\x81\xc9rtcp", ("127.0.0.1", relay.port + 1))
+            data, _ = await recv(pj_rtcp)
+            assert data == b"\x81\xc9rtcp"
+            # bridged: the caller's audio is tapped, decoded, as each packet arrives
+            relay.to_agent = tapped.append
+            trunk.sendto(rtp(8, 480, 0x1, caller), here)
+            await recv(pj)
+            assert tapped == [ULAW_DECODE[np.frombuffer(caller, np.uint8)].tobytes()]
+            # the agent's frames go out at once, continuing pjmedia's stream
+            relay.send_pcm(tone_frame())
+            data, _ = await recv(trunk)
+            seq, ts, ssrc = struct.unpack_from("!HII", data, 2)
+            assert (seq, ts, ssrc, data[1]) == (101, 16160, 0xABC, 0)
+            # ... and pjmedia's own copy is dropped meanwhile
+            pj.sendto(rtp(101, 16160, 0xABC, bytes(160)), here)
+            relay.send_pcm(tone_frame())
+            data, _ = await recv(trunk)
+            assert struct.unpack_from("!HI", data, 2) == (102, 16320)
+            # once the agent's frames stop (HANDBACK, 60 ms), pjmedia's packets flow again,
+            # renumbered: our sequence, its clock's steps
+            await asyncio.sleep(0.08)
+            pj.sendto(rtp(102, 16320, 0xABC, b"\xff" * 160), here)
+            data, _ = await recv(trunk)
+            assert struct.unpack_from("!HII", data, 2) == (103, 16480, 0xABC)
+            assert data[12:] == b"\xff" * 160
+            assert relay.refused == 1 and relay.from_agent == 2
+        finally:
+            relay.close()
+            for s in (trunk, trunk_rtcp, pj, pj_rtcp, stranger):
+                s.close()
+
+    asyncio.run(scenario())
+
+
+def _pair() -> tuple[socket.socket, socket.socket]:
+    for _ in range(50):
+        a = udp()
+        port = a.getsockname()[1]
+        b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            b.bind(("127.0.0.1", port + 1))
+        except OSError:
+            a.close()
+            b.close()
+            continue
+        b.settimeout(2)
+        return a, b
+    pytest.fail("no consecutive port pair")
