@@ -65,11 +65,13 @@ nodes:
 @contextmanager
 def bridge_server(tmp_path: Path, codec: str = "pcmu",
                   webrtc: dict[str, Any] | None = None,
-                  routing: dict[str, Any] | None = None) -> Iterator[Server]:
+                  routing: dict[str, Any] | None = None,
+                  worker: dict[str, Any] | None = None) -> Iterator[Server]:
     flow = tmp_path / "bridge.yaml"
     flow.write_text(FLOW)
     extra = {
         "bot": {"flow": str(flow)},
+        "worker": worker or {},
         "routing": {"queue_timeout": 30, **(routing or {})},
         "webrtc": {"codecs": [codec], "host_addresses": ["127.0.0.1"], **(webrtc or {})},
     }
@@ -159,11 +161,13 @@ async def accept_call(srv: Server, codec: str, delay: float = 0.0) -> TestAgent:
     return agent
 
 
-@pytest.mark.parametrize("codec", ["pcmu", "opus"])
+@pytest.mark.parametrize(("codec", "relay"), [("pcmu", False), ("opus", False),
+                                              ("pcmu", True), ("opus", True)],
+                         ids=["pcmu", "opus", "pcmu-relay", "opus-relay"])
 def test_both_directions_carry_the_right_audio_and_no_bot_audio_after_connect(
-    tmp_path: Path, codec: str
+    tmp_path: Path, codec: str, relay: bool
 ) -> None:
-    with bridge_server(tmp_path, codec) as srv:
+    with bridge_server(tmp_path, codec, worker={"trunk_relay": relay}) as srv:
         media_port = free_port_pair()
         with UdpSniffer(media_port) as sniffer:
             ear = CallerEar(sniffer)
@@ -185,6 +189,9 @@ def test_both_directions_carry_the_right_audio_and_no_bot_audio_after_connect(
             result = finish(sipp, tmp_path)
         assert result.ok, result.explain() + srv.log()  # the caller got the agent's BYE
         record = record_of(srv)
+        # with worker.trunk_relay the bridged audio went through the call's relay (and the
+        # caller's stream stays one, continuous, below)
+        assert ("relay in front of pjmedia" in srv.log()) == relay
 
     assert agent.codec == codec
     assert ended["by"] == "agent"
