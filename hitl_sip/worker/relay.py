@@ -40,6 +40,7 @@ import numpy as np
 import numpy.typing as npt
 
 from hitl_sip.media.g711 import ALAW_DECODE, ALAW_ENCODE, ULAW_DECODE, ULAW_ENCODE
+from hitl_sip.media.rtp import RtpPacket
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,10 @@ class TrunkRelay:
             sink = self.to_agent
             law = LAWS.get(data[1] & 0x7F)
             if sink is not None and law is not None:
-                payload = rtp_payload(data)
+                try:
+                    payload = RtpPacket.parse(data).payload
+                except ValueError:  # pjmedia has it too, and refuses it the same way
+                    return
                 if payload:
                     sink(law[0][np.frombuffer(payload, np.uint8)].tobytes())
         else:
@@ -148,7 +152,7 @@ class TrunkRelay:
             return  # the agent's frames go out instead
         # pjmedia again (hold audio, the bot, DTMF): our SSRC, sequence and clock
         self._seq = (self._seq + 1) & 0xFFFF
-        if data[1] & 0x7F != 101 or step:  # an RFC 4733 event's packets share one timestamp
+        if pt != 101 or step:  # an RFC 4733 event's packets share one timestamp
             self._ts = (self._ts + (step or SAMPLES_PER_FRAME)) & 0xFFFFFFFF
         t.sendto(data[:2] + struct.pack("!HII", self._seq, self._ts, self._ssrc) + data[12:],
                  self.trunk)
@@ -179,22 +183,6 @@ class TrunkRelay:
                  + payload, self.trunk)
         self.from_agent += 1
 
-    @property
-    def agent_driving(self) -> bool:
-        return time.monotonic() - self._agent_at < HANDBACK
-
-
-def rtp_payload(data: bytes) -> bytes:
-    """The payload of an RTP packet (CSRCs, a header extension and padding skipped)."""
-    off = 12 + 4 * (data[0] & 0x0F)
-    if data[0] & 0x10:
-        if len(data) < off + 4:
-            return b""
-        off += 4 + 4 * struct.unpack_from("!H", data, off + 2)[0]
-    end = len(data)
-    if data[0] & 0x20 and end > off:
-        end -= data[-1]
-    return data[off:end] if end > off else b""
 
 
 def bind_pair(host: str) -> tuple[socket.socket, socket.socket]:

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from hitl_sip.media.g711 import ULAW_DECODE, ULAW_ENCODE
-from hitl_sip.worker.relay import TrunkRelay, rewrite, rtp_payload, sdp_media
+from hitl_sip.media.rtp import RtpPacket
+from hitl_sip.worker.relay import TrunkRelay, rewrite, sdp_media
 
 OFFER = ("v=0\r\no=- 1 2 IN IP4 10.0.0.9\r\ns=-\r\nc=IN IP4 10.0.0.9\r\nt=0 0\r\n"
          "m=audio 4000 RTP/AVP 0 101\r\na=rtcp:4001 IN IP4 10.0.0.9\r\na=sendrecv\r\n")
@@ -24,6 +25,11 @@ def test_sdp_media_and_rewrite() -> None:
     assert sdp_media(out) == ("192.0.2.7", 31000, 31001, "RTP/AVP")
     assert "a=rtcp:31001 IN IP4 192.0.2.7\r\n" in out and "m=audio 31000 RTP/AVP 0 101\r\n" in out
     assert sdp_media("v=0\r\nm=video 5 RTP/AVP 96\r\n") is None
+
+
+def rtp_payload(data: bytes) -> bytes:
+    """What the relay taps of a trunk packet: the project's RTP parser's payload."""
+    return RtpPacket.parse(data).payload
 
 
 def rtp(seq: int, ts: int, ssrc: int, payload: bytes, *, pt: int = 0) -> bytes:
