@@ -149,6 +149,23 @@ def _filter_bank(up: int, down: int) -> tuple[npt.NDArray[np.float64], int]:
     return taps, half
 
 
+def load_pcm(path: StrPath, rate: int) -> bytes:
+    """A WAV file's audio as mono s16le PCM at ``rate``, read and resampled once per file
+    version (path, size and modification time) and then served from memory.
+
+    A prompt file is played on every call, and reading and resampling it takes ~0.1 s of
+    CPU: done on a worker's event loop for each call, that stalled every other call's media
+    for as long."""
+    st = os.stat(path)
+    return _load_pcm(os.fspath(path), st.st_size, st.st_mtime_ns, rate)
+
+
+@lru_cache(maxsize=64)
+def _load_pcm(path: str, _size: int, _mtime_ns: int, rate: int) -> bytes:
+    source_rate, pcm = read_wav(path)
+    return pcm if source_rate == rate else resample(pcm, source_rate, rate)
+
+
 def resample(pcm: bytes, src_rate: int, dst_rate: int) -> bytes:
     """Convert mono s16le PCM between integer sample rates with a windowed-sinc filter.
 

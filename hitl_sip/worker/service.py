@@ -28,7 +28,7 @@ from hitl_sip.log import call_logger, now_iso
 from hitl_sip.media.buffers import FrameBuffer
 from hitl_sip.media.ice import install_host_filter, rtc_configuration
 from hitl_sip.media.quality import LegMeter, LegQualityFigures
-from hitl_sip.media.wav import read_wav, resample
+from hitl_sip.media.wav import load_pcm
 from hitl_sip.protocol.worker import (
     AgentLeft,
     CallConnected,
@@ -240,10 +240,7 @@ class WorkerService:
     def _load_audio(self, path: str) -> bytes:
         if not path:
             return b""
-        rate, pcm = read_wav(self.config.resolve_path(path))
-        if rate != self.config.worker.clock_rate:
-            pcm = resample(pcm, rate, self.config.worker.clock_rate)
-        return pcm
+        return load_pcm(self.config.resolve_path(path), self.config.worker.clock_rate)
 
     # -- lifecycle ------------------------------------------------------------------------
 

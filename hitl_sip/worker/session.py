@@ -37,7 +37,7 @@ from hitl_sip.bot.actions import Action, BotDialog, Handoff, Hangup, Listen, Say
 from hitl_sip.errors import HitlSipError, SpeechError
 from hitl_sip.log import call_logger, now_iso
 from hitl_sip.media.buffers import BufferClosed, FrameBuffer, LeadKeeper
-from hitl_sip.media.wav import read_wav, resample
+from hitl_sip.media.wav import load_pcm
 from hitl_sip.protocol import worker as wire
 from hitl_sip.protocol.worker import CallState, HubCommand, LegRole, Msg
 from hitl_sip.speech.base import SpeechEventType, SttEngine, SttStream, TtsEngine
@@ -670,9 +670,7 @@ class CallSession:
         pcm = b""
         if say.audio is not None:
             path = say.audio if say.audio.is_absolute() else self.settings.project_root / say.audio
-            rate, pcm = read_wav(path)
-            if rate != self.settings.clock_rate:
-                pcm = resample(pcm, rate, self.settings.clock_rate)
+            pcm = await asyncio.to_thread(load_pcm, path, self.settings.clock_rate)
         elif say.text:
             try:
                 pcm = await self.tts.synthesize(say.text, self.settings.clock_rate)

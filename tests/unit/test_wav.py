@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import wave
 from pathlib import Path
@@ -10,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from hitl_sip.media.wav import frames, read_wav, resample, write_wav
+from hitl_sip.media.wav import frames, load_pcm, read_wav, resample, write_wav
 from hitl_sip.testing.analysis import dominant_frequency, rms_dbfs
 
 
@@ -133,3 +134,18 @@ def test_frames_of_an_exact_multiple_add_no_padding_and_empty_input_yields_nothi
     assert list(frames(b"", 320)) == []
     with pytest.raises(ValueError, match="frame size must be positive"):
         list(frames(b"\x00", 0))
+
+
+def test_load_pcm_resamples_once_and_rereads_a_changed_file(tmp_path: Path) -> None:
+    path = tmp_path / "prompt.wav"
+    write_wav(path, 16000, _tone(440, 16000, 0.2))
+    first = load_pcm(path, 8000)
+    assert first == resample(_tone(440, 16000, 0.2), 16000, 8000)
+    assert load_pcm(path, 8000) is first  # served from memory, not read again
+    assert load_pcm(path, 16000) == _tone(440, 16000, 0.2)  # each rate its own entry
+
+    write_wav(path, 16000, _tone(1000, 16000, 0.3))  # the file is replaced
+    os.utime(path, ns=(0, path.stat().st_mtime_ns + 1_000_000))
+    again = load_pcm(path, 8000)
+    assert len(again) == len(first) * 3 // 2
+    assert dominant_frequency(again, 8000) == pytest.approx(1000, abs=20)
