@@ -358,6 +358,7 @@ class _Call(pj.Call):  # type: ignore[misc]
         # the REFER's own failure; completed on the pj thread, awaited on the loop
         self.refer: concurrent.futures.Future[tuple[int, str]] | None = None
         self.relay: TrunkRelay | None = None  # with trunk_relay: in front of pjmedia
+        self.relay_stream: tuple[Any, ...] | None = None  # the stream it last primed
 
     def onCallState(self, prm: Any) -> None:
         self.stack._guard(self._on_state)
@@ -761,7 +762,8 @@ class PjStack:
             pj_host = "127.0.0.1" if self.settings.host in ("", "0.0.0.0") else self.settings.host
             try:
                 relay = TrunkRelay(self.settings.host, (pj_host, local[1]),
-                                   (remote[0], remote[1]), (remote[0], remote[2]))
+                                   (remote[0], remote[1]), (remote[0], remote[2]),
+                                   (self.settings.rtp_port_start, self.settings.rtp_port_end))
             except OSError as e:
                 log.warning("[call %s] no relay, the call goes through pjmedia alone: %s",
                             call.call_id, e)
@@ -880,10 +882,17 @@ class PjStack:
             media.startTransmit(port)
             port.startTransmit(media)
             call.connected_media = media
+        codec = ""
+        with contextlib.suppress(pj.Error):
+            info = call.getStreamInfo(audio_index)
+            codec = info.codecName
+            if call.relay is not None:
+                # a new or rebuilt stream sends to the SDP's address until it latches
+                stream = (info.remoteRtpAddress, codec, info.dir, info.rxPt)
+                if stream != call.relay_stream:
+                    call.relay_stream = stream
+                    call.relay.prime(info.rxPt)
         if inbound is not None and outbound is not None:
-            codec = ""
-            with contextlib.suppress(pj.Error):
-                codec = call.getStreamInfo(audio_index).codecName
             self._emit(CallMediaReady(call.call_id, codec, inbound, outbound))
 
     def _on_dtmf(self, call: _Call, digit: str, method: str) -> None:

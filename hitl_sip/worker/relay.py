@@ -29,7 +29,9 @@ rate (the caller track takes the call's rate).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import random
 import re
 import socket
 import struct
@@ -51,6 +53,12 @@ LAWS: dict[int, tuple[npt.NDArray[np.int16], npt.NDArray[np.uint8]]] = {
     0: (ULAW_DECODE, ULAW_ENCODE), 8: (ALAW_DECODE, ALAW_ENCODE)}
 #: how long after the agent's last frame pjmedia's own packets reach the trunk again
 HANDBACK = 0.06
+#: packets pjmedia's stream must hear from a new source before it sends there
+#: (``PJMEDIA_RTP_NAT_PROBATION_CNT``, unless the SDP carries the trunk's SSRC)
+PRIME_PACKETS = 10
+#: a 20 ms frame of silence in each law (the primer's payload)
+SILENCE = {0: b"\xff" * 160, 8: b"\xd5" * 160}
+_random = random.SystemRandom()
 SAMPLES_PER_FRAME = 160
 
 
@@ -68,8 +76,9 @@ class _Socket(asyncio.DatagramProtocol):
 class TrunkRelay:
     """One call's relay (created on the pj thread, started and used on the loop)."""
 
-    def __init__(self, host: str, pj_rtp: Addr, trunk: Addr, trunk_rtcp: Addr) -> None:
-        self.rtp, self.rtcp = bind_pair(host)
+    def __init__(self, host: str, pj_rtp: Addr, trunk: Addr, trunk_rtcp: Addr,
+                 ports: tuple[int, int] = (0, 0)) -> None:
+        self.rtp, self.rtcp = bind_pair(host, *ports)
         self.port = int(self.rtp.getsockname()[1])
         self.pj_rtp = pj_rtp
         self.pj_rtcp: Addr = (pj_rtp[0], pj_rtp[1] + 1)
@@ -114,6 +123,27 @@ class TrunkRelay:
     def update_trunk(self, trunk: Addr, trunk_rtcp: Addr) -> None:
         """A new SDP from the trunk (a re-INVITE) may name another address."""
         self.trunk, self.trunk_rtcp = trunk, trunk_rtcp
+
+    def prime(self, pt: int) -> None:
+        """Make pjmedia's stream send to the relay from its first frame (called on the pj
+        thread once the stream runs, and again whenever pjsua rebuilds it).
+
+        pjmedia sends to the address in the trunk's SDP until it has heard
+        :data:`PRIME_PACKETS` packets from another source; until then its packets leave
+        from its own port, which rtpengine's strict source drops and a trunk may too — the
+        greeting's first seconds, when the caller sends nothing. So the relay sends that
+        many frames of silence of its own first (their SSRC is not the trunk's: pjmedia
+        takes the trunk's stream as a new one at its first packets)."""
+        silence = SILENCE.get(pt)
+        if silence is None or self._closed:
+            return
+        ssrc = _random.getrandbits(32) or 1
+        seq, ts = _random.getrandbits(16), _random.getrandbits(32)
+        for i in range(PRIME_PACKETS):
+            header = struct.pack("!BBHII", 0x80, pt, (seq + i) & 0xFFFF,
+                                 (ts + i * SAMPLES_PER_FRAME) & 0xFFFFFFFF, ssrc)
+            with contextlib.suppress(OSError):
+                self.rtp.sendto(header + silence, self.pj_rtp)
 
     # -- packets ----------------------------------------------------------------------------
 
@@ -185,13 +215,22 @@ class TrunkRelay:
 
 
 
-def bind_pair(host: str) -> tuple[socket.socket, socket.socket]:
-    """Two UDP sockets on ``host``, RTP on an even port and RTCP on the next one."""
+def bind_pair(host: str, first: int = 0, last: int = 0) -> tuple[socket.socket, socket.socket]:
+    """Two UDP sockets on ``host``, RTP on an even port and RTCP on the next one: drawn at
+    random from ``first``..``last`` (the worker's share of the profile's [rtp] range, which
+    pjmedia's own ports share: pjsua skips a pair that is taken), or ephemeral when
+    ``first`` is 0. Drawn at random so that a call's media address cannot be guessed from
+    the previous call's."""
+    pairs = (last - first + 1) // 2 if first else 0
     for _ in range(64):
         rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        rtp.bind((host, 0))
+        try:
+            rtp.bind((host, first + (first & 1) + 2 * _random.randrange(pairs) if pairs else 0))
+        except OSError:
+            rtp.close()
+            continue
         port = rtp.getsockname()[1]
-        if port % 2 == 0 and port < 65535:
+        if port % 2 == 0 and port < 65535 and (not pairs or port + 1 <= last):
             rtcp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             try:
                 rtcp.bind((host, port + 1))
@@ -202,7 +241,8 @@ def bind_pair(host: str) -> tuple[socket.socket, socket.socket]:
                 rtcp.setblocking(False)
                 return rtp, rtcp
         rtp.close()
-    raise OSError(f"no free even/odd port pair on {host} for a relay")
+    where = f"{first}-{last}" if pairs else "any port"
+    raise OSError(f"no free even/odd port pair on {host} ({where}) for a relay")
 
 
 # -- SDP --------------------------------------------------------------------------------------

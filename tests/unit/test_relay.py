@@ -13,7 +13,14 @@ import pytest
 
 from hitl_sip.media.g711 import ULAW_DECODE, ULAW_ENCODE
 from hitl_sip.media.rtp import RtpPacket
-from hitl_sip.worker.relay import TrunkRelay, rewrite, sdp_media
+from hitl_sip.worker.relay import (
+    PRIME_PACKETS,
+    SILENCE,
+    TrunkRelay,
+    bind_pair,
+    rewrite,
+    sdp_media,
+)
 
 OFFER = ("v=0\r\no=- 1 2 IN IP4 10.0.0.9\r\ns=-\r\nc=IN IP4 10.0.0.9\r\nt=0 0\r\n"
          "m=audio 4000 RTP/AVP 0 101\r\na=rtcp:4001 IN IP4 10.0.0.9\r\na=sendrecv\r\n")
@@ -135,3 +142,54 @@ def _pair() -> tuple[socket.socket, socket.socket]:
         b.settimeout(2)
         return a, b
     pytest.fail("no consecutive port pair")
+
+
+def test_relay_ports_are_drawn_from_the_range_and_skip_taken_pairs() -> None:
+    a, _ = _pair()
+    first = a.getsockname()[1] & ~1
+    a.close()
+    _.close()
+    # a range of three pairs, the middle one taken (as pjmedia's would be)
+    taken, taken_rtcp = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2))
+    held: list[socket.socket] = []
+    try:
+        taken.bind(("127.0.0.1", first + 2))
+        taken_rtcp.bind(("127.0.0.1", first + 3))
+        seen = set()
+        for _ in range(2):
+            rtp_sock, rtcp_sock = bind_pair("127.0.0.1", first, first + 5)
+            held += [rtp_sock, rtcp_sock]
+            port = rtp_sock.getsockname()[1]
+            assert port in (first, first + 4) and rtcp_sock.getsockname()[1] == port + 1
+            seen.add(port)
+        assert seen == {first, first + 4}
+        with pytest.raises(OSError, match=f"{first}-{first + 5}"):
+            bind_pair("127.0.0.1", first, first + 5)  # every pair taken
+    finally:
+        for s in (taken, taken_rtcp, *held):
+            s.close()
+
+
+def test_prime_sends_pjmedia_a_probation_of_silence_from_the_relay() -> None:
+    pj, pj_rtcp = _pair()
+    trunk = udp()
+    relay = TrunkRelay("127.0.0.1", pj.getsockname(), trunk.getsockname(), trunk.getsockname())
+    try:
+        relay.prime(8)
+        packets = [pj.recvfrom(2048) for _ in range(PRIME_PACKETS)]
+        assert {src for _, src in packets} == {("127.0.0.1", relay.port)}
+        parsed = [RtpPacket.parse(data) for data, _ in packets]
+        assert {(p.payload_type, p.payload, p.ssrc) for p in parsed} == {
+            (8, SILENCE[8], parsed[0].ssrc)}
+        assert [(p.sequence_number - parsed[0].sequence_number) & 0xFFFF for p in parsed] == list(
+            range(PRIME_PACKETS))
+        assert [(p.timestamp - parsed[0].timestamp) & 0xFFFFFFFF for p in parsed] == [
+            160 * i for i in range(PRIME_PACKETS)]
+        relay.prime(96)  # not a G.711 law: nothing is sent
+        pj.settimeout(0.05)
+        with pytest.raises(TimeoutError):
+            pj.recvfrom(2048)
+    finally:
+        relay.close()
+        for s in (pj, pj_rtcp, trunk):
+            s.close()
