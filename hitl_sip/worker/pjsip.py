@@ -441,7 +441,6 @@ class PjStack:
         self._graveyard: list[Any] = []
         self._free_ports: list[PcmPort] = []
         self._after_callbacks: list[Callable[[], None]] = []
-        self._relay_tasks: set[asyncio.Task[None]] = set()
         self._all_ports: list[PcmPort] = []
         self._accounts: list[_Account] = []
         self._ep: Any = None
@@ -769,7 +768,7 @@ class PjStack:
                             call.call_id, e)
                 return
             call.relay = relay
-            self.loop.call_soon_threadsafe(self._spawn_relay, relay)
+            self.loop.call_soon_threadsafe(relay.start)
         elif remote[1] and remote[0] != "0.0.0.0":
             target = (remote[0], remote[1]), (remote[0], remote[2])
             self.loop.call_soon_threadsafe(relay.update_trunk, *target)
@@ -777,10 +776,6 @@ class PjStack:
                                    self.settings.public_address or self.settings.host,
                                    relay.port)
 
-    def _spawn_relay(self, relay: TrunkRelay) -> None:
-        task = self.loop.create_task(relay.start())
-        self._relay_tasks.add(task)
-        task.add_done_callback(self._relay_tasks.discard)
 
     def _on_call_disconnected(self, call: _Call, status: int, reason: str) -> None:
         self._calls.pop(call.call_id, None)

@@ -62,17 +62,6 @@ _random = random.SystemRandom()
 SAMPLES_PER_FRAME = 160
 
 
-class _Socket(asyncio.DatagramProtocol):
-    def __init__(self, on: Callable[[bytes, Addr], None]) -> None:
-        self.on = on
-
-    def datagram_received(self, data: bytes, addr: Addr) -> None:  # type: ignore[override]
-        self.on(data, addr)
-
-    def error_received(self, exc: Exception) -> None:  # an ICMP unreachable: not fatal
-        log.debug("relay socket: %s", exc)
-
-
 class TrunkRelay:
     """One call's relay (created on the pj thread, started and used on the loop)."""
 
@@ -84,8 +73,7 @@ class TrunkRelay:
         self.pj_rtcp: Addr = (pj_rtp[0], pj_rtp[1] + 1)
         self.trunk = trunk
         self.trunk_rtcp = trunk_rtcp
-        self._rtp_t: asyncio.DatagramTransport | None = None
-        self._rtcp_t: asyncio.DatagramTransport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         #: the caller's decoded audio (8 kHz s16le, 20 ms) while the call is bridged
         self.to_agent: Callable[[bytes], None] | None = None
@@ -99,26 +87,38 @@ class TrunkRelay:
         self._pj_ts: int | None = None  # pjmedia's last timestamp (for its deltas)
         self._agent_at = 0.0  # time.monotonic() of the agent's last frame
 
-    async def start(self) -> None:
-        if self._closed:
+    def start(self) -> None:
+        """Serve the sockets on the running loop (its thread): each wake-up reads every
+        packet waiting, with no transport or protocol object in between."""
+        if self._closed or self._loop is not None:
             return
-        loop = asyncio.get_running_loop()
-        self._rtp_t, _ = await loop.create_datagram_endpoint(
-            lambda: _Socket(self._on_rtp), sock=self.rtp)
-        self._rtcp_t, _ = await loop.create_datagram_endpoint(
-            lambda: _Socket(self._on_rtcp), sock=self.rtcp)
+        self._loop = loop = asyncio.get_running_loop()
+        loop.add_reader(self.rtp.fileno(), self._read, self.rtp, self._on_rtp)
+        loop.add_reader(self.rtcp.fileno(), self._read, self.rtcp, self._on_rtcp)
 
     def close(self) -> None:
+        """On the loop's thread, like :meth:`start` (idempotent)."""
+        if self._closed:
+            return
         self._closed = True
         self.to_agent = None
-        if self._rtp_t is None:
-            self.rtp.close()
-        else:
-            self._rtp_t.close()
-        if self._rtcp_t is None:
-            self.rtcp.close()
-        else:
-            self._rtcp_t.close()
+        if self._loop is not None:
+            self._loop.remove_reader(self.rtp.fileno())
+            self._loop.remove_reader(self.rtcp.fileno())
+        self.rtp.close()
+        self.rtcp.close()
+
+    @staticmethod
+    def _read(sock: socket.socket, on: Callable[[bytes, Addr], None]) -> None:
+        for _ in range(64):  # then let the loop's other work in
+            try:
+                data, addr = sock.recvfrom(2048)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # an ICMP unreachable for an earlier send: not fatal
+                log.debug("relay socket: %s", e)
+                continue
+            on(data, addr)
 
     def update_trunk(self, trunk: Addr, trunk_rtcp: Addr) -> None:
         """A new SDP from the trunk (a re-INVITE) may name another address."""
@@ -147,14 +147,19 @@ class TrunkRelay:
 
     # -- packets ----------------------------------------------------------------------------
 
+    def _send(self, sock: socket.socket, data: bytes, addr: Addr) -> None:
+        try:
+            sock.sendto(data, addr)
+        except OSError as e:  # a full socket buffer (the packet is late anyway), ICMP
+            log.debug("relay send to %s: %s", addr, e)
+
     def _on_rtp(self, data: bytes, addr: Addr) -> None:
-        t = self._rtp_t
-        if t is None or len(data) < 12 or data[0] >> 6 != 2:
+        if len(data) < 12 or data[0] >> 6 != 2:
             return
         if addr == self.pj_rtp:
-            self._from_pjmedia(t, data)
+            self._from_pjmedia(data)
         elif addr == self.trunk:
-            t.sendto(data, self.pj_rtp)
+            self._send(self.rtp, data, self.pj_rtp)
             sink = self.to_agent
             law = LAWS.get(data[1] & 0x7F)
             if sink is not None and law is not None:
@@ -167,7 +172,7 @@ class TrunkRelay:
         else:
             self.refused += 1
 
-    def _from_pjmedia(self, t: asyncio.DatagramTransport, data: bytes) -> None:
+    def _from_pjmedia(self, data: bytes) -> None:
         pt = data[1] & 0x7F
         seq, ts, ssrc = struct.unpack_from("!HII", data, 2)
         if pt in LAWS:
@@ -176,7 +181,7 @@ class TrunkRelay:
         self._pj_ts = ts
         if not self._sent:  # pjmedia's numbering until we first send ourselves
             self._ssrc, self._seq, self._ts = ssrc, seq, ts
-            t.sendto(data, self.trunk)
+            self._send(self.rtp, data, self.trunk)
             return
         if time.monotonic() - self._agent_at < HANDBACK:
             return  # the agent's frames go out instead
@@ -184,33 +189,29 @@ class TrunkRelay:
         self._seq = (self._seq + 1) & 0xFFFF
         if pt != 101 or step:  # an RFC 4733 event's packets share one timestamp
             self._ts = (self._ts + (step or SAMPLES_PER_FRAME)) & 0xFFFFFFFF
-        t.sendto(data[:2] + struct.pack("!HII", self._seq, self._ts, self._ssrc) + data[12:],
-                 self.trunk)
+        self._send(self.rtp, data[:2] + struct.pack("!HII", self._seq, self._ts, self._ssrc)
+                   + data[12:], self.trunk)
 
     def _on_rtcp(self, data: bytes, addr: Addr) -> None:
-        t = self._rtcp_t
-        if t is None:
-            return
         if addr == self.pj_rtcp:
-            t.sendto(data, self.trunk_rtcp)
+            self._send(self.rtcp, data, self.trunk_rtcp)
         elif addr == self.trunk_rtcp:
-            t.sendto(data, self.pj_rtcp)
+            self._send(self.rtcp, data, self.pj_rtcp)
         else:
             self.refused += 1
 
     def send_pcm(self, frame: bytes) -> None:
         """One 20 ms frame for the caller (8 kHz s16le), to the trunk now."""
-        t = self._rtp_t
         law = LAWS.get(self._law) if self._law is not None else None
-        if t is None or law is None or not self._ssrc:
+        if self._closed or law is None or not self._ssrc:
             return  # pjmedia has not sent yet: its path carries the frame
         self._sent = True
         self._agent_at = time.monotonic()
         self._seq = (self._seq + 1) & 0xFFFF
         self._ts = (self._ts + len(frame) // 2) & 0xFFFFFFFF
         payload = law[1][np.frombuffer(frame, "<i2").view("<u2")].tobytes()
-        t.sendto(struct.pack("!BBHII", 0x80, self._law, self._seq, self._ts, self._ssrc)
-                 + payload, self.trunk)
+        self._send(self.rtp, struct.pack("!BBHII", 0x80, self._law, self._seq, self._ts,
+                                         self._ssrc) + payload, self.trunk)
         self.from_agent += 1
 
 

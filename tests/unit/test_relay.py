@@ -77,7 +77,7 @@ def test_the_relay_forwards_refuses_strangers_taps_the_caller_and_keeps_one_stre
         here = ("127.0.0.1", relay.port)
         tapped: list[bytes] = []
         try:
-            await relay.start()
+            relay.start()
 
             async def recv(sock: socket.socket) -> tuple[bytes, tuple[str, int]]:
                 return await asyncio.to_thread(sock.recvfrom, 2048)
