@@ -21,6 +21,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import ctypes
+import ipaddress
 import logging
 import queue
 import re
@@ -669,7 +670,7 @@ class PjStack:
         mt = ac.mediaConfig.transportConfig
         mt.port = s.rtp_port_start
         mt.portRange = max(0, s.rtp_port_end - s.rtp_port_start)
-        mt.boundAddress = s.host
+        mt.boundAddress = self._pj_media_host
         if s.public_address:
             mt.publicAddress = s.public_address
         ac.mediaConfig.srtpUse = SRTP_USE[s.srtp]
@@ -740,6 +741,10 @@ class PjStack:
         while self._after_callbacks:
             self._guard(self._after_callbacks.pop(0))
 
+    @property
+    def _pj_media_host(self) -> str:
+        return pj_media_host(self.settings)
+
     def relay_of(self, call_id: str) -> TrunkRelay | None:
         """The call's relay (set on the pj thread before its media is up; read here)."""
         call = self._calls.get(call_id)
@@ -758,14 +763,21 @@ class PjStack:
         if relay is None:
             if not remote[1] or remote[0] == "0.0.0.0":
                 return
-            pj_host = "127.0.0.1" if self.settings.host in ("", "0.0.0.0") else self.settings.host
+            pj_host = self._pj_media_host
+            pj_host = "127.0.0.1" if pj_host in ("", "0.0.0.0") else pj_host
             try:
                 relay = TrunkRelay(self.settings.host, (pj_host, local[1]),
                                    (remote[0], remote[1]), (remote[0], remote[2]),
                                    (self.settings.rtp_port_start, self.settings.rtp_port_end))
             except OSError as e:
-                log.warning("[call %s] no relay, the call goes through pjmedia alone: %s",
-                            call.call_id, e)
+                if pj_host == self.settings.host:
+                    log.warning("[call %s] no relay, the call goes through pjmedia alone: %s",
+                                call.call_id, e)
+                    return
+                # pjmedia listens on loopback only: without its relay the call has no media
+                log.error("[call %s] no relay for the call's media, ending it (503): %s",
+                          call.call_id, e)
+                self._after_callbacks.append(lambda: self._end_unrelayed(call))
                 return
             call.relay = relay
             self.loop.call_soon_threadsafe(relay.start)
@@ -776,6 +788,14 @@ class PjStack:
                                    self.settings.public_address or self.settings.host,
                                    relay.port)
 
+
+    def _end_unrelayed(self, call: _Call) -> None:
+        if call.ended:
+            return
+        call.hangup_by_system = True
+        op = pj.CallOpParam()
+        op.statusCode = 503
+        call.hangup(op)
 
     def _on_call_disconnected(self, call: _Call, status: int, reason: str) -> None:
         self._calls.pop(call.call_id, None)
@@ -955,3 +975,21 @@ class PjStack:
             log.warning("libDestroy failed: %s", e.info())
         self._ep = None
         self._log_writer = None
+
+
+def pj_media_host(s: StackSettings) -> str:
+    """Where pjmedia binds its RTP sockets: on 127.0.0.1 when every call has a relay in
+    front of it (plain RTP only, 8 kHz, an IPv4 media host: the relay's sockets are IPv4)
+    — its ports are in no SDP, but they are in the profile's range and pjsua hands them
+    out in order, and a flood from another source would make its stream switch to that
+    source; else on the media host."""
+    if s.trunk_relay and s.clock_rate == 8000 and s.srtp == "off" and _ipv4(s.host):
+        return "127.0.0.1"
+    return s.host
+
+
+def _ipv4(host: str) -> bool:
+    try:
+        return host == "" or ipaddress.ip_address(host).version == 4
+    except ValueError:  # a name
+        return False

@@ -104,6 +104,8 @@ class UdpSniffer:
 
     port: int
     packets: list[bytes] = field(default_factory=list)
+    #: each packet's source (address, port), in the order of ``packets``
+    sources: list[tuple[str, int]] = field(default_factory=list)
     _sock: socket.socket | None = None
     _thread: threading.Thread | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -137,11 +139,12 @@ class UdpSniffer:
                 return
             if addr[2] == socket.PACKET_OUTGOING:
                 continue  # loopback shows each packet twice; keep the incoming copy
-            payload = self._udp_payload(frame)
-            if payload is not None:
-                self.packets.append(payload)
+            got = self._udp_payload(frame)
+            if got is not None:
+                self.sources.append(got[1])
+                self.packets.append(got[0])
 
-    def _udp_payload(self, frame: bytes) -> bytes | None:
+    def _udp_payload(self, frame: bytes) -> tuple[bytes, tuple[str, int]] | None:
         if len(frame) < 14 + 20 + 8 or frame[12:14] != b"\x08\x00":
             return None
         ip = frame[14:]
@@ -153,4 +156,5 @@ class UdpSniffer:
         if dport != self.port:
             return None
         length = struct.unpack("!H", udp[4:6])[0]
-        return bytes(udp[8:length])
+        source = (socket.inet_ntoa(ip[12:16]), struct.unpack("!H", udp[0:2])[0])
+        return bytes(udp[8:length]), source

@@ -38,6 +38,7 @@ def run_sipp(
     tmp: Path,
     *,
     local_ip: str = "127.0.0.1",
+    target_ip: str = "127.0.0.1",
     calls: int = 1,
     limit: int = 1,
     rate: float = 10,
@@ -54,7 +55,7 @@ def run_sipp(
     media_port = media_port or free_port_pair()
     err = tmp / f"sipp-{Path(scenario).stem}-{media_port}-errors.log"
     args = [
-        SIPP, f"127.0.0.1:{target_port}",
+        SIPP, f"{target_ip}:{target_port}",
         "-sf", scenario if scenario.endswith(".xml") else str(SCENARIOS / f"{scenario}.xml"),
         "-i", local_ip, "-p", str(free_port(host=local_ip)), "-mi", local_ip,
         "-mp", str(media_port), "-t", transport,

@@ -3,13 +3,15 @@ at the front, and the profile's SRTP policy becomes pjmedia's."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pjsua2 as pj
 import pytest
 
 from hitl_sip.config import load_config
 from hitl_sip.errors import SipError
 from hitl_sip.sip.profile import Srtp, parse_profile
-from hitl_sip.worker.pjsip import SRTP_USE, VectorWriter, contact_host
+from hitl_sip.worker.pjsip import SRTP_USE, StackSettings, VectorWriter, contact_host, pj_media_host
 from hitl_sip.worker.service import stack_settings
 
 
@@ -52,3 +54,20 @@ def test_vector_writer_fills_frames_in_place() -> None:
     odd = pj.MediaFrame()
     writer.fill(odd, b"\x01\x02\x03")  # another size: the slow path, still exact
     assert bytes(odd.buf) == b"\x01\x02\x03"
+
+
+def test_pjmedia_listens_on_loopback_only_when_every_call_has_a_relay() -> None:
+    relayed = StackSettings(host="203.0.113.10", trunk_relay=True, clock_rate=8000, srtp="off")
+    assert pj_media_host(relayed) == "127.0.0.1"
+    assert pj_media_host(replace(relayed, host="")) == "127.0.0.1"  # every address
+    # a call without a relay needs pjmedia where the trunk can reach it
+    for settings in (replace(relayed, trunk_relay=False),
+                     replace(relayed, srtp="optional"),  # an SAVP call has no relay
+                     replace(relayed, clock_rate=16000),
+                     replace(relayed, host="2001:db8::10")):  # the relay's sockets are IPv4
+        assert pj_media_host(settings) == settings.host
+    # the configuration's defaults relay every call
+    config = load_config(None, env={}, overrides={"sip.host": "203.0.113.10",
+                                                  "front.media": "direct"})
+    settings = stack_settings(config, parse_profile('name = "x"', env={}), 0, sip_port=6001)
+    assert pj_media_host(settings) == "127.0.0.1"
