@@ -56,6 +56,7 @@ missing audio files, and cycles of say/goto nodes (they would never wait for the
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Collection, Hashable, Mapping
 from dataclasses import dataclass
@@ -827,3 +828,29 @@ class _Validator:
                         f"'{key}': unknown variable {{{name}}} (known: {', '.join(sorted(known))}, "
                         f"{HEADERS_PREFIX}<key>)",
                     )
+
+
+def audio_files(flow: Flow) -> set[Path]:
+    """Every audio file the flow's prompts name (to load them before the first call)."""
+    found: set[Path] = set()
+    seen: set[int] = set()
+
+    def walk(value: object) -> None:
+        if id(value) in seen:
+            return
+        seen.add(id(value))
+        if isinstance(value, Prompt):
+            if value.audio is not None:
+                found.add(value.audio)
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            for f in dataclasses.fields(value):
+                walk(getattr(value, f.name))
+        elif isinstance(value, Mapping):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+
+    walk(flow)
+    return found

@@ -149,6 +149,10 @@ def _filter_bank(up: int, down: int) -> tuple[npt.NDArray[np.float64], int]:
     return taps, half
 
 
+#: output samples per numpy call in :func:`resample`
+_BLOCK = 2048
+
+
 def load_pcm(path: StrPath, rate: int) -> bytes:
     """A WAV file's audio as mono s16le PCM at ``rate``, read and resampled once per file
     version (path, size and modification time) and then served from memory.
@@ -189,10 +193,13 @@ def resample(pcm: bytes, src_rate: int, dst_rate: int) -> bytes:
     out = np.empty(out_count, dtype=np.float64)
     window = np.arange(2 * half + 1)
     for phase in range(min(up, out_count)):
-        indices = np.arange(phase, out_count, up)
-        base = indices * down // up  # input sample at or before each output instant
-        gathered = padded[base[:, None] + window[None, :]]
-        out[indices] = gathered @ taps[phase]
+        # in blocks: numpy keeps the interpreter lock through one call, and a whole prompt
+        # in one gather (16 -> 8 kHz: 0.15 s for 7 s of audio) stalls every other thread
+        for first in range(phase, out_count, up * _BLOCK):
+            indices = np.arange(first, min(out_count, first + up * _BLOCK), up)
+            base = indices * down // up  # input sample at or before each output instant
+            gathered = padded[base[:, None] + window[None, :]]
+            out[indices] = gathered @ taps[phase]
     return np.clip(np.round(out), -32768, 32767).astype("<i2").tobytes()
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from hitl_sip.bot.actions import Say
+from hitl_sip.bot.flow import audio_files
 from hitl_sip.bot.runner import FlowRunner
 from hitl_sip.config import PROJECT_ROOT, Config, uses_rtpengine, worker_transports
 from hitl_sip.errors import SipError
@@ -237,6 +238,19 @@ class WorkerService:
         self._idle = asyncio.Event()
         self._idle.set()
 
+    def _preload_prompts(self) -> None:
+        """Read and resample the flow's prompt files now: the first call's greeting would
+        otherwise do it on a thread that holds the interpreter in numpy for ~0.1-0.2 s,
+        stalling the loop (and the relay's packets) while calls are up."""
+        if self.flow is None:
+            return
+        for path in sorted(audio_files(self.flow)):
+            try:
+                load_pcm(path if path.is_absolute() else PROJECT_ROOT / path,
+                         self.config.worker.clock_rate)
+            except (OSError, ValueError) as e:  # the call that plays it logs it again
+                log.warning("prompt file %s not loaded: %s", path, e)
+
     def _load_audio(self, path: str) -> bytes:
         if not path:
             return b""
@@ -250,6 +264,7 @@ class WorkerService:
             await self.hub.acquire()
         install_host_filter(self.config.webrtc.host_addresses)
         await asyncio.to_thread(preload_stt, self.config, self.stt)
+        await asyncio.to_thread(self._preload_prompts)
         admission = Admission(
             self.profile,
             self.config.worker.max_calls,

@@ -17,6 +17,7 @@ from hitl_sip.bot.flow import (
     HangupNode,
     Prompt,
     SayNode,
+    audio_files,
     load_flow,
     parse_flow,
     render_text,
@@ -161,6 +162,23 @@ def test_audio_paths_resolve_against_the_flow_folder_then_the_project_root(
 
     assert isinstance(node, SayNode)
     assert node.prompt.audio == (ROOT / "rtp/prompts/greeting.wav").resolve()
+
+
+def test_audio_files_lists_every_prompt_file_of_the_flow(tmp_path: Path) -> None:
+    (tmp_path / "bye.wav").write_bytes((ROOT / "rtp/prompts/greeting.wav").read_bytes())
+    flow = load_flow(
+        write(
+            tmp_path,
+            "  a: {type: say, audio: rtp/prompts/greeting.wav, next: b}\n"
+            "  b: {type: ask, prompt: Where to, no_input: {text: Sorry., audio: bye.wav},\n"
+            "      branches: [{dtmf: '1', next: c}], fail: c}\n"
+            "  c: {type: hangup, text: Goodbye., audio: bye.wav}\n",
+        ),
+        project_root=ROOT,
+    )
+    assert audio_files(flow) == {(ROOT / "rtp/prompts/greeting.wav").resolve(),
+                                 (tmp_path / "bye.wav").resolve()}
+    assert audio_files(load_flow(DEMO)) == {(ROOT / "rtp/prompts/greeting.wav").resolve()}
 
 
 # --- one kind of problem at a time ------------------------------------------------------------
