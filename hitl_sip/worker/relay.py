@@ -75,6 +75,8 @@ class TrunkRelay:
         self.trunk_rtcp = trunk_rtcp
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        #: set at pjmedia's first packet here: its stream sends to the relay from then on
+        self.pjmedia_latched = asyncio.Event()
         #: the caller's decoded audio (8 kHz s16le, 20 ms) while the call is bridged
         self.to_agent: Callable[[bytes], None] | None = None
         self.refused = 0  # packets from a source the SDP does not name
@@ -173,6 +175,8 @@ class TrunkRelay:
             self.refused += 1
 
     def _from_pjmedia(self, data: bytes) -> None:
+        if not self._sent and self._pj_ts is None:
+            self.pjmedia_latched.set()
         pt = data[1] & 0x7F
         seq, ts, ssrc = struct.unpack_from("!HII", data, 2)
         if pt in LAWS:

@@ -82,6 +82,7 @@ from hitl_sip.worker.session import MASKED, CallSession, SessionSettings
 log = logging.getLogger(__name__)
 
 QUALITY_INTERVAL = 2.0  # seconds between a call's quality reports
+RELAY_LATCH_WAIT = 0.2  # seconds a new call waits for pjmedia to send through its relay
 
 
 def _leg(name: str, figures: LegQualityFigures | None) -> LegQuality | None:
@@ -663,8 +664,18 @@ class WorkerService:
         call.session = self._new_session(call, ev.inbound, ev.outbound, self._count_frame(call))
         self._relay_human(call, call.session)
         self._open_recording(call, call.session)
-        call.tasks.append(self._spawn(call.session.start()))
+        call.tasks.append(self._spawn(self._start_session(call, call.session)))
         call.tasks.append(self._spawn(self._measure_quality(call)))
+
+    async def _start_session(self, call: CallRuntime, session: CallSession) -> None:
+        relay = self.stack.relay_of(call.call_id) if self.stack is not None else None
+        if relay is not None:
+            # the greeting's first frames leave through the relay only once pjmedia's stream
+            # has switched to it (after the relay's primer; pjmedia sends every 20 ms)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(RELAY_LATCH_WAIT):
+                    await relay.pjmedia_latched.wait()
+        await session.start()
 
     def _on_dtmf(self, ev: CallDtmf) -> None:
         call = self.calls.get(ev.call_id)

@@ -84,9 +84,11 @@ def test_the_relay_forwards_refuses_strangers_taps_the_caller_and_keeps_one_stre
 
             # bot phase: pjmedia's packets reach the trunk as they are
             first = rtp(100, 16000, 0xABC, bytes(160))
+            assert not relay.pjmedia_latched.is_set()
             pj.sendto(first, here)
             data, src = await recv(trunk)
             assert data == first and src == here
+            assert relay.pjmedia_latched.is_set()  # pjmedia sends through the relay now
             # the trunk's reach pjmedia, from the relay (pjmedia latches onto it)
             caller = ULAW_ENCODE[np.frombuffer(tone_frame(), "<i2").view("<u2")].tobytes()
             trunk.sendto(rtp(7, 320, 0x1, caller), here)
