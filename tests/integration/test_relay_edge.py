@@ -1,4 +1,4 @@
-"""The worker's own relay on the media edge (``worker.trunk_relay``, the default), with the
+"""The worker's own relay on the media edge (``worker.trunk_relay = true``), with the
 trunk's RTP straight to the worker (``front.media = direct``) on a media host that is not
 127.0.0.1:
 
@@ -33,6 +33,7 @@ MEDIA_HOST = "127.0.0.2"  # the server's address: not pjmedia's 127.0.0.1
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with running_server(tmp_path_factory.mktemp("relay-edge"), sip={"host": MEDIA_HOST},
+                        worker={"trunk_relay": True},
                         extra={"front": {"media": "direct"}}) as srv:
         yield srv
 

@@ -66,8 +66,9 @@ def test_pjmedia_listens_on_loopback_only_when_every_call_has_a_relay() -> None:
                      replace(relayed, clock_rate=16000),
                      replace(relayed, host="2001:db8::10")):  # the relay's sockets are IPv4
         assert pj_media_host(settings) == settings.host
-    # the configuration's defaults relay every call
+    # worker.trunk_relay relays every call with the profile's defaults
     config = load_config(None, env={}, overrides={"sip.host": "203.0.113.10",
-                                                  "front.media": "direct"})
+                                                  "front.media": "direct",
+                                                  "worker.trunk_relay": "true"})
     settings = stack_settings(config, parse_profile('name = "x"', env={}), 0, sip_port=6001)
     assert pj_media_host(settings) == "127.0.0.1"
