@@ -871,6 +871,8 @@ class PjStack:
         if status not in (pj.PJSUA_CALL_MEDIA_ACTIVE, pj.PJSUA_CALL_MEDIA_REMOTE_HOLD):
             return
         media = call.getAudioMedia(audio_index)
+        if call.relay is not None:
+            self._prime_relay(call, audio_index)
         first = call.port is None
         inbound = outbound = None
         if first:
@@ -899,16 +901,22 @@ class PjStack:
             call.connected_media = media
         codec = ""
         with contextlib.suppress(pj.Error):
-            info = call.getStreamInfo(audio_index)
-            codec = info.codecName
-            if call.relay is not None:
-                # a new or rebuilt stream sends to the SDP's address until it latches
-                stream = (info.remoteRtpAddress, codec, info.dir, info.rxPt)
-                if stream != call.relay_stream:
-                    call.relay_stream = stream
-                    call.relay.prime(info.rxPt)
+            codec = call.getStreamInfo(audio_index).codecName
         if inbound is not None and outbound is not None:
             self._emit(CallMediaReady(call.call_id, codec, inbound, outbound))
+
+    def _prime_relay(self, call: _Call, audio_index: int) -> None:
+        """A new or rebuilt stream sends to the SDP's address until it latches onto the
+        relay: prime it before anything is connected to it (until then it sends only
+        silence of its own, from 127.0.0.1, which the kernel does not route to a trunk
+        that is not on loopback)."""
+        assert call.relay is not None
+        with contextlib.suppress(pj.Error):
+            info = call.getStreamInfo(audio_index)
+            stream = (info.remoteRtpAddress, info.codecName, info.dir, info.rxPt)
+            if stream != call.relay_stream:
+                call.relay_stream = stream
+                call.relay.prime(info.rxPt)
 
     def _on_dtmf(self, call: _Call, digit: str, method: str) -> None:
         self.metrics.dtmf.inc()
