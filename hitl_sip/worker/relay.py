@@ -8,8 +8,12 @@ with a relay of its own in front of pjmedia:
     trunk (or rtpengine) ⇄ relay sockets (named in our SDP) ⇄ pjmedia's sockets
 
 * Our SDP names the relay (``on_call_sdp_created``: pjsua2 parses the rewritten text
-  back). pjmedia hears only the relay, so its stream latches onto it at the first forwarded
-  packet (it switches at once from an address it never heard with a good SSRC).
+  back). pjmedia's stream sends to the trunk's SDP address until it has heard
+  :data:`PRIME_PACKETS` packets from the relay, so the relay primes it with silence as
+  the stream starts (:meth:`TrunkRelay.prime`).
+* The sockets are read on one thread for the worker's relays (:class:`RelayIO`), not on
+  the event loop: a packet waits for the interpreter lock at most, never for a loop
+  callback, so pjmedia's jitter buffer gets the trunk's packets as they come.
 * Every packet is forwarded both ways, RTCP too: the bot phase, DTMF, recording, the shadow
   transcription and the quality figures keep running on pjmedia's stream.
 * Strict source: a packet from any address but the one the trunk's SDP names is dropped
@@ -33,8 +37,10 @@ import contextlib
 import logging
 import random
 import re
+import select
 import socket
 import struct
+import threading
 import time
 from collections.abc import Callable
 
@@ -63,7 +69,8 @@ SAMPLES_PER_FRAME = 160
 
 
 class TrunkRelay:
-    """One call's relay (created on the pj thread, started and used on the loop)."""
+    """One call's relay: created on the pj thread, started, fed (:meth:`send_pcm`) and
+    closed on the loop; its sockets are read on the relay thread (:class:`RelayIO`)."""
 
     def __init__(self, host: str, pj_rtp: Addr, trunk: Addr, trunk_rtcp: Addr,
                  ports: tuple[int, int] = (0, 0)) -> None:
@@ -88,15 +95,17 @@ class TrunkRelay:
         self._sent = False
         self._pj_ts: int | None = None  # pjmedia's last timestamp (for its deltas)
         self._agent_at = 0.0  # time.monotonic() of the agent's last frame
+        self._lock = threading.Lock()
 
     def start(self) -> None:
-        """Serve the sockets on the running loop (its thread): each wake-up reads every
-        packet waiting, with no transport or protocol object in between."""
+        """Serve the sockets from the worker's relay thread (:class:`RelayIO`); called on
+        the loop, whose thread then gets the caller's frames and the latch."""
         if self._closed or self._loop is not None:
             return
-        self._loop = loop = asyncio.get_running_loop()
-        loop.add_reader(self.rtp.fileno(), self._read, self.rtp, self._on_rtp)
-        loop.add_reader(self.rtcp.fileno(), self._read, self.rtcp, self._on_rtcp)
+        self._loop = asyncio.get_running_loop()
+        io = RelayIO.get()
+        io.add(self.rtp.fileno(), lambda: self._read(self.rtp, self._on_rtp))
+        io.add(self.rtcp.fileno(), lambda: self._read(self.rtcp, self._on_rtcp))
 
     def close(self) -> None:
         """On the loop's thread, like :meth:`start` (idempotent)."""
@@ -105,22 +114,31 @@ class TrunkRelay:
         self._closed = True
         self.to_agent = None
         if self._loop is not None:
-            self._loop.remove_reader(self.rtp.fileno())
-            self._loop.remove_reader(self.rtcp.fileno())
+            io = RelayIO.get()
+            io.remove(self.rtp.fileno())
+            io.remove(self.rtcp.fileno())
         self.rtp.close()
         self.rtcp.close()
 
     @staticmethod
     def _read(sock: socket.socket, on: Callable[[bytes, Addr], None]) -> None:
-        for _ in range(64):  # then let the loop's other work in
+        for _ in range(64):  # then let the other sockets in
             try:
                 data, addr = sock.recvfrom(2048)
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as e:  # an ICMP unreachable for an earlier send: not fatal
+            except OSError as e:  # an ICMP unreachable for an earlier send; closed meanwhile
+                if sock.fileno() < 0:
+                    return
                 log.debug("relay socket: %s", e)
                 continue
             on(data, addr)
+
+    def _to_loop(self, fn: Callable[..., None], *args: object) -> None:
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closing
+                loop.call_soon_threadsafe(fn, *args)
 
     def update_trunk(self, trunk: Addr, trunk_rtcp: Addr) -> None:
         """A new SDP from the trunk (a re-INVITE) may name another address."""
@@ -161,40 +179,38 @@ class TrunkRelay:
         if addr == self.pj_rtp:
             self._from_pjmedia(data)
         elif addr == self.trunk:
-            self._send(self.rtp, data, self.pj_rtp)
             sink = self.to_agent
             law = LAWS.get(data[1] & 0x7F)
             if sink is not None and law is not None:
-                try:
+                with contextlib.suppress(ValueError):  # pjmedia refuses it the same way
                     payload = RtpPacket.parse(data).payload
-                except ValueError:  # pjmedia has it too, and refuses it the same way
-                    return
-                if payload:
-                    sink(law[0][np.frombuffer(payload, np.uint8)].tobytes())
+                    if payload:
+                        self._to_loop(sink, law[0][np.frombuffer(payload, np.uint8)].tobytes())
+            self._send(self.rtp, data, self.pj_rtp)
         else:
             self.refused += 1
 
     def _from_pjmedia(self, data: bytes) -> None:
         if not self._sent and self._pj_ts is None:
-            self.pjmedia_latched.set()
+            self._to_loop(self.pjmedia_latched.set)
         pt = data[1] & 0x7F
         seq, ts, ssrc = struct.unpack_from("!HII", data, 2)
         if pt in LAWS:
             self._law = pt
-        step = 0 if self._pj_ts is None else (ts - self._pj_ts) & 0xFFFFFFFF
-        self._pj_ts = ts
-        if not self._sent:  # pjmedia's numbering until we first send ourselves
-            self._ssrc, self._seq, self._ts = ssrc, seq, ts
-            self._send(self.rtp, data, self.trunk)
-            return
-        if time.monotonic() - self._agent_at < HANDBACK:
-            return  # the agent's frames go out instead
-        # pjmedia again (hold audio, the bot, DTMF): our SSRC, sequence and clock
-        self._seq = (self._seq + 1) & 0xFFFF
-        if pt != 101 or step:  # an RFC 4733 event's packets share one timestamp
-            self._ts = (self._ts + (step or SAMPLES_PER_FRAME)) & 0xFFFFFFFF
-        self._send(self.rtp, data[:2] + struct.pack("!HII", self._seq, self._ts, self._ssrc)
-                   + data[12:], self.trunk)
+        with self._lock:  # the numbering is shared with send_pcm, on the loop's thread
+            step = 0 if self._pj_ts is None else (ts - self._pj_ts) & 0xFFFFFFFF
+            self._pj_ts = ts
+            if not self._sent:  # pjmedia's numbering until we first send ourselves
+                self._ssrc, self._seq, self._ts = ssrc, seq, ts
+                out = data
+            elif time.monotonic() - self._agent_at < HANDBACK:
+                return  # the agent's frames go out instead
+            else:  # pjmedia again (hold audio, the bot, DTMF): our SSRC, sequence, clock
+                self._seq = (self._seq + 1) & 0xFFFF
+                if pt != 101 or step:  # an RFC 4733 event's packets share one timestamp
+                    self._ts = (self._ts + (step or SAMPLES_PER_FRAME)) & 0xFFFFFFFF
+                out = data[:2] + struct.pack("!HII", self._seq, self._ts, self._ssrc) + data[12:]
+        self._send(self.rtp, out, self.trunk)
 
     def _on_rtcp(self, data: bytes, addr: Addr) -> None:
         if addr == self.pj_rtcp:
@@ -205,19 +221,71 @@ class TrunkRelay:
             self.refused += 1
 
     def send_pcm(self, frame: bytes) -> None:
-        """One 20 ms frame for the caller (8 kHz s16le), to the trunk now."""
+        """One 20 ms frame for the caller (8 kHz s16le), to the trunk now (on the loop)."""
         law = LAWS.get(self._law) if self._law is not None else None
         if self._closed or law is None or not self._ssrc:
             return  # pjmedia has not sent yet: its path carries the frame
-        self._sent = True
-        self._agent_at = time.monotonic()
-        self._seq = (self._seq + 1) & 0xFFFF
-        self._ts = (self._ts + len(frame) // 2) & 0xFFFFFFFF
         payload = law[1][np.frombuffer(frame, "<i2").view("<u2")].tobytes()
-        self._send(self.rtp, struct.pack("!BBHII", 0x80, self._law, self._seq, self._ts,
-                                         self._ssrc) + payload, self.trunk)
+        with self._lock:
+            self._sent = True
+            self._agent_at = time.monotonic()
+            self._seq = (self._seq + 1) & 0xFFFF
+            self._ts = (self._ts + len(frame) // 2) & 0xFFFFFFFF
+            header = struct.pack("!BBHII", 0x80, self._law, self._seq, self._ts, self._ssrc)
+        self._send(self.rtp, header + payload, self.trunk)
         self.from_agent += 1
 
+
+class RelayIO:
+    """The worker's relay thread: one epoll over every call's relay sockets.
+
+    On the event loop a relayed packet waited for whatever the loop was doing — a 60 ms
+    callback held every trunk packet of every call, and pjmedia's jitter buffer then got
+    them as a burst (the recordings' jitter checks failed under CI load). Here a packet
+    waits at most for the interpreter lock (handed over every ``sys.getswitchinterval()``,
+    5 ms). Handlers run on this thread; they reach the loop with ``call_soon_threadsafe``.
+    """
+
+    _instance: RelayIO | None = None
+    _instance_lock = threading.Lock()
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._handlers: dict[int, Callable[[], None]] = {}
+        self._thread = threading.Thread(target=self._run, name="relay-io", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def get(cls) -> RelayIO:
+        with cls._instance_lock:
+            if cls._instance is None:
+                cls._instance = cls()
+            return cls._instance
+
+    def add(self, fd: int, handler: Callable[[], None]) -> None:
+        self._handlers[fd] = handler
+        self._epoll.register(fd, select.EPOLLIN)
+
+    def remove(self, fd: int) -> None:
+        """Before the descriptor is closed (a number the kernel may hand out again)."""
+        self._handlers.pop(fd, None)
+        with contextlib.suppress(OSError, ValueError):
+            self._epoll.unregister(fd)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                events = self._epoll.poll()
+            except InterruptedError:
+                continue
+            for fd, _ in events:
+                handler = self._handlers.get(fd)
+                if handler is None:
+                    continue
+                try:
+                    handler()
+                except Exception:  # one call's fault never stops the others' media
+                    log.exception("relay handler failed")
 
 
 def bind_pair(host: str, first: int = 0, last: int = 0) -> tuple[socket.socket, socket.socket]:

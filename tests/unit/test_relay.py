@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -195,3 +197,52 @@ def test_prime_sends_pjmedia_a_probation_of_silence_from_the_relay() -> None:
         relay.close()
         for s in (pj, pj_rtcp, trunk):
             s.close()
+
+
+def test_a_stalled_loop_does_not_hold_the_trunk_s_packets() -> None:
+    """The relay's sockets are read on its own thread: while the event loop is busy for
+    0.2 s (a long callback), the trunk's packets still reach pjmedia as they come, 20 ms
+    apart — not as one burst when the loop is back — and the caller's frames for the
+    agent are handed to the loop, in order, once it is."""
+    async def scenario() -> None:
+        trunk, trunk_rtcp = udp(), udp()
+        pj, pj_rtcp = _pair()
+        relay = TrunkRelay("127.0.0.1", pj.getsockname(), trunk.getsockname(),
+                           trunk_rtcp.getsockname())
+        here = ("127.0.0.1", relay.port)
+        tapped: list[bytes] = []
+        arrivals: list[float] = []
+        frames = [ULAW_ENCODE[np.frombuffer(tone_frame(), "<i2").view("<u2") + i].tobytes()
+                  for i in range(10)]
+
+        def trunk_side() -> None:
+            for i, payload in enumerate(frames):
+                trunk.sendto(rtp(i, 160 * i, 0x1, payload), here)
+                pj.recvfrom(2048)
+                arrivals.append(time.monotonic())
+                time.sleep(0.02)  # the trunk's 20 ms clock
+
+        try:
+            relay.start()
+            all_in = asyncio.Event()
+
+            def tap(frame: bytes) -> None:
+                tapped.append(frame)
+                if len(tapped) == len(frames):
+                    all_in.set()
+            relay.to_agent = tap
+            sender = threading.Thread(target=trunk_side)
+            sender.start()
+            sender.join(5)  # the loop's thread is held ~0.2 s: nothing on the loop runs
+            assert len(arrivals) == len(frames)
+            gaps = np.diff(arrivals)
+            assert gaps.min() > 0.015, f"forwarded in a burst: gaps {gaps}"
+            assert not tapped  # the loop has not run yet ...
+            await asyncio.wait_for(all_in.wait(), 2)  # ... and now it does: each, in order
+            assert tapped == [ULAW_DECODE[np.frombuffer(f, np.uint8)].tobytes() for f in frames]
+        finally:
+            relay.close()
+            for s in (trunk, trunk_rtcp, pj, pj_rtcp):
+                s.close()
+
+    asyncio.run(scenario())
