@@ -76,6 +76,14 @@ class TrunkRelay:
                  ports: tuple[int, int] = (0, 0)) -> None:
         self.rtp, self.rtcp = bind_pair(host, *ports)
         self.port = int(self.rtp.getsockname()[1])
+        # pjmedia's side: a pair of its own on pjmedia's address, so that pjmedia's packets
+        # (dropped while the agent talks) need not wake the relay thread then
+        try:
+            self.inner_rtp, self.inner_rtcp = bind_pair(pj_rtp[0])
+        except OSError:
+            self.rtp.close()
+            self.rtcp.close()
+            raise
         self.pj_rtp = pj_rtp
         self.pj_rtcp: Addr = (pj_rtp[0], pj_rtp[1] + 1)
         self.trunk = trunk
@@ -96,6 +104,8 @@ class TrunkRelay:
         self._pj_ts: int | None = None  # pjmedia's last timestamp (for its deltas)
         self._agent_at = 0.0  # time.monotonic() of the agent's last frame
         self._lock = threading.Lock()
+        self._inner_polled = False  # pjmedia's packets read by the thread (else by send_pcm)
+        self._handback: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
         """Serve the sockets from the worker's relay thread (:class:`RelayIO`); called on
@@ -106,6 +116,22 @@ class TrunkRelay:
         io = RelayIO.get()
         io.add(self.rtp.fileno(), lambda: self._read(self.rtp, self._on_rtp))
         io.add(self.rtcp.fileno(), lambda: self._read(self.rtcp, self._on_rtcp))
+        io.add(self.inner_rtcp.fileno(), lambda: self._read(self.inner_rtcp, self._on_rtcp))
+        self._poll_inner(True)
+
+    def _poll_inner(self, on: bool) -> None:
+        """pjmedia's RTP is read by the relay thread, except while the agent's frames go
+        out: then :meth:`send_pcm` drains it on the loop, which is awake for those frames
+        anyway (pjmedia's packets are dropped meanwhile), and :meth:`_check_handback`
+        gives it back to the thread when they stop."""
+        if on == self._inner_polled or self._closed:
+            return
+        self._inner_polled = on
+        io = RelayIO.get()
+        if on:
+            io.add(self.inner_rtp.fileno(), lambda: self._read(self.inner_rtp, self._on_inner))
+        else:
+            io.remove(self.inner_rtp.fileno())
 
     def close(self) -> None:
         """On the loop's thread, like :meth:`start` (idempotent)."""
@@ -113,12 +139,14 @@ class TrunkRelay:
             return
         self._closed = True
         self.to_agent = None
+        if self._handback is not None:
+            self._handback.cancel()
         if self._loop is not None:
             io = RelayIO.get()
-            io.remove(self.rtp.fileno())
-            io.remove(self.rtcp.fileno())
-        self.rtp.close()
-        self.rtcp.close()
+            for sock in (self.rtp, self.rtcp, self.inner_rtp, self.inner_rtcp):
+                io.remove(sock.fileno())
+        for sock in (self.rtp, self.rtcp, self.inner_rtp, self.inner_rtcp):
+            sock.close()
 
     @staticmethod
     def _read(sock: socket.socket, on: Callable[[bytes, Addr], None]) -> None:
@@ -163,7 +191,7 @@ class TrunkRelay:
             header = struct.pack("!BBHII", 0x80, pt, (seq + i) & 0xFFFF,
                                  (ts + i * SAMPLES_PER_FRAME) & 0xFFFFFFFF, ssrc)
             with contextlib.suppress(OSError):
-                self.rtp.sendto(header + silence, self.pj_rtp)
+                self.inner_rtp.sendto(header + silence, self.pj_rtp)
 
     # -- packets ----------------------------------------------------------------------------
 
@@ -176,9 +204,7 @@ class TrunkRelay:
     def _on_rtp(self, data: bytes, addr: Addr) -> None:
         if len(data) < 12 or data[0] >> 6 != 2:
             return
-        if addr == self.pj_rtp:
-            self._from_pjmedia(data)
-        elif addr == self.trunk:
+        if addr == self.trunk:
             sink = self.to_agent
             law = LAWS.get(data[1] & 0x7F)
             if sink is not None and law is not None:
@@ -186,7 +212,13 @@ class TrunkRelay:
                     payload = RtpPacket.parse(data).payload
                     if payload:
                         self._to_loop(sink, law[0][np.frombuffer(payload, np.uint8)].tobytes())
-            self._send(self.rtp, data, self.pj_rtp)
+            self._send(self.inner_rtp, data, self.pj_rtp)
+        else:
+            self.refused += 1
+
+    def _on_inner(self, data: bytes, addr: Addr) -> None:
+        if addr == self.pj_rtp and len(data) >= 12 and data[0] >> 6 == 2:
+            self._from_pjmedia(data)
         else:
             self.refused += 1
 
@@ -213,10 +245,12 @@ class TrunkRelay:
         self._send(self.rtp, out, self.trunk)
 
     def _on_rtcp(self, data: bytes, addr: Addr) -> None:
+        """Either RTCP socket: pjmedia's reports reach the inner one (it latches onto the
+        source of the trunk's, forwarded from there), the trunk's the outer one."""
         if addr == self.pj_rtcp:
             self._send(self.rtcp, data, self.trunk_rtcp)
         elif addr == self.trunk_rtcp:
-            self._send(self.rtcp, data, self.pj_rtcp)
+            self._send(self.inner_rtcp, data, self.pj_rtcp)
         else:
             self.refused += 1
 
@@ -226,6 +260,11 @@ class TrunkRelay:
         if self._closed or law is None or not self._ssrc:
             return  # pjmedia has not sent yet: its path carries the frame
         payload = law[1][np.frombuffer(frame, "<i2").view("<u2")].tobytes()
+        if self._inner_polled:
+            self._poll_inner(False)
+            self._handback_at(HANDBACK)
+        else:
+            self._read(self.inner_rtp, self._drop_pjmedia)
         with self._lock:
             self._sent = True
             self._agent_at = time.monotonic()
@@ -234,6 +273,28 @@ class TrunkRelay:
             header = struct.pack("!BBHII", 0x80, self._law, self._seq, self._ts, self._ssrc)
         self._send(self.rtp, header + payload, self.trunk)
         self.from_agent += 1
+
+    def _handback_at(self, delay: float) -> None:
+        if self._loop is not None and not self._closed:
+            self._handback = self._loop.call_later(delay, self._check_handback)
+
+    def _check_handback(self) -> None:
+        """The agent's frames stopped for :data:`HANDBACK`: pjmedia's packets go to the
+        trunk again, read by the relay thread as they come."""
+        self._handback = None
+        quiet = time.monotonic() - self._agent_at
+        if quiet < HANDBACK:
+            self._handback_at(HANDBACK - quiet)
+            return
+        self._read(self.inner_rtp, self._drop_pjmedia)  # what came meanwhile
+        self._poll_inner(True)
+
+    def _drop_pjmedia(self, data: bytes, addr: Addr) -> None:
+        """A packet of pjmedia's from while the agent's frames went out: not sent, its
+        clock followed (the step of the next one we send counts from it)."""
+        if addr == self.pj_rtp and len(data) >= 12:
+            with self._lock:
+                self._pj_ts = struct.unpack_from("!I", data, 4)[0]
 
 
 class RelayIO:

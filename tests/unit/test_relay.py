@@ -76,7 +76,8 @@ def test_the_relay_forwards_refuses_strangers_taps_the_caller_and_keeps_one_stre
         pj, pj_rtcp = _pair()
         relay = TrunkRelay("127.0.0.1", pj.getsockname(), trunk.getsockname(),
                            trunk_rtcp.getsockname())
-        here = ("127.0.0.1", relay.port)
+        here = ("127.0.0.1", relay.port)  # the trunk's side
+        inner = relay.inner_rtp.getsockname()  # pjmedia's side
         tapped: list[bytes] = []
         try:
             relay.start()
@@ -87,7 +88,7 @@ def test_the_relay_forwards_refuses_strangers_taps_the_caller_and_keeps_one_stre
             # bot phase: pjmedia's packets reach the trunk as they are
             first = rtp(100, 16000, 0xABC, bytes(160))
             assert not relay.pjmedia_latched.is_set()
-            pj.sendto(first, here)
+            pj.sendto(first, inner)
             data, src = await recv(trunk)
             assert data == first and src == here
             assert relay.pjmedia_latched.is_set()  # pjmedia sends through the relay now
@@ -95,12 +96,15 @@ def test_the_relay_forwards_refuses_strangers_taps_the_caller_and_keeps_one_stre
             caller = ULAW_ENCODE[np.frombuffer(tone_frame(), "<i2").view("<u2")].tobytes()
             trunk.sendto(rtp(7, 320, 0x1, caller), here)
             data, src = await recv(pj)
-            assert rtp_payload(data) == caller and src == here
+            assert rtp_payload(data) == caller and src == inner
             # a stranger's packet goes nowhere and is counted
             stranger.sendto(rtp(1, 1, 0x666, bytes(160)), here)
             trunk_rtcp.sendto(b"\x81\xc9rtcp", ("127.0.0.1", relay.port + 1))
-            data, _ = await recv(pj_rtcp)
-            assert data == b"\x81\xc9rtcp"
+            data, src = await recv(pj_rtcp)
+            assert data == b"\x81\xc9rtcp" and src == relay.inner_rtcp.getsockname()
+            pj_rtcp.sendto(b"\x81\xc8rtcp", src)  # pjmedia's report, to the trunk
+            data, src = await recv(trunk_rtcp)
+            assert data == b"\x81\xc8rtcp" and src == ("127.0.0.1", relay.port + 1)
             # bridged: the caller's audio is tapped, decoded, as each packet arrives
             relay.to_agent = tapped.append
             trunk.sendto(rtp(8, 480, 0x1, caller), here)
@@ -112,14 +116,14 @@ def test_the_relay_forwards_refuses_strangers_taps_the_caller_and_keeps_one_stre
             seq, ts, ssrc = struct.unpack_from("!HII", data, 2)
             assert (seq, ts, ssrc, data[1]) == (101, 16160, 0xABC, 0)
             # ... and pjmedia's own copy is dropped meanwhile
-            pj.sendto(rtp(101, 16160, 0xABC, bytes(160)), here)
+            pj.sendto(rtp(101, 16160, 0xABC, bytes(160)), inner)
             relay.send_pcm(tone_frame())
             data, _ = await recv(trunk)
             assert struct.unpack_from("!HI", data, 2) == (102, 16320)
             # once the agent's frames stop (HANDBACK, 60 ms), pjmedia's packets flow again,
             # renumbered: our sequence, its clock's steps
             await asyncio.sleep(0.08)
-            pj.sendto(rtp(102, 16320, 0xABC, b"\xff" * 160), here)
+            pj.sendto(rtp(102, 16320, 0xABC, b"\xff" * 160), inner)
             data, _ = await recv(trunk)
             assert struct.unpack_from("!HII", data, 2) == (103, 16480, 0xABC)
             assert data[12:] == b"\xff" * 160
@@ -181,7 +185,7 @@ def test_prime_sends_pjmedia_a_probation_of_silence_from_the_relay() -> None:
     try:
         relay.prime(8)
         packets = [pj.recvfrom(2048) for _ in range(PRIME_PACKETS)]
-        assert {src for _, src in packets} == {("127.0.0.1", relay.port)}
+        assert {src for _, src in packets} == {relay.inner_rtp.getsockname()}
         parsed = [RtpPacket.parse(data) for data, _ in packets]
         assert {(p.payload_type, p.payload, p.ssrc) for p in parsed} == {
             (8, SILENCE[8], parsed[0].ssrc)}
