@@ -5,7 +5,8 @@ bridged call waits for that tick once (0–20 ms, at a phase fixed per call; ben
 "After issue 19"). With ``worker.trunk_relay`` the worker answers every plain-RTP G.711 call
 with a relay of its own in front of pjmedia:
 
-    trunk (or rtpengine) ⇄ relay sockets (named in our SDP) ⇄ pjmedia's sockets
+    trunk (or rtpengine) ⇄ relay's outer pair (named in our SDP)
+                           relay's inner pair (on pjmedia's address) ⇄ pjmedia's sockets
 
 * Our SDP names the relay (``on_call_sdp_created``: pjsua2 parses the rewritten text
   back). pjmedia's stream sends to the trunk's SDP address until it has heard
@@ -14,6 +15,10 @@ with a relay of its own in front of pjmedia:
 * The sockets are read on one thread for the worker's relays (:class:`RelayIO`), not on
   the event loop: a packet waits for the interpreter lock at most, never for a loop
   callback, so pjmedia's jitter buffer gets the trunk's packets as they come.
+* While the agent's frames go out, pjmedia's packets (dropped then) are not polled by
+  that thread: each agent frame drains the inner socket on the loop, and the thread
+  takes it back :data:`HANDBACK` after the agent's last frame — half the thread's
+  wake-ups in the human phase were for those packets.
 * Every packet is forwarded both ways, RTCP too: the bot phase, DTMF, recording, the shadow
   transcription and the quality figures keep running on pjmedia's stream.
 * Strict source: a packet from any address but the one the trunk's SDP names is dropped
