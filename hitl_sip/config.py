@@ -174,7 +174,7 @@ class WorkerConfig:
     # a relay of the worker's own in front of pjmedia for each plain-RTP G.711 call at
     # 8 kHz (hitl_sip/worker/relay.py): the bridged call's audio skips the conference tick
     # (0-20 ms each way), foreign sources are dropped; SRTP calls go through pjmedia alone
-    trunk_relay: _Bool = False
+    trunk_relay: _Bool = True
 
 
 @dataclass(frozen=True, config=_SECTION)

@@ -271,7 +271,7 @@ class StackSettings:
     collect_timings: bool = False
     # a relay of the worker's own in front of pjmedia for plain-RTP G.711 calls
     # (hitl_sip/worker/relay.py): the human phase without the conference tick
-    trunk_relay: bool = False
+    trunk_relay: bool = True
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,9 @@ with a relay of its own in front of pjmedia:
   takes it back :data:`HANDBACK` after the agent's last frame — half the thread's
   wake-ups in the human phase were for those packets.
 * Every packet is forwarded both ways, RTCP too: the bot phase, DTMF, recording, the shadow
-  transcription and the quality figures keep running on pjmedia's stream.
+  transcription and the quality figures keep running on pjmedia's stream. pjmedia hears
+  one stream from the primer on (:class:`InboundStream`): the trunk's packets carry on
+  the primer's SSRC and numbering, so its loss count never takes the jump for losses.
 * Strict source: a packet from any address but the one the trunk's SDP names is dropped
   and counted (what rtpengine's ``strict-source`` does on the default edge).
 * The caller's G.711 payloads are decoded as they arrive and handed to
@@ -111,6 +113,9 @@ class TrunkRelay:
         self._lock = threading.Lock()
         self._inner_polled = False  # pjmedia's packets read by the thread (else by send_pcm)
         self._handback: asyncio.TimerHandle | None = None
+        #: what pjmedia hears is one stream, the primer's: its SSRC, sequence and clock
+        #: carry on through the trunk's packets (and any SSRC the trunk changes to)
+        self._rx = InboundStream()
 
     def start(self) -> None:
         """Serve the sockets from the worker's relay thread (:class:`RelayIO`); called on
@@ -185,18 +190,17 @@ class TrunkRelay:
         :data:`PRIME_PACKETS` packets from another source; until then its packets leave
         from its own port, which rtpengine's strict source drops and a trunk may too — the
         greeting's first seconds, when the caller sends nothing. So the relay sends that
-        many frames of silence of its own first (their SSRC is not the trunk's: pjmedia
-        takes the trunk's stream as a new one at its first packets)."""
+        many frames of silence of its own first. The trunk's packets then continue the
+        primer's stream (:class:`InboundStream`): had they kept their own SSRC and
+        numbering, pjmedia's loss count would take the jump from the primer's random
+        sequence to the trunk's as lost packets (up to 3,000 of them, one call in twenty)
+        and the call's first quality report would show a caller leg near MOS 1."""
         silence = SILENCE.get(pt)
         if silence is None or self._closed:
             return
-        ssrc = _random.getrandbits(32) or 1
-        seq, ts = _random.getrandbits(16), _random.getrandbits(32)
-        for i in range(PRIME_PACKETS):
-            header = struct.pack("!BBHII", 0x80, pt, (seq + i) & 0xFFFF,
-                                 (ts + i * SAMPLES_PER_FRAME) & 0xFFFFFFFF, ssrc)
+        for _ in range(PRIME_PACKETS):
             with contextlib.suppress(OSError):
-                self.inner_rtp.sendto(header + silence, self.pj_rtp)
+                self.inner_rtp.sendto(self._rx.silence(pt) + silence, self.pj_rtp)
 
     # -- packets ----------------------------------------------------------------------------
 
@@ -217,7 +221,7 @@ class TrunkRelay:
                     payload = RtpPacket.parse(data).payload
                     if payload:
                         self._to_loop(sink, law[0][np.frombuffer(payload, np.uint8)].tobytes())
-            self._send(self.inner_rtp, data, self.pj_rtp)
+            self._send(self.inner_rtp, self._rx.renumber(data), self.pj_rtp)
         else:
             self.refused += 1
 
@@ -253,7 +257,7 @@ class TrunkRelay:
         """Either RTCP socket: pjmedia's reports reach the inner one (it latches onto the
         source of the trunk's, forwarded from there), the trunk's the outer one."""
         if addr == self.pj_rtcp:
-            self._send(self.rtcp, data, self.trunk_rtcp)
+            self._send(self.rtcp, self._rx.report_to_trunk(data), self.trunk_rtcp)
         elif addr == self.trunk_rtcp:
             self._send(self.inner_rtcp, data, self.pj_rtcp)
         else:
@@ -300,6 +304,79 @@ class TrunkRelay:
         if addr == self.pj_rtp and len(data) >= 12:
             with self._lock:
                 self._pj_ts = struct.unpack_from("!I", data, 4)[0]
+
+
+class InboundStream:
+    """The stream pjmedia receives from a relay: the primer's silence, then the trunk's
+    packets renumbered into it — one SSRC, a sequence that goes on by one, a clock that
+    goes on by the time that passed — however the trunk numbers its own, and whenever
+    it changes SSRC (rtpengine's SSRC normalisation does the same). Gaps and the RFC 4733
+    events' shared timestamps within a trunk stream are kept as they are. pjmedia's
+    receiver reports name the trunk's SSRC and sequence again on the way out.
+
+    Called from the pj thread (:meth:`silence`) and the relay thread: one lock."""
+
+    def __init__(self) -> None:
+        self.ssrc = _random.getrandbits(32) or 1
+        self._seq = _random.getrandbits(16)  # the last sequence number pjmedia got
+        self._ts = _random.getrandbits(32)  # ... and its timestamp
+        self._at: float | None = None  # time.monotonic() when it was sent
+        self._peer: int | None = None  # the trunk's current SSRC
+        self._seq_off = self._ts_off = 0  # ours minus the trunk's, for its current SSRC
+        self._lock = threading.Lock()
+
+    def silence(self, pt: int) -> bytes:
+        """The next primer packet's RTP header (payload type ``pt``)."""
+        with self._lock:
+            self._seq = (self._seq + 1) & 0xFFFF
+            if self._at is not None:
+                self._ts = (self._ts + SAMPLES_PER_FRAME) & 0xFFFFFFFF
+            self._at = time.monotonic()
+            return struct.pack("!BBHII", 0x80, pt, self._seq, self._ts, self.ssrc)
+
+    def renumber(self, data: bytes) -> bytes:
+        """A trunk packet (an RTP header's 12 bytes at least) as pjmedia gets it."""
+        seq, ts, ssrc = struct.unpack_from("!HII", data, 2)
+        with self._lock:
+            now = time.monotonic()
+            if ssrc != self._peer:  # the trunk's first packet, or a new SSRC of its
+                self._peer = ssrc
+                step = SAMPLES_PER_FRAME
+                if self._at is not None:  # the time since our last, in 20 ms frames
+                    step *= max(1, round((now - self._at) / 0.02))
+                self._seq_off = (self._seq + 1 - seq) & 0xFFFF
+                self._ts_off = (self._ts + step - ts) & 0xFFFFFFFF
+            out_seq = (seq + self._seq_off) & 0xFFFF
+            out_ts = (ts + self._ts_off) & 0xFFFFFFFF
+            if ((out_seq - self._seq) & 0xFFFF) < 0x8000:  # newer: where a switch goes on
+                self._seq, self._ts, self._at = out_seq, out_ts, now
+        return data[:2] + struct.pack("!HII", out_seq, out_ts, self.ssrc) + data[12:]
+
+    def report_to_trunk(self, data: bytes) -> bytes:
+        """pjmedia's RTCP (compound): report blocks about our SSRC name the trunk's SSRC
+        and its extended highest sequence number again."""
+        with self._lock:
+            peer, seq_off = self._peer, self._seq_off
+        if peer is None:
+            return data
+        out = bytearray(data)
+        at = 0
+        while at + 8 <= len(out) and out[at] >> 6 == 2:
+            count, pt = out[at] & 0x1F, out[at + 1]
+            end = at + 4 * (struct.unpack_from("!H", out, at + 2)[0] + 1)
+            if end > len(out):
+                break
+            block = at + (28 if pt == 200 else 8) if pt in (200, 201) else end
+            for _ in range(count if pt in (200, 201) else 0):
+                if block + 24 > end:
+                    break
+                if struct.unpack_from("!I", out, block)[0] == self.ssrc:
+                    highest = struct.unpack_from("!I", out, block + 8)[0]
+                    low = (highest - seq_off) & 0xFFFF
+                    struct.pack_into("!II", out, block, peer, (highest & 0xFFFF0000) | low)
+                block += 24
+            at = end
+        return bytes(out)
 
 
 class RelayIO:

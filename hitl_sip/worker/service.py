@@ -77,6 +77,7 @@ from hitl_sip.worker.metrics import WorkerMetrics
 from hitl_sip.worker.peer import AgentPeer, PeerSettings
 from hitl_sip.worker.pjsip import PjStack, StackInfo, StackSettings
 from hitl_sip.worker.recorder import FORMATS, StereoRecorder
+from hitl_sip.worker.relay import TrunkRelay
 from hitl_sip.worker.session import MASKED, CallSession, SessionSettings
 
 log = logging.getLogger(__name__)
@@ -669,13 +670,15 @@ class WorkerService:
 
     async def _start_session(self, call: CallRuntime, session: CallSession) -> None:
         relay = self.stack.relay_of(call.call_id) if self.stack is not None else None
-        if relay is not None:
-            # the greeting's first frames leave through the relay only once pjmedia's stream
-            # has switched to it (after the relay's primer; pjmedia sends every 20 ms)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(RELAY_LATCH_WAIT):
-                    await relay.pjmedia_latched.wait()
-        await session.start()
+        await session.start(None if relay is None else lambda: self._relay_latched(relay))
+
+    @staticmethod
+    async def _relay_latched(relay: TrunkRelay) -> None:
+        """The greeting's first frames leave through the relay only once pjmedia's stream
+        has switched to it (after the relay's primer; pjmedia sends every 20 ms)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(RELAY_LATCH_WAIT):
+                await relay.pjmedia_latched.wait()
 
     def _on_dtmf(self, ev: CallDtmf) -> None:
         call = self.calls.get(ev.call_id)

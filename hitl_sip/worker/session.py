@@ -173,13 +173,16 @@ class CallSession:
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, audio_ready: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Listen, run the flow, play its prompts. With ``audio_ready`` the first frame
+        played waits for what it returns (a relayed call's path to the trunk); the rest
+        starts now — a digit typed as the call starts meets the flow's first node."""
         loop = asyncio.get_running_loop()
         if self.stt is not None:
             self._stt_stream = self.stt.stream(self.settings.clock_rate)
             self._stt_task = loop.create_task(self._read_stt(), name=f"stt-{self.call_id}")
         self._tasks.append(loop.create_task(self._feed(), name=f"feed-{self.call_id}"))
-        self._tasks.append(loop.create_task(self.player.run(), name=f"play-{self.call_id}"))
+        self._tasks.append(loop.create_task(self._play(audio_ready), name=f"play-{self.call_id}"))
         self._notify_state()
         if self.consent is not None:  # recording starts once the caller has heard it
             await self._say(self.consent)
@@ -190,6 +193,11 @@ class CallSession:
             self.on_consent()
         if self.runner is not None:
             await self._run(self.runner.start())
+
+    async def _play(self, audio_ready: Callable[[], Awaitable[None]] | None) -> None:
+        if audio_ready is not None:
+            await audio_ready()
+        await self.player.run()
 
     async def close(self) -> None:
         """The call is over: keep the last words (flush STT), stop every task."""

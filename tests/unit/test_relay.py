@@ -18,6 +18,7 @@ from hitl_sip.media.rtp import RtpPacket
 from hitl_sip.worker.relay import (
     PRIME_PACKETS,
     SILENCE,
+    InboundStream,
     TrunkRelay,
     bind_pair,
     rewrite,
@@ -250,3 +251,50 @@ def test_a_stalled_loop_does_not_hold_the_trunk_s_packets() -> None:
                 s.close()
 
     asyncio.run(scenario())
+
+
+def header(data: bytes) -> tuple[int, int, int]:
+    return struct.unpack_from("!HII", data, 2)
+
+
+def test_pjmedia_hears_one_stream_from_the_primer_through_the_trunk_s_ssrcs() -> None:
+    """Each piece numbered on its own, the trunk's first packet after the primer was, one
+    call in twenty, a jump pjmedia counted as thousands of lost packets."""
+    stream = InboundStream()
+    primer = [header(stream.silence(0)) for _ in range(PRIME_PACKETS)]
+    assert {ssrc for *_, ssrc in primer} == {stream.ssrc}
+    seq0, ts0, _ = primer[-1]
+    time.sleep(0.1)  # the caller's first packet comes 100 ms (five frames) later
+    first = header(stream.renumber(rtp(40000, 7, 0x1, b"\xff" * 160)))
+    assert first[0] == (seq0 + 1) & 0xFFFF and first[2] == stream.ssrc
+    assert 4 * 160 <= (first[1] - ts0) & 0xFFFFFFFF <= 7 * 160
+    # the trunk's gaps (a lost packet) and a digit's shared timestamp are kept
+    lost = header(stream.renumber(rtp(40002, 7 + 320, 0x1, b"\xff" * 160)))
+    assert (lost[0] - first[0]) & 0xFFFF == 2 and (lost[1] - first[1]) & 0xFFFFFFFF == 320
+    event = [header(stream.renumber(rtp(40003 + i, 1000, 0x1, bytes(4)))) for i in range(3)]
+    assert len({ts for _, ts, _ in event}) == 1
+    # a late packet is numbered in place and moves nothing
+    late = header(stream.renumber(rtp(40001, 7 + 160, 0x1, b"\xff" * 160)))
+    assert (late[0] - first[0]) & 0xFFFF == 1
+    # the trunk changes SSRC (a re-INVITE, another media server): still the same stream
+    switched = header(stream.renumber(rtp(3, 99, 0x2, b"\xff" * 160)))
+    assert switched[0] == (event[-1][0] + 1) & 0xFFFF and switched[2] == stream.ssrc
+    assert 0 < (switched[1] - event[-1][1]) & 0xFFFFFFFF <= 3 * 160
+
+
+def test_pjmedia_s_receiver_reports_name_the_trunk_s_stream() -> None:
+    stream = InboundStream()
+    stream.silence(0)
+    out = header(stream.renumber(rtp(500, 7, 0xCAFE, b"\xff" * 160)))
+    block = struct.pack("!IIIIII", stream.ssrc, 0, 0x00010000 | out[0], 5, 0, 0)
+    other = struct.pack("!IIIIII", 0x1234, 0, 77, 0, 0, 0)
+    rr = struct.pack("!BBHI", 0x82, 201, 12, 0x5151) + block + other
+    sdes = struct.pack("!BBHI", 0x81, 202, 1, 0x5151)
+    report = stream.report_to_trunk(rr + sdes)
+    assert len(report) == len(rr + sdes) and report[len(rr):] == sdes
+    assert struct.unpack_from("!II", report, 8) == (0xCAFE, 0x00010000 | 500)
+    assert report[8 + 8:8 + 24] == block[8:] and report[32:56] == other
+    sr = struct.pack("!BBHI", 0x81, 200, 12, 0x5151) + bytes(20) + block
+    assert struct.unpack_from("!II", stream.report_to_trunk(sr), 28) == (0xCAFE, 0x10000 | 500)
+    for junk in (b"", b"\x80", rr[:20], b"\x00" * 40):  # nothing to rewrite: as it came
+        assert stream.report_to_trunk(junk) == junk
