@@ -190,17 +190,17 @@ class TrunkRelay:
         :data:`PRIME_PACKETS` packets from another source; until then its packets leave
         from its own port, which rtpengine's strict source drops and a trunk may too — the
         greeting's first seconds, when the caller sends nothing. So the relay sends that
-        many frames of silence of its own first. The trunk's packets then continue the
-        primer's stream (:class:`InboundStream`): had they kept their own SSRC and
-        numbering, pjmedia's loss count would take the jump from the primer's random
-        sequence to the trunk's as lost packets (up to 3,000 of them, one call in twenty)
-        and the call's first quality report would show a caller leg near MOS 1."""
+        many frames of silence of its own first, and then the two packets of a sequence
+        restart (:meth:`InboundStream.primer`): pjmedia empties its jitter buffer of that
+        silence (it held the caller's first words 100-200 ms late for seconds) and starts
+        its counts over. The trunk's packets then continue that stream.
+        """
         silence = SILENCE.get(pt)
         if silence is None or self._closed:
             return
-        for _ in range(PRIME_PACKETS):
+        for header in self._rx.primer(pt):
             with contextlib.suppress(OSError):
-                self.inner_rtp.sendto(self._rx.silence(pt) + silence, self.pj_rtp)
+                self.inner_rtp.sendto(header + silence, self.pj_rtp)
 
     # -- packets ----------------------------------------------------------------------------
 
@@ -314,6 +314,12 @@ class InboundStream:
     events' shared timestamps within a trunk stream are kept as they are. pjmedia's
     receiver reports name the trunk's SSRC and sequence again on the way out.
 
+    Had the trunk's packets kept their own SSRC and numbering, pjmedia's RTCP counter
+    (which does not start over at a new SSRC) would have taken the jump from the primer's
+    random sequence to the trunk's as lost packets whenever it fell within 3,000 ahead —
+    one call in twenty, its first quality report near MOS 1; and when it did not, the
+    restart cost the caller's first two packets.
+
     Called from the pj thread (:meth:`silence`) and the relay thread: one lock."""
 
     def __init__(self) -> None:
@@ -325,10 +331,18 @@ class InboundStream:
         self._seq_off = self._ts_off = 0  # ours minus the trunk's, for its current SSRC
         self._lock = threading.Lock()
 
-    def silence(self, pt: int) -> bytes:
-        """The next primer packet's RTP header (payload type ``pt``)."""
+    def primer(self, pt: int) -> list[bytes]:
+        """The primer's RTP headers (payload type ``pt``, each for a frame of silence):
+        :data:`PRIME_PACKETS` in sequence, for pjmedia to latch onto the relay, then two
+        after a jump of half the sequence space — the first one pjmedia discards, the
+        second restarts its sequence: its jitter buffer is emptied of the silence and its
+        RTCP counts start over, before the trunk's first packet."""
+        steps = [1] * PRIME_PACKETS + [0x8000, 1]
+        return [self._next(pt, step) for step in steps]
+
+    def _next(self, pt: int, step: int) -> bytes:
         with self._lock:
-            self._seq = (self._seq + 1) & 0xFFFF
+            self._seq = (self._seq + step) & 0xFFFF
             if self._at is not None:
                 self._ts = (self._ts + SAMPLES_PER_FRAME) & 0xFFFFFFFF
             self._at = time.monotonic()

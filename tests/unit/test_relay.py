@@ -5,6 +5,7 @@ continuous RTP stream to the trunk across the agent's frames and pjmedia's."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 import struct
 import threading
@@ -179,21 +180,24 @@ def test_relay_ports_are_drawn_from_the_range_and_skip_taken_pairs() -> None:
             s.close()
 
 
-def test_prime_sends_pjmedia_a_probation_of_silence_from_the_relay() -> None:
+def test_prime_sends_pjmedia_a_probation_of_silence_then_a_sequence_restart() -> None:
     pj, pj_rtcp = _pair()
     trunk = udp()
     relay = TrunkRelay("127.0.0.1", pj.getsockname(), trunk.getsockname(), trunk.getsockname())
     try:
         relay.prime(8)
-        packets = [pj.recvfrom(2048) for _ in range(PRIME_PACKETS)]
+        packets = [pj.recvfrom(2048) for _ in range(PRIME_PACKETS + 2)]
         assert {src for _, src in packets} == {relay.inner_rtp.getsockname()}
         parsed = [RtpPacket.parse(data) for data, _ in packets]
         assert {(p.payload_type, p.payload, p.ssrc) for p in parsed} == {
             (8, SILENCE[8], parsed[0].ssrc)}
-        assert [(p.sequence_number - parsed[0].sequence_number) & 0xFFFF for p in parsed] == list(
-            range(PRIME_PACKETS))
+        # in sequence for pjmedia's latch (PJMEDIA_RTP_NAT_PROBATION_CNT) ...
+        steps = [(b.sequence_number - a.sequence_number) & 0xFFFF
+                 for a, b in itertools.pairwise(parsed)]
+        assert steps == [1] * (PRIME_PACKETS - 1) + [0x8000, 1]
+        # ... then a jump beyond MAX_DROPOUT and the next one: pjmedia's restart
         assert [(p.timestamp - parsed[0].timestamp) & 0xFFFFFFFF for p in parsed] == [
-            160 * i for i in range(PRIME_PACKETS)]
+            160 * i for i in range(PRIME_PACKETS + 2)]
         relay.prime(96)  # not a G.711 law: nothing is sent
         pj.settimeout(0.05)
         with pytest.raises(TimeoutError):
@@ -261,7 +265,7 @@ def test_pjmedia_hears_one_stream_from_the_primer_through_the_trunk_s_ssrcs() ->
     """Each piece numbered on its own, the trunk's first packet after the primer was, one
     call in twenty, a jump pjmedia counted as thousands of lost packets."""
     stream = InboundStream()
-    primer = [header(stream.silence(0)) for _ in range(PRIME_PACKETS)]
+    primer = [header(h) for h in stream.primer(0)]
     assert {ssrc for *_, ssrc in primer} == {stream.ssrc}
     seq0, ts0, _ = primer[-1]
     time.sleep(0.1)  # the caller's first packet comes 100 ms (five frames) later
@@ -284,7 +288,7 @@ def test_pjmedia_hears_one_stream_from_the_primer_through_the_trunk_s_ssrcs() ->
 
 def test_pjmedia_s_receiver_reports_name_the_trunk_s_stream() -> None:
     stream = InboundStream()
-    stream.silence(0)
+    stream.primer(0)
     out = header(stream.renumber(rtp(500, 7, 0xCAFE, b"\xff" * 160)))
     block = struct.pack("!IIIIII", stream.ssrc, 0, 0x00010000 | out[0], 5, 0, 0)
     other = struct.pack("!IIIIII", 0x1234, 0, 77, 0, 0, 0)
