@@ -339,12 +339,12 @@ async def hitl_calls(srv: Server, codec: str, calls: int, seconds: float) -> dic
             **analyse(made, t1, t2)}
 
 
-def run_hitl(codec: str, calls: int, seconds: float) -> dict[str, Any]:
+def run_hitl(codec: str, calls: int, seconds: float, lean: bool = True) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="hitl-bench-") as tmp:
         extra: dict[str, dict[str, Any]] = {
             "bot": {"flow": str(ROOT / "bench/flows/bridge.yaml")},
             "routing": {"queue_timeout": 120},
-            "webrtc": {"codecs": [codec], "host_addresses": [HOST]},
+            "webrtc": {"codecs": [codec], "host_addresses": [HOST], "lean_g711": lean},
             "front": {"media": "direct"},
         }
         with running_server(Path(tmp), extra=extra) as srv:
@@ -517,6 +517,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--codecs", nargs="+", default=["pcmu", "opus"], choices=["pcmu", "opus"],
                    help="the agent's WebRTC codec")
     p.add_argument("--bridges", nargs="+", default=list(BRIDGES), choices=BRIDGES)
+    p.add_argument("--aiortc-rtp", action="store_true",
+                   help="webrtc.lean_g711 = false: aiortc carries every G.711 packet")
     p.add_argument("--json", action="store_true", help="one more line with every figure")
     args = p.parse_args(argv)
     if args.seconds < 2:
@@ -532,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
         for bridge in args.bridges:
             progress(f"{bridge}, {codec}: {args.calls} calls, {args.seconds:.0f} s window")
             if bridge == "hitl-sip":
-                out = run_hitl(codec, args.calls, args.seconds)
+                out = run_hitl(codec, args.calls, args.seconds, lean=not args.aiortc_rtp)
             else:
                 out = asyncio.run(relay_calls(codec, args.calls, args.seconds))
             results.append({"bridge": bridge, "codec": codec, "calls": args.calls, **out})
@@ -541,6 +543,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(), "command": "python bench/peer.py " + " ".join(sys.argv[1:]),
         "rtpengine": rtpengine_version(shutil.which(binary) or binary),
         "seconds": args.seconds, "calls": args.calls, "codecs": args.codecs,
+        "lean_g711": not args.aiortc_rtp,
     }
     report(results, meta)
     if args.json:

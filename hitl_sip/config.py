@@ -250,6 +250,10 @@ class WebRtcConfig:
     # false: aiortc's stock ways, for comparison (bench/bridge_latency.py): its audio jitter
     # buffer (a frame leaves after 4 more arrived) and a caller track on its own 20 ms clock.
     low_latency: _Bool = True
+    # A G.711 leg's RTP off aiortc's per-packet tasks once its DTLS handshake is done
+    # (hitl_sip/worker/lean.py): SRTP with the handshake's keys, one callback a packet.
+    # false: aiortc carries it (for comparison, bench/peer.py).
+    lean_g711: _Bool = True
     # No audio from a connected agent for this long means its media is gone (a killed
     # browser sends no DTLS close, and ICE consent takes ~30 s to fail); the hub then gives
     # it routing.reconnect_grace to renegotiate before the call is queued again.

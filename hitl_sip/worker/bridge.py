@@ -52,6 +52,7 @@ from av import AudioFrame, CodecContext, Packet
 
 from hitl_sip.media.fir import FirResampler
 from hitl_sip.media.g711 import ALAW_DECODE, ALAW_ENCODE, ULAW_DECODE, ULAW_ENCODE
+from hitl_sip.worker.lean import LeanG711
 from hitl_sip.worker.mix import Taps
 
 log = logging.getLogger(__name__)
@@ -163,6 +164,10 @@ class CallerTrack(MediaStreamTrack):  # type: ignore[misc]
         self._resampler: FirResampler | None = None
         # the other talkers this leg hears, summed in at the pull (hitl_sip.worker.mix)
         self.taps = Taps()
+        # a G.711 leg's lean path (hitl_sip.worker.lean): frames are sent as pushed, and
+        # aiortc's sender, held from the start, never pulls one
+        self._lean: LeanG711 | None = None
+        self._held: asyncio.Future[None] | None = None
 
     def set_codec(self, codec: str) -> None:
         """Hand aiortc packets it only has to pack — G.711, or Opus encoded at the call's
@@ -182,8 +187,35 @@ class CallerTrack(MediaStreamTrack):  # type: ignore[misc]
         self._resampler = (FirResampler(self.rate, self._out_rate)
                            if self._out_rate != self.rate else None)
 
+    def hold(self) -> None:
+        """aiortc's sender waits at its next pull until :meth:`go_lean` decides."""
+        if self._held is None:
+            self._held = asyncio.get_running_loop().create_future()
+
+    def go_lean(self, lean: LeanG711 | None) -> None:
+        """From now pushed frames go out on ``lean`` at once; None: the held pulls go on
+        (aiortc sends them)."""
+        self._lean = lean
+        if lean is None:
+            self._release()
+
+    def _release(self) -> None:
+        held, self._held = self._held, None
+        if held is not None and not held.done():
+            held.set_result(None)
+
+    def stop(self) -> None:
+        self._lean = None
+        self._release()
+        super().stop()
+
     def push(self, frame: bytes) -> None:
-        """A caller frame (loop side, from the session's frame loop)."""
+        """A caller frame (loop side, from the session's frame loop or the relay)."""
+        lean = self._lean
+        if lean is not None:
+            lean.send_pcm(self.taps.mix(frame) or frame)
+            self.stats.to_agent_frames += 1
+            return
         self._queue.append((frame, time.monotonic()))
         self._arrived.set()
         waiter = self._waiter
@@ -191,6 +223,8 @@ class CallerTrack(MediaStreamTrack):  # type: ignore[misc]
             waiter.set_result(None)
 
     async def recv(self) -> AudioFrame | Packet[Any]:
+        while self._held is not None:  # a lean leg's, or not decided yet
+            await asyncio.shield(self._held)
         if self.readyState != "live":
             raise MediaStreamError
         if self._anchor is None:

@@ -31,6 +31,7 @@ from hitl_sip.worker.bridge import (
     decode_on_loop,
     use_immediate_jitter_buffer,
 )
+from hitl_sip.worker.lean import LAWS, LeanG711, attach
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class PeerSettings:
     public_address: str = ""
     low_latency: bool = True
     media_timeout: float = 3.0
+    lean_g711: bool = True  # a G.711 leg's RTP off aiortc's tasks (hitl_sip/worker/lean.py)
 
 
 def codec_preferences(names: tuple[str, ...]) -> list[Any]:
@@ -69,6 +71,7 @@ class AgentPeer:
         self.agent_audio = AgentAudio(settings.rate, on_agent_frame, self.stats)
         self.codec = ""
         self.flowing = False
+        self.lean: LeanG711 | None = None
         self._closing = False
         self.pc = RTCPeerConnection(settings.rtc)
         self._tasks: list[asyncio.Task[None]] = []
@@ -87,6 +90,20 @@ class AgentPeer:
         log.info("[call %s] agent peer %s", self.call_id, state)
         if state in ("failed", "closed"):
             self._set_flowing(False)
+
+    async def _go_lean(self, transceiver: Any) -> None:
+        """Once aiortc's sender starts (DTLS is up, the sender and the receiver have their
+        parameters) the leg's G.711 RTP leaves aiortc's tasks — or, if that cannot be set
+        up, aiortc's sender takes the caller's frames after all."""
+        started = getattr(transceiver.sender, "_RTCRtpSender__rtp_started", None)
+        if isinstance(started, asyncio.Event):
+            await started.wait()
+        lean = attach(transceiver, self.codec, self.agent_audio.feed_pcm)
+        self.lean = lean
+        self.caller_track.go_lean(lean)
+        if lean is not None:
+            log.info("[call %s] agent peer: %s RTP on the lean path", self.call_id,
+                     self.codec)
 
     def _on_track(self, track: Any) -> None:
         if track.kind != "audio":
@@ -134,6 +151,10 @@ class AgentPeer:
         sdp = str(self.pc.localDescription.sdp)
         self.codec = answer_codec(sdp)
         self.caller_track.set_codec(self.codec)
+        if self.settings.lean_g711 and self.codec in LAWS and self.settings.rate == 8000:
+            # aiortc's sender must not number a packet of the leg's SSRC before ours
+            self.caller_track.hold()
+            self._tasks.append(asyncio.create_task(self._go_lean(transceiver)))
         log.info("[call %s] agent peer answers with %s", self.call_id, self.codec or "?")
         return advertise_public(sdp, self.settings.public_address)
 

@@ -227,6 +227,7 @@ class WorkerService:
             public_address=w.public_address,
             low_latency=w.low_latency,
             media_timeout=w.media_timeout,
+            lean_g711=w.lean_g711,
         )
         self.stack: PjStack | None = None
         self.watchdog: LoopWatchdog | None = None

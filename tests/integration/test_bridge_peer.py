@@ -24,11 +24,11 @@ def caller_frame(index: int, freq: float = 440.0, rate: int = 8000) -> bytes:
     return (np.sin(2 * math.pi * freq * t) * 0.3 * 32767).astype("<i2").tobytes()
 
 
-async def bridge_once(codec: str, seconds: float = 1.5) -> dict[str, Any]:
+async def bridge_once(codec: str, seconds: float = 1.5, lean: bool = True) -> dict[str, Any]:
     install_host_filter(["127.0.0.1"])
     to_caller: list[bytes] = []
     media: list[bool] = []
-    peer = AgentPeer("c1", PeerSettings(codecs=(codec,), media_timeout=0.6),
+    peer = AgentPeer("c1", PeerSettings(codecs=(codec,), media_timeout=0.6, lean_g711=lean),
                      on_agent_frame=to_caller.append, on_media=media.append)
     browser = RTCPeerConnection()
     mic = MicrophoneTrack(tone(1000))
@@ -61,12 +61,19 @@ async def bridge_once(codec: str, seconds: float = 1.5) -> dict[str, Any]:
     await mic_stop(browser)
     await asyncio.sleep(1.0)  # the agent's audio stops: the peer notices after 0.6 s
     stats = peer.stats
+    ours_report = await peer.pc.getStats()
+    theirs_report = await browser.getStats()
     await peer.close()
     await browser.close()
     # 1 s in the middle: after the start, before the caller frames stop
     ours = np.concatenate(heard[10:60]).astype("<i2").tobytes() if heard else b""
+    def rtp(report: Any, kind: str, field: str) -> int:
+        return sum(int(getattr(s, field)) for s in report.values() if s.type == kind)
     return {"codec": peer.codec, "to_caller": to_caller, "media": media, "stats": stats,
-            "heard": ours, "rate": rates[-1] if rates else 0, "sent": index}
+            "heard": ours, "rate": rates[-1] if rates else 0, "sent": index, "lean": peer.lean,
+            "aiortc_sent": rtp(ours_report, "outbound-rtp", "packetsSent"),
+            "we_received": rtp(ours_report, "inbound-rtp", "packetsReceived"),
+            "browser_received": rtp(theirs_report, "inbound-rtp", "packetsReceived")}
 
 
 async def mic_stop(pc: RTCPeerConnection) -> None:
@@ -74,9 +81,9 @@ async def mic_stop(pc: RTCPeerConnection) -> None:
         sender.replaceTrack(None)
 
 
-@pytest.mark.parametrize("codec", ["pcmu", "opus"])
-def test_both_directions_carry_their_tone(codec: str) -> None:
-    out = asyncio.run(bridge_once(codec))
+@pytest.mark.parametrize(("codec", "lean"), [("pcmu", True), ("pcmu", False), ("opus", True)])
+def test_both_directions_carry_their_tone(codec: str, lean: bool) -> None:
+    out = asyncio.run(bridge_once(codec, lean=lean))
     assert out["codec"] == codec
     # caller -> agent: the browser hears 440 Hz
     assert out["heard"], "the browser heard nothing"
@@ -94,6 +101,16 @@ def test_both_directions_carry_their_tone(codec: str) -> None:
     stats = out["stats"]
     assert stats.to_agent_frames >= out["sent"] - 3
     assert stats.to_agent_trimmed == 0
+    # the browser's receiver counted what it got, and so did ours (the quality figures)
+    assert out["browser_received"] >= out["sent"] - 5
+    assert out["we_received"] >= len(frames)
+    on_lean = out["lean"]
+    if codec == "pcmu" and lean:  # every packet both ways on the lean path, none by aiortc
+        assert on_lean is not None and out["aiortc_sent"] == 0
+        assert on_lean.sent == stats.to_agent_frames and on_lean.received == len(frames)
+        assert on_lean.refused == 0
+    else:
+        assert on_lean is None and out["aiortc_sent"] >= out["sent"] - 5
 
 
 def test_an_offer_without_a_common_codec_is_refused_with_the_reason() -> None:

@@ -1,0 +1,206 @@
+"""A lean G.711 path for a WebRTC leg: the RTP aiortc would carry, one callback a packet.
+
+aiortc carries every packet of a leg through a chain of asyncio hand-offs: on the way in
+aioice's queue, the DTLS transport's task, ``RtpPacket.parse``, the receiver's statistics,
+NACK generator and jitter buffer; on the way out the sender's task woken by the track, an
+``RtpPacket`` with its header extensions, SRTP and aioice's ``sendto`` coroutine. For
+G.711 there is nothing to encode or reassemble, and those hand-offs were most of a bridged
+call's CPU (bench/README.md, "What is left … on PCMU CPU"). So once aiortc's DTLS
+handshake is done, a G.711 leg's RTP takes a path of its own:
+
+* **Out** (:meth:`LeanG711.send_pcm`, called where the caller's frame arrives): the
+  payload through the law's table, a header made from a template aiortc serialised once
+  (its SSRC, payload type and MID extension, as the SDP announced them), SRTP with the
+  keys aiortc's handshake exported (pylibsrtp, a session of our own), and the datagram to
+  the candidate pair aioice has nominated — on its socket, at once.
+* **In** (:meth:`LeanG711.receive`, installed in front of aioice's queue): the agent's
+  SRTP packets of the G.711 payload type are unprotected, counted in aiortc's own
+  receiver statistics (``getStats`` and its receiver reports stay right), decoded and
+  handed on, in the datagram's callback.
+
+aiortc keeps everything else: ICE and its consent checks, DTLS, RTCP both ways (with
+its own SRTP sessions: RTP and RTCP are keyed apart), and Opus legs. aiortc's sender
+never sends RTP on a lean leg (the track holds its pulls: :meth:`CallerTrack.hold`), so
+the leg's SSRC has one sequence, ours. If anything of aiortc's is not where this expects
+it, :func:`attach` returns None and the leg stays on aiortc's path.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from aiortc.rtcrtpreceiver import StreamStatistics
+from aiortc.rtp import RtpPacket as AiortcRtpPacket
+from pylibsrtp import Error as SrtpError
+from pylibsrtp import Policy, Session
+
+from hitl_sip.media.g711 import ALAW_DECODE, ALAW_ENCODE, ULAW_DECODE, ULAW_ENCODE
+
+log = logging.getLogger(__name__)
+
+#: codec name → (encode table, decode table, static payload type)
+LAWS: dict[str, tuple[npt.NDArray[np.uint8], npt.NDArray[np.int16], int]] = {
+    "pcmu": (ULAW_ENCODE, ULAW_DECODE, 0), "pcma": (ALAW_ENCODE, ALAW_DECODE, 8)}
+RATE = 8000
+FRAME = 160  # samples in 20 ms
+#: after a pause this long between frames, the timestamp jumps by the time that passed
+GAP = 0.06
+
+
+class _Seen:
+    """What aiortc's StreamStatistics reads of a packet."""
+
+    __slots__ = ("sequence_number", "timestamp")
+
+    def __init__(self, sequence_number: int, timestamp: int) -> None:
+        self.sequence_number = sequence_number
+        self.timestamp = timestamp
+
+
+class LeanG711:
+    """One G.711 leg's RTP both ways, on the event loop's thread."""
+
+    def __init__(self, *, codec: str, payload_type: int, header: bytes,
+                 tx: Session, rx: Session, send: Callable[[bytes], None],
+                 on_pcm: Callable[[npt.NDArray[np.int16], int], None],
+                 streams: dict[int, Any]) -> None:
+        self._encode, self._decode, _ = LAWS[codec]
+        self.payload_type = payload_type
+        self._header = bytearray(header)  # our SSRC, PT and MID; sequence and time patched
+        self._tx, self._rx = tx, rx
+        self._send = send
+        self._on_pcm = on_pcm
+        self._streams = streams  # aiortc's receiver's, by SSRC: its stats and reports
+        seq, ts = struct.unpack_from("!HI", header, 2)
+        self._seq, self._ts = seq, ts
+        self._sent_at: float | None = None
+        self._last_in: int | None = None  # the newest sequence number taken from the agent
+        self.sent = 0
+        self.received = 0
+        self.refused = 0  # failed SRTP authentication, or old/duplicate packets
+
+    # -- to the agent -------------------------------------------------------------------------
+
+    def send_pcm(self, pcm: bytes) -> None:
+        """One 20 ms frame (8 kHz s16le) to the agent, now."""
+        now = time.monotonic()
+        step = FRAME
+        if self._sent_at is not None and now - self._sent_at > GAP:
+            step = FRAME * round((now - self._sent_at) / 0.02)
+        self._sent_at = now
+        self._seq = (self._seq + 1) & 0xFFFF
+        self._ts = (self._ts + step) & 0xFFFFFFFF
+        header = self._header
+        struct.pack_into("!HI", header, 2, self._seq, self._ts)
+        payload = self._encode[np.frombuffer(pcm, "<i2").view("<u2")].tobytes()
+        try:
+            self._send(self._tx.protect(bytes(header) + payload))
+        except (SrtpError, OSError) as e:
+            log.debug("lean leg: send: %s", e)
+            return
+        self.sent += 1
+
+    # -- from the agent -----------------------------------------------------------------------
+
+    def receive(self, data: bytes) -> bool:
+        """A datagram from the nominated pair: True when it was the agent's G.711 RTP
+        (taken here), False for anything else (DTLS, RTCP, other payload types: aiortc's)."""
+        if len(data) < 12 or not 127 < data[0] < 192 or 192 <= data[1] <= 223:
+            return False
+        if data[1] & 0x7F != self.payload_type:
+            return False
+        try:
+            plain = self._rx.unprotect(data)
+        except SrtpError:
+            self.refused += 1
+            return True
+        seq, ts, ssrc = struct.unpack_from("!HII", plain, 2)
+        last = self._last_in
+        if last is not None and not 0 < (seq - last) & 0xFFFF < 0x8000:
+            self.refused += 1  # a duplicate, or older than what was played: a late packet
+            return True
+        self._last_in = seq
+        stats = self._streams.get(ssrc)
+        if stats is None:
+            stats = self._streams[ssrc] = StreamStatistics(RATE)
+        stats.add(_Seen(seq, ts))  # type: ignore[arg-type]  # what add() reads of one
+        start = 12 + 4 * (plain[0] & 0x0F)
+        if plain[0] & 0x10 and len(plain) >= start + 4:  # a header extension
+            start += 4 + 4 * struct.unpack_from("!H", plain, start + 2)[0]
+        end = len(plain) - (plain[-1] if plain[0] & 0x20 else 0)
+        if start < end:
+            self.received += 1
+            self._on_pcm(self._decode[np.frombuffer(plain, np.uint8, end - start, start)],
+                         RATE)
+        return True
+
+
+def srtp_sessions(dtls: Any) -> tuple[Session, Session]:
+    """(tx, rx) SRTP sessions of our own with the keys aiortc's handshake exported — as
+    ``RTCDtlsTransport._setup_srtp`` derives them (RFC 5764 §4.2)."""
+    selected = dtls._ssl.get_selected_srtp_profile()
+    profile = next(p for p in dtls._srtp_profiles if p.openssl_profile == selected)
+    view = dtls._ssl.export_keying_material(
+        b"EXTRACTOR-dtls_srtp", 2 * (profile.key_length + profile.salt_length))
+    ours, theirs = (1, 0) if dtls._role == "server" else (0, 1)
+    sessions = []
+    for idx, kind in ((ours, Policy.SSRC_ANY_OUTBOUND), (theirs, Policy.SSRC_ANY_INBOUND)):
+        policy = Policy(key=profile.get_key_and_salt(view, idx), ssrc_type=kind,
+                        srtp_profile=profile.libsrtp_profile)
+        policy.allow_repeat_tx = True
+        policy.window_size = 1024
+        sessions.append(Session(policy))
+    return sessions[0], sessions[1]
+
+
+def attach(transceiver: Any, codec: str,
+           on_pcm: Callable[[npt.NDArray[np.int16], int], None]) -> LeanG711 | None:
+    """The lean path for a connected transceiver's G.711 RTP (None, changing nothing, when
+    aiortc's objects are not where this expects them — the leg stays on aiortc's path)."""
+    try:
+        sender, receiver = transceiver.sender, transceiver.receiver
+        dtls = sender.transport
+        if dtls is None or dtls.state != "connected":
+            return None
+        connection = dtls.transport._connection
+        pair = connection._nominated.get(1)
+        if pair is None or pair.protocol.transport is None:
+            return None
+        params = receiver._RTCRtpReceiver__codecs
+        payload_type = next(pt for pt, c in params.items()
+                            if c.mimeType.lower() == f"audio/{codec}")
+        streams = receiver._RTCRtpReceiver__remote_streams
+        template = AiortcRtpPacket(payload_type=payload_type,
+                                   sequence_number=secrets.randbits(16),
+                                   timestamp=secrets.randbits(32),
+                                   ssrc=sender._ssrc)
+        template.extensions.mid = sender._RTCRtpSender__mid
+        header = template.serialize(sender._RTCRtpSender__rtp_header_extensions_map)
+        tx, rx = srtp_sessions(dtls)
+    except (AttributeError, StopIteration, TypeError, ValueError, SrtpError) as e:
+        log.warning("lean G.711 path not available (aiortc changed shape?): %r", e)
+        return None
+    nominated = connection._nominated
+
+    def send(data: bytes) -> None:  # on the pair nominated now (the browser may switch)
+        now = nominated.get(1)
+        if now is not None and now.protocol.transport is not None:
+            now.protocol.transport.sendto(data, now.remote_addr)
+
+    lean = LeanG711(codec=codec, payload_type=payload_type, header=header, tx=tx, rx=rx,
+                    send=send, on_pcm=on_pcm, streams=streams)
+    aiortc_side = connection.data_received
+
+    def data_received(data: bytes, component: int) -> None:
+        if not lean.receive(data):
+            aiortc_side(data, component)
+
+    connection.data_received = data_received
+    return lean

@@ -1,0 +1,103 @@
+"""The lean G.711 path of a WebRTC leg (hitl_sip/worker/lean.py) with real SRTP sessions
+(pylibsrtp, one key each way as a DTLS handshake would export): what it sends, what it
+takes from aioice's datagrams and what it leaves to aiortc."""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from pylibsrtp import Policy, Session
+
+from hitl_sip.media.g711 import ULAW_DECODE, ULAW_ENCODE
+from hitl_sip.worker.lean import LeanG711
+
+KEY_OUT, KEY_IN = os.urandom(30), os.urandom(30)  # AES128_CM_SHA1_80: key 16 + salt 14
+
+
+def session(key: bytes, kind: int) -> Session:
+    policy = Policy(key=key, ssrc_type=kind, srtp_profile=Policy.SRTP_PROFILE_AES128_CM_SHA1_80)
+    policy.allow_repeat_tx = True  # the test's browser sends a duplicate
+    return Session(policy)
+
+
+def tone(freq: float = 1000.0) -> bytes:
+    t = np.arange(160) / 8000
+    return (np.sin(2 * np.pi * freq * t) * 8000).astype("<i2").tobytes()
+
+
+class Leg:
+    def __init__(self) -> None:
+        self.wire: list[bytes] = []
+        self.heard: list[tuple[npt.NDArray[np.int16], int]] = []
+        self.streams: dict[int, Any] = {}
+        header = struct.pack("!BBHII", 0x80, 0, 65534, 0xFFFFFF00, 0x5EED)
+        self.lean = LeanG711(codec="pcmu", payload_type=0, header=header,
+                             tx=session(KEY_OUT, Policy.SSRC_ANY_OUTBOUND),
+                             rx=session(KEY_IN, Policy.SSRC_ANY_INBOUND),
+                             send=self.wire.append,
+                             on_pcm=lambda pcm, rate: self.heard.append((pcm, rate)),
+                             streams=self.streams)
+        # the browser's ends of the two keys
+        self.browser_rx = session(KEY_OUT, Policy.SSRC_ANY_INBOUND)
+        self.browser_tx = session(KEY_IN, Policy.SSRC_ANY_OUTBOUND)
+
+    def from_browser(self, seq: int, payload: bytes, *, pt: int = 0, ts: int = 0) -> bytes:
+        return self.browser_tx.protect(struct.pack("!BBHII", 0x80, pt, seq, ts or seq * 160,
+                                                   0xB0B) + payload)
+
+
+def test_frames_go_out_as_one_srtp_stream_with_the_time_that_passed() -> None:
+    leg = Leg()
+    for _ in range(3):
+        leg.lean.send_pcm(tone())
+    time.sleep(0.1)  # the caller's packets pause for 100 ms (five frames)
+    leg.lean.send_pcm(tone())
+    plain = [leg.browser_rx.unprotect(data) for data in leg.wire]  # authenticates each
+    heads = [struct.unpack_from("!BBHII", p) for p in plain]
+    assert [h[2] for h in heads] == [65535, 0, 1, 2]  # the template's sequence, wrapping
+    assert [h[3] for h in heads[:3]] == [0xFFFFFFA0, 0x40, 0xE0]  # +160 each, wrapping
+    assert 4 * 160 <= (heads[3][3] - heads[2][3]) & 0xFFFFFFFF <= 7 * 160
+    assert {(h[0], h[1], h[4]) for h in heads} == {(0x80, 0, 0x5EED)}
+    expected = ULAW_ENCODE[np.frombuffer(tone(), "<i2").view("<u2")].tobytes()
+    assert all(p[12:] == expected for p in plain) and leg.lean.sent == 4
+
+
+def test_the_agent_s_g711_is_taken_decoded_and_counted_the_rest_left_to_aiortc() -> None:
+    leg = Leg()
+    payload = ULAW_ENCODE[np.frombuffer(tone(), "<i2").view("<u2")].tobytes()
+    assert leg.lean.receive(leg.from_browser(10, payload))
+    assert leg.lean.receive(leg.from_browser(12, payload))  # 11 lost
+    pcm, rate = leg.heard[0]
+    assert rate == 8000 and np.array_equal(pcm, ULAW_DECODE[np.frombuffer(payload, np.uint8)])
+    stats = leg.streams[0xB0B]  # aiortc's StreamStatistics: getStats and its reports
+    assert (stats.packets_received, stats.packets_expected) == (2, 3)
+    # late, duplicate, forged: taken off aiortc's path and refused, nothing played
+    late, again = leg.from_browser(11, payload), leg.from_browser(12, payload)
+    forged = bytearray(leg.from_browser(13, payload))
+    forged[20] ^= 1
+    for data in (late, again, bytes(forged)):
+        assert leg.lean.receive(data)
+    assert leg.lean.refused == 3 and len(leg.heard) == 2 and leg.lean.received == 2
+    # not ours: DTLS, RTCP, another payload type (an RFC 4733 event), runts
+    dtls = b"\x16\xfe\xfd" + bytes(20)
+    rtcp = struct.pack("!BBHI", 0x80, 200, 6, 0xB0B) + bytes(20)
+    event = leg.from_browser(14, b"\x01\x0a\x00\xa0", pt=101)
+    for data in (dtls, rtcp, event, b"\x80\x00", b""):
+        assert not leg.lean.receive(data)
+    assert leg.lean.refused == 3 and len(leg.heard) == 2
+
+
+def test_a_header_extension_and_padding_are_skipped() -> None:
+    leg = Leg()
+    payload = bytes(range(160))
+    ext = struct.pack("!HH", 0xBEDE, 1) + b"\x10\x01\x00\x00"  # one-byte: mid "\x01"
+    body = ext + payload + b"\x00\x00\x03"  # three bytes of padding
+    header = struct.pack("!BBHII", 0x80 | 0x10 | 0x20, 0, 5, 800, 0xB0B)
+    assert leg.lean.receive(leg.browser_tx.protect(header + body))
+    pcm, _ = leg.heard[0]
+    assert np.array_equal(pcm, ULAW_DECODE[np.frombuffer(payload, np.uint8)])
