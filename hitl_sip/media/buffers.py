@@ -131,14 +131,17 @@ class FrameBuffer:
             await self._wait()
 
     async def wait_level(self, level: int) -> None:
-        """Wait until at most ``level`` frames are queued (loop side producer pacing)."""
+        """Wait until at most ``level`` frames are queued (loop side producer pacing);
+        BufferClosed once the buffer is closed — a closed buffer takes no frame, so a
+        producer told "there is room" would never wait again (a looping prompt spun the
+        worker's loop at 100 % that way, call over, for good)."""
         while True:
+            if self._closed:
+                raise BufferClosed
             self._want_space_at = level
             if len(self._frames) <= level:
                 self._want_space_at = None
                 return
-            if self._closed:
-                raise BufferClosed
             await self._wait()
 
     async def put(self, frame: bytes, *, lead: int = 3) -> None:

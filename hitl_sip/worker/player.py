@@ -113,6 +113,9 @@ class PromptPlayer:
                     self.pending.remove(prompt)
                 if prompt.done.done():
                     continue
+                if not prompt.pcm:  # nothing to play (a loop of nothing would never wait)
+                    prompt.done.set_result(True)
+                    continue
                 self.current = prompt
                 self.on_source_active(True)
                 try:

@@ -78,3 +78,40 @@ async def test_a_loop_repeats_until_stopped_and_bargeable_stops_spare_it(rig: Ri
     rig.player.stop_loops()
     assert await hold.done is False
     assert not rig.player.looping()
+
+
+async def test_a_loop_ends_with_the_call_when_the_buffer_closes() -> None:
+    """The call ends (its outbound buffer closes) while hold audio loops: the player
+    returns instead of being told forever that a closed buffer has room — which spun the
+    worker's event loop at 100 % and left it deaf to everything, its hub gone included."""
+    rig = Rig()
+    twice = asyncio.Event()
+    played = rig.outbound.pop_nowait
+
+    def pop() -> bytes | None:
+        frame = played()
+        if len(rig.sent) >= 5:
+            twice.set()
+        return frame
+    rig.outbound.pop_nowait = pop  # type: ignore[method-assign]
+    player = asyncio.create_task(rig.player.run())
+    clock = asyncio.create_task(rig.clock())
+    rig.player.queue(Prompt(b"\x04" * FRAME * 3, False, loop=True))
+    try:
+        async with asyncio.timeout(5):
+            await twice.wait()  # the loop has gone round twice
+            rig.outbound.close()
+            await player  # returns (BufferClosed), the loop free
+        assert rig.sent[:6] == [b"\x04" * FRAME] * 6
+    finally:
+        clock.cancel()
+        player.cancel()
+        await asyncio.gather(player, clock, return_exceptions=True)
+
+
+async def test_a_loop_of_nothing_ends_at_once(rig: Rig) -> None:
+    empty = Prompt(b"", False, loop=True)
+    rig.player.queue(empty)
+    async with asyncio.timeout(5):
+        assert await empty.done is True
+    assert rig.player.current is None
