@@ -42,6 +42,18 @@ class FrameBuffer:
         self._closed = False
         self.overruns = 0
         self.empties = 0  # pops that found nothing (the consumer's clock came too early)
+        self._wake_at = 1
+
+    @property
+    def wake_at(self) -> int:
+        """A consumer waiting in :meth:`get` is woken once this many frames are queued
+        (then takes them one by one without waiting): a consumer that need not see each
+        frame at once is woken once for several."""
+        return self._wake_at
+
+    @wake_at.setter
+    def wake_at(self, frames: int) -> None:
+        self._wake_at = max(1, min(frames, self._capacity))
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -69,7 +81,7 @@ class FrameBuffer:
             if self._on_overrun is not None:
                 self._on_overrun()
         self._frames.append(frame)
-        if self._want_frames:
+        if self._want_frames and len(self._frames) >= self._wake_at:
             self._want_frames = False
             self._wake_threadsafe()
 

@@ -8,11 +8,12 @@ G.711 there is nothing to encode or reassemble, and those hand-offs were most of
 call's CPU (bench/README.md, "What is left … on PCMU CPU"). So once aiortc's DTLS
 handshake is done, a G.711 leg's RTP takes a path of its own:
 
-* **Out** (:meth:`LeanG711.send_pcm`, called where the caller's frame arrives): the
-  payload through the law's table, a header made from a template aiortc serialised once
-  (its SSRC, payload type and MID extension, as the SDP announced them), SRTP with the
-  keys aiortc's handshake exported (pylibsrtp, a session of our own), and the datagram to
-  the candidate pair aioice has nominated — on its socket, at once.
+* **Out** (:meth:`LeanG711.send_pcm` on the loop, or :meth:`LeanG711.send_payload` on
+  the trunk relay's thread with the trunk's own G.711 payload): the payload in the leg's
+  law, a header made from a template aiortc serialised once (its SSRC, payload type and
+  MID extension, as the SDP announced them), SRTP with the keys aiortc's handshake
+  exported (pylibsrtp, a session of our own), and the datagram to the candidate pair
+  aioice has nominated — on a duplicate of its socket, at once, from either thread.
 * **In** (:meth:`LeanG711.receive`, installed in front of aioice's queue): the agent's
   SRTP packets of the G.711 payload type are unprotected, counted in aiortc's own
   receiver statistics (``getStats`` and its receiver reports stay right), decoded and
@@ -29,7 +30,9 @@ from __future__ import annotations
 
 import logging
 import secrets
+import socket
 import struct
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -48,6 +51,10 @@ log = logging.getLogger(__name__)
 #: codec name → (encode table, decode table, static payload type)
 LAWS: dict[str, tuple[npt.NDArray[np.uint8], npt.NDArray[np.int16], int]] = {
     "pcmu": (ULAW_ENCODE, ULAW_DECODE, 0), "pcma": (ALAW_ENCODE, ALAW_DECODE, 8)}
+#: (from payload type, to payload type) → the table from one G.711 law to the other
+TRANSCODE: dict[tuple[int, int], npt.NDArray[np.uint8]] = {
+    (0, 8): ALAW_ENCODE[ULAW_DECODE.view(np.uint16)],
+    (8, 0): ULAW_ENCODE[ALAW_DECODE.view(np.uint16)]}
 RATE = 8000
 FRAME = 160  # samples in 20 ms
 #: after a pause this long between frames, the timestamp jumps by the time that passed
@@ -81,7 +88,11 @@ class LeanG711:
         seq, ts = struct.unpack_from("!HI", header, 2)
         self._seq, self._ts = seq, ts
         self._sent_at: float | None = None
+        self._lock = threading.Lock()  # the loop and the relay's thread both send
+        self._own_pt = LAWS[codec][2]
         self._last_in: int | None = None  # the newest sequence number taken from the agent
+        self.closed = False
+        self.on_close: Callable[[], None] | None = None
         self.sent = 0
         self.received = 0
         self.refused = 0  # failed SRTP authentication, or old/duplicate packets
@@ -90,22 +101,40 @@ class LeanG711:
 
     def send_pcm(self, pcm: bytes) -> None:
         """One 20 ms frame (8 kHz s16le) to the agent, now."""
-        now = time.monotonic()
-        step = FRAME
-        if self._sent_at is not None and now - self._sent_at > GAP:
-            step = FRAME * round((now - self._sent_at) / 0.02)
-        self._sent_at = now
-        self._seq = (self._seq + 1) & 0xFFFF
-        self._ts = (self._ts + step) & 0xFFFFFFFF
-        header = self._header
-        struct.pack_into("!HI", header, 2, self._seq, self._ts)
-        payload = self._encode[np.frombuffer(pcm, "<i2").view("<u2")].tobytes()
-        try:
-            self._send(self._tx.protect(bytes(header) + payload))
-        except (SrtpError, OSError) as e:
-            log.debug("lean leg: send: %s", e)
-            return
-        self.sent += 1
+        self._out(self._encode[np.frombuffer(pcm, "<i2").view("<u2")].tobytes())
+
+    def send_payload(self, pt: int, payload: bytes) -> None:
+        """One trunk packet's G.711 payload (payload type ``pt``: 0 or 8) to the agent,
+        now — from the relay's thread; no PCM in between unless the laws differ."""
+        if pt != self._own_pt:
+            payload = TRANSCODE[pt, self._own_pt][np.frombuffer(payload, np.uint8)].tobytes()
+        self._out(payload)
+
+    def _out(self, payload: bytes) -> None:
+        with self._lock:
+            if self.closed:
+                return
+            now = time.monotonic()
+            step = FRAME
+            if self._sent_at is not None and now - self._sent_at > GAP:
+                step = FRAME * round((now - self._sent_at) / 0.02)
+            self._sent_at = now
+            self._seq = (self._seq + 1) & 0xFFFF
+            self._ts = (self._ts + step) & 0xFFFFFFFF
+            header = self._header
+            struct.pack_into("!HI", header, 2, self._seq, self._ts)
+            try:
+                self._send(self._tx.protect(bytes(header) + payload))
+            except (SrtpError, OSError) as e:
+                log.debug("lean leg: send: %s", e)
+                return
+            self.sent += 1
+
+    def close(self) -> None:
+        with self._lock:
+            self.closed = True
+            if self.on_close is not None:
+                self.on_close()
 
     # -- from the agent -----------------------------------------------------------------------
 
@@ -187,15 +216,10 @@ def attach(transceiver: Any, codec: str,
     except (AttributeError, StopIteration, TypeError, ValueError, SrtpError) as e:
         log.warning("lean G.711 path not available (aiortc changed shape?): %r", e)
         return None
-    nominated = connection._nominated
-
-    def send(data: bytes) -> None:  # on the pair nominated now (the browser may switch)
-        now = nominated.get(1)
-        if now is not None and now.protocol.transport is not None:
-            now.protocol.transport.sendto(data, now.remote_addr)
-
+    out = PairSocket(connection._nominated)
     lean = LeanG711(codec=codec, payload_type=payload_type, header=header, tx=tx, rx=rx,
-                    send=send, on_pcm=on_pcm, streams=streams)
+                    send=out.send, on_pcm=on_pcm, streams=streams)
+    lean.on_close = out.close
     aiortc_side = connection.data_received
 
     def data_received(data: bytes, component: int) -> None:
@@ -204,3 +228,33 @@ def attach(transceiver: Any, codec: str,
 
     connection.data_received = data_received
     return lean
+
+
+class PairSocket:
+    """Sends on the candidate pair aioice has nominated now (the browser may switch pairs),
+    through a duplicate of that pair's socket: the loop's asyncio transport is not for
+    other threads, the kernel's socket is. Called under :class:`LeanG711`'s lock."""
+
+    def __init__(self, nominated: dict[int, Any]) -> None:
+        self._nominated = nominated
+        self._pair: Any = None
+        self._sock: socket.socket | None = None
+
+    def send(self, data: bytes) -> None:
+        pair = self._nominated.get(1)
+        if pair is None:
+            return
+        if pair is not self._pair:
+            transport = pair.protocol.transport
+            if transport is None:
+                return
+            self.close()
+            self._sock = transport.get_extra_info("socket").dup()
+            self._pair = pair
+        assert self._sock is not None
+        self._sock.sendto(data, pair.remote_addr)
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+        self._sock = self._pair = None

@@ -60,6 +60,10 @@ class Taps:
     def __contains__(self, talker: str) -> bool:
         return talker in self._queues
 
+    def __len__(self) -> int:
+        """How many other talkers this listener hears now."""
+        return len(self._queues)
+
     def open(self, talker: str) -> None:
         self._queues.setdefault(talker, deque(maxlen=DEPTH))
 

@@ -169,6 +169,8 @@ class AgentPeer:
 
     async def close(self) -> None:
         self._closing = True
+        if self.lean is not None:
+            self.lean.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

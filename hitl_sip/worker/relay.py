@@ -101,6 +101,10 @@ class TrunkRelay:
         self.pjmedia_latched = asyncio.Event()
         #: the caller's decoded audio (8 kHz s16le, 20 ms) while the call is bridged
         self.to_agent: Callable[[bytes], None] | None = None
+        #: called first on this thread with each G.711 payload of the trunk's (its payload
+        #: type, its bytes): True when nothing more is to be done with it — sent to the
+        #: agent from here, or wanted by nobody (the bot phase) — so the loop is not woken
+        self.direct: Callable[[int, bytes], bool] | None = None
         self.refused = 0  # packets from a source the SDP does not name
         self.from_agent = 0  # agent frames sent to the trunk by the relay
         self._law: int | None = None  # the trunk's G.711 payload type, from pjmedia's packets
@@ -215,11 +219,13 @@ class TrunkRelay:
             return
         if addr == self.trunk:
             sink = self.to_agent
-            law = LAWS.get(data[1] & 0x7F)
+            pt = data[1] & 0x7F
+            law = LAWS.get(pt)
             if sink is not None and law is not None:
                 with contextlib.suppress(ValueError):  # pjmedia refuses it the same way
                     payload = RtpPacket.parse(data).payload
-                    if payload:
+                    direct = self.direct
+                    if payload and (direct is None or not direct(pt, payload)):
                         self._to_loop(sink, law[0][np.frombuffer(payload, np.uint8)].tobytes())
             self._send(self.inner_rtp, self._rx.renumber(data), self.pj_rtp)
         else:

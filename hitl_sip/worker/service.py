@@ -524,6 +524,7 @@ class WorkerService:
         if relay is None or str(call.codec or "").upper() not in ("PCMU", "PCMA"):
             return
         relay.to_agent = session.relay_caller_frame
+        relay.direct = lambda pt, payload: _direct_to_agent(call, session, pt, payload)
         session.relay = relay
         call_logger(log, call.call_id).info("relay in front of pjmedia: the bridged audio "
                                             "skips the conference tick")
@@ -911,3 +912,22 @@ class WorkerService:
             on_source_active=source_active,
             on_caller_frame=record,
         )
+
+
+def _direct_to_agent(call: CallRuntime, session: CallSession, pt: int, payload: bytes) -> bool:
+    """On the relay's thread, for each G.711 packet of the caller's: True when the loop
+    need not see it — nobody takes caller frames now (the bot phase, an agent not there
+    yet), or they went to the agent's lean leg from here; False: the loop hands the frame
+    on (aiortc's path, or the agent hears another talker mixed in)."""
+    push = session.agent_push
+    if push is None:
+        return True
+    peer = call.peer
+    if peer is None:
+        return False
+    track, lean = peer.caller_track, peer.lean
+    if lean is None or lean.closed or len(track.taps) or push != track.push:
+        return False
+    lean.send_payload(pt, payload)
+    track.stats.to_agent_frames += 1
+    return True

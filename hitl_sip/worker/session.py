@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 
 MASKED = "•"  # a digit that may not be kept (see CallSession.shown_digit)
 TYPE_AHEAD_MAX = 32  # digits kept while a prompt plays (a flow's longest entry, dtmf_max)
+#: caller frames per wake-up of the loop in a relayed human phase (CallSession._pace_inbound)
+INBOUND_BATCH = 3
 
 Notify = Callable[[Msg], None]
 
@@ -225,7 +227,17 @@ class CallSession:
             raise IllegalTransition(self.state, new)
         self.log.info("state %s -> %s", self.state.value, new.value)
         self.state = new
+        self._pace_inbound()
         self._notify_state()
+
+    def _pace_inbound(self) -> None:
+        """pjmedia's caller frames wake the loop one by one while something needs each at
+        once (barge-in, the agent's ear without a relay, a supervisor's); in a relayed
+        human phase with nobody else on the call they go only to the recogniser, so the
+        loop is woken once for :data:`INBOUND_BATCH` of them."""
+        batched = (self.state is SessionState.HUMAN and self.relay is not None
+                   and not self.conference)
+        self.inbound.wake_at = INBOUND_BATCH if batched else 1
 
     def _notify_state(self) -> None:
         self.notify(wire.SessionStateMsg(call_id=self.call_id, thread_id=self.thread_id,
@@ -511,11 +523,18 @@ class CallSession:
         if self._to_agent is not None and self.state is SessionState.HUMAN:
             self._to_agent(pcm)
 
+    @property
+    def agent_push(self) -> Callable[[bytes], None] | None:
+        """Where caller frames go now (:meth:`relay_caller_frame`; None: nowhere). Read by
+        the relay's thread too."""
+        return self._to_agent if self.state is SessionState.HUMAN else None
+
     # -- extra legs (supervisors, a transfer's target) ----------------------------------
 
     def add_leg(self, name: str, role: LegRole, push: Callable[[bytes], None],
                 taps: Taps) -> None:
         self.conference.add(Leg(name, role, push, taps))
+        self._pace_inbound()
         self.log.info("leg %s joins as %s", name, role.value)
         self._leg_stt(name)
 
@@ -529,6 +548,7 @@ class CallSession:
 
     async def remove_leg(self, name: str) -> None:
         leg = self.conference.remove(name)
+        self._pace_inbound()
         if leg is not None:
             self.log.info("leg %s leaves", name)
             stream, task, leg.stt, leg.stt_task = leg.stt, leg.stt_task, None, None
@@ -538,6 +558,7 @@ class CallSession:
         """A transfer's target, flowing as a leg, becomes the call's agent at once; its
         leg recogniser is ended (the agent's own carries on)."""
         leg = self.conference.remove(name)
+        self._pace_inbound()
         self.attach_agent(push, taps, flowing=True)
         if leg is not None and leg.stt is not None:
             task = asyncio.get_running_loop().create_task(

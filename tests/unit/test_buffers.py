@@ -148,3 +148,28 @@ async def test_the_lead_is_bounded_the_newest_kept() -> None:
         buffer.push_nowait(bytes([i]))
     assert len(buffer) == 3 and dropped[0] == 7
     assert [buffer.pop_nowait() for _ in range(3)] == [b"\x07", b"\x08", b"\x09"]
+
+
+async def test_a_batched_consumer_is_woken_once_for_wake_at_frames() -> None:
+    buf = FrameBuffer(asyncio.get_running_loop(), capacity=50)
+    buf.wake_at = 3
+    wakes: list[int] = []
+    real = buf._wake_threadsafe
+
+    def counted() -> None:
+        wakes.append(len(buf))
+        real()
+    buf._wake_threadsafe = counted  # type: ignore[method-assign]
+    for round_ in range(2):
+        getter = asyncio.create_task(_collect(buf, 3))
+        await asyncio.sleep(0)  # the consumer waits on an empty buffer
+        buf.push_nowait(b"a")
+        buf.push_nowait(b"b")
+        assert len(wakes) == round_, "woken before three frames were there"
+        buf.push_nowait(b"c")
+        assert await asyncio.wait_for(getter, 2) == [b"a", b"b", b"c"]
+        assert wakes == [3] * (round_ + 1), "one wake-up for the three"
+    buf.wake_at = 99  # never more than the buffer holds: a full buffer still wakes
+    assert buf.wake_at == 50
+    buf.wake_at = 0
+    assert buf.wake_at == 1

@@ -4,17 +4,22 @@ takes from aioice's datagrams and what it leaves to aiortc."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import itertools
 import os
 import struct
+import threading
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from pylibsrtp import Policy, Session
 
-from hitl_sip.media.g711 import ULAW_DECODE, ULAW_ENCODE
-from hitl_sip.worker.lean import LeanG711
+from hitl_sip.media.g711 import ALAW_DECODE, ALAW_ENCODE, ULAW_DECODE, ULAW_ENCODE
+from hitl_sip.worker.lean import LeanG711, PairSocket
 
 KEY_OUT, KEY_IN = os.urandom(30), os.urandom(30)  # AES128_CM_SHA1_80: key 16 + salt 14
 
@@ -101,3 +106,76 @@ def test_a_header_extension_and_padding_are_skipped() -> None:
     assert leg.lean.receive(leg.browser_tx.protect(header + body))
     pcm, _ = leg.heard[0]
     assert np.array_equal(pcm, ULAW_DECODE[np.frombuffer(payload, np.uint8)])
+
+
+def test_the_trunk_s_payload_goes_out_as_it_is_or_in_the_leg_s_law() -> None:
+    leg = Leg()  # a PCMU leg
+    ulaw = ULAW_ENCODE[np.frombuffer(tone(), "<i2").view("<u2")].tobytes()
+    leg.lean.send_payload(0, ulaw)
+    assert leg.browser_rx.unprotect(leg.wire[-1])[12:] == ulaw  # no PCM in between
+    alaw = ALAW_ENCODE[np.frombuffer(tone(), "<i2").view("<u2")].tobytes()
+    leg.lean.send_payload(8, alaw)  # a PCMA trunk: the same sound in µ-law
+    sent = leg.browser_rx.unprotect(leg.wire[-1])[12:]
+    back = ULAW_DECODE[np.frombuffer(sent, np.uint8)].astype(np.int32)
+    want = ALAW_DECODE[np.frombuffer(alaw, np.uint8)].astype(np.int32)
+    assert np.abs(back - want).max() <= np.abs(want).max() // 16  # within a step of each law
+
+
+def test_the_loop_and_the_relay_thread_send_one_sequence_and_close_stops_both() -> None:
+    leg = Leg()
+    payload = bytes(160)
+
+    def relay() -> None:
+        for _ in range(200):
+            leg.lean.send_payload(0, payload)
+    thread = threading.Thread(target=relay)
+    thread.start()
+    for _ in range(200):
+        leg.lean.send_pcm(tone())
+    thread.join()
+    seqs = [struct.unpack_from("!H", leg.browser_rx.unprotect(d), 2)[0] for d in leg.wire]
+    assert len(seqs) == 400 == leg.lean.sent
+    assert [(b - a) & 0xFFFF for a, b in itertools.pairwise(seqs)] == [1] * 399
+    closed = []
+    leg.lean.on_close = lambda: closed.append(True)
+    leg.lean.close()
+    leg.lean.send_pcm(tone())
+    leg.lean.send_payload(0, payload)
+    assert len(leg.wire) == 400 and closed == [True]
+
+
+def test_pair_socket_sends_on_the_pair_nominated_now() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        got: list[tuple[int, bytes]] = []
+        both = asyncio.Event()
+
+        class Sink(asyncio.DatagramProtocol):
+            def __init__(self, n: int) -> None:
+                self.n = n
+
+            def datagram_received(self, data: bytes, addr: Any) -> None:
+                got.append((self.n, data))
+                if len(got) == 2:
+                    both.set()
+        ours, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
+                                                      local_addr=("127.0.0.1", 0))
+        remotes = [await loop.create_datagram_endpoint(functools.partial(Sink, n),
+                                                       local_addr=("127.0.0.1", 0))
+                   for n in range(2)]
+        pairs = [SimpleNamespace(protocol=SimpleNamespace(transport=ours),
+                                 remote_addr=t.get_extra_info("sockname")) for t, _ in remotes]
+        nominated: dict[int, Any] = {}
+        out = PairSocket(nominated)
+        out.send(b"nothing nominated yet")
+        nominated[1] = pairs[0]
+        await asyncio.to_thread(out.send, b"one")  # from another thread, as the relay's
+        nominated[1] = pairs[1]  # the browser switched pairs
+        out.send(b"two")
+        await asyncio.wait_for(both.wait(), 2)
+        assert got == [(0, b"one"), (1, b"two")]
+        out.close()
+        for t, _ in [(ours, None), *remotes]:
+            t.close()
+
+    asyncio.run(scenario())

@@ -208,16 +208,23 @@ def test_prime_sends_pjmedia_a_probation_of_silence_then_a_sequence_restart() ->
             s.close()
 
 
+def loopback_relay() -> tuple[TrunkRelay, socket.socket, socket.socket, socket.socket,
+                              socket.socket]:
+    """A relay between a stand-in trunk and a stand-in pjmedia (RTP and RTCP each)."""
+    trunk, trunk_rtcp = udp(), udp()
+    pj, pj_rtcp = _pair()
+    relay = TrunkRelay("127.0.0.1", pj.getsockname(), trunk.getsockname(),
+                       trunk_rtcp.getsockname())
+    return relay, trunk, trunk_rtcp, pj, pj_rtcp
+
+
 def test_a_stalled_loop_does_not_hold_the_trunk_s_packets() -> None:
     """The relay's sockets are read on its own thread: while the event loop is busy for
     0.2 s (a long callback), the trunk's packets still reach pjmedia as they come, 20 ms
     apart — not as one burst when the loop is back — and the caller's frames for the
     agent are handed to the loop, in order, once it is."""
     async def scenario() -> None:
-        trunk, trunk_rtcp = udp(), udp()
-        pj, pj_rtcp = _pair()
-        relay = TrunkRelay("127.0.0.1", pj.getsockname(), trunk.getsockname(),
-                           trunk_rtcp.getsockname())
+        relay, trunk, trunk_rtcp, pj, pj_rtcp = loopback_relay()
         here = ("127.0.0.1", relay.port)
         tapped: list[bytes] = []
         arrivals: list[float] = []
@@ -302,3 +309,45 @@ def test_pjmedia_s_receiver_reports_name_the_trunk_s_stream() -> None:
     assert struct.unpack_from("!II", stream.report_to_trunk(sr), 28) == (0xCAFE, 0x10000 | 500)
     for junk in (b"", b"\x80", rr[:20], b"\x00" * 40):  # nothing to rewrite: as it came
         assert stream.report_to_trunk(junk) == junk
+
+
+def test_a_packet_taken_on_the_relay_thread_never_wakes_the_loop() -> None:
+    """``direct`` sees each of the trunk's G.711 payloads first, on the relay's thread:
+    what it takes (sent to a lean agent leg, or wanted by nobody in the bot phase) is not
+    decoded for the loop; what it leaves is, as before. pjmedia gets every packet."""
+    async def scenario() -> None:
+        relay, trunk, trunk_rtcp, pj, pj_rtcp = loopback_relay()
+        here = ("127.0.0.1", relay.port)
+        seen: list[tuple[int, bytes, str]] = []
+        tapped: list[bytes] = []
+        got = asyncio.Event()
+        take = True
+
+        def direct(pt: int, payload: bytes) -> bool:
+            seen.append((pt, payload, threading.current_thread().name))
+            return take
+
+        def tap(frame: bytes) -> None:
+            tapped.append(frame)
+            got.set()
+        try:
+            relay.start()
+            relay.to_agent, relay.direct = tap, direct
+            for i, law_pt in enumerate((0, 8)):
+                trunk.sendto(rtp(i, 160 * i, 0x1, bytes([i]) * 160, pt=law_pt), here)
+                await asyncio.to_thread(pj.recvfrom, 2048)  # pjmedia has it either way
+            assert [(pt, p[:1], name) for pt, p, name in seen] == [
+                (0, b"\x00", "relay-io"), (8, b"\x01", "relay-io")]
+            take = False  # e.g. a supervisor whispers: the loop mixes
+            trunk.sendto(rtp(2, 320, 0x1, b"\xff" * 160), here)
+            await asyncio.wait_for(got.wait(), 2)
+            assert tapped == [ULAW_DECODE[np.frombuffer(b"\xff" * 160, np.uint8)].tobytes()]
+            trunk.sendto(rtp(3, 480, 0x1, b"\x01\x02", pt=101), here)  # not G.711
+            await asyncio.to_thread(pj.recvfrom, 2048)
+            assert len(seen) == 3 and len(tapped) == 1
+        finally:
+            relay.close()
+            for s in (trunk, trunk_rtcp, pj, pj_rtcp):
+                s.close()
+
+    asyncio.run(scenario())
