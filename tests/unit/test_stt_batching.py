@@ -32,10 +32,30 @@ async def test_frames_go_four_at_a_time_in_order() -> None:
     per_batch = round(BATCH_SECONDS / 0.02)
     for n in range(per_batch * 2 + 1):
         stream.push_frame(frame(n))
-    audio = [m for m in engine.sent if m[0] == "audio"]
+    audio = [m[1] for m in engine.sent if m[0] == "audio"]
     assert len(audio) == 2  # the odd frame waits for its batch
-    assert b"".join(m[2] for m in audio) == b"".join(frame(n) for n in range(per_batch * 2))
-    assert all(m[1] == 7 for m in audio)
+    assert b"".join(pcm for batch in audio for _, pcm in batch) == b"".join(
+        frame(n) for n in range(per_batch * 2))
+    assert all([sid for sid, _ in batch] == [7] for batch in audio)
+
+
+async def test_a_full_batch_takes_every_stream_s_pending_audio_along() -> None:
+    """Two legs of a call (and other calls): one message for all of them, not one each."""
+    engine = Recorder()
+    loop = asyncio.get_running_loop()
+    caller, agent, idle = (_RemoteStream(engine, n, RATE, None, loop)  # type: ignore[arg-type]
+                           for n in (1, 2, 3))
+    engine._streams.update({1: caller, 2: agent, 3: idle})
+    per_batch = round(BATCH_SECONDS / 0.02)
+    for n in range(per_batch):  # the agent's frames come a little after the caller's
+        caller.push_frame(frame(n))
+        if n < per_batch - 1:
+            agent.push_frame(frame(100 + n))
+    assert engine.sent == [("audio", [
+        (1, b"".join(frame(n) for n in range(per_batch))),
+        (2, b"".join(frame(100 + n) for n in range(per_batch - 1)))])]
+    agent.push_frame(frame(200))  # starts its next batch: nothing is sent yet
+    assert len(engine.sent) == 1
 
 
 async def test_a_flush_and_the_end_send_what_is_pending_first() -> None:
@@ -46,13 +66,13 @@ async def test_a_flush_and_the_end_send_what_is_pending_first() -> None:
     flushing = loop.create_task(stream.flush())
     await asyncio.sleep(0)
     assert [m[0] for m in engine.sent] == ["audio", "flush"]
-    assert engine.sent[0][2] == frame(1)
+    assert engine.sent[0][1] == [(1, frame(1))]
     stream._on_message(("flushed", 1))
     await flushing
     stream.push_frame(frame(2))
     stream.end_input()
     assert [m[0] for m in engine.sent[2:]] == ["audio", "end"]
-    assert engine.sent[2][2] == frame(2)
+    assert engine.sent[2][1] == [(1, frame(2))]
     stream.push_frame(frame(3))  # after the end: nothing more goes
     assert len(engine.sent) == 4
 

@@ -12,15 +12,19 @@ front of the decoders: Silero's scoring was a third of a full worker's CPU (issu
 what the gate drops never had to cross anyway once audio goes in batches.
 
 
-parent → child ``("open", id, rate)``, ``("audio", id, pcm)``, ``("flush", id)``,
+parent → child ``("open", id, rate)``, ``("audio", [(id, pcm), ...])``, ``("flush", id)``,
 ``("end", id)``, ``("close", id)``, ``("preload", rate, count)``, ``("stop",)``;
 child → parent ``("event", id, type, text, confidence, audio_time)``, ``("flushed", id)``,
 ``("done", id, error or None, retryable)``.
 
 A writer thread sends (``push_frame`` never blocks the loop) and a reader thread delivers
 to the streams' event queues. Audio goes in batches of :data:`BATCH_SECONDS` (80 ms: four
-frames per message); a flush or the end of input sends what is pending first, so the
-recogniser sees every sample in order and a phase change's FINAL is not held back.
+frames), and the streams go together: when one stream's batch is full, every open
+stream's pending audio goes in the same message (a bridged call has two streams, a worker
+up to eight: one writer wake-up, one pickle and one pipe write for all of them instead of
+one each). No stream's audio waits longer than its own batch did. A flush or the end of
+input sends what is pending first, so the recogniser sees every sample in order and a
+phase change's FINAL is not held back.
 A preload (the worker's decoders and detectors, seconds of work at its start) runs beside
 the child's message loop: a call that opens and ends meanwhile is served at once.
 
@@ -136,6 +140,15 @@ class ProcessStt:
     def _send(self, message: Any) -> None:
         self._outbox.put(message)
 
+    def _send_audio(self, full: _RemoteStream) -> None:
+        """``full``'s batch and every other open stream's pending audio, in one message
+        (on the loop)."""
+        others = [s for s in list(self._streams.values()) if s is not full]
+        batch = [audio for stream in (full, *others)
+                 if (audio := stream._take_pending()) is not None]
+        if batch:
+            self._send(("audio", batch))
+
     # -- the SttEngine API ----------------------------------------------------------------
 
     def preload(self, sample_rate: int, count: int) -> None:
@@ -198,15 +211,24 @@ class _RemoteStream(QueuedEvents):
             raise ValueError(f"PCM length must be whole 16-bit samples, got {len(pcm)} bytes")
         if self._ended or self._closed or self._done:
             return
-        # batched: one message (one writer wake-up, one pipe write) per BATCH_SECONDS
+        # batched: one message (one writer wake-up, one pipe write) per BATCH_SECONDS, and
+        # it takes the other streams' pending audio along
         self._pending += pcm
         if len(self._pending) >= self._batch_bytes:
-            self._send_pending()
+            self.engine._send_audio(self)
+
+    def _take_pending(self) -> tuple[int, bytes] | None:
+        if not self._pending:
+            return None
+        audio = (self.id, bytes(self._pending))
+        self._pending.clear()
+        return audio
 
     def _send_pending(self) -> None:
-        if self._pending:
-            self.engine._send(("audio", self.id, bytes(self._pending)))
-            self._pending.clear()
+        """This stream's pending audio alone, now (before its flush or end)."""
+        audio = self._take_pending()
+        if audio is not None:
+            self.engine._send(("audio", [audio]))
 
     async def flush(self) -> None:
         if self._ended or self._closed or self._done:
@@ -347,6 +369,12 @@ async def _serve(conn: Connection, pool_size: int, gate: VadSettings | None = No
             background.add(loading)
             loading.add_done_callback(background.discard)
             continue
+        if kind == "audio":
+            for stream_id, pcm in message[1]:
+                target = streams.get(stream_id)
+                if target is not None:
+                    target.push_frame(pcm)
+            continue
         stream_id = message[1]
         if kind == "open":
             stream = engine.stream(message[2])
@@ -356,9 +384,7 @@ async def _serve(conn: Connection, pool_size: int, gate: VadSettings | None = No
         found = streams.get(stream_id)
         if found is None:
             continue
-        if kind == "audio":
-            found.push_frame(message[2])
-        elif kind == "flush":
+        if kind == "flush":
             flushing.add(loop.create_task(flush(stream_id, found)))
             flushing = {t for t in flushing if not t.done()}
         elif kind == "end":
