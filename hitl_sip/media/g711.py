@@ -9,11 +9,13 @@ agent leg (:mod:`hitl_sip.worker.bridge`); tests and the corpus script use the f
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["ALAW_DECODE", "ALAW_ENCODE", "ULAW_DECODE", "ULAW_ENCODE", "alaw_decode",
-           "alaw_encode", "ulaw_decode", "ulaw_encode"]
+__all__ = ["ALAW", "ALAW_DECODE", "ALAW_ENCODE", "BY_NAME", "BY_PT", "ULAW", "ULAW_DECODE",
+           "ULAW_ENCODE", "Law", "alaw_decode", "alaw_encode", "ulaw_decode", "ulaw_encode"]
 
 _PCM_DTYPE = np.dtype("<i2")
 
@@ -70,6 +72,26 @@ ULAW_ENCODE = _build_ulaw_encode()
 ALAW_ENCODE = _build_alaw_encode()
 ULAW_DECODE = _build_ulaw_decode()
 ALAW_DECODE = _build_alaw_decode()
+
+
+@dataclass(frozen=True, eq=False)
+class Law:
+    """One G.711 law as SDP and RTP name it, with its tables."""
+
+    name: str  # the codec's name in lower case ("pcmu", "pcma")
+    payload_type: int  # its static RTP payload type (RFC 3551)
+    encode: npt.NDArray[np.uint8]  # indexed by the sample's unsigned bit pattern
+    decode: npt.NDArray[np.int16]  # indexed by the byte
+
+    def transcoder(self, to: Law) -> npt.NDArray[np.uint8]:
+        """The 256-entry table from this law's bytes to ``to``'s."""
+        return to.encode[self.decode.view(np.uint16)]
+
+
+ULAW = Law("pcmu", 0, ULAW_ENCODE, ULAW_DECODE)
+ALAW = Law("pcma", 8, ALAW_ENCODE, ALAW_DECODE)
+BY_NAME = {law.name: law for law in (ULAW, ALAW)}
+BY_PT = {law.payload_type: law for law in (ULAW, ALAW)}
 
 
 def _pcm_indices(pcm: bytes) -> npt.NDArray[np.uint16]:

@@ -51,7 +51,7 @@ from aiortc.utils import uint16_add
 from av import AudioFrame, CodecContext, Packet
 
 from hitl_sip.media.fir import FirResampler
-from hitl_sip.media.g711 import ALAW_DECODE, ALAW_ENCODE, ULAW_DECODE, ULAW_ENCODE
+from hitl_sip.media.g711 import BY_NAME
 from hitl_sip.worker.lean import LeanG711
 from hitl_sip.worker.mix import Taps
 
@@ -61,7 +61,7 @@ FRAME_SECONDS = 0.02
 G711_RATE = 8000
 G711_TIME_BASE = fractions.Fraction(1, G711_RATE)
 #: codec name (as in the answer) → (encode table, decode table)
-G711 = {"pcmu": (ULAW_ENCODE, ULAW_DECODE), "pcma": (ALAW_ENCODE, ALAW_DECODE)}
+G711 = {name: (law.encode, law.decode) for name, law in BY_NAME.items()}
 #: Opus's RTP clock is 48 kHz whatever rate its encoder runs at (RFC 7587 §4.1)
 OPUS_RATE = 48000
 OPUS_TIME_BASE = fractions.Fraction(1, OPUS_RATE)

@@ -44,17 +44,10 @@ from aiortc.rtp import RtpPacket as AiortcRtpPacket
 from pylibsrtp import Error as SrtpError
 from pylibsrtp import Policy, Session
 
-from hitl_sip.media.g711 import ALAW_DECODE, ALAW_ENCODE, ULAW_DECODE, ULAW_ENCODE
+from hitl_sip.media.g711 import BY_NAME, BY_PT
 
 log = logging.getLogger(__name__)
 
-#: codec name → (encode table, decode table, static payload type)
-LAWS: dict[str, tuple[npt.NDArray[np.uint8], npt.NDArray[np.int16], int]] = {
-    "pcmu": (ULAW_ENCODE, ULAW_DECODE, 0), "pcma": (ALAW_ENCODE, ALAW_DECODE, 8)}
-#: (from payload type, to payload type) → the table from one G.711 law to the other
-TRANSCODE: dict[tuple[int, int], npt.NDArray[np.uint8]] = {
-    (0, 8): ALAW_ENCODE[ULAW_DECODE.view(np.uint16)],
-    (8, 0): ULAW_ENCODE[ALAW_DECODE.view(np.uint16)]}
 RATE = 8000
 FRAME = 160  # samples in 20 ms
 #: after a pause this long between frames, the timestamp jumps by the time that passed
@@ -78,7 +71,12 @@ class LeanG711:
                  tx: Session, rx: Session, send: Callable[[bytes], None],
                  on_pcm: Callable[[npt.NDArray[np.int16], int], None],
                  streams: dict[int, Any]) -> None:
-        self._encode, self._decode, _ = LAWS[codec]
+        law = BY_NAME[codec]
+        self._encode, self._decode = law.encode, law.decode
+        self._own_pt = law.payload_type
+        #: payload type of the other law → the table from its bytes to ours (a trunk on
+        #: the other G.711 law than the leg's)
+        self._from = {pt: other.transcoder(law) for pt, other in BY_PT.items() if other is not law}
         self.payload_type = payload_type
         self._header = bytearray(header)  # our SSRC, PT and MID; sequence and time patched
         self._tx, self._rx = tx, rx
@@ -89,7 +87,6 @@ class LeanG711:
         self._seq, self._ts = seq, ts
         self._sent_at: float | None = None
         self._lock = threading.Lock()  # the loop and the relay's thread both send
-        self._own_pt = LAWS[codec][2]
         self._last_in: int | None = None  # the newest sequence number taken from the agent
         self.closed = False
         self.on_close: Callable[[], None] | None = None
@@ -107,7 +104,7 @@ class LeanG711:
         """One trunk packet's G.711 payload (payload type ``pt``: 0 or 8) to the agent,
         now — from the relay's thread; no PCM in between unless the laws differ."""
         if pt != self._own_pt:
-            payload = TRANSCODE[pt, self._own_pt][np.frombuffer(payload, np.uint8)].tobytes()
+            payload = self._from[pt][np.frombuffer(payload, np.uint8)].tobytes()
         self._out(payload)
 
     def _out(self, payload: bytes) -> None:

@@ -23,6 +23,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSession
 from aiortc.exceptions import OperationError
 from aiortc.sdp import SessionDescription, candidate_from_sdp
 
+from hitl_sip.media.g711 import BY_NAME
 from hitl_sip.media.ice import advertise_public
 from hitl_sip.worker.bridge import (
     AgentAudio,
@@ -31,7 +32,7 @@ from hitl_sip.worker.bridge import (
     decode_on_loop,
     use_immediate_jitter_buffer,
 )
-from hitl_sip.worker.lean import LAWS, LeanG711, attach
+from hitl_sip.worker.lean import LeanG711, attach
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ class AgentPeer:
         sdp = str(self.pc.localDescription.sdp)
         self.codec = answer_codec(sdp)
         self.caller_track.set_codec(self.codec)
-        if self.settings.lean_g711 and self.codec in LAWS and self.settings.rate == 8000:
+        if self.settings.lean_g711 and self.codec in BY_NAME and self.settings.rate == 8000:
             # aiortc's sender must not number a packet of the leg's SSRC before ours
             self.caller_track.hold()
             self._tasks.append(asyncio.create_task(self._go_lean(transceiver)))

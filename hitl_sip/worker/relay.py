@@ -52,18 +52,14 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-import numpy.typing as npt
 
-from hitl_sip.media.g711 import ALAW_DECODE, ALAW_ENCODE, ULAW_DECODE, ULAW_ENCODE
+from hitl_sip.media.g711 import BY_PT
 from hitl_sip.media.rtp import RtpPacket
 
 log = logging.getLogger(__name__)
 
 Addr = tuple[str, int]
 
-#: payload type → (decode table, encode table) of the G.711 laws (RFC 3551 static types)
-LAWS: dict[int, tuple[npt.NDArray[np.int16], npt.NDArray[np.uint8]]] = {
-    0: (ULAW_DECODE, ULAW_ENCODE), 8: (ALAW_DECODE, ALAW_ENCODE)}
 #: how long after the agent's last frame pjmedia's own packets reach the trunk again
 HANDBACK = 0.06
 #: packets pjmedia's stream must hear from a new source before it sends there
@@ -101,9 +97,10 @@ class TrunkRelay:
         self.pjmedia_latched = asyncio.Event()
         #: the caller's decoded audio (8 kHz s16le, 20 ms) while the call is bridged
         self.to_agent: Callable[[bytes], None] | None = None
-        #: called first on this thread with each G.711 payload of the trunk's (its payload
-        #: type, its bytes): True when nothing more is to be done with it — sent to the
-        #: agent from here, or wanted by nobody (the bot phase) — so the loop is not woken
+        #: called first on this thread with each G.711 packet of the trunk's (its payload
+        #: type, the whole packet): True when nothing more is to be done with it — sent to
+        #: the agent from here, or wanted by nobody (the bot phase: not even parsed) — so
+        #: the loop is not woken
         self.direct: Callable[[int, bytes], bool] | None = None
         self.refused = 0  # packets from a source the SDP does not name
         self.from_agent = 0  # agent frames sent to the trunk by the relay
@@ -220,13 +217,15 @@ class TrunkRelay:
         if addr == self.trunk:
             sink = self.to_agent
             pt = data[1] & 0x7F
-            law = LAWS.get(pt)
+            law = BY_PT.get(pt)
             if sink is not None and law is not None:
-                with contextlib.suppress(ValueError):  # pjmedia refuses it the same way
-                    payload = RtpPacket.parse(data).payload
-                    direct = self.direct
-                    if payload and (direct is None or not direct(pt, payload)):
-                        self._to_loop(sink, law[0][np.frombuffer(payload, np.uint8)].tobytes())
+                direct = self.direct
+                if direct is None or not direct(pt, data):
+                    with contextlib.suppress(ValueError):  # pjmedia refuses it the same way
+                        payload = RtpPacket.parse(data).payload
+                        if payload:
+                            self._to_loop(
+                                sink, law.decode[np.frombuffer(payload, np.uint8)].tobytes())
             self._send(self.inner_rtp, self._rx.renumber(data), self.pj_rtp)
         else:
             self.refused += 1
@@ -242,7 +241,7 @@ class TrunkRelay:
             self._to_loop(self.pjmedia_latched.set)
         pt = data[1] & 0x7F
         seq, ts, ssrc = struct.unpack_from("!HII", data, 2)
-        if pt in LAWS:
+        if pt in BY_PT:
             self._law = pt
         with self._lock:  # the numbering is shared with send_pcm, on the loop's thread
             step = 0 if self._pj_ts is None else (ts - self._pj_ts) & 0xFFFFFFFF
@@ -271,10 +270,10 @@ class TrunkRelay:
 
     def send_pcm(self, frame: bytes) -> None:
         """One 20 ms frame for the caller (8 kHz s16le), to the trunk now (on the loop)."""
-        law = LAWS.get(self._law) if self._law is not None else None
+        law = BY_PT.get(self._law) if self._law is not None else None
         if self._closed or law is None or not self._ssrc:
             return  # pjmedia has not sent yet: its path carries the frame
-        payload = law[1][np.frombuffer(frame, "<i2").view("<u2")].tobytes()
+        payload = law.encode[np.frombuffer(frame, "<i2").view("<u2")].tobytes()
         if self._inner_polled:
             self._poll_inner(False)
             self._handback_at(HANDBACK)

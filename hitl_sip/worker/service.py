@@ -29,6 +29,7 @@ from hitl_sip.log import call_logger, now_iso
 from hitl_sip.media.buffers import FrameBuffer
 from hitl_sip.media.ice import install_host_filter, rtc_configuration
 from hitl_sip.media.quality import LegMeter, LegQualityFigures
+from hitl_sip.media.rtp import RtpPacket
 from hitl_sip.media.wav import load_pcm
 from hitl_sip.protocol.worker import (
     AgentLeft,
@@ -524,7 +525,7 @@ class WorkerService:
         if relay is None or str(call.codec or "").upper() not in ("PCMU", "PCMA"):
             return
         relay.to_agent = session.relay_caller_frame
-        relay.direct = lambda pt, payload: _direct_to_agent(call, session, pt, payload)
+        relay.direct = lambda pt, packet: _direct_to_agent(call, session, pt, packet)
         session.relay = relay
         call_logger(log, call.call_id).info("relay in front of pjmedia: the bridged audio "
                                             "skips the conference tick")
@@ -914,7 +915,7 @@ class WorkerService:
         )
 
 
-def _direct_to_agent(call: CallRuntime, session: CallSession, pt: int, payload: bytes) -> bool:
+def _direct_to_agent(call: CallRuntime, session: CallSession, pt: int, packet: bytes) -> bool:
     """On the relay's thread, for each G.711 packet of the caller's: True when the loop
     need not see it — nobody takes caller frames now (the bot phase, an agent not there
     yet), or they went to the agent's lean leg from here; False: the loop hands the frame
@@ -928,6 +929,11 @@ def _direct_to_agent(call: CallRuntime, session: CallSession, pt: int, payload: 
     track, lean = peer.caller_track, peer.lean
     if lean is None or lean.closed or len(track.taps) or push != track.push:
         return False
-    lean.send_payload(pt, payload)
-    track.stats.to_agent_frames += 1
+    try:
+        payload = RtpPacket.parse(packet).payload
+    except ValueError:  # pjmedia refuses it the same way
+        return True
+    if payload:
+        lean.send_payload(pt, payload)
+        track.stats.to_agent_frames += 1
     return True

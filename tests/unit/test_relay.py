@@ -323,8 +323,8 @@ def test_a_packet_taken_on_the_relay_thread_never_wakes_the_loop() -> None:
         got = asyncio.Event()
         take = True
 
-        def direct(pt: int, payload: bytes) -> bool:
-            seen.append((pt, payload, threading.current_thread().name))
+        def direct(pt: int, packet: bytes) -> bool:
+            seen.append((pt, RtpPacket.parse(packet).payload, threading.current_thread().name))
             return take
 
         def tap(frame: bytes) -> None:
