@@ -60,8 +60,6 @@ log = logging.getLogger(__name__)
 FRAME_SECONDS = 0.02
 G711_RATE = 8000
 G711_TIME_BASE = fractions.Fraction(1, G711_RATE)
-#: codec name (as in the answer) → (encode table, decode table)
-G711 = {name: (law.encode, law.decode) for name, law in BY_NAME.items()}
 #: Opus's RTP clock is 48 kHz whatever rate its encoder runs at (RFC 7587 §4.1)
 OPUS_RATE = 48000
 OPUS_TIME_BASE = fractions.Fraction(1, OPUS_RATE)
@@ -180,10 +178,10 @@ class CallerTrack(MediaStreamTrack):  # type: ignore[misc]
             if self.rate not in OPUS_INPUT_RATES:
                 self._out_rate = OPUS_RATE
             self._opus = OpusPacketizer(self._out_rate)
-        elif codec in G711:
+        elif codec in BY_NAME:
             self._out_rate = G711_RATE
-        tables = G711.get(codec)
-        self._encode = tables[0] if tables else None
+        law = BY_NAME.get(codec)
+        self._encode = law.encode if law else None
         self._resampler = (FirResampler(self.rate, self._out_rate)
                            if self._out_rate != self.rate else None)
 
@@ -447,8 +445,8 @@ class _InlineDecodeQueue:
 
     def _learn(self, codec: Any) -> None:
         name = str(codec.name).lower()
-        tables = G711.get(name)
-        self._table = tables[1] if tables else None
+        law = BY_NAME.get(name)
+        self._table = law.decode if law else None
         self._opus = None
         if name == "opus" and self._sink is not None:
             # mono s16 straight from libopus: no stereo to fold, no float to convert
