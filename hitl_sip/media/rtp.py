@@ -58,6 +58,28 @@ class RtpHeaderExtension:
     data: bytes = b""
 
 
+def payload_bounds(data: bytes) -> tuple[int, int]:
+    """Where an RTP packet's payload lies, ``(start, end)``: after its CSRCs and header
+    extension, before its padding — without parsing the rest (the media hot path). A
+    packet :meth:`RtpPacket.parse` refuses, or one without payload, gives start >= end."""
+    size = len(data)
+    if size < RTP_HEADER_LENGTH or data[0] >> 6 != RTP_VERSION:
+        return 0, 0
+    first = data[0]
+    start = RTP_HEADER_LENGTH + 4 * (first & 0x0F)
+    if first & 0x10:
+        if size < start + 4:
+            return 0, 0
+        start += 4 + 4 * ((data[start + 2] << 8) | data[start + 3])
+    end = size
+    if first & 0x20:
+        padding = data[-1]
+        if padding == 0 or padding > size - start:
+            return 0, 0
+        end -= padding
+    return start, end
+
+
 @dataclass
 class RtpPacket:
     """One RTP packet; ``padding_size`` counts the padding bytes including the count byte."""

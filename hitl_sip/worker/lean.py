@@ -45,6 +45,7 @@ from pylibsrtp import Error as SrtpError
 from pylibsrtp import Policy, Session
 
 from hitl_sip.media.g711 import BY_NAME, BY_PT
+from hitl_sip.media.rtp import payload_bounds
 
 log = logging.getLogger(__name__)
 
@@ -157,10 +158,7 @@ class LeanG711:
         if stats is None:
             stats = self._streams[ssrc] = StreamStatistics(RATE)
         stats.add(_Seen(seq, ts))  # type: ignore[arg-type]  # what add() reads of one
-        start = 12 + 4 * (plain[0] & 0x0F)
-        if plain[0] & 0x10 and len(plain) >= start + 4:  # a header extension
-            start += 4 + 4 * struct.unpack_from("!H", plain, start + 2)[0]
-        end = len(plain) - (plain[-1] if plain[0] & 0x20 else 0)
+        start, end = payload_bounds(plain)
         if start < end:
             self.received += 1
             self._on_pcm(self._decode[np.frombuffer(plain, np.uint8, end - start, start)],

@@ -54,7 +54,7 @@ from collections.abc import Callable
 import numpy as np
 
 from hitl_sip.media.g711 import BY_PT
-from hitl_sip.media.rtp import RtpPacket
+from hitl_sip.media.rtp import payload_bounds
 
 log = logging.getLogger(__name__)
 
@@ -221,11 +221,10 @@ class TrunkRelay:
             if sink is not None and law is not None:
                 direct = self.direct
                 if direct is None or not direct(pt, data):
-                    with contextlib.suppress(ValueError):  # pjmedia refuses it the same way
-                        payload = RtpPacket.parse(data).payload
-                        if payload:
-                            self._to_loop(
-                                sink, law.decode[np.frombuffer(payload, np.uint8)].tobytes())
+                    start, end = payload_bounds(data)
+                    if start < end:  # (else one pjmedia refuses the same way, or empty)
+                        self._to_loop(sink, law.decode[
+                            np.frombuffer(data, np.uint8, end - start, start)].tobytes())
             self._send(self.inner_rtp, self._rx.renumber(data), self.pj_rtp)
         else:
             self.refused += 1

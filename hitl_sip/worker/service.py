@@ -29,7 +29,7 @@ from hitl_sip.log import call_logger, now_iso
 from hitl_sip.media.buffers import FrameBuffer
 from hitl_sip.media.ice import install_host_filter, rtc_configuration
 from hitl_sip.media.quality import LegMeter, LegQualityFigures
-from hitl_sip.media.rtp import RtpPacket
+from hitl_sip.media.rtp import payload_bounds
 from hitl_sip.media.wav import load_pcm
 from hitl_sip.protocol.worker import (
     AgentLeft,
@@ -929,11 +929,8 @@ def _direct_to_agent(call: CallRuntime, session: CallSession, pt: int, packet: b
     track, lean = peer.caller_track, peer.lean
     if lean is None or lean.closed or len(track.taps) or push != track.push:
         return False
-    try:
-        payload = RtpPacket.parse(packet).payload
-    except ValueError:  # pjmedia refuses it the same way
-        return True
-    if payload:
-        lean.send_payload(pt, payload)
+    start, end = payload_bounds(packet)
+    if start < end:  # (else one pjmedia refuses the same way, or an empty one)
+        lean.send_payload(pt, packet[start:end])
         track.stats.to_agent_frames += 1
     return True

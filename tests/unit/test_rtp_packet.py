@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hitl_sip.media.rtp import (
     DTMF_EVENTS,
@@ -11,6 +13,7 @@ from hitl_sip.media.rtp import (
     RtpPacket,
     dtmf_digit,
     dtmf_event_code,
+    payload_bounds,
 )
 
 # V=2, M=1, PT=0, seq=0x1234, ts=0xDEADBEEF, ssrc=0x01020304, payload "abc".
@@ -172,3 +175,20 @@ def test_non_dtmf_digits_and_events_are_rejected() -> None:
         dtmf_event_code("12")
     with pytest.raises(ValueError, match="RTP event 16 is not a DTMF digit"):
         dtmf_digit(16)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(min_size=0, max_size=80))
+def test_payload_bounds_find_what_the_parser_finds_and_refuse_what_it_refuses(
+    data: bytes,
+) -> None:
+    """The media path's payload finder against the full parser, on any bytes (an RTP
+    version's first byte made likely, so CSRCs, extensions and padding are reached)."""
+    for packet in (data, bytes([0x80 | (data[0] & 0x3F)]) + data[1:] if data else data):
+        start, end = payload_bounds(packet)
+        try:
+            parsed = RtpPacket.parse(packet).payload
+        except ValueError:
+            assert start >= end
+        else:
+            assert (packet[start:end] if start < end else b"") == parsed
