@@ -177,6 +177,10 @@ class PcmPort(pj.AudioMediaPort):  # type: ignore[misc]
         self.buffers: tuple[FrameBuffer, FrameBuffer] | None = None
         self.writer = VectorWriter(frame_bytes)
         self.source_active = False  # set by the loop while it feeds audio to the caller
+        #: the call's relay sends the agent's frames to the trunk itself (PjStack.relay_carries):
+        #: the port transmits nothing to the stream then, and the caller's tick takes what
+        #: the caller hears (the recording's right channel, the underrun count)
+        self.tx_via_relay = False
         self.recorder: StereoRecorder | None = None  # both sides of every tick, when recorded
 
     def bind(self, inbound: FrameBuffer, outbound: FrameBuffer) -> None:
@@ -188,6 +192,7 @@ class PcmPort(pj.AudioMediaPort):  # type: ignore[misc]
         self.buffers = None
         self.recorder = None
         self.source_active = False
+        self.tx_via_relay = False
         if buffers is not None:
             buffers[0].close()
             buffers[1].close()
@@ -217,6 +222,8 @@ class PcmPort(pj.AudioMediaPort):  # type: ignore[misc]
             recorder = self.recorder
             if recorder is not None:
                 recorder.left(data)
+            if self.tx_via_relay:
+                self._heard(buffers[1])
             before = inbound.overruns
             inbound.push_nowait(data)
             if inbound.overruns != before:
@@ -230,14 +237,9 @@ class PcmPort(pj.AudioMediaPort):  # type: ignore[misc]
         t0 = time.perf_counter_ns()
         try:
             buffers = self.buffers
-            data = buffers[1].pop_nowait() if buffers is not None else None
-            if data is None:
-                data = self.silence
-                if self.source_active:
-                    self.metrics.underruns.inc(direction="to_caller")
-            recorder = self.recorder
-            if recorder is not None:
-                recorder.right(data)
+            # (tx_via_relay: a tick before the cut lands; the caller's tick takes the frame)
+            data = (self.silence if buffers is None or self.tx_via_relay
+                    else self._heard(buffers[1]))
             frame.type = pj.PJMEDIA_FRAME_TYPE_AUDIO
             self.writer.fill(frame, data)
             frame.size = len(data)
@@ -245,6 +247,18 @@ class PcmPort(pj.AudioMediaPort):  # type: ignore[misc]
             self.metrics.callback_errors.inc()
         if self.timings is not None:
             self.timings.requested.append(time.perf_counter_ns() - t0)
+
+    def _heard(self, outbound: FrameBuffer) -> bytes:
+        """What the caller hears this tick (silence when nothing came), recorded."""
+        data = outbound.pop_nowait()
+        if data is None:
+            data = self.silence
+            if self.source_active:
+                self.metrics.underruns.inc(direction="to_caller")
+        recorder = self.recorder
+        if recorder is not None:
+            recorder.right(data)
+        return data
 
 
 # --- settings and the stack ------------------------------------------------------------------
@@ -745,6 +759,33 @@ class PjStack:
     def _pj_media_host(self) -> str:
         return pj_media_host(self.settings)
 
+    def relay_carries(self, call_id: str, carries: bool) -> None:
+        """While the call's relay sends the agent's frames to the trunk itself, pjmedia's
+        copy of them is dropped at the relay: the port stops transmitting to the stream —
+        pjmedia's clock thread no longer calls into Python for that direction, and the
+        stream encodes no audio (it sends silence, which the relay drops at the
+        hand-back) — and the caller's tick takes the frames the caller hears, for the
+        recording. ``carries`` False (the relay handed back: hold audio, the bot):
+        connected again. Called on the loop; done on the pj thread."""
+        def do() -> None:
+            call = self._calls.get(call_id)
+            port = call.port if call is not None else None
+            media = call.connected_media if call is not None else None
+            if port is None or media is None or port.tx_via_relay == carries:
+                return
+            try:
+                if carries:
+                    port.tx_via_relay = True
+                    port.stopTransmit(media)
+                else:
+                    port.startTransmit(media)
+                    port.tx_via_relay = False
+            except pj.Error as e:
+                log.warning("[call %s] relay %s: %s", call_id,
+                            "cut" if carries else "hand-back", e.info())
+
+        self.submit(do).add_done_callback(lambda f: f.cancelled() or f.exception())
+
     def relay_of(self, call_id: str) -> TrunkRelay | None:
         """The call's relay (set on the pj thread before its media is up; read here)."""
         call = self._calls.get(call_id)
@@ -897,7 +938,8 @@ class PjStack:
             call.connected_media = None
         if call.connected_media is None:
             media.startTransmit(port)
-            port.startTransmit(media)
+            if not port.tx_via_relay:
+                port.startTransmit(media)
             call.connected_media = media
         codec = ""
         with contextlib.suppress(pj.Error):

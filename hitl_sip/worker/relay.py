@@ -15,10 +15,13 @@ with a relay of its own in front of pjmedia:
 * The sockets are read on one thread for the worker's relays (:class:`RelayIO`), not on
   the event loop: a packet waits for the interpreter lock at most, never for a loop
   callback, so pjmedia's jitter buffer gets the trunk's packets as they come.
-* While the agent's frames go out, pjmedia's packets (dropped then) are not polled by
-  that thread: each agent frame drains the inner socket on the loop, and the thread
-  takes it back :data:`HANDBACK` after the agent's last frame — half the thread's
-  wake-ups in the human phase were for those packets.
+* While the agent's frames go out, pjmedia's copy of them is not made:
+  :attr:`TrunkRelay.on_carry` tells the stack, which stops the call's port transmitting
+  to pjmedia's stream (``PjStack.relay_carries``: no Python callback for that direction
+  on pjmedia's clock thread, no encoding; the stream sends silence, which nobody reads
+  until the hand-back), and the thread stops polling the inner socket; :data:`HANDBACK`
+  after the agent's last frame both come back, and what pjmedia queued meanwhile is read
+  and dropped at once.
 * Every packet is forwarded both ways, RTCP too: the bot phase, DTMF, recording, the shadow
   transcription and the quality figures keep running on pjmedia's stream. pjmedia hears
   one stream from the primer on (:class:`InboundStream`): the trunk's packets carry on
@@ -31,7 +34,9 @@ with a relay of its own in front of pjmedia:
   encoded with the call's G.711 law, and pjmedia's own packets are dropped; when they stop
   for :data:`HANDBACK` (hold audio, a mute, the bot again) pjmedia's packets flow again.
   Everything we send carries one SSRC (pjmedia's), a sequence of our own and timestamps
-  that advance with the audio, so the trunk sees one continuous stream.
+  that advance with the audio, and no marker bit on audio, so the trunk sees one
+  continuous stream; packets leave under the numbering's lock, so the wire's order is
+  the numbering's whichever thread sends.
 
 SDES-SRTP calls are not relayed (the payloads are encrypted); nor calls at a 16 kHz clock
 rate (the caller track takes the call's rate).
@@ -65,6 +70,9 @@ HANDBACK = 0.06
 #: packets pjmedia's stream must hear from a new source before it sends there
 #: (``PJMEDIA_RTP_NAT_PROBATION_CNT``, unless the SDP carries the trunk's SSRC)
 PRIME_PACKETS = 10
+#: at most this many of pjmedia's packets read and dropped at a hand-back (more than a
+#: socket buffer holds)
+DRAIN_LIMIT = 4096
 #: a 20 ms frame of silence in each law (the primer's payload)
 SILENCE = {0: b"\xff" * 160, 8: b"\xd5" * 160}
 _random = random.SystemRandom()
@@ -102,6 +110,10 @@ class TrunkRelay:
         #: the agent from here, or wanted by nobody (the bot phase: not even parsed) — so
         #: the loop is not woken
         self.direct: Callable[[int, bytes], bool] | None = None
+        #: told on the loop when the agent's frames start going out from here (True) and
+        #: when pjmedia's packets go to the trunk again (False): pjmedia need not send
+        #: meanwhile (PjStack.relay_carries); None: pjmedia's packets are read and dropped
+        self.on_carry: Callable[[bool], None] | None = None
         self.refused = 0  # packets from a source the SDP does not name
         self.from_agent = 0  # agent frames sent to the trunk by the relay
         self._law: int | None = None  # the trunk's G.711 payload type, from pjmedia's packets
@@ -160,8 +172,8 @@ class TrunkRelay:
             sock.close()
 
     @staticmethod
-    def _read(sock: socket.socket, on: Callable[[bytes, Addr], None]) -> None:
-        for _ in range(64):  # then let the other sockets in
+    def _read(sock: socket.socket, on: Callable[[bytes, Addr], None], limit: int = 64) -> None:
+        for _ in range(limit):  # (64: then let the other sockets in)
             try:
                 data, addr = sock.recvfrom(2048)
             except (BlockingIOError, InterruptedError):
@@ -254,8 +266,12 @@ class TrunkRelay:
                 self._seq = (self._seq + 1) & 0xFFFF
                 if pt != 101 or step:  # an RFC 4733 event's packets share one timestamp
                     self._ts = (self._ts + (step or SAMPLES_PER_FRAME)) & 0xFFFFFFFF
-                out = data[:2] + struct.pack("!HII", self._seq, self._ts, self._ssrc) + data[12:]
-        self._send(self.rtp, out, self.trunk)
+                # (audio: no marker — pjmedia's after a cut would mark a talkspurt that is
+                # none to the trunk; an event's marker is its start and is kept)
+                second = data[1] if pt == 101 else pt
+                out = (bytes((data[0], second)) + struct.pack("!HII", self._seq, self._ts,
+                                                              self._ssrc) + data[12:])
+            self._send(self.rtp, out, self.trunk)
 
     def _on_rtcp(self, data: bytes, addr: Addr) -> None:
         """Either RTCP socket: pjmedia's reports reach the inner one (it latches onto the
@@ -276,7 +292,9 @@ class TrunkRelay:
         if self._inner_polled:
             self._poll_inner(False)
             self._handback_at(HANDBACK)
-        else:
+            if self.on_carry is not None:
+                self.on_carry(True)
+        elif self.on_carry is None:  # pjmedia keeps sending: its packets are dropped
             self._read(self.inner_rtp, self._drop_pjmedia)
         with self._lock:
             self._sent = True
@@ -284,7 +302,7 @@ class TrunkRelay:
             self._seq = (self._seq + 1) & 0xFFFF
             self._ts = (self._ts + len(frame) // 2) & 0xFFFFFFFF
             header = struct.pack("!BBHII", 0x80, self._law, self._seq, self._ts, self._ssrc)
-        self._send(self.rtp, header + payload, self.trunk)
+            self._send(self.rtp, header + payload, self.trunk)
         self.from_agent += 1
 
     def _handback_at(self, delay: float) -> None:
@@ -299,8 +317,15 @@ class TrunkRelay:
         if quiet < HANDBACK:
             self._handback_at(HANDBACK - quiet)
             return
-        self._read(self.inner_rtp, self._drop_pjmedia)  # what came meanwhile
+        # what came meanwhile, all of it (pjmedia's stream sends silence through a cut:
+        # a socket buffer's worth, read now rather than sent as a burst)
+        self._read(self.inner_rtp, self._drop_pjmedia, DRAIN_LIMIT)
+        if self.on_carry is not None:
+            with self._lock:  # what a full socket buffer kept is old: pjmedia's next packet
+                self._pj_ts = None  # is the next frame
         self._poll_inner(True)
+        if self.on_carry is not None:
+            self.on_carry(False)
 
     def _drop_pjmedia(self, data: bytes, addr: Addr) -> None:
         """A packet of pjmedia's from while the agent's frames went out: not sent, its

@@ -526,6 +526,9 @@ class WorkerService:
             return
         relay.to_agent = session.relay_caller_frame
         relay.direct = lambda pt, packet: _direct_to_agent(call, session, pt, packet)
+        stack = self.stack
+        if stack is not None:
+            relay.on_carry = lambda carries: stack.relay_carries(call.call_id, carries)
         session.relay = relay
         call_logger(log, call.call_id).info("relay in front of pjmedia: the bridged audio "
                                             "skips the conference tick")

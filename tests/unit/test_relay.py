@@ -138,6 +138,56 @@ def test_the_relay_forwards_refuses_strangers_taps_the_caller_and_keeps_one_stre
     asyncio.run(scenario())
 
 
+def test_pjmedia_s_copy_is_cut_while_the_agent_talks_and_dropped_at_the_hand_back() -> None:
+    """With ``on_carry`` the stack stops pjmedia's copy of the agent's frames; what pjmedia's
+    stream queued meanwhile (silence) is read and dropped at the hand-back — not sent to the
+    trunk as a burst — and its next packet continues our stream: the next sequence number,
+    one frame later, no marker on audio (an RFC 4733 event keeps its marker)."""
+    async def scenario() -> None:
+        trunk, pj = udp(), udp()
+        relay = TrunkRelay("127.0.0.1", pj.getsockname(), trunk.getsockname(),
+                           ("127.0.0.1", 9))
+        inner = relay.inner_rtp.getsockname()
+        carries: list[bool] = []
+        relay.on_carry = carries.append
+        try:
+            relay.start()
+
+            async def recv() -> bytes:
+                return (await asyncio.to_thread(trunk.recvfrom, 2048))[0]
+
+            pj.sendto(rtp(100, 16000, 0xABC, bytes(160)), inner)
+            await recv()
+            relay.send_pcm(tone_frame())
+            assert carries == [True]  # the stack is told at the first agent frame
+            assert struct.unpack_from("!HI", await recv(), 2) == (101, 16160)
+            for i in range(300):  # pjmedia's silence through the cut: more than a buffer holds
+                pj.sendto(rtp(101 + i, 16160 + 160 * i, 0xABC, b"\xff" * 160), inner)
+            relay.send_pcm(tone_frame())
+            assert carries == [True]
+            assert struct.unpack_from("!HI", await recv(), 2) == (102, 16320)
+            deadline = time.monotonic() + 2
+            while carries != [True, False]:  # the hand-back: HANDBACK after the last frame
+                assert time.monotonic() < deadline, carries
+                await asyncio.sleep(0.005)
+            marked = bytes((0x80, 0x80)) + rtp(9000, 99999, 0xABC, b"\x7f" * 160)[2:]
+            pj.sendto(marked, inner)
+            data = await recv()  # the first packet after the hand-back is this one
+            assert struct.unpack_from("!BBHII", data) == (0x80, 0, 103, 16480, 0xABC)
+            assert data[12:] == b"\x7f" * 160
+            event = rtp(9001, 100159, 0xABC, bytes((1, 0, 0, 160)), pt=101)
+            pj.sendto(event[:1] + bytes((0x80 | 101,)) + event[2:], inner)
+            data = await recv()
+            assert (data[1], struct.unpack_from("!H", data, 2)[0]) == (0x80 | 101, 104)
+            assert relay.from_agent == 2
+        finally:
+            relay.close()
+            trunk.close()
+            pj.close()
+
+    asyncio.run(scenario())
+
+
 def _pair() -> tuple[socket.socket, socket.socket]:
     for _ in range(50):
         a = udp()
