@@ -67,7 +67,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,7 +101,7 @@ from tests.support.server import Server, running_server  # noqa: E402
 
 CALLS = 3
 FRAME = 0.02
-IDLE_SETTLE, IDLE_SECONDS = 1.0, 5.0  # the idle baseline, before the first call
+IDLE_SETTLE, IDLE_SECONDS = 1.0, 10.0  # the idle baseline, before the first call
 SETTLE = 3.0  # after the last call is up, before the window
 LATE_GAP = 0.06  # an inter-arrival gap this long is a late (or lost) frame
 HOST = "127.0.0.1"
@@ -273,11 +273,13 @@ def analyse(calls: list[Call], t1: float, t2: float) -> dict[str, Any]:
             "agent_codecs": sorted({c.agent.codec for c in calls})}
 
 
-async def idle_cpu(proc: psutil.Process) -> float:
+async def idle_cpu(readers: list[Callable[[], float]]) -> list[float]:
+    """Each reader's process's CPU % of one core over the idle window (after a settle)."""
     await asyncio.sleep(IDLE_SETTLE)
-    c0, t0 = cpu_seconds(proc), time.monotonic()
+    c0, t0 = [r() for r in readers], time.monotonic()
     await asyncio.sleep(IDLE_SECONDS)
-    return (cpu_seconds(proc) - c0) / (time.monotonic() - t0) * 100
+    spent = time.monotonic() - t0
+    return [(r() - c) / spent * 100 for r, c in zip(readers, c0, strict=True)]
 
 
 async def window(readers: list[Callable[[], float]],
@@ -314,32 +316,48 @@ def worker_process(srv: Server) -> psutil.Process:
     raise RuntimeError(f"worker pid {pid} is not a child of serve (pid {srv.process.pid})")
 
 
+def hitl_agents(srv: Server, codec: str, calls: int) -> list[TestAgent]:
+    return [TestAgent(srv.http_url, f"agent{i}", PASSWORD, source=agent_source,
+                      codecs=(codec,)) for i in range(calls)]
+
+
+async def hitl_bridge(srv: Server, agents: list[TestAgent], made: list[Call]) -> None:
+    """A call per agent through hitl-sip (SIP, the flow's agent node, WebRTC), appended to
+    ``made`` as it is set up."""
+    taken: set[str] = set()
+    for i, agent in enumerate(agents):
+        caller = RtpCaller(srv.sip_port())
+        made.append(Call(caller, agent))
+        await asyncio.to_thread(caller.call)
+        caller.start_media(caller_source)
+        await agent.take_new_call(taken)
+        progress(f"  hitl-sip call {i + 1} bridged ({agent.codec})")
+
+
+def hitl_figures(idle: float, busy: float, speech: float, made: list[Call], *, t1: float,
+                 t2: float) -> dict[str, Any]:
+    return {**cpu_figures(idle, busy, len(made)), "speech_process_cpu_pct": round(speech, 2),
+            **analyse(made, t1, t2)}
+
+
 async def hitl_calls(srv: Server, codec: str, calls: int, seconds: float) -> dict[str, Any]:
     worker = worker_process(srv)
-    agents = [TestAgent(srv.http_url, f"agent{i}", PASSWORD, source=agent_source,
-                        codecs=(codec,)) for i in range(calls)]
+    agents = hitl_agents(srv, codec, calls)
     made: list[Call] = []
     try:
         for agent in agents:
             await agent.connect()
-        idle = await idle_cpu(worker)
-        taken: set[str] = set()
-        for i, agent in enumerate(agents):
-            caller = RtpCaller(srv.sip_port())
-            made.append(Call(caller, agent))
-            await asyncio.to_thread(caller.call)
-            caller.start_media(caller_source)
-            await agent.take_new_call(taken)
-            progress(f"  hitl-sip call {i + 1} bridged ({agent.codec})")
+        (idle,) = await idle_cpu([lambda: cpu_seconds(worker)])
+        await hitl_bridge(srv, agents, made)
         t1, t2, (busy, speech) = await window(
             [lambda: cpu_seconds(worker), lambda: children_cpu(worker)], seconds)
     finally:
         await close_calls(made)
-    return {**cpu_figures(idle, busy, calls), "speech_process_cpu_pct": round(speech, 2),
-            **analyse(made, t1, t2)}
+    return hitl_figures(idle, busy, speech, made, t1=t1, t2=t2)
 
 
-def run_hitl(codec: str, calls: int, seconds: float, lean: bool = True) -> dict[str, Any]:
+@contextlib.contextmanager
+def hitl_server(codec: str, calls: int, lean: bool) -> Iterator[Server]:
     with tempfile.TemporaryDirectory(prefix="hitl-bench-") as tmp:
         extra: dict[str, dict[str, Any]] = {
             "bot": {"flow": str(ROOT / "bench/flows/bridge.yaml")},
@@ -350,7 +368,12 @@ def run_hitl(codec: str, calls: int, seconds: float, lean: bool = True) -> dict[
         with running_server(Path(tmp), extra=extra) as srv:
             for i in range(calls):
                 add_agent(srv.data_dir, f"agent{i}")
-            return asyncio.run(hitl_calls(srv, codec, calls, seconds))
+            yield srv
+
+
+def run_hitl(codec: str, calls: int, seconds: float, lean: bool = True) -> dict[str, Any]:
+    with hitl_server(codec, calls, lean) as srv:
+        return asyncio.run(hitl_calls(srv, codec, calls, seconds))
 
 
 # -- rtpengine -----------------------------------------------------------------------------
@@ -405,7 +428,9 @@ def relay_config(tmp: Path) -> Iterator[tuple[Any, Path, int]]:
         yield config, conf, ng_port
 
 
-async def relay_calls(codec: str, calls: int, seconds: float) -> dict[str, Any]:
+@contextlib.asynccontextmanager
+async def rtpengine_running() -> AsyncIterator[tuple[psutil.Process, int]]:
+    """rtpengine as ``serve`` starts it: (its daemon's process, its ng port)."""
     with tempfile.TemporaryDirectory(prefix="hitl-bench-") as tmp, \
             relay_config(Path(tmp)) as (config, conf, ng_port):
         relay = RtpEngine(config, conf, ng_port)
@@ -413,23 +438,72 @@ async def relay_calls(codec: str, calls: int, seconds: float) -> dict[str, Any]:
         if problem:
             raise RuntimeError(problem)
         assert relay.process is not None
-        proc = psutil.Process(relay.process.pid)
+        try:
+            yield psutil.Process(relay.process.pid), ng_port
+        finally:
+            await relay.stop()
+
+
+async def relay_bridge(ng_port: int, codec: str, calls: int, made: list[Call]) -> None:
+    for n in range(calls):
+        made.append(await relay_call(ng_port, n, codec))
+        progress(f"  rtpengine call {n + 1} bridged ({made[-1].agent.codec})")
+
+
+async def relay_close(ng_port: int, made: list[Call]) -> None:
+    await close_calls(made)
+    for n in range(len(made)):
+        with contextlib.suppress(OSError, TimeoutError, ValueError):
+            await ng_request(HOST, ng_port, {"command": "delete", "call-id": f"peer-{n}",
+                                             "from-tag": "caller"})
+
+
+async def relay_calls(codec: str, calls: int, seconds: float) -> dict[str, Any]:
+    async with rtpengine_running() as (proc, ng_port):
         made: list[Call] = []
         try:
-            idle = await idle_cpu(proc)
-            for n in range(calls):
-                made.append(await relay_call(ng_port, n, codec))
-                progress(f"  rtpengine call {n + 1} bridged ({made[-1].agent.codec})")
+            (idle,) = await idle_cpu([lambda: cpu_seconds(proc)])
+            await relay_bridge(ng_port, codec, calls, made)
             t1, t2, (busy,) = await window([lambda: cpu_seconds(proc)], seconds)
         finally:
-            await close_calls(made)
-            for n in range(len(made)):
-                with contextlib.suppress(OSError, TimeoutError, ValueError):
-                    await ng_request(HOST, ng_port, {"command": "delete",
-                                                     "call-id": f"peer-{n}",
-                                                     "from-tag": "caller"})
-            await relay.stop()
+            await relay_close(ng_port, made)
     return {**cpu_figures(idle, busy, calls), **analyse(made, t1, t2)}
+
+
+# -- both at once --------------------------------------------------------------------------
+
+
+async def both_calls(srv: Server, codec: str, calls: int,
+                     seconds: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """hitl-sip's calls and rtpengine's held at the same time, both processes' CPU read
+    over the same idle window and the same loaded window: whatever else the machine does
+    meanwhile (its speed moves by ±25 % between minutes here) weighs on both alike."""
+    worker = worker_process(srv)
+    agents = hitl_agents(srv, codec, calls)
+    ours: list[Call] = []
+    theirs: list[Call] = []
+    async with rtpengine_running() as (proc, ng_port):
+        try:
+            for agent in agents:
+                await agent.connect()
+            idle_ours, idle_theirs = await idle_cpu(
+                [lambda: cpu_seconds(worker), lambda: cpu_seconds(proc)])
+            await hitl_bridge(srv, agents, ours)
+            await relay_bridge(ng_port, codec, calls, theirs)
+            t1, t2, (busy, speech, busy_theirs) = await window(
+                [lambda: cpu_seconds(worker), lambda: children_cpu(worker),
+                 lambda: cpu_seconds(proc)], seconds)
+        finally:
+            await close_calls(ours)
+            await relay_close(ng_port, theirs)
+    return (hitl_figures(idle_ours, busy, speech, ours, t1=t1, t2=t2),
+            {**cpu_figures(idle_theirs, busy_theirs, calls), **analyse(theirs, t1, t2)})
+
+
+def run_both(codec: str, calls: int, seconds: float,
+             lean: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+    with hitl_server(codec, calls, lean) as srv:
+        return asyncio.run(both_calls(srv, codec, calls, seconds))
 
 
 # -- the report ----------------------------------------------------------------------------
@@ -519,6 +593,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bridges", nargs="+", default=list(BRIDGES), choices=BRIDGES)
     p.add_argument("--aiortc-rtp", action="store_true",
                    help="webrtc.lean_g711 = false: aiortc carries every G.711 packet")
+    p.add_argument("--apart", action="store_true",
+                   help="one bridge after the other (the default: both at once, one window)")
     p.add_argument("--json", action="store_true", help="one more line with every figure")
     args = p.parse_args(argv)
     if args.seconds < 2:
@@ -530,7 +606,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     install_host_filter([HOST])
     results: list[dict[str, Any]] = []
+    together = set(args.bridges) == set(BRIDGES) and not args.apart
     for codec in args.codecs:
+        if together:
+            progress(f"hitl-sip and rtpengine at once, {codec}: {args.calls} calls each, "
+                     f"{args.seconds:.0f} s window")
+            pair = run_both(codec, args.calls, args.seconds, lean=not args.aiortc_rtp)
+            for bridge, out in zip(BRIDGES, pair, strict=True):
+                results.append({"bridge": bridge, "codec": codec, "calls": args.calls, **out})
+            continue
         for bridge in args.bridges:
             progress(f"{bridge}, {codec}: {args.calls} calls, {args.seconds:.0f} s window")
             if bridge == "hitl-sip":
@@ -543,7 +627,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(), "command": "python bench/peer.py " + " ".join(sys.argv[1:]),
         "rtpengine": rtpengine_version(shutil.which(binary) or binary),
         "seconds": args.seconds, "calls": args.calls, "codecs": args.codecs,
-        "lean_g711": not args.aiortc_rtp,
+        "lean_g711": not args.aiortc_rtp, "together": together,
     }
     report(results, meta)
     if args.json:
