@@ -31,13 +31,17 @@ before any jitter buffer); agent → caller from the moment the agent's track ha
 burst's first frame to its encoder to the arrival at the caller's socket of the first
 packet that carries it. Same host, one monotonic clock.
 
-``--calls`` calls (default 3) are held at once; after 3 s of settling a window of
-``--seconds`` is measured:
+``--calls`` calls (default 3) are held through each bridge, both bridges' calls at the
+same time (``--apart``: one bridge after the other); after 3 s of settling a window of
+``--seconds`` is measured, the same window for both:
 
 - **CPU per call**: the bridge process's user + system time over the window (psutil; the
   hitl-sip worker found among the children of the ``serve`` process, rtpengine's daemon),
-  minus the same process's idle figure (5 s before the first call, agents logged in),
-  divided by the calls, % of one core.
+  minus the same process's idle figure (10 s before the first call, agents logged in;
+  both bridges' over the same 10 s), divided by the calls, % of one core. Held and read
+  together, the two bridges meet the same machine: its speed moved by a quarter between
+  minutes here, which moved the ratio of two runs made one after the other more than
+  any change of code did.
 - **latency** per direction: median, p95, p99 (nearest rank) over every burst onset of
   every call in the window.
 - **lost**: RTP sequence gaps at the caller, RTP timestamp gaps at the agent, % of the

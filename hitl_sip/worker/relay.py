@@ -137,9 +137,9 @@ class TrunkRelay:
             return
         self._loop = asyncio.get_running_loop()
         io = RelayIO.get()
-        io.add(self.rtp.fileno(), lambda: self._read(self.rtp, self._on_rtp))
-        io.add(self.rtcp.fileno(), lambda: self._read(self.rtcp, self._on_rtcp))
-        io.add(self.inner_rtcp.fileno(), lambda: self._read(self.inner_rtcp, self._on_rtcp))
+        io.add(self.rtp.fileno(), lambda: self._read_one(self.rtp, self._on_rtp))
+        io.add(self.rtcp.fileno(), lambda: self._read_one(self.rtcp, self._on_rtcp))
+        io.add(self.inner_rtcp.fileno(), lambda: self._read_one(self.inner_rtcp, self._on_rtcp))
         self._poll_inner(True)
 
     def _poll_inner(self, on: bool) -> None:
@@ -152,7 +152,8 @@ class TrunkRelay:
         self._inner_polled = on
         io = RelayIO.get()
         if on:
-            io.add(self.inner_rtp.fileno(), lambda: self._read(self.inner_rtp, self._on_inner))
+            io.add(self.inner_rtp.fileno(),
+                   lambda: self._read_one(self.inner_rtp, self._on_inner))
         else:
             io.remove(self.inner_rtp.fileno())
 
@@ -172,8 +173,25 @@ class TrunkRelay:
             sock.close()
 
     @staticmethod
+    def _read_one(sock: socket.socket, on: Callable[[bytes, Addr], None]) -> None:
+        """One datagram per readiness, on the relay thread: its epoll is level-triggered,
+        so more waiting are reported at once again. (Reading on until the socket was empty
+        cost a failed ``recvfrom`` per packet, and its BlockingIOError — strerror, gettext,
+        a traceback object — in Python.)"""
+        try:
+            data, addr = sock.recvfrom(2048)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:  # an ICMP unreachable for an earlier send; closed meanwhile
+            if sock.fileno() >= 0:
+                log.debug("relay socket: %s", e)
+            return
+        on(data, addr)
+
+    @staticmethod
     def _read(sock: socket.socket, on: Callable[[bytes, Addr], None], limit: int = 64) -> None:
-        for _ in range(limit):  # (64: then let the other sockets in)
+        """What is waiting, ``limit`` datagrams at most (the loop's drains)."""
+        for _ in range(limit):
             try:
                 data, addr = sock.recvfrom(2048)
             except (BlockingIOError, InterruptedError):

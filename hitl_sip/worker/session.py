@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 MASKED = "•"  # a digit that may not be kept (see CallSession.shown_digit)
 TYPE_AHEAD_MAX = 32  # digits kept while a prompt plays (a flow's longest entry, dtmf_max)
 #: caller frames per wake-up of the loop in a relayed human phase (CallSession._pace_inbound)
-INBOUND_BATCH = 3
+INBOUND_BATCH = 5  # (100 ms: the recogniser and a supervisor-less call need no sooner)
 
 Notify = Callable[[Msg], None]
 
