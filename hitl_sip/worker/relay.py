@@ -73,6 +73,8 @@ PRIME_PACKETS = 10
 #: at most this many of pjmedia's packets read and dropped at a hand-back (more than a
 #: socket buffer holds)
 DRAIN_LIMIT = 4096
+#: the receive buffer of the socket pjmedia's packets reach (the kernel doubles it)
+INNER_RCVBUF = 65536
 #: a 20 ms frame of silence in each law (the primer's payload)
 SILENCE = {0: b"\xff" * 160, 8: b"\xd5" * 160}
 _random = random.SystemRandom()
@@ -91,6 +93,10 @@ class TrunkRelay:
         # (dropped while the agent talks) need not wake the relay thread then
         try:
             self.inner_rtp, self.inner_rtcp = bind_pair(pj_rtp[0])
+            # what pjmedia's stream sends through a cut waits here until the hand-back
+            # drains it on the loop: a bounded buffer (~3 s of packets), whatever the
+            # host's default, bounds that drain (the relay thread reads it as it comes)
+            self.inner_rtp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, INNER_RCVBUF)
         except OSError:
             self.rtp.close()
             self.rtcp.close()
