@@ -143,9 +143,9 @@ class TrunkRelay:
             return
         self._loop = asyncio.get_running_loop()
         io = RelayIO.get()
-        io.add(self.rtp.fileno(), lambda: self._read_one(self.rtp, self._on_rtp))
-        io.add(self.rtcp.fileno(), lambda: self._read_one(self.rtcp, self._on_rtcp))
-        io.add(self.inner_rtcp.fileno(), lambda: self._read_one(self.inner_rtcp, self._on_rtcp))
+        io.add(self.rtp.fileno(), lambda: self._read(self.rtp, self._on_rtp))
+        io.add(self.rtcp.fileno(), lambda: self._read(self.rtcp, self._on_rtcp))
+        io.add(self.inner_rtcp.fileno(), lambda: self._read(self.inner_rtcp, self._on_rtcp))
         self._poll_inner(True)
 
     def _poll_inner(self, on: bool) -> None:
@@ -158,8 +158,7 @@ class TrunkRelay:
         self._inner_polled = on
         io = RelayIO.get()
         if on:
-            io.add(self.inner_rtp.fileno(),
-                   lambda: self._read_one(self.inner_rtp, self._on_inner))
+            io.add(self.inner_rtp.fileno(), lambda: self._read(self.inner_rtp, self._on_inner))
         else:
             io.remove(self.inner_rtp.fileno())
 
@@ -179,24 +178,12 @@ class TrunkRelay:
             sock.close()
 
     @staticmethod
-    def _read_one(sock: socket.socket, on: Callable[[bytes, Addr], None]) -> None:
-        """One datagram per readiness, on the relay thread: its epoll is level-triggered,
-        so more waiting are reported at once again. (Reading on until the socket was empty
-        cost a failed ``recvfrom`` per packet, and its BlockingIOError — strerror, gettext,
-        a traceback object — in Python.)"""
-        try:
-            data, addr = sock.recvfrom(2048)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as e:  # an ICMP unreachable for an earlier send; closed meanwhile
-            if sock.fileno() >= 0:
-                log.debug("relay socket: %s", e)
-            return
-        on(data, addr)
-
-    @staticmethod
-    def _read(sock: socket.socket, on: Callable[[bytes, Addr], None], limit: int = 64) -> None:
-        """What is waiting, ``limit`` datagrams at most (the loop's drains)."""
+    def _read(sock: socket.socket, on: Callable[[bytes, Addr], None], limit: int = 1) -> None:
+        """What is waiting, ``limit`` datagrams at most. The relay thread reads one per
+        readiness: its epoll is level-triggered, so more waiting are reported at once
+        again (reading on until the socket was empty cost a failed ``recvfrom`` per packet,
+        and its BlockingIOError — strerror, gettext, a traceback — in Python); the loop's
+        drains read what is there."""
         for _ in range(limit):
             try:
                 data, addr = sock.recvfrom(2048)
@@ -319,7 +306,7 @@ class TrunkRelay:
             if self.on_carry is not None:
                 self.on_carry(True)
         elif self.on_carry is None:  # pjmedia keeps sending: its packets are dropped
-            self._read(self.inner_rtp, self._drop_pjmedia)
+            self._read(self.inner_rtp, self._drop_pjmedia, DRAIN_LIMIT)
         with self._lock:
             self._sent = True
             self._agent_at = time.monotonic()
