@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 
 MODE=${1:-run}
 APT_PACKAGES=(sip-tester baresip-core espeak-ng sox pocketsphinx-testdata kamailio
-              kamailio-tls-modules rtpengine-daemon openssl)
+              kamailio-tls-modules rtpengine-daemon openssl gcc python3-dev)
 if [[ $MODE == test ]]; then
   APT_PACKAGES+=(chromium fonts-dejavu-core redis-server)
 fi
@@ -66,11 +66,13 @@ if [[ ! -x .venv/bin/python ]]; then
   echo "bootstrap: creating .venv with $($PYTHON --version)"
   "$PYTHON" -m venv .venv
 fi
-if [[ ! -f $stamp || pyproject.toml -nt $stamp || constraints.txt -nt $stamp ]]; then
+# (setup.py builds the C core, hitl_sip/media/_rtpcore.c: a changed source is built again)
+if [[ ! -f $stamp || pyproject.toml -nt $stamp || constraints.txt -nt $stamp || setup.py -nt $stamp \
+      || hitl_sip/media/_rtpcore.c -nt $stamp ]]; then
   echo "bootstrap: installing Python dependencies into .venv"
   .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
   .venv/bin/python -m pip install -q -c constraints.txt -e '.[dev,azure]' 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -c "import pjsua2, aiohttp, aiortc, socketio, numpy" 
+  .venv/bin/python -c "import pjsua2, aiohttp, aiortc, socketio, numpy, hitl_sip.media._rtpcore" 
   touch "$stamp"
 fi
 

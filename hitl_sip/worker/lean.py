@@ -9,11 +9,13 @@ call's CPU (bench/README.md, "What is left … on PCMU CPU"). So once aiortc's D
 handshake is done, a G.711 leg's RTP takes a path of its own:
 
 * **Out** (:meth:`LeanG711.send_pcm` on the loop, or :meth:`LeanG711.send_payload` on
-  the trunk relay's thread with the trunk's own G.711 payload): the payload in the leg's
-  law, a header made from a template aiortc serialised once (its SSRC, payload type and
-  MID extension, as the SDP announced them), SRTP with the keys aiortc's handshake
-  exported (pylibsrtp, a session of our own), and the datagram to the candidate pair
-  aioice has nominated — on a duplicate of its socket, at once, from either thread.
+  the trunk relay's thread with the trunk's own G.711 payload — and the relay's C core
+  itself, armed with :attr:`LeanG711.sender`): the payload in the leg's law, a header
+  made from a template aiortc serialised once (its SSRC, payload type and MID extension,
+  as the SDP announced them), SRTP with the keys aiortc's handshake exported (a
+  pylibsrtp session of our own, driven from C: ``_rtpcore.Sender``), and the datagram to
+  the candidate pair aioice has nominated — on a duplicate of its socket, at once, from
+  either thread.
 * **In** (:meth:`LeanG711.receive`, installed in front of aioice's queue): the agent's
   SRTP packets of the G.711 payload type are unprotected, counted in aiortc's own
   receiver statistics (``getStats`` and its receiver reports stay right), decoded and
@@ -30,10 +32,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-import socket
 import struct
-import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -43,16 +42,15 @@ from aiortc.rtcrtpreceiver import StreamStatistics
 from aiortc.rtp import RtpPacket as AiortcRtpPacket
 from pylibsrtp import Error as SrtpError
 from pylibsrtp import Policy, Session
+from pylibsrtp._binding import ffi, lib
 
+from hitl_sip.media._rtpcore import Sender
 from hitl_sip.media.g711 import BY_NAME, BY_PT
 from hitl_sip.media.rtp import payload_bounds
 
 log = logging.getLogger(__name__)
 
 RATE = 8000
-FRAME = 160  # samples in 20 ms
-#: after a pause this long between frames, the timestamp jumps by the time that passed
-GAP = 0.06
 
 
 class _Seen:
@@ -66,73 +64,48 @@ class _Seen:
 
 
 class LeanG711:
-    """One G.711 leg's RTP both ways, on the event loop's thread."""
+    """One G.711 leg's RTP both ways: received on the event loop's thread, sent from
+    either (its :attr:`sender` numbers and sends under its own lock; after a pause of
+    more than 60 ms between frames the timestamp jumps by the time that passed)."""
 
-    def __init__(self, *, codec: str, payload_type: int, header: bytes,
-                 tx: Session, rx: Session, send: Callable[[bytes], None],
+    def __init__(self, *, codec: str, payload_type: int, sender: Sender, rx: Session,
                  on_pcm: Callable[[npt.NDArray[np.int16], int], None],
                  streams: dict[int, Any]) -> None:
         law = BY_NAME[codec]
         self._encode, self._decode = law.encode, law.decode
-        self._own_pt = law.payload_type
-        #: payload type of the other law → the table from its bytes to ours (a trunk on
-        #: the other G.711 law than the leg's)
-        self._from = {pt: other.transcoder(law) for pt, other in BY_PT.items() if other is not law}
         self.payload_type = payload_type
-        self._header = bytearray(header)  # our SSRC, PT and MID; sequence and time patched
-        self._tx, self._rx = tx, rx
-        self._send = send
+        #: the leg's outgoing RTP (C): the relay's core sends the trunk's payloads on it
+        self.sender = sender
+        self._rx = rx
         self._on_pcm = on_pcm
         self._streams = streams  # aiortc's receiver's, by SSRC: its stats and reports
-        seq, ts = struct.unpack_from("!HI", header, 2)
-        self._seq, self._ts = seq, ts
-        self._sent_at: float | None = None
-        self._lock = threading.Lock()  # the loop and the relay's thread both send
         self._last_in: int | None = None  # the newest sequence number taken from the agent
         self.closed = False
         self.on_close: Callable[[], None] | None = None
-        self.sent = 0
         self.received = 0
         self.refused = 0  # failed SRTP authentication, or old/duplicate packets
+
+    @property
+    def sent(self) -> int:
+        return self.sender.sent
 
     # -- to the agent -------------------------------------------------------------------------
 
     def send_pcm(self, pcm: bytes) -> None:
         """One 20 ms frame (8 kHz s16le) to the agent, now."""
-        self._out(self._encode[np.frombuffer(pcm, "<i2").view("<u2")].tobytes())
+        self.sender.send(self._encode[np.frombuffer(pcm, "<i2").view("<u2")].tobytes())
 
     def send_payload(self, pt: int, payload: bytes) -> None:
         """One trunk packet's G.711 payload (payload type ``pt``: 0 or 8) to the agent,
-        now — from the relay's thread; no PCM in between unless the laws differ."""
-        if pt != self._own_pt:
-            payload = self._from[pt][np.frombuffer(payload, np.uint8)].tobytes()
-        self._out(payload)
-
-    def _out(self, payload: bytes) -> None:
-        with self._lock:
-            if self.closed:
-                return
-            now = time.monotonic()
-            step = FRAME
-            if self._sent_at is not None and now - self._sent_at > GAP:
-                step = FRAME * round((now - self._sent_at) / 0.02)
-            self._sent_at = now
-            self._seq = (self._seq + 1) & 0xFFFF
-            self._ts = (self._ts + step) & 0xFFFFFFFF
-            header = self._header
-            struct.pack_into("!HI", header, 2, self._seq, self._ts)
-            try:
-                self._send(self._tx.protect(bytes(header) + payload))
-            except (SrtpError, OSError) as e:
-                log.debug("lean leg: send: %s", e)
-                return
-            self.sent += 1
+        now — from the relay's thread; no PCM in between (the other law is mapped byte
+        by byte)."""
+        self.sender.send_payload(pt, payload)
 
     def close(self) -> None:
-        with self._lock:
-            self.closed = True
-            if self.on_close is not None:
-                self.on_close()
+        self.closed = True
+        self.sender.close()
+        if self.on_close is not None:
+            self.on_close()
 
     # -- from the agent -----------------------------------------------------------------------
 
@@ -184,6 +157,18 @@ def srtp_sessions(dtls: Any) -> tuple[Session, Session]:
     return sessions[0], sessions[1]
 
 
+def c_sender(session: Session, header: bytes, codec: str) -> Sender:
+    """The C core's sender for a leg: SRTP by pylibsrtp's own ``srtp_protect`` on
+    ``session``'s context (the session is kept alive with it); the trunk's payloads of
+    the other G.711 law are mapped to the leg's byte by byte."""
+    law = BY_NAME[codec]
+    other = next(o for o in BY_PT.values() if o is not law)
+    protect = int(ffi.cast("uintptr_t", ffi.addressof(lib, "srtp_protect")))
+    ctx = int(ffi.cast("uintptr_t", session._srtp[0]))
+    return Sender(protect, ctx, session, header, law.payload_type, other.payload_type,
+                  other.transcoder(law).tobytes())
+
+
 def attach(transceiver: Any, codec: str,
            on_pcm: Callable[[npt.NDArray[np.int16], int], None]) -> LeanG711 | None:
     """The lean path for a connected transceiver's G.711 RTP (None, changing nothing, when
@@ -208,13 +193,13 @@ def attach(transceiver: Any, codec: str,
         template.extensions.mid = sender._RTCRtpSender__mid
         header = template.serialize(sender._RTCRtpSender__rtp_header_extensions_map)
         tx, rx = srtp_sessions(dtls)
-    except (AttributeError, StopIteration, TypeError, ValueError, SrtpError) as e:
+        out = c_sender(tx, header, codec)
+        follow_pair(connection, out)
+    except (AttributeError, StopIteration, TypeError, ValueError, SrtpError, OSError) as e:
         log.warning("lean G.711 path not available (aiortc changed shape?): %r", e)
         return None
-    out = PairSocket(connection._nominated)
-    lean = LeanG711(codec=codec, payload_type=payload_type, header=header, tx=tx, rx=rx,
-                    send=out.send, on_pcm=on_pcm, streams=streams)
-    lean.on_close = out.close
+    lean = LeanG711(codec=codec, payload_type=payload_type, sender=out, rx=rx,
+                    on_pcm=on_pcm, streams=streams)
     aiortc_side = connection.data_received
 
     def data_received(data: bytes, component: int) -> None:
@@ -225,31 +210,31 @@ def attach(transceiver: Any, codec: str,
     return lean
 
 
-class PairSocket:
-    """Sends on the candidate pair aioice has nominated now (the browser may switch pairs),
-    through a duplicate of that pair's socket: the loop's asyncio transport is not for
-    other threads, the kernel's socket is. Called under :class:`LeanG711`'s lock."""
+def follow_pair(connection: Any, sender: Sender) -> None:
+    """Keep ``sender`` on the candidate pair aioice has nominated (the browser may switch
+    pairs): it sends on a duplicate of that pair's socket (the loop's asyncio transport
+    is not for other threads, the kernel's socket is), and aioice's table of nominated
+    pairs is replaced by one that tells it of each change."""
 
-    def __init__(self, nominated: dict[int, Any]) -> None:
-        self._nominated = nominated
-        self._pair: Any = None
-        self._sock: socket.socket | None = None
+    def follow(pair: Any) -> None:
+        transport = getattr(getattr(pair, "protocol", None), "transport", None)
+        if transport is not None:
+            sender.set_dest(transport.get_extra_info("socket").fileno(),
+                            tuple(pair.remote_addr[:2]))
 
-    def send(self, data: bytes) -> None:
-        pair = self._nominated.get(1)
-        if pair is None:
-            return
-        if pair is not self._pair:
-            transport = pair.protocol.transport
-            if transport is None:
-                return
-            self.close()
-            self._sock = transport.get_extra_info("socket").dup()
-            self._pair = pair
-        assert self._sock is not None
-        self._sock.sendto(data, pair.remote_addr)
+    table = _Nominated(connection._nominated, follow)
+    connection._nominated = table
+    follow(table.get(1))
 
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-        self._sock = self._pair = None
+
+class _Nominated(dict[int, Any]):
+    """aioice's ``Connection._nominated`` (component → pair), telling of component 1."""
+
+    def __init__(self, pairs: dict[int, Any], on_rtp: Callable[[Any], None]) -> None:
+        super().__init__(pairs)
+        self._on_rtp = on_rtp
+
+    def __setitem__(self, component: int, pair: Any) -> None:
+        super().__setitem__(component, pair)
+        if component == 1:
+            self._on_rtp(pair)

@@ -172,6 +172,8 @@ class AgentPeer:
         self._closing = True
         if self.lean is not None:
             self.lean.close()
+            # the caller's packets the relay's C core sent on the leg (not counted per frame)
+            self.stats.to_agent_frames += self.lean.sender.relayed
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

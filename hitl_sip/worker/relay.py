@@ -15,6 +15,11 @@ with a relay of its own in front of pjmedia:
 * The sockets are read on one thread for the worker's relays (:class:`RelayIO`), not on
   the event loop: a packet waits for the interpreter lock at most, never for a loop
   callback, so pjmedia's jitter buffer gets the trunk's packets as they come.
+* The trunk's RTP is served in C (``hitl_sip/media/_rtpcore.c``) on that thread, without
+  the interpreter: strict source, the renumbered copy to pjmedia, and — once
+  :attr:`TrunkRelay.direct` has said where the caller's audio goes (the agent's lean
+  leg, or nowhere) — the packet there. A verdict holds until the session says who hears
+  the caller may have changed (:meth:`TrunkRelay.disarm`), for a second at most.
 * While the agent's frames go out, pjmedia's copy of them is not made:
   :attr:`TrunkRelay.on_carry` tells the stack, which stops the call's port transmitting
   to pjmedia's stream (``PjStack.relay_carries``: no Python callback for that direction
@@ -49,7 +54,6 @@ import contextlib
 import logging
 import random
 import re
-import select
 import socket
 import struct
 import threading
@@ -58,6 +62,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from hitl_sip.media._rtpcore import Core, Inbound, Relay, Sender
 from hitl_sip.media.g711 import BY_PT
 from hitl_sip.media.rtp import payload_bounds
 
@@ -105,22 +110,24 @@ class TrunkRelay:
         self.pj_rtcp: Addr = (pj_rtp[0], pj_rtp[1] + 1)
         self.trunk = trunk
         self.trunk_rtcp = trunk_rtcp
+        #: what pjmedia hears is one stream, the primer's: its SSRC, sequence and clock
+        #: carry on through the trunk's packets (and any SSRC the trunk changes to)
+        self._rx = InboundStream()
+        #: the trunk's RTP, served by the C core on the relay thread (:meth:`_on_packet`
+        #: for what it is not armed to decide)
+        self._core = Relay(self.rtp.fileno(), self.inner_rtp.fileno(), pj_rtp, trunk,
+                           self._rx, self._on_packet)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         #: set at pjmedia's first packet here: its stream sends to the relay from then on
         self.pjmedia_latched = asyncio.Event()
-        #: the caller's decoded audio (8 kHz s16le, 20 ms) while the call is bridged
-        self.to_agent: Callable[[bytes], None] | None = None
-        #: called first on this thread with each G.711 packet of the trunk's (its payload
-        #: type, the whole packet): True when nothing more is to be done with it — sent to
-        #: the agent from here, or wanted by nobody (the bot phase: not even parsed) — so
-        #: the loop is not woken
-        self.direct: Callable[[int, bytes], bool] | None = None
+        self._to_agent: Callable[[bytes], None] | None = None
+        self._direct: Callable[[int, bytes], Sender | bool] | None = None
         #: told on the loop when the agent's frames start going out from here (True) and
         #: when pjmedia's packets go to the trunk again (False): pjmedia need not send
         #: meanwhile (PjStack.relay_carries); None: pjmedia's packets are read and dropped
         self.on_carry: Callable[[bool], None] | None = None
-        self.refused = 0  # packets from a source the SDP does not name
+        self._refused = 0  # RTCP or pjmedia's packets from a source the SDP does not name
         self.from_agent = 0  # agent frames sent to the trunk by the relay
         self._law: int | None = None  # the trunk's G.711 payload type, from pjmedia's packets
         self._ssrc = 0
@@ -132,9 +139,6 @@ class TrunkRelay:
         self._lock = threading.Lock()
         self._inner_polled = False  # pjmedia's packets read by the thread (else by send_pcm)
         self._handback: asyncio.TimerHandle | None = None
-        #: what pjmedia hears is one stream, the primer's: its SSRC, sequence and clock
-        #: carry on through the trunk's packets (and any SSRC the trunk changes to)
-        self._rx = InboundStream()
 
     def start(self) -> None:
         """Serve the sockets from the worker's relay thread (:class:`RelayIO`); called on
@@ -143,7 +147,7 @@ class TrunkRelay:
             return
         self._loop = asyncio.get_running_loop()
         io = RelayIO.get()
-        io.add(self.rtp.fileno(), lambda: self._read(self.rtp, self._on_rtp))
+        io.add_relay(self._core)
         io.add(self.rtcp.fileno(), lambda: self._read(self.rtcp, self._on_rtcp))
         io.add(self.inner_rtcp.fileno(), lambda: self._read(self.inner_rtcp, self._on_rtcp))
         self._poll_inner(True)
@@ -174,6 +178,7 @@ class TrunkRelay:
             io = RelayIO.get()
             for sock in (self.rtp, self.rtcp, self.inner_rtp, self.inner_rtcp):
                 io.remove(sock.fileno())
+        self._core.close()
         for sock in (self.rtp, self.rtcp, self.inner_rtp, self.inner_rtcp):
             sock.close()
 
@@ -205,6 +210,42 @@ class TrunkRelay:
     def update_trunk(self, trunk: Addr, trunk_rtcp: Addr) -> None:
         """A new SDP from the trunk (a re-INVITE) may name another address."""
         self.trunk, self.trunk_rtcp = trunk, trunk_rtcp
+        self._core.set_trunk(trunk)
+
+    @property
+    def refused(self) -> int:
+        """Packets from a source the SDP does not name (RTP, RTCP, on either side)."""
+        return self._refused + self._core.refused
+
+    @property
+    def to_agent(self) -> Callable[[bytes], None] | None:
+        """The caller's decoded audio (8 kHz s16le, 20 ms) while the call is bridged."""
+        return self._to_agent
+
+    @to_agent.setter
+    def to_agent(self, sink: Callable[[bytes], None] | None) -> None:
+        self._to_agent = sink
+        self._core.disarm()
+
+    @property
+    def direct(self) -> Callable[[int, bytes], Sender | bool] | None:
+        """Called first on this thread with a G.711 packet of the trunk's (its payload
+        type, the whole packet) while the C core is not armed: the agent leg's
+        :class:`Sender` when it was sent there (the core sends the next ones itself), True
+        when nobody wants it (the bot phase: the core drops the next ones), a false value
+        when the loop is to hand it on (decoded for :attr:`to_agent`). A verdict holds
+        for ``_rtpcore.LEASE`` packets or until :meth:`disarm`."""
+        return self._direct
+
+    @direct.setter
+    def direct(self, decide: Callable[[int, bytes], Sender | bool] | None) -> None:
+        self._direct = decide
+        self._core.disarm()
+
+    def disarm(self) -> None:
+        """Who takes the caller's audio may have changed (the session's state, its agent,
+        what the agent hears): the next G.711 packet goes to :attr:`direct` again."""
+        self._core.disarm()
 
     def prime(self, pt: int) -> None:
         """Make pjmedia's stream send to the relay from its first frame (called on the pj
@@ -234,29 +275,26 @@ class TrunkRelay:
         except OSError as e:  # a full socket buffer (the packet is late anyway), ICMP
             log.debug("relay send to %s: %s", addr, e)
 
-    def _on_rtp(self, data: bytes, addr: Addr) -> None:
-        if len(data) < 12 or data[0] >> 6 != 2:
-            return
-        if addr == self.trunk:
-            sink = self.to_agent
-            pt = data[1] & 0x7F
-            law = BY_PT.get(pt)
-            if sink is not None and law is not None:
-                direct = self.direct
-                if direct is None or not direct(pt, data):
-                    start, end = payload_bounds(data)
-                    if start < end:  # (else one pjmedia refuses the same way, or empty)
-                        self._to_loop(sink, law.decode[
-                            np.frombuffer(data, np.uint8, end - start, start)].tobytes())
-            self._send(self.inner_rtp, self._rx.renumber(data), self.pj_rtp)
-        else:
-            self.refused += 1
+    def _on_packet(self, pt: int, data: bytes) -> Sender | bool:
+        """A G.711 packet of the trunk's the C core is not armed for (on the relay
+        thread; the core has forwarded it to pjmedia): the verdict for the next ones."""
+        sink = self._to_agent
+        if sink is None:
+            return True
+        direct = self._direct
+        verdict = direct(pt, data) if direct is not None else False
+        if not verdict:
+            start, end = payload_bounds(data)
+            if start < end:  # (else one pjmedia refuses the same way, or empty)
+                self._to_loop(sink, BY_PT[pt].decode[
+                    np.frombuffer(data, np.uint8, end - start, start)].tobytes())
+        return verdict
 
     def _on_inner(self, data: bytes, addr: Addr) -> None:
         if addr == self.pj_rtp and len(data) >= 12 and data[0] >> 6 == 2:
             self._from_pjmedia(data)
         else:
-            self.refused += 1
+            self._refused += 1
 
     def _from_pjmedia(self, data: bytes) -> None:
         if not self._sent and self._pj_ts is None:
@@ -292,7 +330,7 @@ class TrunkRelay:
         elif addr == self.trunk_rtcp:
             self._send(self.inner_rtcp, data, self.pj_rtcp)
         else:
-            self.refused += 1
+            self._refused += 1
 
     def send_pcm(self, frame: bytes) -> None:
         """One 20 ms frame for the caller (8 kHz s16le), to the trunk now (on the loop)."""
@@ -346,7 +384,7 @@ class TrunkRelay:
                 self._pj_ts = struct.unpack_from("!I", data, 4)[0]
 
 
-class InboundStream:
+class InboundStream(Inbound):
     """The stream pjmedia receives from a relay: the primer's silence, then the trunk's
     packets renumbered into it — one SSRC, a sequence that goes on by one, a clock that
     goes on by the time that passed — however the trunk numbers its own, and whenever
@@ -360,16 +398,13 @@ class InboundStream:
     one call in twenty, its first quality report near MOS 1; and when it did not, the
     restart cost the caller's first two packets.
 
-    Called from the pj thread (:meth:`silence`) and the relay thread: one lock."""
+    The numbering (:meth:`renumber`, ``_next``) is the C core's (``_rtpcore.Inbound``, one
+    lock): the relay thread renumbers every trunk packet there without the interpreter,
+    the pj thread primes."""
 
     def __init__(self) -> None:
-        self.ssrc = _random.getrandbits(32) or 1
-        self._seq = _random.getrandbits(16)  # the last sequence number pjmedia got
-        self._ts = _random.getrandbits(32)  # ... and its timestamp
-        self._at: float | None = None  # time.monotonic() when it was sent
-        self._peer: int | None = None  # the trunk's current SSRC
-        self._seq_off = self._ts_off = 0  # ours minus the trunk's, for its current SSRC
-        self._lock = threading.Lock()
+        super().__init__(_random.getrandbits(32) or 1, _random.getrandbits(16),
+                         _random.getrandbits(32))
 
     def primer(self, pt: int) -> list[bytes]:
         """The primer's RTP headers (payload type ``pt``, each for a frame of silence):
@@ -380,40 +415,14 @@ class InboundStream:
         steps = [1] * PRIME_PACKETS + [0x8000, 1]
         return [self._next(pt, step) for step in steps]
 
-    def _next(self, pt: int, step: int) -> bytes:
-        with self._lock:
-            self._seq = (self._seq + step) & 0xFFFF
-            if self._at is not None:
-                self._ts = (self._ts + SAMPLES_PER_FRAME) & 0xFFFFFFFF
-            self._at = time.monotonic()
-            return struct.pack("!BBHII", 0x80, pt, self._seq, self._ts, self.ssrc)
-
-    def renumber(self, data: bytes) -> bytes:
-        """A trunk packet (an RTP header's 12 bytes at least) as pjmedia gets it."""
-        seq, ts, ssrc = struct.unpack_from("!HII", data, 2)
-        with self._lock:
-            now = time.monotonic()
-            if ssrc != self._peer:  # the trunk's first packet, or a new SSRC of its
-                self._peer = ssrc
-                step = SAMPLES_PER_FRAME
-                if self._at is not None:  # the time since our last, in 20 ms frames
-                    step *= max(1, round((now - self._at) / 0.02))
-                self._seq_off = (self._seq + 1 - seq) & 0xFFFF
-                self._ts_off = (self._ts + step - ts) & 0xFFFFFFFF
-            out_seq = (seq + self._seq_off) & 0xFFFF
-            out_ts = (ts + self._ts_off) & 0xFFFFFFFF
-            if ((out_seq - self._seq) & 0xFFFF) < 0x8000:  # newer: where a switch goes on
-                self._seq, self._ts, self._at = out_seq, out_ts, now
-        return data[:2] + struct.pack("!HII", out_seq, out_ts, self.ssrc) + data[12:]
-
     def report_to_trunk(self, data: bytes) -> bytes:
         """pjmedia's RTCP (compound): report blocks about our SSRC name the trunk's SSRC
         and its extended highest sequence number again."""
-        with self._lock:
-            peer, seq_off = self._peer, self._seq_off
+        peer, seq_off = self.peer()
         if peer is None:
             return data
         out = bytearray(data)
+        ssrc = self.ssrc
         at = 0
         while at + 8 <= len(out) and out[at] >> 6 == 2:
             count, pt = out[at] & 0x1F, out[at + 1]
@@ -424,7 +433,7 @@ class InboundStream:
             for _ in range(count if pt in (200, 201) else 0):
                 if block + 24 > end:
                     break
-                if struct.unpack_from("!I", out, block)[0] == self.ssrc:
+                if struct.unpack_from("!I", out, block)[0] == ssrc:
                     highest = struct.unpack_from("!I", out, block + 8)[0]
                     low = (highest - seq_off) & 0xFFFF
                     struct.pack_into("!II", out, block, peer, (highest & 0xFFFF0000) | low)
@@ -434,22 +443,26 @@ class InboundStream:
 
 
 class RelayIO:
-    """The worker's relay thread: one epoll over every call's relay sockets.
+    """The worker's relay thread: one epoll over every call's relay sockets, in the C core
+    (``_rtpcore.Core``), which serves the trunks' RTP without the interpreter and hands
+    the other sockets' readiness to their Python handlers here.
 
     On the event loop a relayed packet waited for whatever the loop was doing — a 60 ms
     callback held every trunk packet of every call, and pjmedia's jitter buffer then got
     them as a burst (the recordings' jitter checks failed under CI load). Here a packet
     waits at most for the interpreter lock (handed over every ``sys.getswitchinterval()``,
-    5 ms). Handlers run on this thread; they reach the loop with ``call_soon_threadsafe``.
+    5 ms) when Python handles it, and for nothing when the core does. Handlers run on this
+    thread; they reach the loop with ``call_soon_threadsafe``.
     """
 
     _instance: RelayIO | None = None
     _instance_lock = threading.Lock()
 
     def __init__(self) -> None:
-        self._epoll = select.epoll()
+        self._core = Core()
         self._handlers: dict[int, Callable[[], None]] = {}
-        self._thread = threading.Thread(target=self._run, name="relay-io", daemon=True)
+        self._thread = threading.Thread(target=self._core.run, args=(self._dispatch,),
+                                        name="relay-io", daemon=True)
         self._thread.start()
 
     @classmethod
@@ -461,28 +474,25 @@ class RelayIO:
 
     def add(self, fd: int, handler: Callable[[], None]) -> None:
         self._handlers[fd] = handler
-        self._epoll.register(fd, select.EPOLLIN)
+        self._core.add_python(fd)
+
+    def add_relay(self, relay: Relay) -> None:
+        """A call's trunk socket, served by the core."""
+        self._core.add_relay(relay)
 
     def remove(self, fd: int) -> None:
         """Before the descriptor is closed (a number the kernel may hand out again)."""
         self._handlers.pop(fd, None)
-        with contextlib.suppress(OSError, ValueError):
-            self._epoll.unregister(fd)
+        self._core.remove(fd)
 
-    def _run(self) -> None:
-        while True:
-            try:
-                events = self._epoll.poll()
-            except InterruptedError:
-                continue
-            for fd, _ in events:
-                handler = self._handlers.get(fd)
-                if handler is None:
-                    continue
-                try:
-                    handler()
-                except Exception:  # one call's fault never stops the others' media
-                    log.exception("relay handler failed")
+    def _dispatch(self, fd: int) -> None:
+        handler = self._handlers.get(fd)
+        if handler is None:
+            return
+        try:
+            handler()
+        except Exception:  # one call's fault never stops the others' media
+            log.exception("relay handler failed")
 
 
 def bind_pair(host: str, first: int = 0, last: int = 0) -> tuple[socket.socket, socket.socket]:

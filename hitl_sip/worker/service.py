@@ -26,6 +26,7 @@ from hitl_sip.bot.runner import FlowRunner
 from hitl_sip.config import PROJECT_ROOT, Config, uses_rtpengine, worker_transports
 from hitl_sip.errors import SipError
 from hitl_sip.log import call_logger, now_iso
+from hitl_sip.media._rtpcore import Sender
 from hitl_sip.media.buffers import FrameBuffer
 from hitl_sip.media.ice import install_host_filter, rtc_configuration
 from hitl_sip.media.quality import LegMeter, LegQualityFigures
@@ -530,6 +531,7 @@ class WorkerService:
         if stack is not None:
             relay.on_carry = lambda carries: stack.relay_carries(call.call_id, carries)
         session.relay = relay
+        relay.disarm()
         call_logger(log, call.call_id).info("relay in front of pjmedia: the bridged audio "
                                             "skips the conference tick")
 
@@ -918,11 +920,14 @@ class WorkerService:
         )
 
 
-def _direct_to_agent(call: CallRuntime, session: CallSession, pt: int, packet: bytes) -> bool:
-    """On the relay's thread, for each G.711 packet of the caller's: True when the loop
-    need not see it — nobody takes caller frames now (the bot phase, an agent not there
-    yet), or they went to the agent's lean leg from here; False: the loop hands the frame
-    on (aiortc's path, or the agent hears another talker mixed in)."""
+def _direct_to_agent(call: CallRuntime, session: CallSession, pt: int,
+                     packet: bytes) -> Sender | bool:
+    """On the relay's thread, for a G.711 packet of the caller's while the relay's C core
+    is not armed: True when the loop need not see it because nobody takes caller frames
+    now (the bot phase, an agent not there yet); the agent's lean leg's sender when it
+    went there from here; False: the loop hands the frame on (aiortc's path, or the agent
+    hears another talker mixed in). The verdict arms the core (relay.py) until the
+    session disarms it (CallSession.relay_changed) — the lean leg's closing too."""
     push = session.agent_push
     if push is None:
         return True
@@ -936,4 +941,4 @@ def _direct_to_agent(call: CallRuntime, session: CallSession, pt: int, packet: b
     if start < end:  # (else one pjmedia refuses the same way, or an empty one)
         lean.send_payload(pt, packet[start:end])
         track.stats.to_agent_frames += 1
-    return True
+    return lean.sender

@@ -238,6 +238,13 @@ class CallSession:
         batched = (self.state is SessionState.HUMAN and self.relay is not None
                    and not self.conference)
         self.inbound.wake_at = INBOUND_BATCH if batched else 1
+        self.relay_changed()
+
+    def relay_changed(self) -> None:
+        """Who takes the caller's audio, or what the agent hears with it, may have
+        changed: the relay's C core asks again at the next packet (relay.py)."""
+        if self.relay is not None:
+            self.relay.disarm()
 
     def _notify_state(self) -> None:
         self.notify(wire.SessionStateMsg(call_id=self.call_id, thread_id=self.thread_id,
@@ -472,6 +479,7 @@ class CallSession:
         self._to_agent = to_agent
         self._agent_media = False
         self.conference.attach_primary(taps)
+        self.relay_changed()
         if flowing:
             self.agent_media(True)
 
@@ -479,6 +487,7 @@ class CallSession:
         self._to_agent = None
         self._agent_media = False
         self.conference.attach_primary(None)
+        self.relay_changed()
         self.on_source_active(False)
 
     def agent_media(self, flowing: bool) -> None:
@@ -542,6 +551,7 @@ class CallSession:
         leg = self.conference.set_role(name, role)
         if leg is None:
             return False
+        self.relay_changed()
         self.log.info("leg %s now %s", name, role.value)
         self._leg_stt(name)
         return True

@@ -8,6 +8,7 @@ import asyncio
 import functools
 import itertools
 import os
+import socket
 import struct
 import threading
 import time
@@ -19,7 +20,7 @@ import numpy.typing as npt
 from pylibsrtp import Policy, Session
 
 from hitl_sip.media.g711 import ALAW_DECODE, ALAW_ENCODE, ULAW_DECODE, ULAW_ENCODE
-from hitl_sip.worker.lean import LeanG711, PairSocket
+from hitl_sip.worker.lean import LeanG711, c_sender, follow_pair
 
 KEY_OUT, KEY_IN = os.urandom(30), os.urandom(30)  # AES128_CM_SHA1_80: key 16 + salt 14
 
@@ -35,21 +36,58 @@ def tone(freq: float = 1000.0) -> bytes:
     return (np.sin(2 * np.pi * freq * t) * 8000).astype("<i2").tobytes()
 
 
+def udp() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
 class Leg:
+    """A PCMU leg whose C sender sends on a socket of ours to the browser's: what reaches
+    the browser is read on a thread of its own as it comes (``wire``)."""
+
     def __init__(self) -> None:
-        self.wire: list[bytes] = []
         self.heard: list[tuple[npt.NDArray[np.int16], int]] = []
         self.streams: dict[int, Any] = {}
         header = struct.pack("!BBHII", 0x80, 0, 65534, 0xFFFFFF00, 0x5EED)
-        self.lean = LeanG711(codec="pcmu", payload_type=0, header=header,
-                             tx=session(KEY_OUT, Policy.SSRC_ANY_OUTBOUND),
+        self.ours, self.browser = udp(), udp()
+        sender = c_sender(session(KEY_OUT, Policy.SSRC_ANY_OUTBOUND), header, "pcmu")
+        sender.set_dest(self.ours.fileno(), self.browser.getsockname())
+        self.lean = LeanG711(codec="pcmu", payload_type=0, sender=sender,
                              rx=session(KEY_IN, Policy.SSRC_ANY_INBOUND),
-                             send=self.wire.append,
                              on_pcm=lambda pcm, rate: self.heard.append((pcm, rate)),
                              streams=self.streams)
         # the browser's ends of the two keys
         self.browser_rx = session(KEY_OUT, Policy.SSRC_ANY_INBOUND)
         self.browser_tx = session(KEY_IN, Policy.SSRC_ANY_OUTBOUND)
+        self._wire: list[bytes] = []
+        self._arrived = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = self.browser.recv(2048)
+            except OSError:
+                return
+            with self._arrived:
+                self._wire.append(data)
+                self._arrived.notify_all()
+
+    def wire(self, count: int) -> list[bytes]:
+        """What reached the browser once ``count`` packets have (2 s at most)."""
+        with self._arrived:
+            self._arrived.wait_for(lambda: len(self._wire) >= count, 2)
+            return list(self._wire)
+
+    def flushed(self) -> list[bytes]:
+        """Everything sent so far: a marker from elsewhere arrives after it (loopback
+        delivers each datagram within its sendto)."""
+        with udp() as other:
+            other.sendto(b"marker", self.browser.getsockname())
+        with self._arrived:
+            self._arrived.wait_for(lambda: b"marker" in self._wire, 2)
+            return [d for d in self._wire if d != b"marker"]
 
     def from_browser(self, seq: int, payload: bytes, *, pt: int = 0, ts: int = 0) -> bytes:
         return self.browser_tx.protect(struct.pack("!BBHII", 0x80, pt, seq, ts or seq * 160,
@@ -62,7 +100,7 @@ def test_frames_go_out_as_one_srtp_stream_with_the_time_that_passed() -> None:
         leg.lean.send_pcm(tone())
     time.sleep(0.1)  # the caller's packets pause for 100 ms (five frames)
     leg.lean.send_pcm(tone())
-    plain = [leg.browser_rx.unprotect(data) for data in leg.wire]  # authenticates each
+    plain = [leg.browser_rx.unprotect(data) for data in leg.wire(4)]  # authenticates each
     heads = [struct.unpack_from("!BBHII", p) for p in plain]
     assert [h[2] for h in heads] == [65535, 0, 1, 2]  # the template's sequence, wrapping
     assert [h[3] for h in heads[:3]] == [0xFFFFFFA0, 0x40, 0xE0]  # +160 each, wrapping
@@ -112,10 +150,10 @@ def test_the_trunk_s_payload_goes_out_as_it_is_or_in_the_leg_s_law() -> None:
     leg = Leg()  # a PCMU leg
     ulaw = ULAW_ENCODE[np.frombuffer(tone(), "<i2").view("<u2")].tobytes()
     leg.lean.send_payload(0, ulaw)
-    assert leg.browser_rx.unprotect(leg.wire[-1])[12:] == ulaw  # no PCM in between
+    assert leg.browser_rx.unprotect(leg.wire(1)[-1])[12:] == ulaw  # no PCM in between
     alaw = ALAW_ENCODE[np.frombuffer(tone(), "<i2").view("<u2")].tobytes()
     leg.lean.send_payload(8, alaw)  # a PCMA trunk: the same sound in µ-law
-    sent = leg.browser_rx.unprotect(leg.wire[-1])[12:]
+    sent = leg.browser_rx.unprotect(leg.wire(2)[-1])[12:]
     back = ULAW_DECODE[np.frombuffer(sent, np.uint8)].astype(np.int32)
     want = ALAW_DECODE[np.frombuffer(alaw, np.uint8)].astype(np.int32)
     assert np.abs(back - want).max() <= np.abs(want).max() // 16  # within a step of each law
@@ -123,28 +161,28 @@ def test_the_trunk_s_payload_goes_out_as_it_is_or_in_the_leg_s_law() -> None:
 
 def test_the_loop_and_the_relay_thread_send_one_sequence_and_close_stops_both() -> None:
     leg = Leg()
-    payload = bytes(160)
+    payload = bytes(160)  # (as many as a socket buffer holds: the reader may lag)
 
     def relay() -> None:
-        for _ in range(200):
+        for _ in range(100):
             leg.lean.send_payload(0, payload)
     thread = threading.Thread(target=relay)
     thread.start()
-    for _ in range(200):
+    for _ in range(100):
         leg.lean.send_pcm(tone())
     thread.join()
-    seqs = [struct.unpack_from("!H", leg.browser_rx.unprotect(d), 2)[0] for d in leg.wire]
-    assert len(seqs) == 400 == leg.lean.sent
-    assert [(b - a) & 0xFFFF for a, b in itertools.pairwise(seqs)] == [1] * 399
+    seqs = [struct.unpack_from("!H", leg.browser_rx.unprotect(d), 2)[0] for d in leg.wire(200)]
+    assert len(seqs) == 200 == leg.lean.sent
+    assert [(b - a) & 0xFFFF for a, b in itertools.pairwise(seqs)] == [1] * 199
     closed = []
     leg.lean.on_close = lambda: closed.append(True)
     leg.lean.close()
     leg.lean.send_pcm(tone())
     leg.lean.send_payload(0, payload)
-    assert len(leg.wire) == 400 and closed == [True]
+    assert len(leg.flushed()) == 200 and closed == [True] and leg.lean.sender.closed
 
 
-def test_pair_socket_sends_on_the_pair_nominated_now() -> None:
+def test_the_sender_follows_the_pair_aioice_nominates() -> None:
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
         got: list[tuple[int, bytes]] = []
@@ -165,16 +203,21 @@ def test_pair_socket_sends_on_the_pair_nominated_now() -> None:
                    for n in range(2)]
         pairs = [SimpleNamespace(protocol=SimpleNamespace(transport=ours),
                                  remote_addr=t.get_extra_info("sockname")) for t, _ in remotes]
-        nominated: dict[int, Any] = {}
-        out = PairSocket(nominated)
-        out.send(b"nothing nominated yet")
-        nominated[1] = pairs[0]
-        await asyncio.to_thread(out.send, b"one")  # from another thread, as the relay's
-        nominated[1] = pairs[1]  # the browser switched pairs
-        out.send(b"two")
+        connection = SimpleNamespace(_nominated={})
+        browser_rx = session(KEY_OUT, Policy.SSRC_ANY_INBOUND)
+        sender = c_sender(session(KEY_OUT, Policy.SSRC_ANY_OUTBOUND),
+                          struct.pack("!BBHII", 0x80, 0, 1, 0, 0x5EED), "pcmu")
+        follow_pair(connection, sender)
+        sender.send(b"nothing nominated yet")
+        connection._nominated[1] = pairs[0]  # as aioice's Connection does
+        await asyncio.to_thread(sender.send, b"one")  # from another thread, as the relay's
+        connection._nominated[1] = pairs[1]  # the browser switched pairs
+        sender.send(b"two")
         await asyncio.wait_for(both.wait(), 2)
-        assert got == [(0, b"one"), (1, b"two")]
-        out.close()
+        assert [(n, browser_rx.unprotect(data)[12:]) for n, data in got] == [
+            (0, b"one"), (1, b"two")]
+        assert sender.sent == 2
+        sender.close()
         for t, _ in [(ours, None), *remotes]:
             t.close()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import socket
 import struct
 import threading
@@ -13,9 +14,12 @@ import time
 
 import numpy as np
 import pytest
+from pylibsrtp import Policy, Session
 
-from hitl_sip.media.g711 import ULAW_DECODE, ULAW_ENCODE
+from hitl_sip.media._rtpcore import Sender
+from hitl_sip.media.g711 import ALAW_DECODE, ALAW_ENCODE, ULAW_DECODE, ULAW_ENCODE
 from hitl_sip.media.rtp import RtpPacket
+from hitl_sip.worker.lean import c_sender
 from hitl_sip.worker.relay import (
     PRIME_PACKETS,
     SILENCE,
@@ -362,42 +366,76 @@ def test_pjmedia_s_receiver_reports_name_the_trunk_s_stream() -> None:
 
 
 def test_a_packet_taken_on_the_relay_thread_never_wakes_the_loop() -> None:
-    """``direct`` sees each of the trunk's G.711 payloads first, on the relay's thread:
-    what it takes (sent to a lean agent leg, or wanted by nobody in the bot phase) is not
-    decoded for the loop; what it leaves is, as before. pjmedia gets every packet."""
+    """``direct`` decides about the trunk's G.711 packets on the relay's thread, and its
+    verdict arms the C core: wanted by nobody (True) — the next ones are only forwarded
+    to pjmedia; sent to a lean agent leg (its Sender) — the core sends the next ones
+    there itself, in either law; left to the loop (False) — decoded and handed on, and
+    asked again. ``disarm`` (the session's state, agent or taps changed) and a closed
+    sender make it ask again. pjmedia gets every packet; other payload types are never
+    asked about."""
     async def scenario() -> None:
         relay, trunk, trunk_rtcp, pj, pj_rtcp = loopback_relay()
         here = ("127.0.0.1", relay.port)
         seen: list[tuple[int, bytes, str]] = []
         tapped: list[bytes] = []
         got = asyncio.Event()
-        take = True
+        browser, ours = udp(), udp()
+        browser.settimeout(2)
+        key = os.urandom(30)
+        profile = Policy.SRTP_PROFILE_AES128_CM_SHA1_80
+        sender = c_sender(Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND,
+                                         srtp_profile=profile)),
+                          struct.pack("!BBHII", 0x80, 0, 9, 0, 0x5EED), "pcmu")
+        sender.set_dest(ours.fileno(), browser.getsockname())
+        browser_rx = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_INBOUND,
+                                    srtp_profile=profile))
+        verdict: Sender | bool = True
+        seq = itertools.count()
 
-        def direct(pt: int, packet: bytes) -> bool:
+        def direct(pt: int, packet: bytes) -> Sender | bool:
             seen.append((pt, RtpPacket.parse(packet).payload, threading.current_thread().name))
-            return take
+            return verdict
 
         def tap(frame: bytes) -> None:
             tapped.append(frame)
             got.set()
+
+        async def send(payload: bytes, pt: int = 0) -> None:
+            n = next(seq)
+            trunk.sendto(rtp(n, 160 * n, 0x1, payload, pt=pt), here)
+            data, _ = await asyncio.to_thread(pj.recvfrom, 2048)  # pjmedia has it always
+            assert rtp_payload(data) == payload
         try:
             relay.start()
             relay.to_agent, relay.direct = tap, direct
-            for i, law_pt in enumerate((0, 8)):
-                trunk.sendto(rtp(i, 160 * i, 0x1, bytes([i]) * 160, pt=law_pt), here)
-                await asyncio.to_thread(pj.recvfrom, 2048)  # pjmedia has it either way
-            assert [(pt, p[:1], name) for pt, p, name in seen] == [
-                (0, b"\x00", "relay-io"), (8, b"\x01", "relay-io")]
-            take = False  # e.g. a supervisor whispers: the loop mixes
-            trunk.sendto(rtp(2, 320, 0x1, b"\xff" * 160), here)
+            # nobody wants the caller's audio (the bot phase): asked once
+            for law_pt in (0, 8, 0):
+                await send(bytes([law_pt]) * 160, law_pt)
+            assert [(pt, p[:1], name) for pt, p, name in seen] == [(0, b"\x00", "relay-io")]
+            relay.disarm()  # e.g. the call is bridged now
+            verdict = sender
+            await send(b"\x01" * 160)  # asked: direct sends it itself (here: not)
+            await send(b"\x02" * 160)  # the core sends it
+            alaw = ALAW_ENCODE[np.full(160, 1000, np.uint16)].tobytes()
+            await send(alaw, 8)  # ... in µ-law, the leg's
+            assert len(seen) == 2 and sender.relayed == 2
+            plain = [browser_rx.unprotect(browser.recv(2048)) for _ in range(2)]
+            assert plain[0][12:] == b"\x02" * 160
+            assert plain[1][12:] == ULAW_ENCODE[
+                ALAW_DECODE[np.frombuffer(alaw, np.uint8)].view(np.uint16)].tobytes()
+            assert [struct.unpack_from("!H", p, 2)[0] for p in plain] == [10, 11]
+            await send(b"\x03\x04", pt=101)  # not G.711: pjmedia's only
+            assert len(seen) == 2
+            sender.close()  # the agent's leg closed: asked again
+            verdict = False  # e.g. a supervisor whispers: the loop mixes
+            await send(b"\xff" * 160)
             await asyncio.wait_for(got.wait(), 2)
             assert tapped == [ULAW_DECODE[np.frombuffer(b"\xff" * 160, np.uint8)].tobytes()]
-            trunk.sendto(rtp(3, 480, 0x1, b"\x01\x02", pt=101), here)  # not G.711
-            await asyncio.to_thread(pj.recvfrom, 2048)
-            assert len(seen) == 3 and len(tapped) == 1
+            await send(b"\xfe" * 160)  # ... and asked each time
+            assert len(seen) == 4 and sender.relayed == 2
         finally:
             relay.close()
-            for s in (trunk, trunk_rtcp, pj, pj_rtcp):
+            for s in (trunk, trunk_rtcp, pj, pj_rtcp, browser, ours):
                 s.close()
 
     asyncio.run(scenario())

@@ -1,0 +1,925 @@
+/*
+ * hitl_sip.media._rtpcore — the relayed per-packet path of a bridged G.711 call, in C.
+ *
+ * In Python each packet of the trunk's cost 90-100 us of a core on the relay thread
+ * (bench/README.md, "The C core"): most of it the interpreter's cold start on every
+ * packet, not the work. Here a packet of the trunk's is read, checked, sent to the
+ * agent's WebRTC leg (SRTP) and forwarded to pjmedia without the interpreter:
+ *
+ *   Core     the relay thread's epoll loop. run() is called once from a Python thread
+ *            and keeps the GIL released; descriptors added with add_python() go to the
+ *            Python dispatcher (with the GIL), those added with add_relay() are served
+ *            here (a relay's trunk-facing RTP socket).
+ *   Inbound  the stream pjmedia hears from a relay: the primer's SSRC and numbering
+ *            carried on through the trunk's packets (relay.py, InboundStream).
+ *   Sender   one G.711 WebRTC leg's outgoing RTP: a header template, sequence and
+ *            timestamp, SRTP with the session pylibsrtp keyed (its srtp_protect and
+ *            srtp_t, given as addresses), and the candidate pair's socket (a dup).
+ *   Relay    one call's trunk socket: strict source, the agent's packet on the Sender
+ *            it was armed with, the renumbered copy to pjmedia. Whether a packet may go
+ *            to the agent from here is Python's decision (worker/service.py): a packet
+ *            the relay is not armed for goes to the Python callback, whose verdict arms
+ *            it for LEASE packets; the session disarms it whenever that decision may
+ *            change (state, agent, taps, legs).
+ *
+ * Locks: a Python thread never blocks on one of these mutexes holding the GIL
+ * (lock_py releases it while waiting); the relay thread takes core -> relay -> sender /
+ * inbound and takes the GIL only with none of them held but the core's, which it drops
+ * before running Python code.
+ */
+#define _GNU_SOURCE
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_PACKET 2048
+#define SRTP_TRAILER 64     /* room for the authentication tag (and an MKI) */
+#define MAX_HEADER 128
+#define FRAME 160           /* samples of a 20 ms G.711 frame */
+#define GAP 0.06            /* a pause this long: the timestamp takes the time passed */
+#define LEASE 50            /* packets a verdict of Python's holds for (1 s) */
+
+enum { MODE_PYTHON = 0, MODE_AGENT = 1, MODE_NOBODY = 2 };
+
+typedef int (*srtp_fn)(void *ctx, void *buf, int *len);
+
+static void lock_py(pthread_mutex_t *m) {
+    if (pthread_mutex_trylock(m) == 0)
+        return;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(m);
+    Py_END_ALLOW_THREADS
+}
+
+static double monotonic(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+static int parse_addr(PyObject *addr, struct sockaddr_storage *out, socklen_t *len) {
+    const char *host;
+    int port;
+    if (!PyArg_ParseTuple(addr, "si", &host, &port))
+        return -1;
+    memset(out, 0, sizeof *out);
+    struct sockaddr_in *v4 = (struct sockaddr_in *)out;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)out;
+    if (inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
+        v4->sin_family = AF_INET;
+        v4->sin_port = htons((uint16_t)port);
+        *len = sizeof *v4;
+        return 0;
+    }
+    if (inet_pton(AF_INET6, host, &v6->sin6_addr) == 1) {
+        v6->sin6_family = AF_INET6;
+        v6->sin6_port = htons((uint16_t)port);
+        *len = sizeof *v6;
+        return 0;
+    }
+    PyErr_Format(PyExc_ValueError, "not a numeric address: %s", host);
+    return -1;
+}
+
+static int same_addr(const struct sockaddr_storage *a, const struct sockaddr_storage *b) {
+    if (a->ss_family != b->ss_family)
+        return 0;
+    if (a->ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
+        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    if (a->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
+        return x->sin6_port == y->sin6_port
+            && memcmp(&x->sin6_addr, &y->sin6_addr, sizeof x->sin6_addr) == 0;
+    }
+    return 0;
+}
+
+static uint16_t get16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
+static uint32_t get32(const uint8_t *p) {
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+static void put16(uint8_t *p, uint16_t v) { p[0] = v >> 8; p[1] = v & 0xff; }
+static void put32(uint8_t *p, uint32_t v) {
+    p[0] = v >> 24; p[1] = (v >> 16) & 0xff; p[2] = (v >> 8) & 0xff; p[3] = v & 0xff;
+}
+
+/* Where an RTP packet's payload lies (hitl_sip.media.rtp.payload_bounds): start >= end
+ * for a packet without one or one RtpPacket.parse refuses. */
+static void payload_bounds(const uint8_t *d, size_t size, size_t *start, size_t *end) {
+    *start = *end = 0;
+    if (size < 12 || d[0] >> 6 != 2)
+        return;
+    size_t s = 12 + 4 * (size_t)(d[0] & 0x0f);
+    if (d[0] & 0x10) {
+        if (size < s + 4)
+            return;
+        s += 4 + 4 * (size_t)get16(d + s + 2);
+    }
+    size_t e = size;
+    if (d[0] & 0x20) {
+        uint8_t padding = d[size - 1];
+        if (padding == 0 || s > size || padding > size - s)
+            return;
+        e -= padding;
+    }
+    *start = s;
+    *end = e;
+}
+
+/* -- Sender ------------------------------------------------------------------------------ */
+
+typedef struct {
+    PyObject_HEAD
+    pthread_mutex_t lock;
+    srtp_fn protect;
+    void *ctx;
+    PyObject *session;              /* pylibsrtp's Session: keeps ctx alive */
+    uint8_t header[MAX_HEADER];
+    Py_ssize_t header_len;
+    uint16_t seq;
+    uint32_t ts;
+    double sent_at;                 /* 0: nothing sent yet */
+    int own_pt;
+    int other_pt;                   /* the other law's payload type, or -1 */
+    uint8_t other[256];             /* its bytes -> ours */
+    int fd;                         /* ours (a dup), or -1 */
+    struct sockaddr_storage dest;
+    socklen_t dest_len;
+    int closed;
+    unsigned long long sent, failed;
+    unsigned long long relayed;     /* of those sent, the relay core's */
+} Sender;
+
+/* One payload in the leg's law to the agent; the caller holds s->lock. */
+static void sender_out(Sender *s, const uint8_t *payload, size_t n) {
+    if (s->closed || s->fd < 0 || n > MAX_PACKET)
+        return;
+    uint8_t buf[MAX_HEADER + MAX_PACKET + SRTP_TRAILER];
+    double now = monotonic();
+    uint32_t step = FRAME;
+    if (s->sent_at > 0 && now - s->sent_at > GAP)
+        step = FRAME * (uint32_t)((now - s->sent_at) / 0.02 + 0.5);
+    s->sent_at = now;
+    s->seq = (uint16_t)(s->seq + 1);
+    s->ts += step;
+    memcpy(buf, s->header, (size_t)s->header_len);
+    put16(buf + 2, s->seq);
+    put32(buf + 4, s->ts);
+    memcpy(buf + s->header_len, payload, n);
+    int len = (int)(s->header_len + (Py_ssize_t)n);
+    if (s->protect(s->ctx, buf, &len) != 0) {
+        s->failed++;
+        return;
+    }
+    if (sendto(s->fd, buf, (size_t)len, 0, (struct sockaddr *)&s->dest, s->dest_len) < 0) {
+        s->failed++;
+        return;
+    }
+    s->sent++;
+}
+
+/* A trunk packet's payload (payload type pt) to the agent; the caller holds s->lock. */
+static void sender_payload(Sender *s, int pt, const uint8_t *payload, size_t n) {
+    if (pt == s->own_pt) {
+        sender_out(s, payload, n);
+        return;
+    }
+    if (pt != s->other_pt || n > MAX_PACKET)
+        return;
+    uint8_t mapped[MAX_PACKET];
+    for (size_t i = 0; i < n; i++)
+        mapped[i] = s->other[payload[i]];
+    sender_out(s, mapped, n);
+}
+
+static int Sender_init(Sender *s, PyObject *args, PyObject *kwds) {
+    static char *kw[] = {"protect", "ctx", "session", "header", "payload_type",
+                         "other_payload_type", "other_table", NULL};
+    unsigned long long protect, ctx;
+    PyObject *session;
+    Py_buffer header, table;
+    int own, other;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "KKOy*iiy*", kw, &protect, &ctx, &session,
+                                     &header, &own, &other, &table))
+        return -1;
+    int ok = header.len >= 12 && header.len <= MAX_HEADER && table.len == 256;
+    if (ok) {
+        memcpy(s->header, header.buf, (size_t)header.len);
+        s->header_len = header.len;
+        memcpy(s->other, table.buf, 256);
+    }
+    PyBuffer_Release(&header);
+    PyBuffer_Release(&table);
+    if (!ok || !protect || !ctx) {
+        PyErr_SetString(PyExc_ValueError, "Sender: a 12-128 byte header, a 256-byte table "
+                                          "and SRTP's function and context");
+        return -1;
+    }
+    s->protect = (srtp_fn)(uintptr_t)protect;
+    s->ctx = (void *)(uintptr_t)ctx;
+    Py_INCREF(session);
+    Py_XSETREF(s->session, session);
+    s->seq = get16(s->header + 2);
+    s->ts = get32(s->header + 4);
+    s->own_pt = own;
+    s->other_pt = other;
+    return 0;
+}
+
+static PyObject *Sender_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    Sender *s = (Sender *)type->tp_alloc(type, 0);
+    if (s == NULL)
+        return NULL;
+    pthread_mutex_init(&s->lock, NULL);
+    s->fd = -1;
+    s->other_pt = -1;
+    return (PyObject *)s;
+}
+
+static void Sender_dealloc(Sender *s) {
+    if (s->fd >= 0)
+        close(s->fd);
+    Py_XDECREF(s->session);
+    pthread_mutex_destroy(&s->lock);
+    Py_TYPE(s)->tp_free((PyObject *)s);
+}
+
+static PyObject *Sender_set_dest(Sender *s, PyObject *args) {
+    int fd;
+    PyObject *addr;
+    if (!PyArg_ParseTuple(args, "iO", &fd, &addr))
+        return NULL;
+    struct sockaddr_storage dest;
+    socklen_t len = 0;
+    if (parse_addr(addr, &dest, &len) < 0)
+        return NULL;
+    int copy = dup(fd);
+    if (copy < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    lock_py(&s->lock);
+    int old = s->fd;
+    s->fd = copy;
+    s->dest = dest;
+    s->dest_len = len;
+    pthread_mutex_unlock(&s->lock);
+    if (old >= 0)
+        close(old);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Sender_send(Sender *s, PyObject *arg) {
+    Py_buffer payload;
+    if (PyObject_GetBuffer(arg, &payload, PyBUF_SIMPLE) < 0)
+        return NULL;
+    lock_py(&s->lock);
+    sender_out(s, payload.buf, (size_t)payload.len);
+    pthread_mutex_unlock(&s->lock);
+    PyBuffer_Release(&payload);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Sender_send_payload(Sender *s, PyObject *args) {
+    int pt;
+    Py_buffer payload;
+    if (!PyArg_ParseTuple(args, "iy*", &pt, &payload))
+        return NULL;
+    lock_py(&s->lock);
+    sender_payload(s, pt, payload.buf, (size_t)payload.len);
+    pthread_mutex_unlock(&s->lock);
+    PyBuffer_Release(&payload);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Sender_close(Sender *s, PyObject *unused) {
+    lock_py(&s->lock);
+    s->closed = 1;
+    int old = s->fd;
+    s->fd = -1;
+    pthread_mutex_unlock(&s->lock);
+    if (old >= 0)
+        close(old);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Sender_get_closed(Sender *s, void *c) { return PyBool_FromLong(s->closed); }
+static PyObject *Sender_get_sent(Sender *s, void *c) { return PyLong_FromUnsignedLongLong(s->sent); }
+static PyObject *Sender_get_relayed(Sender *s, void *c) {
+    return PyLong_FromUnsignedLongLong(s->relayed);
+}
+static PyObject *Sender_get_failed(Sender *s, void *c) {
+    return PyLong_FromUnsignedLongLong(s->failed);
+}
+
+static PyMethodDef Sender_methods[] = {
+    {"set_dest", (PyCFunction)Sender_set_dest, METH_VARARGS,
+     "set_dest(fd, (host, port)): send on a dup of fd to that address from now"},
+    {"send", (PyCFunction)Sender_send, METH_O, "send(payload): one packet in the leg's law"},
+    {"send_payload", (PyCFunction)Sender_send_payload, METH_VARARGS,
+     "send_payload(pt, payload): a trunk packet's G.711 payload (either law)"},
+    {"close", (PyCFunction)Sender_close, METH_NOARGS, "send nothing more; close the dup"},
+    {NULL}};
+
+static PyGetSetDef Sender_getset[] = {
+    {"closed", (getter)Sender_get_closed, NULL, NULL, NULL},
+    {"sent", (getter)Sender_get_sent, NULL, "packets sent", NULL},
+    {"failed", (getter)Sender_get_failed, NULL, "packets SRTP or the socket refused", NULL},
+    {"relayed", (getter)Sender_get_relayed, NULL, "trunk payloads the relay core sent", NULL},
+    {NULL}};
+
+static PyTypeObject SenderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "hitl_sip.media._rtpcore.Sender",
+    .tp_basicsize = sizeof(Sender),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Sender(protect, ctx, session, header, payload_type, other_payload_type, "
+              "other_table): a G.711 WebRTC leg's outgoing SRTP",
+    .tp_new = Sender_new,
+    .tp_init = (initproc)Sender_init,
+    .tp_dealloc = (destructor)Sender_dealloc,
+    .tp_methods = Sender_methods,
+    .tp_getset = Sender_getset,
+};
+
+/* -- Inbound ----------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    pthread_mutex_t lock;
+    uint32_t ssrc;
+    uint16_t seq;       /* the last sequence number pjmedia got */
+    uint32_t ts;        /* ... and its timestamp */
+    double at;          /* when it was sent; 0: never */
+    int has_peer;
+    uint32_t peer;      /* the trunk's current SSRC */
+    uint16_t seq_off;   /* ours minus the trunk's, for its current SSRC */
+    uint32_t ts_off;
+} Inbound;
+
+static int Inbound_init(Inbound *in, PyObject *args, PyObject *kwds) {
+    static char *kw[] = {"ssrc", "seq", "ts", NULL};
+    unsigned int ssrc, seq, ts;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "III", kw, &ssrc, &seq, &ts))
+        return -1;
+    in->ssrc = ssrc;
+    in->seq = (uint16_t)seq;
+    in->ts = ts;
+    return 0;
+}
+
+static PyObject *Inbound_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    Inbound *in = (Inbound *)type->tp_alloc(type, 0);
+    if (in != NULL)
+        pthread_mutex_init(&in->lock, NULL);
+    return (PyObject *)in;
+}
+
+static void Inbound_dealloc(Inbound *in) {
+    pthread_mutex_destroy(&in->lock);
+    Py_TYPE(in)->tp_free((PyObject *)in);
+}
+
+/* A trunk packet (12 bytes at least) as pjmedia gets it, into out (n bytes). */
+static void inbound_renumber(Inbound *in, const uint8_t *d, size_t n, uint8_t *out) {
+    uint16_t seq = get16(d + 2);
+    uint32_t ts = get32(d + 4), ssrc = get32(d + 8);
+    pthread_mutex_lock(&in->lock);
+    double now = monotonic();
+    if (!in->has_peer || ssrc != in->peer) {  /* the trunk's first packet, or a new SSRC */
+        in->has_peer = 1;
+        in->peer = ssrc;
+        uint32_t step = FRAME;
+        if (in->at > 0) {  /* the time since our last, in 20 ms frames */
+            double frames = (now - in->at) / 0.02;
+            long r = (long)(frames + 0.5);
+            step *= (uint32_t)(r < 1 ? 1 : r);
+        }
+        in->seq_off = (uint16_t)(in->seq + 1 - seq);
+        in->ts_off = in->ts + step - ts;
+    }
+    uint16_t out_seq = (uint16_t)(seq + in->seq_off);
+    uint32_t out_ts = ts + in->ts_off;
+    if ((uint16_t)(out_seq - in->seq) < 0x8000) {  /* newer: where a switch goes on */
+        in->seq = out_seq;
+        in->ts = out_ts;
+        in->at = now;
+    }
+    uint32_t ours = in->ssrc;
+    pthread_mutex_unlock(&in->lock);
+    memcpy(out, d, n);
+    put16(out + 2, out_seq);
+    put32(out + 4, out_ts);
+    put32(out + 8, ours);
+}
+
+static PyObject *Inbound_renumber(Inbound *in, PyObject *arg) {
+    Py_buffer data;
+    if (PyObject_GetBuffer(arg, &data, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (data.len < 12 || data.len > MAX_PACKET) {
+        PyBuffer_Release(&data);
+        PyErr_SetString(PyExc_ValueError, "an RTP packet of 12 to 2048 bytes");
+        return NULL;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, data.len);
+    if (out != NULL)
+        inbound_renumber(in, data.buf, (size_t)data.len, (uint8_t *)PyBytes_AS_STRING(out));
+    PyBuffer_Release(&data);
+    return out;
+}
+
+static PyObject *Inbound_next(Inbound *in, PyObject *args) {
+    int pt;
+    unsigned int step;
+    if (!PyArg_ParseTuple(args, "iI", &pt, &step))
+        return NULL;
+    uint8_t h[12];
+    lock_py(&in->lock);
+    in->seq = (uint16_t)(in->seq + step);
+    if (in->at > 0)
+        in->ts += FRAME;
+    in->at = monotonic();
+    h[0] = 0x80;
+    h[1] = (uint8_t)(pt & 0x7f);
+    put16(h + 2, in->seq);
+    put32(h + 4, in->ts);
+    put32(h + 8, in->ssrc);
+    pthread_mutex_unlock(&in->lock);
+    return PyBytes_FromStringAndSize((const char *)h, 12);
+}
+
+static PyObject *Inbound_peer(Inbound *in, PyObject *unused) {
+    lock_py(&in->lock);
+    int has = in->has_peer;
+    uint32_t peer = in->peer;
+    uint16_t off = in->seq_off;
+    pthread_mutex_unlock(&in->lock);
+    if (!has)
+        return Py_BuildValue("(OI)", Py_None, (unsigned int)off);
+    return Py_BuildValue("(II)", (unsigned int)peer, (unsigned int)off);
+}
+
+static PyObject *Inbound_get_ssrc(Inbound *in, void *c) { return PyLong_FromUnsignedLong(in->ssrc); }
+
+static PyMethodDef Inbound_methods[] = {
+    {"renumber", (PyCFunction)Inbound_renumber, METH_O,
+     "renumber(packet): a trunk packet as pjmedia gets it"},
+    {"_next", (PyCFunction)Inbound_next, METH_VARARGS,
+     "_next(pt, step): a primer header, the sequence advanced by step"},
+    {"peer", (PyCFunction)Inbound_peer, METH_NOARGS,
+     "peer() -> (the trunk's SSRC or None, the sequence offset)"},
+    {NULL}};
+
+static PyGetSetDef Inbound_getset[] = {{"ssrc", (getter)Inbound_get_ssrc, NULL, NULL, NULL},
+                                       {NULL}};
+
+static PyTypeObject InboundType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "hitl_sip.media._rtpcore.Inbound",
+    .tp_basicsize = sizeof(Inbound),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "Inbound(ssrc, seq, ts): the stream pjmedia hears from a relay",
+    .tp_new = Inbound_new,
+    .tp_init = (initproc)Inbound_init,
+    .tp_dealloc = (destructor)Inbound_dealloc,
+    .tp_methods = Inbound_methods,
+    .tp_getset = Inbound_getset,
+};
+
+/* -- Relay ------------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    pthread_mutex_t lock;
+    int fd;                         /* the trunk-facing RTP socket (Python owns it) */
+    int inner_fd;                   /* pjmedia-facing (Python owns it) */
+    struct sockaddr_storage trunk, pj;
+    socklen_t trunk_len, pj_len;
+    Inbound *inbound;
+    PyObject *on_packet;            /* a G.711 packet Python decides about */
+    int mode;
+    int lease;
+    Sender *sender;                 /* MODE_AGENT's */
+    unsigned long long refused, direct;
+} Relay;
+
+static PyObject *Relay_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    Relay *r = (Relay *)type->tp_alloc(type, 0);
+    if (r != NULL)
+        pthread_mutex_init(&r->lock, NULL);
+    return (PyObject *)r;
+}
+
+static int Relay_init(Relay *r, PyObject *args, PyObject *kwds) {
+    static char *kw[] = {"fd", "inner_fd", "pj", "trunk", "inbound", "on_packet", NULL};
+    int fd, inner;
+    PyObject *pj, *trunk, *inbound, *on_packet;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiOOO!O", kw, &fd, &inner, &pj, &trunk,
+                                     &InboundType, &inbound, &on_packet))
+        return -1;
+    if (parse_addr(pj, &r->pj, &r->pj_len) < 0 || parse_addr(trunk, &r->trunk, &r->trunk_len) < 0)
+        return -1;
+    r->fd = fd;
+    r->inner_fd = inner;
+    Py_INCREF(inbound);
+    Py_XSETREF(r->inbound, (Inbound *)inbound);
+    Py_INCREF(on_packet);
+    Py_XSETREF(r->on_packet, on_packet);
+    return 0;
+}
+
+static void Relay_dealloc(Relay *r) {
+    Py_XDECREF(r->inbound);
+    Py_XDECREF(r->on_packet);
+    Py_XDECREF(r->sender);
+    pthread_mutex_destroy(&r->lock);
+    Py_TYPE(r)->tp_free((PyObject *)r);
+}
+
+static PyObject *Relay_set_trunk(Relay *r, PyObject *addr) {
+    struct sockaddr_storage a;
+    socklen_t len;
+    if (parse_addr(addr, &a, &len) < 0)
+        return NULL;
+    lock_py(&r->lock);
+    r->trunk = a;
+    r->trunk_len = len;
+    pthread_mutex_unlock(&r->lock);
+    Py_RETURN_NONE;
+}
+
+/* With the GIL: the mode for the next LEASE packets (sender: MODE_AGENT's, else NULL). */
+static void relay_arm(Relay *r, int mode, Sender *sender) {
+    Py_XINCREF(sender);
+    lock_py(&r->lock);
+    Sender *old = r->sender;
+    r->sender = sender;
+    r->mode = mode;
+    r->lease = mode == MODE_PYTHON ? 0 : LEASE;
+    pthread_mutex_unlock(&r->lock);
+    Py_XDECREF(old);
+}
+
+static PyObject *Relay_disarm(Relay *r, PyObject *unused) {
+    relay_arm(r, MODE_PYTHON, NULL);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Relay_close(Relay *r, PyObject *unused) {
+    relay_arm(r, MODE_PYTHON, NULL);
+    lock_py(&r->lock);
+    PyObject *on_packet = r->on_packet;
+    r->on_packet = Py_None;
+    Py_INCREF(Py_None);
+    pthread_mutex_unlock(&r->lock);
+    Py_XDECREF(on_packet);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Relay_get_refused(Relay *r, void *c) { return PyLong_FromUnsignedLongLong(r->refused); }
+static PyObject *Relay_get_direct(Relay *r, void *c) { return PyLong_FromUnsignedLongLong(r->direct); }
+static PyObject *Relay_get_mode(Relay *r, void *c) { return PyLong_FromLong(r->mode); }
+
+static PyMethodDef Relay_methods[] = {
+    {"set_trunk", (PyCFunction)Relay_set_trunk, METH_O,
+     "set_trunk((host, port)): the only source whose RTP is taken"},
+    {"disarm", (PyCFunction)Relay_disarm, METH_NOARGS,
+     "the next G.711 packet goes to on_packet, whose verdict arms the relay again"},
+    {"close", (PyCFunction)Relay_close, METH_NOARGS,
+     "drop the callback and the sender (after Core.remove): no cycle is left"},
+    {NULL}};
+
+static PyGetSetDef Relay_getset[] = {
+    {"refused", (getter)Relay_get_refused, NULL, "packets from another source", NULL},
+    {"direct", (getter)Relay_get_direct, NULL, "packets sent to the agent from C", NULL},
+    {"mode", (getter)Relay_get_mode, NULL, "0: Python decides, 1: agent, 2: nobody", NULL},
+    {NULL}};
+
+static PyTypeObject RelayType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "hitl_sip.media._rtpcore.Relay",
+    .tp_basicsize = sizeof(Relay),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Relay(fd, inner_fd, pj, trunk, inbound, on_packet): one call's trunk socket",
+    .tp_new = Relay_new,
+    .tp_init = (initproc)Relay_init,
+    .tp_dealloc = (destructor)Relay_dealloc,
+    .tp_methods = Relay_methods,
+    .tp_getset = Relay_getset,
+};
+
+/* -- Core -------------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    pthread_mutex_t lock;
+    int epfd;
+    int wake[2];                    /* a pipe: stop() */
+    Relay **relays;                 /* by descriptor: a relay, or NULL (Python's) */
+    unsigned char *python;          /* by descriptor: 1 when Python's */
+    int size;
+    int stopping;
+} Core;
+
+static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    Core *c = (Core *)type->tp_alloc(type, 0);
+    if (c == NULL)
+        return NULL;
+    pthread_mutex_init(&c->lock, NULL);
+    c->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (c->epfd < 0 || pipe2(c->wake, O_CLOEXEC | O_NONBLOCK) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        Py_DECREF(c);
+        return NULL;
+    }
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = c->wake[0]};
+    epoll_ctl(c->epfd, EPOLL_CTL_ADD, c->wake[0], &ev);
+    return (PyObject *)c;
+}
+
+static void Core_dealloc(Core *c) {
+    for (int i = 0; i < c->size; i++)
+        Py_XDECREF(c->relays[i]);
+    PyMem_RawFree(c->relays);
+    PyMem_RawFree(c->python);
+    if (c->epfd >= 0)
+        close(c->epfd);
+    close(c->wake[0]);
+    close(c->wake[1]);
+    pthread_mutex_destroy(&c->lock);
+    Py_TYPE(c)->tp_free((PyObject *)c);
+}
+
+/* c->lock held */
+static int core_grow(Core *c, int fd) {
+    if (fd < c->size)
+        return 0;
+    int size = c->size ? c->size : 64;
+    while (size <= fd)
+        size *= 2;
+    Relay **relays = PyMem_RawRealloc(c->relays, sizeof *relays * (size_t)size);
+    if (relays == NULL)
+        return -1;
+    c->relays = relays;
+    unsigned char *python = PyMem_RawRealloc(c->python, (size_t)size);
+    if (python == NULL)
+        return -1;
+    c->python = python;
+    memset(c->relays + c->size, 0, sizeof *relays * (size_t)(size - c->size));
+    memset(c->python + c->size, 0, (size_t)(size - c->size));
+    c->size = size;
+    return 0;
+}
+
+/* With the GIL; relay NULL: the descriptor's events go to run()'s dispatcher. */
+static PyObject *core_add(Core *c, int fd, Relay *relay) {
+    if (fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "a closed descriptor");
+        return NULL;
+    }
+    lock_py(&c->lock);
+    if (core_grow(c, fd) < 0) {
+        pthread_mutex_unlock(&c->lock);
+        return PyErr_NoMemory();
+    }
+    Relay *old = c->relays[fd];
+    Py_XINCREF(relay);
+    c->relays[fd] = relay;
+    c->python[fd] = relay == NULL;
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = fd};
+    int rc = epoll_ctl(c->epfd, EPOLL_CTL_ADD, fd, &ev);
+    if (rc < 0 && errno == EEXIST)
+        rc = epoll_ctl(c->epfd, EPOLL_CTL_MOD, fd, &ev);
+    int err = errno;
+    pthread_mutex_unlock(&c->lock);
+    Py_XDECREF(old);
+    if (rc < 0) {
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Core_add_python(Core *c, PyObject *arg) {
+    int fd = PyLong_AsLong(arg);
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    return core_add(c, fd, NULL);
+}
+
+static PyObject *Core_add_relay(Core *c, PyObject *args) {
+    Relay *relay;
+    if (!PyArg_ParseTuple(args, "O!", &RelayType, &relay))
+        return NULL;
+    return core_add(c, relay->fd, relay);
+}
+
+static PyObject *Core_remove(Core *c, PyObject *arg) {
+    int fd = PyLong_AsLong(arg);
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    Relay *old = NULL;
+    lock_py(&c->lock);
+    if (fd >= 0 && fd < c->size) {
+        old = c->relays[fd];
+        c->relays[fd] = NULL;
+        c->python[fd] = 0;
+        epoll_ctl(c->epfd, EPOLL_CTL_DEL, fd, NULL);
+    }
+    pthread_mutex_unlock(&c->lock);
+    Py_XDECREF(old);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Core_stop(Core *c, PyObject *unused) {
+    c->stopping = 1;
+    if (write(c->wake[1], "x", 1) < 0) { /* full: a wake-up is pending anyway */ }
+    Py_RETURN_NONE;
+}
+
+/* The relay thread, c->lock held, no GIL: the renumbered copy of a trunk packet to
+ * pjmedia. */
+static void relay_forward(Relay *r, const uint8_t *buf, ssize_t n) {
+    uint8_t out[MAX_PACKET];
+    inbound_renumber(r->inbound, buf, (size_t)n, out);
+    sendto(r->inner_fd, out, (size_t)n, 0, (struct sockaddr *)&r->pj, r->pj_len);
+}
+
+/* The relay thread, c->lock held, no GIL: one datagram of the trunk's socket, sent to
+ * the agent and forwarded to pjmedia — or, returning 1 (the packet in buf/len), left for
+ * Python to decide about first and forwarded after. */
+static int relay_packet(Relay *r, uint8_t *buf, ssize_t *len) {
+    struct sockaddr_storage from;
+    socklen_t from_len = sizeof from;
+    ssize_t n = recvfrom(r->fd, buf, MAX_PACKET, MSG_DONTWAIT, (struct sockaddr *)&from,
+                         &from_len);
+    if (n < 12 || buf[0] >> 6 != 2)
+        return 0;  /* nothing, an error (an ICMP for an earlier send), or not RTP */
+    pthread_mutex_lock(&r->lock);
+    if (!same_addr(&from, &r->trunk)) {
+        r->refused++;
+        pthread_mutex_unlock(&r->lock);
+        return 0;
+    }
+    int pt = buf[1] & 0x7f, ask = 0;
+    if (pt == 0 || pt == 8) {
+        if (r->lease > 0 && r->mode == MODE_AGENT && !r->sender->closed) {
+            r->lease--;
+            size_t start, end;
+            payload_bounds(buf, (size_t)n, &start, &end);
+            if (start < end) {
+                pthread_mutex_lock(&r->sender->lock);
+                sender_payload(r->sender, pt, buf + start, end - start);
+                r->sender->relayed++;
+                pthread_mutex_unlock(&r->sender->lock);
+                r->direct++;
+            }
+        } else if (r->lease > 0 && r->mode == MODE_NOBODY) {
+            r->lease--;
+        } else {
+            ask = 1;
+        }
+    }
+    pthread_mutex_unlock(&r->lock);
+    *len = n;
+    if (!ask)
+        relay_forward(r, buf, n);
+    return ask;
+}
+
+/* With the GIL: Python's verdict on a packet — a Sender (the agent's, from now), True
+ * (nobody wants the caller's audio now) or anything else (ask again). */
+static void relay_ask(Relay *r, const uint8_t *buf, ssize_t len) {
+    PyObject *on_packet = r->on_packet;
+    if (on_packet == NULL || on_packet == Py_None)
+        return;  /* closed */
+    Py_INCREF(on_packet);
+    PyObject *verdict = PyObject_CallFunction(on_packet, "iy#", buf[1] & 0x7f,
+                                              (const char *)buf, (Py_ssize_t)len);
+    if (verdict == NULL)
+        PyErr_WriteUnraisable(on_packet);
+    Py_DECREF(on_packet);
+    if (verdict == NULL)
+        return;
+    if (PyObject_TypeCheck(verdict, &SenderType))
+        relay_arm(r, MODE_AGENT, (Sender *)verdict);
+    else if (verdict == Py_True)
+        relay_arm(r, MODE_NOBODY, NULL);
+    else
+        relay_arm(r, MODE_PYTHON, NULL);
+    Py_DECREF(verdict);
+}
+
+static PyObject *Core_run(Core *c, PyObject *dispatch) {
+    if (!PyCallable_Check(dispatch)) {
+        PyErr_SetString(PyExc_TypeError, "run(dispatch): a callable");
+        return NULL;
+    }
+    struct epoll_event events[64];
+    uint8_t buf[MAX_PACKET];
+    PyThreadState *ts = PyEval_SaveThread();
+    while (!c->stopping) {
+        int n = epoll_wait(c->epfd, events, 64, -1);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        for (int i = 0; i < n && !c->stopping; i++) {
+            int fd = events[i].data.fd;
+            pthread_mutex_lock(&c->lock);
+            Relay *relay = fd < c->size ? c->relays[fd] : NULL;
+            int python = fd < c->size && c->python[fd];
+            if (relay != NULL) {
+                ssize_t len = 0;
+                int ask = relay_packet(relay, buf, &len);
+                if (!ask) {
+                    pthread_mutex_unlock(&c->lock);
+                    continue;
+                }
+                PyEval_RestoreThread(ts);
+                Py_INCREF(relay);
+                pthread_mutex_unlock(&c->lock);
+                relay_ask(relay, buf, len);
+                ts = PyEval_SaveThread();
+                pthread_mutex_lock(&c->lock);  /* unless it was removed meanwhile */
+                if (fd < c->size && c->relays[fd] == relay)
+                    relay_forward(relay, buf, len);
+                pthread_mutex_unlock(&c->lock);
+                PyEval_RestoreThread(ts);
+                Py_DECREF(relay);
+                ts = PyEval_SaveThread();
+                continue;
+            }
+            pthread_mutex_unlock(&c->lock);
+            if (!python)
+                continue;  /* the wake-up pipe, or removed meanwhile */
+            PyEval_RestoreThread(ts);
+            PyObject *rv = PyObject_CallFunction(dispatch, "i", fd);
+            if (rv == NULL)
+                PyErr_WriteUnraisable(dispatch);
+            Py_XDECREF(rv);
+            ts = PyEval_SaveThread();
+        }
+    }
+    PyEval_RestoreThread(ts);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef Core_methods[] = {
+    {"add_python", (PyCFunction)Core_add_python, METH_O,
+     "add_python(fd): its readiness goes to run()'s dispatcher"},
+    {"add_relay", (PyCFunction)Core_add_relay, METH_VARARGS,
+     "add_relay(relay): its trunk socket is served here"},
+    {"remove", (PyCFunction)Core_remove, METH_O, "remove(fd): before the descriptor closes"},
+    {"run", (PyCFunction)Core_run, METH_O,
+     "run(dispatch): serve until stop(), without the GIL but for dispatch(fd)"},
+    {"stop", (PyCFunction)Core_stop, METH_NOARGS, "run() returns"},
+    {NULL}};
+
+static PyTypeObject CoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "hitl_sip.media._rtpcore.Core",
+    .tp_basicsize = sizeof(Core),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Core(): the relay thread's epoll loop",
+    .tp_new = Core_new,
+    .tp_dealloc = (destructor)Core_dealloc,
+    .tp_methods = Core_methods,
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_rtpcore",
+    "The relayed per-packet path of a bridged G.711 call, in C.", -1, NULL};
+
+PyMODINIT_FUNC PyInit__rtpcore(void) {
+    PyTypeObject *types[] = {&SenderType, &InboundType, &RelayType, &CoreType};
+    for (size_t i = 0; i < sizeof types / sizeof *types; i++)
+        if (PyType_Ready(types[i]) < 0)
+            return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    const char *names[] = {"Sender", "Inbound", "Relay", "Core"};
+    for (size_t i = 0; i < sizeof types / sizeof *types; i++) {
+        if (PyModule_AddObjectRef(m, names[i], (PyObject *)types[i]) < 0) {
+            Py_DECREF(m);
+            return NULL;
+        }
+    }
+    PyModule_AddIntConstant(m, "LEASE", LEASE);
+    return m;
+}
