@@ -499,6 +499,347 @@ static PyTypeObject InboundType = {
     .tp_getset = Inbound_getset,
 };
 
+/* -- TrunkOut ---------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    pthread_mutex_t lock;
+    int fd;                         /* the relay's trunk-facing RTP socket (Python owns it) */
+    struct sockaddr_storage trunk;
+    socklen_t trunk_len;
+    int law;                        /* the trunk's G.711 payload type, from pjmedia's; -1 */
+    uint32_t ssrc;
+    uint16_t seq;                   /* the last sequence number we sent */
+    uint32_t ts;                    /* the timestamp of the last packet we sent */
+    int sent;                       /* the agent's frames have gone out from here */
+    int has_pj_ts;
+    uint32_t pj_ts;                 /* pjmedia's last timestamp (for its steps) */
+    double agent_at;                /* the agent's last frame (CLOCK_MONOTONIC) */
+    double handback;
+    unsigned long long from_agent;
+} TrunkOut;
+
+static PyObject *TrunkOut_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    TrunkOut *o = (TrunkOut *)type->tp_alloc(type, 0);
+    if (o != NULL) {
+        pthread_mutex_init(&o->lock, NULL);
+        o->law = -1;
+        o->fd = -1;
+    }
+    return (PyObject *)o;
+}
+
+static int TrunkOut_init(TrunkOut *o, PyObject *args, PyObject *kwds) {
+    static char *kw[] = {"fd", "trunk", "handback", NULL};
+    PyObject *trunk;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iOd", kw, &o->fd, &trunk, &o->handback))
+        return -1;
+    return parse_addr(trunk, &o->trunk, &o->trunk_len);
+}
+
+static void TrunkOut_dealloc(TrunkOut *o) {
+    pthread_mutex_destroy(&o->lock);
+    Py_TYPE(o)->tp_free((PyObject *)o);
+}
+
+/* One G.711 payload of the agent's in the trunk's law, now; o->lock held. */
+static int trunkout_send(TrunkOut *o, const uint8_t *payload, size_t n) {
+    if (o->law < 0 || !o->ssrc || n > MAX_PACKET)
+        return 0;  /* pjmedia has not sent yet: its path carries the frame */
+    uint8_t buf[12 + MAX_PACKET];
+    o->sent = 1;
+    o->agent_at = monotonic();
+    o->seq = (uint16_t)(o->seq + 1);
+    o->ts += (uint32_t)n;
+    buf[0] = 0x80;
+    buf[1] = (uint8_t)o->law;
+    put16(buf + 2, o->seq);
+    put32(buf + 4, o->ts);
+    put32(buf + 8, o->ssrc);
+    memcpy(buf + 12, payload, n);
+    sendto(o->fd, buf, 12 + n, 0, (struct sockaddr *)&o->trunk, o->trunk_len);
+    o->from_agent++;
+    return 1;
+}
+
+static PyObject *TrunkOut_send(TrunkOut *o, PyObject *arg) {
+    Py_buffer payload;
+    if (PyObject_GetBuffer(arg, &payload, PyBUF_SIMPLE) < 0)
+        return NULL;
+    lock_py(&o->lock);
+    int sent = trunkout_send(o, payload.buf, (size_t)payload.len);
+    pthread_mutex_unlock(&o->lock);
+    PyBuffer_Release(&payload);
+    return PyBool_FromLong(sent);
+}
+
+static PyObject *TrunkOut_pjmedia(TrunkOut *o, PyObject *arg) {
+    Py_buffer data;
+    if (PyObject_GetBuffer(arg, &data, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const uint8_t *d = data.buf;
+    size_t n = (size_t)data.len;
+    if (n < 12 || n > MAX_PACKET) {
+        PyBuffer_Release(&data);
+        Py_RETURN_FALSE;
+    }
+    int pt = d[1] & 0x7f, out = 1;
+    uint16_t seq = get16(d + 2);
+    uint32_t ts = get32(d + 4), ssrc = get32(d + 8);
+    uint8_t buf[MAX_PACKET];
+    lock_py(&o->lock);
+    if (pt == 0 || pt == 8)
+        o->law = pt;
+    uint32_t step = o->has_pj_ts ? ts - o->pj_ts : 0;
+    o->pj_ts = ts;
+    o->has_pj_ts = 1;
+    memcpy(buf, d, n);
+    if (!o->sent) {  /* pjmedia's numbering until we first send ourselves */
+        o->ssrc = ssrc;
+        o->seq = seq;
+        o->ts = ts;
+    } else if (monotonic() - o->agent_at < o->handback) {
+        out = 0;  /* the agent's frames go out instead */
+    } else {  /* pjmedia again (hold audio, the bot, DTMF): our SSRC, sequence, clock */
+        o->seq = (uint16_t)(o->seq + 1);
+        if (pt != 101 || step)  /* an RFC 4733 event's packets share one timestamp */
+            o->ts += step ? step : FRAME;
+        /* (audio: no marker — pjmedia's after a cut would mark a talkspurt that is none
+         * to the trunk; an event's marker is its start and is kept) */
+        buf[1] = pt == 101 ? d[1] : (uint8_t)pt;
+        put16(buf + 2, o->seq);
+        put32(buf + 4, o->ts);
+        put32(buf + 8, o->ssrc);
+    }
+    if (out)
+        sendto(o->fd, buf, n, 0, (struct sockaddr *)&o->trunk, o->trunk_len);
+    pthread_mutex_unlock(&o->lock);
+    PyBuffer_Release(&data);
+    return PyBool_FromLong(out);
+}
+
+static PyObject *TrunkOut_follow_pjmedia(TrunkOut *o, PyObject *arg) {
+    Py_buffer data;
+    if (PyObject_GetBuffer(arg, &data, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (data.len >= 12) {
+        lock_py(&o->lock);
+        o->pj_ts = get32((const uint8_t *)data.buf + 4);
+        o->has_pj_ts = 1;
+        pthread_mutex_unlock(&o->lock);
+    }
+    PyBuffer_Release(&data);
+    Py_RETURN_NONE;
+}
+
+static PyObject *TrunkOut_forget_pjmedia(TrunkOut *o, PyObject *unused) {
+    lock_py(&o->lock);
+    o->has_pj_ts = 0;
+    pthread_mutex_unlock(&o->lock);
+    Py_RETURN_NONE;
+}
+
+static PyObject *TrunkOut_set_trunk(TrunkOut *o, PyObject *addr) {
+    struct sockaddr_storage a;
+    socklen_t len;
+    if (parse_addr(addr, &a, &len) < 0)
+        return NULL;
+    lock_py(&o->lock);
+    o->trunk = a;
+    o->trunk_len = len;
+    pthread_mutex_unlock(&o->lock);
+    Py_RETURN_NONE;
+}
+
+static PyObject *TrunkOut_get_law(TrunkOut *o, void *c) { return PyLong_FromLong(o->law); }
+static PyObject *TrunkOut_get_ssrc(TrunkOut *o, void *c) { return PyLong_FromUnsignedLong(o->ssrc); }
+static PyObject *TrunkOut_get_agent_at(TrunkOut *o, void *c) { return PyFloat_FromDouble(o->agent_at); }
+static PyObject *TrunkOut_get_started(TrunkOut *o, void *c) {
+    return PyBool_FromLong(o->sent || o->has_pj_ts);
+}
+static PyObject *TrunkOut_get_from_agent(TrunkOut *o, void *c) {
+    return PyLong_FromUnsignedLongLong(o->from_agent);
+}
+
+static PyMethodDef TrunkOut_methods[] = {
+    {"send", (PyCFunction)TrunkOut_send, METH_O,
+     "send(payload) -> bool: an agent's frame in the trunk's law, now (False: pjmedia has "
+     "not sent yet, its path carries it)"},
+    {"pjmedia", (PyCFunction)TrunkOut_pjmedia, METH_O,
+     "pjmedia(packet) -> bool: one of pjmedia's packets to the trunk, in our numbering "
+     "(False: dropped, the agent's frames go out)"},
+    {"follow_pjmedia", (PyCFunction)TrunkOut_follow_pjmedia, METH_O,
+     "follow_pjmedia(packet): a packet of pjmedia's not sent: its clock followed"},
+    {"forget_pjmedia", (PyCFunction)TrunkOut_forget_pjmedia, METH_NOARGS,
+     "pjmedia's next packet is the next frame (what a full buffer kept is old)"},
+    {"set_trunk", (PyCFunction)TrunkOut_set_trunk, METH_O, "set_trunk((host, port))"},
+    {NULL}};
+
+static PyGetSetDef TrunkOut_getset[] = {
+    {"law", (getter)TrunkOut_get_law, NULL, "the trunk's G.711 payload type, -1: unknown", NULL},
+    {"ssrc", (getter)TrunkOut_get_ssrc, NULL, NULL, NULL},
+    {"agent_at", (getter)TrunkOut_get_agent_at, NULL, "time.monotonic() of the agent's last frame", NULL},
+    {"started", (getter)TrunkOut_get_started, NULL, "pjmedia or the agent has sent", NULL},
+    {"from_agent", (getter)TrunkOut_get_from_agent, NULL, "agent frames sent", NULL},
+    {NULL}};
+
+static PyTypeObject TrunkOutType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "hitl_sip.media._rtpcore.TrunkOut",
+    .tp_basicsize = sizeof(TrunkOut),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "TrunkOut(fd, trunk, handback): one stream to the trunk, pjmedia's packets and "
+              "the agent's frames",
+    .tp_new = TrunkOut_new,
+    .tp_init = (initproc)TrunkOut_init,
+    .tp_dealloc = (destructor)TrunkOut_dealloc,
+    .tp_methods = TrunkOut_methods,
+    .tp_getset = TrunkOut_getset,
+};
+
+/* -- Receiver ---------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    srtp_fn unprotect;
+    void *ctx;
+    PyObject *session;              /* pylibsrtp's Session: keeps ctx alive */
+    int pt;                         /* the leg's negotiated payload type */
+    int law_pt;                     /* its law's static one (0, 8) */
+    int16_t decode[256];
+    uint8_t to_other[256];          /* its bytes -> the other law's */
+    int has_last;
+    uint16_t last;                  /* the newest sequence number taken */
+    unsigned long long received, refused;
+} Receiver;
+
+static PyObject *Receiver_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    return type->tp_alloc(type, 0);
+}
+
+static int Receiver_init(Receiver *r, PyObject *args, PyObject *kwds) {
+    static char *kw[] = {"unprotect", "ctx", "session", "payload_type", "law_payload_type",
+                         "decode", "to_other", NULL};
+    unsigned long long unprotect, ctx;
+    PyObject *session;
+    Py_buffer decode, to_other;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "KKOiiy*y*", kw, &unprotect, &ctx, &session,
+                                     &r->pt, &r->law_pt, &decode, &to_other))
+        return -1;
+    int ok = decode.len == 512 && to_other.len == 256 && unprotect && ctx;
+    if (ok) {
+        memcpy(r->decode, decode.buf, 512);
+        memcpy(r->to_other, to_other.buf, 256);
+    }
+    PyBuffer_Release(&decode);
+    PyBuffer_Release(&to_other);
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "Receiver: SRTP's function and context, a 256-entry "
+                                          "int16 decode table and a 256-byte law table");
+        return -1;
+    }
+    r->unprotect = (srtp_fn)(uintptr_t)unprotect;
+    r->ctx = (void *)(uintptr_t)ctx;
+    Py_INCREF(session);
+    Py_XSETREF(r->session, session);
+    return 0;
+}
+
+static void Receiver_dealloc(Receiver *r) {
+    Py_XDECREF(r->session);
+    Py_TYPE(r)->tp_free((PyObject *)r);
+}
+
+/* receive(datagram, out) -> None (not the leg's G.711 RTP: aiortc's), () (taken: refused,
+ * old or a duplicate) or (seq, ts, ssrc, pcm, sent): the decoded payload (8 kHz s16 native
+ * order), and whether it went to the trunk on ``out`` (a TrunkOut, or None) already. On
+ * the event loop's thread. */
+static PyObject *Receiver_receive(Receiver *r, PyObject *args) {
+    Py_buffer data;
+    PyObject *out;
+    if (!PyArg_ParseTuple(args, "y*O", &data, &out))
+        return NULL;
+    const uint8_t *d = data.buf;
+    Py_ssize_t n = data.len;
+    if (n < 12 || n > MAX_PACKET || d[0] < 128 || d[0] >= 192 || (d[1] >= 192 && d[1] <= 223)
+            || (d[1] & 0x7f) != r->pt) {
+        PyBuffer_Release(&data);
+        Py_RETURN_NONE;
+    }
+    uint8_t buf[MAX_PACKET];
+    memcpy(buf, d, (size_t)n);
+    PyBuffer_Release(&data);
+    int len = (int)n;
+    if (r->unprotect(r->ctx, buf, &len) != 0 || len < 12) {
+        r->refused++;
+        return PyTuple_New(0);
+    }
+    uint16_t seq = get16(buf + 2);
+    if (r->has_last && !((uint16_t)(seq - r->last) > 0 && (uint16_t)(seq - r->last) < 0x8000)) {
+        r->refused++;  /* a duplicate, or older than what was played: a late packet */
+        return PyTuple_New(0);
+    }
+    r->has_last = 1;
+    r->last = seq;
+    size_t start, end;
+    payload_bounds(buf, (size_t)len, &start, &end);
+    size_t count = start < end ? end - start : 0;
+    PyObject *pcm = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(2 * count));
+    if (pcm == NULL)
+        return NULL;
+    int16_t *samples = (int16_t *)PyBytes_AS_STRING(pcm);
+    for (size_t i = 0; i < count; i++)
+        samples[i] = r->decode[buf[start + i]];
+    int sent = 0;
+    if (count) {
+        r->received++;
+        if (out != Py_None && PyObject_TypeCheck(out, &TrunkOutType)) {
+            TrunkOut *o = (TrunkOut *)out;
+            uint8_t *payload = buf + start;
+            lock_py(&o->lock);
+            if (o->law >= 0 && o->law != r->law_pt)
+                for (size_t i = 0; i < count; i++)
+                    payload[i] = r->to_other[payload[i]];
+            sent = trunkout_send(o, payload, count);
+            pthread_mutex_unlock(&o->lock);
+        }
+    }
+    return Py_BuildValue("(HIINN)", seq, get32(buf + 4), get32(buf + 8), pcm,
+                         PyBool_FromLong(sent));
+}
+
+static PyObject *Receiver_get_received(Receiver *r, void *c) {
+    return PyLong_FromUnsignedLongLong(r->received);
+}
+static PyObject *Receiver_get_refused(Receiver *r, void *c) {
+    return PyLong_FromUnsignedLongLong(r->refused);
+}
+
+static PyMethodDef Receiver_methods[] = {
+    {"receive", (PyCFunction)Receiver_receive, METH_VARARGS,
+     "receive(datagram, out) -> None | () | (seq, ts, ssrc, pcm, sent)"},
+    {NULL}};
+
+static PyGetSetDef Receiver_getset[] = {
+    {"received", (getter)Receiver_get_received, NULL, "packets with audio taken", NULL},
+    {"refused", (getter)Receiver_get_refused, NULL,
+     "failed SRTP authentication, or old/duplicate packets", NULL},
+    {NULL}};
+
+static PyTypeObject ReceiverType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "hitl_sip.media._rtpcore.Receiver",
+    .tp_basicsize = sizeof(Receiver),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Receiver(unprotect, ctx, session, payload_type, law_payload_type, decode, "
+              "to_other): a G.711 WebRTC leg's incoming SRTP",
+    .tp_new = Receiver_new,
+    .tp_init = (initproc)Receiver_init,
+    .tp_dealloc = (destructor)Receiver_dealloc,
+    .tp_methods = Receiver_methods,
+    .tp_getset = Receiver_getset,
+};
+
 /* -- Relay ------------------------------------------------------------------------------- */
 
 typedef struct {
@@ -906,14 +1247,15 @@ static struct PyModuleDef module = {
     "The relayed per-packet path of a bridged G.711 call, in C.", -1, NULL};
 
 PyMODINIT_FUNC PyInit__rtpcore(void) {
-    PyTypeObject *types[] = {&SenderType, &InboundType, &RelayType, &CoreType};
+    PyTypeObject *types[] = {&SenderType, &InboundType, &TrunkOutType, &ReceiverType,
+                             &RelayType, &CoreType};
     for (size_t i = 0; i < sizeof types / sizeof *types; i++)
         if (PyType_Ready(types[i]) < 0)
             return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
-    const char *names[] = {"Sender", "Inbound", "Relay", "Core"};
+    const char *names[] = {"Sender", "Inbound", "TrunkOut", "Receiver", "Relay", "Core"};
     for (size_t i = 0; i < sizeof types / sizeof *types; i++) {
         if (PyModule_AddObjectRef(m, names[i], (PyObject *)types[i]) < 0) {
             Py_DECREF(m);

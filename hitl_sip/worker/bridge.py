@@ -50,6 +50,7 @@ from aiortc.rtp import RtpPacket
 from aiortc.utils import uint16_add
 from av import AudioFrame, CodecContext, Packet
 
+from hitl_sip.media._rtpcore import TrunkOut
 from hitl_sip.media.fir import FirResampler
 from hitl_sip.media.g711 import BY_NAME
 from hitl_sip.worker.lean import LeanG711
@@ -303,6 +304,10 @@ class CallerTrack(MediaStreamTrack):  # type: ignore[misc]
         return frame
 
 
+def _nowhere() -> TrunkOut | None:
+    return None
+
+
 def _settle(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
@@ -317,6 +322,12 @@ class AgentAudio:
         self.rate = rate
         self.frame_bytes = int(rate * FRAME_SECONDS) * 2
         self.deliver = deliver
+        #: asked at each packet of a lean G.711 leg's (hitl_sip.worker.lean): where its
+        #: payload may go as it is, without its frame taking :attr:`deliver`'s path — the
+        #: call's relay stream to the trunk while this agent is heard alone
+        #: (CallSession.agent_to_trunk); its frames then go to :attr:`deliver_sent`
+        self.to_trunk: Callable[[], TrunkOut | None] = _nowhere
+        self.deliver_sent: Callable[[bytes], None] = deliver
         self.stats = stats or BridgeStats()
         self.on_first_frame = on_first_frame
         self.last_frame_at: float | None = None
@@ -353,17 +364,23 @@ class AgentAudio:
         self._take(samples.tobytes() if self.rate == rate
                    else self._resampled(samples, rate))
 
-    def _take(self, pcm: bytes) -> None:
+    def sent_pcm(self, pcm: bytes) -> None:
+        """One lean packet's samples (8 kHz s16) that went to the trunk as they came: the
+        frames go to :attr:`deliver_sent`."""
+        self._take(pcm, self.deliver_sent)
+
+    def _take(self, pcm: bytes, deliver: Callable[[bytes], None] | None = None) -> None:
         if self.last_frame_at is None and self.on_first_frame is not None:
             self.on_first_frame()
         self.last_frame_at = time.monotonic()
         self._pending += pcm
         size = self.frame_bytes
+        deliver = deliver or self.deliver
         while len(self._pending) >= size:
             chunk = bytes(self._pending[:size])
             del self._pending[:size]
             self.stats.from_agent_frames += 1
-            self.deliver(chunk)
+            deliver(chunk)
 
     async def run(self, track: Any) -> None:
         """Until the track ends: decoded frames in, call-rate frames out."""

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -44,9 +43,8 @@ from pylibsrtp import Error as SrtpError
 from pylibsrtp import Policy, Session
 from pylibsrtp._binding import ffi, lib
 
-from hitl_sip.media._rtpcore import Sender
+from hitl_sip.media._rtpcore import Receiver, Sender, TrunkOut
 from hitl_sip.media.g711 import BY_NAME, BY_PT
-from hitl_sip.media.rtp import payload_bounds
 
 log = logging.getLogger(__name__)
 
@@ -70,20 +68,32 @@ class LeanG711:
 
     def __init__(self, *, codec: str, payload_type: int, sender: Sender, rx: Session,
                  on_pcm: Callable[[npt.NDArray[np.int16], int], None],
-                 streams: dict[int, Any]) -> None:
+                 streams: dict[int, Any],
+                 to_trunk: Callable[[], TrunkOut | None] | None = None,
+                 on_sent: Callable[[bytes], None] | None = None) -> None:
         law = BY_NAME[codec]
-        self._encode, self._decode = law.encode, law.decode
+        self._encode = law.encode
         self.payload_type = payload_type
         #: the leg's outgoing RTP (C): the relay's core sends the trunk's payloads on it
         self.sender = sender
-        self._rx = rx
+        #: the leg's incoming RTP (C): SRTP, the replay check, the decoding and — when
+        #: ``to_trunk`` names the relay's stream — the payload to the trunk as it came
+        self._receiver = c_receiver(rx, payload_type, codec)
         self._on_pcm = on_pcm
+        self._to_trunk = to_trunk
+        self._on_sent = on_sent
         self._streams = streams  # aiortc's receiver's, by SSRC: its stats and reports
-        self._last_in: int | None = None  # the newest sequence number taken from the agent
         self.closed = False
         self.on_close: Callable[[], None] | None = None
-        self.received = 0
-        self.refused = 0  # failed SRTP authentication, or old/duplicate packets
+
+    @property
+    def received(self) -> int:
+        return self._receiver.received
+
+    @property
+    def refused(self) -> int:
+        """Failed SRTP authentication, or old/duplicate packets."""
+        return self._receiver.refused
 
     @property
     def sent(self) -> int:
@@ -112,30 +122,22 @@ class LeanG711:
     def receive(self, data: bytes) -> bool:
         """A datagram from the nominated pair: True when it was the agent's G.711 RTP
         (taken here), False for anything else (DTLS, RTCP, other payload types: aiortc's)."""
-        if len(data) < 12 or not 127 < data[0] < 192 or 192 <= data[1] <= 223:
+        to_trunk = self._to_trunk
+        got = self._receiver.receive(data, to_trunk() if to_trunk is not None else None)
+        if got is None:
             return False
-        if data[1] & 0x7F != self.payload_type:
-            return False
-        try:
-            plain = self._rx.unprotect(data)
-        except SrtpError:
-            self.refused += 1
-            return True
-        seq, ts, ssrc = struct.unpack_from("!HII", plain, 2)
-        last = self._last_in
-        if last is not None and not 0 < (seq - last) & 0xFFFF < 0x8000:
-            self.refused += 1  # a duplicate, or older than what was played: a late packet
-            return True
-        self._last_in = seq
-        stats = self._streams.get(ssrc)
-        if stats is None:
-            stats = self._streams[ssrc] = StreamStatistics(RATE)
-        stats.add(_Seen(seq, ts))  # type: ignore[arg-type]  # what add() reads of one
-        start, end = payload_bounds(plain)
-        if start < end:
-            self.received += 1
-            self._on_pcm(self._decode[np.frombuffer(plain, np.uint8, end - start, start)],
-                         RATE)
+        if got:  # (else refused: forged, a duplicate, or older than what was played)
+            seq, ts, ssrc, pcm, sent = got
+            stats = self._streams.get(ssrc)
+            if stats is None:
+                stats = self._streams[ssrc] = StreamStatistics(RATE)
+            stats.add(_Seen(seq, ts))  # type: ignore[arg-type]  # what add() reads of one
+            if not pcm:
+                pass
+            elif sent and self._on_sent is not None:
+                self._on_sent(pcm)
+            else:
+                self._on_pcm(np.frombuffer(pcm, np.int16), RATE)
         return True
 
 
@@ -157,6 +159,18 @@ def srtp_sessions(dtls: Any) -> tuple[Session, Session]:
     return sessions[0], sessions[1]
 
 
+def c_receiver(session: Session, payload_type: int, codec: str) -> Receiver:
+    """The C core's receiver for a leg: SRTP by pylibsrtp's own ``srtp_unprotect`` on
+    ``session``'s context (kept alive with it); payloads decoded with the law's table,
+    and mapped to the other law's bytes for a trunk on that one."""
+    law = BY_NAME[codec]
+    other = next(o for o in BY_PT.values() if o is not law)
+    unprotect = int(ffi.cast("uintptr_t", ffi.addressof(lib, "srtp_unprotect")))
+    ctx = int(ffi.cast("uintptr_t", session._srtp[0]))
+    return Receiver(unprotect, ctx, session, payload_type, law.payload_type,
+                    law.decode.astype(np.int16).tobytes(), law.transcoder(other).tobytes())
+
+
 def c_sender(session: Session, header: bytes, codec: str) -> Sender:
     """The C core's sender for a leg: SRTP by pylibsrtp's own ``srtp_protect`` on
     ``session``'s context (the session is kept alive with it); the trunk's payloads of
@@ -170,9 +184,13 @@ def c_sender(session: Session, header: bytes, codec: str) -> Sender:
 
 
 def attach(transceiver: Any, codec: str,
-           on_pcm: Callable[[npt.NDArray[np.int16], int], None]) -> LeanG711 | None:
+           on_pcm: Callable[[npt.NDArray[np.int16], int], None],
+           to_trunk: Callable[[], TrunkOut | None] | None = None,
+           on_sent: Callable[[bytes], None] | None = None) -> LeanG711 | None:
     """The lean path for a connected transceiver's G.711 RTP (None, changing nothing, when
-    aiortc's objects are not where this expects them — the leg stays on aiortc's path)."""
+    aiortc's objects are not where this expects them — the leg stays on aiortc's path).
+    The agent's audio goes to ``on_pcm``, or, when ``to_trunk`` names a stream to the
+    trunk, there as it came and then to ``on_sent``."""
     try:
         sender, receiver = transceiver.sender, transceiver.receiver
         dtls = sender.transport
@@ -199,7 +217,7 @@ def attach(transceiver: Any, codec: str,
         log.warning("lean G.711 path not available (aiortc changed shape?): %r", e)
         return None
     lean = LeanG711(codec=codec, payload_type=payload_type, sender=out, rx=rx,
-                    on_pcm=on_pcm, streams=streams)
+                    on_pcm=on_pcm, streams=streams, to_trunk=to_trunk, on_sent=on_sent)
     aiortc_side = connection.data_received
 
     def data_received(data: bytes, component: int) -> None:
@@ -216,25 +234,29 @@ def follow_pair(connection: Any, sender: Sender) -> None:
     is not for other threads, the kernel's socket is), and aioice's table of nominated
     pairs is replaced by one that tells it of each change."""
 
-    def follow(pair: Any) -> None:
+    def follow(pair: Any) -> bool:
         transport = getattr(getattr(pair, "protocol", None), "transport", None)
-        if transport is not None:
-            sender.set_dest(transport.get_extra_info("socket").fileno(),
-                            tuple(pair.remote_addr[:2]))
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is None:  # a TURN allocation's (aioice's TurnTransport): not a socket
+            return False
+        sender.set_dest(sock.fileno(), tuple(pair.remote_addr[:2]))
+        return True
 
-    table = _Nominated(connection._nominated, follow)
-    connection._nominated = table
-    follow(table.get(1))
+    first = connection._nominated.get(1)
+    if first is not None and not follow(first):
+        raise ValueError("the nominated pair is relayed by TURN")
+    connection._nominated = _Nominated(connection._nominated, follow)
 
 
 class _Nominated(dict[int, Any]):
     """aioice's ``Connection._nominated`` (component → pair), telling of component 1."""
 
-    def __init__(self, pairs: dict[int, Any], on_rtp: Callable[[Any], None]) -> None:
+    def __init__(self, pairs: dict[int, Any], on_rtp: Callable[[Any], bool]) -> None:
         super().__init__(pairs)
         self._on_rtp = on_rtp
 
     def __setitem__(self, component: int, pair: Any) -> None:
         super().__setitem__(component, pair)
-        if component == 1:
-            self._on_rtp(pair)
+        if component == 1 and not self._on_rtp(pair):
+            log.warning("lean G.711 path: the agent's new candidate pair is relayed by TURN; "
+                        "its packets keep the previous pair")

@@ -99,7 +99,12 @@ class AgentPeer:
         started = getattr(transceiver.sender, "_RTCRtpSender__rtp_started", None)
         if isinstance(started, asyncio.Event):
             await started.wait()
-        lean = attach(transceiver, self.codec, self.agent_audio.feed_pcm)
+        audio = self.agent_audio
+        # (audio.to_trunk is looked up per packet: a transfer's target, promoted, is routed
+        # to the session after its lean path is up)
+        lean = attach(transceiver, self.codec, audio.feed_pcm,
+                      to_trunk=lambda: audio.to_trunk(),  # noqa: PLW0108
+                      on_sent=audio.sent_pcm)
         self.lean = lean
         self.caller_track.go_lean(lean)
         if lean is not None:

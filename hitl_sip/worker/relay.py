@@ -62,7 +62,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from hitl_sip.media._rtpcore import Core, Inbound, Relay, Sender
+from hitl_sip.media._rtpcore import Core, Inbound, Relay, Sender, TrunkOut
 from hitl_sip.media.g711 import BY_PT
 from hitl_sip.media.rtp import payload_bounds
 
@@ -83,7 +83,6 @@ INNER_RCVBUF = 65536
 #: a 20 ms frame of silence in each law (the primer's payload)
 SILENCE = {0: b"\xff" * 160, 8: b"\xd5" * 160}
 _random = random.SystemRandom()
-SAMPLES_PER_FRAME = 160
 
 
 class TrunkRelay:
@@ -128,15 +127,11 @@ class TrunkRelay:
         #: meanwhile (PjStack.relay_carries); None: pjmedia's packets are read and dropped
         self.on_carry: Callable[[bool], None] | None = None
         self._refused = 0  # RTCP or pjmedia's packets from a source the SDP does not name
-        self.from_agent = 0  # agent frames sent to the trunk by the relay
-        self._law: int | None = None  # the trunk's G.711 payload type, from pjmedia's packets
-        self._ssrc = 0
-        self._seq = 0  # the last sequence number we sent
-        self._ts = 0  # the timestamp of the last packet we sent
-        self._sent = False
-        self._pj_ts: int | None = None  # pjmedia's last timestamp (for its deltas)
-        self._agent_at = 0.0  # time.monotonic() of the agent's last frame
-        self._lock = threading.Lock()
+        #: everything we send the trunk, one stream (C, its own lock: the relay thread
+        #: sends pjmedia's packets, the loop the agent's frames): pjmedia's SSRC, a
+        #: sequence of our own, timestamps that advance with the audio; pjmedia's packets
+        #: are dropped within :data:`HANDBACK` of the agent's last frame
+        self.out = TrunkOut(self.rtp.fileno(), trunk, HANDBACK)
         self._inner_polled = False  # pjmedia's packets read by the thread (else by send_pcm)
         self._handback: asyncio.TimerHandle | None = None
 
@@ -211,6 +206,18 @@ class TrunkRelay:
         """A new SDP from the trunk (a re-INVITE) may name another address."""
         self.trunk, self.trunk_rtcp = trunk, trunk_rtcp
         self._core.set_trunk(trunk)
+        self.out.set_trunk(trunk)
+
+    @property
+    def from_agent(self) -> int:
+        """Agent frames sent to the trunk by the relay."""
+        return self.out.from_agent
+
+    @property
+    def carrying(self) -> bool:
+        """The agent's frames go out from here and pjmedia's copy is cut
+        (:attr:`on_carry`): an agent frame may go to :attr:`out` as it is."""
+        return not self._inner_polled and self.on_carry is not None and not self._closed
 
     @property
     def refused(self) -> int:
@@ -297,30 +304,10 @@ class TrunkRelay:
             self._refused += 1
 
     def _from_pjmedia(self, data: bytes) -> None:
-        if not self._sent and self._pj_ts is None:
+        out = self.out
+        if not out.started:
             self._to_loop(self.pjmedia_latched.set)
-        pt = data[1] & 0x7F
-        seq, ts, ssrc = struct.unpack_from("!HII", data, 2)
-        if pt in BY_PT:
-            self._law = pt
-        with self._lock:  # the numbering is shared with send_pcm, on the loop's thread
-            step = 0 if self._pj_ts is None else (ts - self._pj_ts) & 0xFFFFFFFF
-            self._pj_ts = ts
-            if not self._sent:  # pjmedia's numbering until we first send ourselves
-                self._ssrc, self._seq, self._ts = ssrc, seq, ts
-                out = data
-            elif time.monotonic() - self._agent_at < HANDBACK:
-                return  # the agent's frames go out instead
-            else:  # pjmedia again (hold audio, the bot, DTMF): our SSRC, sequence, clock
-                self._seq = (self._seq + 1) & 0xFFFF
-                if pt != 101 or step:  # an RFC 4733 event's packets share one timestamp
-                    self._ts = (self._ts + (step or SAMPLES_PER_FRAME)) & 0xFFFFFFFF
-                # (audio: no marker — pjmedia's after a cut would mark a talkspurt that is
-                # none to the trunk; an event's marker is its start and is kept)
-                second = data[1] if pt == 101 else pt
-                out = (bytes((data[0], second)) + struct.pack("!HII", self._seq, self._ts,
-                                                              self._ssrc) + data[12:])
-            self._send(self.rtp, out, self.trunk)
+        out.pjmedia(data)
 
     def _on_rtcp(self, data: bytes, addr: Addr) -> None:
         """Either RTCP socket: pjmedia's reports reach the inner one (it latches onto the
@@ -334,8 +321,9 @@ class TrunkRelay:
 
     def send_pcm(self, frame: bytes) -> None:
         """One 20 ms frame for the caller (8 kHz s16le), to the trunk now (on the loop)."""
-        law = BY_PT.get(self._law) if self._law is not None else None
-        if self._closed or law is None or not self._ssrc:
+        out = self.out
+        law = BY_PT.get(out.law)
+        if self._closed or law is None or not out.ssrc:
             return  # pjmedia has not sent yet: its path carries the frame
         payload = law.encode[np.frombuffer(frame, "<i2").view("<u2")].tobytes()
         if self._inner_polled:
@@ -345,14 +333,7 @@ class TrunkRelay:
                 self.on_carry(True)
         elif self.on_carry is None:  # pjmedia keeps sending: its packets are dropped
             self._read(self.inner_rtp, self._drop_pjmedia, DRAIN_LIMIT)
-        with self._lock:
-            self._sent = True
-            self._agent_at = time.monotonic()
-            self._seq = (self._seq + 1) & 0xFFFF
-            self._ts = (self._ts + len(frame) // 2) & 0xFFFFFFFF
-            header = struct.pack("!BBHII", 0x80, self._law, self._seq, self._ts, self._ssrc)
-            self._send(self.rtp, header + payload, self.trunk)
-        self.from_agent += 1
+        out.send(payload)
 
     def _handback_at(self, delay: float) -> None:
         if self._loop is not None and not self._closed:
@@ -362,16 +343,15 @@ class TrunkRelay:
         """The agent's frames stopped for :data:`HANDBACK`: pjmedia's packets go to the
         trunk again, read by the relay thread as they come."""
         self._handback = None
-        quiet = time.monotonic() - self._agent_at
+        quiet = time.monotonic() - self.out.agent_at
         if quiet < HANDBACK:
             self._handback_at(HANDBACK - quiet)
             return
         # what came meanwhile, all of it (pjmedia's stream sends silence through a cut:
         # a socket buffer's worth, read now rather than sent as a burst)
         self._read(self.inner_rtp, self._drop_pjmedia, DRAIN_LIMIT)
-        if self.on_carry is not None:
-            with self._lock:  # what a full socket buffer kept is old: pjmedia's next packet
-                self._pj_ts = None  # is the next frame
+        if self.on_carry is not None:  # what a full socket buffer kept is old: pjmedia's
+            self.out.forget_pjmedia()  # next packet is the next frame
         self._poll_inner(True)
         if self.on_carry is not None:
             self.on_carry(False)
@@ -379,9 +359,8 @@ class TrunkRelay:
     def _drop_pjmedia(self, data: bytes, addr: Addr) -> None:
         """A packet of pjmedia's from while the agent's frames went out: not sent, its
         clock followed (the step of the next one we send counts from it)."""
-        if addr == self.pj_rtp and len(data) >= 12:
-            with self._lock:
-                self._pj_ts = struct.unpack_from("!I", data, 4)[0]
+        if addr == self.pj_rtp:
+            self.out.follow_pjmedia(data)
 
 
 class InboundStream(Inbound):

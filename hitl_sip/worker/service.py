@@ -470,6 +470,7 @@ class WorkerService:
                              on_agent_frame=session.on_agent_frame,
                              on_media=lambda flowing: self._on_agent_media(call, flowing))
             call.peer = peer
+            _route_agent(peer, session)
             session.attach_agent(peer.caller_track.push, peer.caller_track.taps)
             try:
                 sdp = await peer.answer(command.sdp)
@@ -580,14 +581,14 @@ class WorkerService:
         call.promote = None
         call.leg_roles.pop(name, None)
         old, call.peer = call.peer, peer
-        peer.agent_audio.deliver = session.on_agent_frame
+        _route_agent(peer, session)
         peer.on_media = lambda flowing: self._on_agent_media(call, flowing)
         session.promote_leg(name, peer.caller_track.push, peer.caller_track.taps)
         call.event("promoted", leg=name)
         call_logger(log, call.call_id).info("leg %s is the call's agent now", name)
         self._notify(LegMedia(call_id=call.call_id, leg=name, flowing=True, primary=True))
         if old is not None:
-            old.agent_audio.deliver = lambda pcm: None
+            _route_agent(old, None)
             old.on_media = lambda flowing: None
             self._spawn(self._retire_peer(call, old))
 
@@ -918,6 +919,19 @@ class WorkerService:
             on_source_active=source_active,
             on_caller_frame=record,
         )
+
+
+def _route_agent(peer: AgentPeer, session: CallSession | None) -> None:
+    """The agent's frames to the session (None: nowhere, a transfer's previous agent);
+    a lean leg's packets to the trunk as they come while the session allows it."""
+    audio = peer.agent_audio
+    if session is None:
+        audio.deliver = audio.deliver_sent = lambda pcm: None
+        audio.to_trunk = lambda: None
+        return
+    audio.deliver = session.on_agent_frame
+    audio.deliver_sent = session.agent_frame_sent
+    audio.to_trunk = session.agent_to_trunk
 
 
 def _direct_to_agent(call: CallRuntime, session: CallSession, pt: int,

@@ -36,6 +36,7 @@ import numpy as np
 from hitl_sip.bot.actions import Action, BotDialog, Handoff, Hangup, Listen, Say
 from hitl_sip.errors import HitlSipError, SpeechError
 from hitl_sip.log import call_logger, now_iso
+from hitl_sip.media._rtpcore import TrunkOut
 from hitl_sip.media.buffers import BufferClosed, FrameBuffer, LeadKeeper
 from hitl_sip.media.wav import load_pcm
 from hitl_sip.protocol import worker as wire
@@ -517,12 +518,35 @@ class CallSession:
         """The agent who holds the call is heard now (its frames pace the caller's ear)."""
         return self.state is SessionState.HUMAN and self._agent_media and not self.agent_muted
 
+    def agent_to_trunk(self) -> TrunkOut | None:
+        """Where a lean leg's packet of the agent's may go as it is, from its C receiver:
+        the relay's stream to the trunk, while the relay carries the agent's frames and
+        the agent who holds the call is heard alone (no supervisor, no second leg mixed
+        in, not muted). None: the frame takes :meth:`on_agent_frame`'s path."""
+        relay = self.relay
+        if relay is None or not relay.carrying or self.conference or not self._primary_driving():
+            return None
+        return relay.out
+
+    def agent_frame_sent(self, frame: bytes) -> None:
+        """A frame of the agent's that went to the trunk as it came (:meth:`agent_to_trunk`):
+        the rest of :meth:`on_agent_frame`'s work — the recogniser, and what the caller
+        hears for the recording."""
+        if self._agent_stt is not None:
+            self._agent_stt.push_frame(frame)
+        self._heard(frame)
+
     def _to_caller(self, frame: bytes) -> None:
         """One frame for the caller's ear, at most ``agent_lead_frames`` ahead of the trunk's
         media clock; with a relay it reaches the trunk now, and pjmedia's copy (what the
         recording and the quality figures see) is dropped at the relay."""
         if self.relay is not None:
             self.relay.send_pcm(frame)
+        self._heard(frame)
+
+    def _heard(self, frame: bytes) -> None:
+        """What the caller hears this frame, for pjmedia's tick (the trunk, or with a relay
+        the recording and the underrun count)."""
         self.agent_frames_dropped += self._agent_lead.admit(self.outbound)
         self.outbound.push_nowait(frame)
         self.on_source_active(True)

@@ -19,7 +19,8 @@ import numpy as np
 import numpy.typing as npt
 from pylibsrtp import Policy, Session
 
-from hitl_sip.media.g711 import ALAW_DECODE, ALAW_ENCODE, ULAW_DECODE, ULAW_ENCODE
+from hitl_sip.media._rtpcore import TrunkOut
+from hitl_sip.media.g711 import ALAW, ALAW_DECODE, ALAW_ENCODE, ULAW, ULAW_DECODE, ULAW_ENCODE
 from hitl_sip.worker.lean import LeanG711, c_sender, follow_pair
 
 KEY_OUT, KEY_IN = os.urandom(30), os.urandom(30)  # AES128_CM_SHA1_80: key 16 + salt 14
@@ -222,3 +223,45 @@ def test_the_sender_follows_the_pair_aioice_nominates() -> None:
             t.close()
 
     asyncio.run(scenario())
+
+
+def test_the_agent_s_payload_goes_to_the_trunk_as_it_came_when_the_session_allows() -> None:
+    """With ``to_trunk`` naming the relay's stream (the agent heard alone), the C
+    receiver sends the agent's payload there itself — in the trunk's law, continuing the
+    stream pjmedia's packets started — and the frame goes to ``on_sent`` (recogniser,
+    recording) instead of ``on_pcm``; without it, ``on_pcm`` as before."""
+    leg = Leg()
+    ours, trunk = udp(), udp()
+    trunk.settimeout(2)
+    out = TrunkOut(ours.fileno(), trunk.getsockname(), 0.06)
+    sent: list[bytes] = []
+    route: list[TrunkOut | None] = [out]
+    leg.lean = LeanG711(codec="pcmu", payload_type=0, sender=leg.lean.sender,
+                        rx=session(KEY_IN, Policy.SSRC_ANY_INBOUND),
+                        on_pcm=lambda pcm, rate: leg.heard.append((pcm, rate)),
+                        streams=leg.streams, to_trunk=lambda: route[0], on_sent=sent.append)
+    payload = ULAW_ENCODE[np.frombuffer(tone(), "<i2").view("<u2")].tobytes()
+    pcm = ULAW_DECODE[np.frombuffer(payload, np.uint8)].tobytes()
+    # nothing from pjmedia yet: the trunk's law and SSRC are unknown, the frame takes
+    # the Python path (relay.send_pcm would not send either)
+    assert leg.lean.receive(leg.from_browser(1, payload))
+    assert not sent and len(leg.heard) == 1
+    # pjmedia's packet sets the stream: a PCMA trunk, its SSRC and numbering
+    pjmedia = struct.pack("!BBHII", 0x80, 8, 500, 80000, 0xCAFE) + b"\xd5" * 160
+    assert out.pjmedia(pjmedia)
+    assert trunk.recv(2048) == pjmedia
+    for seq in (2, 3):
+        assert leg.lean.receive(leg.from_browser(seq, payload))
+    assert sent == [pcm, pcm] and len(leg.heard) == 1
+    packets = [trunk.recv(2048) for _ in range(2)]
+    assert [struct.unpack_from("!BBHII", p) for p in packets] == [
+        (0x80, 8, 501, 80160, 0xCAFE), (0x80, 8, 502, 80320, 0xCAFE)]
+    want = ULAW.transcoder(ALAW)[np.frombuffer(payload, np.uint8)].tobytes()
+    assert all(p[12:] == want for p in packets) and out.from_agent == 2
+    # while the agent's frames go out, pjmedia's copy is dropped; the clock follows it
+    assert not out.pjmedia(struct.pack("!BBHII", 0x80, 8, 501, 80160, 0xCAFE) + bytes(160))
+    route[0] = None  # e.g. the agent muted, a supervisor barged: Python's path again
+    assert leg.lean.receive(leg.from_browser(4, payload))
+    assert len(sent) == 2 and len(leg.heard) == 2 and out.from_agent == 2
+    for s in (ours, trunk):
+        s.close()

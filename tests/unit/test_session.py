@@ -13,8 +13,9 @@ import pytest
 from hitl_sip.bot.flow import parse_flow
 from hitl_sip.bot.runner import FlowRunner
 from hitl_sip.media.buffers import BufferClosed, FrameBuffer
-from hitl_sip.protocol.worker import HubCommand, parse_command
+from hitl_sip.protocol.worker import HubCommand, LegRole, parse_command
 from hitl_sip.speech.tts.fake import FakeTts
+from hitl_sip.worker.mix import Taps
 from hitl_sip.worker.session import (
     CallSession,
     IllegalTransition,
@@ -485,3 +486,52 @@ async def test_the_caller_s_pending_words_are_flushed_at_the_handoff(
     await until(lambda: stream.flushes == 1)  # when the call was handed off
     await human.session.on_command(command({"type": "resume"}))
     await until(lambda: stream.flushes == 2)  # and when the agent handed it back
+
+
+class FakeRelay:
+    """What the session reads of its call's relay (hitl_sip.worker.relay.TrunkRelay)."""
+
+    def __init__(self) -> None:
+        self.carrying = True
+        self.out = object()  # the C stream to the trunk, opaque here
+        self.disarms = 0
+        self.sent: list[bytes] = []
+
+    def disarm(self) -> None:
+        self.disarms += 1
+
+    def send_pcm(self, frame: bytes) -> None:
+        self.sent.append(frame)
+
+
+async def test_the_agent_s_packets_go_to_the_trunk_as_they_come_only_while_heard_alone(
+    human: HumanRig,
+) -> None:
+    relay = FakeRelay()
+    human.session.relay = relay  # type: ignore[assignment]
+    assert human.session.agent_to_trunk() is None  # the agent's media is not flowing yet
+    human.session.agent_media(True)
+    assert human.session.agent_to_trunk() is relay.out
+    # a frame that went to the trunk from C: the recogniser and the caller's ear (the
+    # recording) get it, the relay is not asked to send it again
+    stream = human.agent_stream()
+    pushed = len(stream.frames)
+    human.session.agent_frame_sent(AGENT)
+    assert len(stream.frames) == pushed + 1 and list(human.outbound._frames)[-1] == AGENT
+    assert relay.sent == []
+    relay.carrying = False  # the relay handed back to pjmedia: the first frame cuts again
+    assert human.session.agent_to_trunk() is None
+    relay.carrying = True
+    await human.session.on_command(command({"type": "mute", "muted": True}))
+    assert human.session.agent_to_trunk() is None
+    await human.session.on_command(command({"type": "mute", "muted": False}))
+    assert human.session.agent_to_trunk() is relay.out
+    # a supervisor barges: the caller hears a mix, made in Python; the caller's side of
+    # the relay is asked again too
+    disarms = relay.disarms
+    human.session.add_leg("sup", LegRole.BARGE, lambda frame: None, Taps())
+    assert human.session.agent_to_trunk() is None and relay.disarms > disarms
+    await human.session.remove_leg("sup")
+    assert human.session.agent_to_trunk() is relay.out
+    await human.session.on_command(command({"type": "agent_left", "agentId": "a1"}))
+    assert human.session.agent_to_trunk() is None
