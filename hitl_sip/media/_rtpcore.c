@@ -21,6 +21,11 @@
  *            the relay is not armed for goes to the Python callback, whose verdict arms
  *            it for LEASE packets; the session disarms it whenever that decision may
  *            change (state, agent, taps, legs).
+ *   TrunkOut everything the trunk gets from a relay, one stream: pjmedia's packets (the
+ *            relay thread) and the agent's frames (the loop), one SSRC and numbering.
+ *   Receiver one G.711 WebRTC leg's incoming SRTP, on the event loop: checked, decoded,
+ *            and sent on to the trunk as it came when the session names a TrunkOut
+ *            (the agent heard alone).
  *
  * Locks: a Python thread never blocks on one of these mutexes holding the GIL
  * (lock_py releases it while waiting); the relay thread takes core -> relay -> sender /
@@ -34,7 +39,6 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -968,11 +972,9 @@ typedef struct {
     PyObject_HEAD
     pthread_mutex_t lock;
     int epfd;
-    int wake[2];                    /* a pipe: stop() */
     Relay **relays;                 /* by descriptor: a relay, or NULL (Python's) */
     unsigned char *python;          /* by descriptor: 1 when Python's */
     int size;
-    int stopping;
 } Core;
 
 static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
@@ -981,13 +983,11 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
         return NULL;
     pthread_mutex_init(&c->lock, NULL);
     c->epfd = epoll_create1(EPOLL_CLOEXEC);
-    if (c->epfd < 0 || pipe2(c->wake, O_CLOEXEC | O_NONBLOCK) < 0) {
+    if (c->epfd < 0) {
         PyErr_SetFromErrno(PyExc_OSError);
         Py_DECREF(c);
         return NULL;
     }
-    struct epoll_event ev = {.events = EPOLLIN, .data.fd = c->wake[0]};
-    epoll_ctl(c->epfd, EPOLL_CTL_ADD, c->wake[0], &ev);
     return (PyObject *)c;
 }
 
@@ -998,8 +998,6 @@ static void Core_dealloc(Core *c) {
     PyMem_RawFree(c->python);
     if (c->epfd >= 0)
         close(c->epfd);
-    close(c->wake[0]);
-    close(c->wake[1]);
     pthread_mutex_destroy(&c->lock);
     Py_TYPE(c)->tp_free((PyObject *)c);
 }
@@ -1085,12 +1083,6 @@ static PyObject *Core_remove(Core *c, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
-static PyObject *Core_stop(Core *c, PyObject *unused) {
-    c->stopping = 1;
-    if (write(c->wake[1], "x", 1) < 0) { /* full: a wake-up is pending anyway */ }
-    Py_RETURN_NONE;
-}
-
 /* The relay thread, c->lock held, no GIL: the renumbered copy of a trunk packet to
  * pjmedia. */
 static void relay_forward(Relay *r, const uint8_t *buf, ssize_t n) {
@@ -1172,14 +1164,14 @@ static PyObject *Core_run(Core *c, PyObject *dispatch) {
     struct epoll_event events[64];
     uint8_t buf[MAX_PACKET];
     PyThreadState *ts = PyEval_SaveThread();
-    while (!c->stopping) {
+    for (;;) {
         int n = epoll_wait(c->epfd, events, 64, -1);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
-            break;
+            break;  /* the epoll descriptor is gone: nothing more can be served */
         }
-        for (int i = 0; i < n && !c->stopping; i++) {
+        for (int i = 0; i < n; i++) {
             int fd = events[i].data.fd;
             pthread_mutex_lock(&c->lock);
             Relay *relay = fd < c->size ? c->relays[fd] : NULL;
@@ -1207,7 +1199,7 @@ static PyObject *Core_run(Core *c, PyObject *dispatch) {
             }
             pthread_mutex_unlock(&c->lock);
             if (!python)
-                continue;  /* the wake-up pipe, or removed meanwhile */
+                continue;  /* removed meanwhile */
             PyEval_RestoreThread(ts);
             PyObject *rv = PyObject_CallFunction(dispatch, "i", fd);
             if (rv == NULL)
@@ -1216,8 +1208,10 @@ static PyObject *Core_run(Core *c, PyObject *dispatch) {
             ts = PyEval_SaveThread();
         }
     }
+    int err = errno;
     PyEval_RestoreThread(ts);
-    Py_RETURN_NONE;
+    errno = err;
+    return PyErr_SetFromErrno(PyExc_OSError);
 }
 
 static PyMethodDef Core_methods[] = {
@@ -1227,8 +1221,8 @@ static PyMethodDef Core_methods[] = {
      "add_relay(relay): its trunk socket is served here"},
     {"remove", (PyCFunction)Core_remove, METH_O, "remove(fd): before the descriptor closes"},
     {"run", (PyCFunction)Core_run, METH_O,
-     "run(dispatch): serve until stop(), without the GIL but for dispatch(fd)"},
-    {"stop", (PyCFunction)Core_stop, METH_NOARGS, "run() returns"},
+     "run(dispatch): serve for good (a daemon thread's), without the GIL but for "
+     "dispatch(fd)"},
     {NULL}};
 
 static PyTypeObject CoreType = {
