@@ -29,7 +29,7 @@
  *
  * Locks: a Python thread never blocks on one of these mutexes holding the GIL
  * (lock_py releases it while waiting); the relay thread takes core -> relay -> sender /
- * inbound and takes the GIL only with none of them held but the core's, which it drops
+ * inbound (a TrunkOut's alone, briefly, for the trunk's address) and takes the GIL only with none of them held but the core's, which it drops
  * before running Python code.
  */
 #define _GNU_SOURCE
@@ -320,14 +320,6 @@ static PyObject *Sender_close(Sender *s, PyObject *unused) {
 }
 
 static PyObject *Sender_get_closed(Sender *s, void *c) { return PyBool_FromLong(s->closed); }
-static PyObject *Sender_get_sent(Sender *s, void *c) { return PyLong_FromUnsignedLongLong(s->sent); }
-static PyObject *Sender_get_relayed(Sender *s, void *c) {
-    return PyLong_FromUnsignedLongLong(s->relayed);
-}
-static PyObject *Sender_get_failed(Sender *s, void *c) {
-    return PyLong_FromUnsignedLongLong(s->failed);
-}
-
 static PyMethodDef Sender_methods[] = {
     {"set_dest", (PyCFunction)Sender_set_dest, METH_VARARGS,
      "set_dest(fd, (host, port)): send on a dup of fd to that address from now"},
@@ -337,11 +329,15 @@ static PyMethodDef Sender_methods[] = {
     {"close", (PyCFunction)Sender_close, METH_NOARGS, "send nothing more; close the dup"},
     {NULL}};
 
-static PyGetSetDef Sender_getset[] = {
-    {"closed", (getter)Sender_get_closed, NULL, NULL, NULL},
-    {"sent", (getter)Sender_get_sent, NULL, "packets sent", NULL},
-    {"failed", (getter)Sender_get_failed, NULL, "packets SRTP or the socket refused", NULL},
-    {"relayed", (getter)Sender_get_relayed, NULL, "trunk payloads the relay core sent", NULL},
+static PyGetSetDef Sender_getset[] = {{"closed", (getter)Sender_get_closed, NULL, NULL, NULL},
+                                      {NULL}};
+
+static PyMemberDef Sender_members[] = {
+    {"sent", T_ULONGLONG, offsetof(Sender, sent), READONLY, "packets sent"},
+    {"failed", T_ULONGLONG, offsetof(Sender, failed), READONLY,
+     "packets SRTP or the socket refused"},
+    {"relayed", T_ULONGLONG, offsetof(Sender, relayed), READONLY,
+     "trunk payloads the relay core sent"},
     {NULL}};
 
 static PyTypeObject SenderType = {
@@ -356,6 +352,7 @@ static PyTypeObject SenderType = {
     .tp_dealloc = (destructor)Sender_dealloc,
     .tp_methods = Sender_methods,
     .tp_getset = Sender_getset,
+    .tp_members = Sender_members,
 };
 
 /* -- Inbound ----------------------------------------------------------------------------- */
@@ -476,7 +473,6 @@ static PyObject *Inbound_peer(Inbound *in, PyObject *unused) {
     return Py_BuildValue("(II)", (unsigned int)peer, (unsigned int)off);
 }
 
-static PyObject *Inbound_get_ssrc(Inbound *in, void *c) { return PyLong_FromUnsignedLong(in->ssrc); }
 
 static PyMethodDef Inbound_methods[] = {
     {"renumber", (PyCFunction)Inbound_renumber, METH_O,
@@ -487,8 +483,8 @@ static PyMethodDef Inbound_methods[] = {
      "peer() -> (the trunk's SSRC or None, the sequence offset)"},
     {NULL}};
 
-static PyGetSetDef Inbound_getset[] = {{"ssrc", (getter)Inbound_get_ssrc, NULL, NULL, NULL},
-                                       {NULL}};
+static PyMemberDef Inbound_members[] = {
+    {"ssrc", T_UINT, offsetof(Inbound, ssrc), READONLY, "the SSRC pjmedia hears"}, {NULL}};
 
 static PyTypeObject InboundType = {
     PyVarObject_HEAD_INIT(NULL, 0)
@@ -500,7 +496,7 @@ static PyTypeObject InboundType = {
     .tp_init = (initproc)Inbound_init,
     .tp_dealloc = (destructor)Inbound_dealloc,
     .tp_methods = Inbound_methods,
-    .tp_getset = Inbound_getset,
+    .tp_members = Inbound_members,
 };
 
 /* -- TrunkOut ---------------------------------------------------------------------------- */
@@ -655,16 +651,9 @@ static PyObject *TrunkOut_set_trunk(TrunkOut *o, PyObject *addr) {
     Py_RETURN_NONE;
 }
 
-static PyObject *TrunkOut_get_law(TrunkOut *o, void *c) { return PyLong_FromLong(o->law); }
-static PyObject *TrunkOut_get_ssrc(TrunkOut *o, void *c) { return PyLong_FromUnsignedLong(o->ssrc); }
-static PyObject *TrunkOut_get_agent_at(TrunkOut *o, void *c) { return PyFloat_FromDouble(o->agent_at); }
 static PyObject *TrunkOut_get_started(TrunkOut *o, void *c) {
     return PyBool_FromLong(o->sent || o->has_pj_ts);
 }
-static PyObject *TrunkOut_get_from_agent(TrunkOut *o, void *c) {
-    return PyLong_FromUnsignedLongLong(o->from_agent);
-}
-
 static PyMethodDef TrunkOut_methods[] = {
     {"send", (PyCFunction)TrunkOut_send, METH_O,
      "send(payload) -> bool: an agent's frame in the trunk's law, now (False: pjmedia has "
@@ -680,11 +669,16 @@ static PyMethodDef TrunkOut_methods[] = {
     {NULL}};
 
 static PyGetSetDef TrunkOut_getset[] = {
-    {"law", (getter)TrunkOut_get_law, NULL, "the trunk's G.711 payload type, -1: unknown", NULL},
-    {"ssrc", (getter)TrunkOut_get_ssrc, NULL, NULL, NULL},
-    {"agent_at", (getter)TrunkOut_get_agent_at, NULL, "time.monotonic() of the agent's last frame", NULL},
     {"started", (getter)TrunkOut_get_started, NULL, "pjmedia or the agent has sent", NULL},
-    {"from_agent", (getter)TrunkOut_get_from_agent, NULL, "agent frames sent", NULL},
+    {NULL}};
+
+static PyMemberDef TrunkOut_members[] = {
+    {"law", T_INT, offsetof(TrunkOut, law), READONLY,
+     "the trunk's G.711 payload type, -1: unknown"},
+    {"ssrc", T_UINT, offsetof(TrunkOut, ssrc), READONLY, NULL},
+    {"agent_at", T_DOUBLE, offsetof(TrunkOut, agent_at), READONLY,
+     "time.monotonic() of the agent's last frame"},
+    {"from_agent", T_ULONGLONG, offsetof(TrunkOut, from_agent), READONLY, "agent frames sent"},
     {NULL}};
 
 static PyTypeObject TrunkOutType = {
@@ -699,6 +693,7 @@ static PyTypeObject TrunkOutType = {
     .tp_dealloc = (destructor)TrunkOut_dealloc,
     .tp_methods = TrunkOut_methods,
     .tp_getset = TrunkOut_getset,
+    .tp_members = TrunkOut_members,
 };
 
 /* -- Receiver ---------------------------------------------------------------------------- */
@@ -812,22 +807,15 @@ static PyObject *Receiver_receive(Receiver *r, PyObject *args) {
                          PyBool_FromLong(sent));
 }
 
-static PyObject *Receiver_get_received(Receiver *r, void *c) {
-    return PyLong_FromUnsignedLongLong(r->received);
-}
-static PyObject *Receiver_get_refused(Receiver *r, void *c) {
-    return PyLong_FromUnsignedLongLong(r->refused);
-}
-
 static PyMethodDef Receiver_methods[] = {
     {"receive", (PyCFunction)Receiver_receive, METH_VARARGS,
      "receive(datagram, out) -> None | () | (seq, ts, ssrc, pcm, sent)"},
     {NULL}};
 
-static PyGetSetDef Receiver_getset[] = {
-    {"received", (getter)Receiver_get_received, NULL, "packets with audio taken", NULL},
-    {"refused", (getter)Receiver_get_refused, NULL,
-     "failed SRTP authentication, or old/duplicate packets", NULL},
+static PyMemberDef Receiver_members[] = {
+    {"received", T_ULONGLONG, offsetof(Receiver, received), READONLY, "packets with audio taken"},
+    {"refused", T_ULONGLONG, offsetof(Receiver, refused), READONLY,
+     "failed SRTP authentication, or old/duplicate packets"},
     {NULL}};
 
 static PyTypeObject ReceiverType = {
@@ -841,7 +829,7 @@ static PyTypeObject ReceiverType = {
     .tp_init = (initproc)Receiver_init,
     .tp_dealloc = (destructor)Receiver_dealloc,
     .tp_methods = Receiver_methods,
-    .tp_getset = Receiver_getset,
+    .tp_members = Receiver_members,
 };
 
 /* -- Relay ------------------------------------------------------------------------------- */
@@ -851,14 +839,15 @@ typedef struct {
     pthread_mutex_t lock;
     int fd;                         /* the trunk-facing RTP socket (Python owns it) */
     int inner_fd;                   /* pjmedia-facing (Python owns it) */
-    struct sockaddr_storage trunk, pj;
-    socklen_t trunk_len, pj_len;
+    struct sockaddr_storage pj;
+    socklen_t pj_len;
+    TrunkOut *out;                  /* the stream to the trunk: its address is the source */
     Inbound *inbound;
     PyObject *on_packet;            /* a G.711 packet Python decides about */
     int mode;
     int lease;
     Sender *sender;                 /* MODE_AGENT's */
-    unsigned long long refused, direct;
+    unsigned long long refused;
 } Relay;
 
 static PyObject *Relay_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
@@ -869,16 +858,18 @@ static PyObject *Relay_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
 }
 
 static int Relay_init(Relay *r, PyObject *args, PyObject *kwds) {
-    static char *kw[] = {"fd", "inner_fd", "pj", "trunk", "inbound", "on_packet", NULL};
+    static char *kw[] = {"fd", "inner_fd", "pj", "out", "inbound", "on_packet", NULL};
     int fd, inner;
-    PyObject *pj, *trunk, *inbound, *on_packet;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiOOO!O", kw, &fd, &inner, &pj, &trunk,
-                                     &InboundType, &inbound, &on_packet))
+    PyObject *pj, *out, *inbound, *on_packet;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiOO!O!O", kw, &fd, &inner, &pj,
+                                     &TrunkOutType, &out, &InboundType, &inbound, &on_packet))
         return -1;
-    if (parse_addr(pj, &r->pj, &r->pj_len) < 0 || parse_addr(trunk, &r->trunk, &r->trunk_len) < 0)
+    if (parse_addr(pj, &r->pj, &r->pj_len) < 0)
         return -1;
     r->fd = fd;
     r->inner_fd = inner;
+    Py_INCREF(out);
+    Py_XSETREF(r->out, (TrunkOut *)out);
     Py_INCREF(inbound);
     Py_XSETREF(r->inbound, (Inbound *)inbound);
     Py_INCREF(on_packet);
@@ -887,23 +878,12 @@ static int Relay_init(Relay *r, PyObject *args, PyObject *kwds) {
 }
 
 static void Relay_dealloc(Relay *r) {
+    Py_XDECREF(r->out);
     Py_XDECREF(r->inbound);
     Py_XDECREF(r->on_packet);
     Py_XDECREF(r->sender);
     pthread_mutex_destroy(&r->lock);
     Py_TYPE(r)->tp_free((PyObject *)r);
-}
-
-static PyObject *Relay_set_trunk(Relay *r, PyObject *addr) {
-    struct sockaddr_storage a;
-    socklen_t len;
-    if (parse_addr(addr, &a, &len) < 0)
-        return NULL;
-    lock_py(&r->lock);
-    r->trunk = a;
-    r->trunk_len = len;
-    pthread_mutex_unlock(&r->lock);
-    Py_RETURN_NONE;
 }
 
 /* With the GIL: the mode for the next LEASE packets (sender: MODE_AGENT's, else NULL). */
@@ -934,23 +914,16 @@ static PyObject *Relay_close(Relay *r, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
-static PyObject *Relay_get_refused(Relay *r, void *c) { return PyLong_FromUnsignedLongLong(r->refused); }
-static PyObject *Relay_get_direct(Relay *r, void *c) { return PyLong_FromUnsignedLongLong(r->direct); }
-static PyObject *Relay_get_mode(Relay *r, void *c) { return PyLong_FromLong(r->mode); }
 
 static PyMethodDef Relay_methods[] = {
-    {"set_trunk", (PyCFunction)Relay_set_trunk, METH_O,
-     "set_trunk((host, port)): the only source whose RTP is taken"},
     {"disarm", (PyCFunction)Relay_disarm, METH_NOARGS,
      "the next G.711 packet goes to on_packet, whose verdict arms the relay again"},
     {"close", (PyCFunction)Relay_close, METH_NOARGS,
      "drop the callback and the sender (after Core.remove): no cycle is left"},
     {NULL}};
 
-static PyGetSetDef Relay_getset[] = {
-    {"refused", (getter)Relay_get_refused, NULL, "packets from another source", NULL},
-    {"direct", (getter)Relay_get_direct, NULL, "packets sent to the agent from C", NULL},
-    {"mode", (getter)Relay_get_mode, NULL, "0: Python decides, 1: agent, 2: nobody", NULL},
+static PyMemberDef Relay_members[] = {
+    {"refused", T_ULONGLONG, offsetof(Relay, refused), READONLY, "packets from another source"},
     {NULL}};
 
 static PyTypeObject RelayType = {
@@ -958,12 +931,13 @@ static PyTypeObject RelayType = {
     .tp_name = "hitl_sip.media._rtpcore.Relay",
     .tp_basicsize = sizeof(Relay),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Relay(fd, inner_fd, pj, trunk, inbound, on_packet): one call's trunk socket",
+    .tp_doc = "Relay(fd, inner_fd, pj, out, inbound, on_packet): one call's trunk socket; "
+              "RTP is taken from out's trunk address only",
     .tp_new = Relay_new,
     .tp_init = (initproc)Relay_init,
     .tp_dealloc = (destructor)Relay_dealloc,
     .tp_methods = Relay_methods,
-    .tp_getset = Relay_getset,
+    .tp_members = Relay_members,
 };
 
 /* -- Core -------------------------------------------------------------------------------- */
@@ -1101,8 +1075,11 @@ static int relay_packet(Relay *r, uint8_t *buf, ssize_t *len) {
                          &from_len);
     if (n < 12 || buf[0] >> 6 != 2)
         return 0;  /* nothing, an error (an ICMP for an earlier send), or not RTP */
+    pthread_mutex_lock(&r->out->lock);
+    int trunk = same_addr(&from, &r->out->trunk);
+    pthread_mutex_unlock(&r->out->lock);
     pthread_mutex_lock(&r->lock);
-    if (!same_addr(&from, &r->trunk)) {
+    if (!trunk) {
         r->refused++;
         pthread_mutex_unlock(&r->lock);
         return 0;
@@ -1118,7 +1095,6 @@ static int relay_packet(Relay *r, uint8_t *buf, ssize_t *len) {
                 sender_payload(r->sender, pt, buf + start, end - start);
                 r->sender->relayed++;
                 pthread_mutex_unlock(&r->sender->lock);
-                r->direct++;
             }
         } else if (r->lease > 0 && r->mode == MODE_NOBODY) {
             r->lease--;

@@ -44,7 +44,7 @@ from pylibsrtp import Policy, Session
 from pylibsrtp._binding import ffi, lib
 
 from hitl_sip.media._rtpcore import Receiver, Sender, TrunkOut
-from hitl_sip.media.g711 import BY_NAME, BY_PT
+from hitl_sip.media.g711 import BY_NAME, BY_PT, Law
 
 log = logging.getLogger(__name__)
 
@@ -132,11 +132,9 @@ class LeanG711:
             if stats is None:
                 stats = self._streams[ssrc] = StreamStatistics(RATE)
             stats.add(_Seen(seq, ts))  # type: ignore[arg-type]  # what add() reads of one
-            if not pcm:
-                pass
-            elif sent and self._on_sent is not None:
+            if sent and self._on_sent is not None:
                 self._on_sent(pcm)
-            else:
+            elif pcm:
                 self._on_pcm(np.frombuffer(pcm, np.int16), RATE)
         return True
 
@@ -159,28 +157,35 @@ def srtp_sessions(dtls: Any) -> tuple[Session, Session]:
     return sessions[0], sessions[1]
 
 
-def c_receiver(session: Session, payload_type: int, codec: str) -> Receiver:
-    """The C core's receiver for a leg: SRTP by pylibsrtp's own ``srtp_unprotect`` on
-    ``session``'s context (kept alive with it); payloads decoded with the law's table,
-    and mapped to the other law's bytes for a trunk on that one."""
+def _srtp(session: Session, function: str) -> tuple[int, int]:
+    """The addresses of pylibsrtp's own ``function`` (srtp_protect, srtp_unprotect) and of
+    ``session``'s context, for the C core (which keeps the session alive)."""
+    return (int(ffi.cast("uintptr_t", ffi.addressof(lib, function))),
+            int(ffi.cast("uintptr_t", session._srtp[0])))
+
+
+def _laws(codec: str) -> tuple[Law, Law]:
+    """The leg's G.711 law and the other one."""
     law = BY_NAME[codec]
-    other = next(o for o in BY_PT.values() if o is not law)
-    unprotect = int(ffi.cast("uintptr_t", ffi.addressof(lib, "srtp_unprotect")))
-    ctx = int(ffi.cast("uintptr_t", session._srtp[0]))
-    return Receiver(unprotect, ctx, session, payload_type, law.payload_type,
-                    law.decode.astype(np.int16).tobytes(), law.transcoder(other).tobytes())
+    return law, next(o for o in BY_PT.values() if o is not law)
+
+
+def c_receiver(session: Session, payload_type: int, codec: str) -> Receiver:
+    """The C core's receiver for a leg: SRTP by ``srtp_unprotect`` on ``session``;
+    payloads decoded with the law's table, and mapped to the other law's bytes for a
+    trunk on that one."""
+    law, other = _laws(codec)
+    return Receiver(*_srtp(session, "srtp_unprotect"), session, payload_type,
+                    law.payload_type, law.decode.astype(np.int16).tobytes(),
+                    law.transcoder(other).tobytes())
 
 
 def c_sender(session: Session, header: bytes, codec: str) -> Sender:
-    """The C core's sender for a leg: SRTP by pylibsrtp's own ``srtp_protect`` on
-    ``session``'s context (the session is kept alive with it); the trunk's payloads of
-    the other G.711 law are mapped to the leg's byte by byte."""
-    law = BY_NAME[codec]
-    other = next(o for o in BY_PT.values() if o is not law)
-    protect = int(ffi.cast("uintptr_t", ffi.addressof(lib, "srtp_protect")))
-    ctx = int(ffi.cast("uintptr_t", session._srtp[0]))
-    return Sender(protect, ctx, session, header, law.payload_type, other.payload_type,
-                  other.transcoder(law).tobytes())
+    """The C core's sender for a leg: SRTP by ``srtp_protect`` on ``session``; the
+    trunk's payloads of the other G.711 law are mapped to the leg's byte by byte."""
+    law, other = _laws(codec)
+    return Sender(*_srtp(session, "srtp_protect"), session, header, law.payload_type,
+                  other.payload_type, other.transcoder(law).tobytes())
 
 
 def attach(transceiver: Any, codec: str,

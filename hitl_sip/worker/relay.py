@@ -112,9 +112,15 @@ class TrunkRelay:
         #: what pjmedia hears is one stream, the primer's: its SSRC, sequence and clock
         #: carry on through the trunk's packets (and any SSRC the trunk changes to)
         self._rx = InboundStream()
+        #: everything we send the trunk, one stream (C, its own lock: the relay thread
+        #: sends pjmedia's packets, the loop the agent's frames): pjmedia's SSRC, a
+        #: sequence of our own, timestamps that advance with the audio; pjmedia's packets
+        #: are dropped within :data:`HANDBACK` of the agent's last frame. Its trunk address
+        #: is the one source whose RTP is taken.
+        self.out = TrunkOut(self.rtp.fileno(), trunk, HANDBACK)
         #: the trunk's RTP, served by the C core on the relay thread (:meth:`_on_packet`
         #: for what it is not armed to decide)
-        self._core = Relay(self.rtp.fileno(), self.inner_rtp.fileno(), pj_rtp, trunk,
+        self._core = Relay(self.rtp.fileno(), self.inner_rtp.fileno(), pj_rtp, self.out,
                            self._rx, self._on_packet)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
@@ -127,11 +133,6 @@ class TrunkRelay:
         #: meanwhile (PjStack.relay_carries); None: pjmedia's packets are read and dropped
         self.on_carry: Callable[[bool], None] | None = None
         self._refused = 0  # RTCP or pjmedia's packets from a source the SDP does not name
-        #: everything we send the trunk, one stream (C, its own lock: the relay thread
-        #: sends pjmedia's packets, the loop the agent's frames): pjmedia's SSRC, a
-        #: sequence of our own, timestamps that advance with the audio; pjmedia's packets
-        #: are dropped within :data:`HANDBACK` of the agent's last frame
-        self.out = TrunkOut(self.rtp.fileno(), trunk, HANDBACK)
         self._inner_polled = False  # pjmedia's packets read by the thread (else by send_pcm)
         self._handback: asyncio.TimerHandle | None = None
 
@@ -205,8 +206,7 @@ class TrunkRelay:
     def update_trunk(self, trunk: Addr, trunk_rtcp: Addr) -> None:
         """A new SDP from the trunk (a re-INVITE) may name another address."""
         self.trunk, self.trunk_rtcp = trunk, trunk_rtcp
-        self._core.set_trunk(trunk)
-        self.out.set_trunk(trunk)
+        self.out.set_trunk(trunk)  # where we send, and the one source taken
 
     @property
     def from_agent(self) -> int:
