@@ -20,6 +20,7 @@ import socketio
 
 from hitl_sip.hub.board import BoardFeed
 from hitl_sip.hub.core import Hub
+from hitl_sip.hub.events import CallEvent
 from hitl_sip.hub.routing import Router
 from hitl_sip.hub.sessions import Session, SessionError, Sessions, audit
 from hitl_sip.hub.supervision import Supervision
@@ -104,8 +105,8 @@ class AgentNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
                                monitors=self.supervision.board_monitors)
         self.router.on_change = self.board.changed
 
-        async def call_changed(event: str, data: dict[str, Any]) -> None:
-            if event != "interim":  # live captions do not change the board
+        async def call_changed(event: CallEvent) -> None:
+            if not isinstance(event, cmd.Interim):  # live captions do not change the board
                 self.board.changed()
         hub.subscribe(call_changed)
         self.sessions: dict[str, Session] = {}  # sid -> the session its token opened

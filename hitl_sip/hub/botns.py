@@ -18,11 +18,12 @@ from typing import Any, TypeVar
 import socketio
 
 from hitl_sip.hub.core import Hub
+from hitl_sip.hub.events import CallEvent
 from hitl_sip.protocol import bot
 from hitl_sip.protocol import worker as cmd
 from hitl_sip.protocol.agent import ErrorCode, Event, Request, ok, parse_request, refuse
 from hitl_sip.protocol.wire import SocketJson, WireError
-from hitl_sip.protocol.worker import Caller, CallState
+from hitl_sip.protocol.worker import CallState
 
 log = logging.getLogger(__name__)
 
@@ -111,21 +112,21 @@ class BotNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             return ok()
         return refuse(ErrorCode.UNAVAILABLE, "the call's worker is not reachable")
 
-    async def _on_call_event(self, event: str, data: dict[str, Any]) -> None:
-        """A call event (the wire form of a validated worker message) for the engines."""
+    async def _on_call_event(self, event: CallEvent) -> None:
+        """A call event (a validated worker message) for the engines."""
         message: Event
-        if event == "call_started":
-            message = bot.CallStarted(call_id=data["callId"], thread_id=data["threadId"],
-                                      caller=Caller.model_validate(data.get("caller") or {}),
-                                      called=data.get("called"),
-                                      metadata=data.get("metadata") or {})
-        elif event == "caller_said":
-            message = bot.CallerSaid(call_id=data["callId"], text=data["text"],
-                                     final=data["final"], at=data["at"])
-        elif event == "dtmf":
-            message = bot.Dtmf(call_id=data["callId"], digits=data["digits"])
-        elif event == "call_ended":
-            message = bot.CallEnded(call_id=data["callId"], reason=data["outcome"])
-        else:
-            return
+        match event:
+            case cmd.CallStarted():
+                message = bot.CallStarted(call_id=event.call_id, thread_id=event.thread_id,
+                                          caller=event.caller, called=event.called,
+                                          metadata=dict(event.metadata))
+            case cmd.CallerSaid():
+                message = bot.CallerSaid(call_id=event.call_id, text=event.text,
+                                         final=event.final, at=event.at)
+            case cmd.DtmfMsg():
+                message = bot.Dtmf(call_id=event.call_id, digits=event.digits)
+            case cmd.CallEndedMsg():
+                message = bot.CallEnded(call_id=event.call_id, reason=event.outcome)
+            case _:
+                return
         await self.emit(message.event, message.wire())

@@ -37,7 +37,6 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -48,11 +47,13 @@ from redis.exceptions import RedisError
 from hitl_sip.protocol.agent import AgentState
 from hitl_sip.protocol.cluster import (
     REPLICATED,
+    AliveMark,
     ClusterEvent,
     ClusterMessage,
     CommandReply,
     CommandRequest,
     HubEvent,
+    parse_alive_mark,
     parse_cluster_message,
 )
 from hitl_sip.protocol.seal import Seal
@@ -74,14 +75,6 @@ ALIVE_TTL = 6  # seconds: a hub silent this long is dead (its mirrored calls are
 OnEvent = Callable[[str, HubEvent, str | None], Awaitable[None]]  # hub, event, its worker
 #: a command from another hub, and whether it wants the worker's reply → sent / the reply
 OnCommand = Callable[[HubCommand, bool], Awaitable[bool | Reply | None]]
-
-
-@dataclass(frozen=True)
-class Mark:
-    """A hub's liveness mark: when it was written (that hub's clock, ms) and its calls."""
-
-    at: int
-    calls: frozenset[str]
 
 
 class Cluster:
@@ -256,34 +249,27 @@ class Cluster:
         """Mark this hub alive for ``ALIVE_TTL``, with the ids of the calls it owns and the
         time of the mark (this hub's clock, ms): the others drop their copies of calls whose
         ``call_ended`` they missed, judging only by marks written after they saw the call."""
-        mark = {"at": int(time.time() * 1000), "calls": sorted(calls or [])}
-        await self.redis.set(f"hitl:alive:{self.hub_id}", self.seal.seal(json.dumps(mark)),
+        mark = AliveMark(at=int(time.time() * 1000), calls=frozenset(calls or []))
+        await self.redis.set(f"hitl:alive:{self.hub_id}", self.seal.seal(mark.dumps()),
                              ex=ALIVE_TTL)
 
-    async def alive(self, hubs: set[str]) -> dict[str, Mark | None]:
+    async def alive(self, hubs: set[str]) -> dict[str, AliveMark | None]:
         """The hubs of ``hubs`` that marked themselves alive within ``ALIVE_TTL``, each
         with its mark (None: a mark not understood — alive, nothing more)."""
         if not hubs:
             return {}
         ordered = sorted(hubs)
         marks = await self.redis.mget([f"hitl:alive:{h}" for h in ordered])
-        found: dict[str, Mark | None] = {}
+        found: dict[str, AliveMark | None] = {}
         for hub, text in zip(ordered, marks, strict=True):
             if not text:
                 continue
             try:
-                value = json.loads(self.seal.open(text))
-            except (WireError, ValueError) as e:  # not sealed by this cluster: no mark
+                found[hub] = parse_alive_mark(self.seal.open(text))
+            except WireError as e:  # not sealed by this cluster, or not JSON: no mark
                 if self.on_refused is not None:
-                    self.on_refused(getattr(e, "reason", "bad_json"))
+                    self.on_refused(e.reason)
                 log.warning("cluster: hub %s's liveness mark refused: %s", hub, e)
-                continue
-            at = value.get("at") if isinstance(value, dict) else None
-            calls = value.get("calls") if isinstance(value, dict) else None
-            if isinstance(at, int) and isinstance(calls, list):
-                found[hub] = Mark(at, frozenset(c for c in calls if isinstance(c, str)))
-            else:
-                found[hub] = None
         return found
 
     async def presence(self, agent_id: str, state: AgentState | None) -> None:

@@ -18,13 +18,14 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
 from hitl_sip.config import Config
 from hitl_sip.hub.alive5 import Outbox
 from hitl_sip.hub.calls import CallRecord, Handoff
 from hitl_sip.hub.cluster import HEARTBEAT, Cluster, RedisError
+from hitl_sip.hub.events import CallEvent, Listener, Notice
 from hitl_sip.hub.registry import WorkerRegistry
 from hitl_sip.hub.retention import sweep_forever
 from hitl_sip.hub.sessions import audit
@@ -50,6 +51,7 @@ from hitl_sip.protocol.worker import (
     QueueTimeout,
     Refer,
     Reply,
+    Role,
     SessionStateMsg,
     TranscriptLine,
     TurnMsg,
@@ -62,7 +64,6 @@ from hitl_sip.supervise import restart_counter, supervised
 
 log = logging.getLogger(__name__)
 
-Listener = Callable[[str, dict[str, Any]], Awaitable[None]]  # event, its wire form
 #: the commands a worker answers with a Reply (they carry a requestId)
 Request = WebrtcOffer | WebrtcCandidate | Refer
 
@@ -202,12 +203,12 @@ class Hub:
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
-    async def _publish(self, event: str, data: dict[str, Any]) -> None:
+    async def _publish(self, event: CallEvent) -> None:
         for listener in list(self._listeners):
             try:
-                await listener(event, data)
+                await listener(event)
             except Exception:
-                log.exception("call event listener failed on %s", event)
+                log.exception("call event listener failed on %s", event.type)
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
@@ -297,31 +298,30 @@ class Hub:
         """Apply one validated message from a worker (hitl_sip.protocol.worker); an error
         from the store or Redis propagates (the link retries), a ValueError means the
         message contradicts what the hub knows."""
-        data = {"type": message.type, **message.body()}
-        await self._apply(worker_id, message, data)
+        await self._apply(worker_id, message)
         await self._replicate(worker_id, message)
 
-    async def _apply(self, worker_id: str, typed: WorkerMessage, data: dict[str, Any]) -> None:
-        """Dispatch on the validated model; ``data`` is its wire form, what listeners get."""
+    async def _apply(self, worker_id: str, typed: WorkerMessage) -> None:
+        """Dispatch on the validated model; the listeners get the model itself."""
         match typed:
             case Reply():
                 future = self._replies.get(typed.request_id)
                 if future is not None and not future.done():
                     future.set_result(typed)
             case TurnMsg():
-                await self._on_turn(typed, data)
+                await self._on_turn(typed)
             case SessionStateMsg():
-                await self._on_state(typed, data)
+                await self._on_state(typed)
             case HandoffRequested():
-                await self._on_handoff(typed, data)
+                await self._on_handoff(typed)
             case (CallerSaid() | DtmfMsg() | CallConnected() | PeerLost() | Interim()
                   | Whispered() | LegMedia()):
-                await self._publish(typed.type, data)
+                await self._publish(typed)
             case Quality():
                 call = self.registry.calls.get(typed.call_id)
                 if call is not None:
                     call.quality = list(typed.legs)
-                    await self._publish("quality", data)
+                    await self._publish(typed)
             case CallStarted():
                 if self.outbox is not None:
                     headers, caller = typed.metadata, typed.caller
@@ -330,13 +330,13 @@ class Hub:
                     await self.outbox.set_crm(typed.thread_id, crm_id, [
                         ("phone", caller.number), ("name", caller.name)])
                 self.registry.handle(worker_id, typed)
-                await self._publish("call_started", data)
+                await self._publish(typed)
             case CallEndedMsg():
                 self._cancel_queue_timer(typed.call_id)
                 self._drop_summary(typed.call_id)
                 await self._end_thread(typed)
                 self.registry.handle(worker_id, typed)
-                await self._publish("call_ended", data)
+                await self._publish(typed)
             case _:
                 self.registry.handle(worker_id, typed)
 
@@ -361,7 +361,6 @@ class Hub:
         call, tell the listeners (routing)."""
         call_id = message.call_id
         calls = self.registry.calls
-        data = {"type": message.type, **message.body()}
         match message:
             case CallStarted():
                 # another hub's worker ids may equal ours: keep them apart
@@ -374,14 +373,14 @@ class Hub:
             case SessionStateMsg() if call_id in calls:
                 calls[call_id].state = message.state
             case CallEndedMsg():
-                await self._publish(message.type, data)
+                await self._publish(message)
                 self._drop_summary(call_id)
                 calls.pop(call_id, None)
                 return
             case _:
                 pass
         if isinstance(message, Accepted) or call_id in calls:
-            await self._publish(message.type, data)
+            await self._publish(message)
 
     async def _watch_hubs(self) -> None:
         """Renew this hub's liveness mark (with the calls it owns); end the mirrored calls
@@ -466,7 +465,7 @@ class Hub:
         if calls:
             self.calls_lost.inc(len(calls))
 
-    async def _on_turn(self, m: TurnMsg, data: dict[str, Any]) -> None:
+    async def _on_turn(self, m: TurnMsg) -> None:
         turn = Turn(
             thread_id=m.thread_id,
             call_id=m.call_id,
@@ -484,7 +483,7 @@ class Hub:
             self.turns_stored.inc(role=turn.role)
             if self.outbox is not None:
                 self.outbox.notify(turn.thread_id)
-            await self._publish("turn", data)
+            await self._publish(m)
 
     async def notice(self, turn: Turn) -> None:
         """A line the hub itself adds to a call's thread (a transfer's notice), posted to
@@ -493,9 +492,8 @@ class Hub:
             self.turns_stored.inc(role=turn.role)
             if self.outbox is not None:
                 self.outbox.notify(turn.thread_id)
-            await self._publish("turn", {"callId": turn.call_id, "threadId": turn.thread_id,
-                                         "role": turn.role, "text": turn.text, "at": turn.at,
-                                         "seq": 0})
+            await self._publish(Notice(call_id=turn.call_id, thread_id=turn.thread_id,
+                                       role=Role(turn.role), text=turn.text, at=turn.at))
 
     async def _end_thread(self, m: CallEndedMsg) -> None:
         """The call is over: alive5 gets ``end_voice_chat`` after the thread's last turn."""
@@ -509,13 +507,13 @@ class Hub:
         await self.store.add_end(thread_id, end_by, f"call ended ({m.outcome})")
         self.outbox.notify(thread_id)
 
-    async def _on_state(self, m: SessionStateMsg, data: dict[str, Any]) -> None:
+    async def _on_state(self, m: SessionStateMsg) -> None:
         call = self.registry.calls.get(m.call_id)
         if call is not None:
             call.state = m.state
         if m.state is not CallState.QUEUED:
             self._cancel_queue_timer(m.call_id)
-        await self._publish("session_state", data)
+        await self._publish(m)
 
     def _queued(self, call: CallRecord, handoff: HandoffRequested) -> None:
         call.state = CallState.QUEUED
@@ -532,7 +530,7 @@ class Hub:
         if call is not None and call.summary is not None:
             call.summary.cancel()
 
-    async def _on_handoff(self, typed: HandoffRequested, data: dict[str, Any]) -> None:
+    async def _on_handoff(self, typed: HandoffRequested) -> None:
         call_id = typed.call_id
         call = self.registry.calls.get(call_id)
         if call is None:
@@ -546,7 +544,7 @@ class Hub:
         self._queue_timers[call_id] = loop.call_later(
             timeout, lambda: self._spawn(self._queue_timed_out(call_id))
         )
-        await self._publish("handoff_requested", data)
+        await self._publish(typed)
 
     def _cancel_queue_timer(self, call_id: str) -> None:
         timer = self._queue_timers.pop(call_id, None)

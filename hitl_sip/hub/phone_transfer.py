@@ -40,13 +40,14 @@ from hitl_sip.hub.carrier_control import CarrierControl, CarrierError, CarrierLe
 from hitl_sip.hub.sessions import audit
 from hitl_sip.metrics import Counter
 from hitl_sip.protocol.agent import ErrorCode, TransferFailed, ok, refuse
-from hitl_sip.protocol.worker import CallState, Hangup, Refer
+from hitl_sip.protocol.worker import CallEndedMsg, CallStarted, CallState, Hangup, Refer
 from hitl_sip.sip.profile import load_profile
 
 if TYPE_CHECKING:
     from hitl_sip.config import Config
     from hitl_sip.hub.calls import CallRecord
     from hitl_sip.hub.core import Hub
+    from hitl_sip.hub.events import CallEvent
     from hitl_sip.hub.routing import Router
 
 log = logging.getLogger(__name__)
@@ -250,18 +251,18 @@ class PhoneTransfers:
 
     # -- the carrier legs of calls whose worker died ------------------------------------------
 
-    async def _on_call_event(self, event: str, data: dict[str, Any]) -> None:
-        call_id = str(data.get("callId", ""))
-        if event == "call_started":
+    async def _on_call_event(self, event: CallEvent) -> None:
+        call_id = event.call_id
+        if isinstance(event, CallStarted):
             call = self.hub.registry.calls.get(call_id)
             # this hub's own calls only (another hub hangs up the legs of its workers)
             if call is not None and (call.hub is None or call.hub == self.hub.hub_id):
                 leg = self.control.leg(call.metadata)
                 if leg is not None:
                     self.legs[call_id] = leg
-        elif event == "call_ended":
+        elif isinstance(event, CallEndedMsg):
             leg = self.legs.pop(call_id, None)
-            if leg is not None and data.get("outcome") == "worker_lost":
+            if leg is not None and event.outcome == "worker_lost":
                 self._spawn(self._hang_up_carrier(call_id, leg))
 
     async def _hang_up_carrier(self, call_id: str, leg: CarrierLeg) -> None:

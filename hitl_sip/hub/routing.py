@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
+from hitl_sip.hub.events import CallEvent, Notice
+from hitl_sip.protocol import worker as wire
 from hitl_sip.protocol.agent import (
     AccountRole,
     AgentState,
@@ -41,7 +43,18 @@ from hitl_sip.protocol.agent import (
     refuse,
 )
 from hitl_sip.protocol.cluster import Accepted
-from hitl_sip.protocol.worker import AgentJoined, AgentLeft, CallState
+from hitl_sip.protocol.worker import (
+    AgentJoined,
+    AgentLeft,
+    CallEndedMsg,
+    CallState,
+    HandoffRequested,
+    Interim,
+    PeerLost,
+    Quality,
+    SessionStateMsg,
+    TurnMsg,
+)
 
 if TYPE_CHECKING:
     from hitl_sip.hub.core import Hub as HubLike
@@ -458,69 +471,71 @@ class Router:
 
     # -- hub events -----------------------------------------------------------------------
 
-    async def _on_call_event(self, event: str, data: dict[str, Any]) -> None:
-        call_id = str(data.get("callId", ""))
-        if event == "handoff_requested":
-            call = self.hub.registry.calls.get(call_id)
-            if call is not None and call.summary is not None and call.summary.pending:
-                # the ring waits for the briefing; the hub's other events do not
-                self._spawn(self._offer_briefed(call_id))
-            else:
-                await self.offer(call_id)
-        elif event == "peer_lost":
-            offer = self.offers.get(call_id)
-            if offer is not None and offer.accepted_by is not None:
-                self._start_peer_grace(offer.accepted_by, call_id)
-        elif event == "call_connected":
-            offer = self.offers.get(call_id)
-            agent = self.agents.get(offer.accepted_by or "") if offer else None
-            if agent is not None:
-                timer = self._grace.pop(agent.agent_id, None)
-                if timer is not None:  # the agent's media came back within the grace
-                    timer.cancel()
-                await self._to_agent(agent, CallConnected(call_id=call_id, at=data["at"]))
-        elif event == "quality":
-            call = self.hub.registry.calls.get(call_id)
-            now = call_quality_now(call.quality) if call is not None else None
-            offer = self.offers.get(call_id)
-            ids = [offer.accepted_by] if offer and offer.accepted_by else []
-            if self.supervision is not None:
-                ids += self.supervision.listeners(call_id)
-            if now is not None:
-                quality = CallQuality(call_id=call_id, mos=now.mos, legs=now.legs)
+    async def _on_call_event(self, event: CallEvent) -> None:
+        call_id = event.call_id
+        match event:
+            case HandoffRequested():
+                call = self.hub.registry.calls.get(call_id)
+                if call is not None and call.summary is not None and call.summary.pending:
+                    # the ring waits for the briefing; the hub's other events do not
+                    self._spawn(self._offer_briefed(call_id))
+                else:
+                    await self.offer(call_id)
+            case PeerLost():
+                offer = self.offers.get(call_id)
+                if offer is not None and offer.accepted_by is not None:
+                    self._start_peer_grace(offer.accepted_by, call_id)
+            case wire.CallConnected():
+                offer = self.offers.get(call_id)
+                agent = self.agents.get(offer.accepted_by or "") if offer else None
+                if agent is not None:
+                    timer = self._grace.pop(agent.agent_id, None)
+                    if timer is not None:  # the agent's media came back within the grace
+                        timer.cancel()
+                    await self._to_agent(agent, CallConnected(call_id=call_id, at=event.at))
+            case Quality():
+                call = self.hub.registry.calls.get(call_id)
+                now = call_quality_now(call.quality) if call is not None else None
+                offer = self.offers.get(call_id)
+                ids = [offer.accepted_by] if offer and offer.accepted_by else []
+                if self.supervision is not None:
+                    ids += self.supervision.listeners(call_id)
+                if now is not None:
+                    quality = CallQuality(call_id=call_id, mos=now.mos, legs=now.legs)
+                    for agent_id in ids:
+                        agent = self.agents.get(agent_id)
+                        if agent is not None:
+                            await self._to_agent(agent, quality)
+            case TurnMsg() | Interim() | Notice():
+                offer = self.offers.get(call_id)
+                ids = [offer.accepted_by] if offer and offer.accepted_by else []
+                if self.supervision is not None:  # a joined transfer target, supervisors
+                    ids += self.supervision.listeners(call_id)
+                message = Transcript(
+                    call_id=call_id, thread_id=event.thread_id, role=event.role,
+                    text=event.text, final=not isinstance(event, Interim), at=event.at,
+                    seq=event.seq)
                 for agent_id in ids:
                     agent = self.agents.get(agent_id)
                     if agent is not None:
-                        await self._to_agent(agent, quality)
-        elif event in ("turn", "interim"):
-            offer = self.offers.get(call_id)
-            ids = [offer.accepted_by] if offer and offer.accepted_by else []
-            if self.supervision is not None:  # a joined transfer target, supervisors
-                ids += self.supervision.listeners(call_id)
-            message = Transcript(
-                call_id=call_id, thread_id=data["threadId"], role=data["role"],
-                text=data["text"], final=event == "turn", at=data["at"], seq=data["seq"])
-            for agent_id in ids:
-                agent = self.agents.get(agent_id)
-                if agent is not None:
-                    await self._to_agent(agent, message)
-        elif event == "session_state" and data.get("state") == "bot":
-            await self._withdraw(call_id, CancelReason.RING_TIMEOUT)
-        elif event == "call_ended":
-            await self._withdraw(call_id, CancelReason.CALLER_HANGUP, ended=data)
-        elif event == "accepted":  # by an agent on another hub
-            offer = self.offers.get(call_id)
-            if offer is not None and offer.accepted_by is None:
-                offer.accepted_by = str(data.get("agentId"))
-                for agent_id in list(offer.ringing):
-                    self._stop_ringing(offer, agent_id)
-                    agent = self.agents.get(agent_id)
-                    if agent is not None:
-                        await self._to_agent(agent, CallCancelled(
-                            call_id=call_id, reason=CancelReason.ANSWERED_ELSEWHERE))
+                        await self._to_agent(agent, message)
+            case SessionStateMsg() if event.state is CallState.BOT:
+                await self._withdraw(call_id, CancelReason.RING_TIMEOUT)
+            case CallEndedMsg():
+                await self._withdraw(call_id, CancelReason.CALLER_HANGUP, ended=event)
+            case Accepted():  # by an agent on another hub
+                offer = self.offers.get(call_id)
+                if offer is not None and offer.accepted_by is None:
+                    offer.accepted_by = event.agent_id
+                    for agent_id in list(offer.ringing):
+                        self._stop_ringing(offer, agent_id)
+                        agent = self.agents.get(agent_id)
+                        if agent is not None:
+                            await self._to_agent(agent, CallCancelled(
+                                call_id=call_id, reason=CancelReason.ANSWERED_ELSEWHERE))
 
     async def _withdraw(self, call_id: str, reason: CancelReason,
-                        ended: dict[str, Any] | None = None) -> None:
+                        ended: CallEndedMsg | None = None) -> None:
         offer = self.offers.pop(call_id, None)
         if offer is None:
             return
@@ -534,8 +549,8 @@ class Router:
             winner.active_call = None
             winner.idle_since = time.monotonic()
             if ended is not None:
-                outcome = str(ended.get("outcome", "ended"))
-                by = _ended_by(ended.get("by", "caller"))
+                outcome = ended.outcome
+                by = _ended_by(ended.by)
                 # a transfer to a phone number: the carrier's BYE may end our leg before we
                 # do (the supervision hears of the call's end after the router)
                 if self.supervision is not None and self.supervision.phone.left_by_transfer(
@@ -546,7 +561,7 @@ class Router:
             await self._offer_waiting(winner)
 
 
-def _ended_by(by: Any) -> EndedBy:
+def _ended_by(by: str) -> EndedBy:
     """Who ended the call, as the agent sees it: a side it does not know of (an engine on
     ``/bot``) is the system's."""
     try:

@@ -35,6 +35,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from hitl_sip.hub.events import CallEvent
 from hitl_sip.hub.phone_transfer import PhoneTransfers
 from hitl_sip.hub.sessions import audit
 from hitl_sip.hub.threads import Turn
@@ -59,7 +60,16 @@ from hitl_sip.protocol.agent import (
     ok,
     refuse,
 )
-from hitl_sip.protocol.worker import CallState, Leg, LegRole, Role
+from hitl_sip.protocol.worker import (
+    CallEndedMsg,
+    CallState,
+    Leg,
+    LegMedia,
+    LegRole,
+    Role,
+    SessionStateMsg,
+    Whispered,
+)
 
 if TYPE_CHECKING:
     from hitl_sip.hub.core import Hub
@@ -406,25 +416,26 @@ class Supervision:
 
     # -- call events ----------------------------------------------------------------------
 
-    async def _on_call_event(self, event: str, data: dict[str, Any]) -> None:
-        call_id = str(data.get("callId", ""))
-        if event == "leg_media" and data.get("primary"):
-            await self._completed(call_id, str(data.get("leg")))
-        elif event == "leg_media" and data.get("flowing"):
-            # a transfer's target hears the call now: its dashboard shows it connected
-            transfer = self.transfers.get(call_id)
-            target = self.router.agents.get(transfer.joined or "") if transfer else None
-            if target is not None and transfer is not None and transfer.joined == data.get("leg"):
-                await self.router._to_agent(target, CallConnected(call_id=call_id,
-                                                                  at=now_iso()))
-        elif event == "whispered":
-            await self._to_agents(call_id, Transcript(
-                call_id=call_id, thread_id=data["threadId"], role=data["role"],
-                text=data["text"], final=True, at=data["at"], seq=data["seq"]))
-        elif event == "call_ended":
-            await self._call_left_human(call_id, ended=str(data.get("outcome") or "ended"))
-        elif event == "session_state" and data.get("state") != CallState.HUMAN.value:
-            await self._call_left_human(call_id, ended=None)
+    async def _on_call_event(self, event: CallEvent) -> None:
+        call_id = event.call_id
+        match event:
+            case LegMedia() if event.primary:
+                await self._completed(call_id, event.leg)
+            case LegMedia() if event.flowing:
+                # a transfer's target hears the call now: its dashboard shows it connected
+                transfer = self.transfers.get(call_id)
+                target = self.router.agents.get(transfer.joined or "") if transfer else None
+                if target is not None and transfer is not None and transfer.joined == event.leg:
+                    await self.router._to_agent(target, CallConnected(call_id=call_id,
+                                                                      at=now_iso()))
+            case Whispered():
+                await self._to_agents(call_id, Transcript(
+                    call_id=call_id, thread_id=event.thread_id, role=event.role,
+                    text=event.text, final=True, at=event.at, seq=event.seq))
+            case CallEndedMsg():
+                await self._call_left_human(call_id, ended=event.outcome or "ended")
+            case SessionStateMsg() if event.state is not CallState.HUMAN:
+                await self._call_left_human(call_id, ended=None)
 
     async def _to_agents(self, call_id: str, message: Transcript) -> None:
         """Whispers: to the agent holding the call and a joined target (not supervisors'

@@ -49,6 +49,43 @@ from hitl_sip.protocol.worker import (
 MAX_MESSAGE = 300  # an error message's length: it may quote the keys of a client's object
 
 
+class AgentClientEvent(StrEnum):
+    """The Socket.IO events an agent's client sends (each a :data:`REQUESTS` model)."""
+
+    SET_STATUS = "set_status"
+    ACCEPT_CALL = "accept_call"
+    DECLINE_CALL = "decline_call"
+    WEBRTC_OFFER = "webrtc_offer"
+    WEBRTC_CANDIDATE = "webrtc_candidate"
+    MUTE = "mute"
+    HANGUP = "hangup"
+    RETURN_TO_BOT = "return_to_bot"
+    BOARD_SUBSCRIBE = "board_subscribe"
+    MONITOR_CALL = "monitor_call"
+    MONITOR_MODE = "monitor_mode"
+    MONITOR_STOP = "monitor_stop"
+    TRANSFER_CALL = "transfer_call"
+    DESK_OPTIONS = "desk_options"
+    WRAP_UP = "wrap_up"
+
+
+class AgentServerEvent(StrEnum):
+    """The Socket.IO events the server sends an agent (each an :data:`EVENTS` model)."""
+
+    AGENT_STATE = "agent_state"
+    INCOMING_CALL = "incoming_call"
+    CALL_CANCELLED = "call_cancelled"
+    WEBRTC_CANDIDATE = "webrtc_candidate"
+    CALL_CONNECTED = "call_connected"
+    TRANSCRIPT = "transcript"
+    CALL_ENDED = "call_ended"
+    CALL_QUALITY = "call_quality"
+    BOARD = "board"
+    CALL_MONITORED = "call_monitored"
+    TRANSFER_JOINED = "transfer_joined"
+    TRANSFER_FAILED = "transfer_failed"
+
+
 class ErrorCode(StrEnum):
     """The ``error.code`` of a refused request (PROTOCOL.md, preamble)."""
 
@@ -158,7 +195,7 @@ class CallRequest(Request):
 
 
 class SetStatus(Request):
-    event: ClassVar[str] = "set_status"
+    event: ClassVar[AgentClientEvent] = AgentClientEvent.SET_STATUS
     status: AgentStatus
 
     @field_validator("status", mode="before")
@@ -172,17 +209,17 @@ class SetStatus(Request):
 class AcceptCall(CallRequest):
     """First accept wins; the others get ``call_cancelled`` / ``already_answered``."""
 
-    event: ClassVar[str] = "accept_call"
+    event: ClassVar[AgentClientEvent] = AgentClientEvent.ACCEPT_CALL
 
 
 class DeclineCall(CallRequest):
-    event: ClassVar[str] = "decline_call"
+    event: ClassVar[AgentClientEvent] = AgentClientEvent.DECLINE_CALL
 
 
 class WebrtcOffer(CallRequest):
     """The browser's offer; the acknowledgement (OfferAnswer) carries the SDP answer."""
 
-    event: ClassVar[str] = "webrtc_offer"
+    event: ClassVar[AgentClientEvent] = AgentClientEvent.WEBRTC_OFFER
     sdp: Annotated[str, Field(min_length=1, max_length=MAX_SDP)]
 
     @field_validator("sdp")
@@ -203,22 +240,22 @@ class _Candidate(SocketModel):
 class WebrtcCandidate(_Candidate, Request):
     """The browser's trickle; ``candidate: null`` ends it."""
 
-    event: ClassVar[str] = "webrtc_candidate"
+    event: ClassVar[AgentClientEvent] = AgentClientEvent.WEBRTC_CANDIDATE
 
 
 class Mute(CallRequest):
-    event: ClassVar[str] = "mute"
+    event: ClassVar[AgentClientEvent] = AgentClientEvent.MUTE
     muted: StrictBool
 
 
 class Hangup(CallRequest):
-    event: ClassVar[str] = "hangup"
+    event: ClassVar[AgentClientEvent] = AgentClientEvent.HANGUP
 
 
 class ReturnToBot(CallRequest):
     """The agent leaves, the bot flow resumes."""
 
-    event: ClassVar[str] = "return_to_bot"
+    event: ClassVar[AgentClientEvent] = AgentClientEvent.RETURN_TO_BOT
 
 
 # -- server → agent -------------------------------------------------------------------------
@@ -227,7 +264,7 @@ class ReturnToBot(CallRequest):
 class AgentState(Event):
     """On connect and on every change."""
 
-    event: ClassVar[str] = "agent_state"
+    event: ClassVar[AgentServerEvent] = AgentServerEvent.AGENT_STATE
     agent_id: str
     name: str
     status: AgentStatus
@@ -267,7 +304,7 @@ class Briefing(Event):
 
 
 class IncomingCall(Event):
-    event: ClassVar[str] = "incoming_call"
+    event: ClassVar[AgentServerEvent] = AgentServerEvent.INCOMING_CALL
     call_id: str
     thread_id: str
     caller: Caller
@@ -285,7 +322,7 @@ class IncomingCall(Event):
 
 
 class CallCancelled(Event):
-    event: ClassVar[str] = "call_cancelled"
+    event: ClassVar[AgentServerEvent] = AgentServerEvent.CALL_CANCELLED
     call_id: str
     reason: CancelReason
 
@@ -293,19 +330,19 @@ class CallCancelled(Event):
 class ServerCandidate(_Candidate, Event):
     """Optional server trickle (the hub sends none today: its answer carries them)."""
 
-    event: ClassVar[str] = "webrtc_candidate"
+    event: ClassVar[AgentServerEvent] = AgentServerEvent.WEBRTC_CANDIDATE
 
 
 class CallConnected(Event):
     """Media is flowing both ways."""
 
-    event: ClassVar[str] = "call_connected"
+    event: ClassVar[AgentServerEvent] = AgentServerEvent.CALL_CONNECTED
     call_id: str
     at: str
 
 
 class Transcript(Event):
-    event: ClassVar[str] = "transcript"
+    event: ClassVar[AgentServerEvent] = AgentServerEvent.TRANSCRIPT
     call_id: str
     thread_id: str
     role: Role
@@ -316,7 +353,7 @@ class Transcript(Event):
 
 
 class CallEnded(Event):
-    event: ClassVar[str] = "call_ended"
+    event: ClassVar[AgentServerEvent] = AgentServerEvent.CALL_ENDED
     call_id: str
     reason: str
     by: EndedBy
@@ -328,7 +365,7 @@ class CallEnded(Event):
 class BoardSubscribe(Request):
     """A supervisor's (or admin's) request for the board; ``forbidden`` for an agent."""
 
-    event: ClassVar[str] = "board_subscribe"
+    event: ClassVar[AgentClientEvent] = AgentClientEvent.BOARD_SUBSCRIBE
 
 
 class QualityLeg(Event):
@@ -359,7 +396,7 @@ class CallQuality(CallQualityNow):
     """Extension (issue 17): about every 2 s of a call, to the agent holding it and the
     supervisors on it."""
 
-    event: ClassVar[str] = "call_quality"
+    event: ClassVar[AgentServerEvent] = AgentServerEvent.CALL_QUALITY
     call_id: str
 
 
@@ -399,7 +436,7 @@ class BoardAgent(Event):
 class Board(Event):
     """The whole board, sent to subscribers on every change (coalesced)."""
 
-    event: ClassVar[str] = "board"
+    event: ClassVar[AgentServerEvent] = AgentServerEvent.BOARD
     calls: list[BoardCall]
     agents: list[BoardAgent]
 
@@ -437,19 +474,19 @@ Mode = Annotated[MonitorMode, BeforeValidator(_a_string)]
 class MonitorCall(CallRequest):
     """A supervisor joins a live call; its ``webrtc_offer`` for the call follows."""
 
-    event: ClassVar[str] = "monitor_call"
+    event: ClassVar[AgentClientEvent] = AgentClientEvent.MONITOR_CALL
     mode: Mode
 
 
 class SetMonitorMode(CallRequest):
     """Switch listen/whisper/barge without renegotiating."""
 
-    event: ClassVar[str] = "monitor_mode"
+    event: ClassVar[AgentClientEvent] = AgentClientEvent.MONITOR_MODE
     mode: Mode
 
 
 class MonitorStop(CallRequest):
-    event: ClassVar[str] = "monitor_stop"
+    event: ClassVar[AgentClientEvent] = AgentClientEvent.MONITOR_STOP
 
 
 class Monitored(Event):
@@ -457,7 +494,7 @@ class Monitored(Event):
     whenever a supervisor starts, switches or stops monitoring it; ``mode`` null when no
     supervisor is on the call any more. ``monitors`` counts supervisors on it."""
 
-    event: ClassVar[str] = "call_monitored"
+    event: ClassVar[AgentServerEvent] = AgentServerEvent.CALL_MONITORED
     call_id: str
     mode: MonitorMode | None
     monitors: int
@@ -484,7 +521,7 @@ class TransferTarget(Request):
 class TransferCall(CallRequest):
     """The agent holding the call hands it to another agent or queue (§6)."""
 
-    event: ClassVar[str] = "transfer_call"
+    event: ClassVar[AgentClientEvent] = AgentClientEvent.TRANSFER_CALL
     to: TransferTarget
     mode: Annotated[TransferMode, BeforeValidator(_a_string)]
     note: Annotated[str, Field(max_length=500)] = ""
@@ -501,7 +538,7 @@ class TransferJoined(Event):
     its ``hangup`` now ends only its own leg; in a cold one its leg ends once the target's
     audio flows (``call_ended`` reason ``transferred``)."""
 
-    event: ClassVar[str] = "transfer_joined"
+    event: ClassVar[AgentServerEvent] = AgentServerEvent.TRANSFER_JOINED
     call_id: str
     agent_id: str
     name: str
@@ -511,7 +548,7 @@ class TransferJoined(Event):
 class TransferFailed(Event):
     """To the agent who transferred: nobody took the call; it keeps it."""
 
-    event: ClassVar[str] = "transfer_failed"
+    event: ClassVar[AgentServerEvent] = AgentServerEvent.TRANSFER_FAILED
     call_id: str
     reason: str
 
@@ -519,7 +556,7 @@ class TransferFailed(Event):
 class DeskOptions(Request):
     """Extension: what the Transfer dialog and the wrap-up form offer."""
 
-    event: ClassVar[str] = "desk_options"
+    event: ClassVar[AgentClientEvent] = AgentClientEvent.DESK_OPTIONS
 
 
 class DeskAgent(Event):
@@ -540,7 +577,7 @@ class WrapUp(CallRequest):
     """After (or during) a call it took, the agent's disposition and note (§6): stored with
     the call and sent to alive5 as CRM data (``disposition``, ``agent_note``)."""
 
-    event: ClassVar[str] = "wrap_up"
+    event: ClassVar[AgentClientEvent] = AgentClientEvent.WRAP_UP
     disposition: Annotated[str, Field(min_length=1, max_length=64)]
     note: Annotated[str, Field(max_length=2000)] = ""
 

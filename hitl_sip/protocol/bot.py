@@ -10,6 +10,7 @@ Server → engine: :class:`CallStarted`, :class:`CallerSaid`, :class:`Dtmf`,
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated, ClassVar
 
 from pydantic import Field, JsonValue, field_validator
@@ -21,10 +22,27 @@ MAX_SAY = 2000
 MAX_REASON = 2000  # accepted; the first 200 characters reach the flow
 
 
+class BotClientEvent(StrEnum):
+    """The Socket.IO events an engine sends (each a :data:`REQUESTS` model)."""
+
+    SAY = "say"
+    HANDOFF = "handoff"
+    HANGUP = "hangup"
+
+
+class BotServerEvent(StrEnum):
+    """The Socket.IO events the server sends the engines (each an :data:`EVENTS` model)."""
+
+    CALL_STARTED = "call_started"
+    CALLER_SAID = "caller_said"
+    DTMF = "dtmf"
+    CALL_ENDED = "call_ended"
+
+
 class Say(CallRequest):
     """The bot speaks ``text`` (the call must be with the bot)."""
 
-    event: ClassVar[str] = "say"
+    event: ClassVar[BotClientEvent] = BotClientEvent.SAY
     text: Annotated[str, Field(min_length=1, max_length=MAX_SAY)]
 
     @field_validator("text")
@@ -38,17 +56,17 @@ class Say(CallRequest):
 class Handoff(CallRequest):
     """The call goes to the agent queue (the call must be with the bot)."""
 
-    event: ClassVar[str] = "handoff"
+    event: ClassVar[BotClientEvent] = BotClientEvent.HANDOFF
     reason: Annotated[str, Field(max_length=MAX_REASON)] | None = None
     context: JsonValue = None  # the engine's own; accepted, not used by the hub
 
 
 class Hangup(CallRequest):
-    event: ClassVar[str] = "hangup"
+    event: ClassVar[BotClientEvent] = BotClientEvent.HANGUP
 
 
 class CallStarted(Event):
-    event: ClassVar[str] = "call_started"
+    event: ClassVar[BotServerEvent] = BotServerEvent.CALL_STARTED
     call_id: str
     thread_id: str
     caller: Caller
@@ -57,7 +75,7 @@ class CallStarted(Event):
 
 
 class CallerSaid(Event):
-    event: ClassVar[str] = "caller_said"
+    event: ClassVar[BotServerEvent] = BotServerEvent.CALLER_SAID
     call_id: str
     text: str
     final: bool
@@ -65,7 +83,7 @@ class CallerSaid(Event):
 
 
 class Dtmf(Event):
-    event: ClassVar[str] = "dtmf"
+    event: ClassVar[BotServerEvent] = BotServerEvent.DTMF
     call_id: str
     digits: str
 
@@ -73,7 +91,7 @@ class Dtmf(Event):
 class CallEnded(Event):
     """``reason`` is the call's outcome as its worker reported it (``completed``, …)."""
 
-    event: ClassVar[str] = "call_ended"
+    event: ClassVar[BotServerEvent] = BotServerEvent.CALL_ENDED
     call_id: str
     reason: str
 

@@ -2,9 +2,11 @@
 
 A worker connects with the hub's token, sends :class:`Hello` first, then its call events;
 the hub sends commands about the calls the worker owns. Every message is a JSON object
-whose ``type`` names its model here; field names are camelCase on the wire (the same
-names the external contracts of PROTOCOL.md use). Unknown fields are refused: both ends
-ship together, so an unexpected field is a bug, not a newer peer.
+whose ``type`` names its model here (a member of :class:`WorkerMessageType` or
+:class:`HubMessageType`, a ``StrEnum``: on the wire, its plain string); field names are
+camelCase on the wire (the same names the external contracts of PROTOCOL.md use). Unknown
+fields are refused: both ends ship together, so an unexpected field is a bug, not a newer
+peer.
 
 Delivery (hitl_sip.worker.hublink): the events that matter (:data:`RELIABLE`) carry a
 link sequence number ``linkSeq`` and the worker keeps each until the hub acknowledges it
@@ -20,6 +22,7 @@ and nesting limits first (hitl_sip.protocol.wire), then the model, with a
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -33,6 +36,49 @@ Short = Annotated[str, Field(max_length=256)]
 MAX_SDP = 64 * 1024
 MAX_CANDIDATE = 2048
 E164 = Annotated[str, Field(pattern=r"^\+[1-9][0-9]{6,14}$")]  # a phone number, +E.164
+
+
+class WorkerMessageType(StrEnum):
+    """The ``type`` of each worker → hub message (:data:`WorkerMessage`)."""
+
+    HELLO = "hello"
+    STATUS = "status"
+    CALL_STARTED = "call_started"
+    CALL_ENDED = "call_ended"
+    CALL_REJECTED = "call_rejected"
+    REGISTRATION = "registration"
+    SESSION_STATE = "session_state"
+    TURN = "turn"
+    INTERIM = "interim"
+    WHISPERED = "whispered"
+    QUALITY = "quality"
+    LEG_MEDIA = "leg_media"
+    HANDOFF_REQUESTED = "handoff_requested"
+    CALLER_SAID = "caller_said"
+    DTMF = "dtmf"
+    CALL_CONNECTED = "call_connected"
+    PEER_LOST = "peer_lost"
+    CALL_HOLD = "call_hold"
+    REPLY = "reply"
+
+
+class HubMessageType(StrEnum):
+    """The ``type`` of each hub → worker message (:data:`HubMessage`): the
+    acknowledgement and the commands."""
+
+    ACK = "ack"
+    QUEUE_TIMEOUT = "queue_timeout"
+    SAY = "say"
+    HANDOFF = "handoff"
+    HANGUP = "hangup"
+    REFER = "refer"
+    AGENT_JOINED = "agent_joined"
+    AGENT_LEFT = "agent_left"
+    RESUME = "resume"
+    MUTE = "mute"
+    LEG = "leg"
+    WEBRTC_OFFER = "webrtc_offer"
+    WEBRTC_CANDIDATE = "webrtc_candidate"
 
 
 class CallState(StrEnum):
@@ -116,7 +162,7 @@ class Reliable(Msg):
 
 
 class Hello(Msg):
-    type: Literal["hello"] = "hello"
+    type: Literal[WorkerMessageType.HELLO] = WorkerMessageType.HELLO
     worker_id: Id
     epoch: Short = ""  # one per worker process: a new process restarts linkSeq at 1
     pid: int = 0
@@ -129,18 +175,18 @@ class Hello(Msg):
 
 
 class Status(Msg):
-    type: Literal["status"] = "status"
+    type: Literal[WorkerMessageType.STATUS] = WorkerMessageType.STATUS
     active_calls: int = 0
     draining: bool = False
     metrics: list[JsonValue] = Field(default_factory=list, max_length=10_000)
 
 
 class CallStarted(Reliable, CallSummary):
-    type: Literal["call_started"] = "call_started"
+    type: Literal[WorkerMessageType.CALL_STARTED] = WorkerMessageType.CALL_STARTED
 
 
 class CallEndedMsg(Reliable):
-    type: Literal["call_ended"] = "call_ended"
+    type: Literal[WorkerMessageType.CALL_ENDED] = WorkerMessageType.CALL_ENDED
     call_id: Id
     outcome: Short = ""
     by: Short = ""
@@ -151,20 +197,20 @@ class CallEndedMsg(Reliable):
 
 
 class CallRejectedMsg(Msg):
-    type: Literal["call_rejected"] = "call_rejected"
+    type: Literal[WorkerMessageType.CALL_REJECTED] = WorkerMessageType.CALL_REJECTED
     status: int
     outcome: Short
 
 
 class RegistrationMsg(Msg):
-    type: Literal["registration"] = "registration"
+    type: Literal[WorkerMessageType.REGISTRATION] = WorkerMessageType.REGISTRATION
     account: Short
     active: bool
     status: int
 
 
 class SessionStateMsg(Reliable):
-    type: Literal["session_state"] = "session_state"
+    type: Literal[WorkerMessageType.SESSION_STATE] = WorkerMessageType.SESSION_STATE
     call_id: Id
     thread_id: Id
     state: CallState
@@ -183,20 +229,20 @@ class Words(Msg):
 
 
 class TurnMsg(Reliable, Words):
-    type: Literal["turn"] = "turn"
+    type: Literal[WorkerMessageType.TURN] = WorkerMessageType.TURN
 
 
 class Interim(Words):
     """A partial result (live captions): the ``seq`` its final turn will have."""
 
-    type: Literal["interim"] = "interim"
+    type: Literal[WorkerMessageType.INTERIM] = WorkerMessageType.INTERIM
 
 
 class Whispered(Words):
     """What a whispering supervisor said: for the agents' live transcript only (never a
     thread turn, never alive5); ``seq`` is the call's last turn's."""
 
-    type: Literal["whispered"] = "whispered"
+    type: Literal[WorkerMessageType.WHISPERED] = WorkerMessageType.WHISPERED
 
 
 class LegQuality(Msg):
@@ -213,7 +259,7 @@ class Quality(Msg):
     """Every few seconds of a live call: each leg's quality (hitl_sip.media.quality); not
     kept for a lost hub link — the next one replaces it."""
 
-    type: Literal["quality"] = "quality"
+    type: Literal[WorkerMessageType.QUALITY] = WorkerMessageType.QUALITY
     call_id: Id
     legs: list[LegQuality] = Field(max_length=16)
 
@@ -222,7 +268,7 @@ class LegMedia(Reliable):
     """An extra leg's audio started or stopped flowing; ``primary`` when the leg has just
     become the call's agent (a transfer completed: the previous agent's leg is closed)."""
 
-    type: Literal["leg_media"] = "leg_media"
+    type: Literal[WorkerMessageType.LEG_MEDIA] = WorkerMessageType.LEG_MEDIA
     call_id: Id
     leg: Id
     flowing: bool
@@ -230,7 +276,7 @@ class LegMedia(Reliable):
 
 
 class HandoffRequested(Reliable):
-    type: Literal["handoff_requested"] = "handoff_requested"
+    type: Literal[WorkerMessageType.HANDOFF_REQUESTED] = WorkerMessageType.HANDOFF_REQUESTED
     call_id: Id
     thread_id: Id
     caller: Caller = Caller()
@@ -245,7 +291,7 @@ class HandoffRequested(Reliable):
 
 
 class CallerSaid(Reliable):
-    type: Literal["caller_said"] = "caller_said"
+    type: Literal[WorkerMessageType.CALLER_SAID] = WorkerMessageType.CALLER_SAID
     call_id: Id
     text: Text
     final: bool = True
@@ -253,24 +299,24 @@ class CallerSaid(Reliable):
 
 
 class DtmfMsg(Reliable):
-    type: Literal["dtmf"] = "dtmf"
+    type: Literal[WorkerMessageType.DTMF] = WorkerMessageType.DTMF
     call_id: Id
     digits: Annotated[str, Field(min_length=1, max_length=32)]
 
 
 class CallConnected(Reliable):
-    type: Literal["call_connected"] = "call_connected"
+    type: Literal[WorkerMessageType.CALL_CONNECTED] = WorkerMessageType.CALL_CONNECTED
     call_id: Id
     at: Short
 
 
 class PeerLost(Reliable):
-    type: Literal["peer_lost"] = "peer_lost"
+    type: Literal[WorkerMessageType.PEER_LOST] = WorkerMessageType.PEER_LOST
     call_id: Id
 
 
 class CallHoldMsg(Reliable):
-    type: Literal["call_hold"] = "call_hold"
+    type: Literal[WorkerMessageType.CALL_HOLD] = WorkerMessageType.CALL_HOLD
     call_id: Id
     held: bool
 
@@ -283,7 +329,7 @@ class ErrorBody(Msg):
 class Reply(Reliable):
     """The worker's answer to a command that carried a ``requestId``."""
 
-    type: Literal["reply"] = "reply"
+    type: Literal[WorkerMessageType.REPLY] = WorkerMessageType.REPLY
     request_id: Id
     call_id: Id
     ok: bool
@@ -304,7 +350,7 @@ WorkerMessage = Annotated[
 class Ack(Msg):
     """Every reliable message up to ``link_seq`` of this worker process is applied."""
 
-    type: Literal["ack"] = "ack"
+    type: Literal[HubMessageType.ACK] = HubMessageType.ACK
     link_seq: int = Field(ge=0)
 
 
@@ -313,21 +359,21 @@ class Command(Msg):
 
 
 class QueueTimeout(Command):
-    type: Literal["queue_timeout"] = "queue_timeout"
+    type: Literal[HubMessageType.QUEUE_TIMEOUT] = HubMessageType.QUEUE_TIMEOUT
 
 
 class Say(Command):
-    type: Literal["say"] = "say"
+    type: Literal[HubMessageType.SAY] = HubMessageType.SAY
     text: Text
 
 
 class Handoff(Command):
-    type: Literal["handoff"] = "handoff"
+    type: Literal[HubMessageType.HANDOFF] = HubMessageType.HANDOFF
     reason: Short = "api"
 
 
 class Hangup(Command):
-    type: Literal["hangup"] = "hangup"
+    type: Literal[HubMessageType.HANGUP] = HubMessageType.HANGUP
     by: Literal["agent", "system", "engine"] | None = None
     # what the call's end reports instead of the SIP stack's outcome (``transferred``: the
     # carrier keeps the caller, our leg leaves)
@@ -341,28 +387,28 @@ class Refer(Command):
     (``ok``: a 2xx; otherwise ``error.code`` ``refer_failed`` with the status) or after
     ``timeout`` seconds; it does not hang up (the hub does, with ``Hangup.outcome``)."""
 
-    type: Literal["refer"] = "refer"
+    type: Literal[HubMessageType.REFER] = HubMessageType.REFER
     number: E164
     timeout: float = Field(60.0, ge=1, le=600)
     request_id: Id | None = None
 
 
 class AgentJoined(Command):
-    type: Literal["agent_joined"] = "agent_joined"
+    type: Literal[HubMessageType.AGENT_JOINED] = HubMessageType.AGENT_JOINED
     agent_id: Id
 
 
 class AgentLeft(Command):
-    type: Literal["agent_left"] = "agent_left"
+    type: Literal[HubMessageType.AGENT_LEFT] = HubMessageType.AGENT_LEFT
     agent_id: Id | None = None
 
 
 class Resume(Command):
-    type: Literal["resume"] = "resume"
+    type: Literal[HubMessageType.RESUME] = HubMessageType.RESUME
 
 
 class Mute(Command):
-    type: Literal["mute"] = "mute"
+    type: Literal[HubMessageType.MUTE] = HubMessageType.MUTE
     muted: bool
 
 
@@ -371,21 +417,21 @@ class Leg(Command):
     takes over as the call's agent once its audio flows, and the current agent's leg is
     closed then (make before break: the caller never hears a gap)."""
 
-    type: Literal["leg"] = "leg"
+    type: Literal[HubMessageType.LEG] = HubMessageType.LEG
     leg: Id
     role: LegRole | None
     primary: bool = False
 
 
 class WebrtcOffer(Command):
-    type: Literal["webrtc_offer"] = "webrtc_offer"
+    type: Literal[HubMessageType.WEBRTC_OFFER] = HubMessageType.WEBRTC_OFFER
     sdp: Annotated[str, Field(min_length=1, max_length=MAX_SDP)]
     request_id: Id | None = None
     leg: Id | None = None  # an extra leg (see Leg); None: the agent who holds the call
 
 
 class WebrtcCandidate(Command):
-    type: Literal["webrtc_candidate"] = "webrtc_candidate"
+    type: Literal[HubMessageType.WEBRTC_CANDIDATE] = HubMessageType.WEBRTC_CANDIDATE
     candidate: Annotated[str, Field(max_length=MAX_CANDIDATE)] | None = None
     sdp_mid: Short | None = None
     sdp_m_line_index: Annotated[int, Field(ge=0, le=64)] | None = None
@@ -404,9 +450,17 @@ _WORKER: TypeAdapter[WorkerMessage] = TypeAdapter(WorkerMessage)
 _COMMAND: TypeAdapter[HubCommand] = TypeAdapter(HubCommand)
 _HUB: TypeAdapter[HubMessage] = TypeAdapter(HubMessage)
 
-RELIABLE = frozenset(
+RELIABLE: frozenset[WorkerMessageType] = frozenset(
     m.model_fields["type"].default for m in Reliable.__subclasses__()
-) | {"call_started"}
+) | {WorkerMessageType.CALL_STARTED}
+
+_ENUM_REPR = re.compile(r"<\w+\.\w+: ('[^']*')>")
+
+
+def plain_tags(message: str) -> str:
+    """A validation message with enum tags as their wire strings (pydantic lists the
+    expected tags as ``<WorkerMessageType.HELLO: 'hello'>``; the log says ``'hello'``)."""
+    return _ENUM_REPR.sub(r"\1", message)
 
 
 def _validate(adapter: TypeAdapter[Any], value: Any) -> Any:
@@ -415,8 +469,8 @@ def _validate(adapter: TypeAdapter[Any], value: Any) -> Any:
     except ValidationError as e:
         first = e.errors(include_url=False, include_input=False)[0]
         where = ".".join(str(p) for p in first["loc"]) or "message"
-        raise WireError("bad_message",
-                        f"{where}: {first['msg']} ({e.error_count()} error(s))") from e
+        raise WireError("bad_message", f"{where}: {plain_tags(first['msg'])} "
+                                       f"({e.error_count()} error(s))") from e
 
 
 def parse_worker_message(data: str | bytes | dict[str, Any],

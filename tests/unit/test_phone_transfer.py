@@ -78,8 +78,7 @@ def hangups(rig: Rig) -> list[w.Hangup]:
 
 
 async def call_ends(rig: Rig, outcome: str, by: str) -> None:
-    await rig.hub.publish("call_ended", {"type": "call_ended", "callId": "c1",
-                                         "outcome": outcome, "by": by})
+    await rig.hub.publish(w.CallEndedMsg(call_id="c1", outcome=outcome, by=by))
 
 
 def test_the_means_are_refer_then_the_carrier_s_api() -> None:
@@ -217,8 +216,7 @@ async def test_the_carrier_leg_of_a_call_whose_worker_died_is_hung_up(
     own = phone(rig)
     own.control = CarrierControl(twilio=twilio)
     rig.hub.subscribe(own._on_call_event)  # as it does when built with credentials
-    await rig.hub.publish("call_started", {"type": "call_started", "callId": "c1",
-                                           "threadId": "t1"})
+    await rig.hub.publish(w.CallStarted(call_id="c1", thread_id="t1"))
     await call_ends(rig, outcome, "system")
     await asyncio.gather(*own._tasks)
     assert twilio.hangups == ([CarrierLeg(Carrier.TWILIO, PARENT)]

@@ -102,7 +102,8 @@ def test_a_hub_message_round_trips_through_the_wire(message: w.Msg) -> None:
 
 
 CLUSTER: list[c.ClusterEvent | c.CommandRequest | c.CommandReply] = [
-    *[c.ClusterEvent(hub="hub-a", message=m, worker_id="w1" if m.type == "call_started" else None)
+    *[c.ClusterEvent(hub="hub-a", message=m,
+                    worker_id="w1" if isinstance(m, w.CallStarted) else None)
       for m in EXAMPLES if c.replicated(m)],
     c.ClusterEvent(hub="hub-a", message=c.Accepted(call_id="c1", agent_id="alice")),
     *[c.CommandRequest(id=f"hub-b:{i}", sender="hub-b", command=typing.cast("w.HubCommand", m),
@@ -286,3 +287,14 @@ def test_random_input_never_opens_and_never_raises_anything_else(value: Any) -> 
     finally:
         SealedJson.seal = SealedJson.on_refused = None
     assert len(refused) == 2
+
+
+def test_a_liveness_mark_is_typed_and_a_foreign_shape_is_no_mark() -> None:
+    mark = c.AliveMark(at=1_700_000_000_000, calls=frozenset({"c2", "c1"}))
+    assert mark.dumps() == '{"at": 1700000000000, "calls": ["c1", "c2"]}'
+    assert c.parse_alive_mark(mark.dumps()) == mark
+    assert c.parse_alive_mark('{"at": "soon", "calls": []}') is None  # alive, nothing more
+    assert c.parse_alive_mark('[1, 2]') is None
+    with pytest.raises(WireError) as info:
+        c.parse_alive_mark("[" * 5000 + "]" * 5000)
+    assert info.value.reason == "too_deep"

@@ -19,6 +19,7 @@ from hitl_sip.hub.agentns import AgentNamespace
 from hitl_sip.hub.agents import Agent
 from hitl_sip.hub.botns import BotNamespace
 from hitl_sip.hub.calls import CallRecord
+from hitl_sip.hub.events import CallEvent, Listener
 from hitl_sip.hub.sessions import Session
 from hitl_sip.hub.summary import Summaries
 from hitl_sip.hub.tokens import TokenClaims
@@ -308,16 +309,16 @@ class FakeHub:
         self.notices: list[Any] = []
         self.registry = FakeRegistry()
         self.commands: list[w.HubCommand] = []
-        self.listeners: list[Any] = []
+        self.listeners: list[Listener] = []
         self.reply: w.Reply | None = None
         self.before_reply: asyncio.Event | None = None  # set: the worker answers then
 
-    def subscribe(self, listener: Any) -> None:
+    def subscribe(self, listener: Listener) -> None:
         self.listeners.append(listener)
 
-    async def publish(self, event: str, data: dict[str, Any]) -> None:
+    async def publish(self, event: CallEvent) -> None:
         for listener in self.listeners:
-            await listener(event, data)
+            await listener(event)
 
     async def offered(self, call_id: str, agent_id: str) -> None:
         self.registry.calls[call_id].offered_to.add(agent_id)
@@ -395,7 +396,7 @@ class Rig:
             bot_transcript=[TranscriptLine(role=Role.CALLER, text="agent", at="x")])
         # the hub starts the agent briefing at the handoff (the embedded engine here)
         Summaries(self.hub.config.summary).start(self.hub.registry.calls[call_id])
-        await self.hub.publish("handoff_requested", {"callId": call_id})
+        await self.hub.publish(w.HandoffRequested(call_id=call_id, thread_id="t1", at="x"))
 
     async def ask(self, event: str, payload: Any, sid: str = "sid-alice") -> Any:
         """A request as python-socketio dispatches it: ``on_<event>(sid, data)``."""
@@ -427,12 +428,10 @@ async def test_the_agent_gets_exactly_the_shapes_the_dashboard_reads(rig: Rig) -
         'reason. The bot handed the call over when its flow reached the agent step.", '
         '"source": "embedded"}}']
     assert await rig.ask("accept_call", {"callId": "c1"}) == {"ok": True}
-    await rig.hub.publish("interim", {"type": "interim", "callId": "c1", "threadId": "t1",
-                                      "role": "caller", "text": "hel", "at": "x", "seq": 2})
-    await rig.hub.publish("call_connected", {"type": "call_connected", "callId": "c1",
-                                             "at": "y", "linkSeq": 3})
-    await rig.hub.publish("call_ended", {"type": "call_ended", "callId": "c1",
-                                         "outcome": "completed", "by": "engine"})
+    await rig.hub.publish(w.Interim(call_id="c1", thread_id="t1", role=Role.CALLER,
+                                    text="hel", at="x", seq=2))
+    await rig.hub.publish(w.CallConnected(call_id="c1", at="y", link_seq=3))
+    await rig.hub.publish(w.CallEndedMsg(call_id="c1", outcome="completed", by="engine"))
     assert rig.server.got("transcript") == [
         '{"callId": "c1", "threadId": "t1", "role": "caller", "text": "hel", "final": false, '
         '"at": "x", "seq": 2}']
@@ -499,7 +498,7 @@ async def test_the_holding_agent_s_requests_reach_the_worker_typed(rig: Rig) -> 
     assert refused["error"]["code"] == "unavailable"
     assert await rig.ask("hangup", {"callId": "c1"}) == {"ok": True}
     offer = w.WebrtcOffer(call_id="c1", sdp=SDP)
-    assert [m for m in rig.hub.commands if m.type != "agent_joined"] == [
+    assert [m for m in rig.hub.commands if m.type is not w.HubMessageType.AGENT_JOINED] == [
         w.Mute(call_id="c1", muted=True),
         w.WebrtcCandidate(call_id="c1", candidate=None, sdp_mid="0", sdp_m_line_index=0),
         offer, offer, offer, w.Hangup(call_id="c1", by="agent")]
@@ -507,18 +506,20 @@ async def test_the_holding_agent_s_requests_reach_the_worker_typed(rig: Rig) -> 
 
 
 async def test_the_engine_gets_exactly_the_shapes_it_reads(rig: Rig) -> None:
-    await rig.hub.publish("call_started", {
-        "type": "call_started", "callId": "c1", "threadId": "t1",
-        "caller": {"number": "+1555", "name": None}, "called": "+1556", "trunk": None,
-        "receivedAt": "x", "metadata": {"X-Twilio-CallSid": "CA1"}, "codec": "PCMU",
-        "linkSeq": 1, "workerId": "w1"})
-    await rig.hub.publish("caller_said", {"type": "caller_said", "callId": "c1",
-                                          "text": "hi", "final": True, "at": "x",
-                                          "linkSeq": 2})
-    await rig.hub.publish("dtmf", {"type": "dtmf", "callId": "c1", "digits": "5"})
-    await rig.hub.publish("call_ended", {"type": "call_ended", "callId": "c1",
-                                         "outcome": "completed", "by": "caller",
-                                         "status": None})
+    for wire in (
+        {"type": "call_started", "callId": "c1", "threadId": "t1",
+         "caller": {"number": "+1555", "name": None}, "called": "+1556", "trunk": None,
+         "receivedAt": "x", "metadata": {"X-Twilio-CallSid": "CA1"}, "codec": "PCMU",
+         "linkSeq": 1},
+        {"type": "caller_said", "callId": "c1", "text": "hi", "final": True, "at": "x",
+         "linkSeq": 2},
+        {"type": "dtmf", "callId": "c1", "digits": "5"},
+        {"type": "call_ended", "callId": "c1", "outcome": "completed", "by": "caller",
+         "status": None},
+    ):
+        event = w.parse_worker_message(json.dumps(wire))  # as the worker link's edge does
+        assert isinstance(event, w.CallStarted | w.CallerSaid | w.DtmfMsg | w.CallEndedMsg)
+        await rig.hub.publish(event)
     assert [(e, text) for e, text, to in rig.server.sent if to is None] == [
         ("call_started", '{"callId": "c1", "threadId": "t1", "caller": {"number": "+1555", '
                          '"name": null}, "called": "+1556", "metadata": '
@@ -615,8 +616,7 @@ async def test_only_the_agent_who_took_a_call_wraps_it_up(rig: Rig) -> None:
     early = await rig.ask("wrap_up", {"callId": "c1", "disposition": "resolved"})
     assert early["error"]["code"] == "forbidden"  # not taken yet
     assert await rig.ask("accept_call", {"callId": "c1"}) == {"ok": True}
-    await rig.hub.publish("call_ended", {"type": "call_ended", "callId": "c1",
-                                         "outcome": "completed", "by": "caller"})
+    await rig.hub.publish(w.CallEndedMsg(call_id="c1", outcome="completed", by="caller"))
     bob = await rig.ask("wrap_up", {"callId": "c1", "disposition": "resolved"}, sid="sid-bob")
     assert bob["error"]["code"] == "forbidden"
     unknown = await rig.ask("wrap_up", {"callId": "c1", "disposition": "dancing"})

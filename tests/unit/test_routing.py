@@ -4,20 +4,24 @@ caller hang-up, and re-queueing when the winning agent vanishes."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from hitl_sip.hub.calls import CallRecord
+from hitl_sip.hub.events import CallEvent, Listener
 from hitl_sip.hub.routing import Router
 from hitl_sip.protocol.worker import (
     AgentJoined,
     AgentLeft,
+    CallEndedMsg,
     Caller,
+    HandoffRequested,
     HubCommand,
+    PeerLost,
     Role,
     TranscriptLine,
+    TurnMsg,
 )
 
 
@@ -31,9 +35,9 @@ class FakeHub:
     def __init__(self) -> None:
         self.registry = FakeRegistry()
         self.commands: list[HubCommand] = []
-        self.listeners: list[Callable[[str, dict[str, Any]], Awaitable[None]]] = []
+        self.listeners: list[Listener] = []
 
-    def subscribe(self, listener: Callable[[str, dict[str, Any]], Awaitable[None]]) -> None:
+    def subscribe(self, listener: Listener) -> None:
         self.listeners.append(listener)
 
     async def offered(self, call_id: str, agent_id: str) -> None:
@@ -43,9 +47,9 @@ class FakeHub:
         self.commands.append(command)
         return True
 
-    async def publish(self, event: str, data: dict[str, Any]) -> None:
+    async def publish(self, event: CallEvent) -> None:
         for listener in self.listeners:
-            await listener(event, data)
+            await listener(event)
 
 
 class Rig:
@@ -70,7 +74,7 @@ class Rig:
         self.hub.registry.calls[call_id] = CallRecord(
             call_id=call_id, thread_id="t1", worker_id="w1", caller=Caller(number="+1"),
             bot_transcript=[TranscriptLine(role=Role.BOT, text="hi", at="x")])
-        await self.hub.publish("handoff_requested", {"callId": call_id})
+        await self.hub.publish(HandoffRequested(call_id=call_id, thread_id="t1", at="x"))
 
 
 async def test_ring_all_offers_every_available_agent_with_the_transcript() -> None:
@@ -160,7 +164,7 @@ async def test_caller_hangup_while_ringing_cancels_every_offer() -> None:
     rig = Rig()
     await rig.agents("alice", "bob")
     await rig.queue()
-    await rig.hub.publish("call_ended", {"callId": "c1", "outcome": "completed", "by": "caller"})
+    await rig.hub.publish(CallEndedMsg(call_id="c1", outcome="completed", by="caller"))
     for sid in ("sid-alice", "sid-bob"):
         assert rig.got(sid, "call_cancelled") == [{"callId": "c1", "reason": "caller_hangup"}]
     assert rig.router.offers == {}
@@ -171,10 +175,10 @@ async def test_caller_hangup_during_the_conversation_ends_it_for_the_agent() -> 
     await rig.agents("alice")
     await rig.queue()
     await rig.router.accept("alice", "c1")
-    await rig.hub.publish("turn", {"callId": "c1", "threadId": "t1", "role": "caller",
-                                   "text": "hello", "at": "x", "seq": 5})
+    await rig.hub.publish(TurnMsg(call_id="c1", thread_id="t1", role=Role.CALLER,
+                                  text="hello", at="x", seq=5))
     assert rig.got("sid-alice", "transcript")[0]["text"] == "hello"
-    await rig.hub.publish("call_ended", {"callId": "c1", "outcome": "completed", "by": "caller"})
+    await rig.hub.publish(CallEndedMsg(call_id="c1", outcome="completed", by="caller"))
     assert rig.got("sid-alice", "call_ended") == [
         {"callId": "c1", "reason": "completed", "by": "caller"}]
     assert rig.router.agents["alice"].state()["status"] == "available"
@@ -217,7 +221,7 @@ async def test_lost_media_requeues_the_call_unless_the_agent_renegotiates() -> N
     await rig.agents("alice", "bob")
     await rig.queue()
     await rig.router.accept("alice", "c1")
-    await rig.hub.publish("peer_lost", {"callId": "c1"})
+    await rig.hub.publish(PeerLost(call_id="c1"))
     await asyncio.sleep(0.1)
     assert rig.got("sid-alice", "call_ended") == [
         {"callId": "c1", "reason": "media_lost", "by": "system"}]
@@ -231,7 +235,7 @@ async def test_a_new_offer_within_the_grace_keeps_the_call_with_the_agent() -> N
     await rig.agents("alice")
     await rig.queue()
     await rig.router.accept("alice", "c1")
-    await rig.hub.publish("peer_lost", {"callId": "c1"})
+    await rig.hub.publish(PeerLost(call_id="c1"))
     rig.router.renegotiated("alice")
     await asyncio.sleep(0.2)
     assert rig.got("sid-alice", "call_ended") == []
