@@ -58,9 +58,18 @@ M = TypeVar("M", bound=BaseModel)
 
 async def read_body(request: web.Request, model: type[M], max_bytes: int) -> M | web.Response:
     """A REST body as ``model`` — with the wire's size and depth limits — or the 400 that
-    names the field at fault (as a refused Socket.IO payload does)."""
+    names the field at fault (as a refused Socket.IO payload does). A declared length over
+    ``max_bytes`` is refused before anything is read."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        return error("bad_request", f"body: {request.content_length} bytes, more than "
+                     f"{max_bytes}", 400)
+    return parse_body(await request.read(), model, max_bytes)
+
+
+def parse_body(raw: bytes, model: type[M], max_bytes: int) -> M | web.Response:
+    """``raw`` as ``model``, or the 400 that says why not; never raises."""
     try:
-        return model.model_validate(loads_object(await request.read(), max_bytes=max_bytes))
+        return model.model_validate(loads_object(raw, max_bytes=max_bytes))
     except WireError as e:
         return error("bad_request", f"body: {e}", 400)
     except ValidationError as e:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import socketio
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from hitl_sip.config import Config
 from hitl_sip.hub.accounts import setup_accounts
@@ -90,9 +90,11 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def worker_socket(request: web.Request) -> web.StreamResponse:
     """The worker link (hitl_sip.protocol.worker): a Hello, then validated messages. Each
-    reliable one is applied once per worker epoch and acknowledged; a malformed one is
-    counted and skipped; an error applying one (store, Redis) is retried, never drops the
-    link."""
+    reliable one is applied once per worker epoch and acknowledged only once applied; a
+    malformed one, or one that contradicts the hub's state, is counted and skipped. An
+    error applying one (store, Redis, a handler's bug) is retried in place with backoff;
+    when it persists, the link is closed without acknowledging it, and the worker sends it
+    again after reconnecting (see :func:`_apply_worker_message`)."""
     token = request.app[WORKER_TOKEN]
     given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
     if not token or not hmac.compare_digest(given.encode(), token.encode()):
@@ -124,7 +126,18 @@ async def worker_socket(request: web.Request) -> web.StreamResponse:
             if seq and seq <= state.applied_seq:  # sent again after a reconnect: applied
                 await ws.send_str(Ack(link_seq=state.applied_seq).model_dump_json(by_alias=True))
                 continue
-            await _apply_worker_message(request.app, state.worker_id, message)
+            if not await _apply_worker_message(request.app, state.worker_id, message):
+                registry.failed_worker_messages.inc()
+                if seq:  # never acknowledged: the worker keeps it and resends it
+                    log.error("worker %s: a %s message (linkSeq %d) could not be applied; "
+                              "closing the link for the worker to send it again",
+                              state.worker_id, message.type, seq)
+                    await ws.close(code=WSCloseCode.TRY_AGAIN_LATER,
+                                   message=b"a message could not be applied; send it again")
+                    break
+                log.error("worker %s: a %s message could not be applied; dropped (not "
+                          "reliable)", state.worker_id, message.type)
+                continue
             if seq:
                 state.applied_seq = seq
                 await ws.send_str(Ack(link_seq=seq).model_dump_json(by_alias=True))
@@ -135,11 +148,23 @@ async def worker_socket(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-APPLY_ATTEMPTS = 6  # 0.1 + 0.2 + ... + 1.6 s: a locked database or a Redis failover
+APPLY_ATTEMPTS = 6  # in place: 0.1 + 0.2 + ... + 1.6 s, a locked database or a Redis failover
+APPLY_BACKOFF = 0.1  # seconds before the second attempt; doubled after each failure
 
 
 async def _apply_worker_message(app: web.Application, worker_id: str,
-                                message: WorkerMessage) -> None:
+                                message: WorkerMessage) -> bool:
+    """Apply one validated message; False when it failed ``APPLY_ATTEMPTS`` times.
+
+    A ``ValueError``, ``KeyError`` or ``TypeError`` means the message contradicts the hub's
+    state (a handoff for a call it does not know): it is counted as bad and skipped — True,
+    so it is acknowledged, since sending it again cannot help. Any other error (the store,
+    Redis, a bug) is retried with backoff; the caller closes the link when every attempt
+    failed, so a message never applied is never acknowledged and comes back after the
+    worker's reconnect. A message that always fails thus costs a reconnect every few
+    seconds, each counted in ``hitl_sip_hub_failed_worker_messages_total``, and never
+    blocks the link for longer than the attempts take.
+    """
     registry = app[REGISTRY]
     for attempt in range(APPLY_ATTEMPTS):
         try:
@@ -147,20 +172,20 @@ async def _apply_worker_message(app: web.Application, worker_id: str,
                 await app[HUB].on_worker_message(worker_id, message)
             else:
                 registry.handle(worker_id, message)
-            return
+            return True
         except (ValueError, KeyError, TypeError) as e:  # it contradicts the hub's state
             registry.bad_worker_messages.inc()
             log.warning("ignored a worker %s message: %s", message.type, e)
-            return
+            return True
         except Exception:
             if attempt == APPLY_ATTEMPTS - 1:
-                registry.failed_worker_messages.inc()
-                log.exception("a worker %s message could not be applied; given up after %d "
-                              "attempts", message.type, APPLY_ATTEMPTS)
-                return
+                log.exception("a worker %s message could not be applied in %d attempts",
+                              message.type, APPLY_ATTEMPTS)
+                return False
             log.warning("applying a worker %s message failed (attempt %d); retrying",
                         message.type, attempt + 1, exc_info=True)
-            await asyncio.sleep(0.1 * 2**attempt)
+            await asyncio.sleep(APPLY_BACKOFF * 2**attempt)
+    return False
 
 
 def create_internal_app(config: Config, registry: WorkerRegistry, worker_token: str,

@@ -18,7 +18,6 @@ configure aiohttp's forwarded-header handling first.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -30,11 +29,13 @@ from typing import Any
 from aiohttp import web
 
 from hitl_sip.hub.sessions import Session, SessionError, Sessions, audit
+from hitl_sip.protocol.wire import WireError, loads
 
 log = logging.getLogger(__name__)
 
 MAX_FIELD_CHARS = 256
 MAX_BODY_BYTES = 8 * 1024
+MAX_BODY_DEPTH = 4  # the body is one flat object; anything deeper is not a login
 UNAUTHORIZED_MESSAGE = "invalid username or password"
 
 
@@ -130,11 +131,14 @@ def error(
 
 
 def _parse_credentials(raw: bytes) -> tuple[str, str] | str:
-    """``(username, password)``, or the message of a 400."""
+    """``(username, password)``, or the message of a 400. The wire's parser refuses an
+    oversized or deeply nested body before parsing (no ``RecursionError``)."""
     try:
-        body: Any = json.loads(raw)
-    except ValueError:
-        return "body must be JSON"
+        body: Any = loads(raw, max_bytes=MAX_BODY_BYTES, max_depth=MAX_BODY_DEPTH)
+    except WireError as e:
+        if e.reason == "bad_json":
+            return "body must be JSON"
+        return f"body: {e}"
     if not isinstance(body, dict):
         return "body must be a JSON object"
     fields: list[str] = []
@@ -144,6 +148,10 @@ def _parse_credentials(raw: bytes) -> tuple[str, str] | str:
             return f"{field} is required and must be a non-empty string"
         if len(value) > MAX_FIELD_CHARS:
             return f"{field} must be at most {MAX_FIELD_CHARS} characters"
+        try:
+            value.encode()
+        except UnicodeEncodeError:  # a lone surrogate (``"\ud800"`` is valid JSON)
+            return f"{field} must be valid Unicode"
         fields.append(value)
     return fields[0], fields[1]
 

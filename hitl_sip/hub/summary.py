@@ -27,7 +27,6 @@ back, never what it says.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import time
@@ -38,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import aiohttp
 
 from hitl_sip.errors import HitlSipError
+from hitl_sip.protocol import wire
 from hitl_sip.protocol.agent import Briefing, SummarySource
 from hitl_sip.protocol.worker import Role, TranscriptLine
 
@@ -364,8 +364,8 @@ class ChatSummariser:
 
 def _content(raw: bytes) -> str:
     """``choices[0].message.content`` of a chat-completions answer, cleaned and clipped."""
-    try:
-        data = json.loads(raw)
+    try:  # bounded: the answer is another service's, nested or sized as it likes
+        data = wire.loads(raw, max_bytes=MAX_ANSWER_BYTES)
         content = data["choices"][0]["message"]["content"]
     except (ValueError, KeyError, IndexError, TypeError) as e:
         raise SummaryError("malformed", "the endpoint's answer is not a chat completion") from e

@@ -18,6 +18,9 @@
 * **Status** is coalesced: only the latest waits while the hub is away.
 * **Interims** (live captions) and other best-effort messages wait in a bounded queue;
   when it is full the oldest are dropped and counted in :attr:`dropped`.
+* **Supervised.** The connection loop and the status reporter (:meth:`start` with a
+  ``status`` callable) run under :func:`hitl_sip.supervise.supervised`: an unexpected
+  error restarts them with backoff instead of leaving the worker silently cut off.
 """
 
 from __future__ import annotations
@@ -30,8 +33,9 @@ import logging
 import os
 import secrets
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -46,6 +50,7 @@ from hitl_sip.protocol.worker import (
     parse_hub_message,
     parse_worker_message,
 )
+from hitl_sip.supervise import RestartCounter, supervised
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +69,8 @@ class HubLink:
         spill_path: Path | None = None,
         memory_limit: int = MEMORY_LIMIT,
         volatile_limit: int = VOLATILE_LIMIT,
+        restarts: RestartCounter | None = None,
+        restart_backoff: tuple[float, float] = (0.5, 30.0),
     ) -> None:
         self.url = url
         self.token = token
@@ -82,6 +89,9 @@ class HubLink:
         self._status: str | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._reporter: asyncio.Task[None] | None = None
+        self.restarts = restarts  # hitl_sip_task_restarts_total{task} of the worker
+        self.restart_backoff = restart_backoff
         self.connected = asyncio.Event()
         self._all_acked = asyncio.Event()
         self._all_acked.set()
@@ -150,12 +160,37 @@ class HubLink:
             os.close(self._lock_fd)  # the flock goes with it
             self._lock_fd = None
 
-    def start(self) -> None:
+    def start(self, status: Callable[[], Status] | None = None,
+              interval: float = 1.0) -> None:
+        """Connect (and keep connecting); with ``status``, also send ``status()`` every
+        ``interval`` seconds (coalesced: the hub gets the latest). Both loops are
+        supervised: restarted with backoff after an unexpected error."""
         self._carry_over()
-        self._task = asyncio.create_task(self._run(), name="hub-link")
+        self._task = asyncio.create_task(self._supervise("hub link", "hub_link", self._run),
+                                         name="hub-link")
+        if status is not None:
+            self._reporter = asyncio.create_task(
+                self._supervise("hub status", "hub_status",
+                                lambda: self._report(status, interval)),
+                name="hub-status")
+
+    async def _supervise(self, name: str, kind: str,
+                         factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        await supervised(name, factory, kind=kind, backoff=self.restart_backoff,
+                         restarts=self.restarts)
+
+    async def _report(self, status: Callable[[], Status], interval: float) -> None:
+        while True:
+            self.send(status())
+            await asyncio.sleep(interval)
 
     async def close(self, flush_timeout: float = 2.0) -> None:
         """Stop, after giving the hub ``flush_timeout`` to acknowledge what is pending."""
+        if self._reporter is not None:
+            self._reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reporter
+            self._reporter = None
         if self._task is None:
             self.release()
             return
@@ -325,9 +360,10 @@ class HubLink:
                     text = reliable
                 await ws.send_str(text)
             wake = asyncio.create_task(self._wake.wait())
-            done, _ = await asyncio.wait({wake, reader}, return_when=asyncio.FIRST_COMPLETED)
-            if wake not in done:
-                wake.cancel()
+            try:
+                await asyncio.wait({wake, reader}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                wake.cancel()  # done already, or left behind by the reader or a cancel
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         async for msg in ws:

@@ -61,6 +61,7 @@ from hitl_sip.protocol.worker import (
     WebrtcOffer,
 )
 from hitl_sip.sip.profile import TrunkProfile, load_profile
+from hitl_sip.supervise import restart_counter
 from hitl_sip.watchdog import LoopWatchdog
 from hitl_sip.worker.admission import Admission
 from hitl_sip.worker.engines import build_flow, build_stt, build_tts, preload_stt
@@ -236,7 +237,8 @@ class WorkerService:
         # reliable events beyond what memory holds wait in the data directory (0600)
         spill = config.resolve_path(config.data_dir) / f"worker-{worker_id}.pending"
         self.hub = (
-            HubLink(hub_url, hub_token, self._hello, self._on_hub_message, spill_path=spill)
+            HubLink(hub_url, hub_token, self._hello, self._on_hub_message, spill_path=spill,
+                    restarts=restart_counter(self.metrics.registry))
             if hub_url else None
         )
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -297,8 +299,7 @@ class WorkerService:
             self.config.worker.max_calls,
         )
         if self.hub is not None:
-            self.hub.start()
-            self._spawn(self._report_metrics())
+            self.hub.start(self._status)  # the link and a status a second, supervised
         return self.info
 
     async def drain_and_stop(self, grace: float | None = None, outcome: str = "") -> None:
@@ -399,12 +400,6 @@ class WorkerService:
             self._spawn(call.session.on_command(command))
         elif isinstance(command, Hangup) and self.stack is not None:
             self._spawn(self.stack.hangup(call.call_id))
-
-    async def _report_metrics(self) -> None:
-        while True:
-            if self.hub is not None:
-                self.hub.send(self._status())
-            await asyncio.sleep(1.0)
 
     def _notify(self, message: Msg) -> None:
         if self.hub is not None:

@@ -230,3 +230,62 @@ async def test_an_unreadable_carried_over_line_is_dropped_and_the_rest_still_sen
     await fake.wait(lambda: len(fake.turns()) == 1)
     assert fake.turns() == [7]
     await link.close()
+
+
+class Restarts:
+    """A restart counter (the RestartCounter protocol) that records the task kinds."""
+
+    def __init__(self) -> None:
+        self.kinds: list[str] = []
+
+    def inc(self, amount: float = 1.0, **labels: str) -> None:
+        self.kinds.append(labels["task"])
+
+    def get(self, **labels: str) -> float:
+        return float(self.kinds.count(labels["task"]))
+
+
+async def test_a_crash_in_the_connection_loop_is_restarted_and_delivery_goes_on(
+    hub: tuple[FakeHub, TestServer],
+) -> None:
+    fake, server = hub
+    calls = 0
+
+    def crashing_hello() -> Hello:  # an error the loop does not expect, on the first connect
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug in the hello")
+        return hello()
+
+    restarts = Restarts()
+    link = HubLink(url(server), "t", crashing_hello, restarts=restarts,
+                   restart_backoff=(0.01, 0.05))
+    link.send(turn(1))
+    link.start()
+    await fake.wait(lambda: fake.turns() == [1])
+    async with asyncio.timeout(10):
+        await link.wait_acknowledged()
+    assert calls == 2 and fake.hellos == 1
+    assert restarts.kinds == ["hub_link"]
+    await link.close()
+
+
+async def test_the_status_reporter_is_supervised_too(hub: tuple[FakeHub, TestServer]) -> None:
+    fake, server = hub
+    reads = 0
+
+    def status() -> Status:
+        nonlocal reads
+        reads += 1
+        if reads == 1:
+            raise RuntimeError("a bug reading the metrics")
+        return Status(active_calls=reads)
+
+    restarts = Restarts()
+    link = HubLink(url(server), "t", hello, restarts=restarts, restart_backoff=(0.01, 0.05))
+    link.start(status, interval=0.01)
+    await fake.wait(lambda: any(m["type"] == "status" for m in fake.received))
+    assert restarts.kinds == ["hub_status"]
+    assert min(m["activeCalls"] for m in fake.received if m["type"] == "status") >= 2
+    await link.close()

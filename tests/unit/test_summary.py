@@ -29,6 +29,8 @@ from hitl_sip.hub.summary import (
     CallFacts,
     EmbeddedSummariser,
     Summaries,
+    SummaryError,
+    _content,
     build_messages,
     config_secrets,
     safe_details,
@@ -457,3 +459,18 @@ async def test_without_an_endpoint_the_ring_carries_the_embedded_summary_at_once
     assert slot.best.source is SummarySource.EMBEDDED
     assert slot.best.text.startswith("Ann Lee (+14155550100) is calling about")
     await summaries.aclose()
+
+
+@pytest.mark.parametrize("answer", [
+    b"[" * 100_000 + b"]" * 100_000,  # deeper than any parser's recursion
+    b'{"choices": [{"message": {"content": {"a": {"b": {"c": ' + b"[" * 40 + b"]" * 40
+    + b"}}}}}]}",
+    b"\xff\xfe not json",
+    b'{"choices": []}',
+])
+def test_an_endpoint_answer_nested_or_shaped_as_it_likes_is_refused_as_malformed(
+    answer: bytes,
+) -> None:
+    with pytest.raises(SummaryError) as refused:
+        _content(answer)
+    assert refused.value.reason == "malformed"
