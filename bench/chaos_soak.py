@@ -17,9 +17,12 @@ waiting for the calls to be where the kill hurts (a call with an agent on the ta
    restart in a new child; no call may suffer.
 3. ``front`` — SIGKILL Kamailio: the hub restarts it; established calls keep their media
    (RTP never passes the front), new INVITEs and BYEs are retransmitted until it is back.
-4. ``alive5`` — stop the alive5 stand-in (its server and every connection) for a few
-   seconds, then start it again on the same port: the hub's outbox redelivers what piled
-   up, without duplicates.
+4. ``alive5`` — SIGKILL the alive5 stand-in (a process of its own that journals what it
+   stores before acknowledging it, ``tests/support/alive5_proc.py``), keep it down a few
+   seconds, then start a new one on the same port and journal: the hub's outbox
+   redelivers what piled up; what the killed one took just before the SIGKILL without its
+   acknowledgement reaching the hub comes once more (at-least-once: reported apart, as for
+   the hub's kill), anything else twice is a duplicate.
 
 After each kill the soak waits for recovery (the worker back with a new pid, a new speech
 process, the front restarted, the outbox backlog empty) and for calls to complete again.
@@ -89,7 +92,7 @@ from hitl_sip.media.ice import install_host_filter  # noqa: E402
 from hitl_sip.testing.agent import MicrophoneTrack, Source, TestAgent, tone, wav_source  # noqa: E402
 from tests.integration.test_agents import PASSWORD, add_agent  # noqa: E402
 from tests.support.alive5 import API_KEY as ALIVE5_KEY  # noqa: E402
-from tests.support.alive5 import Alive5StandIn  # noqa: E402
+from tests.support.alive5_proc import Alive5Process  # noqa: E402
 from tests.support.net import free_port  # noqa: E402
 from tests.support.redis import CLUSTER_SECRET, RedisServer  # noqa: E402
 from tests.support.rtpcaller import RtpCaller  # noqa: E402
@@ -255,7 +258,7 @@ def _first_line(error: BaseException) -> str:
 
 
 class Soak:
-    def __init__(self, srv: Server, a5: Alive5StandIn, front_port: int,
+    def __init__(self, srv: Server, a5: Alive5Process, front_port: int,
                  agent_source: Source, *, other: Server | None = None,
                  redis: RedisServer | None = None) -> None:
         self.srv = srv
@@ -559,9 +562,9 @@ class Soak:
 
     async def kill_alive5(self) -> Kill:
         await self._aim()
-        kill = Kill("alive5", f"stand-in on port {self.a5.port}", self.phase)
-        await asyncio.to_thread(self.a5.stop)
-        t0 = time.monotonic()
+        pid = await asyncio.to_thread(self.a5.kill)
+        kill = Kill("alive5", f"stand-in pid {pid} on port {self.a5.port}", self.phase)
+        t0 = kill.at = time.monotonic()
 
         async def piling_up() -> bool:  # turns stored in the hub, waiting for alive5
             return await self.metric("hitl_sip_alive5_backlog") > 0
@@ -702,7 +705,8 @@ class Soak:
         threads = {r.thread_id for r in self.runs if r.thread_id}
 
         async def all_delivered() -> bool:
-            ended = all(t in self.a5.threads and self.a5.threads[t].ended for t in threads)
+            delivered = self.a5.threads  # read from the stand-in's journal
+            ended = all(t in delivered and delivered[t].ended for t in threads)
             return ended and await self.metric("hitl_sip_alive5_backlog") == 0
         if not await self.until(all_delivered, 60, interval=0.25):
             log.warning("some threads were not delivered in 60 s")
@@ -725,11 +729,13 @@ def over_a_kill(first: float, again: float, kills: list[float]) -> bool:
     return any(first <= k <= again and k - first <= IN_FLIGHT for k in kills)
 
 
-def compare(db: Path, a5: Alive5StandIn,
-            hub_kills: Sequence[float] = ()) -> list[ThreadCheck]:
+def compare(db: Path, a5: Alive5Process,
+            kills_at: Sequence[float] = ()) -> list[ThreadCheck]:
     """Every thread of the hub's local store against the stand-in's (read after the hub
-    stopped). ``hub_kills``: when the hub was SIGKILLed (time.monotonic())."""
-    kills = list(hub_kills)
+    stopped). ``kills_at``: when the hub or the stand-in was SIGKILLed (time.monotonic()):
+    what alive5 took just before such a kill may come again after it (at-least-once)."""
+    kills = list(kills_at)
+    stand_in = a5.threads
     con = sqlite3.connect(str(db))
     try:
         turns: dict[str, list[tuple[str, str, str]]] = {}
@@ -741,9 +747,9 @@ def compare(db: Path, a5: Alive5StandIn,
     finally:
         con.close()
     checks = []
-    for thread_id in sorted(set(turns) | set(ends) | set(a5.threads)):
+    for thread_id in sorted(set(turns) | set(ends) | set(stand_in)):
         local = turns.get(thread_id, [])
-        remote = a5.threads.get(thread_id)
+        remote = stand_in.get(thread_id)
         messages = remote.messages if remote else []
         remote_keys = [str(m.get("message_key")) for m in messages]
         local_keys = [k for k, _, _ in local]
@@ -962,7 +968,7 @@ def soak(plan: list[str], seconds: float | None, keep: Path | None = None) -> di
         else:
             home = keep
             home.mkdir(parents=True)  # a new directory: old threads would be compared too
-        a5 = stack.enter_context(Alive5StandIn())
+        a5 = stack.enter_context(Alive5Process(home / "alive5.journal"))
         agent_source = _agent_voice(home / "agent.wav")
         flow = home / "chaos.yaml"
         flow.write_text(FLOW)
@@ -1003,7 +1009,7 @@ def soak(plan: list[str], seconds: float | None, keep: Path | None = None) -> di
             finally:
                 srv.stop()
         checks = compare(srv.data_dir / "threads.sqlite", a5,
-                         [k.at for k in run.kills if k.kind == "hub"])
+                         [k.at for k in run.kills if k.kind in ("hub", "alive5")])
     result = summarize(run.runs, run.kills, checks, run.refused)
     result["date"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     result["machine"] = (f"{psutil.cpu_count()} cores, {platform.system()} "

@@ -134,6 +134,12 @@ class Alive5StandIn:
         with self._lock:
             return self.threads.setdefault(thread_id, Alive5Thread(thread_id))
 
+    def _stored(self, event: str, thread_id: str, record: dict[str, Any]) -> None:
+        """Called, with the lock held, once an event is stored and before it is
+        acknowledged: ``post`` (``data``, ``at``, ``dup``: a resent key), ``crm`` (``key``,
+        ``value``) or ``end`` (``data``, ``at``, ``acked``). A stand-in that must survive
+        a SIGKILL journals it here (tests/support/alive5_proc.py)."""
+
     def fail_next(self, event: str, *faults: str) -> None:
         """The next occurrences of ``event`` fail, one fault each: ``raise`` (the handler
         raises: nothing stored, no ack), ``disconnect`` (the server drops the connection:
@@ -208,12 +214,15 @@ class Alive5StandIn:
             thread = self.thread(str(data.get("thread_id")))
             key = data.get("message_key")
             with self._lock:
-                if key and any(m.get("message_key") == key for m in thread.messages):
+                now = time.monotonic()
+                resent = bool(key) and any(m.get("message_key") == key for m in thread.messages)
+                if resent:
                     thread.duplicates += 1
                     thread.resent.append(str(key))
-                    thread.resent_at.append(time.monotonic())
+                    thread.resent_at.append(now)
                 else:  # when it arrived, for the transcript-lag benchmark
-                    thread.messages.append({**data, "_received": time.monotonic()})
+                    thread.messages.append({**data, "_received": now})
+                self._stored("post", thread.thread_id, {"data": data, "at": now, "dup": resent})
                 message_id = f"m-{next(self._ids)}"
             if fault == "silent":
                 return
@@ -229,6 +238,8 @@ class Alive5StandIn:
             thread = self.thread(sessions.get(sid, ""))
             with self._lock:
                 thread.crm[str(data.get("key"))] = data.get("value")
+                self._stored("crm", thread.thread_id,
+                             {"key": str(data.get("key")), "value": data.get("value")})
             if fault != "silent":
                 await sio.emit("save_crm_data_ack", {"key": data.get("key")}, to=sid)
 
@@ -239,9 +250,12 @@ class Alive5StandIn:
                 return
             thread = self.thread(str(data.get("thread_id")))
             with self._lock:
-                thread.ended.append({**data, "_received": time.monotonic()})
+                now = time.monotonic()
+                thread.ended.append({**data, "_received": now})
                 if fault != "silent":
                     thread.end_acks += 1
+                self._stored("end", thread.thread_id,
+                             {"data": data, "at": now, "acked": fault != "silent"})
             if fault == "silent":
                 # python-socketio acknowledges every handled emit that asked for it (the
                 # hub's end does): a handler that raises sends no acknowledgement at all
