@@ -355,6 +355,95 @@ def settle(outcome: concurrent.futures.Future[tuple[int, str]], code: int, reaso
         outcome.set_result((code, reason))
 
 
+# --- MESSAGE: refused before pjsua's IM module answers it ----------------------------------
+#
+# pjsua registers an IM module (``mod-pjsua-im``, priority APPLICATION) that answers every
+# MESSAGE outside a dialog 200, and its call code answers one inside a dialog 200 too; no
+# pjsua2 setting turns either off (``Account.onInstantMessage`` only reports it afterwards).
+# So the stack registers a pjsip module of its own through the extension's exported symbols,
+# just before the dialog layer: it sees every new request first and answers a MESSAGE 403
+# itself, statelessly (a retransmission gets the same). Nothing else is touched.
+
+PJSIP_MOD_PRIORITY_UA_PROXY_LAYER = 32  # pjsip/sip_module.h: transactions 16, dialogs 32
+MESSAGE_REFUSED = 403
+
+
+class _PjStr(ctypes.Structure):
+    _fields_ = [("ptr", ctypes.c_char_p), ("slen", ctypes.c_ssize_t)]
+
+
+_ON_RX_REQUEST = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)
+
+
+class _PjsipModule(ctypes.Structure):
+    """``struct pjsip_module`` (pjsip/sip_module.h), the callbacks this one does not use
+    left NULL."""
+
+    _fields_ = [
+        ("prev", ctypes.c_void_p),
+        ("next", ctypes.c_void_p),
+        ("name", _PjStr),
+        ("id", ctypes.c_int),
+        ("priority", ctypes.c_int),
+        ("load", ctypes.c_void_p),
+        ("start", ctypes.c_void_p),
+        ("stop", ctypes.c_void_p),
+        ("unload", ctypes.c_void_p),
+        ("on_rx_request", _ON_RX_REQUEST),
+        ("on_rx_response", ctypes.c_void_p),
+        ("on_tx_request", ctypes.c_void_p),
+        ("on_tx_response", ctypes.c_void_p),
+        ("on_tsx_state", ctypes.c_void_p),
+    ]
+
+
+class MessageRefusal:
+    """A pjsip module that answers MESSAGE 403 before pjsua's IM module can answer 200.
+    Registered on the pj thread after ``libInit``; it lives as long as the endpoint (which
+    unregisters it in ``libDestroy``), so the stack keeps it."""
+
+    NAME = b"mod-hitl-no-message"
+
+    def __init__(self) -> None:
+        lib = ctypes.CDLL(pj._pjsua2.__file__)
+        self._get_endpt = lib.pjsua_get_pjsip_endpt
+        self._get_endpt.restype = ctypes.c_void_p
+        self._get_endpt.argtypes = []
+        self._register = lib.pjsip_endpt_register_module
+        self._register.restype = ctypes.c_int
+        self._register.argtypes = [ctypes.c_void_p, ctypes.POINTER(_PjsipModule)]
+        self._info = lib.pjsip_rx_data_get_info
+        self._info.restype = ctypes.c_char_p
+        self._info.argtypes = [ctypes.c_void_p]
+        self._respond = lib.pjsip_endpt_respond_stateless
+        self._respond.restype = ctypes.c_int
+        self._respond.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
+                                  ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+        self._endpt: int | None = None
+        self._callback = _ON_RX_REQUEST(self._on_rx_request)
+        self._module = _PjsipModule(
+            name=_PjStr(self.NAME, len(self.NAME)), id=-1,
+            priority=PJSIP_MOD_PRIORITY_UA_PROXY_LAYER - 1, on_rx_request=self._callback)
+
+    def register(self) -> None:
+        self._endpt = self._get_endpt()
+        status = self._register(self._endpt, ctypes.byref(self._module))
+        if status != 0:
+            raise SipError(f"the MESSAGE refusal module was not registered (pj status {status})")
+
+    def _on_rx_request(self, rdata: int | None) -> int:
+        try:
+            # "Request msg MESSAGE/cseq=1 (rdata0x...)": the method without rdata's layout
+            info = self._info(rdata) or b""
+            if not info.startswith(b"Request msg MESSAGE/"):
+                return 0
+            self._respond(self._endpt, rdata, MESSAGE_REFUSED, None, None, None)
+            return 1
+        except Exception:  # never into pjlib: pjsua's own handling then applies
+            log.exception("MESSAGE refusal failed")
+            return 0
+
+
 class _Call(pj.Call):  # type: ignore[misc]
     def __init__(self, stack: PjStack, account: Any, pj_call_id: int, call_id: str) -> None:
         super().__init__(account, pj_call_id)
@@ -460,6 +549,7 @@ class PjStack:
         self._accounts: list[_Account] = []
         self._ep: Any = None
         self._log_writer: _LogWriter | None = None
+        self._message_refusal = MessageRefusal()
         self._read_vector: Callable[[Any], bytes] = _read_vector_slow
         self.frame_bytes = settings.clock_rate * FRAME_MS // 1000 * 2
 
@@ -650,6 +740,7 @@ class PjStack:
         cfg.medConfig.ecTailLen = 0
         cfg.medConfig.threadCnt = 1
         ep.libInit(cfg)
+        self._message_refusal.register()
         ep.audDevManager().setNullDev()
         addresses: dict[str, str] = {}
         kinds = {"udp": pj.PJSIP_TRANSPORT_UDP, "tcp": pj.PJSIP_TRANSPORT_TCP}

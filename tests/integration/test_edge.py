@@ -8,9 +8,12 @@ client bound to another loopback address (127.0.0.2, 127.0.0.3) is a stranger.
   stranger) and nothing is ever sent back but that answer (no NOTIFY);
 * a stranger's OPTIONS is not answered 200;
 * the trunk's own INVITE burst (40/s for 5 s) gets an answer for every INVITE (200, or 503
-  with Retry-After) while its OPTIONS keepalives are answered throughout;
+  with Retry-After) while its OPTIONS keepalives are answered throughout, each within 1 s of
+  its only transmission;
 * a stranger's flood (2,000 OPTIONS at 400/s) is cut off by pike while the trunk's call
-  keeps its audio and a new trunk call is answered.
+  keeps its audio and a new trunk call is answered;
+* a worker reached directly (only the front should) answers neither SUBSCRIBE nor MESSAGE,
+  inside a dialog or out of one, with anything but 403.
 """
 
 from __future__ import annotations
@@ -179,19 +182,29 @@ def test_options_is_answered_200_to_the_trunk_only(srv: Server) -> None:
         assert final_status(stranger, stranger.request("OPTIONS")) == 403
 
 
-def sipp_stats(path: Path) -> dict[str, int]:
+def sipp_stats(path: Path, *more: str) -> dict[str, int]:
+    """The cumulative counts of SIPp's last -trace_stat line: successful and failed calls,
+    and the columns named in ``more``."""
     lines = path.read_text().splitlines()
     header, last = lines[0].split(";"), lines[-1].split(";")
     return {name: int(last[header.index(name)])
-            for name in ("SuccessfulCall(C)", "FailedCall(C)")}
+            for name in ("SuccessfulCall(C)", "FailedCall(C)", *more)}
+
+
+#: SIPp's response-time buckets (ms) of the keepalive's "answer" timer (options_keepalive.xml)
+KEEPALIVE_BUCKETS = ("<10", "<20", "<50", "<100", "<200", "<500", "<1000", ">=1000")
 
 
 def test_a_trunk_invite_burst_is_answered_and_its_keepalives_go_on(
     srv: Server, tmp_path: Path,
 ) -> None:
     port = front_port(srv)
-    keepalive = run_sipp("options", port, tmp_path, calls=12, limit=1, rate=2, timeout=30,
-                         background=True)
+    # one OPTIONS every 0.5 s throughout the burst, each sent once (-nr) and failed unless
+    # its 200 comes within 1 s: a keepalive answered only after a retransmission fails
+    keepalive_stats = tmp_path / "keepalive.csv"
+    keepalive = run_sipp("options_keepalive", port, tmp_path, calls=12, limit=1, rate=2,
+                         timeout=30, background=True,
+                         extra=["-nr", "-trace_stat", "-stf", str(keepalive_stats), "-fd", "1"])
     assert isinstance(keepalive, subprocess.Popen)
     stats = tmp_path / "burst.csv"
     burst = subprocess.run(
@@ -206,6 +219,10 @@ def test_a_trunk_invite_burst_is_answered_and_its_keepalives_go_on(
     counts = sipp_stats(stats)
     assert counts == {"SuccessfulCall(C)": 200, "FailedCall(C)": 0}, burst.stdout[-3000:]
     assert keepalive.returncode == 0, out[-2000:]
+    buckets = [f"ResponseTimeRepartitionanswer_{b}" for b in KEEPALIVE_BUCKETS]
+    pings = sipp_stats(keepalive_stats, *buckets)
+    assert pings["SuccessfulCall(C)"] == 12 and pings["FailedCall(C)"] == 0, pings
+    assert sum(pings[b] for b in buckets) == 12 and pings[buckets[-1]] == 0, pings
     assert "flood from 127.0.0.1" not in srv.log()
 
 
@@ -257,3 +274,37 @@ def test_a_worker_itself_refuses_subscriptions_and_sends_no_notify(srv: Server) 
         while wire.receive(time.monotonic() + 1.0, later) is not None:  # a NOTIFY would come now
             pass
         assert later.requests == []
+
+
+def test_a_worker_itself_refuses_messages_in_a_dialog_and_out_of_one(srv: Server) -> None:
+    """pjsua answers any MESSAGE 200 (its IM module out of a dialog, its call code in one),
+    with no setting to turn it off; the worker's own pjsip module answers 403 first. The
+    front never passes a MESSAGE on (405); this is what anything else on the host gets."""
+    worker = srv.worker_sip_port()
+    with SipWire(worker) as wire:
+        request = wire.request("MESSAGE", body=b"hello", content_type="text/plain")
+        result = answer(wire, request)
+        assert result.final is not None and result.final.status == 403, result.describe()
+        assert not result.requests
+    # inside a real dialog: the trunk's call through the front, then a MESSAGE straight to
+    # the worker that took it with that dialog's Call-ID and tags
+    health = srv.health()[1]
+    ports = [int(w["sip"]["udp"].rsplit(":", 1)[1]) for w in health["workers"]]
+    with RtpCaller(front_port(srv)) as caller:
+        caller.call(10)
+        invite = caller._invite
+        assert invite is not None
+        statuses = []
+        for port in ports:  # the one that has the dialog answers like the others
+            with SipWire(port) as wire:
+                request = wire.request(
+                    "MESSAGE", uri=str(caller._target), call_id=invite.call_id, cseq=7,
+                    from_tag=invite.from_tag, to_tag=caller._remote_tag, body=b"hello",
+                    content_type="text/plain")
+                result = answer(wire, request)
+                assert result.final is not None, result.describe()
+                assert not result.requests
+                statuses.append(result.final.status)
+        caller.hangup()
+        assert caller.ended_at is not None
+    assert statuses == [403] * len(ports), statuses

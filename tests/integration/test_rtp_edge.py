@@ -1,5 +1,5 @@
 """Foreign media refused: a running ``hitl-sip serve`` with its default edge (Kamailio and
-rtpengine before the worker) and a caller from the trunk.
+rtpengine before the workers), with one worker and then with two, and a caller from the trunk.
 
 * RTP audio and RFC 4733 events (digit 0: "agent" in the demo flow) injected from another
   port — before the caller's first packet and during its stream, to the media port and the
@@ -33,9 +33,13 @@ WORKER_RTP = range(30000, 31000)  # front.worker_rtp_port_start..end (defaults)
 TONE = bytes([0x00, 0x80] * 80)  # a loud PCMU square wave, 160 samples
 
 
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with running_server(tmp_path_factory.mktemp("rtp-edge")) as server:
+@pytest.fixture(scope="module", params=[1, 2], ids=["1-worker", "2-workers"])
+def srv(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest,
+        ) -> Iterator[Server]:
+    """One server per worker count for the whole module (the same edge either way)."""
+    workers = int(request.param)
+    with running_server(tmp_path_factory.mktemp(f"rtp-edge-{workers}"),
+                        workers=workers) as server:
         server.wait_for(lambda: bool(media_state(server).get("responding")), 15,
                         what="rtpengine answering ping")
         yield server

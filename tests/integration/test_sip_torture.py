@@ -1,7 +1,8 @@
 """The SIP edge under RFC 4475's torture messages and a SIPVicious-style scanner.
 
-One server serves the whole module: ``hitl-sip serve`` with the Kamailio front and two
-workers, behind a trunk profile whose allow-list is 127.0.0.1/32 alone, the front's rate
+One server per worker count serves the whole module, run once with one worker and once
+with two (the front is the same edge either way): ``hitl-sip serve`` with the Kamailio front,
+behind a trunk profile whose allow-list is 127.0.0.1/32 alone, the front's rate
 limits left at their defaults (the trunk's own traffic must never trip them, issue 14; this
 module sends a few dozen requests over half a minute, and the floods are ``test_front.py``'s).
 
@@ -33,6 +34,8 @@ mismatch02                     400, the unknown-method 405/501, or dropped
 badbranch                      200 or 400 (RFC 2543 fallback or refusal)
 unkscm, novelsc                416 (or 400), or dropped
 unksm2, regaut01               a 4xx: REGISTER is not served
+cparam01, cparam02, regescrt   405 (REGISTER from the trunk, like the scanner's): whatever
+                               the Contact's parameters or escaped header, never acted on
 bext01                         420 Bad Extension
 invut                          415 Unsupported Media Type
 sdp01                          406 Not Acceptable
@@ -41,8 +44,8 @@ zeromf                         483 (the front as a proxy) or 200 (as the element
 
 Whatever the case: no answer outside that set, no request from the server, nothing at the
 case's trap socket (preloaded Routes, escaped headers and stray responses point there), even
-later in the run. After the whole set the server process and both workers are the same ones,
-``/healthz`` is 200 with both workers ready, no call is left, no Python traceback was logged,
+later in the run. After the whole set the server process and its workers are the same ones,
+``/healthz`` is 200 with every worker ready, no call is left, no Python traceback was logged,
 and a normal call is still answered.
 
 Where the current edge answers otherwise, the case is an ``xfail(strict=True)`` whose reason
@@ -81,7 +84,6 @@ from tests.support.sipwire import (
 )
 from tests.support.torture import CASES, Peer, TortureCase, dblreq_trailing_call_id
 
-WORKERS = 2
 ALLOWED = "127.0.0.1"
 STRANGER = "127.0.0.2"
 DROP_WINDOW = 1.0  # s of silence after which an unanswered message counts as dropped
@@ -158,6 +160,7 @@ EXPECT: dict[str, Expect] = {
     "novelsc": Expect(frozenset({400, 416}), dropped=True),
     "unksm2": Expect(ANY_4XX),
     "regaut01": Expect(ANY_4XX),
+    **dict.fromkeys(["cparam01", "cparam02", "regescrt"], Expect(frozenset({405}))),
     "bext01": Expect(frozenset({420})),
     "invut": Expect(frozenset({415})),
     "sdp01": Expect(frozenset({406})),
@@ -340,6 +343,7 @@ def drain(sock: socket.socket) -> list[bytes]:
 @dataclass
 class Edge:
     server: Server
+    workers: int
     port: int  # the front's SIP port
     worker_pids: list[int]
     front_pid: int
@@ -388,15 +392,17 @@ class Edge:
         self.media_sink.close()
 
 
-@pytest.fixture(scope="module")
-def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
-    tmp = tmp_path_factory.mktemp("torture")
+@pytest.fixture(scope="module", params=[1, 2], ids=["1-worker", "2-workers"])
+def edge(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest,
+         ) -> Iterator[Edge]:
+    workers = int(request.param)
+    tmp = tmp_path_factory.mktemp(f"torture-{workers}")
     profile = tmp / "torture-trunk.toml"
     profile.write_text(PROFILE)
     port = free_port()
     front = {"mode": "kamailio", "probe_interval": 1}
     with running_server(
-        tmp, workers=WORKERS, profile=str(profile), sip={"port": port}, extra={"front": front}
+        tmp, workers=workers, profile=str(profile), sip={"port": port}, extra={"front": front}
     ) as srv:
         srv.wait_for(
             lambda: srv.health()[1].get("front", {}).get("running"),
@@ -407,7 +413,12 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
         sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sink.bind((ALLOWED, 0))
         edge = Edge(
-            srv, port, [int(w["pid"]) for w in health["workers"]], int(health["front"]["pid"]), sink
+            srv,
+            workers,
+            port,
+            [int(w["pid"]) for w in health["workers"]],
+            int(health["front"]["pid"]),
+            sink,
         )
         try:
             yield edge
@@ -464,7 +475,7 @@ def test_the_edge_is_unharmed_after_the_whole_set(edge: Edge) -> None:
     assert server.process.poll() is None, f"the server exited\n{server.log()}"
     status, body = server.health()
     assert status == 200, body
-    assert body["workersReady"] == WORKERS, body
+    assert body["workersReady"] == edge.workers, body
     assert [int(w["pid"]) for w in body["workers"]] == edge.worker_pids, "a worker restarted"
     assert body["front"]["running"] and int(body["front"]["pid"]) == edge.front_pid, body
     assert body["front"]["restarts"] == 0, body

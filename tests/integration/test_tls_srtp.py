@@ -1,5 +1,6 @@
 """SIP over TLS at the front and SDES SRTP at the worker, against a running ``hitl-sip serve``
-whose trunk profile says ``[rtp] srtp = "mandatory"``.
+whose trunk profile says ``[rtp] srtp = "mandatory"``, with one worker and then with two (one
+server and one softphone call per worker count, shared by the module's tests).
 
 Debian's baresip calls the front's TLS port (``;transport=tls``) with ``mediaenc=srtp-mand``
 (an ``RTP/SAVP`` offer with an ``AES_CM_128_HMAC_SHA1_80`` key, and nothing else accepted).
@@ -97,10 +98,12 @@ def offered_port(trace: list[TracedMessage]) -> int:
     return int(found.group(1))
 
 
-@pytest.fixture(scope="module")
-def call(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Call]:
-    tmp = tmp_path_factory.mktemp("tls")
-    with running_server(tmp, profile="secure", profiles={"secure": PROFILE},
+@pytest.fixture(scope="module", params=[1, 2], ids=["1-worker", "2-workers"])
+def call(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest,
+         ) -> Iterator[Call]:
+    workers = int(request.param)
+    tmp = tmp_path_factory.mktemp(f"tls-{workers}")
+    with running_server(tmp, workers=workers, profile="secure", profiles={"secure": PROFILE},
                         sip={"transports": ["udp", "tcp", "tls"], "tls_port": 0}) as server:
         _, health = server.health()
         tls_address = str(health["front"]["sip"].get("tls", ""))

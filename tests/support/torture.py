@@ -1300,6 +1300,83 @@ def _zeromf(p: Peer) -> bytes:
     )
 
 
+def _register(p: Peer, cseq: int, contact: str, *extra: str) -> bytes:
+    """A REGISTER for the caller's address of record at the server, ``contact`` verbatim."""
+    return _message(
+        f"REGISTER sip:{p.server} SIP/2.0",
+        p.via,
+        "Max-Forwards: 70",
+        f"From: sip:{p.caller}@{p.server};tag={p.tag}",
+        f"To: sip:{p.caller}@{p.server}",
+        f"Call-ID: {p.call_id}",
+        f"CSeq: {cseq} REGISTER",
+        contact,
+        *extra,
+    )
+
+
+REGISTER_NOTE = (
+    "A registrar must accept it and keep the Contact as the RFC says; this server has no "
+    "registrar and refuses REGISTER from the trunk with 405 (Allow without REGISTER), so what "
+    "is checked is that the unusual Contact does not turn the refusal into anything else."
+)
+
+
+@_case(
+    "3.3.12",
+    "cparam01",
+    "REGISTER with a Contact Header Parameter",
+    "REGISTER",
+    well_formed=True,
+    note=(
+        "The Contact is a bare URI (no <>) followed by ';unknownparam': without angle brackets "
+        "that parameter belongs to the Contact header (a contact-param), not to the URI. "
+        + REGISTER_NOTE
+    ),
+)
+def _cparam01(p: Peer) -> bytes:
+    return _register(
+        p, 2, f"Contact: sip:{p.caller}@{p.me};unknownparam", "Expires: 3600", "Content-Length: 0"
+    )
+
+
+@_case(
+    "3.3.13",
+    "cparam02",
+    "REGISTER with a url-parameter",
+    "REGISTER",
+    well_formed=True,
+    note=(
+        "The same unknown parameter inside <>: this time a url-parameter of the Contact's URI, "
+        "which a registrar must keep with the binding. " + REGISTER_NOTE
+    ),
+)
+def _cparam02(p: Peer) -> bytes:
+    return _register(
+        p, 3, f"Contact: <sip:{p.caller}@{p.me};unknownparam>", "Expires: 3600",
+        "Content-Length: 0",
+    )
+
+
+@_case(
+    "3.3.14",
+    "regescrt",
+    "REGISTER with a URL Escaped Header",
+    "REGISTER",
+    well_formed=True,
+    note=(
+        "The Contact's URI carries an escaped header (?Route=%3C...%3E, here pointing at the "
+        "trap): legal, to be stored with the binding and used only by whoever later sends a "
+        "request to that URI, never acted on by the receiver of the REGISTER. Compact forms "
+        "m: (Contact) and l: (Content-Length) as in the RFC's message. " + REGISTER_NOTE
+    ),
+)
+def _regescrt(p: Peer) -> bytes:
+    return _register(
+        p, 14398234, f"m: <sip:{p.caller}@{p.me}?Route=%3Csip:{p.trap_at}%3E>", "l: 0"
+    )
+
+
 @_case(
     "3.3.15",
     "sdp01",
