@@ -102,6 +102,9 @@ listen-ng = 127.0.0.1:{ng_port}
 foreground = true
 log-stderr = true
 log-level = {LOG_LEVELS.get(config.log.level, 5)}
+# its core traces every RFC 4733 packet with the digit at debug (a card number typed on the
+# keypad): the core logs at most at syslog's info (6) whatever log.level says (issue 15)
+log-level-core = {min(LOG_LEVELS.get(config.log.level, 5), 6)}
 port-min = {port_start}
 port-max = {port_end}
 # a stream's peer is the address in its SDP, never learnt from the packets (the first

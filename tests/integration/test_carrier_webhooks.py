@@ -1,18 +1,21 @@
 """Phone numbers on Twilio / Vonage, end to end: a stand-in carrier (an aiohttp client) posts
 a signed voice webhook to a real ``hitl-sip serve``, reads the TwiML / NCCO, then places the
-SIP call itself with the headers it names — and the call's ``threadId`` is the one in those
-headers, as the hub's REST API and the call record show."""
+SIP call itself with SIPp (tests/sipp/carrier_invite.xml) carrying the headers it names, plays
+audio and holds the call — and the call's ``threadId`` is the one in those headers, as the
+hub's REST API and the call record show."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import json
+import subprocess
 import time
 import urllib.request
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlencode
 
@@ -22,8 +25,10 @@ import pytest
 
 from hitl_sip.hub.carrier import twilio_signature
 from hitl_sip.sip.uri import SipUri
-from tests.support.rtpcaller import RtpCaller
 from tests.support.server import Server, running_server
+from tests.support.sipp import finish, run_sipp
+
+pytestmark = pytest.mark.sipp
 
 AUTH_TOKEN = "0123456789abcdef0123456789abcdef"
 VONAGE_SECRET = "vonage-signature-secret-0123456789abcdef"
@@ -33,6 +38,7 @@ SIP_URI = "sip:sip.example.com:5060"
 CALLER = "+14155550166"
 CALLED = "+14155550123"
 CALL_SID = "CA0123456789abcdef0123456789abcdef"
+HOLD_MS = 4000  # SIPp holds the call this long, while the test reads GET /api/calls
 
 
 @pytest.fixture(scope="module")
@@ -74,25 +80,31 @@ class StandInCarrier:
         return asyncio.run(self._send("GET", "/carrier/vonage/answer?" + urlencode(query),
                                       headers={"Authorization": f"Bearer {token}"}))
 
-    def dial(self, uri: str, headers: dict[str, str], caller: str) -> str:
-        """Places the call our SIP URI names (to the server's SIP port: sip.example.com is
-        the public name) with ``headers``; waits for the hub to list it; hangs up. Returns
-        the call's thread as ``GET /api/calls`` shows it."""
+    def dial(self, uri: str, headers: dict[str, str], caller: str, tmp: Path) -> str:
+        """Places the call our SIP URI names with SIPp (to the server's SIP port:
+        sip.example.com is the public name), its INVITE carrying ``headers``; reads
+        ``GET /api/calls`` while SIPp plays a tone and holds the call, then SIPp hangs up.
+        Returns the call's thread as ``GET /api/calls`` shows it."""
         target = SipUri.parse(uri)
         assert target.host == "sip.example.com" and target.port == 5060, uri
         assert target.user is not None
         before = len(self.srv.call_records())
         known = {c["callId"] for c in api_calls(self.srv)}  # an earlier call may linger
-        with RtpCaller(self.srv.sip_port(), caller=caller, service=target.user,
-                       headers=headers) as call:
-            call.call()
-            listed: list[dict[str, Any]] = []
+        lines = "\r\n".join(f"{name}: {value}" for name, value in headers.items())
+        sipp = run_sipp("carrier_invite", self.srv.sip_port(), tmp, service=target.user,
+                        keys={"caller": caller, "headers": lines}, duration_ms=HOLD_MS,
+                        timeout=30, background=True)
+        assert isinstance(sipp, subprocess.Popen)
+        listed: list[dict[str, Any]] = []
 
-            def live() -> bool:
-                listed[:] = [c for c in api_calls(self.srv) if c["callId"] not in known]
-                return bool(listed)
-            self.srv.wait_for(live, what="the call in GET /api/calls")
-            call.hangup()
+        def live() -> bool:
+            listed[:] = [c for c in api_calls(self.srv) if c["callId"] not in known]
+            return bool(listed)
+        try:
+            self.srv.wait_for(live, HOLD_MS / 1000, what="the call in GET /api/calls")
+        finally:
+            result = finish(sipp, tmp)
+        assert result.ok, result.explain()  # it held the call and hung up itself
         self.srv.wait_for(lambda: len(self.srv.call_records()) == before + 1,
                           what="the call record")
         return str(listed[0]["threadId"])
@@ -111,7 +123,8 @@ def uri_headers(uri: str) -> tuple[str, dict[str, str]]:
                   (pair.partition("=") for pair in part.split("&") if pair)}
 
 
-def test_a_twilio_number_reaches_the_hub_with_its_thread_known(srv: Server) -> None:
+def test_a_twilio_number_reaches_the_hub_with_its_thread_known(srv: Server,
+                                                              tmp_path: Path) -> None:
     carrier = StandInCarrier(srv)
     status, body = carrier.twilio_voice([
         ("AccountSid", "AC0123456789abcdef0123456789abcdef"), ("CallSid", CALL_SID),
@@ -125,7 +138,7 @@ def test_a_twilio_number_reaches_the_hub_with_its_thread_known(srv: Server) -> N
     assert uuid.UUID(thread).version == 4
     assert headers["X-Parent-Call-Sid"] == CALL_SID
 
-    assert carrier.dial(uri, headers, CALLER) == thread
+    assert carrier.dial(uri, headers, CALLER, tmp_path) == thread
     record = srv.call_records()[-1]
     assert record["threadId"] == thread
     assert record["metadata"]["headers"]["thread_id"] == thread
@@ -133,7 +146,8 @@ def test_a_twilio_number_reaches_the_hub_with_its_thread_known(srv: Server) -> N
     assert record["metadata"]["caller_number"] == CALLER
 
 
-def test_a_vonage_number_reaches_the_hub_with_the_thread_it_named(srv: Server) -> None:
+def test_a_vonage_number_reaches_the_hub_with_the_thread_it_named(srv: Server,
+                                                                 tmp_path: Path) -> None:
     carrier = StandInCarrier(srv)
     status, body = carrier.vonage_answer([
         ("to", "14155550123"), ("from", "14155550166"), ("uuid", "63f61863-4a51-4f6b-86e1"),
@@ -146,7 +160,8 @@ def test_a_vonage_number_reaches_the_hub_with_the_thread_it_named(srv: Server) -
     headers = {f"X-{name}": value for name, value in endpoint["headers"].items()}
     assert headers["X-Thread-Id"] == "crm-thread-77"
 
-    assert carrier.dial(endpoint["uri"], headers, "+" + connect["from"]) == "crm-thread-77"
+    assert carrier.dial(endpoint["uri"], headers, "+" + connect["from"],
+                        tmp_path) == "crm-thread-77"
     record = srv.call_records()[-1]
     assert record["threadId"] == "crm-thread-77"
     assert record["metadata"]["headers"]["X-uuid"] == "63f61863-4a51-4f6b-86e1"

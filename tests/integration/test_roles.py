@@ -1,14 +1,16 @@
 """Roles and sessions against a real hub, worker and SIPp caller (PROTOCOL.md §6, issue 15):
 an agent sees only the calls offered to it and their threads, a supervisor sees all, an
 admin manages accounts; removing an account, changing its role or logging out ends its
-sessions at once (REST 401, socket closed within a second); login reads JSON only and a
-flood of refused logins from one address never locks the agent out from another."""
+sessions at once (REST 401, socket closed within a second) and a removed agent is never
+offered a call again; login reads JSON only and a flood of refused logins from one address
+never locks the agent out from another."""
 
 from __future__ import annotations
 
 import asyncio
 import http.client
 import json
+import sqlite3
 import subprocess
 import sys
 import time
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import socketio
 
 from tests.integration.test_agents import PASSWORD, Agent, login
 from tests.support.server import ROOT, Server, running_server
@@ -67,6 +70,29 @@ async def disconnected_within(gone: asyncio.Event, limit: float) -> float:
     return time.monotonic() - t0
 
 
+async def refused_connect(server: Server, name: str, token: str) -> str:
+    """What the hub said to a /agent socket opening with ``token`` ("connected" if it let
+    it in)."""
+    agent = Agent(name)
+    try:
+        await agent.connect(server, token)
+    except socketio.exceptions.ConnectionError:
+        return str(agent.events.get("connect_error"))
+    await agent.sio.disconnect()
+    return "connected"
+
+
+async def offer_other_than(agent: Agent, call_id: str, limit: float = 30) -> dict[str, Any]:
+    """The first ``incoming_call`` ``agent`` got for a call other than ``call_id``."""
+    async with asyncio.timeout(limit):
+        while True:
+            agent.arrived.clear()
+            for offer in agent.events.get("incoming_call", []):
+                if offer["callId"] != call_id:
+                    return offer
+            await agent.arrived.wait()
+
+
 async def scenario(srv: Server, tmp_path: Path) -> dict[str, Any]:
     tokens = {name: login(srv, name)[1]["token"] for name in ("alice", "carol", "sue", "root")}
     alice, carol, sue = Agent("alice"), Agent("carol"), Agent("sue")
@@ -105,6 +131,13 @@ async def scenario(srv: Server, tmp_path: Path) -> dict[str, Any]:
     out["carol_gone_s"] = await disconnected_within(gone["carol"], 3)
     out["carol_rest"] = (await asyncio.to_thread(rest, srv, "GET", "/api/calls",
                                                  tokens["carol"]))[0]
+    # her old token opens no socket, and another call rings only the agent still there
+    out["carol_again"] = await refused_connect(srv, "carol", tokens["carol"])
+    dave = Agent("dave")
+    await dave.connect(srv, login(srv, "dave")[1]["token"])
+    await dave.wait("agent_state")
+    sipp2 = asyncio.create_task(asyncio.to_thread(  # the menu takes the 0 typed ahead
+        run_sipp, "bot_dtmf_agent", srv.sip_port(), tmp_path, duration_ms=500, timeout=60))
     # sue logs out: that token ends, her socket with it
     out["logout"] = await asyncio.to_thread(rest, srv, "POST", "/api/logout", tokens["sue"])
     out["sue_gone_s"] = await disconnected_within(gone["sue"], 3)
@@ -119,8 +152,17 @@ async def scenario(srv: Server, tmp_path: Path) -> dict[str, Any]:
                                                  tokens["alice"]))[0]
     out["root_self"] = await asyncio.to_thread(rest, srv, "DELETE", "/api/agents/" + next(
         a["agentId"] for a in out["accounts"]["agents"] if a["name"] == "root"), tokens["root"])
+    second = await offer_other_than(dave, call_id)
+    out["second"] = second
+    out["second_accept"] = await dave.call("accept_call", {"callId": second["callId"]})
+    out["second_hangup"] = await dave.call("hangup", {"callId": second["callId"]})
+    await dave.sio.disconnect()  # not offered the first call when it is queued again
+    result2 = await sipp2
+    assert isinstance(result2, SippResult)
+    out["sipp2_ok"] = result2.ok or result2.explain()
     result = await sipp
     assert isinstance(result, SippResult)
+    out["carol_offers"] = carol.events.get("incoming_call", [])
     for agent in (alice, carol, sue):
         if agent.sio.connected:
             await agent.sio.disconnect()
@@ -135,10 +177,13 @@ def test_roles_scope_what_an_account_sees_and_ending_a_session_is_immediate(
     with running_server(tmp_path, extra=extra) as srv:
         cli(srv.data_dir, "add", "alice")
         cli(srv.data_dir, "add", "carol")
+        cli(srv.data_dir, "add", "dave")
         cli(srv.data_dir, "add", "sue", "--role", "supervisor")
         cli(srv.data_dir, "add", "root", "--role", "admin")
         out = asyncio.run(scenario(srv, tmp_path))
         audit = (srv.data_dir / "audit.log").read_text()
+    with sqlite3.connect(srv.data_dir / "threads.sqlite") as db:  # who was offered what
+        access = set(db.execute("SELECT thread_id, agent_id FROM thread_access"))
     call_id = out["call_id"]
     assert out["roles"] == {"alice": "agent", "carol": "agent", "sue": "supervisor"}
     assert out["calls"] == {"alice": [call_id], "carol": [], "sue": [call_id]}
@@ -153,8 +198,18 @@ def test_roles_scope_what_an_account_sees_and_ending_a_session_is_immediate(
     assert out["carol_board"]["error"]["code"] == "forbidden"
     assert out["accounts_by_agent"] == 403
     assert sorted((a["name"], a["role"]) for a in out["accounts"]["agents"]) == [
-        ("alice", "agent"), ("carol", "agent"), ("root", "admin"), ("sue", "supervisor")]
+        ("alice", "agent"), ("carol", "agent"), ("dave", "agent"), ("root", "admin"),
+        ("sue", "supervisor")]
     assert out["carol_gone_s"] < 1.0 and out["carol_rest"] == 401
+    assert "unauthorized" in out["carol_again"]
+    # the next call rang dave, never carol: no offer reached her, none was recorded for her
+    ids = {a["name"]: a["agentId"] for a in out["accounts"]["agents"]}
+    second = out["second"]
+    assert out["second_accept"] == {"ok": True} and out["second_hangup"] == {"ok": True}
+    assert out["sipp2_ok"] is True, out["sipp2_ok"]
+    assert out["carol_offers"] == []
+    assert (second["threadId"], ids["dave"]) in access
+    assert not any(agent == ids["carol"] for _, agent in access), access
     assert out["logout"] == (200, {"ok": True})
     assert out["sue_gone_s"] < 1.0 and out["sue_rest"] == 401
     assert out["promote"][0] == 200 and out["promote"][1]["agent"]["role"] == "supervisor"

@@ -6,6 +6,7 @@ in ``X-`` headers. Anything unsigned, tampered, expired or badly signed is 403."
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import hashlib
 import json
@@ -23,6 +24,7 @@ import jwt
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
+from vonage_jwt.verify_jwt import verify_signature  # type: ignore[import-untyped]
 
 from hitl_sip.cli import main
 from hitl_sip.config import Config, load_config
@@ -198,6 +200,43 @@ def test_a_vonage_token_that_is_forged_tampered_or_stale_is_forbidden(
     assert raised.value.status == 403
     assert reason in str(raised.value)
 
+
+
+# Vonage's published pair: the token and signature secret of the verification test of
+# Vonage's own Python SDK (github.com/Vonage/vonage-python-sdk, jwt/tests/test_verify_jwt.py,
+# also the key of its ``verify_signature``). HS256; issued 2023-10-18 (iat 1697634680), no
+# payload_hash claim. No Vonage page publishes a webhook token with its secret.
+SDK_TOKEN = ("eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9.eyJpc3MiOiJPbmxpbmUgSldUIEJ1aWxkZXIiLCJp"
+             "YXQiOjE2OTc2MzQ2ODAsImV4cCI6MzMyNTQ1NDA4MjgsImF1ZCI6IiIsInN1YiI6IiJ9.88vJc3I2Hhu"
+             "qEDixHXVhc9R30tA6U_HQHZTC29y6CGM")
+SDK_SECRET = "qwertyuiopasdfghjklzxcvbnm123456"
+SDK_IAT = 1697634680
+
+
+def test_vonages_published_token_verifies_when_fresh_and_is_refused_as_stale_now() -> None:
+    # the SDK itself accepts it with that secret, and refuses another one
+    assert verify_signature(SDK_TOKEN, SDK_SECRET) is True
+    assert verify_signature(SDK_TOKEN, "asdf" * 8) is False
+    # ours: its signature verifies, read as if it had just been issued
+    claims = vonage_claims(SDK_TOKEN, SDK_SECRET, [b"{}"], now=SDK_IAT + 60)
+    assert (claims["iat"], claims["iss"]) == (SDK_IAT, "Online JWT Builder")
+    head, _, signature = SDK_TOKEN.split(".")
+    changed = base64.urlsafe_b64encode(json.dumps(
+        {**claims, "sub": "someone else"}, separators=(",", ":")).encode()).rstrip(b"=")
+    refused = {
+        "stale": (SDK_TOKEN, SDK_SECRET, None),  # today: issued years ago
+        "wrong secret": (SDK_TOKEN, "asdf" * 8, SDK_IAT + 60),
+        "tampered": (f"{head}.{changed.decode()}.{signature}", SDK_SECRET, SDK_IAT + 60),
+    }
+    reasons = {}
+    for name, (token, secret, now) in refused.items():
+        with pytest.raises(WebhookError) as raised:
+            vonage_claims(token, secret, [b"{}"], now=now)
+        assert raised.value.status == 403
+        reasons[name] = str(raised.value)
+    assert "token too old" in reasons["stale"]
+    assert "bad token signature" in reasons["wrong secret"]
+    assert "bad token signature" in reasons["tampered"]
 
 # --- the routes -----------------------------------------------------------------------------
 
