@@ -18,8 +18,9 @@ Measured in a steady window of ``--seconds``:
   with nothing to send while the agent's audio was flowing (``hitl_sip_pcm_underruns_total
   {direction="to_caller"}``); over the frames of the window;
 - and what the callers saw: RTP sequence gaps and inter-arrival gaps over 60 ms;
-- the worker's garbage-collector pauses in the window (``hitl_sip_gc_pause_seconds``: how
-  many, how many over 5 and 20 ms); ``HITL_SIP_GC=stock`` in the environment runs the
+- the garbage-collector pauses in the window of the worker (``hitl_sip_gc_pause_seconds``)
+  and of the hub (``hitl_sip_hub_gc_pause_seconds``): how many, how many over 5 and 20 ms;
+  ``HITL_SIP_GC=stock`` in the environment runs the
   server with CPython's collector settings for comparison (:mod:`hitl_sip.gctune`).
 
 The callers and agents share this machine's two cores with the server.
@@ -82,11 +83,16 @@ def caller_view(caller: RtpCaller, start: float, end: float) -> dict[str, int]:
 
 
 def gc_pauses(srv: Server) -> dict[str, float]:
-    """The worker's garbage-collector pauses so far (``hitl_sip_gc_pause_seconds``)."""
-    name = "hitl_sip_gc_pause_seconds_bucket"
-    total = srv.metric(name, le="+Inf")
-    return {"gc_pauses": total, "gc_over_5ms": total - srv.metric(name, le="0.005"),
-            "gc_over_20ms": total - srv.metric(name, le="0.02")}
+    """The garbage-collector pauses so far of the workers (``gc_*``) and of the hub
+    (``hub_gc_*``): all, over 5 ms, over 20 ms."""
+    pauses: dict[str, float] = {}
+    for prefix, name in (("gc", "hitl_sip_gc_pause_seconds_bucket"),
+                         ("hub_gc", "hitl_sip_hub_gc_pause_seconds_bucket")):
+        total = srv.metric(name, le="+Inf")
+        pauses |= {f"{prefix}_pauses": total,
+                   f"{prefix}_over_5ms": total - srv.metric(name, le="0.005"),
+                   f"{prefix}_over_20ms": total - srv.metric(name, le="0.02")}
+    return pauses
 
 
 def relay_process(srv: Server) -> psutil.Process | None:
@@ -164,9 +170,10 @@ async def measure(srv: Server, codec: str, seconds: float) -> dict[str, Any]:
         "to_caller_frames": total["from_agent_frames"],
         "window_frames_per_direction": window_frames,
         "to_caller_late_pct_in_window": round(100 * underruns / window_frames, 3),
-        "gc_pauses": int(after["gc_pauses"] - before["gc_pauses"]),
-        "gc_pauses_over_5ms": int(after["gc_over_5ms"] - before["gc_over_5ms"]),
-        "gc_pauses_over_20ms": int(after["gc_over_20ms"] - before["gc_over_20ms"]),
+        **{f"{prefix}_pauses{tail}": int(after[f"{prefix}_{key}"] - before[f"{prefix}_{key}"])
+           for prefix in ("gc", "hub_gc")
+           for key, tail in (("pauses", ""), ("over_5ms", "_over_5ms"),
+                             ("over_20ms", "_over_20ms"))},
         "callers": views,
         "agent_frames_heard": heard,
     }
@@ -221,8 +228,10 @@ def main(argv: list[str] | None = None) -> int:
               f"agent->caller underruns {r['to_caller_underruns_in_window']}/"
               f"{r['window_frames_per_direction']} ticks ({r['to_caller_late_pct_in_window']}"
               f" %), dropped {r['to_caller_dropped']}/{r['to_caller_frames']}")
-        print(f"      worker GC pauses in the window: {r['gc_pauses']}, over 5 ms "
-              f"{r['gc_pauses_over_5ms']}, over 20 ms {r['gc_pauses_over_20ms']}")
+        for who, prefix in (("worker", "gc"), ("hub", "hub_gc")):
+            print(f"      {who} GC pauses in the window: {r[f'{prefix}_pauses']}, over 5 ms "
+                  f"{r[f'{prefix}_pauses_over_5ms']}, over 20 ms "
+                  f"{r[f'{prefix}_pauses_over_20ms']}")
         print(f"      at the callers: {r['callers']}")
     return 0
 
