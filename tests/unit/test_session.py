@@ -234,6 +234,19 @@ async def test_digits_typed_ahead_are_consumed_in_order_by_the_menu_then_its_rep
         assert r.kinds("handoff_requested")[0]["reason"] == "dtmf '0' at menu"
 
 
+async def test_a_digit_pressed_during_a_barge_in_prompt_stops_it_and_is_taken() -> None:
+    async with running(Rig(ms_per_char=SLOW_TTS)) as r:
+        await until(lambda: r.session._current is not None and r.session._current.barge_in)
+        menu = r.session._current
+        assert menu is not None and not menu.done.done()
+        await r.session.on_dtmf("0")
+        await until(lambda: state(r) is SessionState.QUEUED)
+        assert menu.done.result() is False, "the menu prompt was cut, not played out"
+        assert r.bot_said() == ["Welcome.", "Press zero for a person.", "Please hold."]
+        assert "Still there?" not in r.bot_said()
+        assert r.kinds("handoff_requested")[0]["reason"] == "dtmf '0' at menu"
+
+
 async def test_a_node_with_type_ahead_off_drops_digits_pressed_before_it_listens() -> None:
     flow = FLOW.replace("    timeout: 0.3\n", "    timeout: 0.3\n    type_ahead: false\n")
     assert "type_ahead: false" in flow
