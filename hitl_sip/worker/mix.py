@@ -11,11 +11,20 @@ its own voice:
 * a supervisor hears the caller, the agents and the other supervisors who talk.
 
 Mixing adds no buffering beyond one frame: each listener keeps, per other talker, a queue
-of at most two 20 ms frames (:class:`Taps`), and sums what is queued into its main input
+of at most two 20 ms frames (:class:`Taps`), and sums one queued frame into its main input
 when its own clock takes a frame — the agent's track when aiortc pulls, the caller's
 output when the agent's frame arrives (or, the agent silent, when another talker's
-does). A talker that is not audible to a listener has no queue there, so a mode switch
-takes effect at the next frame.
+does). The talker's frames come on another clock, with jitter: two may land between two
+of the listener's ticks, then none. The second place holds that frame instead of
+overwriting the first; the oldest frame goes when a third comes, so the queue holds at
+most one frame of standing delay (20 ms). Measured (tests/integration/test_supervision.py,
+loopback, a supervisor barging): with one place 14 of 101 frames of the supervisor were
+missing at the caller's ear (17 frames overwritten, 19 empty ticks in ~860 mixes); with
+two, none of 100 missing, none overwritten, and at the mix the queue held one frame (no
+standing delay) in 373-850 of the mixes and two (one frame of standing delay) in 8-482,
+depending on the phase of the two clocks. A talker that is not audible to a listener has
+no queue there, so a mode switch takes effect at the next frame (2-32 ms from the
+``monitor_mode`` request to the ear, measured there).
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ the call's worker, and what each agent is told."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -66,8 +67,7 @@ async def test_monitoring_ends_with_the_call(rig: Rig) -> None:
     await held_by_alice(rig)
     sue = await rig.agent("sue")
     await rig.ask("monitor_call", {"callId": "c1", "mode": "barge"}, sid=sue)
-    await rig.hub.publish("call_ended", {"type": "call_ended", "callId": "c1",
-                                         "outcome": "completed", "by": "caller"})
+    await rig.hub.publish(w.CallEndedMsg(call_id="c1", outcome="completed", by="caller"))
     assert [e["reason"] for e in got(rig, "call_ended", sue)] == ["monitoring_over"]
     assert legs(rig) == [("sue", "barge", False)]  # the worker closed it with the call
 
@@ -96,11 +96,9 @@ async def test_a_cold_transfer_rings_the_target_with_the_conversation(rig: Rig) 
     assert [n.text for n in rig.hub.notices] == ["Transferred to Bob"]
     await rig.ask("webrtc_offer", {"callId": "c1", "sdp": "v=0\r\n"}, sid=bob)
     assert rig.hub.commands[-1].leg == "bob"  # type: ignore[union-attr]
-    await rig.hub.publish("leg_media", {"type": "leg_media", "callId": "c1", "leg": "bob",
-                                        "flowing": True, "primary": False})
+    await rig.hub.publish(w.LegMedia(call_id="c1", leg="bob", flowing=True, primary=False))
     assert len(got(rig, "call_connected", bob)) == 1  # bob hears the call: connected
-    await rig.hub.publish("leg_media", {"type": "leg_media", "callId": "c1", "leg": "bob",
-                                        "flowing": True, "primary": True})
+    await rig.hub.publish(w.LegMedia(call_id="c1", leg="bob", flowing=True, primary=True))
     assert [e["reason"] for e in got(rig, "call_ended", "sid-alice")] == ["transferred"]
     assert rig.agents.router.offers["c1"].accepted_by == "bob"
     assert call.agent_id == "bob"
@@ -149,9 +147,46 @@ async def test_a_call_back_with_the_bot_closes_a_joined_target_s_leg(rig: Rig) -
     bob = await rig.agent("bob")
     await rig.ask("transfer_call", {"callId": "c1", "to": {"agentId": "bob"}, "mode": "warm"})
     await rig.ask("accept_call", {"callId": "c1"}, sid=bob)
-    await rig.hub.publish("session_state", {"type": "session_state", "callId": "c1",
-                                            "state": "bot"})
+    await rig.hub.publish(w.SessionStateMsg(call_id="c1", thread_id="t1", state=CallState.BOT,
+                                            at="x"))
     assert legs(rig) == [("bob", "agent", False), ("bob", None, False)]
     assert [(e["reason"], e["by"]) for e in got(rig, "call_ended", bob)] == [
         ("returned", "system")]
     assert rig.agents.router.agents["bob"].active_call is None
+
+
+async def test_a_transfer_nobody_answers_fails_with_no_answer_and_the_call_stays(
+    rig: Rig,
+) -> None:
+    await held_by_alice(rig)
+    bob = await rig.agent("bob")
+    rig.agents.router.ring_timeout = 0.05
+    failed = asyncio.Event()
+    emit = rig.server.emit
+
+    async def watched(event: str, data: Any = None, to: str | None = None,
+                      **kw: Any) -> None:
+        await emit(event, data, to, **kw)
+        if event == "transfer_failed":
+            failed.set()
+
+    rig.server.emit = watched  # type: ignore[method-assign]
+    loop = asyncio.get_running_loop()
+    asked = loop.time()
+    assert await rig.ask("transfer_call", {"callId": "c1", "to": {"agentId": "bob"},
+                                           "mode": "cold", "note": "refund"}) == {"ok": True}
+    assert got(rig, "incoming_call", bob)[-1]["ringTimeoutSec"] == 0.05
+    await asyncio.wait_for(failed.wait(), 5)  # bob never answers
+    assert loop.time() - asked >= 0.05
+    assert got(rig, "transfer_failed", "sid-alice") == [{"callId": "c1", "reason": "no_answer"}]
+    assert [c["reason"] for c in got(rig, "call_cancelled", bob)] == ["ring_timeout"]
+    assert not got(rig, "transfer_failed", bob)
+    # the call stays with alice: nobody joined, she may hand it over again
+    assert rig.agents.router.offers["c1"].accepted_by == "alice"
+    assert rig.hub.registry.calls["c1"].agent_id == "alice"
+    assert not legs(rig) and not rig.hub.notices
+    assert rig.agents.supervision.transfers_done.get(mode="cold", outcome="no_answer") == 1
+    late = await rig.ask("accept_call", {"callId": "c1"}, sid=bob)
+    assert "error" in late  # the ring is over for bob
+    assert await rig.ask("transfer_call", {"callId": "c1", "to": {"agentId": "bob"},
+                                           "mode": "cold"}) == {"ok": True}
