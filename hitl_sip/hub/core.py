@@ -479,6 +479,12 @@ class Hub:
         if call is not None and call.state is CallState.HUMAN:
             call.human_transcript.append(TranscriptLine(role=m.role, text=m.text, at=m.at))
             del call.human_transcript[:-HUMAN_TRANSCRIPT_MAX]
+        elif (call is not None and call.state is CallState.QUEUED
+              and m.role in (Role.BOT, Role.CALLER)):
+            # what the bot says after the handoff's snapshot (the agent node's own message,
+            # spoken once the handoff is sent) belongs to the conversation an agent is shown
+            call.bot_transcript.append(TranscriptLine(role=m.role, text=m.text, at=m.at))
+            del call.bot_transcript[:-HUMAN_TRANSCRIPT_MAX]
         if await self.store.add(turn):
             self.turns_stored.inc(role=turn.role)
             if self.outbox is not None:

@@ -46,6 +46,7 @@ from hitl_sip.protocol.worker import (
     Hello,
     Role,
     TranscriptLine,
+    TurnMsg,
 )
 from tests.unit.test_protocol_sockets import FakeAuth
 
@@ -474,3 +475,23 @@ def test_an_endpoint_answer_nested_or_shaped_as_it_likes_is_refused_as_malformed
     with pytest.raises(SummaryError) as refused:
         _content(answer)
     assert refused.value.reason == "malformed"
+
+
+async def test_what_the_bot_says_after_the_handoff_joins_the_conversation_agents_are_shown(
+        stand_in: tuple[StandIn, str], desks: list[Desk], tmp_path: Path) -> None:
+    _, url = stand_in
+    desk = await Desk.open(tmp_path, url, budget=0.05)
+    desks.append(desk)
+    await desk.handoff()
+    said = TurnMsg(call_id="c1", thread_id="t1", role=Role.BOT, text="Please hold.",
+                   at="2026-12-05T10:01:01Z", seq=len(TRANSCRIPT) + 1)
+    await desk.hub.on_worker_message("w1", said)
+    call = desk.registry.calls["c1"]
+    assert [t.text for t in call.bot_transcript] == [
+        *(t.text for t in TRANSCRIPT), "Please hold."]
+    call.state = CallState.HUMAN  # once an agent has it, the agents' lines go elsewhere
+    await desk.hub.on_worker_message("w1", TurnMsg(
+        call_id="c1", thread_id="t1", role=Role.AGENT, text="Hello, Ann here.",
+        at="2026-12-05T10:02:00Z", seq=len(TRANSCRIPT) + 2))
+    assert call.bot_transcript[-1].text == "Please hold."
+    assert [t.text for t in call.human_transcript] == ["Hello, Ann here."]
