@@ -18,6 +18,7 @@ import os
 import socket
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Awaitable
 from typing import Any
 
@@ -32,7 +33,7 @@ from hitl_sip.hub.sessions import audit
 from hitl_sip.hub.summary import Summaries, config_secrets
 from hitl_sip.hub.threads import ThreadStore, Turn, WrapUpRecord
 from hitl_sip.hub.tokens import parse_secret
-from hitl_sip.protocol.cluster import Accepted, HubEvent, replicated
+from hitl_sip.protocol.cluster import Accepted, HubEvent, Replicated, replicated
 from hitl_sip.protocol.seal import Seal
 from hitl_sip.protocol.worker import (
     CallConnected,
@@ -68,6 +69,8 @@ log = logging.getLogger(__name__)
 Request = WebrtcOffer | WebrtcCandidate | Refer
 
 HUMAN_TRANSCRIPT_MAX = 2000  # lines kept per call for a transfer's target
+CLUSTER_BACKLOG_MAX = 10_000  # call events kept for the other hubs while Redis is away
+CLUSTER_RETRY = (0.25, 5.0)  # first and longest wait between publishing attempts, seconds
 ORPHAN_WORKERS_WAIT = 120.0  # seconds a restarted hub waits for its workers before sweeping
 CALL_STATES = tuple(state.value for state in CallState)
 
@@ -92,6 +95,16 @@ class Hub:
         )
         self.backlog = m.gauge("hitl_sip_alive5_backlog",
                                "Turns stored but not yet acknowledged by alive5")
+        # call events Redis refused, published again in order once it takes them
+        self._unreplicated: deque[tuple[str, Replicated]] = deque()
+        self._replicate_wake = asyncio.Event()
+        self.cluster_backlog = m.gauge(
+            "hitl_sip_hub_cluster_backlog",
+            "Call events not yet published to the other hubs (Redis unreachable)")
+        self.cluster_dropped = m.counter(
+            "hitl_sip_hub_cluster_events_dropped_total",
+            "Call events never published to the other hubs: the oldest, past "
+            "CLUSTER_BACKLOG_MAX while Redis was unreachable")
         c = config.cluster
         self.hub_id = c.hub_id or f"{socket.gethostname()}-{os.getpid()}"
         self.wrapups = m.counter("hitl_sip_hub_wrapups_total",
@@ -134,6 +147,8 @@ class Hub:
             await self.cluster.heartbeat()
             self._spawn(supervised("cluster liveness", self._watch_hubs,
                                    kind="cluster_liveness", restarts=self.task_restarts))
+            self._spawn(supervised("cluster backlog", self._replicate_backlog,
+                                   kind="cluster_backlog", restarts=self.task_restarts))
         self._spawn(supervised(
             "retention sweep", lambda: sweep_forever(
                 self.config.resolve_path(self.config.data_dir), self.store,
@@ -343,17 +358,53 @@ class Hub:
     # -- other hubs (cluster) ---------------------------------------------------------------
 
     async def _replicate(self, worker_id: str, message: WorkerMessage) -> None:
+        """Tell the other hubs (Redis) of a call event. When Redis refuses it, the event
+        waits in order behind any other refused one and :meth:`_replicate_backlog`
+        publishes them once Redis takes them again; the worker's link is never held up."""
         if self.cluster is None or not replicated(message):
             return
-        try:
-            if isinstance(message, HandoffRequested | CallEndedMsg):
-                # queued again, or over: claimable again
-                await self.cluster.unclaim(message.call_id)
-            await self.cluster.publish(
-                message, worker_id if isinstance(message, CallStarted) else None)
-        except (ConnectionError, OSError, RedisError) as e:
-            log.error("[call %s] cluster: %s not published: %s", message.call_id,
-                      message.type, e)
+        if not self._unreplicated:
+            try:
+                await self._publish_to_cluster(worker_id, message)
+                return
+            except (ConnectionError, OSError, RedisError) as e:
+                log.error("[call %s] cluster: %s not published (%s)%s", message.call_id,
+                          message.type, e, "" if isinstance(message, Interim)
+                          else "; kept, published again once Redis is back")
+        if isinstance(message, Interim):
+            return  # a live caption: stale by the time Redis is back, its final follows
+        if len(self._unreplicated) >= CLUSTER_BACKLOG_MAX:
+            self._unreplicated.popleft()
+            self.cluster_dropped.inc()
+        self._unreplicated.append((worker_id, message))
+        self.cluster_backlog.set(len(self._unreplicated))
+        self._replicate_wake.set()
+
+    async def _publish_to_cluster(self, worker_id: str, message: Replicated) -> None:
+        assert self.cluster is not None
+        if isinstance(message, HandoffRequested | CallEndedMsg):
+            # queued again, or over: claimable again
+            await self.cluster.unclaim(message.call_id)
+        await self.cluster.publish(
+            message, worker_id if isinstance(message, CallStarted) else None)
+
+    async def _replicate_backlog(self) -> None:
+        """Publish the events Redis refused, oldest first, retrying with backoff."""
+        delay = CLUSTER_RETRY[0]
+        while True:
+            await self._replicate_wake.wait()
+            while self._unreplicated:
+                worker_id, message = self._unreplicated[0]
+                try:
+                    await self._publish_to_cluster(worker_id, message)
+                except (ConnectionError, OSError, RedisError):
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, CLUSTER_RETRY[1])
+                    continue
+                self._unreplicated.popleft()
+                self.cluster_backlog.set(len(self._unreplicated))
+                delay = CLUSTER_RETRY[0]
+            self._replicate_wake.clear()
 
     async def _on_cluster_event(self, hub: str, message: HubEvent,
                                 worker_id: str | None = None) -> None:
