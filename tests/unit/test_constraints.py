@@ -41,3 +41,11 @@ def test_every_dependency_is_pinned_within_its_specifier() -> None:
 def test_the_bootstrap_installs_with_the_constraints() -> None:
     script = (ROOT / "scripts" / "bootstrap.sh").read_text()
     assert "pip install -q -c constraints.txt -e '.[dev,azure]'" in script
+
+
+def test_the_docker_image_installs_with_the_constraints() -> None:
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    copied = [line for line in dockerfile.splitlines() if line.startswith("COPY ")]
+    assert any("constraints.txt" in line.split() for line in copied)
+    installs = [line for line in dockerfile.splitlines() if "pip install" in line]
+    assert installs and all("-c constraints.txt" in line for line in installs)
