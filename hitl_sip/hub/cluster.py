@@ -38,6 +38,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -77,6 +78,17 @@ OnEvent = Callable[[str, HubEvent, str | None], Awaitable[None]]  # hub, event, 
 OnCommand = Callable[[HubCommand, bool], Awaitable[bool | Reply | None]]
 
 
+def shown_url(url: str) -> str:
+    """``url`` without its user and password (``redis://:PASSWORD@host`` → ``redis://host``)
+    and query: what a log line may carry."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
 class Cluster:
     def __init__(self, url: str, hub_id: str, seal: Seal,
                  on_refused: Callable[[str], None] | None = None) -> None:
@@ -105,7 +117,7 @@ class Cluster:
         self._task = asyncio.create_task(
             supervised("cluster listener", self._listen, kind="cluster_listener"),
             name="cluster")
-        log.info("hub %s joined the cluster at %s", self.hub_id, self.url)
+        log.info("hub %s joined the cluster at %s", self.hub_id, self.where)
 
     async def close(self) -> None:
         if self._task is not None:
@@ -118,6 +130,11 @@ class Cluster:
             with contextlib.suppress(Exception):
                 await self._pubsub.aclose()
         await self.redis.aclose()
+
+    @property
+    def where(self) -> str:
+        """The Redis URL as logs may show it: no password, no query (a CA path, options)."""
+        return shown_url(self.url)
 
     @staticmethod
     def _channel(hub_id: str) -> str:
@@ -158,7 +175,7 @@ class Cluster:
                     continue
                 backoff = 1.0
                 log.warning("cluster: subscribed again at %s (events published meanwhile "
-                            "are lost)", self.url)
+                            "are lost)", self.where)
             try:
                 message = await self._pubsub.get_message(ignore_subscribe_messages=True,
                                                          timeout=1.0)

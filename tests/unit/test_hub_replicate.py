@@ -1,5 +1,5 @@
 """Call events for the other hubs while Redis is away: kept in order and published once
-Redis takes them again; the worker's messages are applied meanwhile."""
+Redis takes them again; the worker's messages are applied meanwhile. Redis URLs in logs."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from hitl_sip.config import load_config
 from hitl_sip.hub import core
+from hitl_sip.hub.cluster import shown_url
 from hitl_sip.hub.core import Hub
 from hitl_sip.hub.registry import WorkerRegistry
 from hitl_sip.hub.threads import ThreadStore
@@ -110,3 +111,14 @@ async def test_the_backlog_is_bounded_oldest_first_and_counted(
         await hub.on_worker_message("w1", turn(seq))
     assert [m for _, m in hub._unreplicated] == [turn(2), turn(3)]
     assert hub.cluster_dropped.get() == 1
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("redis://:s3cret@10.0.0.5:6379/0", "redis://10.0.0.5:6379/0"),
+    ("rediss://hub:s3cret@redis.example:6380/1?ssl_ca_certs=/etc/ca.pem",
+     "rediss://redis.example:6380/1"),
+    ("redis://[::1]:6379", "redis://[::1]:6379"),
+])
+def test_a_redis_url_is_logged_without_its_password_or_query(url: str, shown: str) -> None:
+    assert shown_url(url) == shown
+    assert "s3cret" not in shown_url(url)
