@@ -16,7 +16,6 @@ engines cache by (text, voice, rate). Errors raise SpeechError with ``retryable`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -54,24 +53,6 @@ class SttStream(Protocol):
     async def aclose(self) -> None: ...
 
     def __aiter__(self) -> AsyncIterator[SpeechEvent]: ...
-
-
-async def end_stream(stream: SttStream | None, reader: asyncio.Task[None] | None,
-                     flush_timeout: float) -> None:
-    """End a recogniser's input, give its reader ``flush_timeout`` to take the final
-    transcript of the last words, then stop the reader and close the stream."""
-    if stream is None:
-        return
-    if reader is not None:
-        with contextlib.suppress(Exception):
-            stream.end_input()
-        with contextlib.suppress(asyncio.CancelledError, TimeoutError, SpeechError):
-            await asyncio.wait_for(asyncio.shield(reader), flush_timeout)
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError, SpeechError):
-            await reader
-    with contextlib.suppress(Exception):
-        await stream.aclose()
 
 
 @runtime_checkable

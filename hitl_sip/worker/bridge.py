@@ -325,7 +325,7 @@ class AgentAudio:
         #: asked at each packet of a lean G.711 leg's (hitl_sip.worker.lean): where its
         #: payload may go as it is, without its frame taking :attr:`deliver`'s path — the
         #: call's relay stream to the trunk while this agent is heard alone
-        #: (HumanLeg.agent_to_trunk); its frames then go to :attr:`deliver_sent`
+        #: (CallSession.agent_to_trunk); its frames then go to :attr:`deliver_sent`
         self.to_trunk: Callable[[], TrunkOut | None] = _nowhere
         self.deliver_sent: Callable[[bytes], None] = deliver
         self.stats = stats or BridgeStats()

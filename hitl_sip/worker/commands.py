@@ -4,8 +4,7 @@ Per command, everything that happens: what the worker does with the call's media
 agent's WebRTC offer or candidate, an extra leg, a REFER, the agent's peer closed when the
 agent leaves or hands the call back) and what the call's session changes
 (:class:`~hitl_sip.worker.session.CallSession`: queue timeout, the external engine's words
-or handoff, hang-up, the agent joining, leaving, handing back; its
-:class:`~hitl_sip.worker.humanleg.HumanLeg`: muting).
+or handoff, hang-up, the agent joining, leaving, handing back, muting).
 
 Every command becomes tasks spawned in the order the hub sent them, so a command's guard
 (``agent_joined`` only while QUEUED, ...) is checked when its turn comes, after the ones
@@ -82,4 +81,4 @@ def dispatch(worker: WorkerService, call: CallRuntime, command: HubCommand) -> N
             spawn(_in_turn(session.agent_joined))
         case Mute() if session is not None:
             muted = command.muted
-            spawn(_in_turn(lambda: session.human.mute(muted)))
+            spawn(_in_turn(lambda: session.mute(muted)))

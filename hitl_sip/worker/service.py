@@ -74,7 +74,6 @@ from hitl_sip.worker.events import (
     WorkerEvent,
 )
 from hitl_sip.worker.hublink import HubLink
-from hitl_sip.worker.humanleg import HumanLeg
 from hitl_sip.worker.metrics import WorkerMetrics
 from hitl_sip.worker.peer import AgentPeer, PeerSettings
 from hitl_sip.worker.pjsip import PjStack, StackInfo, StackSettings
@@ -442,11 +441,11 @@ class WorkerService:
                 raise ValueError("the call has no media yet")
             await self.close_peer(call)
             peer = AgentPeer(call.call_id, self.peer_settings,
-                             on_agent_frame=session.human.on_agent_frame,
+                             on_agent_frame=session.on_agent_frame,
                              on_media=lambda flowing: self._on_agent_media(call, flowing))
             call.peer = peer
             _route_agent(peer, session)
-            session.human.attach_agent(peer.caller_track.push, peer.caller_track.taps)
+            session.attach_agent(peer.caller_track.push, peer.caller_track.taps)
             try:
                 sdp = await peer.answer(command.sdp)
             except Exception:
@@ -467,7 +466,7 @@ class WorkerService:
         """The agent's audio started or stopped: the session switches what the caller
         hears, the hub learns it (call_connected / peer_lost)."""
         if call.session is not None:
-            call.session.human.agent_media(flowing)
+            call.session.agent_media(flowing)
         call.event("agent_media", flowing=flowing)
         if flowing:
             self._notify(CallConnected(call_id=call.call_id, at=now_iso()))
@@ -487,7 +486,7 @@ class WorkerService:
             return
         call.leg_roles[command.leg] = command.role
         if command.leg in call.legs and call.session is not None:
-            call.session.human.set_leg_role(command.leg, command.role)
+            call.session.set_leg_role(command.leg, command.role)
         if command.primary:
             call.promote = command.leg
             peer = call.legs.get(command.leg)
@@ -501,13 +500,12 @@ class WorkerService:
         relay = self.stack.relay_of(call.call_id) if self.stack is not None else None
         if relay is None or str(call.codec or "").upper() not in ("PCMU", "PCMA"):
             return
-        human = session.human  # the relay's thread calls it directly
-        relay.to_agent = human.relay_caller_frame
-        relay.direct = lambda pt, packet: _direct_to_agent(call, human, pt, packet)
+        relay.to_agent = session.relay_caller_frame
+        relay.direct = lambda pt, packet: _direct_to_agent(call, session, pt, packet)
         stack = self.stack
         if stack is not None:
             relay.on_carry = lambda carries: stack.relay_carries(call.call_id, carries)
-        human.relay = relay
+        session.relay = relay
         relay.disarm()
         call_logger(log, call.call_id).info("relay in front of pjmedia: the bridged audio "
                                             "skips the conference tick")
@@ -523,14 +521,13 @@ class WorkerService:
             if role is None:
                 raise ValueError(f"no leg {name} on this call")
             await self._close_leg(call, name)  # a renegotiation replaces the peer
-            human = session.human
 
             def frame(pcm: bytes) -> None:
-                human.on_leg_frame(name, pcm)
+                session.on_leg_frame(name, pcm)
             peer = AgentPeer(call.call_id, self.peer_settings, on_agent_frame=frame,
                              on_media=lambda flowing: self._on_leg_media(call, name, flowing))
             call.legs[name] = peer
-            human.add_leg(name, role, peer.caller_track.push, peer.caller_track.taps)
+            session.add_leg(name, role, peer.caller_track.push, peer.caller_track.taps)
             try:
                 answer = await peer.answer(sdp)
             except Exception:
@@ -560,7 +557,7 @@ class WorkerService:
         old, call.peer = call.peer, peer
         _route_agent(peer, session)
         peer.on_media = lambda flowing: self._on_agent_media(call, flowing)
-        session.human.promote_leg(name, peer.caller_track.push, peer.caller_track.taps)
+        session.promote_leg(name, peer.caller_track.push, peer.caller_track.taps)
         call.event("promoted", leg=name)
         call_logger(log, call.call_id).info("leg %s is the call's agent now", name)
         self._notify(LegMedia(call_id=call.call_id, leg=name, flowing=True, primary=True))
@@ -572,7 +569,7 @@ class WorkerService:
     async def _close_leg(self, call: CallRuntime, name: str) -> None:
         peer = call.legs.pop(name, None)
         if call.session is not None:
-            await call.session.human.remove_leg(name)
+            await call.session.remove_leg(name)
         if peer is not None:
             with contextlib.suppress(Exception):
                 await peer.close()
@@ -582,7 +579,7 @@ class WorkerService:
         if peer is None:
             return
         if call.session is not None:
-            call.session.human.detach_agent()
+            call.session.detach_agent()
         await self._retire_peer(call, peer)
 
     async def _retire_peer(self, call: CallRuntime, peer: AgentPeer) -> None:
@@ -592,9 +589,8 @@ class WorkerService:
         stats = dataclasses.asdict(peer.stats)
         stats["codec"] = peer.codec
         if call.session is not None:
-            human = call.session.human
-            stats["from_agent_dropped"] += human.agent_frames_dropped
-            human.agent_frames_dropped = 0
+            stats["from_agent_dropped"] += call.session.agent_frames_dropped
+            call.session.agent_frames_dropped = 0
         call.bridge.append(stats)
         for key in ("to_agent_frames", "to_agent_silence", "to_agent_trimmed",
                     "from_agent_frames", "from_agent_dropped"):
@@ -793,7 +789,7 @@ class WorkerService:
         received, lost = int(rx.packetsReceived), max(0, int(rx.packetsLost))
         late = peer.stats.from_agent_dropped
         if name == "agent" and call.session is not None:
-            late += call.session.human.agent_frames_dropped
+            late += call.session.agent_frames_dropped
         meter = call.meters.setdefault(f"{name}:{id(peer)}", LegMeter(peer.codec))
         figures = meter.read(expected=received + lost, lost=lost,
                              frames=peer.stats.from_agent_frames + late, late=late,
@@ -900,28 +896,27 @@ class WorkerService:
 
 
 def _route_agent(peer: AgentPeer, session: CallSession | None) -> None:
-    """The agent's frames to the session's human leg (None: nowhere, a transfer's previous
-    agent); a lean leg's packets to the trunk as they come while the human leg allows it."""
+    """The agent's frames to the session (None: nowhere, a transfer's previous agent);
+    a lean leg's packets to the trunk as they come while the session allows it."""
     audio = peer.agent_audio
     if session is None:
         audio.deliver = audio.deliver_sent = lambda pcm: None
         audio.to_trunk = lambda: None
         return
-    human = session.human  # per frame: its methods, no layer in between
-    audio.deliver = human.on_agent_frame
-    audio.deliver_sent = human.agent_frame_sent
-    audio.to_trunk = human.agent_to_trunk
+    audio.deliver = session.on_agent_frame
+    audio.deliver_sent = session.agent_frame_sent
+    audio.to_trunk = session.agent_to_trunk
 
 
-def _direct_to_agent(call: CallRuntime, human: HumanLeg, pt: int,
+def _direct_to_agent(call: CallRuntime, session: CallSession, pt: int,
                      packet: bytes) -> Sender | bool:
     """On the relay's thread, for a G.711 packet of the caller's while the relay's C core
     is not armed: True when the loop need not see it because nobody takes caller frames
     now (the bot phase, an agent not there yet); the agent's lean leg's sender when it
     went there from here; False: the loop hands the frame on (aiortc's path, or the agent
     hears another talker mixed in). The verdict arms the core (relay.py) until the
-    human leg disarms it (HumanLeg.relay_changed) — the lean leg's closing too."""
-    push = human.agent_push
+    session disarms it (CallSession.relay_changed) — the lean leg's closing too."""
+    push = session.agent_push
     if push is None:
         return True
     peer = call.peer

@@ -17,10 +17,6 @@ transcribing. Every bot utterance and every caller final becomes a turn; a digit
 ``[pressed N]`` turn — ``[pressed •]`` unless the flow node it goes to says ``safe_digits``
 (a menu): digits pressed for an agent or an external engine, or at a node collecting a
 number, are never kept; digits pressed on hold reach only the call record, masked too.
-
-The human phase's media (the agent's audio both ways, mute, the agent's recogniser, the
-extra legs, the relay) is the session's :class:`~hitl_sip.worker.humanleg.HumanLeg`
-(``session.human``); the hub's commands reach both through hitl_sip.worker.commands.
 """
 
 from __future__ import annotations
@@ -40,18 +36,22 @@ import numpy as np
 from hitl_sip.bot.actions import Action, BotDialog, Handoff, Hangup, Listen, Say
 from hitl_sip.errors import HitlSipError, SpeechError
 from hitl_sip.log import call_logger, now_iso
-from hitl_sip.media.buffers import BufferClosed, FrameBuffer
+from hitl_sip.media._rtpcore import TrunkOut
+from hitl_sip.media.buffers import BufferClosed, FrameBuffer, LeadKeeper
 from hitl_sip.media.wav import load_pcm
 from hitl_sip.protocol import worker as wire
-from hitl_sip.protocol.worker import CallState, Msg
-from hitl_sip.speech.base import SpeechEventType, SttEngine, SttStream, TtsEngine, end_stream
-from hitl_sip.worker.humanleg import HumanLeg
+from hitl_sip.protocol.worker import CallState, LegRole, Msg
+from hitl_sip.speech.base import SpeechEventType, SttEngine, SttStream, TtsEngine
+from hitl_sip.worker.mix import Conference, Leg, Taps
 from hitl_sip.worker.player import Prompt, PromptPlayer
+from hitl_sip.worker.relay import TrunkRelay
 
 log = logging.getLogger(__name__)
 
 MASKED = "•"  # a digit that may not be kept (see CallSession.shown_digit)
 TYPE_AHEAD_MAX = 32  # digits kept while a prompt plays (a flow's longest entry, dtmf_max)
+#: caller frames per wake-up of the loop in a relayed human phase (CallSession._pace_inbound)
+INBOUND_BATCH = 5  # (100 ms: the recogniser and a supervisor-less call need no sooner)
 
 Notify = Callable[[Msg], None]
 
@@ -132,7 +132,7 @@ class CallSession:
         self.state = SessionState.BOT
         self.transcript: list[dict[str, Any]] = []
         self.log = call_logger(log, call_id)
-        self.seq = 0
+        self._seq = 0
         self.player = PromptPlayer(outbound, frame_bytes=settings.frame_bytes,
                                    lead_frames=settings.lead_frames,
                                    on_source_active=self._source_active,
@@ -143,7 +143,7 @@ class CallSession:
         self._typed_ahead: deque[str] = deque(maxlen=TYPE_AHEAD_MAX)
         self._type_ahead_task: asyncio.Task[None] | None = None
         self._voiced_frames = 0
-        self.tasks: list[asyncio.Task[Any]] = []
+        self._tasks: list[asyncio.Task[Any]] = []
         self._actions = asyncio.Lock()
         self._stt_stream: SttStream | None = None
         self._stt_task: asyncio.Task[None] | None = None
@@ -154,12 +154,25 @@ class CallSession:
         self.last_input_kind = ""
         self._fed_seconds = 0.0  # caller audio pushed into STT, on the audio clock
         self.response_latencies: list[tuple[str, float]] = []
+        # the human phase: the bridge's caller-audio input, whether the agent's audio is
+        # flowing, mute, and the agent's own recogniser
+        self._to_agent: Callable[[bytes], None] | None = None
+        # with worker.trunk_relay: the caller's frames for the agent come from the relay as
+        # the trunk's packets arrive, and the agent's go to the trunk through it
+        self.relay: TrunkRelay | None = None
+        self._agent_media = False
+        self.agent_muted = False
+        self.agent_frames_dropped = 0
         self._bot_since = 0.0  # caller audio time (s) when the bot last took the call back
+        # the agent's audio ahead of the trunk clock, bounded and kept short
+        self._agent_lead = LeadKeeper(settings.agent_lead_frames)
+        self._agent_stt: SttStream | None = None
+        self._agent_stt_task: asyncio.Task[None] | None = None
         # a flow's recording consent notice, played before the flow; then on_consent
         self.consent: Say | None = None
         self.on_consent: Callable[[], None] = lambda: None
-        # the human phase's media: the agent, the extra legs (hitl_sip.worker.humanleg)
-        self.human = HumanLeg(self)
+        # supervisors and a transfer's target: extra legs (hitl_sip.worker.mix)
+        self.conference = Conference(self._to_caller, self._primary_driving)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -171,8 +184,8 @@ class CallSession:
         if self.stt is not None:
             self._stt_stream = self.stt.stream(self.settings.clock_rate)
             self._stt_task = loop.create_task(self._read_stt(), name=f"stt-{self.call_id}")
-        self.tasks.append(loop.create_task(self._feed(), name=f"feed-{self.call_id}"))
-        self.tasks.append(loop.create_task(self._play(audio_ready), name=f"play-{self.call_id}"))
+        self._tasks.append(loop.create_task(self._feed(), name=f"feed-{self.call_id}"))
+        self._tasks.append(loop.create_task(self._play(audio_ready), name=f"play-{self.call_id}"))
         self._notify_state()
         if self.consent is not None:  # recording starts once the caller has heard it
             await self._say(self.consent)
@@ -195,12 +208,13 @@ class CallSession:
             self._set_state(SessionState.ENDED)
         self._cancel_listen()
         stream = self._stt_stream
-        for task in self.tasks:
+        for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        # the caller's last words
-        await end_stream(stream, self._stt_task, self.settings.flush_timeout)
-        await self.human.close()  # the agent's and the legs' last words
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._end_stream(stream, self._stt_task)  # the caller's last words
+        await self._stop_agent_stt()
+        for name in list(self.conference.legs):
+            await self.remove_leg(name)
         self.player.close()
 
     # -- state ----------------------------------------------------------------------------
@@ -214,40 +228,56 @@ class CallSession:
             raise IllegalTransition(self.state, new)
         self.log.info("state %s -> %s", self.state.value, new.value)
         self.state = new
-        self.human.pace_inbound()
+        self._pace_inbound()
         self._notify_state()
+
+    def _pace_inbound(self) -> None:
+        """pjmedia's caller frames wake the loop one by one while something needs each at
+        once (barge-in, the agent's ear without a relay, a supervisor's); in a relayed
+        human phase with nobody else on the call they go only to the recogniser, so the
+        loop is woken once for :data:`INBOUND_BATCH` of them."""
+        batched = (self.state is SessionState.HUMAN and self.relay is not None
+                   and not self.conference)
+        self.inbound.wake_at = INBOUND_BATCH if batched else 1
+        self.relay_changed()
+
+    def relay_changed(self) -> None:
+        """Who takes the caller's audio, or what the agent hears with it, may have
+        changed: the relay's C core asks again at the next packet (relay.py)."""
+        if self.relay is not None:
+            self.relay.disarm()
 
     def _notify_state(self) -> None:
         self.notify(wire.SessionStateMsg(call_id=self.call_id, thread_id=self.thread_id,
                                          state=self.state, at=now_iso()))
 
-    def turn(self, role: str, text: str) -> None:
-        self.seq += 1
+    def _turn(self, role: str, text: str) -> None:
+        self._seq += 1
         at = now_iso()
         self.transcript.append({"role": role, "text": text, "at": at})
         self.notify(wire.TurnMsg(call_id=self.call_id, thread_id=self.thread_id,
-                                 role=wire.Role(role), text=text, at=at, seq=self.seq))
+                                 role=wire.Role(role), text=text, at=at, seq=self._seq))
 
-    def interim(self, role: str, text: str) -> None:
+    def _interim(self, role: str, text: str) -> None:
         """A partial result: live captions for the agent on the call (not a thread turn)."""
         if self.state is SessionState.HUMAN:
             self.notify(wire.Interim(call_id=self.call_id, thread_id=self.thread_id,
                                      role=wire.Role(role), text=text, at=now_iso(),
-                                     seq=self.seq + 1))  # the seq its final will have
+                                     seq=self._seq + 1))  # the seq its final will have
 
     def _flush_caller_stt(self) -> None:
         """A phase change: the caller's pending words become a final now, in this phase."""
         stream = self._stt_stream
         if stream is not None:
             task = asyncio.get_running_loop().create_task(stream.flush())
-            self.tasks.append(task)
+            self._tasks.append(task)
 
     # -- inputs ---------------------------------------------------------------------------
 
     async def _feed(self) -> None:
         """Every caller frame goes to STT; while a bargeable prompt plays an energy VAD drives
         barge-in (no per-frame level in the human phase)."""
-        stream, human = self._stt_stream, self.human
+        stream = self._stt_stream
         try:
             while True:
                 frame = await self.inbound.get()
@@ -256,12 +286,11 @@ class CallSession:
                 self._fed_seconds += len(frame) / 2 / self.settings.clock_rate
                 if stream is not None:
                     stream.push_frame(frame)
-                # the agent's ear without a relay, the extra legs' (hitl_sip.worker.humanleg)
-                if (human.to_agent is not None and self.state is SessionState.HUMAN
-                        and human.relay is None):
-                    human.to_agent(frame)
-                if human.conference and self.state is SessionState.HUMAN:
-                    human.conference.caller_frame(frame)
+                if (self._to_agent is not None and self.state is SessionState.HUMAN
+                        and self.relay is None):
+                    self._to_agent(frame)
+                if self.conference and self.state is SessionState.HUMAN:
+                    self.conference.caller_frame(frame)
                 # the energy detector runs only while a prompt the caller may cut plays
                 if self._bargeable() and frame_dbfs(frame) >= self.settings.barge_in_dbfs:
                     self._voiced_frames += 1
@@ -291,12 +320,12 @@ class CallSession:
                     for_bot = not event.audio_time or event.audio_time > self._bot_since
                     await self.on_caller_final(event.text.strip(), for_bot=for_bot)
                 elif event.type is SpeechEventType.INTERIM and event.text.strip():
-                    self.interim("caller", event.text.strip())
+                    self._interim("caller", event.text.strip())
         except SpeechError as e:
             self.log.error("speech recognition stopped: %s (the call goes on, DTMF only)", e)
 
     async def on_caller_final(self, text: str, for_bot: bool = True) -> None:
-        self.turn("caller", text)
+        self._turn("caller", text)
         if self.last_input_at is None:
             self.last_input_at = asyncio.get_running_loop().time()
             self.last_input_kind = "speech"
@@ -316,11 +345,11 @@ class CallSession:
         it goes to the flow now, or typed ahead when a prompt that cannot be interrupted
         plays (or a batch of actions is being prepared)."""
         if self.state is SessionState.HUMAN:
-            self.turn("caller", f"[pressed {self.shown_digit(digit)}]")
+            self._turn("caller", f"[pressed {self.shown_digit(digit)}]")
             return
         if self.state is not SessionState.BOT:
             return
-        self.turn("caller", f"[pressed {self.shown_digit(digit)}]")
+        self._turn("caller", f"[pressed {self.shown_digit(digit)}]")
         if self.runner is None:
             self.last_input_at = asyncio.get_running_loop().time()
             self.last_input_kind = "dtmf"
@@ -358,7 +387,7 @@ class CallSession:
         if self._type_ahead_task is None or self._type_ahead_task.done():
             self._type_ahead_task = asyncio.get_running_loop().create_task(
                 self._drain_type_ahead(), name=f"type-ahead-{self.call_id}")
-            self.tasks.append(self._type_ahead_task)
+            self._tasks.append(self._type_ahead_task)
 
     async def _drain_type_ahead(self) -> None:
         """Give the typed-ahead digits to the flow, in order, each once input is free."""
@@ -430,19 +459,19 @@ class CallSession:
         if self.state is not SessionState.QUEUED:
             return
         self._set_state(SessionState.HUMAN)
-        self.human.start_agent_stt()
-        if self.human.agent_flowing:  # the agent's audio already flows: it replaces the bot
-            self.silence_bot()
+        self._start_agent_stt()
+        if self._agent_media:  # the agent's audio already flows: it replaces the bot
+            self._silence_bot()
 
     async def agent_left(self) -> None:
         """The agent is gone: the call is queued again, on hold."""
         if self.state is not SessionState.HUMAN:
             return
         self._flush_caller_stt()
-        self.human.detach_agent()
+        self.detach_agent()
         self._set_state(SessionState.QUEUED)
-        await self.human.stop_agent_stt()
-        self.ensure_hold()
+        await self._stop_agent_stt()
+        self._ensure_hold()
 
     async def resume(self) -> None:
         """The agent hands the call back to the bot (return_to_bot)."""
@@ -450,26 +479,241 @@ class CallSession:
             return
         self._flush_caller_stt()
         self._bot_since = self._fed_seconds
-        self.human.detach_agent()
+        self.detach_agent()
         self._stop_hold()
         self._set_state(SessionState.BOT)
-        await self.human.stop_agent_stt()
+        await self._stop_agent_stt()
         if self.runner is not None:
             await self._run(self.runner.resume())
 
-    # -- the bot's audio around the human phase ---------------------------------------
+    def mute(self, muted: bool) -> None:
+        """The agent (un)muted: not one more frame of the agent's while muted."""
+        self.agent_muted = muted
+        self.log.info("agent %s", "muted" if self.agent_muted else "unmuted")
+        if self.agent_muted and self.state is SessionState.HUMAN and self._agent_media:
+            self.outbound.clear()
+            self.on_source_active(False)
 
-    def silence_bot(self) -> None:
+    # -- the human phase ------------------------------------------------------------------
+
+    def attach_agent(self, to_agent: Callable[[bytes], None], taps: Taps | None = None,
+                     flowing: bool = False) -> None:
+        """A (new) agent peer: caller frames go to ``to_agent`` while the call is HUMAN;
+        ``taps`` are what else its track mixes in (the extra legs it hears); ``flowing``
+        when its audio already flows (a transfer's target promoted)."""
+        self._to_agent = to_agent
+        self._agent_media = False
+        self.conference.attach_primary(taps)
+        self.relay_changed()
+        if flowing:
+            self.agent_media(True)
+
+    def detach_agent(self) -> None:
+        self._to_agent = None
+        self._agent_media = False
+        self.conference.attach_primary(None)
+        self.relay_changed()
+        self.on_source_active(False)
+
+    def agent_media(self, flowing: bool) -> None:
+        """The agent's audio started (the peer's first frame) or stopped (peer lost)."""
+        if flowing == self._agent_media:
+            return
+        self._agent_media = flowing
+        if self.state is not SessionState.HUMAN:
+            return
+        if flowing:
+            self.log.info("agent audio flowing: it replaces the bot's audio")
+            self._silence_bot()
+        else:
+            self.log.info("agent audio stopped: the caller hears hold audio")
+            self.on_source_active(False)
+            self._ensure_hold()
+
+    def on_agent_frame(self, frame: bytes) -> None:
+        """One 20 ms frame of the agent's voice at the call's rate (from the peer)."""
+        if not self._primary_driving():
+            return
+        if self._agent_stt is not None:
+            self._agent_stt.push_frame(frame)
+        self._to_caller(self.conference.primary_frame(frame) if self.conference else frame)
+
+    def _primary_driving(self) -> bool:
+        """The agent who holds the call is heard now (its frames pace the caller's ear)."""
+        return self.state is SessionState.HUMAN and self._agent_media and not self.agent_muted
+
+    def agent_to_trunk(self) -> TrunkOut | None:
+        """Where a lean leg's packet of the agent's may go as it is, from its C receiver:
+        the relay's stream to the trunk, while the relay carries the agent's frames and
+        the agent who holds the call is heard alone (no supervisor, no second leg mixed
+        in, not muted). None: the frame takes :meth:`on_agent_frame`'s path."""
+        relay = self.relay
+        if relay is None or not relay.carrying or self.conference or not self._primary_driving():
+            return None
+        return relay.out
+
+    def agent_frame_sent(self, frame: bytes) -> None:
+        """A frame of the agent's that went to the trunk as it came (:meth:`agent_to_trunk`):
+        the rest of :meth:`on_agent_frame`'s work — the recogniser, and what the caller
+        hears for the recording."""
+        if self._agent_stt is not None:
+            self._agent_stt.push_frame(frame)
+        self._heard(frame)
+
+    def _to_caller(self, frame: bytes) -> None:
+        """One frame for the caller's ear, at most ``agent_lead_frames`` ahead of the trunk's
+        media clock; with a relay it reaches the trunk now, and pjmedia's copy (what the
+        recording and the quality figures see) is dropped at the relay."""
+        if self.relay is not None:
+            self.relay.send_pcm(frame)
+        self._heard(frame)
+
+    def _heard(self, frame: bytes) -> None:
+        """What the caller hears this frame, for pjmedia's tick (the trunk, or with a relay
+        the recording and the underrun count)."""
+        self.agent_frames_dropped += self._agent_lead.admit(self.outbound)
+        self.outbound.push_nowait(frame)
+        self.on_source_active(True)
+
+    def relay_caller_frame(self, pcm: bytes) -> None:
+        """A caller frame from the relay, as its packet arrived (8 kHz s16le)."""
+        if self._to_agent is not None and self.state is SessionState.HUMAN:
+            self._to_agent(pcm)
+
+    @property
+    def agent_push(self) -> Callable[[bytes], None] | None:
+        """Where caller frames go now (:meth:`relay_caller_frame`; None: nowhere). Read by
+        the relay's thread too."""
+        return self._to_agent if self.state is SessionState.HUMAN else None
+
+    # -- extra legs (supervisors, a transfer's target) ----------------------------------
+
+    def add_leg(self, name: str, role: LegRole, push: Callable[[bytes], None],
+                taps: Taps) -> None:
+        self.conference.add(Leg(name, role, push, taps))
+        self._pace_inbound()
+        self.log.info("leg %s joins as %s", name, role.value)
+        self._leg_stt(name)
+
+    def set_leg_role(self, name: str, role: LegRole) -> bool:
+        leg = self.conference.set_role(name, role)
+        if leg is None:
+            return False
+        self.relay_changed()
+        self.log.info("leg %s now %s", name, role.value)
+        self._leg_stt(name)
+        return True
+
+    async def remove_leg(self, name: str) -> None:
+        leg = self.conference.remove(name)
+        self._pace_inbound()
+        if leg is not None:
+            self.log.info("leg %s leaves", name)
+            stream, task, leg.stt, leg.stt_task = leg.stt, leg.stt_task, None, None
+            await self._end_stream(stream, task)
+
+    def promote_leg(self, name: str, push: Callable[[bytes], None], taps: Taps) -> None:
+        """A transfer's target, flowing as a leg, becomes the call's agent at once; its
+        leg recogniser is ended (the agent's own carries on)."""
+        leg = self.conference.remove(name)
+        self._pace_inbound()
+        self.attach_agent(push, taps, flowing=True)
+        if leg is not None and leg.stt is not None:
+            task = asyncio.get_running_loop().create_task(
+                self._end_stream(leg.stt, leg.stt_task))
+            self._tasks.append(task)
+
+    def on_leg_frame(self, name: str, frame: bytes) -> None:
+        """One 20 ms frame of an extra leg's voice at the call's rate."""
+        if self.state is SessionState.HUMAN:
+            self.conference.leg_frame(name, frame, asyncio.get_running_loop().time())
+
+    def _leg_stt(self, name: str) -> None:
+        """A leg that may be heard is transcribed (a listening supervisor is not)."""
+        leg = self.conference.legs.get(name)
+        if leg is None or self.stt is None or leg.stt is not None:
+            return
+        if leg.role is LegRole.LISTEN:
+            return
+        stream = self.stt.stream(self.settings.clock_rate)
+        leg.stt = stream
+        leg.stt_task = asyncio.get_running_loop().create_task(
+            self._read_leg_stt(leg, stream), name=f"leg-stt-{self.call_id}")
+
+    async def _read_leg_stt(self, leg: Leg, stream: SttStream) -> None:
+        """An agent leg's words are agent turns; a barging supervisor's, supervisor turns;
+        a whispering one's go to the agents' live transcript only."""
+        try:
+            async for event in stream:
+                text = event.text.strip()
+                if not text or event.type not in (SpeechEventType.FINAL,
+                                                  SpeechEventType.INTERIM):
+                    continue
+                final = event.type is SpeechEventType.FINAL
+                if leg.role is LegRole.WHISPER:
+                    if final:
+                        self.notify(wire.Whispered(
+                            call_id=self.call_id, thread_id=self.thread_id,
+                            role=wire.Role.SUPERVISOR, text=text, at=now_iso(),
+                            seq=max(1, self._seq)))
+                elif leg.role is not LegRole.LISTEN:
+                    role = "agent" if leg.role is LegRole.AGENT else "supervisor"
+                    (self._turn if final else self._interim)(role, text)
+        except SpeechError as e:
+            self.log.error("leg %s speech recognition stopped: %s", leg.name, e)
+
+    def _silence_bot(self) -> None:
         """Stop every prompt (hold loop or the agent node's message) at a frame boundary:
         the frames already queued are dropped, the agent's frames follow."""
         self.player.stop_all()
 
-    def ensure_hold(self) -> None:
+    def _ensure_hold(self) -> None:
         if not self.settings.hold_pcm:
             return
         if self.player.looping():
             return
         self.player.queue(Prompt(self.settings.hold_pcm, barge_in=False, loop=True))
+
+    def _start_agent_stt(self) -> None:
+        if self.stt is None or self._agent_stt is not None:
+            return
+        stream = self.stt.stream(self.settings.clock_rate)
+        self._agent_stt = stream
+        self._agent_stt_task = asyncio.get_running_loop().create_task(
+            self._read_agent_stt(stream), name=f"agent-stt-{self.call_id}")
+
+    async def _read_agent_stt(self, stream: SttStream) -> None:
+        try:
+            async for event in stream:
+                if event.type is SpeechEventType.FINAL and event.text.strip():
+                    self._turn("agent", event.text.strip())
+                elif event.type is SpeechEventType.INTERIM and event.text.strip():
+                    self._interim("agent", event.text.strip())
+        except SpeechError as e:
+            self.log.error("agent speech recognition stopped: %s (the call goes on)", e)
+
+    async def _stop_agent_stt(self) -> None:
+        """End the agent's recogniser, keeping its last words."""
+        stream, task = self._agent_stt, self._agent_stt_task
+        self._agent_stt = self._agent_stt_task = None
+        await self._end_stream(stream, task)
+
+    async def _end_stream(self, stream: SttStream | None,
+                          reader: asyncio.Task[None] | None) -> None:
+        """End a recogniser's input, give its reader ``flush_timeout`` to take the final
+        transcript of the last words, then stop the reader and close the stream."""
+        if stream is None:
+            return
+        if reader is not None:
+            with contextlib.suppress(Exception):
+                stream.end_input()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError, SpeechError):
+                await asyncio.wait_for(asyncio.shield(reader), self.settings.flush_timeout)
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, SpeechError):
+                await reader
+        with contextlib.suppress(Exception):
+            await stream.aclose()
 
     # -- actions --------------------------------------------------------------------------
 
@@ -520,7 +764,7 @@ class CallSession:
             except SpeechError as e:
                 self.log.error("speech synthesis failed: %s (prompt skipped)", e)
         if say.text:
-            self.turn("bot", say.text)
+            self._turn("bot", say.text)
         if pcm:
             self.player.queue(Prompt(pcm, say.barge_in))
 
@@ -529,7 +773,7 @@ class CallSession:
             await self.player.wait_done()
             await action()
 
-        self.tasks.append(asyncio.get_running_loop().create_task(later()))
+        self._tasks.append(asyncio.get_running_loop().create_task(later()))
 
     def _listen(self, listen: Listen) -> None:
         self._cancel_listen()
@@ -555,7 +799,7 @@ class CallSession:
     def _on_no_input(self) -> None:
         self._listen_timer = None
         if self.runner is not None and self.state is SessionState.BOT:
-            self.tasks.append(
+            self._tasks.append(
                 asyncio.get_running_loop().create_task(self._run(self.runner.no_input()))
             )
 

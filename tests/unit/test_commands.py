@@ -19,7 +19,6 @@ class Recorder:
         self.done: list[str] = []
         self.tasks: list[asyncio.Task[Any]] = []
         self.stack = self
-        self.human = self  # the session's human leg (mute)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)

@@ -356,7 +356,7 @@ class HumanRig(Rig):
         await until(lambda: self.session._listen_timer is not None)
         await self.session.on_dtmf("0")
         self.session.agent_joined()
-        self.session.human.attach_agent(self.to_agent.append)
+        self.session.attach_agent(self.to_agent.append)
         assert self.session.state is SessionState.HUMAN
 
     def agent_stream(self) -> Any:
@@ -396,12 +396,12 @@ async def test_hold_plays_until_the_agent_s_audio_flows_then_only_the_agent_is_h
     human: HumanRig,
 ) -> None:
     await until(lambda: len(human.outbound) > 0)  # hold audio while the peer connects
-    human.session.human.on_agent_frame(AGENT)  # before the media is flowing: ignored
+    human.session.on_agent_frame(AGENT)  # before the media is flowing: ignored
     assert AGENT not in list(human.outbound._frames)
-    human.session.human.agent_media(True)
+    human.session.agent_media(True)
     assert len(human.outbound) == 0  # the hold stopped at a frame boundary
     for _ in range(5):
-        human.session.human.on_agent_frame(AGENT)
+        human.session.on_agent_frame(AGENT)
         await asyncio.sleep(0.02)
     await asyncio.sleep(0.1)
     assert all(f == AGENT for f in human.outbound._frames)
@@ -421,38 +421,37 @@ async def test_caller_frames_reach_the_agent_only_in_the_human_phase(human: Huma
 async def test_mute_gives_the_caller_silence_and_pauses_the_agent_s_recogniser(
     human: HumanRig,
 ) -> None:
-    human.session.human.agent_media(True)
+    human.session.agent_media(True)
     stream = human.agent_stream()
-    human.session.human.on_agent_frame(AGENT)
-    human.session.human.mute(True)
+    human.session.on_agent_frame(AGENT)
+    human.session.mute(True)
     assert len(human.outbound) == 0 and human.source_active[-1] is False
     pushed = len(stream.frames)
     for _ in range(3):
-        human.session.human.on_agent_frame(AGENT)
+        human.session.on_agent_frame(AGENT)
     assert len(human.outbound) == 0 and len(stream.frames) == pushed
-    human.session.human.mute(False)
-    human.session.human.on_agent_frame(AGENT)
+    human.session.mute(False)
+    human.session.on_agent_frame(AGENT)
     assert len(human.outbound) == 1 and len(stream.frames) == pushed + 1
 
 
 async def test_agent_audio_queued_ahead_of_the_trunk_clock_is_bounded(human: HumanRig) -> None:
-    human.session.human.agent_media(True)
+    human.session.agent_media(True)
     for i in range(10):  # a burst faster than the 20 ms clock can take
-        human.session.human.on_agent_frame(bytes([i]) * FRAME)
+        human.session.on_agent_frame(bytes([i]) * FRAME)
     assert len(human.outbound) <= human.session.settings.agent_lead_frames
     assert human.outbound._frames[-1] == bytes([9]) * FRAME  # the newest kept
-    assert (human.session.human.agent_frames_dropped
-            >= 10 - human.session.settings.agent_lead_frames)
+    assert human.session.agent_frames_dropped >= 10 - human.session.settings.agent_lead_frames
 
 
 async def test_agent_finals_become_agent_turns_and_the_last_words_are_kept(
     human: HumanRig,
 ) -> None:
-    human.session.human.agent_media(True)
+    human.session.agent_media(True)
     stream = human.agent_stream()
     stream.say("let me check that for you")
     await until(lambda: any(m.get("role") == "agent" for m in human.kinds("turn")))
-    human.session.human.on_agent_frame(LOUD)  # the agent is mid-word when the call goes back
+    human.session.on_agent_frame(LOUD)  # the agent is mid-word when the call goes back
     await human.session.resume()
     agent_turns = [m["text"] for m in human.kinds("turn") if m["role"] == "agent"]
     assert agent_turns[0] == "let me check that for you"
@@ -460,19 +459,19 @@ async def test_agent_finals_become_agent_turns_and_the_last_words_are_kept(
 
 
 async def test_lost_agent_media_brings_the_hold_audio_back(human: HumanRig) -> None:
-    human.session.human.agent_media(True)
+    human.session.agent_media(True)
     assert not any(p.loop and not p.done.done() for p in human.session._all_prompts())
-    human.session.human.agent_media(False)
+    human.session.agent_media(False)
     assert any(p.loop and not p.done.done() for p in human.session._all_prompts())
-    human.session.human.agent_media(True)  # the agent came back: the hold stops again
+    human.session.agent_media(True)  # the agent came back: the hold stops again
     assert not any(p.loop and not p.done.done() for p in human.session._all_prompts())
 
 
 async def test_return_to_bot_detaches_the_agent_and_resumes_the_flow(human: HumanRig) -> None:
-    human.session.human.agent_media(True)
+    human.session.agent_media(True)
     await human.session.resume()
     assert human.session.state is SessionState.BOT
-    human.session.human.on_agent_frame(AGENT)
+    human.session.on_agent_frame(AGENT)
     assert AGENT not in list(human.outbound._frames)
     assert human.states()[-2:] == ["human", "bot"]
 
@@ -480,7 +479,7 @@ async def test_return_to_bot_detaches_the_agent_and_resumes_the_flow(human: Huma
 async def test_interim_results_are_live_captions_in_the_human_phase_only(
     human: HumanRig,
 ) -> None:
-    human.session.human.agent_media(True)
+    human.session.agent_media(True)
     human.agent_stream().say("let me", interim="let")
     await until(lambda: any(m["type"] == "interim" for m in human.messages))
     interim = human.kinds("interim")[0]
@@ -517,30 +516,30 @@ async def test_the_agent_s_packets_go_to_the_trunk_as_they_come_only_while_heard
     human: HumanRig,
 ) -> None:
     relay = FakeRelay()
-    human.session.human.relay = relay  # type: ignore[assignment]
-    assert human.session.human.agent_to_trunk() is None  # the agent's media is not flowing yet
-    human.session.human.agent_media(True)
-    assert human.session.human.agent_to_trunk() is relay.out
+    human.session.relay = relay  # type: ignore[assignment]
+    assert human.session.agent_to_trunk() is None  # the agent's media is not flowing yet
+    human.session.agent_media(True)
+    assert human.session.agent_to_trunk() is relay.out
     # a frame that went to the trunk from C: the recogniser and the caller's ear (the
     # recording) get it, the relay is not asked to send it again
     stream = human.agent_stream()
     pushed = len(stream.frames)
-    human.session.human.agent_frame_sent(AGENT)
+    human.session.agent_frame_sent(AGENT)
     assert len(stream.frames) == pushed + 1 and list(human.outbound._frames)[-1] == AGENT
     assert relay.sent == []
     relay.carrying = False  # the relay handed back to pjmedia: the first frame cuts again
-    assert human.session.human.agent_to_trunk() is None
+    assert human.session.agent_to_trunk() is None
     relay.carrying = True
-    human.session.human.mute(True)
-    assert human.session.human.agent_to_trunk() is None
-    human.session.human.mute(False)
-    assert human.session.human.agent_to_trunk() is relay.out
+    human.session.mute(True)
+    assert human.session.agent_to_trunk() is None
+    human.session.mute(False)
+    assert human.session.agent_to_trunk() is relay.out
     # a supervisor barges: the caller hears a mix, made in Python; the caller's side of
     # the relay is asked again too
     disarms = relay.disarms
-    human.session.human.add_leg("sup", LegRole.BARGE, lambda frame: None, Taps())
-    assert human.session.human.agent_to_trunk() is None and relay.disarms > disarms
-    await human.session.human.remove_leg("sup")
-    assert human.session.human.agent_to_trunk() is relay.out
+    human.session.add_leg("sup", LegRole.BARGE, lambda frame: None, Taps())
+    assert human.session.agent_to_trunk() is None and relay.disarms > disarms
+    await human.session.remove_leg("sup")
+    assert human.session.agent_to_trunk() is relay.out
     await human.session.agent_left()
-    assert human.session.human.agent_to_trunk() is None
+    assert human.session.agent_to_trunk() is None
