@@ -33,6 +33,7 @@ from hitl_sip.media.quality import LegMeter, LegQualityFigures
 from hitl_sip.media.rtp import payload_bounds
 from hitl_sip.media.wav import load_pcm
 from hitl_sip.protocol.worker import (
+    AgentLeft,
     CallConnected,
     CallEndedMsg,
     CallHoldMsg,
@@ -40,6 +41,7 @@ from hitl_sip.protocol.worker import (
     CallStarted,
     CallSummary,
     ErrorBody,
+    Hangup,
     Hello,
     HubCommand,
     Leg,
@@ -52,6 +54,7 @@ from hitl_sip.protocol.worker import (
     Refer,
     RegistrationMsg,
     Reply,
+    Resume,
     SessionStateMsg,
     Status,
     WebrtcCandidate,
@@ -61,7 +64,6 @@ from hitl_sip.sip.profile import TrunkProfile, load_profile
 from hitl_sip.supervise import restart_counter
 from hitl_sip.watchdog import LoopWatchdog
 from hitl_sip.worker.admission import Admission
-from hitl_sip.worker.commands import dispatch
 from hitl_sip.worker.engines import build_flow, build_stt, build_tts, preload_stt
 from hitl_sip.worker.events import (
     CallDtmf,
@@ -333,7 +335,7 @@ class WorkerService:
         if callable(close):
             await asyncio.to_thread(close)  # the speech process, when there is one
 
-    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -377,8 +379,27 @@ class WorkerService:
 
     def _on_hub_message(self, command: HubCommand) -> None:
         call = self.calls.get(command.call_id)
-        if call is not None:
-            dispatch(self, call, command)
+        if call is None:
+            return
+        if isinstance(command, WebrtcOffer | WebrtcCandidate):
+            self._spawn(self._webrtc(call, command))
+            return
+        if isinstance(command, Leg):
+            self._spawn(self._leg(call, command))
+            return
+        if isinstance(command, Refer):
+            self._spawn(self._refer(call, command))
+            return
+        if isinstance(command, AgentLeft | Resume) and call.peer is not None:
+            self._spawn(self._close_peer(call))
+        if isinstance(command, Hangup) and command.by in ("agent", "system"):
+            call.hangup_by = command.by
+        if isinstance(command, Hangup) and command.outcome is not None:
+            call.end_outcome = command.outcome
+        if call.session is not None:
+            self._spawn(call.session.on_command(command))
+        elif isinstance(command, Hangup) and self.stack is not None:
+            self._spawn(self.stack.hangup(call.call_id))
 
     def _notify(self, message: Msg) -> None:
         if self.hub is not None:
@@ -396,7 +417,7 @@ class WorkerService:
         elif isinstance(event, CallHold):
             self._on_hold(event)
         elif isinstance(event, CallEnded):
-            self.spawn(self._on_ended(event))
+            self._spawn(self._on_ended(event))
         elif isinstance(event, CallRejected):
             self._notify(CallRejectedMsg(status=event.status, outcome=event.outcome))
         elif isinstance(event, RegistrationChanged):
@@ -418,9 +439,9 @@ class WorkerService:
                   extra={"redact": {"caller": ev.metadata.get("caller_number")}})
         call.event("offered")
         self._notify(CallStarted.model_validate(self._summary_fields(call)))
-        call.tasks.append(self.spawn(self._answer(call)))
+        call.tasks.append(self._spawn(self._answer(call)))
 
-    async def webrtc(self, call: CallRuntime,
+    async def _webrtc(self, call: CallRuntime,
                       command: WebrtcOffer | WebrtcCandidate) -> None:
         clog = call_logger(log, call.call_id)
         if isinstance(command, WebrtcCandidate):
@@ -439,7 +460,7 @@ class WorkerService:
             session = call.session
             if session is None:
                 raise ValueError("the call has no media yet")
-            await self.close_peer(call)
+            await self._close_peer(call)
             peer = AgentPeer(call.call_id, self.peer_settings,
                              on_agent_frame=session.on_agent_frame,
                              on_media=lambda flowing: self._on_agent_media(call, flowing))
@@ -449,7 +470,7 @@ class WorkerService:
             try:
                 sdp = await peer.answer(command.sdp)
             except Exception:
-                await self.close_peer(call)
+                await self._close_peer(call)
                 raise
             reply = Reply(request_id=command.request_id or "-", call_id=call.call_id, ok=True,
                           sdp=sdp)
@@ -475,7 +496,7 @@ class WorkerService:
 
     # -- extra legs: supervisors and a transfer's target (hitl_sip.worker.mix) ------------
 
-    async def change_leg(self, call: CallRuntime, command: Leg) -> None:
+    async def _leg(self, call: CallRuntime, command: Leg) -> None:
         """A leg announced, switched, promoted or closed by the hub."""
         call.event("leg", leg=command.leg, role=command.role, primary=command.primary)
         if command.role is None:
@@ -564,7 +585,7 @@ class WorkerService:
         if old is not None:
             _route_agent(old, None)
             old.on_media = lambda flowing: None
-            self.spawn(self._retire_peer(call, old))
+            self._spawn(self._retire_peer(call, old))
 
     async def _close_leg(self, call: CallRuntime, name: str) -> None:
         peer = call.legs.pop(name, None)
@@ -574,7 +595,7 @@ class WorkerService:
             with contextlib.suppress(Exception):
                 await peer.close()
 
-    async def close_peer(self, call: CallRuntime) -> None:
+    async def _close_peer(self, call: CallRuntime) -> None:
         peer, call.peer = call.peer, None
         if peer is None:
             return
@@ -598,7 +619,7 @@ class WorkerService:
 
     # -- transfer to a phone number (PROTOCOL.md §6; the hub decides the means) ----------
 
-    async def refer(self, call: CallRuntime, command: Refer) -> None:
+    async def _refer(self, call: CallRuntime, command: Refer) -> None:
         """REFER the caller to the number; the hub gets the outcome (it hangs up after)."""
         clog = call_logger(log, call.call_id)
         transfer = self.profile.transfer
@@ -648,8 +669,8 @@ class WorkerService:
         call.session = self._new_session(call, ev.inbound, ev.outbound, self._count_frame(call))
         self._relay_human(call, call.session)
         self._open_recording(call, call.session)
-        call.tasks.append(self.spawn(self._start_session(call, call.session)))
-        call.tasks.append(self.spawn(self._measure_quality(call)))
+        call.tasks.append(self._spawn(self._start_session(call, call.session)))
+        call.tasks.append(self._spawn(self._measure_quality(call)))
 
     async def _start_session(self, call: CallRuntime, session: CallSession) -> None:
         relay = self.stack.relay_of(call.call_id) if self.stack is not None else None
@@ -674,7 +695,7 @@ class WorkerService:
         call_logger(log, ev.call_id).info("DTMF received (%s)", ev.method,
                                           extra={"redact": {"digit": shown}})
         if call.session is not None:
-            self.spawn(call.session.on_dtmf(ev.digit))
+            self._spawn(call.session.on_dtmf(ev.digit))
 
     def _on_hold(self, ev: CallHold) -> None:
         call = self.calls.get(ev.call_id)
@@ -688,7 +709,7 @@ class WorkerService:
         call = self.calls.pop(ev.call_id, None)
         if call is None:
             return
-        await self.close_peer(call)
+        await self._close_peer(call)
         for name in list(call.legs):
             await self._close_leg(call, name)
         if call.session is not None:

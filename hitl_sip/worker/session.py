@@ -40,7 +40,7 @@ from hitl_sip.media._rtpcore import TrunkOut
 from hitl_sip.media.buffers import BufferClosed, FrameBuffer, LeadKeeper
 from hitl_sip.media.wav import load_pcm
 from hitl_sip.protocol import worker as wire
-from hitl_sip.protocol.worker import CallState, LegRole, Msg
+from hitl_sip.protocol.worker import CallState, HubCommand, LegRole, Msg
 from hitl_sip.speech.base import SpeechEventType, SttEngine, SttStream, TtsEngine
 from hitl_sip.worker.mix import Conference, Leg, Taps
 from hitl_sip.worker.player import Prompt, PromptPlayer
@@ -424,75 +424,51 @@ class CallSession:
                 return
             await asyncio.wait([prompt.done])
 
-    # -- the hub's commands (matched once, in hitl_sip.worker.commands) -----------------
-    #
-    # Each runs as a task in the order the hub sent them; its guard (the state it applies
-    # in) is checked when it runs.
-
-    async def queue_timeout(self) -> None:
-        """No agent took the call in time: the bot has it again (the flow's fallback)."""
-        if self.state is not SessionState.QUEUED:
-            return
-        self._stop_hold()
-        self._bot_since = self._fed_seconds
-        self._set_state(SessionState.BOT)
-        if self.runner is not None:
-            await self._run(self.runner.queue_timeout())
-
-    async def say(self, text: str) -> None:
-        """The external engine's (or REST's) words for the caller, in the bot phase."""
-        if self.state is SessionState.BOT:
-            await self._run([Say(text=text, audio=None, barge_in=True, node_id="external")])
-
-    async def hand_off(self, reason: str) -> None:
-        """The external engine (or REST) asks for an agent, in the bot phase."""
-        if self.state is SessionState.BOT:
-            await self._run([Handoff(queue=None, skill=None, reason=reason,
+    async def on_command(self, command: HubCommand) -> None:
+        """A command from the hub (queue timeout, external engine, REST handoff, agent)."""
+        match command:
+            case wire.QueueTimeout() if self.state is SessionState.QUEUED:
+                self._stop_hold()
+                self._bot_since = self._fed_seconds
+                self._set_state(SessionState.BOT)
+                if self.runner is not None:
+                    await self._run(self.runner.queue_timeout())
+            case wire.Say() if self.state is SessionState.BOT:
+                await self._run([Say(text=command.text, audio=None, barge_in=True,
                                      node_id="external")])
-
-    async def hang_up(self) -> None:
-        """The hub hangs up: after the prompts queued."""
-        await self._run([Hangup(node_id="external")])
-
-    def agent_joined(self) -> None:
-        """The agent accepted the queued call: the human phase."""
-        if self.state is not SessionState.QUEUED:
-            return
-        self._set_state(SessionState.HUMAN)
-        self._start_agent_stt()
-        if self._agent_media:  # the agent's audio already flows: it replaces the bot
-            self._silence_bot()
-
-    async def agent_left(self) -> None:
-        """The agent is gone: the call is queued again, on hold."""
-        if self.state is not SessionState.HUMAN:
-            return
-        self._flush_caller_stt()
-        self.detach_agent()
-        self._set_state(SessionState.QUEUED)
-        await self._stop_agent_stt()
-        self._ensure_hold()
-
-    async def resume(self) -> None:
-        """The agent hands the call back to the bot (return_to_bot)."""
-        if self.state is not SessionState.HUMAN:
-            return
-        self._flush_caller_stt()
-        self._bot_since = self._fed_seconds
-        self.detach_agent()
-        self._stop_hold()
-        self._set_state(SessionState.BOT)
-        await self._stop_agent_stt()
-        if self.runner is not None:
-            await self._run(self.runner.resume())
-
-    def mute(self, muted: bool) -> None:
-        """The agent (un)muted: not one more frame of the agent's while muted."""
-        self.agent_muted = muted
-        self.log.info("agent %s", "muted" if self.agent_muted else "unmuted")
-        if self.agent_muted and self.state is SessionState.HUMAN and self._agent_media:
-            self.outbound.clear()
-            self.on_source_active(False)
+            case wire.Handoff() if self.state is SessionState.BOT:
+                await self._run([Handoff(queue=None, skill=None, reason=command.reason,
+                                         node_id="external")])
+            case wire.Hangup():
+                await self._run([Hangup(node_id="external")])
+            case wire.AgentJoined() if self.state is SessionState.QUEUED:
+                self._set_state(SessionState.HUMAN)
+                self._start_agent_stt()
+                if self._agent_media:  # the agent's audio already flows: it replaces the bot
+                    self._silence_bot()
+            case wire.AgentLeft() if self.state is SessionState.HUMAN:
+                self._flush_caller_stt()
+                self.detach_agent()
+                self._set_state(SessionState.QUEUED)
+                await self._stop_agent_stt()
+                self._ensure_hold()
+            case wire.Resume() if self.state is SessionState.HUMAN:
+                self._flush_caller_stt()
+                self._bot_since = self._fed_seconds
+                self.detach_agent()
+                self._stop_hold()
+                self._set_state(SessionState.BOT)
+                await self._stop_agent_stt()
+                if self.runner is not None:
+                    await self._run(self.runner.resume())
+            case wire.Mute():
+                self.agent_muted = command.muted
+                self.log.info("agent %s", "muted" if self.agent_muted else "unmuted")
+                if self.agent_muted and self.state is SessionState.HUMAN and self._agent_media:
+                    self.outbound.clear()  # not one more frame of the agent
+                    self.on_source_active(False)
+            case _:
+                pass
 
     # -- the human phase ------------------------------------------------------------------
 

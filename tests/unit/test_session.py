@@ -13,7 +13,7 @@ import pytest
 from hitl_sip.bot.flow import parse_flow
 from hitl_sip.bot.runner import FlowRunner
 from hitl_sip.media.buffers import BufferClosed, FrameBuffer
-from hitl_sip.protocol.worker import LegRole
+from hitl_sip.protocol.worker import HubCommand, LegRole, parse_command
 from hitl_sip.speech.tts.fake import FakeTts
 from hitl_sip.worker.mix import Taps
 from hitl_sip.worker.session import (
@@ -112,6 +112,11 @@ async def rig() -> AsyncIterator[Rig]:
         yield r
 
 
+def command(fields: dict[str, Any]) -> HubCommand:
+    """A hub command for call c1, validated as the worker link does."""
+    return parse_command({"callId": "c1", **fields})
+
+
 async def until(predicate: Any, limit: float = 5.0) -> None:
     """Poll a condition on session internals that no event exposes (tests only)."""
     async with asyncio.timeout(limit):
@@ -157,7 +162,7 @@ async def test_queue_timeout_returns_to_the_bot_and_runs_the_fallback(rig: Rig) 
     await rig.session.on_dtmf("0")
     await asyncio.sleep(0.5)  # hold audio loops meanwhile
     assert rig.session.state is SessionState.QUEUED
-    await rig.session.queue_timeout()
+    await rig.session.on_command(command({"type": "queue_timeout", "callId": "c1"}))
     assert rig.session.state.value == "bot"
     await until(rig.hung_up.is_set)
     assert rig.bot_said()[-1] == "Everyone is busy."
@@ -275,7 +280,7 @@ async def test_digits_on_hold_do_not_reach_the_flow(rig: Rig) -> None:
     assert rig.session.state is SessionState.QUEUED
     turns = len(rig.kinds("turn"))
     await rig.session.on_dtmf("9")  # "9" would hang up in the menu
-    await rig.session.queue_timeout()
+    await rig.session.on_command(command({"type": "queue_timeout", "callId": "c1"}))
     await until(rig.hung_up.is_set)  # the fallback's hangup, not the digit's
     assert rig.bot_said()[-1] == "Everyone is busy."
     assert "[pressed 9]" not in [m["text"] for m in rig.kinds("turn")[turns:]]
@@ -326,11 +331,11 @@ async def test_external_engine_mode_forwards_input_and_obeys_commands() -> None:
     await r.session.on_dtmf("5")
     assert [m["text"] for m in r.kinds("caller_said")] == ["hello there"]
     assert [m["digits"] for m in r.kinds("dtmf")] == ["5"]
-    await r.session.say("Hi from the engine.")
+    await r.session.on_command(command({"type": "say", "text": "Hi from the engine."}))
     assert r.bot_said() == ["Hi from the engine."]
-    await r.session.hand_off("engine")
+    await r.session.on_command(command({"type": "handoff", "reason": "engine"}))
     assert r.session.state is SessionState.QUEUED
-    await r.session.hang_up()
+    await r.session.on_command(command({"type": "hangup"}))
     await until(r.hung_up.is_set)
     await r.session.close()
     clock.cancel()
@@ -355,7 +360,7 @@ class HumanRig(Rig):
     async def to_human(self) -> None:
         await until(lambda: self.session._listen_timer is not None)
         await self.session.on_dtmf("0")
-        self.session.agent_joined()
+        await self.session.on_command(command({"type": "agent_joined", "agentId": "a1"}))
         self.session.attach_agent(self.to_agent.append)
         assert self.session.state is SessionState.HUMAN
 
@@ -412,7 +417,7 @@ async def test_hold_plays_until_the_agent_s_audio_flows_then_only_the_agent_is_h
 async def test_caller_frames_reach_the_agent_only_in_the_human_phase(human: HumanRig) -> None:
     human.inbound.push_nowait(LOUD)
     await until(lambda: len(human.to_agent) == 1)
-    await human.session.agent_left()
+    await human.session.on_command(command({"type": "agent_left", "agentId": "a1"}))
     human.inbound.push_nowait(LOUD)
     await asyncio.sleep(0.05)
     assert len(human.to_agent) == 1
@@ -424,13 +429,13 @@ async def test_mute_gives_the_caller_silence_and_pauses_the_agent_s_recogniser(
     human.session.agent_media(True)
     stream = human.agent_stream()
     human.session.on_agent_frame(AGENT)
-    human.session.mute(True)
+    await human.session.on_command(command({"type": "mute", "muted": True}))
     assert len(human.outbound) == 0 and human.source_active[-1] is False
     pushed = len(stream.frames)
     for _ in range(3):
         human.session.on_agent_frame(AGENT)
     assert len(human.outbound) == 0 and len(stream.frames) == pushed
-    human.session.mute(False)
+    await human.session.on_command(command({"type": "mute", "muted": False}))
     human.session.on_agent_frame(AGENT)
     assert len(human.outbound) == 1 and len(stream.frames) == pushed + 1
 
@@ -452,7 +457,7 @@ async def test_agent_finals_become_agent_turns_and_the_last_words_are_kept(
     stream.say("let me check that for you")
     await until(lambda: any(m.get("role") == "agent" for m in human.kinds("turn")))
     human.session.on_agent_frame(LOUD)  # the agent is mid-word when the call goes back
-    await human.session.resume()
+    await human.session.on_command(command({"type": "resume"}))
     agent_turns = [m["text"] for m in human.kinds("turn") if m["role"] == "agent"]
     assert agent_turns[0] == "let me check that for you"
     assert stream.input_ended and stream.closed  # ended (its pending words out), closed
@@ -469,7 +474,7 @@ async def test_lost_agent_media_brings_the_hold_audio_back(human: HumanRig) -> N
 
 async def test_return_to_bot_detaches_the_agent_and_resumes_the_flow(human: HumanRig) -> None:
     human.session.agent_media(True)
-    await human.session.resume()
+    await human.session.on_command(command({"type": "resume"}))
     assert human.session.state is SessionState.BOT
     human.session.on_agent_frame(AGENT)
     assert AGENT not in list(human.outbound._frames)
@@ -492,7 +497,7 @@ async def test_the_caller_s_pending_words_are_flushed_at_the_handoff(
 ) -> None:
     stream = human.stt.streams[0]  # the caller's: opened at the start of the call
     await until(lambda: stream.flushes == 1)  # when the call was handed off
-    await human.session.resume()
+    await human.session.on_command(command({"type": "resume"}))
     await until(lambda: stream.flushes == 2)  # and when the agent handed it back
 
 
@@ -530,9 +535,9 @@ async def test_the_agent_s_packets_go_to_the_trunk_as_they_come_only_while_heard
     relay.carrying = False  # the relay handed back to pjmedia: the first frame cuts again
     assert human.session.agent_to_trunk() is None
     relay.carrying = True
-    human.session.mute(True)
+    await human.session.on_command(command({"type": "mute", "muted": True}))
     assert human.session.agent_to_trunk() is None
-    human.session.mute(False)
+    await human.session.on_command(command({"type": "mute", "muted": False}))
     assert human.session.agent_to_trunk() is relay.out
     # a supervisor barges: the caller hears a mix, made in Python; the caller's side of
     # the relay is asked again too
@@ -541,5 +546,5 @@ async def test_the_agent_s_packets_go_to_the_trunk_as_they_come_only_while_heard
     assert human.session.agent_to_trunk() is None and relay.disarms > disarms
     await human.session.remove_leg("sup")
     assert human.session.agent_to_trunk() is relay.out
-    await human.session.agent_left()
+    await human.session.on_command(command({"type": "agent_left", "agentId": "a1"}))
     assert human.session.agent_to_trunk() is None
