@@ -274,6 +274,10 @@ class Soak:
         self.stopping = False  # callers finish their call and stop
         self.agents_done = False
         self.refused: list[dict[str, str]] = []  # INVITEs not answered: phase, tag, why
+        # INVITEs the old front took (its 100) when the hub was killed: the front died with
+        # the hub and the worker that answered ended its calls, so no final answer ever came
+        self.caught_by_hub_kill: list[dict[str, str]] = []
+        self.hub_killed_at: list[float] = []  # time.monotonic() of each hub SIGKILL
         self.agent_ends: dict[str, dict[str, Any]] = {}  # callId -> the agent's call_ended
         self.with_hub: set[str] = set()  # callIds live on the hub when it was killed
         self.offered: dict[str, list[float]] = {}  # agent -> time.monotonic() of each offer
@@ -366,7 +370,13 @@ class Soak:
             try:
                 await asyncio.to_thread(caller.call, 10)
             except (TimeoutError, RuntimeError) as e:
-                self.refused.append({"phase": self.phase, "tag": tag, "why": _first_line(e)})
+                entry = {"phase": self.phase, "tag": tag, "why": _first_line(e)}
+                sent = caller.invite_sent_at
+                if (isinstance(e, TimeoutError) and caller.provisional and sent is not None
+                        and any(sent <= at for at in self.hub_killed_at)):
+                    self.caught_by_hub_kill.append(entry)
+                else:
+                    self.refused.append(entry)
                 log.info("caller %d: %s not answered (%s)", index, tag, _first_line(e))
                 return False
             caller.start_media()
@@ -618,6 +628,7 @@ class Soak:
         kill = Kill("hub", f"hub pid {pid}", self.phase, calls_on_target=live)
         self.with_hub.update(live)
         kill.at = time.monotonic()
+        self.hub_killed_at.append(kill.at)
         self.srv.process.kill()
         await asyncio.to_thread(self.srv.process.wait)
         for run in self.runs:
@@ -802,7 +813,8 @@ def compare(db: Path, a5: Alive5Process,
 
 
 def summarize(runs: list[CallRun], kills: list[Kill], checks: list[ThreadCheck],
-              refused: list[dict[str, str]]) -> dict[str, Any]:
+              refused: list[dict[str, str]],
+              caught_by_hub_kill: list[dict[str, str]] | None = None) -> dict[str, Any]:
     by_thread = {c.thread_id: c for c in checks}
     for r in runs:
         check = by_thread.get(r.thread_id)
@@ -885,6 +897,7 @@ def summarize(runs: list[CallRun], kills: list[Kill], checks: list[ThreadCheck],
     return {
         "rows": rows, "roles": roles, "problems": problems, "notes": notes,
         "refused": refused,
+        "caught_by_hub_kill": caught_by_hub_kill or [],
         "kills": [asdict(k) for k in kills],
         "calls": [{**asdict(r), "completed": r.completed} for r in runs],
         "threads": [{**asdict(c), "equal": c.equal} for c in checks],
@@ -928,6 +941,11 @@ def print_report(result: dict[str, Any], seconds: float) -> None:
     if total["resent_over_kill"]:
         print(f"sent again by the restarted hub, in flight when the hub was killed (alive5 "
               f"had it, its ack was not stored yet): {total['resent_over_kill']}")
+    if result["caught_by_hub_kill"]:
+        print("INVITEs in flight when the hub was killed (the old front's 100, then no final "
+              "answer: the front died with the hub; a carrier fails over, the caller tried "
+              "again): " + ", ".join(f"{x['tag']} ({x['phase']})"
+                                     for x in result["caught_by_hub_kill"]))
     reasons = Counter(f"{x['phase']}: {x['why']}" for x in result["refused"])
     if reasons:
         print("INVITEs not answered (the caller tried again):")
@@ -1015,7 +1033,7 @@ def soak(plan: list[str], seconds: float | None, keep: Path | None = None) -> di
                 srv.stop()
         checks = compare(srv.data_dir / "threads.sqlite", a5,
                          [k.at for k in run.kills if k.kind in ("hub", "alive5")])
-    result = summarize(run.runs, run.kills, checks, run.refused)
+    result = summarize(run.runs, run.kills, checks, run.refused, run.caught_by_hub_kill)
     result["date"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     result["machine"] = (f"{psutil.cpu_count()} cores, {platform.system()} "
                          f"{platform.release()}, Python {platform.python_version()}")

@@ -280,6 +280,17 @@ class RtpCaller:
         return self._invite.call_id if self._invite else None
 
     @property
+    def provisional(self) -> list[int]:
+        """The provisional (1xx) statuses that answered the INVITE so far: with one, a
+        stateful proxy took the INVITE and the caller no longer retransmits it."""
+        invite = self._invite
+        if invite is None:
+            return []
+        with self._cond:
+            return [r.status for _, r in self._responses
+                    if r.cseq == (invite.cseq, "INVITE") and not r.is_final]
+
+    @property
     def sip_address(self) -> tuple[str, int]:
         """This caller's SIP socket (its Via and Contact): where in-dialog requests go."""
         return self._wire.local
