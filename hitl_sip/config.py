@@ -723,7 +723,11 @@ def validate(config: Config) -> None:
     _validate_front(config)
     url = config.cluster.redis_url
     if url and not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError("cluster.redis_url", f"expected redis://host:port[/db], got {url!r}")
+        # the URL itself may carry the Redis password: name only what is wrong with it
+        scheme = url.partition("://")[0] if "://" in url else ""
+        shown = f"a {scheme!r} URL" if scheme.isalnum() and len(scheme) <= 16 else "no scheme"
+        raise ConfigError("cluster.redis_url", "expected redis://, rediss:// or unix:// "
+                          f"(e.g. redis://host:port/db), got {shown}")
     if url and not config.cluster.secret:
         raise ConfigError("cluster.secret", "hubs sharing Redis seal what they exchange: set "
                           "the same secret on every hub (HITL_SIP_CLUSTER_SECRET, e.g. "

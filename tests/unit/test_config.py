@@ -86,6 +86,19 @@ def test_invalid_values_raise_config_error_naming_the_key(
     assert info.value.key == key
 
 
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [("http://:s3cret-pw@10.0.0.5:6379/0", "got a 'http' URL"),
+     ("10.0.0.5:6379 s3cret-pw", "got no scheme"),
+     ("s3cret-pw@x/y://z", "got no scheme")],
+)
+def test_a_wrong_redis_url_is_refused_without_quoting_its_password(url: str, said: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env={}, overrides={"cluster.redis_url": url, "cluster.secret": "x"})
+    assert info.value.key == "cluster.redis_url"
+    assert said in str(info.value) and "s3cret" not in str(info.value)
+
+
 def test_tls_is_a_transport_of_the_front_and_the_workers_stay_on_udp() -> None:
     config = load_config(None, env={}, overrides={"sip.transports": "udp,tcp,tls"})
     assert config.sip.transports == ("udp", "tcp", "tls")
