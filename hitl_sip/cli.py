@@ -142,14 +142,18 @@ async def serve(config: Config, token_secret: bytes, digest_secret: bytes,
     relay: RtpEngine | None = None
     worker_config, sip_ports = config, None
     if uses_front(config):
+        profile = load_profile(config.sip.profile, config.resolve_path(config.profiles_dir))
+        # the ports chosen here stay clear of the media ranges and the ephemeral range
+        media = (range(profile.rtp.start, profile.rtp.end + 1),
+                 range(config.front.worker_rtp_port_start, config.front.worker_rtp_port_end + 1))
         if not config.sip.port:  # 0: any free port, chosen now (Kamailio needs a number)
             config = dataclasses.replace(config, sip=dataclasses.replace(
-                config.sip, port=free_sip_port(config.sip.host)))
+                config.sip, port=free_sip_port(config.sip.host, media)))
             log.info("SIP front: sip.port 0, listening on free port %d", config.sip.port)
         if "tls" in config.sip.transports and not config.sip.tls_port:
             tls_port = config.sip.port
             while tls_port == config.sip.port:  # TCP and TLS cannot share one
-                tls_port = free_sip_port(config.sip.host)
+                tls_port = free_sip_port(config.sip.host, media)
             config = dataclasses.replace(config, sip=dataclasses.replace(
                 config.sip, tls_port=tls_port))
             log.info("SIP front: sip.tls_port 0, TLS on free port %d", config.sip.tls_port)
@@ -159,13 +163,15 @@ async def serve(config: Config, token_secret: bytes, digest_secret: bytes,
             log.error("the SIP front cannot start: %s", problem)
             await runner.cleanup()
             return 1
-        sip_ports = worker_ports(config)
+        front_ports = (range(config.sip.port, config.sip.port + 1),
+                       range(config.sip.tls_port, config.sip.tls_port + 1))
+        sip_ports = worker_ports(config, (*media, *front_ports))
         worker_config = dataclasses.replace(config, front=dataclasses.replace(
             config.front, trusted=trusted_sources(config)))
-        profile = load_profile(config.sip.profile, config.resolve_path(config.profiles_dir))
         ng_port = None
         if uses_rtpengine(config):
-            ng_port = free_ng_port()
+            ng_port = free_ng_port(avoid=(*media, *front_ports,
+                                          *(range(p, p + 1) for p in sip_ports)))
             conf = write_rtpengine_config(
                 config, data_dir / "front", port_start=profile.rtp.start,
                 port_end=profile.rtp.end, public_address=profile.public_address,

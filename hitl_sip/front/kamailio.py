@@ -64,11 +64,13 @@ import platform
 import secrets
 import signal
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from hitl_sip.config import Config, worker_transports
 from hitl_sip.front.certs import TlsPair
+from hitl_sip.front.ports import internal_port
 from hitl_sip.front.process import kill_group, stop_group
 from hitl_sip.sip.acl import AllowList
 
@@ -119,32 +121,23 @@ def port_problem(host: str, port: int, transports: tuple[str, ...],
     return None
 
 
-def free_sip_port(host: str) -> int:
-    """A port free for both UDP and TCP on ``host`` (``sip.port = 0`` with the front)."""
-    return _free_udp_tcp_port("127.0.0.1" if host in ("0.0.0.0", "::", "") else host)
+def free_sip_port(host: str, avoid: Iterable[range] = ()) -> int:
+    """A port free for both UDP and TCP on ``host`` (``sip.port = 0`` with the front),
+    outside the ephemeral range (:mod:`hitl_sip.front.ports`)."""
+    return internal_port(host, avoid=avoid)
 
 
-def _free_udp_tcp_port(host: str) -> int:
-    """A port free for both UDP and TCP on ``host`` (workers listen on both)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind((host, 0))
-            port = int(u.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind((host, port))
-                except OSError:
-                    continue
-                return port
-    raise OSError(f"no free UDP+TCP port on {host}")
-
-
-def worker_ports(config: Config) -> list[int]:
-    """The internal SIP port of each worker behind the front."""
+def worker_ports(config: Config, avoid: Iterable[range] = ()) -> list[int]:
+    """The internal SIP port of each worker behind the front: ``front.worker_base_port + i``,
+    or free ports outside the ephemeral range and ``avoid`` (the media ranges), which no
+    socket opened meanwhile can take before the worker binds it."""
     f, count = config.front, config.worker.count
     if f.worker_base_port:
         return [f.worker_base_port + i for i in range(count)]
-    return [_free_udp_tcp_port(f.worker_host) for _ in range(count)]
+    ports: list[int] = []
+    for _ in range(count):
+        ports.append(internal_port(f.worker_host, avoid=avoid, taken=ports))
+    return ports
 
 
 def trusted_sources(config: Config) -> tuple[str, ...]:

@@ -45,6 +45,7 @@ import secrets
 import signal
 import socket
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +53,7 @@ from hitl_sip.config import Config, uses_rtpengine
 from hitl_sip.errors import ConfigError
 from hitl_sip.front.kamailio import _die_with_the_hub, _private
 from hitl_sip.front.ng import ping
+from hitl_sip.front.ports import internal_port
 from hitl_sip.front.process import kill_group, stop_group
 from hitl_sip.sip.profile import TrunkProfile
 
@@ -81,11 +83,10 @@ def media_host(config: Config) -> str:
             return "127.0.0.1"
 
 
-def free_ng_port(host: str = "127.0.0.1") -> int:
-    """A free UDP port on ``host`` for the ng control protocol."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
+def free_ng_port(host: str = "127.0.0.1", avoid: Iterable[range] = ()) -> int:
+    """A free UDP port on ``host`` for the ng control protocol, outside the ephemeral range
+    (:mod:`hitl_sip.front.ports`) and ``avoid``."""
+    return internal_port(host, avoid=avoid, tcp=False)
 
 
 def render_config(config: Config, *, port_start: int, port_end: int, public_address: str | None,
