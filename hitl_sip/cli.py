@@ -163,15 +163,13 @@ async def serve(config: Config, token_secret: bytes, digest_secret: bytes,
             log.error("the SIP front cannot start: %s", problem)
             await runner.cleanup()
             return 1
-        front_ports = (range(config.sip.port, config.sip.port + 1),
-                       range(config.sip.tls_port, config.sip.tls_port + 1))
-        sip_ports = worker_ports(config, (*media, *front_ports))
+        front_ports = (config.sip.port, config.sip.tls_port)
+        sip_ports = worker_ports(config, media, taken=front_ports)
         worker_config = dataclasses.replace(config, front=dataclasses.replace(
             config.front, trusted=trusted_sources(config)))
         ng_port = None
         if uses_rtpengine(config):
-            ng_port = free_ng_port(avoid=(*media, *front_ports,
-                                          *(range(p, p + 1) for p in sip_ports)))
+            ng_port = free_ng_port(avoid=media, taken=(*front_ports, *sip_ports))
             conf = write_rtpengine_config(
                 config, data_dir / "front", port_start=profile.rtp.start,
                 port_end=profile.rtp.end, public_address=profile.public_address,

@@ -64,7 +64,7 @@ import platform
 import secrets
 import signal
 import socket
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,16 +127,17 @@ def free_sip_port(host: str, avoid: Iterable[range] = ()) -> int:
     return internal_port(host, avoid=avoid)
 
 
-def worker_ports(config: Config, avoid: Iterable[range] = ()) -> list[int]:
+def worker_ports(config: Config, avoid: Iterable[range] = (),
+                 taken: Collection[int] = ()) -> list[int]:
     """The internal SIP port of each worker behind the front: ``front.worker_base_port + i``,
-    or free ports outside the ephemeral range and ``avoid`` (the media ranges), which no
-    socket opened meanwhile can take before the worker binds it."""
+    or free ports outside the ephemeral range, ``avoid`` (the media ranges) and ``taken``
+    (the front's own), which no socket opened meanwhile can take before the worker binds it."""
     f, count = config.front, config.worker.count
     if f.worker_base_port:
         return [f.worker_base_port + i for i in range(count)]
     ports: list[int] = []
     for _ in range(count):
-        ports.append(internal_port(f.worker_host, avoid=avoid, taken=ports))
+        ports.append(internal_port(f.worker_host, avoid=avoid, taken=[*taken, *ports]))
     return ports
 
 

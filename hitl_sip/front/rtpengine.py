@@ -45,7 +45,7 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,10 +83,11 @@ def media_host(config: Config) -> str:
             return "127.0.0.1"
 
 
-def free_ng_port(host: str = "127.0.0.1", avoid: Iterable[range] = ()) -> int:
+def free_ng_port(host: str = "127.0.0.1", avoid: Iterable[range] = (),
+                 taken: Collection[int] = ()) -> int:
     """A free UDP port on ``host`` for the ng control protocol, outside the ephemeral range
-    (:mod:`hitl_sip.front.ports`) and ``avoid``."""
-    return internal_port(host, avoid=avoid, tcp=False)
+    (:mod:`hitl_sip.front.ports`), ``avoid`` and ``taken``."""
+    return internal_port(host, avoid=avoid, taken=taken, tcp=False)
 
 
 def render_config(config: Config, *, port_start: int, port_end: int, public_address: str | None,

@@ -74,7 +74,7 @@ def test_workers_ng_and_front_ports_stay_clear_of_each_other_and_the_media() -> 
     config = dataclasses.replace(config, worker=dataclasses.replace(config.worker, count=4))
     media = [range(10000, 21000), range(30000, 31000)]
     ports = worker_ports(config, media)
-    ng = free_ng_port(avoid=[*media, *(range(p, p + 1) for p in ports)])
+    ng = free_ng_port(avoid=media, taken=ports)
     eph = ephemeral_range()
     assert len({*ports, ng}) == 5
     assert not any(p in eph or any(p in r for r in media) for p in (*ports, ng))
